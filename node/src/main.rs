@@ -1,1 +1,46 @@
-fn main() {}
+use casserole_node::{
+    config::{Config, LogFormat},
+    RunningNode,
+};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_env("CASSEROLE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cfg = match Config::load() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("casserole-node: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_logging(cfg.log_format);
+    let node = match RunningNode::start(cfg).await {
+        Ok(node) => node,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "could not start");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    let drained = node.shutdown().await;
+    tracing::info!(drained, "stopped");
+    std::process::ExitCode::SUCCESS
+}

@@ -1,0 +1,413 @@
+//! Command-line flags and environment variables.
+//!
+//! Flag names of the original Go Casserole (`--address`, `--mirror-url`, `--max-memory-usage`, …)
+//! are kept so existing deployments translate one to one; its environment names
+//! (`UPSTREAM_SERVER`, `ETCD`, `MAX_MEMORY`, `MAX_DISK`) are honoured as fallbacks.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{ArgAction, Parser, ValueEnum};
+use regex::RegexSet;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A size in bytes, written as `2097152`, `100M` (10^6), `512Mi` (2^20), `1G`, `2GiB`.
+///
+/// Decimal and binary suffixes follow Kubernetes quantities, so the operator can pass
+/// `spec.memory.maxUsage` through unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let trimmed = s.trim();
+        // parse-size reads "100M" as 100 * 10^6 and "512Mi" as 512 * 2^20, like Kubernetes.
+        let cfg = parse_size::Config::new().with_decimal();
+        cfg.parse_size(trimmed).map(ByteSize).map_err(|e| {
+            format!("invalid size {trimmed:?}: {e} (use e.g. 2097152, 100M, 512Mi, 1G)")
+        })
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (use e.g. 500ms, 30s, 5m)"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" | "" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_upstream(s: &str) -> Result<reqwest::Url, String> {
+    let url =
+        reqwest::Url::parse(s.trim()).map_err(|e| format!("invalid upstream URL {s:?}: {e}"))?;
+    match url.scheme() {
+        "http" | "https" => {}
+        other => {
+            return Err(format!(
+                "upstream scheme must be http or https, not {other:?}"
+            ))
+        }
+    }
+    if url.host_str().is_none() {
+        return Err(format!("upstream URL {s:?} has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "upstream URL {s:?} must not carry a query or fragment"
+        ));
+    }
+    Ok(url)
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "casserole-node",
+    version,
+    about = "Casserole cache node: a chunked, tiered, streaming HTTP cache for large objects"
+)]
+pub struct Config {
+    /// Address the client-facing HTTP listener binds.
+    #[arg(long, env = "CASSEROLE_ADDRESS", default_value = "127.0.0.1:8080")]
+    pub address: SocketAddr,
+
+    /// Upstream server to mirror; request paths and queries are appended to it.
+    /// Falls back to the original's UPSTREAM_SERVER variable.
+    #[arg(long, visible_alias = "mirror-url", env = "CASSEROLE_UPSTREAM", value_parser = parse_upstream)]
+    pub upstream: Option<reqwest::Url>,
+
+    /// Regex on the request path (and query); matching requests are never cached. Repeatable.
+    #[arg(
+        long = "pass-through",
+        env = "CASSEROLE_PASS_THROUGH",
+        value_delimiter = ','
+    )]
+    pub pass_through: Vec<String>,
+
+    /// Objects whose freshness lifetime is shorter than this are not cached.
+    #[arg(long, env = "CASSEROLE_MIN_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub min_ttl: Duration,
+
+    /// Size of the ranges an object is fetched and cached in.
+    #[arg(long, env = "CASSEROLE_CHUNK_SIZE", default_value = "2Mi")]
+    pub chunk_size: ByteSize,
+
+    /// Chunks fetched in parallel ahead of the one being sent to a client.
+    #[arg(long, env = "CASSEROLE_READAHEAD", default_value_t = 4)]
+    pub readahead: usize,
+
+    /// Bytes of chunks kept in the local memory tier (falls back to MAX_MEMORY).
+    #[arg(long, env = "CASSEROLE_MAX_MEMORY_USAGE", default_value = "100M")]
+    pub max_memory_usage: ByteSize,
+
+    /// Keep chunks and metadata on disk (the cluster persistent tier).
+    #[arg(long, env = "CASSEROLE_DISK_CACHE_ENABLED", default_value_t = true, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub disk_cache_enabled: bool,
+
+    /// Directory of the disk tier.
+    #[arg(long, env = "CASSEROLE_DISK_CACHE_DIR", default_value = "./data")]
+    pub disk_cache_dir: PathBuf,
+
+    /// Once the disk tier holds more than this, least recently used chunks are evicted (falls back to MAX_DISK).
+    #[arg(long, env = "CASSEROLE_MAX_DISK_USAGE", default_value = "1G")]
+    pub max_disk_usage: ByteSize,
+
+    /// The size the disk tier is cleaned down to once it passes --max-disk-usage.
+    #[arg(long, env = "CASSEROLE_CLEANED_DISK_USAGE", default_value = "800M")]
+    pub cleaned_disk_usage: ByteSize,
+
+    /// Address of the admin listener: /metrics, /healthz, /readyz.
+    #[arg(long, env = "CASSEROLE_ADMIN_ADDRESS", default_value = "0.0.0.0:9090")]
+    pub admin_address: SocketAddr,
+
+    /// Timeout for connecting to the upstream.
+    #[arg(long, env = "CASSEROLE_UPSTREAM_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub upstream_connect_timeout: Duration,
+
+    /// An upstream response whose headers or body stall for this long is abandoned.
+    #[arg(long, env = "CASSEROLE_UPSTREAM_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub upstream_read_timeout: Duration,
+
+    /// Skip TLS certificate verification of the upstream (never do this in production).
+    #[arg(long, env = "CASSEROLE_UPSTREAM_INSECURE", default_value_t = false)]
+    pub upstream_insecure: bool,
+
+    /// Largest request head (request line and headers) accepted from clients.
+    #[arg(long, env = "CASSEROLE_MAX_HEADER_SIZE", default_value = "64Ki")]
+    pub max_header_size: ByteSize,
+
+    /// On SIGTERM, how long in-flight responses may take to finish before the node exits.
+    #[arg(long, env = "CASSEROLE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "CASSEROLE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// etcd endpoints for cluster membership (repeatable or comma-separated; falls back to ETCD).
+    #[arg(long, env = "CASSEROLE_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+
+    /// Name that namespaces this cache's keys in etcd, so several caches can share one etcd.
+    #[arg(long, env = "CASSEROLE_CLUSTER_NAME", default_value = "default")]
+    pub cluster_name: String,
+
+    /// Unique name of this node in the cluster (defaults to the host name).
+    #[arg(long, env = "CASSEROLE_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// URL other members reach this node's peer listener at.
+    #[arg(
+        long,
+        env = "CASSEROLE_PEERING_ADDRESS",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub peering_address: String,
+
+    /// Address the peer listener binds.
+    #[arg(long, env = "CASSEROLE_PEER_ADDRESS", default_value = "0.0.0.0:8000")]
+    pub peer_address: SocketAddr,
+
+    /// Static peer list (peering URLs, this node's own included), an alternative to etcd.
+    #[arg(long, env = "CASSEROLE_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+
+    /// Shared secret every peer request must carry.
+    #[arg(long, env = "CASSEROLE_PEER_TOKEN", hide_env_values = true)]
+    pub peer_token: Option<String>,
+
+    /// File holding the shared peer secret (e.g. a mounted Kubernetes Secret).
+    #[arg(long, env = "CASSEROLE_PEER_TOKEN_FILE")]
+    pub peer_token_file: Option<PathBuf>,
+
+    /// Give up on a peer that has not answered within this time and fail over.
+    #[arg(long, env = "CASSEROLE_PEER_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub peer_timeout: Duration,
+
+    /// Lease TTL of this node's membership record in etcd.
+    #[arg(long, env = "CASSEROLE_MEMBER_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub member_ttl: Duration,
+}
+
+/// Configuration errors found after parsing, each naming the flag at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--upstream (or --mirror-url, CASSEROLE_UPSTREAM, UPSTREAM_SERVER) is required")]
+    MissingUpstream,
+    #[error("UPSTREAM_SERVER: {0}")]
+    BadUpstreamEnv(String),
+    #[error("--pass-through: {0}")]
+    BadPassThrough(#[from] regex::Error),
+    #[error("--chunk-size must be between 64Ki and 64Mi, got {0}")]
+    BadChunkSize(u64),
+    #[error("--cleaned-disk-usage ({cleaned}) must be smaller than --max-disk-usage ({max})")]
+    BadDiskWatermarks { cleaned: u64, max: u64 },
+    #[error("{flag}: {message}")]
+    Invalid { flag: &'static str, message: String },
+}
+
+impl Config {
+    /// Parses flags and environment, then applies the original's fallback variables and checks
+    /// the rules that span several flags.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::parse().finish(|name| std::env::var(name).ok())
+    }
+
+    /// Resolves legacy variables through `env` and validates; split out so tests need not touch
+    /// the process environment.
+    pub fn finish(mut self, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        if self.upstream.is_none() {
+            if let Some(legacy) = env("UPSTREAM_SERVER") {
+                self.upstream = Some(parse_upstream(&legacy).map_err(ConfigError::BadUpstreamEnv)?);
+            }
+        }
+        if self.upstream.is_none() {
+            return Err(ConfigError::MissingUpstream);
+        }
+        if self.etcd.is_empty() {
+            if let Some(legacy) = env("ETCD") {
+                self.etcd = legacy
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+            }
+        }
+        let legacy_size = |name: &'static str| -> Result<Option<ByteSize>, ConfigError> {
+            env(name)
+                .map(|v| {
+                    v.parse().map_err(|message| ConfigError::Invalid {
+                        flag: name,
+                        message,
+                    })
+                })
+                .transpose()
+        };
+        if env("CASSEROLE_MAX_MEMORY_USAGE").is_none() && !flag_given("--max-memory-usage") {
+            if let Some(size) = legacy_size("MAX_MEMORY")? {
+                self.max_memory_usage = size;
+            }
+        }
+        if env("CASSEROLE_MAX_DISK_USAGE").is_none() && !flag_given("--max-disk-usage") {
+            if let Some(size) = legacy_size("MAX_DISK")? {
+                self.max_disk_usage = size;
+                // The original cleaned down to 80% of the maximum.
+                self.cleaned_disk_usage = ByteSize(size.0 / 10 * 8);
+            }
+        }
+        if !(64 * 1024..=64 * 1024 * 1024).contains(&self.chunk_size.0) {
+            return Err(ConfigError::BadChunkSize(self.chunk_size.0));
+        }
+        if self.disk_cache_enabled && self.cleaned_disk_usage.0 >= self.max_disk_usage.0 {
+            return Err(ConfigError::BadDiskWatermarks {
+                cleaned: self.cleaned_disk_usage.0,
+                max: self.max_disk_usage.0,
+            });
+        }
+        if self.readahead > 64 {
+            return Err(ConfigError::Invalid {
+                flag: "--readahead",
+                message: "at most 64".into(),
+            });
+        }
+        self.pass_through_set()?;
+        Ok(self)
+    }
+
+    pub fn upstream(&self) -> &reqwest::Url {
+        self.upstream.as_ref().expect("validated in finish()")
+    }
+
+    pub fn pass_through_set(&self) -> Result<RegexSet, ConfigError> {
+        Ok(RegexSet::new(&self.pass_through)?)
+    }
+
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| format!("node-{}", std::process::id()))
+        })
+    }
+}
+
+/// Whether a flag was spelled on the command line (legacy env must not override an explicit flag).
+fn flag_given(flag: &str) -> bool {
+    std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["casserole-node"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).unwrap().finish(|_| None)
+    }
+
+    #[test]
+    fn sizes_follow_kubernetes_quantities() {
+        assert_eq!("100M".parse::<ByteSize>().unwrap().0, 100_000_000);
+        assert_eq!("512Mi".parse::<ByteSize>().unwrap().0, 512 * 1024 * 1024);
+        assert_eq!("1G".parse::<ByteSize>().unwrap().0, 1_000_000_000);
+        assert_eq!("2097152".parse::<ByteSize>().unwrap().0, 2 * 1024 * 1024);
+        assert!("lots".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn original_flag_names_are_accepted() {
+        let c = parse(&[
+            "--mirror-url",
+            "http://example.com/base",
+            "--max-memory-usage",
+            "1G",
+            "--disk-cache-enabled",
+            "false",
+            "--disk-cache-dir",
+            "/tmp/x",
+            "--etcd",
+            "http://a:2379,http://b:2379",
+            "--peering-address",
+            "http://10.0.0.1:8000",
+            "--address",
+            "127.0.0.1:9999",
+        ])
+        .unwrap();
+        assert_eq!(c.upstream().as_str(), "http://example.com/base");
+        assert_eq!(c.max_memory_usage.0, 1_000_000_000);
+        assert!(!c.disk_cache_enabled);
+        assert_eq!(c.etcd.len(), 2);
+    }
+
+    #[test]
+    fn legacy_environment_is_a_fallback() {
+        let c = Config::try_parse_from(["casserole-node"])
+            .unwrap()
+            .finish(|k| match k {
+                "UPSTREAM_SERVER" => Some("https://mirror.example/".into()),
+                "ETCD" => Some("http://etcd:2379".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(c.upstream().host_str(), Some("mirror.example"));
+        assert_eq!(c.etcd, vec!["http://etcd:2379".to_string()]);
+    }
+
+    #[test]
+    fn bad_input_names_the_flag() {
+        assert!(matches!(parse(&[]), Err(ConfigError::MissingUpstream)));
+        let err = parse(&["--upstream", "http://x", "--pass-through", "("]).unwrap_err();
+        assert!(err.to_string().contains("--pass-through"), "{err}");
+        let err = parse(&[
+            "--upstream",
+            "http://x",
+            "--max-disk-usage",
+            "1G",
+            "--cleaned-disk-usage",
+            "2G",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--cleaned-disk-usage"), "{err}");
+        assert!(Config::try_parse_from(["casserole-node", "--upstream", "ftp://x"]).is_err());
+        assert!(matches!(
+            parse(&["--upstream", "http://x", "--chunk-size", "1"]),
+            Err(ConfigError::BadChunkSize(1))
+        ));
+    }
+}

@@ -1,0 +1,424 @@
+//! Walks the tiers for each chunk a response needs: memory, (owner peer,) disk, upstream.
+//!
+//! * Single flight: one fetch per chunk per node; every concurrent reader follows it and gets
+//!   its bytes as they arrive, so a cold chunk starts streaming before it is complete.
+//! * Read-ahead: a response keeps up to `readahead + 1` chunks in flight, so a cold object
+//!   arrives at the upstream's aggregate rate even when each upstream connection is throttled,
+//!   while a slow client holds at most that many chunks in memory (backpressure).
+//! * Promotion: a chunk read from disk or the upstream lands in memory; one from the upstream is
+//!   also written to disk, off the response path.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    ops::RangeInclusive,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+
+use crate::{
+    metadata::MetadataStore,
+    metrics::Metrics,
+    object::{ChunkKey, ObjectMeta},
+    tier::{disk::DiskTier, memory::MemoryTier, Source},
+    upstream::{Upstream, UpstreamError},
+};
+
+#[derive(Clone, Debug)]
+enum Progress {
+    /// This many pieces are available so far.
+    Running(usize),
+    Done(usize),
+    Failed(UpstreamError),
+}
+
+/// One chunk being fetched, shared by every reader that wants it.
+struct Flight {
+    source: Source,
+    pieces: Mutex<Vec<Bytes>>,
+    progress: watch::Sender<Progress>,
+}
+
+impl Flight {
+    fn new(source: Source) -> Self {
+        Flight {
+            source,
+            pieces: Mutex::new(Vec::new()),
+            progress: watch::Sender::new(Progress::Running(0)),
+        }
+    }
+
+    fn push(&self, piece: Bytes) {
+        let count = {
+            let mut pieces = self.pieces.lock().expect("flight lock");
+            pieces.push(piece);
+            pieces.len()
+        };
+        self.progress.send_replace(Progress::Running(count));
+    }
+
+    fn finish(&self) {
+        let count = self.pieces.lock().expect("flight lock").len();
+        self.progress.send_replace(Progress::Done(count));
+    }
+
+    fn fail(&self, error: UpstreamError) {
+        self.progress.send_replace(Progress::Failed(error));
+    }
+}
+
+/// Marks a flight failed if its task ends without finishing it (panic or cancellation), so no
+/// reader waits forever.
+struct FlightGuard(Arc<Flight>);
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        if matches!(*self.0.progress.borrow(), Progress::Running(_)) {
+            self.0
+                .fail(UpstreamError::Transfer("chunk fetch abandoned".into()));
+        }
+    }
+}
+
+/// Yields the bytes of one chunk, from a cache hit or by following a flight.
+pub struct ChunkReader {
+    pub source: Source,
+    /// Joined a fetch another request had started.
+    pub collapsed: bool,
+    state: ReaderState,
+}
+
+enum ReaderState {
+    Ready(Option<Bytes>),
+    Following {
+        flight: Arc<Flight>,
+        progress: watch::Receiver<Progress>,
+        next: usize,
+    },
+}
+
+impl ChunkReader {
+    pub async fn next(&mut self) -> Option<Result<Bytes, UpstreamError>> {
+        match &mut self.state {
+            ReaderState::Ready(chunk) => chunk.take().map(Ok),
+            ReaderState::Following {
+                flight,
+                progress,
+                next,
+            } => loop {
+                let current = progress.borrow_and_update().clone();
+                match current {
+                    Progress::Running(n) | Progress::Done(n) if *next < n => {
+                        let piece = flight.pieces.lock().expect("flight lock")[*next].clone();
+                        *next += 1;
+                        return Some(Ok(piece));
+                    }
+                    Progress::Done(_) => return None,
+                    Progress::Failed(e) => return Some(Err(e)),
+                    Progress::Running(_) => {
+                        if progress.changed().await.is_err() {
+                            return Some(Err(UpstreamError::Transfer(
+                                "chunk fetch abandoned".into(),
+                            )));
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
+pub struct ChunkFetcher {
+    memory: MemoryTier,
+    disk: Option<Arc<DiskTier>>,
+    upstream: Arc<Upstream>,
+    metadata: Arc<MetadataStore>,
+    flights: Mutex<HashMap<ChunkKey, Arc<Flight>>>,
+    metrics: Arc<Metrics>,
+    readahead: usize,
+}
+
+impl ChunkFetcher {
+    pub fn new(
+        memory: MemoryTier,
+        disk: Option<Arc<DiskTier>>,
+        upstream: Arc<Upstream>,
+        metadata: Arc<MetadataStore>,
+        metrics: Arc<Metrics>,
+        readahead: usize,
+    ) -> Arc<Self> {
+        Arc::new(ChunkFetcher {
+            memory,
+            disk,
+            upstream,
+            metadata,
+            flights: Mutex::new(HashMap::new()),
+            metrics,
+            readahead,
+        })
+    }
+
+    pub fn memory(&self) -> &MemoryTier {
+        &self.memory
+    }
+
+    /// Starts (or joins) getting chunk `index` of `meta`; never waits.
+    pub fn open(
+        self: &Arc<Self>,
+        meta: &Arc<ObjectMeta>,
+        version: &Arc<str>,
+        index: u64,
+    ) -> ChunkReader {
+        let key = meta.chunk_key(version, index);
+        let hit = |chunk: Bytes| ChunkReader {
+            source: Source::Memory,
+            collapsed: false,
+            state: ReaderState::Ready(Some(chunk)),
+        };
+        if let Some(chunk) = self.memory.get(&key) {
+            self.metrics
+                .chunk_sources
+                .with_label_values(&["memory"])
+                .inc();
+            return hit(chunk);
+        }
+        let mut flights = self.flights.lock().expect("flights lock");
+        if let Some(flight) = flights.get(&key) {
+            self.metrics
+                .chunk_sources
+                .with_label_values(&["collapsed"])
+                .inc();
+            return ChunkReader {
+                source: flight.source,
+                collapsed: true,
+                state: ReaderState::Following {
+                    flight: flight.clone(),
+                    progress: flight.progress.subscribe(),
+                    next: 0,
+                },
+            };
+        }
+        // A flight finishes by filling memory and then leaving the map, both before we took the
+        // lock or both after: checking memory again here means a chunk is never fetched twice.
+        if let Some(chunk) = self.memory.get(&key) {
+            self.metrics
+                .chunk_sources
+                .with_label_values(&["memory"])
+                .inc();
+            return hit(chunk);
+        }
+        let source = match &self.disk {
+            Some(disk) if disk.contains(&key) => Source::Disk,
+            _ => Source::Upstream,
+        };
+        let flight = Arc::new(Flight::new(source));
+        flights.insert(key.clone(), flight.clone());
+        drop(flights);
+        self.metrics
+            .chunk_sources
+            .with_label_values(&[source.label()])
+            .inc();
+        let progress = flight.progress.subscribe();
+        tokio::spawn(self.clone().fly(meta.clone(), key, flight.clone()));
+        ChunkReader {
+            source,
+            collapsed: false,
+            state: ReaderState::Following {
+                flight,
+                progress,
+                next: 0,
+            },
+        }
+    }
+
+    /// Runs one flight to its end, independently of the readers: a client that goes away does not
+    /// cancel a fetch others may be following.
+    async fn fly(self: Arc<Self>, meta: Arc<ObjectMeta>, key: ChunkKey, flight: Arc<Flight>) {
+        let _guard = FlightGuard(flight.clone());
+        let started = Instant::now();
+        let result = self.fill(&meta, &key, &flight).await;
+        match result {
+            Ok((chunk, source)) => {
+                self.metrics
+                    .chunk_fetch_seconds
+                    .with_label_values(&[source.label()])
+                    .observe(started.elapsed().as_secs_f64());
+                self.memory.insert(key.clone(), chunk.clone());
+                self.flights.lock().expect("flights lock").remove(&key);
+                flight.finish();
+                if source == Source::Upstream {
+                    if let Some(disk) = &self.disk {
+                        if let Err(e) = disk.put(&key, chunk).await {
+                            tracing::warn!(chunk = %key, error = %e, "disk tier write failed; chunk kept in memory only");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                self.flights.lock().expect("flights lock").remove(&key);
+                flight.fail(e.clone());
+                if let UpstreamError::Changed(why) = &e {
+                    self.metrics.objects_changed.inc();
+                    tracing::warn!(path = %meta.path, version = %meta.version, reason = %why,
+                        "object changed upstream during a fetch; metadata dropped, response aborted");
+                    self.memory.remove_version(&meta.version);
+                    self.metadata.invalidate(&meta).await;
+                } else {
+                    tracing::warn!(path = %meta.path, chunk = %key, error = %e, "chunk fetch failed");
+                }
+            }
+        }
+    }
+
+    async fn fill(
+        &self,
+        meta: &ObjectMeta,
+        key: &ChunkKey,
+        flight: &Flight,
+    ) -> Result<(Bytes, Source), UpstreamError> {
+        let expected = meta.chunk_len(key.index) as usize;
+        if flight.source == Source::Disk {
+            if let Some(disk) = &self.disk {
+                match disk.get(key).await {
+                    Some(chunk) if chunk.len() == expected => {
+                        flight.push(chunk.clone());
+                        return Ok((chunk, Source::Disk));
+                    }
+                    // Corrupt files were dropped by the disk tier; fetch the chunk again.
+                    _ => {
+                        tracing::info!(chunk = %key, "disk tier could not serve chunk; fetching from upstream")
+                    }
+                }
+            }
+        }
+        let mut stream = self.upstream.fetch_chunk(meta, key.index).await?;
+        let mut whole = BytesMut::with_capacity(expected);
+        while let Some(piece) = stream.next().await {
+            let piece = piece?;
+            whole.extend_from_slice(&piece);
+            flight.push(piece);
+        }
+        Ok((whole.freeze(), Source::Upstream))
+    }
+
+    /// The bytes of `range` (inclusive) of `meta`, in order, with read-ahead.
+    pub fn stream_range(
+        self: &Arc<Self>,
+        meta: Arc<ObjectMeta>,
+        range: RangeInclusive<u64>,
+    ) -> RangeReader {
+        let chunks = meta.chunks_for(&range);
+        RangeReader {
+            fetcher: self.clone(),
+            version: Arc::from(meta.version.as_str()),
+            meta,
+            range,
+            next_to_open: *chunks.start(),
+            last_chunk: *chunks.end(),
+            window: VecDeque::new(),
+            failed: false,
+        }
+    }
+}
+
+struct Open {
+    index: u64,
+    /// Bytes of this chunk read so far.
+    offset: u64,
+    reader: ChunkReader,
+}
+
+/// Streams a byte range of one object from its chunks, keeping a bounded window in flight.
+pub struct RangeReader {
+    fetcher: Arc<ChunkFetcher>,
+    meta: Arc<ObjectMeta>,
+    version: Arc<str>,
+    range: RangeInclusive<u64>,
+    next_to_open: u64,
+    last_chunk: u64,
+    window: VecDeque<Open>,
+    failed: bool,
+}
+
+impl RangeReader {
+    fn fill_window(&mut self) {
+        while self.window.len() <= self.fetcher.readahead && self.next_to_open <= self.last_chunk {
+            let index = self.next_to_open;
+            let reader = self.fetcher.open(&self.meta, &self.version, index);
+            self.window.push_back(Open {
+                index,
+                offset: 0,
+                reader,
+            });
+            self.next_to_open += 1;
+        }
+    }
+
+    /// Source and collapsing of the first chunk, once the window is open.
+    pub fn head(&mut self) -> Option<(Source, bool)> {
+        self.fill_window();
+        self.window
+            .front()
+            .map(|o| (o.reader.source, o.reader.collapsed))
+    }
+
+    pub async fn next(&mut self) -> Option<Result<Bytes, UpstreamError>> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            self.fill_window();
+            let chunk_size = self.meta.chunk_size;
+            let open = self.window.front_mut()?;
+            let chunk_start = open.index * chunk_size;
+            match open.reader.next().await {
+                Some(Ok(piece)) => {
+                    let piece_start = chunk_start + open.offset;
+                    open.offset += piece.len() as u64;
+                    let piece_end = chunk_start + open.offset; // exclusive
+                    let from = (*self.range.start()).max(piece_start);
+                    let to = (*self.range.end() + 1).min(piece_end);
+                    let source = open.reader.source;
+                    if piece_end > *self.range.end() {
+                        // The rest of this chunk is past the range: stop reading it.
+                        self.window.pop_front();
+                    }
+                    if from < to {
+                        let slice =
+                            piece.slice((from - piece_start) as usize..(to - piece_start) as usize);
+                        self.fetcher
+                            .metrics
+                            .bytes_served
+                            .with_label_values(&[source.label()])
+                            .inc_by(slice.len() as u64);
+                        return Some(Ok(slice));
+                    }
+                }
+                Some(Err(e)) => {
+                    self.failed = true;
+                    self.window.clear();
+                    return Some(Err(e));
+                }
+                None => {
+                    let expected = self.meta.chunk_len(open.index);
+                    if open.offset != expected {
+                        self.failed = true;
+                        let got = open.offset;
+                        self.window.clear();
+                        return Some(Err(UpstreamError::Truncated { expected, got }));
+                    }
+                    self.window.pop_front();
+                }
+            }
+        }
+    }
+
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, UpstreamError>> + Send {
+        futures::stream::unfold(self, |mut reader| async move {
+            reader.next().await.map(|item| (item, reader))
+        })
+    }
+}

@@ -1,0 +1,181 @@
+//! Object metadata lookups: memory (moka, expiring at the object's freshness), then the disk
+//! tier (so a restarted node still knows its objects), then a `HEAD` to the upstream.
+//!
+//! Concurrent lookups of one path are collapsed into one (moka's `try_get_with`), so a burst of
+//! clients costs the upstream one `HEAD`.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use moka::{future::Cache, Expiry};
+
+use crate::{
+    metrics::Metrics,
+    object::{unix_now, ObjectMeta},
+    policy::{evaluate_head, HeadContext, Uncacheable},
+    tier::disk::DiskTier,
+    upstream::{Upstream, UpstreamError},
+};
+
+/// Why a lookup produced no metadata.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    #[error("not cacheable: {0}")]
+    Uncacheable(Uncacheable),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// Where the metadata of a lookup came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaSource {
+    Cached,
+    Upstream,
+}
+
+struct FreshnessExpiry;
+
+impl Expiry<String, Arc<ObjectMeta>> for FreshnessExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<ObjectMeta>,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(value.time_to_live(unix_now()))
+    }
+}
+
+pub struct MetadataConfig {
+    pub min_ttl: Duration,
+    pub chunk_size: u64,
+    pub max_entries: u64,
+}
+
+pub struct MetadataStore {
+    memory: Cache<String, Arc<ObjectMeta>>,
+    disk: Option<Arc<DiskTier>>,
+    upstream: Arc<Upstream>,
+    cfg: MetadataConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl MetadataStore {
+    pub fn new(
+        cfg: MetadataConfig,
+        upstream: Arc<Upstream>,
+        disk: Option<Arc<DiskTier>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let memory = Cache::builder()
+            .max_capacity(cfg.max_entries)
+            .expire_after(FreshnessExpiry)
+            .build();
+        MetadataStore {
+            memory,
+            disk,
+            upstream,
+            cfg,
+            metrics,
+        }
+    }
+
+    /// Metadata of `path` if it is cacheable.
+    pub async fn lookup(&self, path: &str) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
+        if let Some(meta) = self.memory.get(path).await {
+            if meta.is_fresh(unix_now()) {
+                self.metrics
+                    .metadata_lookups
+                    .with_label_values(&["memory"])
+                    .inc();
+                return Ok((meta, MetaSource::Cached));
+            }
+            self.memory.invalidate(path).await;
+        }
+        let loaded_here = std::sync::atomic::AtomicBool::new(false);
+        let meta = self
+            .memory
+            .try_get_with(path.to_string(), async {
+                loaded_here.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.load(path).await
+            })
+            .await
+            .map_err(|e: Arc<LookupError>| (*e).clone())?;
+        let source = if loaded_here.load(std::sync::atomic::Ordering::Relaxed) {
+            MetaSource::Upstream
+        } else {
+            MetaSource::Cached
+        };
+        Ok((meta, source))
+    }
+
+    async fn load(&self, path: &str) -> Result<Arc<ObjectMeta>, LookupError> {
+        let key = ObjectMeta::meta_key(path);
+        if let Some(disk) = &self.disk {
+            if let Some(raw) = disk.get_meta(&key).await {
+                match serde_json::from_slice::<ObjectMeta>(&raw) {
+                    Ok(meta)
+                        if meta.path == path
+                            && meta.chunk_size == self.cfg.chunk_size
+                            && meta.is_fresh(unix_now()) =>
+                    {
+                        self.metrics
+                            .metadata_lookups
+                            .with_label_values(&["disk"])
+                            .inc();
+                        return Ok(Arc::new(meta));
+                    }
+                    Ok(_) => disk.remove_meta(&key).await,
+                    Err(e) => {
+                        tracing::warn!(path, error = %e, "unreadable metadata record on disk, dropped");
+                        disk.remove_meta(&key).await;
+                    }
+                }
+            }
+        }
+        self.metrics
+            .metadata_lookups
+            .with_label_values(&["upstream"])
+            .inc();
+        let (status, headers, response_time) = self.upstream.head(path).await?;
+        let ctx = HeadContext {
+            upstream: self.upstream.base(),
+            path,
+            min_ttl: self.cfg.min_ttl,
+            chunk_size: self.cfg.chunk_size,
+            response_time,
+        };
+        let meta = evaluate_head(&ctx, status, &headers).map_err(LookupError::Uncacheable)?;
+        if let Some(disk) = &self.disk {
+            let record = Bytes::from(serde_json::to_vec(&meta).expect("metadata serializes"));
+            if let Err(e) = disk.put_meta(&key, record).await {
+                tracing::warn!(path, error = %e, "could not persist metadata; it stays in memory only");
+            }
+        }
+        Ok(Arc::new(meta))
+    }
+
+    /// Forgets `meta` (the object changed upstream): memory, disk record and its chunks on disk.
+    /// A newer version already looked up again is left alone.
+    pub async fn invalidate(&self, meta: &ObjectMeta) {
+        if let Some(current) = self.memory.get(&meta.path).await {
+            if current.version == meta.version {
+                self.memory.invalidate(&meta.path).await;
+            }
+        }
+        if let Some(disk) = &self.disk {
+            let key = ObjectMeta::meta_key(&meta.path);
+            let on_disk = disk
+                .get_meta(&key)
+                .await
+                .and_then(|raw| serde_json::from_slice::<ObjectMeta>(&raw).ok());
+            if on_disk.is_some_and(|m| m.version == meta.version) {
+                disk.remove_meta(&key).await;
+            }
+            disk.remove_version(&meta.version).await;
+        }
+    }
+}

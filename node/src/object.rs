@@ -1,0 +1,206 @@
+//! Object metadata, version keys and chunk arithmetic.
+//!
+//! An object *version* is identified by the hash of its URL, strongest validator, length and the
+//! chunk size it is cut in: a new upstream version is a new key, so chunks of two versions can
+//! never be mixed and nothing is overwritten in place.
+
+use std::{
+    fmt,
+    ops::RangeInclusive,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// One chunk of one object version. `version` is 64 lowercase hex chars.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct ChunkKey {
+    pub version: Arc<str>,
+    pub index: u64,
+}
+
+impl fmt::Display for ChunkKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.version, self.index)
+    }
+}
+
+/// How the cache proves that a range it fetches belongs to the version it has metadata for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Validator {
+    /// Sent as `If-Match`; every range response must carry the same ETag.
+    StrongEtag(String),
+    /// Sent as `If-Unmodified-Since`; every range response must carry the same Last-Modified.
+    LastModified(String),
+}
+
+/// What the cache knows about one cacheable object, from the upstream's answer to `HEAD`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    /// Path and query on the upstream.
+    pub path: String,
+    pub length: u64,
+    pub chunk_size: u64,
+    pub validator: Validator,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// Representation headers replayed to clients (Content-Type, Cache-Control, …).
+    pub headers: Vec<(String, String)>,
+    /// Unix seconds when the upstream answered.
+    pub fetched_at: u64,
+    /// Age the response already had when it was received (RFC 9111 §4.2.3).
+    pub initial_age: u64,
+    /// Unix seconds after which the object is stale and must be looked up again.
+    pub fresh_until: u64,
+    pub version: String,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+impl ObjectMeta {
+    /// Derives the version key; call once all other fields are set.
+    pub fn compute_version(
+        upstream: &str,
+        path: &str,
+        validator: &Validator,
+        length: u64,
+        chunk_size: u64,
+    ) -> String {
+        let mut h = Sha256::new();
+        for part in [upstream, path] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        match validator {
+            Validator::StrongEtag(e) => h.update(format!("etag:{e}")),
+            Validator::LastModified(l) => h.update(format!("lm:{l}")),
+        }
+        h.update([0]);
+        h.update(length.to_be_bytes());
+        h.update(chunk_size.to_be_bytes());
+        hex::encode(h.finalize())
+    }
+
+    pub fn chunk_count(&self) -> u64 {
+        self.length.div_ceil(self.chunk_size)
+    }
+
+    /// Byte range (inclusive) of chunk `index` within the object.
+    pub fn chunk_range(&self, index: u64) -> RangeInclusive<u64> {
+        let start = index * self.chunk_size;
+        let end = (start + self.chunk_size).min(self.length) - 1;
+        start..=end
+    }
+
+    pub fn chunk_len(&self, index: u64) -> u64 {
+        let r = self.chunk_range(index);
+        r.end() - r.start() + 1
+    }
+
+    /// Chunks that hold the bytes of `range` (inclusive, non-empty, within the object).
+    pub fn chunks_for(&self, range: &RangeInclusive<u64>) -> RangeInclusive<u64> {
+        (range.start() / self.chunk_size)..=(range.end() / self.chunk_size)
+    }
+
+    pub fn chunk_key(&self, version: &Arc<str>, index: u64) -> ChunkKey {
+        ChunkKey {
+            version: version.clone(),
+            index,
+        }
+    }
+
+    pub fn is_fresh(&self, now: u64) -> bool {
+        now < self.fresh_until
+    }
+
+    pub fn time_to_live(&self, now: u64) -> Duration {
+        Duration::from_secs(self.fresh_until.saturating_sub(now))
+    }
+
+    /// Current `Age` in seconds.
+    pub fn age(&self, now: u64) -> u64 {
+        self.initial_age + now.saturating_sub(self.fetched_at)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Key of the metadata record for this path, for the disk tier and for ownership.
+    pub fn meta_key(path: &str) -> String {
+        hex::encode(Sha256::digest(path.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(length: u64, chunk_size: u64) -> ObjectMeta {
+        let validator = Validator::StrongEtag("\"v1\"".into());
+        ObjectMeta {
+            path: "/a".into(),
+            length,
+            chunk_size,
+            version: ObjectMeta::compute_version("http://u", "/a", &validator, length, chunk_size),
+            validator,
+            etag: Some("\"v1\"".into()),
+            last_modified: None,
+            headers: vec![],
+            fetched_at: 100,
+            initial_age: 5,
+            fresh_until: 200,
+        }
+    }
+
+    #[test]
+    fn chunk_math_covers_the_object_exactly() {
+        let m = meta(10, 4);
+        assert_eq!(m.chunk_count(), 3);
+        assert_eq!(m.chunk_range(0), 0..=3);
+        assert_eq!(m.chunk_range(2), 8..=9);
+        assert_eq!(m.chunk_len(2), 2);
+        assert_eq!(m.chunks_for(&(3..=4)), 0..=1);
+        assert_eq!(m.chunks_for(&(9..=9)), 2..=2);
+        let exact = meta(8, 4);
+        assert_eq!(exact.chunk_count(), 2);
+        assert_eq!(exact.chunk_range(1), 4..=7);
+    }
+
+    #[test]
+    fn version_changes_with_validator_length_and_chunk_size() {
+        let v = |val: &str, len, cs| {
+            ObjectMeta::compute_version(
+                "http://u",
+                "/a",
+                &Validator::StrongEtag(val.into()),
+                len,
+                cs,
+            )
+        };
+        assert_eq!(v("\"a\"", 10, 4), v("\"a\"", 10, 4));
+        assert_ne!(v("\"a\"", 10, 4), v("\"b\"", 10, 4));
+        assert_ne!(v("\"a\"", 10, 4), v("\"a\"", 11, 4));
+        assert_ne!(v("\"a\"", 10, 4), v("\"a\"", 10, 8));
+        assert_eq!(v("\"a\"", 10, 4).len(), 64);
+    }
+
+    #[test]
+    fn age_and_freshness() {
+        let m = meta(10, 4);
+        assert_eq!(m.age(110), 15);
+        assert!(m.is_fresh(199));
+        assert!(!m.is_fresh(200));
+        assert_eq!(m.time_to_live(150), Duration::from_secs(50));
+    }
+}

@@ -1,0 +1,595 @@
+//! Persistent disk tier: one file per chunk, plus small metadata blobs.
+//!
+//! Layout under `dir`:
+//! - `tmp/`                         files being written; anything here at `open` is debris of a crash
+//! - `chunks/<vv>/<version>-<index>` (`vv` = first two hex chars of the version, to keep directories small)
+//! - `meta/<sha256(name) hex>`
+//!
+//! Every file is `header ++ key ++ payload`, so a renamed, truncated or bit-flipped file is
+//! detected on read and dropped instead of served.
+//!
+//! Concurrency: the index sits under one `std::sync::Mutex` that is never held across `.await`
+//! nor during file I/O. Each operation runs entirely inside `spawn_blocking`, index update
+//! included, so a caller dropping the future mid-way cannot leave the index out of step with
+//! the directory. Two path sets keep writers and deleters apart:
+//! - `writing`: a put is in progress for this path; deleters (eviction, `remove_version`,
+//!   corruption clean-up) leave the path alone.
+//! - `deleting`: a deleter owns this path; a writer waits before renaming into it, so a
+//!   deleter's `unlink` can never hit a freshly written file.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Condvar, Mutex, MutexGuard, PoisonError,
+    },
+    time::SystemTime,
+};
+
+use bytes::Bytes;
+use prometheus::{IntCounter, IntGauge};
+use sha2::{Digest, Sha256};
+use tokio::runtime::Handle;
+use tracing::{debug, warn};
+
+use crate::object::ChunkKey;
+
+mod format;
+mod index;
+use format::{
+    encode_header, file_len, parse_chunk_name, read_verified, valid_version, Loaded, KIND_CHUNK,
+    KIND_META,
+};
+
+use index::State;
+
+#[cfg(test)]
+mod tests;
+
+/// How many victims one eviction pass claims at once, to keep each hold of the index lock short.
+const EVICT_BATCH: usize = 64;
+
+pub struct DiskConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub cleaned_bytes: u64,
+}
+
+#[derive(Clone)]
+pub struct DiskMetrics {
+    pub used_bytes: IntGauge,
+    pub chunks: IntGauge,
+    pub evictions: IntCounter,
+    pub checksum_failures: IntCounter,
+    pub write_errors: IntCounter,
+    pub read_errors: IntCounter,
+}
+
+impl DiskMetrics {
+    pub fn unregistered() -> Self {
+        let g = |n: &str| IntGauge::new(n, n).expect("valid metric name");
+        let c = |n: &str| IntCounter::new(n, n).expect("valid metric name");
+        Self {
+            used_bytes: g("disk_used_bytes"),
+            chunks: g("disk_chunks"),
+            evictions: c("disk_evictions_total"),
+            checksum_failures: c("disk_checksum_failures_total"),
+            write_errors: c("disk_write_errors_total"),
+            read_errors: c("disk_read_errors_total"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("disk I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("disk full")]
+    Full,
+    #[error("entry of {size} bytes exceeds the disk tier maximum of {max} bytes")]
+    TooLarge { size: u64, max: u64 },
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+}
+
+impl DiskError {
+    /// ENOSPC gets its own variant so callers can tell "disk full" from "disk broken".
+    fn from_io(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::StorageFull {
+            DiskError::Full
+        } else {
+            DiskError::Io(e)
+        }
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    max_bytes: u64,
+    cleaned_bytes: u64,
+    metrics: DiskMetrics,
+    state: Mutex<State>,
+    /// Signalled whenever paths leave `deleting`.
+    deleted: Condvar,
+    tmp_seq: AtomicU64,
+}
+
+pub struct DiskTier {
+    inner: Arc<Inner>,
+}
+
+impl DiskTier {
+    /// Creates dirs, removes leftover temp files, rebuilds the index from the directory, evicts if over max.
+    pub async fn open(cfg: DiskConfig, metrics: DiskMetrics) -> Result<Arc<DiskTier>, DiskError> {
+        let inner = blocking(move || open_blocking(cfg, metrics)).await?;
+        Ok(Arc::new(DiskTier {
+            inner: Arc::new(inner),
+        }))
+    }
+
+    pub fn contains(&self, key: &ChunkKey) -> bool {
+        self.inner.lock().index.contains_key(key)
+    }
+
+    /// Reads and verifies a chunk; corrupt or truncated files are deleted and reported as a miss.
+    pub async fn get(&self, key: &ChunkKey) -> Option<Bytes> {
+        // Misses are answered from the index without a trip to the blocking pool.
+        if !self.contains(key) || !valid_version(&key.version) {
+            return None;
+        }
+        let inner = self.inner.clone();
+        let key = key.clone();
+        blocking(move || Ok(inner.get_chunk_blocking(&key)))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Stores a chunk crash-safely; an error leaves the tier as it was (the caller just doesn't cache).
+    pub async fn put(&self, key: &ChunkKey, data: Bytes) -> Result<(), DiskError> {
+        if !valid_version(&key.version) {
+            return Err(DiskError::InvalidKey(key.to_string()));
+        }
+        let size = file_len(key.to_string().len(), data.len());
+        if size > self.inner.max_bytes {
+            return Err(DiskError::TooLarge {
+                size,
+                max: self.inner.max_bytes,
+            });
+        }
+        let inner = self.inner.clone();
+        let key = key.clone();
+        let rt = Handle::current();
+        blocking(move || inner.put_chunk_blocking(&key, &data, &rt)).await
+    }
+
+    /// Drops every chunk of `version`. Chunks of it still being written land afterwards; callers
+    /// stop writing a version before removing it.
+    pub async fn remove_version(&self, version: &str) {
+        let inner = self.inner.clone();
+        let version = version.to_owned();
+        let _ = blocking(move || {
+            let victims = inner.claim_victims(|st| {
+                st.index
+                    .keys()
+                    .filter(|k| *k.version == *version)
+                    .cloned()
+                    .collect()
+            });
+            inner.delete_claimed(victims);
+            Ok(())
+        })
+        .await;
+    }
+
+    pub async fn get_meta(&self, name: &str) -> Option<Bytes> {
+        let inner = self.inner.clone();
+        let name = name.to_owned();
+        blocking(move || Ok(inner.get_meta_blocking(&name)))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    pub async fn put_meta(&self, name: &str, data: Bytes) -> Result<(), DiskError> {
+        if name.len() > u16::MAX as usize {
+            return Err(DiskError::InvalidKey(format!(
+                "metadata name of {} bytes",
+                name.len()
+            )));
+        }
+        let inner = self.inner.clone();
+        let name = name.to_owned();
+        blocking(move || {
+            let path = inner.meta_path(&name);
+            inner.register_writer(&path);
+            let res = inner.write_file(&path, KIND_META, name.as_bytes(), &data);
+            inner.unregister_writer(&path);
+            res.map(|_| ())
+                .inspect_err(|_| inner.metrics.write_errors.inc())
+        })
+        .await
+    }
+
+    pub async fn remove_meta(&self, name: &str) {
+        let inner = self.inner.clone();
+        let name = name.to_owned();
+        let _ = blocking(move || {
+            let path = inner.meta_path(&name);
+            let mut st = inner.lock();
+            while st.deleting.contains(&path) {
+                st = inner.wait(st);
+            }
+            st.deleting.insert(path.clone());
+            drop(st);
+            remove_quietly(&path);
+            inner.release(std::slice::from_ref(&path));
+            Ok(())
+        })
+        .await;
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.inner.lock().used
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.inner.lock().index.len()
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere must not take the whole tier down; the state stays structurally valid.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait<'a>(&self, g: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.deleted.wait(g).unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, st: &State) {
+        self.metrics.used_bytes.set(st.used as i64);
+        self.metrics.chunks.set(st.index.len() as i64);
+    }
+
+    fn chunk_path(&self, key: &ChunkKey) -> PathBuf {
+        let mut p = self.dir.join("chunks");
+        p.push(&key.version[..2]);
+        p.push(key.to_string());
+        p
+    }
+
+    fn meta_path(&self, name: &str) -> PathBuf {
+        self.dir
+            .join("meta")
+            .join(hex::encode(Sha256::digest(name.as_bytes())))
+    }
+
+    fn register_writer(&self, path: &Path) {
+        *self.lock().writing.entry(path.to_owned()).or_default() += 1;
+    }
+
+    fn unregister_writer(&self, path: &Path) {
+        let mut st = self.lock();
+        if let Some(n) = st.writing.get_mut(path) {
+            *n -= 1;
+            if *n == 0 {
+                st.writing.remove(path);
+            }
+        }
+    }
+
+    fn release(&self, paths: &[PathBuf]) {
+        let mut st = self.lock();
+        for p in paths {
+            st.deleting.remove(p);
+        }
+        drop(st);
+        self.deleted.notify_all();
+    }
+
+    /// temp file → header+payload → fsync → rename → fsync dir. Returns the file length; on Err
+    /// the temp file is gone and the final path untouched.
+    fn write_file(&self, path: &Path, kind: u8, key: &[u8], data: &[u8]) -> Result<u64, DiskError> {
+        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join("tmp")
+            .join(format!("{}.{seq}", std::process::id()));
+        let written = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(&encode_header(kind, key, data))?;
+            f.write_all(data)?;
+            f.sync_all()
+        })();
+        if let Err(e) = written {
+            remove_quietly(&tmp);
+            return Err(DiskError::from_io(e));
+        }
+        // A deleter that claimed this path before we registered still owns it; renaming now
+        // would let its unlink remove our new file.
+        let mut st = self.lock();
+        while st.deleting.contains(path) {
+            st = self.wait(st);
+        }
+        drop(st);
+        if let Err(e) = fs::rename(&tmp, path) {
+            remove_quietly(&tmp);
+            return Err(DiskError::from_io(e));
+        }
+        // Without this the rename itself may not survive a power cut. The file is in place and
+        // complete either way, so report the failure but let the caller index it: an Err from
+        // here always means nothing changed on disk.
+        if let Err(e) = sync_dir(path.parent().expect("entry paths have a parent")) {
+            self.metrics.write_errors.inc();
+            warn!(file = ?path, error = %e, "disk tier directory fsync failed");
+        }
+        Ok(file_len(key.len(), data.len()))
+    }
+
+    fn put_chunk_blocking(
+        self: &Arc<Self>,
+        key: &ChunkKey,
+        data: &[u8],
+        rt: &Handle,
+    ) -> Result<(), DiskError> {
+        let path = self.chunk_path(key);
+        let name = key.to_string();
+        self.register_writer(&path);
+        let res = self.write_file(&path, KIND_CHUNK, name.as_bytes(), data);
+        let mut start_eviction = false;
+        {
+            let mut st = self.lock();
+            if let Ok(n) = res {
+                st.insert(key.clone(), n);
+            }
+            if st.used > self.max_bytes && !st.evicting {
+                st.evicting = true;
+                start_eviction = true;
+            }
+            self.publish(&st);
+        }
+        self.unregister_writer(&path);
+        if start_eviction {
+            let me = self.clone();
+            // Evict on another blocking thread so this put returns as soon as its data is safe.
+            rt.spawn_blocking(move || me.evict());
+        }
+        res.map(|_| ()).inspect_err(|e| {
+            self.metrics.write_errors.inc();
+            warn!(chunk = %key, error = %e, "disk tier write failed");
+        })
+    }
+
+    fn get_chunk_blocking(&self, key: &ChunkKey) -> Option<Bytes> {
+        let path = self.chunk_path(key);
+        let name = key.to_string();
+        match read_verified(&path, KIND_CHUNK, name.as_bytes()) {
+            Ok(Loaded::Good(payload, file)) => {
+                // mtime carries recency across restarts; failing to update it only costs order.
+                let _ = file.set_modified(SystemTime::now());
+                let mut st = self.lock();
+                st.touch(key);
+                Some(payload)
+            }
+            Ok(Loaded::Corrupt(why, ino)) => {
+                warn!(chunk = %key, why, "disk tier dropping corrupt chunk");
+                self.metrics.checksum_failures.inc();
+                self.discard(&path, Some(key), Some(ino));
+                None
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Lost a race with eviction, or someone removed the file behind our back.
+                self.discard(&path, Some(key), None);
+                None
+            }
+            Err(e) => {
+                warn!(chunk = %key, error = %e, "disk tier read failed");
+                self.metrics.read_errors.inc();
+                None
+            }
+        }
+    }
+
+    fn get_meta_blocking(&self, name: &str) -> Option<Bytes> {
+        let path = self.meta_path(name);
+        match read_verified(&path, KIND_META, name.as_bytes()) {
+            Ok(Loaded::Good(payload, _)) => Some(payload),
+            Ok(Loaded::Corrupt(why, ino)) => {
+                warn!(meta = name, why, "disk tier dropping corrupt metadata");
+                self.metrics.checksum_failures.inc();
+                self.discard(&path, None, Some(ino));
+                None
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                warn!(meta = name, error = %e, "disk tier metadata read failed");
+                self.metrics.read_errors.inc();
+                None
+            }
+        }
+    }
+
+    /// Deletes `path` only if it still is the file we inspected (`seen_ino`; None = we saw no
+    /// file), so a good file that a concurrent put renamed into place is never thrown away.
+    fn discard(&self, path: &Path, key: Option<&ChunkKey>, seen_ino: Option<u64>) {
+        let mut st = self.lock();
+        loop {
+            if st.writing.contains_key(path) {
+                return; // the writer replaces the file and the index entry
+            }
+            if !st.deleting.contains(path) {
+                break;
+            }
+            st = self.wait(st);
+        }
+        st.deleting.insert(path.to_owned());
+        drop(st);
+        let gone = match fs::symlink_metadata(path) {
+            Ok(m) if Some(m.ino()) == seen_ino => fs::remove_file(path).is_ok(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => seen_ino.is_none(),
+            _ => false,
+        };
+        let mut st = self.lock();
+        st.deleting.remove(path);
+        if let (true, Some(key)) = (gone, key) {
+            st.remove(key);
+            self.publish(&st);
+        }
+        drop(st);
+        self.deleted.notify_all();
+    }
+
+    /// Under the lock: picks chunks with `select`, skips those being written or deleted, drops
+    /// them from the index and claims their paths. Returns the claimed paths for deletion.
+    fn claim_victims(&self, select: impl FnOnce(&State) -> Vec<ChunkKey>) -> Vec<PathBuf> {
+        let mut st = self.lock();
+        let mut paths = Vec::new();
+        for key in select(&st) {
+            let path = self.chunk_path(&key);
+            if st.busy(&path) {
+                continue;
+            }
+            st.remove(&key);
+            st.deleting.insert(path.clone());
+            paths.push(path);
+        }
+        self.publish(&st);
+        paths
+    }
+
+    fn delete_claimed(&self, paths: Vec<PathBuf>) {
+        for p in &paths {
+            remove_quietly(p);
+        }
+        self.release(&paths);
+    }
+
+    /// Evicts least recently used chunks until used <= cleaned_bytes.
+    fn evict(&self) {
+        loop {
+            let mut done = false;
+            let victims = self.claim_victims(|st| {
+                let mut over = st.used.saturating_sub(self.cleaned_bytes);
+                let mut keys = Vec::new();
+                for key in st.lru.values() {
+                    if over == 0 || keys.len() == EVICT_BATCH {
+                        break;
+                    }
+                    if st.busy(&self.chunk_path(key)) {
+                        continue;
+                    }
+                    over = over.saturating_sub(st.index[key].size);
+                    keys.push(key.clone());
+                }
+                done = keys.is_empty();
+                keys
+            });
+            self.metrics.evictions.inc_by(victims.len() as u64);
+            debug!(count = victims.len(), "disk tier evicting");
+            self.delete_claimed(victims);
+            if done {
+                // A put that crossed max_bytes meanwhile saw `evicting` and left the work to us:
+                // re-check under the lock before clearing it, or nobody would evict.
+                let mut st = self.lock();
+                if st.used <= self.cleaned_bytes
+                    || !st.lru.values().any(|k| !st.busy(&self.chunk_path(k)))
+                {
+                    st.evicting = false;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn open_blocking(cfg: DiskConfig, metrics: DiskMetrics) -> Result<Inner, DiskError> {
+    let dir = cfg.dir;
+    for sub in ["tmp", "chunks", "meta"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    // Debris of a crash mid-write: never renamed, so never visible; just reclaim the space.
+    for e in fs::read_dir(dir.join("tmp"))? {
+        let e = e?;
+        debug!(file = ?e.path(), "removing leftover temp file");
+        remove_quietly(&e.path());
+    }
+    // Creating all shard dirs up front spares puts a mkdir (and its directory fsync).
+    for b in 0..=255u8 {
+        fs::create_dir_all(dir.join("chunks").join(hex::encode([b])))?;
+    }
+    sync_dir(&dir.join("chunks"))?;
+
+    // Stat only: reading every header would make startup of a large cache slow, and get()
+    // verifies each file before serving it anyway.
+    let mut found = Vec::new();
+    for shard in fs::read_dir(dir.join("chunks"))? {
+        let shard = shard?;
+        if !shard.file_type()?.is_dir() {
+            continue;
+        }
+        for e in fs::read_dir(shard.path())? {
+            let e = e?;
+            let Ok(m) = e.metadata() else { continue }; // vanished while we scanned
+            let Some(key) = parse_chunk_name(&e.file_name().to_string_lossy()) else {
+                warn!(file = ?e.path(), "ignoring unknown file in disk cache");
+                continue;
+            };
+            if !m.is_file() || key.version[..2] != *shard.file_name().to_string_lossy() {
+                warn!(file = ?e.path(), "ignoring misplaced file in disk cache");
+                continue;
+            }
+            if m.len() < file_len(key.to_string().len(), 0) {
+                metrics.checksum_failures.inc();
+                remove_quietly(&e.path());
+                continue;
+            }
+            found.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), key, m.len()));
+        }
+    }
+    found.sort_by_key(|(mtime, _, _)| *mtime);
+    let mut st = State::default();
+    for (_, key, size) in found {
+        st.insert(key, size);
+    }
+    metrics.used_bytes.set(st.used as i64);
+    metrics.chunks.set(st.index.len() as i64);
+    let inner = Inner {
+        dir,
+        max_bytes: cfg.max_bytes,
+        cleaned_bytes: cfg.cleaned_bytes.min(cfg.max_bytes),
+        metrics,
+        state: Mutex::new(st),
+        deleted: Condvar::new(),
+        tmp_seq: AtomicU64::new(0),
+    };
+    if inner.lock().used > inner.max_bytes {
+        inner.lock().evicting = true;
+        inner.evict();
+    }
+    Ok(inner)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn remove_quietly(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            warn!(file = ?path, error = %e, "disk tier could not remove file");
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DiskError> + Send + 'static,
+) -> Result<T, DiskError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(DiskError::Io(io::Error::other(e))))
+}

@@ -1,0 +1,432 @@
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use super::*;
+
+fn ver(n: u32) -> String {
+    format!("{n:064x}")
+}
+
+fn key(v: &str, index: u64) -> ChunkKey {
+    ChunkKey {
+        version: v.into(),
+        index,
+    }
+}
+
+fn payload(seed: u8, len: usize) -> Bytes {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// On-disk size of a chunk with a single-digit index.
+fn flen(len: usize) -> u64 {
+    file_len(66, len)
+}
+
+async fn open(dir: &Path, max_bytes: u64, cleaned_bytes: u64) -> Arc<DiskTier> {
+    let cfg = DiskConfig {
+        dir: dir.to_owned(),
+        max_bytes,
+        cleaned_bytes,
+    };
+    DiskTier::open(cfg, DiskMetrics::unregistered())
+        .await
+        .expect("open")
+}
+
+async fn open_big(dir: &Path) -> Arc<DiskTier> {
+    open(dir, 1 << 30, 1 << 29).await
+}
+
+/// Eviction runs in the background after a put; wait for it to finish.
+async fn settle(t: &DiskTier) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.inner.lock().evicting {
+        assert!(Instant::now() < deadline, "eviction did not finish");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn flip_last_byte(path: &Path) {
+    let mut b = fs::read(path).unwrap();
+    *b.last_mut().unwrap() ^= 0x01;
+    fs::write(path, b).unwrap();
+}
+
+fn truncate_by(path: &Path, n: u64) {
+    let f = OpenOptions::new().write(true).open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len - n).unwrap();
+}
+
+fn tmp_is_empty(dir: &Path) -> bool {
+    fs::read_dir(dir.join("tmp")).unwrap().next().is_none()
+}
+
+#[tokio::test]
+async fn put_get_round_trip() {
+    let d = tempfile::tempdir().unwrap();
+    let t = open_big(d.path()).await;
+    let (k, data) = (key(&ver(1), 0), payload(1, 5000));
+    assert!(!t.contains(&k));
+    assert_eq!(t.get(&k).await, None);
+    t.put(&k, data.clone()).await.unwrap();
+    assert!(t.contains(&k));
+    assert_eq!(t.get(&k).await.unwrap(), data);
+    assert_eq!((t.used_bytes(), t.chunk_count()), (flen(5000), 1));
+    // Rewriting the same key replaces, not adds.
+    t.put(&k, data.clone()).await.unwrap();
+    assert_eq!((t.used_bytes(), t.chunk_count()), (flen(5000), 1));
+    let m = &t.inner.metrics;
+    assert_eq!((m.used_bytes.get(), m.chunks.get()), (flen(5000) as i64, 1));
+    assert!(tmp_is_empty(d.path()));
+}
+
+#[tokio::test]
+async fn restart_rebuilds_index() {
+    let d = tempfile::tempdir().unwrap();
+    let keys: Vec<_> = (0..3).map(|i| key(&ver(7), i)).collect();
+    let t = open_big(d.path()).await;
+    for (i, k) in keys.iter().enumerate() {
+        t.put(k, payload(i as u8, 1000 + i)).await.unwrap();
+    }
+    let used = t.used_bytes();
+    drop(t);
+    let t = open_big(d.path()).await;
+    assert_eq!((t.used_bytes(), t.chunk_count()), (used, 3));
+    assert_eq!(t.inner.metrics.used_bytes.get(), used as i64);
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(t.get(k).await.unwrap(), payload(i as u8, 1000 + i));
+    }
+}
+
+#[tokio::test]
+async fn restart_keeps_recency_order() {
+    let d = tempfile::tempdir().unwrap();
+    let t = open_big(d.path()).await;
+    let v = ver(2);
+    for i in 0..3 {
+        t.put(&key(&v, i), payload(0, 1000)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Reading chunk 0 makes it newer than 1 and 2 on disk too.
+    t.get(&key(&v, 0)).await.unwrap();
+    drop(t);
+    let t = open(d.path(), 2 * flen(1000), 2 * flen(1000) - 1).await;
+    assert!(t.contains(&key(&v, 0)));
+    assert!(!t.contains(&key(&v, 1)) && !t.contains(&key(&v, 2)));
+    assert!(!t.inner.chunk_path(&key(&v, 1)).exists());
+    assert_eq!(t.inner.metrics.evictions.get(), 2);
+}
+
+#[tokio::test]
+async fn leftover_temp_file_removed_on_open() {
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir_all(d.path().join("tmp")).unwrap();
+    fs::write(d.path().join("tmp").join("123.0"), b"half a chunk").unwrap();
+    let t = open_big(d.path()).await;
+    assert!(tmp_is_empty(d.path()));
+    assert_eq!((t.used_bytes(), t.chunk_count()), (0, 0));
+}
+
+#[tokio::test]
+async fn bit_flipped_payload_is_dropped() {
+    let d = tempfile::tempdir().unwrap();
+    let t = open_big(d.path()).await;
+    let k = key(&ver(3), 4);
+    t.put(&k, payload(3, 4096)).await.unwrap();
+    let path = t.inner.chunk_path(&k);
+    flip_last_byte(&path);
+    assert_eq!(t.get(&k).await, None);
+    assert!(!path.exists() && !t.contains(&k));
+    assert_eq!(t.inner.metrics.checksum_failures.get(), 1);
+    assert_eq!((t.used_bytes(), t.inner.metrics.chunks.get()), (0, 0));
+}
+
+#[tokio::test]
+async fn truncated_file_is_dropped() {
+    let d = tempfile::tempdir().unwrap();
+    let t = open_big(d.path()).await;
+    let k = key(&ver(3), 5);
+    t.put(&k, payload(3, 4096)).await.unwrap();
+    let path = t.inner.chunk_path(&k);
+    truncate_by(&path, 10);
+    assert_eq!(t.get(&k).await, None);
+    assert!(!path.exists() && !t.contains(&k));
+    assert_eq!(t.inner.metrics.checksum_failures.get(), 1);
+    assert_eq!(t.used_bytes(), 0);
+}
+
+#[tokio::test]
+async fn file_renamed_to_another_key_is_dropped() {
+    let d = tempfile::tempdir().unwrap();
+    let t = open_big(d.path()).await;
+    let (a, b) = (key(&ver(3), 1), key(&ver(3), 2));
+    t.put(&a, payload(1, 100)).await.unwrap();
+    t.put(&b, payload(2, 100)).await.unwrap();
+    fs::copy(t.inner.chunk_path(&a), t.inner.chunk_path(&b)).unwrap();
+    assert_eq!(t.get(&b).await, None);
+    assert_eq!(t.inner.metrics.checksum_failures.get(), 1);
+    assert_eq!(t.get(&a).await.unwrap(), payload(1, 100));
+}
+
+#[tokio::test]
+async fn eviction_keeps_most_recently_used() {
+    let d = tempfile::tempdir().unwrap();
+    let one = flen(1000);
+    let t = open(d.path(), 10 * one, 5 * one).await;
+    let v = ver(4);
+    for i in 0..10 {
+        t.put(&key(&v, i), payload(i as u8, 1000)).await.unwrap();
+    }
+    settle(&t).await;
+    assert_eq!(t.chunk_count(), 10, "at max, not over it: nothing evicted");
+    t.get(&key(&v, 0)).await.unwrap();
+    t.get(&key(&v, 1)).await.unwrap();
+    t.put(&key(&v, 2), payload(2, 1000)).await.unwrap(); // a rewrite counts as a use
+    t.put(&key(&v, 9), payload(9, 999)).await.unwrap();
+    t.put(&key(&v, 0), payload(0, 1000)).await.unwrap();
+    assert!(t.used_bytes() <= 10 * one);
+    t.put(&key(&ver(5), 0), payload(5, 1000)).await.unwrap();
+    settle(&t).await;
+    assert!(
+        t.used_bytes() <= 5 * one,
+        "cleaned down to the low watermark"
+    );
+    for i in [1, 2, 9, 0] {
+        assert_eq!(
+            t.get(&key(&v, i)).await.unwrap().len(),
+            if i == 9 { 999 } else { 1000 }
+        );
+    }
+    assert!(t.contains(&key(&ver(5), 0)));
+    for i in 3..9 {
+        assert!(!t.contains(&key(&v, i)));
+        assert!(!t.inner.chunk_path(&key(&v, i)).exists());
+    }
+    assert_eq!(t.inner.metrics.evictions.get(), 6);
+    assert_eq!(t.inner.metrics.chunks.get(), 5);
+}
+
+#[tokio::test]
+async fn chunk_larger_than_max_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let t = open(d.path(), 1000, 800).await;
+    let k = key(&ver(6), 0);
+    let err = t.put(&k, payload(0, 2000)).await.unwrap_err();
+    assert!(
+        matches!(err, DiskError::TooLarge { max: 1000, .. }),
+        "{err}"
+    );
+    assert!(!t.contains(&k) && !t.inner.chunk_path(&k).exists());
+    assert_eq!(t.inner.metrics.write_errors.get(), 0);
+}
+
+#[tokio::test]
+async fn invalid_version_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let t = open_big(d.path()).await;
+    let k = key("../../etc/passwd", 0);
+    assert!(matches!(
+        t.put(&k, payload(0, 10)).await,
+        Err(DiskError::InvalidKey(_))
+    ));
+    assert_eq!(t.get(&k).await, None);
+}
+
+#[tokio::test]
+async fn remove_version_drops_only_that_version() {
+    let d = tempfile::tempdir().unwrap();
+    let t = open_big(d.path()).await;
+    let (old, new) = (ver(8), ver(9));
+    for i in 0..4 {
+        t.put(&key(&old, i), payload(0, 100)).await.unwrap();
+    }
+    t.put(&key(&new, 0), payload(1, 100)).await.unwrap();
+    t.remove_version(&old).await;
+    for i in 0..4 {
+        assert!(!t.contains(&key(&old, i)));
+        assert!(!t.inner.chunk_path(&key(&old, i)).exists());
+    }
+    assert_eq!(t.get(&key(&new, 0)).await.unwrap(), payload(1, 100));
+    assert_eq!((t.used_bytes(), t.chunk_count()), (flen(100), 1));
+    assert_eq!(t.inner.metrics.chunks.get(), 1);
+}
+
+#[tokio::test]
+async fn metadata_round_trip_remove_and_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let t = open_big(d.path()).await;
+    let name = "http://upstream.example/big.iso?x=1";
+    let blob = Bytes::from_static(br#"{"etag":"\"abc\"","length":123}"#);
+    assert_eq!(t.get_meta(name).await, None);
+    t.put_meta(name, blob.clone()).await.unwrap();
+    assert_eq!(t.get_meta(name).await.unwrap(), blob);
+    assert_eq!(
+        t.used_bytes(),
+        0,
+        "metadata is not counted against max_bytes"
+    );
+    t.remove_meta(name).await;
+    assert_eq!(t.get_meta(name).await, None);
+    t.put_meta(name, blob.clone()).await.unwrap();
+    t.put_meta("other", Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    drop(t);
+    let t = open_big(d.path()).await;
+    assert_eq!(t.get_meta(name).await.unwrap(), blob);
+    assert_eq!(
+        t.get_meta("other").await.unwrap(),
+        Bytes::from_static(b"{}")
+    );
+    assert_eq!(t.chunk_count(), 0);
+}
+
+#[tokio::test]
+async fn corrupt_metadata_is_dropped() {
+    let d = tempfile::tempdir().unwrap();
+    let t = open_big(d.path()).await;
+    t.put_meta("a", Bytes::from_static(b"{\"k\":1}"))
+        .await
+        .unwrap();
+    t.put_meta("b", Bytes::from_static(b"{\"k\":2}"))
+        .await
+        .unwrap();
+    let (pa, pb) = (t.inner.meta_path("a"), t.inner.meta_path("b"));
+    flip_last_byte(&pa);
+    truncate_by(&pb, 1);
+    assert_eq!(t.get_meta("a").await, None);
+    assert_eq!(t.get_meta("b").await, None);
+    assert!(!pa.exists() && !pb.exists());
+    assert_eq!(t.inner.metrics.checksum_failures.get(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_puts_and_gets() {
+    let d = tempfile::tempdir().unwrap();
+    let t = open_big(d.path()).await;
+    let mut tasks = Vec::new();
+    for i in 0..64u32 {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let k = key(&ver(100 + i), u64::from(i % 3));
+            let data = payload(i as u8, 3000 + i as usize);
+            t.put(&k, data.clone()).await.unwrap();
+            assert_eq!(t.get(&k).await.unwrap(), data);
+            file_len(k.to_string().len(), data.len())
+        }));
+    }
+    // The same key written by many tasks at once: harmless, last rename wins, counted once.
+    let same = key(&ver(999), 0);
+    for _ in 0..8 {
+        let (t, same) = (t.clone(), same.clone());
+        tasks.push(tokio::spawn(async move {
+            t.put(&same, payload(9, 2048)).await.unwrap();
+            let _ = t.get(&same).await;
+            0
+        }));
+    }
+    let mut expected = flen(2048);
+    for task in tasks {
+        expected += task.await.unwrap();
+    }
+    assert_eq!((t.chunk_count(), t.used_bytes()), (65, expected));
+    assert_eq!(t.get(&same).await.unwrap(), payload(9, 2048));
+    assert!(tmp_is_empty(d.path()));
+    assert!(t.inner.lock().writing.is_empty() && t.inner.lock().deleting.is_empty());
+}
+
+/// Unmounts on drop so a failing assertion doesn't leave a mount behind.
+struct Mount(PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn full_disk_fails_cleanly() {
+    let d = tempfile::tempdir().unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1M", "tmpfs"])
+        .arg(d.path())
+        .output();
+    let mounted = matches!(&out, Ok(o) if o.status.success());
+    if !mounted {
+        let why = match &out {
+            Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the full-disk test; mount failed: {why}"
+        );
+        eprintln!("skipping full_disk_fails_cleanly: cannot mount tmpfs ({why})");
+        return;
+    }
+    let _mount = Mount(d.path().to_owned());
+    let t = open_big(d.path()).await;
+    let small = key(&ver(10), 0);
+    t.put(&small, payload(1, 100 * 1024)).await.unwrap();
+    let used = t.used_bytes();
+
+    let big = key(&ver(10), 1);
+    let err = t.put(&big, payload(2, 2 << 20)).await.unwrap_err();
+    assert!(matches!(err, DiskError::Full), "{err}");
+    assert_eq!(t.inner.metrics.write_errors.get(), 1);
+    assert!(tmp_is_empty(d.path()), "temp file removed");
+    assert!(!t.contains(&big) && !t.inner.chunk_path(&big).exists());
+    assert_eq!((t.used_bytes(), t.chunk_count()), (used, 1));
+    assert_eq!(t.get(&small).await.unwrap(), payload(1, 100 * 1024));
+
+    // The failed write's space came back: the tier keeps working.
+    let next = key(&ver(10), 2);
+    t.put(&next, payload(3, 100 * 1024)).await.unwrap();
+    assert_eq!(t.get(&next).await.unwrap(), payload(3, 100 * 1024));
+    drop(t);
+}
+
+#[tokio::test]
+async fn eviction_skips_chunks_being_written() {
+    let d = tempfile::tempdir().unwrap();
+    let one = flen(1000);
+    let t = open(d.path(), 4 * one, one).await;
+    let v = ver(11);
+    for i in 0..4 {
+        t.put(&key(&v, i), payload(0, 1000)).await.unwrap();
+    }
+    // Chunk 0 is the least recently used, but a rewrite of it is in flight.
+    let busy = t.inner.chunk_path(&key(&v, 0));
+    t.inner.register_writer(&busy);
+    t.put(&key(&v, 4), payload(0, 1000)).await.unwrap();
+    settle(&t).await;
+    assert!(t.contains(&key(&v, 0)) && busy.exists());
+    assert_eq!((t.used_bytes(), t.inner.metrics.evictions.get()), (one, 4));
+    t.inner.unregister_writer(&busy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_waits_for_a_deleter_of_the_same_path() {
+    let d = tempfile::tempdir().unwrap();
+    let t = open_big(d.path()).await;
+    let k = key(&ver(12), 0);
+    let path = t.inner.chunk_path(&k);
+    t.inner.lock().deleting.insert(path.clone());
+    let put = tokio::spawn({
+        let (t, k) = (t.clone(), k.clone());
+        async move { t.put(&k, payload(1, 100)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !put.is_finished() && !path.exists(),
+        "rename must wait for the deleter"
+    );
+    t.inner.release(std::slice::from_ref(&path));
+    put.await.unwrap().unwrap();
+    assert_eq!(t.get(&k).await.unwrap(), payload(1, 100));
+}

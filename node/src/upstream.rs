@@ -1,0 +1,335 @@
+//! The upstream client: metadata `HEAD`s, validated chunk range fetches, and pass-through.
+//!
+//! Every range response is checked against what the metadata promised (status, Content-Range,
+//! validator, length) so that bytes of another object version are never stored or served.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+
+use crate::{
+    metrics::Metrics,
+    object::{ObjectMeta, Validator},
+};
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream unreachable: {0}")]
+    Connect(String),
+    #[error("upstream timed out")]
+    Timeout,
+    #[error("upstream answered {0}")]
+    Status(u16),
+    #[error("object changed upstream: {0}")]
+    Changed(String),
+    #[error("upstream sent an invalid range response: {0}")]
+    BadRange(String),
+    #[error("upstream body ended after {got} of {expected} bytes")]
+    Truncated { expected: u64, got: u64 },
+    #[error("upstream body longer than the {expected} bytes announced")]
+    TooLong { expected: u64 },
+    #[error("upstream transfer failed: {0}")]
+    Transfer(String),
+}
+
+impl UpstreamError {
+    /// Status a client gets when this happens before response headers were sent.
+    pub fn client_status(&self) -> StatusCode {
+        match self {
+            UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Status(_) => "status",
+            UpstreamError::Changed(_) => "changed",
+            UpstreamError::BadRange(_) => "bad_range",
+            UpstreamError::Truncated { .. } => "truncated",
+            UpstreamError::TooLong { .. } => "too_long",
+            UpstreamError::Transfer(_) => "transfer",
+        }
+    }
+
+    fn from_reqwest(e: reqwest::Error) -> Self {
+        if e.is_timeout() {
+            UpstreamError::Timeout
+        } else if e.is_connect() {
+            UpstreamError::Connect(error_chain(&e))
+        } else {
+            UpstreamError::Transfer(error_chain(&e))
+        }
+    }
+}
+
+/// reqwest's top-level message hides the cause ("error sending request"); logs need the chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) are never forwarded in either direction.
+pub fn is_hop_by_hop(name: &header::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+    )
+}
+
+pub struct UpstreamConfig {
+    pub base: reqwest::Url,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub insecure: bool,
+}
+
+pub struct Upstream {
+    client: reqwest::Client,
+    /// Base URL without a trailing slash; request paths (which start with '/') are appended.
+    base: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Upstream {
+    pub fn new(cfg: UpstreamConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        // reqwest is built without a bundled crypto provider; ring is ours. Installing twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .read_timeout(cfg.read_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            // A proxy relays redirects to its client; it must not follow them itself.
+            .redirect(reqwest::redirect::Policy::none())
+            .tls_danger_accept_invalid_certs(cfg.insecure)
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Upstream {
+            client,
+            base: cfg.base.as_str().trim_end_matches('/').to_string(),
+            metrics,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Only the path and query of a client request ever reach the upstream: the host is ours.
+    pub fn url_for(&self, path_and_query: &str) -> String {
+        format!("{}{}", self.base, path_and_query)
+    }
+
+    fn failed(&self, e: UpstreamError) -> UpstreamError {
+        self.metrics
+            .upstream_errors
+            .with_label_values(&[e.label()])
+            .inc();
+        e
+    }
+
+    /// `HEAD` of an object, for the cacheability verdict.
+    pub async fn head(
+        &self,
+        path: &str,
+    ) -> Result<(StatusCode, HeaderMap, SystemTime), UpstreamError> {
+        self.metrics
+            .upstream_requests
+            .with_label_values(&["head"])
+            .inc();
+        let res = self
+            .client
+            .head(self.url_for(path))
+            .header(header::ACCEPT_ENCODING, "identity")
+            .send()
+            .await
+            .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
+        Ok((res.status(), res.headers().clone(), SystemTime::now()))
+    }
+
+    /// Fetches chunk `index` of `meta` with a conditional range request, returning its bytes as
+    /// they arrive. The stream ends with an error rather than short or foreign bytes.
+    pub async fn fetch_chunk(
+        &self,
+        meta: &ObjectMeta,
+        index: u64,
+    ) -> Result<ByteStream, UpstreamError> {
+        let range = meta.chunk_range(index);
+        let expected = meta.chunk_len(index);
+        self.metrics
+            .upstream_requests
+            .with_label_values(&["range"])
+            .inc();
+        let mut req = self
+            .client
+            .get(self.url_for(&meta.path))
+            .header(
+                header::RANGE,
+                format!("bytes={}-{}", range.start(), range.end()),
+            )
+            .header(header::ACCEPT_ENCODING, "identity");
+        req = match &meta.validator {
+            Validator::StrongEtag(etag) => req.header(header::IF_MATCH, etag.as_str()),
+            Validator::LastModified(lm) => req.header(header::IF_UNMODIFIED_SINCE, lm.as_str()),
+        };
+        let res = req
+            .send()
+            .await
+            .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
+        self.check_range_response(meta, &range, expected, res.status(), res.headers())
+            .map_err(|e| self.failed(e))?;
+        let body = Box::pin(res.bytes_stream());
+        let state = (body, 0u64, false, self.metrics.clone());
+        // Validates the body as it streams: never more than announced, never silently short.
+        let stream = futures::stream::unfold(
+            state,
+            move |(mut body, mut received, done, metrics)| async move {
+                if done {
+                    return None;
+                }
+                let item = match body.next().await {
+                    Some(Ok(piece)) => {
+                        received += piece.len() as u64;
+                        metrics.upstream_bytes.inc_by(piece.len() as u64);
+                        if received > expected {
+                            Err(UpstreamError::TooLong { expected })
+                        } else {
+                            Ok(piece)
+                        }
+                    }
+                    Some(Err(e)) => Err(UpstreamError::from_reqwest(e)),
+                    None if received < expected => Err(UpstreamError::Truncated {
+                        expected,
+                        got: received,
+                    }),
+                    None => return None,
+                };
+                if let Err(e) = &item {
+                    metrics
+                        .upstream_errors
+                        .with_label_values(&[e.label()])
+                        .inc();
+                }
+                let done = item.is_err();
+                Some((item, (body, received, done, metrics)))
+            },
+        );
+        Ok(Box::pin(stream))
+    }
+
+    fn check_range_response(
+        &self,
+        meta: &ObjectMeta,
+        range: &std::ops::RangeInclusive<u64>,
+        expected: u64,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Result<(), UpstreamError> {
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
+        match status {
+            StatusCode::PARTIAL_CONTENT => {
+                let want = format!("bytes {}-{}/{}", range.start(), range.end(), meta.length);
+                let got = text(header::CONTENT_RANGE).unwrap_or("");
+                if got.trim() != want {
+                    return Err(UpstreamError::BadRange(format!(
+                        "Content-Range {got:?}, expected {want:?}"
+                    )));
+                }
+            }
+            // A 200 is only acceptable when the "range" is the whole object anyway.
+            StatusCode::OK if *range.start() == 0 && *range.end() + 1 == meta.length => {}
+            StatusCode::OK => {
+                return Err(UpstreamError::BadRange(
+                    "200 with the whole body to a range request".into(),
+                ))
+            }
+            StatusCode::PRECONDITION_FAILED => {
+                return Err(UpstreamError::Changed("412 to a conditional range".into()))
+            }
+            other => return Err(UpstreamError::Status(other.as_u16())),
+        }
+        match &meta.validator {
+            Validator::StrongEtag(etag) => {
+                let got = text(header::ETAG);
+                if got != Some(etag.as_str()) {
+                    return Err(UpstreamError::Changed(format!(
+                        "ETag {got:?}, expected {etag:?}"
+                    )));
+                }
+            }
+            Validator::LastModified(lm) => {
+                let got = text(header::LAST_MODIFIED);
+                if got != Some(lm.as_str()) {
+                    return Err(UpstreamError::Changed(format!(
+                        "Last-Modified {got:?}, expected {lm:?}"
+                    )));
+                }
+            }
+        }
+        if let Some(len) = text(header::CONTENT_LENGTH) {
+            if len.trim().parse::<u64>().ok() != Some(expected) {
+                return Err(UpstreamError::BadRange(format!(
+                    "Content-Length {len}, expected {expected}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Forwards a request the cache does not take part in, streaming both bodies.
+    pub async fn forward(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: reqwest::Body,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        self.metrics
+            .upstream_requests
+            .with_label_values(&["pass"])
+            .inc();
+        let mut out = HeaderMap::with_capacity(headers.len());
+        for (name, value) in headers {
+            if !is_hop_by_hop(name) {
+                out.append(name.clone(), value.clone());
+            }
+        }
+        self.client
+            .request(method, self.url_for(path_and_query))
+            .headers(out)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))
+    }
+}
