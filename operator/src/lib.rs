@@ -1,0 +1,16 @@
+//! `casserole-operator`: reconciles `CasseroleCache` resources into etcd, cache workloads,
+//! volumes, Services and policies.
+
+pub mod crd;
+pub mod quantity;
+pub mod render;
+pub mod resources;
+pub mod run;
+
+use kube::CustomResourceExt;
+
+/// The CustomResourceDefinition as YAML, exactly what `casserole-operator crd` prints and
+/// what `crds/casserolecaches.casserole.io.yaml` must contain.
+pub fn crd_yaml() -> String {
+    serde_yaml::to_string(&crd::CasseroleCache::crd()).expect("the CRD serializes")
+}

@@ -1,0 +1,304 @@
+//! The cache workload: a StatefulSet (or DaemonSet) of `casserole-node` pods.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet, StatefulSet,
+    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, EmptyDirVolumeSource, EphemeralVolumeSource,
+    PersistentVolumeClaimTemplate, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec,
+    SecretVolumeSource, Volume, VolumeMount, WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::pod::{
+    claim, container_port, container_security_context, field_env, http_probe, pod_security_context,
+};
+use super::secret::{peer_token_secret_name, TOKEN_KEY};
+use super::validate::DiskPlan;
+use super::{
+    default_node_image, hash_of, labels, namespace, network, object_meta, selector_labels,
+    Component, Object, Plan, CONFIG_HASH_ANNOTATION,
+};
+use crate::crd::{CasseroleCache, LogFormat, WorkloadKind};
+
+pub const HTTP_PORT: i32 = 8080;
+pub const PEER_PORT: i32 = 8000;
+pub const METRICS_PORT: i32 = 9090;
+pub const DISK_CACHE_DIR: &str = "/var/cache/casserole";
+pub const PEER_TOKEN_DIR: &str = "/etc/casserole/peer";
+/// Volume (and claim-template) name of the disk tier.
+pub const CACHE_VOLUME: &str = "cache";
+/// How long a node drains in-flight requests; the pod gets a few seconds more before SIGKILL.
+const SHUTDOWN_GRACE_SECONDS: i64 = 30;
+
+/// Name of the StatefulSet or DaemonSet.
+pub fn workload_name(cache: &CasseroleCache) -> String {
+    cache.name_any()
+}
+
+/// `--cluster-name`: namespaces the etcd prefix, so caches sharing an external etcd never
+/// see each other's members.
+pub fn cluster_name(cache: &CasseroleCache) -> String {
+    format!("{}-{}", namespace(cache), cache.name_any())
+}
+
+/// The `casserole-node` command line derived from the spec (the node's CLI contract).
+pub fn node_args(cache: &CasseroleCache, plan: &Plan) -> Vec<String> {
+    let spec = &cache.spec;
+    let mut args = vec![
+        format!("--address=0.0.0.0:{HTTP_PORT}"),
+        format!("--admin-address=0.0.0.0:{METRICS_PORT}"),
+        format!("--peer-address=0.0.0.0:{PEER_PORT}"),
+        format!("--peering-address=http://$(POD_IP):{PEER_PORT}"),
+        "--node-id=$(POD_NAME)".into(),
+        format!("--upstream={}", spec.upstream),
+    ];
+    args.extend(
+        spec.pass_through
+            .iter()
+            .map(|p| format!("--pass-through={p}")),
+    );
+    args.push(format!("--min-ttl={}s", spec.min_ttl_seconds));
+    args.push(format!("--chunk-size={}", spec.chunk_size));
+    args.push(format!("--max-memory-usage={}", spec.memory.max_usage));
+    match &plan.disk {
+        Some(disk) => {
+            args.push("--disk-cache-enabled=true".into());
+            args.push(format!("--disk-cache-dir={DISK_CACHE_DIR}"));
+            args.push(format!("--max-disk-usage={}", disk.max_usage));
+            args.push(format!("--cleaned-disk-usage={}", disk.cleaned_usage));
+        }
+        None => args.push("--disk-cache-enabled=false".into()),
+    }
+    args.push(format!("--etcd={}", plan.etcd_endpoints.join(",")));
+    args.push(format!("--cluster-name={}", cluster_name(cache)));
+    args.push(format!("--peer-token-file={PEER_TOKEN_DIR}/{TOKEN_KEY}"));
+    args.push(format!(
+        "--log-format={}",
+        match spec.log_format {
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        }
+    ));
+    args.push(format!("--shutdown-grace={SHUTDOWN_GRACE_SECONDS}s"));
+    args
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn container(cache: &CasseroleCache, plan: &Plan) -> Container {
+    let spec = &cache.spec;
+    let mut mounts = vec![
+        mount("peer-token", PEER_TOKEN_DIR, true),
+        mount("tmp", "/tmp", false),
+    ];
+    if plan.disk.is_some() {
+        mounts.push(mount(CACHE_VOLUME, DISK_CACHE_DIR, false));
+    }
+    Container {
+        name: "casserole-node".into(),
+        image: Some(spec.image.clone().unwrap_or_else(default_node_image)),
+        image_pull_policy: Some(spec.image_pull_policy.as_str().into()),
+        args: Some(node_args(cache, plan)),
+        env: Some(vec![
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            field_env("POD_IP", "status.podIP"),
+        ]),
+        ports: Some(vec![
+            container_port("http", HTTP_PORT),
+            container_port("peer", PEER_PORT),
+            container_port("metrics", METRICS_PORT),
+        ]),
+        liveness_probe: Some(http_probe("/healthz", "metrics", 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", "metrics", 5, 2)),
+        resources: spec.resources.clone(),
+        volume_mounts: Some(mounts),
+        security_context: Some(container_security_context()),
+        ..Container::default()
+    }
+}
+
+fn volumes(cache: &CasseroleCache, plan: &Plan) -> Vec<Volume> {
+    let mut volumes = vec![
+        Volume {
+            name: "peer-token".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(peer_token_secret_name(cache)),
+                // Readable by the pod's fsGroup only.
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                    "64Mi".into(),
+                )),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    // A DaemonSet has no volumeClaimTemplates: its pods get a generic ephemeral volume,
+    // created and deleted with each pod (a node-local cache is disposable by design).
+    if let (WorkloadKind::DaemonSet, Some(disk)) = (cache.spec.workload, &plan.disk) {
+        volumes.push(Volume {
+            name: CACHE_VOLUME.into(),
+            ephemeral: Some(EphemeralVolumeSource {
+                volume_claim_template: Some(PersistentVolumeClaimTemplate {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels(cache, Component::Cache)),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: claim(None, None, &disk.size, disk.storage_class_name.clone())
+                        .spec
+                        .unwrap_or_default(),
+                }),
+            }),
+            ..Volume::default()
+        });
+    }
+    volumes
+}
+
+/// StatefulSet pods prefer distinct nodes unless the user set an affinity: losing one node
+/// then loses one cache member, not several.
+fn affinity(cache: &CasseroleCache) -> Option<Affinity> {
+    if cache.spec.affinity.is_some() || cache.spec.workload == WorkloadKind::DaemonSet {
+        return cache.spec.affinity.clone();
+    }
+    Some(Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        topology_key: "kubernetes.io/hostname".into(),
+                        label_selector: Some(pod_selector(cache)),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    })
+}
+
+fn pod_selector(cache: &CasseroleCache) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(selector_labels(cache, Component::Cache)),
+        ..LabelSelector::default()
+    }
+}
+
+/// The pod template, with the config-hash annotation: a hash of the template itself, so any
+/// change that reaches the pods (flags, image, volumes, scheduling) rolls them, while a
+/// replica count change (not part of the template) never does.
+pub fn pod_template(cache: &CasseroleCache, plan: &Plan) -> PodTemplateSpec {
+    let spec = &cache.spec;
+    let mut annotations = spec.pod_annotations.clone();
+    annotations.insert("prometheus.io/scrape".into(), "true".into());
+    annotations.insert("prometheus.io/port".into(), METRICS_PORT.to_string());
+    annotations.insert("prometheus.io/path".into(), "/metrics".into());
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(cache, Component::Cache)),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container(cache, plan)],
+            volumes: Some(volumes(cache, plan)),
+            security_context: Some(pod_security_context()),
+            node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+            tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+            affinity: affinity(cache),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(SHUTDOWN_GRACE_SECONDS + 5),
+            ..PodSpec::default()
+        }),
+    };
+    let hash = hash_of(&template);
+    if let Some(meta) = template.metadata.as_mut() {
+        meta.annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(CONFIG_HASH_ANNOTATION.into(), hash);
+    }
+    template
+}
+
+fn statefulset(cache: &CasseroleCache, plan: &Plan) -> StatefulSet {
+    let claims = plan.disk.as_ref().map(|disk: &DiskPlan| {
+        vec![claim(
+            Some(CACHE_VOLUME.into()),
+            Some(labels(cache, Component::Cache)),
+            &disk.size,
+            disk.storage_class_name.clone(),
+        )]
+    });
+    StatefulSet {
+        metadata: object_meta(cache, workload_name(cache), Component::Cache),
+        spec: StatefulSetSpec {
+            replicas: Some(cache.spec.replicas),
+            service_name: Some(network::peer_service_name(cache)),
+            // Cache members are independent: start and replace them in parallel.
+            pod_management_policy: Some("Parallel".into()),
+            selector: pod_selector(cache),
+            template: pod_template(cache, plan),
+            volume_claim_templates: claims,
+            // A cache's disk is only worth keeping while its pod may come back.
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Delete".into()),
+                    when_scaled: Some("Delete".into()),
+                },
+            ),
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    }
+}
+
+fn daemonset(cache: &CasseroleCache, plan: &Plan) -> DaemonSet {
+    DaemonSet {
+        metadata: object_meta(cache, workload_name(cache), Component::Cache),
+        spec: DaemonSetSpec {
+            selector: pod_selector(cache),
+            template: pod_template(cache, plan),
+            update_strategy: Some(DaemonSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDaemonSet {
+                    max_unavailable: Some(IntOrString::Int(1)),
+                    ..RollingUpdateDaemonSet::default()
+                }),
+            }),
+            ..DaemonSetSpec::default()
+        },
+        ..DaemonSet::default()
+    }
+}
+
+/// The cache workload of the spec's kind.
+pub fn workload(cache: &CasseroleCache, plan: &Plan) -> Object {
+    match cache.spec.workload {
+        WorkloadKind::StatefulSet => Object::StatefulSet(Box::new(statefulset(cache, plan))),
+        WorkloadKind::DaemonSet => Object::DaemonSet(Box::new(daemonset(cache, plan))),
+    }
+}

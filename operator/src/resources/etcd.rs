@@ -1,0 +1,227 @@
+//! The managed etcd: a StatefulSet with stable peer names behind a headless Service, a client
+//! Service, a PodDisruptionBudget and a NetworkPolicy.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Container, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::pod::{
+    claim, container_port, container_security_context, field_env, http_probe, pod_security_context,
+    tcp_probe,
+};
+use super::{
+    labels, namespace, network, object_meta, selector_labels, Component, Object, DEFAULT_ETCD_IMAGE,
+};
+use crate::crd::{CasseroleCache, ManagedEtcd};
+
+pub const CLIENT_PORT: i32 = 2379;
+pub const PEER_PORT: i32 = 2380;
+pub const METRICS_PORT: i32 = 2381;
+const DATA_DIR: &str = "/var/lib/etcd";
+
+/// Name of the StatefulSet and PodDisruptionBudget.
+pub fn name(cache: &CasseroleCache) -> String {
+    format!("{}-etcd", cache.name_any())
+}
+
+/// The client Service the cache nodes connect to.
+pub fn client_service_name(cache: &CasseroleCache) -> String {
+    name(cache)
+}
+
+/// The headless Service that gives members stable DNS names.
+pub fn peer_service_name(cache: &CasseroleCache) -> String {
+    format!("{}-etcd-peer", cache.name_any())
+}
+
+/// `--initial-cluster`: every member's name and peer URL, derived from the ordinal names the
+/// StatefulSet will give its pods.
+pub fn initial_cluster(cache: &CasseroleCache, replicas: i32) -> String {
+    (0..replicas)
+        .map(|i| {
+            let member = format!("{}-{i}", name(cache));
+            format!("{member}={}", peer_url(cache, &member))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn peer_url(cache: &CasseroleCache, member: &str) -> String {
+    format!(
+        "http://{member}.{}.{}.svc:{PEER_PORT}",
+        peer_service_name(cache),
+        namespace(cache)
+    )
+}
+
+pub fn objects(cache: &CasseroleCache, managed: &ManagedEtcd) -> Vec<Object> {
+    vec![
+        Object::Service(Box::new(peer_service(cache))),
+        Object::Service(Box::new(client_service(cache))),
+        Object::PodDisruptionBudget(Box::new(network::pdb(cache, Component::Etcd, name(cache)))),
+        Object::NetworkPolicy(Box::new(network::etcd_policy(cache))),
+        Object::StatefulSet(Box::new(statefulset(cache, managed))),
+    ]
+}
+
+fn ports() -> Vec<ServicePort> {
+    vec![
+        service_port("client", CLIENT_PORT),
+        service_port("peer", PEER_PORT),
+    ]
+}
+
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }
+}
+
+fn peer_service(cache: &CasseroleCache) -> Service {
+    Service {
+        metadata: object_meta(cache, peer_service_name(cache), Component::Etcd),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            // Members must resolve each other before any is ready, or the first boot of a
+            // 3-member cluster never reaches quorum.
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(cache, Component::Etcd)),
+            ports: Some(ports()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn client_service(cache: &CasseroleCache) -> Service {
+    Service {
+        metadata: object_meta(cache, client_service_name(cache), Component::Etcd),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(cache, Component::Etcd)),
+            ports: Some(vec![service_port("client", CLIENT_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn args(cache: &CasseroleCache, managed: &ManagedEtcd) -> Vec<String> {
+    let own_host = format!(
+        "$(POD_NAME).{}.{}.svc",
+        peer_service_name(cache),
+        namespace(cache)
+    );
+    vec![
+        "--name=$(POD_NAME)".into(),
+        format!("--data-dir={DATA_DIR}/data"),
+        format!("--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}"),
+        format!("--advertise-client-urls=http://{own_host}:{CLIENT_PORT}"),
+        format!("--listen-peer-urls=http://0.0.0.0:{PEER_PORT}"),
+        format!("--initial-advertise-peer-urls=http://{own_host}:{PEER_PORT}"),
+        format!("--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}"),
+        format!(
+            "--initial-cluster={}",
+            initial_cluster(cache, managed.replicas)
+        ),
+        "--initial-cluster-state=new".into(),
+        // Distinct per cache so two caches' members can never join each other.
+        format!(
+            "--initial-cluster-token={}-{}",
+            namespace(cache),
+            cache.name_any()
+        ),
+        // Membership keys churn under leases; keep history short.
+        "--auto-compaction-mode=periodic".into(),
+        "--auto-compaction-retention=1h".into(),
+        "--quota-backend-bytes=536870912".into(),
+    ]
+}
+
+fn statefulset(cache: &CasseroleCache, managed: &ManagedEtcd) -> StatefulSet {
+    let container = Container {
+        name: "etcd".into(),
+        image: Some(
+            managed
+                .image
+                .clone()
+                .unwrap_or_else(|| DEFAULT_ETCD_IMAGE.into()),
+        ),
+        command: Some(vec!["/usr/local/bin/etcd".into()]),
+        args: Some(args(cache, managed)),
+        env: Some(vec![field_env("POD_NAME", "metadata.name")]),
+        ports: Some(vec![
+            container_port("client", CLIENT_PORT),
+            container_port("peer", PEER_PORT),
+            container_port("metrics", METRICS_PORT),
+        ]),
+        // /health needs quorum: right for readiness, wrong for liveness (a member waiting for
+        // its peers must not be killed), so liveness only checks the process listens.
+        readiness_probe: Some(http_probe("/health", "metrics", 10, 3)),
+        liveness_probe: Some(tcp_probe("client", 10, 6)),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "data".into(),
+            mount_path: DATA_DIR.into(),
+            ..VolumeMount::default()
+        }]),
+        security_context: Some(container_security_context()),
+        ..Container::default()
+    };
+    StatefulSet {
+        metadata: object_meta(cache, name(cache), Component::Etcd),
+        spec: StatefulSetSpec {
+            replicas: Some(managed.replicas),
+            service_name: Some(peer_service_name(cache)),
+            // All members must start together to form the initial quorum.
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(cache, Component::Etcd)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(cache, Component::Etcd)),
+                    annotations: Some(BTreeMap::from([
+                        ("prometheus.io/scrape".into(), "true".into()),
+                        ("prometheus.io/port".into(), METRICS_PORT.to_string()),
+                    ])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    security_context: Some(pod_security_context()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![claim(
+                Some("data".into()),
+                Some(labels(cache, Component::Etcd)),
+                &managed.storage,
+                managed.storage_class_name.clone(),
+            )]),
+            // Deleting the cache deletes the data volumes too; scaling keeps them.
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Delete".into()),
+                    when_scaled: Some("Retain".into()),
+                },
+            ),
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    }
+}

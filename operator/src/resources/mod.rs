@@ -1,0 +1,196 @@
+//! The pure half of the operator: a `CasseroleCache` in, the objects it should own out.
+//!
+//! Nothing here talks to the API server or reads the clock or a random source, so the same
+//! spec always renders the same objects (what `render`, the unit tests and server-side apply
+//! idempotency all rely on). The one exception to "everything is desired state" is the peer
+//! token Secret: its content is random and must survive forever, so the reconciler creates it
+//! once ([`secret::peer_token_secret`]) instead of applying it every time.
+
+pub mod cache;
+pub mod etcd;
+pub mod network;
+pub mod pod;
+pub mod secret;
+pub mod validate;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::ApiResource;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+
+use crate::crd::CasseroleCache;
+pub use validate::{InvalidSpec, Plan};
+
+/// The single server-side apply field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "casserole-operator";
+/// Pod-template annotation whose change rolls the cache pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "casserole.io/config-hash";
+/// Managed etcd image when `spec.etcd.managed.image` is unset (etcd v3 API).
+pub const DEFAULT_ETCD_IMAGE: &str = "quay.io/coreos/etcd:v3.5.17";
+/// Namespace assumed when a rendered resource has none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The node image matching this operator release, used when `spec.image` is unset.
+pub fn default_node_image() -> String {
+    format!(
+        "ghcr.io/casserole-cache/casserole-node:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// Which half of a cache an object belongs to (the `app.kubernetes.io/component` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    Cache,
+    Etcd,
+}
+
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Cache => "cache",
+            Component::Etcd => "etcd",
+        }
+    }
+}
+
+/// One object owned by a `CasseroleCache`, typed so tests can inspect fields directly.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    StatefulSet(Box<StatefulSet>),
+    DaemonSet(Box<DaemonSet>),
+    Service(Box<Service>),
+    PodDisruptionBudget(Box<PodDisruptionBudget>),
+    NetworkPolicy(Box<NetworkPolicy>),
+    Secret(Box<Secret>),
+}
+
+impl Object {
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Object::StatefulSet(o) => o.meta(),
+            Object::DaemonSet(o) => o.meta(),
+            Object::Service(o) => o.meta(),
+            Object::PodDisruptionBudget(o) => o.meta(),
+            Object::NetworkPolicy(o) => o.meta(),
+            Object::Secret(o) => o.meta(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.meta().name.as_deref().unwrap_or_default()
+    }
+
+    /// Group/version/kind/plural, enough to address the object through `Api<DynamicObject>`.
+    pub fn api_resource(&self) -> ApiResource {
+        match self {
+            Object::StatefulSet(_) => ApiResource::erase::<StatefulSet>(&()),
+            Object::DaemonSet(_) => ApiResource::erase::<DaemonSet>(&()),
+            Object::Service(_) => ApiResource::erase::<Service>(&()),
+            Object::PodDisruptionBudget(_) => ApiResource::erase::<PodDisruptionBudget>(&()),
+            Object::NetworkPolicy(_) => ApiResource::erase::<NetworkPolicy>(&()),
+            Object::Secret(_) => ApiResource::erase::<Secret>(&()),
+        }
+    }
+
+    pub fn kind(&self) -> String {
+        self.api_resource().kind
+    }
+
+    /// The full object as JSON, with `apiVersion` and `kind` (which k8s-openapi's typed
+    /// structs leave to their `Resource` impl), as sent in an apply patch.
+    pub fn to_value(&self) -> serde_json::Value {
+        fn with_type<T: Serialize + Resource<DynamicType = ()>>(o: &T) -> serde_json::Value {
+            let mut v = serde_json::to_value(o).expect("k8s-openapi objects serialize");
+            v["apiVersion"] = T::api_version(&()).into();
+            v["kind"] = T::kind(&()).into();
+            v
+        }
+        match self {
+            Object::StatefulSet(o) => with_type(o.as_ref()),
+            Object::DaemonSet(o) => with_type(o.as_ref()),
+            Object::Service(o) => with_type(o.as_ref()),
+            Object::PodDisruptionBudget(o) => with_type(o.as_ref()),
+            Object::NetworkPolicy(o) => with_type(o.as_ref()),
+            Object::Secret(o) => with_type(o.as_ref()),
+        }
+    }
+}
+
+/// Every object the cache should own, in apply order (etcd before the cache that needs it).
+pub fn desired(cache: &CasseroleCache) -> Result<Vec<Object>, InvalidSpec> {
+    let plan = validate::plan(cache)?;
+    let mut objects = Vec::new();
+    if let Some(managed) = &plan.managed_etcd {
+        objects.extend(etcd::objects(cache, managed));
+    }
+    objects.extend(network::cache_objects(cache, &plan));
+    objects.push(cache::workload(cache, &plan));
+    Ok(objects)
+}
+
+/// Namespace of the cache (and of everything it owns).
+pub fn namespace(cache: &CasseroleCache) -> String {
+    cache
+        .namespace()
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
+}
+
+/// Labels that select one component's pods; never change them (selectors are immutable).
+pub fn selector_labels(cache: &CasseroleCache, component: Component) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "casserole".into()),
+        ("app.kubernetes.io/instance".into(), cache.name_any()),
+        (
+            "app.kubernetes.io/component".into(),
+            component.as_str().into(),
+        ),
+    ])
+}
+
+/// Selector labels plus the informational ones.
+pub fn labels(cache: &CasseroleCache, component: Component) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(cache, component);
+    labels.insert("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into());
+    labels.insert("app.kubernetes.io/part-of".into(), "casserole".into());
+    labels
+}
+
+/// `kubectl`-style selector string of the cache pods (status.selector, for the scale
+/// subresource and HPAs).
+pub fn selector_string(cache: &CasseroleCache) -> String {
+    selector_labels(cache, Component::Cache)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Metadata of an owned object: name, namespace, labels and the controller owner reference
+/// that lets Kubernetes garbage-collect it with the cache. A cache read from a file (render)
+/// has no uid, hence no owner reference.
+pub fn object_meta(cache: &CasseroleCache, name: String, component: Component) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace(cache)),
+        labels: Some(labels(cache, component)),
+        owner_references: cache.controller_owner_ref(&()).map(|r| vec![r]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Short, stable hash of any serializable value (for the config-hash annotation).
+pub fn hash_of<T: Serialize>(value: &T) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(value).expect("serializable");
+    hex::encode(&Sha256::digest(bytes)[..8])
+}
+
+#[cfg(test)]
+pub(crate) mod testing;

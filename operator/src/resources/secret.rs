@@ -1,0 +1,40 @@
+//! The Secret holding the peer token the cache nodes authenticate each other with.
+//!
+//! Unlike every other owned object it is not part of [`super::desired`]: its content is random,
+//! so applying it on every reconcile would rotate it. The reconciler creates it once when it is
+//! missing and never writes it again.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use rand::RngCore;
+
+use super::{object_meta, Component};
+use crate::crd::CasseroleCache;
+
+/// Key of the token inside the Secret (and file name in the mounted volume).
+pub const TOKEN_KEY: &str = "token";
+
+pub fn peer_token_secret_name(cache: &CasseroleCache) -> String {
+    format!("{}-peer-token", cache.name_any())
+}
+
+/// A fresh 256-bit token, hex encoded (printable, so it survives env vars and files alike).
+pub fn generate_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// The Secret with the given token.
+pub fn peer_token_secret(cache: &CasseroleCache, token: &str) -> Secret {
+    Secret {
+        metadata: object_meta(cache, peer_token_secret_name(cache), Component::Cache),
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token.to_string())])),
+        // Immutable: an accidental edit or apply cannot rotate it under running nodes.
+        immutable: Some(true),
+        ..Secret::default()
+    }
+}

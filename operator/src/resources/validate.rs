@@ -1,0 +1,191 @@
+//! Checks the schema cannot make, and the effective values derived from the spec.
+//!
+//! The schema (and its CEL rules) already rejects most bad input at admission time, but some
+//! rules need real parsing (regexes, derived watermarks) and CEL may be unavailable on older
+//! clusters, so everything the builders rely on is re-checked here and reported with the
+//! field's path.
+
+use kube::ResourceExt;
+
+use crate::crd::{CasseroleCache, ManagedEtcd};
+use crate::quantity::parse_bytes;
+
+/// Longest cache name whose derived names all fit: `<name>-etcd` must leave room for the
+/// StatefulSet's 11-character controller-revision suffix within a 63-character label, and
+/// `<name>-etcd-peer` must be a valid Service name.
+pub const MAX_NAME_LEN: usize = 42;
+
+/// A spec the operator refuses to act on; `field` is the JSON path of the culprit.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidSpec {
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> InvalidSpec {
+    InvalidSpec {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The validated, effective configuration that the builders render.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// `None` when the disk tier is disabled.
+    pub disk: Option<DiskPlan>,
+    /// What the nodes pass to `--etcd`.
+    pub etcd_endpoints: Vec<String>,
+    /// Set when the operator runs etcd itself.
+    pub managed_etcd: Option<ManagedEtcd>,
+}
+
+/// Disk tier sizes, with defaults resolved (strings as the node accepts them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiskPlan {
+    pub size: String,
+    pub max_usage: String,
+    pub cleaned_usage: String,
+    pub storage_class_name: Option<String>,
+}
+
+fn positive_quantity(field: &str, value: &str) -> Result<u128, InvalidSpec> {
+    match parse_bytes(value) {
+        Some(0) => Err(invalid(field, "must be greater than zero")),
+        Some(n) => Ok(n),
+        None => Err(invalid(
+            field,
+            format!("{value:?} is not a quantity of bytes (e.g. 512Mi, 2Gi, 100M)"),
+        )),
+    }
+}
+
+fn http_url(field: &str, value: &str) -> Result<(), InvalidSpec> {
+    let rest = value
+        .strip_prefix("http://")
+        .or_else(|| value.strip_prefix("https://"))
+        .ok_or_else(|| invalid(field, format!("{value:?} is not an http or https URL")))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() || value.chars().any(|c| c.is_whitespace() || c == ',') {
+        return Err(invalid(field, format!("{value:?} is not a valid URL")));
+    }
+    Ok(())
+}
+
+/// Validates the spec and resolves defaults that depend on other fields.
+pub fn plan(cache: &CasseroleCache) -> Result<Plan, InvalidSpec> {
+    let spec = &cache.spec;
+    let name = cache.name_any();
+    if name.len() > MAX_NAME_LEN {
+        return Err(invalid(
+            "metadata.name",
+            format!("must be at most {MAX_NAME_LEN} characters so derived object names fit"),
+        ));
+    }
+    http_url("spec.upstream", &spec.upstream)?;
+    for (i, pattern) in spec.pass_through.iter().enumerate() {
+        // Same engine as the node, so what passes here compiles there.
+        regex::Regex::new(pattern).map_err(|e| {
+            invalid(
+                format!("spec.passThrough[{i}]"),
+                format!(
+                    "invalid regex: {}",
+                    e.to_string().lines().last().unwrap_or("")
+                ),
+            )
+        })?;
+    }
+    let chunk = positive_quantity("spec.chunkSize", &spec.chunk_size)?;
+    if !(4 << 10..=256 << 20).contains(&chunk) {
+        return Err(invalid("spec.chunkSize", "must be between 4Ki and 256Mi"));
+    }
+    positive_quantity("spec.memory.maxUsage", &spec.memory.max_usage)?;
+
+    let disk = if spec.disk.enabled {
+        Some(disk_plan(cache)?)
+    } else {
+        None
+    };
+
+    let (etcd_endpoints, managed_etcd) = match (&spec.etcd.managed, &spec.etcd.external) {
+        (Some(managed), None) => {
+            if managed.replicas != 1 && managed.replicas != 3 {
+                return Err(invalid("spec.etcd.managed.replicas", "must be 1 or 3"));
+            }
+            positive_quantity("spec.etcd.managed.storage", &managed.storage)?;
+            let endpoint = format!(
+                "http://{}.{}.svc:{}",
+                super::etcd::client_service_name(cache),
+                super::namespace(cache),
+                super::etcd::CLIENT_PORT
+            );
+            (vec![endpoint], Some(managed.clone()))
+        }
+        (None, Some(external)) => {
+            if external.endpoints.is_empty() {
+                return Err(invalid(
+                    "spec.etcd.external.endpoints",
+                    "needs at least one endpoint",
+                ));
+            }
+            for (i, e) in external.endpoints.iter().enumerate() {
+                http_url(&format!("spec.etcd.external.endpoints[{i}]"), e)?;
+            }
+            (external.endpoints.clone(), None)
+        }
+        _ => {
+            return Err(invalid(
+                "spec.etcd",
+                "exactly one of etcd.managed and etcd.external must be set",
+            ))
+        }
+    };
+
+    Ok(Plan {
+        disk,
+        etcd_endpoints,
+        managed_etcd,
+    })
+}
+
+/// Resolves the disk watermarks. Defaults are fractions of the level above (80% of the
+/// volume, 75% of that) so a user who sets only `size` gets a consistent trio; a user who
+/// sets one watermark can still end up inconsistent with a derived one, which only this
+/// check (not CEL, which sees only the fields present) catches.
+fn disk_plan(cache: &CasseroleCache) -> Result<DiskPlan, InvalidSpec> {
+    let disk = &cache.spec.disk;
+    let size = positive_quantity("spec.disk.size", &disk.size)?;
+    let (max_str, max) = match &disk.max_usage {
+        Some(s) => (s.clone(), positive_quantity("spec.disk.maxUsage", s)?),
+        None => {
+            let v = size / 10 * 8;
+            (v.to_string(), v)
+        }
+    };
+    let (cleaned_str, cleaned) = match &disk.cleaned_usage {
+        Some(s) => (s.clone(), positive_quantity("spec.disk.cleanedUsage", s)?),
+        None => {
+            let v = max / 4 * 3;
+            (v.to_string(), v)
+        }
+    };
+    if max >= size {
+        return Err(invalid(
+            "spec.disk.maxUsage",
+            format!("must be less than disk.size ({})", disk.size),
+        ));
+    }
+    if cleaned >= max {
+        return Err(invalid(
+            "spec.disk.cleanedUsage",
+            format!("must be less than disk.maxUsage ({max_str})"),
+        ));
+    }
+    Ok(DiskPlan {
+        size: disk.size.clone(),
+        max_usage: max_str,
+        cleaned_usage: cleaned_str,
+        storage_class_name: disk.storage_class_name.clone(),
+    })
+}
