@@ -1,1 +1,5 @@
+//! Test infrastructure for Casserole: a generated-content test origin and a harness that runs
+//! the real `casserole-node` (and `etcd`) as processes.
 
+pub mod client;
+pub mod origin;

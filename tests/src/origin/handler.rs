@@ -1,0 +1,386 @@
+//! One request against the origin: lookup, faults, preconditions, ranges, response.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::body::{self, Body, BodyPlan, BoxError};
+use super::faults::{self, RequestKind, CONTENT_LENGTH_LIE_EXTRA, WRONG_CONTENT_RANGE_SHIFT};
+use super::spec::ObjectState;
+use super::Shared;
+
+/// Outcome of parsing a `Range` header against an object length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RangeReq {
+    /// Absent, malformed or multi-range: served as a full 200 (RFC 9110 allows ignoring).
+    Ignore,
+    /// Inclusive `(start, end)`, clamped to the object.
+    Single(u64, u64),
+    Unsatisfiable,
+}
+
+pub(crate) fn parse_range(value: &str, len: u64) -> RangeReq {
+    let Some((unit, spec)) = value.trim().split_once('=') else {
+        return RangeReq::Ignore;
+    };
+    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') {
+        return RangeReq::Ignore;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeReq::Ignore;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| s.parse::<u64>().ok();
+    match (a.is_empty(), b.is_empty()) {
+        (true, false) => match num(b) {
+            None => RangeReq::Ignore,
+            Some(0) => RangeReq::Unsatisfiable,
+            Some(_) if len == 0 => RangeReq::Unsatisfiable,
+            Some(n) => RangeReq::Single(len - n.min(len), len - 1),
+        },
+        (false, true) => match num(a) {
+            None => RangeReq::Ignore,
+            Some(s) if s >= len => RangeReq::Unsatisfiable,
+            Some(s) => RangeReq::Single(s, len - 1),
+        },
+        (false, false) => match (num(a), num(b)) {
+            (Some(s), Some(e)) if s <= e => {
+                if s >= len {
+                    RangeReq::Unsatisfiable
+                } else {
+                    RangeReq::Single(s, e.min(len - 1))
+                }
+            }
+            _ => RangeReq::Ignore,
+        },
+        (true, true) => RangeReq::Ignore,
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
+    header_str(headers, name).and_then(|v| httpdate::parse_http_date(v).ok())
+}
+
+/// Entity-tags in a list header; `*` is returned as itself.
+fn tags(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|t| !t.is_empty())
+}
+
+fn strong_match(current: Option<&str>, tag: &str) -> bool {
+    tag == "*"
+        || current.is_some_and(|c| !c.starts_with("W/") && !tag.starts_with("W/") && c == tag)
+}
+
+fn weak_match(current: Option<&str>, tag: &str) -> bool {
+    let strip = |t: &str| t.trim_start_matches("W/").to_string();
+    tag == "*" || current.is_some_and(|c| strip(c) == strip(tag))
+}
+
+/// RFC 9110 §13.2.2 order: If-Match, else If-Unmodified-Since (412); then If-None-Match,
+/// else If-Modified-Since (304).
+fn preconditions(
+    headers: &HeaderMap,
+    obj: &ObjectState,
+    is_get_or_head: bool,
+) -> Option<StatusCode> {
+    let etag = obj.etag();
+    let modified = obj.spec.last_modified.then_some(obj.modified);
+    if let Some(v) = header_str(headers, header::IF_MATCH) {
+        if !tags(v).any(|t| strong_match(etag.as_deref(), t)) {
+            return Some(StatusCode::PRECONDITION_FAILED);
+        }
+    } else if let (Some(since), Some(m)) = (date(headers, header::IF_UNMODIFIED_SINCE), modified) {
+        if m > since {
+            return Some(StatusCode::PRECONDITION_FAILED);
+        }
+    }
+    if let Some(v) = header_str(headers, header::IF_NONE_MATCH) {
+        if tags(v).any(|t| weak_match(etag.as_deref(), t)) {
+            return Some(if is_get_or_head {
+                StatusCode::NOT_MODIFIED
+            } else {
+                StatusCode::PRECONDITION_FAILED
+            });
+        }
+    } else if let (Some(since), Some(m)) = (date(headers, header::IF_MODIFIED_SINCE), modified) {
+        if is_get_or_head && m <= since {
+            return Some(StatusCode::NOT_MODIFIED);
+        }
+    }
+    None
+}
+
+/// `If-Range`: the range applies only if the validator still matches (strongly).
+fn if_range_holds(headers: &HeaderMap, obj: &ObjectState) -> bool {
+    let Some(v) = header_str(headers, header::IF_RANGE) else {
+        return true;
+    };
+    let v = v.trim();
+    if v.starts_with('"') || v.starts_with("W/") {
+        strong_match(obj.etag().as_deref(), v)
+    } else {
+        obj.last_modified().is_some_and(|lm| lm == v)
+    }
+}
+
+/// Headers every answer about the object carries (200, 206, 304, 412, 416, HEAD).
+fn base(obj: &ObjectState, status: StatusCode) -> http::response::Builder {
+    let spec = &obj.spec;
+    let mut b = Response::builder()
+        .status(status)
+        .header(header::DATE, httpdate::fmt_http_date(SystemTime::now()));
+    if let Some(e) = obj.etag() {
+        b = b.header(header::ETAG, e);
+    }
+    if let Some(lm) = obj.last_modified() {
+        b = b.header(header::LAST_MODIFIED, lm);
+    }
+    if let Some(cc) = &spec.cache_control {
+        b = b.header(header::CACHE_CONTROL, cc);
+    }
+    if let Some(ct) = &spec.content_type {
+        b = b.header(header::CONTENT_TYPE, ct);
+    }
+    if let Some(ce) = &spec.content_encoding {
+        b = b.header(header::CONTENT_ENCODING, ce);
+    }
+    if let Some(v) = &spec.vary {
+        b = b.header(header::VARY, v);
+    }
+    if spec.set_cookie {
+        b = b.header(header::SET_COOKIE, "session=test-origin; Path=/");
+    }
+    b = b.header(
+        header::ACCEPT_RANGES,
+        if spec.accept_ranges_none {
+            "none"
+        } else {
+            "bytes"
+        },
+    );
+    for (k, v) in &spec.extra_headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    b
+}
+
+fn plain(status: u16, text: &str) -> Result<Response<Body>, BoxError> {
+    Ok(Response::builder()
+        .status(status)
+        .header(header::DATE, httpdate::fmt_http_date(SystemTime::now()))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(body::text(text.to_string()))?)
+}
+
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, BoxError> {
+    let method = req.method().clone();
+    let headers = req.headers();
+    let is_head = method == Method::HEAD;
+    let has_range = headers.contains_key(header::RANGE);
+    let conditional = [
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+    ]
+    .iter()
+    .any(|h| headers.contains_key(h));
+    let stats = shared.stats.clone();
+
+    // One lock for lookup, faults and a version change, so a request's snapshot and the
+    // version bump it triggers are atomic with respect to other requests.
+    let (key, obj, applied) = {
+        let mut state = shared.state.lock().unwrap();
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let key = if state.objects.contains_key(pq) {
+            pq
+        } else {
+            req.uri().path()
+        }
+        .to_string();
+        stats.update(&key, |s| {
+            s.requests += 1;
+            s.head_requests += u64::from(is_head);
+            s.get_requests += u64::from(method == Method::GET);
+            s.range_requests += u64::from(method == Method::GET && has_range);
+            s.conditional_requests += u64::from(conditional);
+        });
+        if method != Method::GET && !is_head {
+            return plain(405, "only GET and HEAD\n");
+        }
+        let Some(obj) = state.objects.get(&key).cloned() else {
+            stats.update(&key, |s| s.not_found += 1);
+            return plain(404, "no such object\n");
+        };
+        let kind = match (is_head, has_range) {
+            (true, _) => RequestKind::Head,
+            (false, true) => RequestKind::RangeGet,
+            (false, false) => RequestKind::FullGet,
+        };
+        let applied = state
+            .faults
+            .get_mut(&key)
+            .map(|rules| faults::take(rules, kind))
+            .unwrap_or_default();
+        if applied.bump_version {
+            if let Some(o) = state.objects.get_mut(&key) {
+                o.bump();
+            }
+        }
+        (key, obj, applied)
+    };
+    if applied.fired > 0 {
+        stats.update(&key, |s| s.faults_fired += applied.fired);
+    }
+
+    if !applied.delay.is_zero() {
+        let mut rx = shared.shutdown.subscribe();
+        tokio::select! {
+            _ = tokio::time::sleep(applied.delay) => {}
+            _ = body::shut_down(&mut rx) => {}
+        }
+    }
+    if applied.refuse {
+        // A service error makes hyper drop the connection without writing a response.
+        return Err("test origin: refused".into());
+    }
+    if let Some(s) = if is_head {
+        applied.head_status
+    } else {
+        applied.status
+    } {
+        return plain(s, "injected fault\n");
+    }
+    if let Some(expected) = &obj.spec.require_auth {
+        if header_str(headers, header::AUTHORIZATION) != Some(expected.as_str()) {
+            stats.update(&key, |s| s.unauthorized += 1);
+            let mut r = plain(401, "authorization required\n")?;
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return Ok(r);
+        }
+    }
+
+    if let Some(status) = preconditions(headers, &obj, true) {
+        stats.update(&key, |s| {
+            if status == StatusCode::NOT_MODIFIED {
+                s.not_modified += 1
+            } else {
+                s.precondition_failed += 1
+            }
+        });
+        return Ok(base(&obj, status).body(body::empty())?);
+    }
+
+    let len = obj.spec.size;
+    let range = if is_head
+        || !has_range
+        || obj.spec.accept_ranges_none
+        || applied.ignore_range
+        || obj.spec.status != 200
+        || !if_range_holds(headers, &obj)
+    {
+        RangeReq::Ignore
+    } else {
+        parse_range(header_str(headers, header::RANGE).unwrap_or(""), len)
+    };
+
+    let (status, start, end) = match range {
+        RangeReq::Unsatisfiable => {
+            stats.update(&key, |s| s.range_not_satisfiable += 1);
+            return Ok(base(&obj, StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                .body(body::empty())?);
+        }
+        RangeReq::Single(s, e) => (StatusCode::PARTIAL_CONTENT, s, e + 1),
+        RangeReq::Ignore => (StatusCode::from_u16(obj.spec.status)?, 0, len),
+    };
+    let no_body = matches!(status.as_u16(), 204 | 304);
+    let mut builder = base(&obj, status);
+    if status == StatusCode::PARTIAL_CONTENT {
+        let (mut s, mut e) = (start, end - 1);
+        if applied.wrong_content_range {
+            if e + WRONG_CONTENT_RANGE_SHIFT < len {
+                (s, e) = (s + WRONG_CONTENT_RANGE_SHIFT, e + WRONG_CONTENT_RANGE_SHIFT);
+            } else {
+                (s, e) = (
+                    s.saturating_sub(WRONG_CONTENT_RANGE_SHIFT),
+                    e.saturating_sub(WRONG_CONTENT_RANGE_SHIFT),
+                );
+            }
+        }
+        builder = builder.header(header::CONTENT_RANGE, format!("bytes {s}-{e}/{len}"));
+    }
+    let body_len = if no_body { 0 } else { end - start };
+    if applied.content_length_lie {
+        builder = builder.header(header::CONTENT_LENGTH, body_len + CONTENT_LENGTH_LIE_EXTRA);
+    } else if !obj.spec.chunked && !no_body {
+        builder = builder.header(header::CONTENT_LENGTH, body_len);
+    }
+    if is_head || no_body {
+        return Ok(builder.body(body::empty())?);
+    }
+    stats.update(&key, |s| {
+        if status == StatusCode::PARTIAL_CONTENT {
+            s.ranges.push((start, end - 1));
+        } else if status == StatusCode::OK {
+            s.full_gets += 1;
+        }
+    });
+    let throttle = obj
+        .spec
+        .throttle_bytes_per_sec
+        .or_else(|| shared.default_throttle());
+    let plan = BodyPlan {
+        content: obj.content(),
+        start,
+        end,
+        throttle,
+        stall_after: applied.stall_after,
+        truncate_after: applied.truncate_after,
+    };
+    Ok(builder.body(body::generated(
+        plan,
+        stats,
+        &key,
+        shared.shutdown.subscribe(),
+    ))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use RangeReq::*;
+        assert_eq!(parse_range("bytes=0-9", 100), Single(0, 9));
+        assert_eq!(parse_range("bytes=90-200", 100), Single(90, 99));
+        assert_eq!(parse_range("bytes=95-", 100), Single(95, 99));
+        assert_eq!(parse_range("bytes=-10", 100), Single(90, 99));
+        assert_eq!(parse_range("bytes=-1000", 100), Single(0, 99));
+        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=100-200", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-0", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 100), Ignore);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Ignore);
+        assert_eq!(parse_range("items=0-1", 100), Ignore);
+        assert_eq!(parse_range("bytes=x-1", 100), Ignore);
+    }
+}
