@@ -194,3 +194,5 @@ pub fn hash_of<T: Serialize>(value: &T) -> String {
 
 #[cfg(test)]
 pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
