@@ -5,6 +5,9 @@
 //! fields. What a schema cannot express (regex syntax, derived disk watermarks, name length
 //! budgets) is checked by [`crate::resources::desired`] and surfaces as `InvalidSpec`.
 
+// kube-derive's repeated `printcolumn(type_ = ...)` items look like duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};

@@ -137,7 +137,6 @@ fn cache_policy(cache: &CasseroleCache) -> NetworkPolicy {
             ]),
             ..NetworkPolicySpec::default()
         }),
-        ..NetworkPolicy::default()
     }
 }
 
@@ -168,6 +167,5 @@ pub fn etcd_policy(cache: &CasseroleCache) -> NetworkPolicy {
             ]),
             ..NetworkPolicySpec::default()
         }),
-        ..NetworkPolicy::default()
     }
 }
