@@ -2,4 +2,5 @@
 //! the real `casserole-node` (and `etcd`) as processes.
 
 pub mod client;
+pub mod harness;
 pub mod origin;
