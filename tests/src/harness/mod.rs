@@ -9,6 +9,8 @@ mod process;
 
 use std::collections::HashSet;
 use std::net::TcpListener;
+#[cfg(test)]
+use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -153,6 +155,60 @@ mod tests {
             .unwrap()
             .to_path_buf();
         assert_eq!(c[0], exe_dir.join("casserole-node"));
+    }
+
+    /// The node lifecycle against a Python stand-in, so the harness is tested before (and
+    /// independently of) the real node.
+    #[tokio::test]
+    async fn node_process_lifecycle_with_a_fake_node() {
+        let Some(python) = ["/usr/bin/python3", "/usr/local/bin/python3"]
+            .iter()
+            .find(|p| Path::new(p).is_file())
+        else {
+            eprintln!("skipped: no python3");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("fake_node.py");
+        std::fs::write(
+            &script,
+            format!("#!{python}\n{}", include_str!("fake_node.py")),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut node = NodeBuilder::new("http://127.0.0.1:1")
+            .program(&script)
+            .arg("--chunk-size=1Mi")
+            .spawn()
+            .await;
+        let args = node.args().join(" ");
+        assert!(
+            args.contains("--disk-cache-enabled=false") && args.contains("--chunk-size=1Mi"),
+            "{args}"
+        );
+        assert!(
+            args.contains(&format!("--peering-address={}", node.peer_url())),
+            "{args}"
+        );
+        assert_eq!(node.metric("casserole_up").await, 1.0);
+        assert_eq!(node.metric(r#"hits_total{tier="memory"}"#).await, 4.0);
+        assert_eq!(node.try_metric("nope").await, None);
+        let admin = node.admin_url();
+
+        node.sigterm();
+        assert!(node.wait_exit(Duration::from_secs(10)).await.success());
+        assert!(
+            node.log_tail(5).contains("got SIGTERM"),
+            "{}",
+            node.log_tail(5)
+        );
+        node.restart().await;
+        assert_eq!(node.admin_url(), admin);
+        assert!(node.is_running());
+        node.kill_9().await;
+        assert!(!node.is_running());
+        assert!(get_bytes(&format!("{admin}/readyz"), &[]).await.is_err());
     }
 
     #[tokio::test]

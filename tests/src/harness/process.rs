@@ -4,6 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
@@ -28,6 +29,8 @@ pub(crate) struct Supervised {
     /// Keeps the log directory alive as long as the process handle.
     _log_dir: tempfile::TempDir,
     log_path: PathBuf,
+    /// Set once a panic message carried the log tail, so Drop doesn't print it twice.
+    tail_shown: AtomicBool,
 }
 
 impl Supervised {
@@ -43,6 +46,7 @@ impl Supervised {
             child: None,
             _log_dir: log_dir,
             log_path,
+            tail_shown: AtomicBool::new(false),
         }
     }
 
@@ -129,6 +133,7 @@ impl Supervised {
 
     /// A panic message with the log tail appended, so failures explain themselves.
     pub fn fail(&self, what: &str) -> ! {
+        self.tail_shown.store(true, Ordering::Relaxed);
         panic!(
             "{}: {what}\n--- last lines of {} ---\n{}",
             self.name,
@@ -143,7 +148,7 @@ impl Drop for Supervised {
         if let Some(child) = self.child.as_mut() {
             let _ = child.start_kill();
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.tail_shown.load(Ordering::Relaxed) {
             eprintln!(
                 "--- {} log tail ({}) ---\n{}--- end of {} log ---",
                 self.name,
