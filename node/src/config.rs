@@ -176,7 +176,7 @@ pub struct Config {
     #[arg(long, env = "CASSEROLE_CLUSTER_NAME", default_value = "default")]
     pub cluster_name: String,
 
-    /// Unique name of this node in the cluster (defaults to the host name).
+    /// Unique, stable name of this node in the cluster (defaults to its peering address).
     #[arg(long, env = "CASSEROLE_NODE_ID")]
     pub node_id: Option<String>,
 
@@ -207,6 +207,11 @@ pub struct Config {
     /// Give up on a peer that has not answered within this time and fail over.
     #[arg(long, env = "CASSEROLE_PEER_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub peer_timeout: Duration,
+
+    /// Keep a copy of chunks served by their owner peer in this node's memory tier too.
+    #[arg(long, env = "CASSEROLE_PEER_HOT_COPY", default_value_t = true, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub peer_hot_copy: bool,
 
     /// Lease TTL of this node's membership record in etcd.
     #[arg(long, env = "CASSEROLE_MEMBER_TTL", default_value = "10s", value_parser = parse_duration)]
@@ -295,6 +300,29 @@ impl Config {
             });
         }
         self.pass_through_set()?;
+        if self.clustered() {
+            match self.peer_token()? {
+                Some(token) if token.len() >= 16 => {}
+                Some(_) => {
+                    return Err(ConfigError::Invalid {
+                        flag: "--peer-token",
+                        message: "must be at least 16 characters".into(),
+                    })
+                }
+                None => return Err(ConfigError::Invalid {
+                    flag: "--peer-token",
+                    message:
+                        "cluster mode (--etcd or --peers) needs --peer-token or --peer-token-file"
+                            .into(),
+                }),
+            }
+            for url in std::iter::once(&self.peering_address).chain(&self.peers) {
+                parse_upstream(url).map_err(|message| ConfigError::Invalid {
+                    flag: "--peering-address/--peers",
+                    message,
+                })?;
+            }
+        }
         Ok(self)
     }
 
@@ -306,14 +334,32 @@ impl Config {
         Ok(RegexSet::new(&self.pass_through)?)
     }
 
+    /// Ownership hashes on member ids, so the default must be unique and stable: the peering URL
+    /// is both (Kubernetes passes the pod name instead).
     pub fn node_id(&self) -> String {
-        self.node_id.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| format!("node-{}", std::process::id()))
-        })
+        self.node_id
+            .clone()
+            .unwrap_or_else(|| self.peering_address.clone())
+    }
+
+    /// Whether this node shares chunks with others (etcd or a static peer list).
+    pub fn clustered(&self) -> bool {
+        !self.etcd.is_empty() || !self.peers.is_empty()
+    }
+
+    /// The shared peer secret from `--peer-token` or `--peer-token-file`.
+    pub fn peer_token(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(token) = &self.peer_token {
+            return Ok(Some(token.trim().to_string()));
+        }
+        let Some(file) = &self.peer_token_file else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(file).map_err(|e| ConfigError::Invalid {
+            flag: "--peer-token-file",
+            message: format!("{}: {e}", file.display()),
+        })?;
+        Ok(Some(token.trim().to_string()))
     }
 }
 
@@ -367,6 +413,8 @@ mod tests {
             "http://10.0.0.1:8000",
             "--address",
             "127.0.0.1:9999",
+            "--peer-token",
+            "0123456789abcdef",
         ])
         .unwrap();
         assert_eq!(c.upstream().as_str(), "http://example.com/base");
@@ -377,7 +425,7 @@ mod tests {
 
     #[test]
     fn legacy_environment_is_a_fallback() {
-        let c = Config::try_parse_from(["casserole-node"])
+        let c = Config::try_parse_from(["casserole-node", "--peer-token", "0123456789abcdef"])
             .unwrap()
             .finish(|k| match k {
                 "UPSTREAM_SERVER" => Some("https://mirror.example/".into()),
@@ -405,6 +453,8 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("--cleaned-disk-usage"), "{err}");
         assert!(Config::try_parse_from(["casserole-node", "--upstream", "ftp://x"]).is_err());
+        let err = parse(&["--upstream", "http://x", "--peers", "http://127.0.0.1:1"]).unwrap_err();
+        assert!(err.to_string().contains("--peer-token"), "{err}");
         assert!(matches!(
             parse(&["--upstream", "http://x", "--chunk-size", "1"]),
             Err(ConfigError::BadChunkSize(1))

@@ -20,12 +20,21 @@ use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
 use crate::{
+    cluster::membership::Member,
     metadata::MetadataStore,
     metrics::Metrics,
     object::{ChunkKey, ObjectMeta},
-    tier::{disk::DiskTier, memory::MemoryTier, Source},
-    upstream::{Upstream, UpstreamError},
+    tier::{disk::DiskTier, memory::MemoryTier, peer::PeerTier, Source},
+    upstream::{ByteStream, Upstream, UpstreamError},
 };
+
+/// Which tiers a lookup may use. Requests from peers are served from this node's own tiers only,
+/// so two nodes that briefly disagree on ownership never bounce a request between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Cluster,
+    LocalOnly,
+}
 
 #[derive(Clone, Debug)]
 enum Progress {
@@ -37,7 +46,9 @@ enum Progress {
 
 /// One chunk being fetched, shared by every reader that wants it.
 struct Flight {
-    source: Source,
+    /// Where the bytes come from; refined while the fetch runs (a peer says whether it had the
+    /// chunk or fetched it upstream; a corrupt disk file turns into an upstream fetch).
+    source: Mutex<Source>,
     pieces: Mutex<Vec<Bytes>>,
     progress: watch::Sender<Progress>,
 }
@@ -45,10 +56,18 @@ struct Flight {
 impl Flight {
     fn new(source: Source) -> Self {
         Flight {
-            source,
+            source: Mutex::new(source),
             pieces: Mutex::new(Vec::new()),
             progress: watch::Sender::new(Progress::Running(0)),
         }
+    }
+
+    fn source(&self) -> Source {
+        *self.source.lock().expect("flight lock")
+    }
+
+    fn set_source(&self, source: Source) {
+        *self.source.lock().expect("flight lock") = source;
     }
 
     fn push(&self, piece: Bytes) {
@@ -85,7 +104,6 @@ impl Drop for FlightGuard {
 
 /// Yields the bytes of one chunk, from a cache hit or by following a flight.
 pub struct ChunkReader {
-    pub source: Source,
     /// Joined a fetch another request had started.
     pub collapsed: bool,
     state: ReaderState,
@@ -101,6 +119,14 @@ enum ReaderState {
 }
 
 impl ChunkReader {
+    /// Where this chunk's bytes come from, as far as known now.
+    pub fn source(&self) -> Source {
+        match &self.state {
+            ReaderState::Ready(_) => Source::Memory,
+            ReaderState::Following { flight, .. } => flight.source(),
+        }
+    }
+
     pub async fn next(&mut self) -> Option<Result<Bytes, UpstreamError>> {
         match &mut self.state {
             ReaderState::Ready(chunk) => chunk.take().map(Ok),
@@ -133,6 +159,7 @@ impl ChunkReader {
 
 pub struct ChunkFetcher {
     memory: MemoryTier,
+    peers: Option<Arc<PeerTier>>,
     disk: Option<Arc<DiskTier>>,
     upstream: Arc<Upstream>,
     metadata: Arc<MetadataStore>,
@@ -141,17 +168,30 @@ pub struct ChunkFetcher {
     readahead: usize,
 }
 
+/// The tiers a fetcher walks, fastest first; the upstream is the last source.
+pub struct Tiers {
+    pub memory: MemoryTier,
+    pub peers: Option<Arc<PeerTier>>,
+    pub disk: Option<Arc<DiskTier>>,
+    pub upstream: Arc<Upstream>,
+}
+
 impl ChunkFetcher {
     pub fn new(
-        memory: MemoryTier,
-        disk: Option<Arc<DiskTier>>,
-        upstream: Arc<Upstream>,
+        tiers: Tiers,
         metadata: Arc<MetadataStore>,
         metrics: Arc<Metrics>,
         readahead: usize,
     ) -> Arc<Self> {
+        let Tiers {
+            memory,
+            peers,
+            disk,
+            upstream,
+        } = tiers;
         Arc::new(ChunkFetcher {
             memory,
+            peers,
             disk,
             upstream,
             metadata,
@@ -165,34 +205,31 @@ impl ChunkFetcher {
         &self.memory
     }
 
+    fn count_lookup(&self, tier: &str) {
+        self.metrics.chunk_sources.with_label_values(&[tier]).inc();
+    }
+
     /// Starts (or joins) getting chunk `index` of `meta`; never waits.
     pub fn open(
         self: &Arc<Self>,
         meta: &Arc<ObjectMeta>,
         version: &Arc<str>,
         index: u64,
+        route: Route,
     ) -> ChunkReader {
         let key = meta.chunk_key(version, index);
         let hit = |chunk: Bytes| ChunkReader {
-            source: Source::Memory,
             collapsed: false,
             state: ReaderState::Ready(Some(chunk)),
         };
         if let Some(chunk) = self.memory.get(&key) {
-            self.metrics
-                .chunk_sources
-                .with_label_values(&["memory"])
-                .inc();
+            self.count_lookup("memory");
             return hit(chunk);
         }
         let mut flights = self.flights.lock().expect("flights lock");
         if let Some(flight) = flights.get(&key) {
-            self.metrics
-                .chunk_sources
-                .with_label_values(&["collapsed"])
-                .inc();
+            self.count_lookup("collapsed");
             return ChunkReader {
-                source: flight.source,
                 collapsed: true,
                 state: ReaderState::Following {
                     flight: flight.clone(),
@@ -204,27 +241,28 @@ impl ChunkFetcher {
         // A flight finishes by filling memory and then leaving the map, both before we took the
         // lock or both after: checking memory again here means a chunk is never fetched twice.
         if let Some(chunk) = self.memory.get(&key) {
-            self.metrics
-                .chunk_sources
-                .with_label_values(&["memory"])
-                .inc();
+            self.count_lookup("memory");
             return hit(chunk);
         }
+        let remote_owners = match (&self.peers, route) {
+            (Some(peers), Route::Cluster) => peers.remote_owners(&key.to_string()),
+            _ => Vec::new(),
+        };
         let source = match &self.disk {
+            _ if !remote_owners.is_empty() => Source::Peer,
             Some(disk) if disk.contains(&key) => Source::Disk,
             _ => Source::Upstream,
         };
         let flight = Arc::new(Flight::new(source));
         flights.insert(key.clone(), flight.clone());
         drop(flights);
-        self.metrics
-            .chunk_sources
-            .with_label_values(&[source.label()])
-            .inc();
+        self.count_lookup(source.label());
         let progress = flight.progress.subscribe();
-        tokio::spawn(self.clone().fly(meta.clone(), key, flight.clone()));
+        tokio::spawn(
+            self.clone()
+                .fly(meta.clone(), key, flight.clone(), remote_owners),
+        );
         ChunkReader {
-            source,
             collapsed: false,
             state: ReaderState::Following {
                 flight,
@@ -236,23 +274,35 @@ impl ChunkFetcher {
 
     /// Runs one flight to its end, independently of the readers: a client that goes away does not
     /// cancel a fetch others may be following.
-    async fn fly(self: Arc<Self>, meta: Arc<ObjectMeta>, key: ChunkKey, flight: Arc<Flight>) {
+    async fn fly(
+        self: Arc<Self>,
+        meta: Arc<ObjectMeta>,
+        key: ChunkKey,
+        flight: Arc<Flight>,
+        remote_owners: Vec<Member>,
+    ) {
         let _guard = FlightGuard(flight.clone());
         let started = Instant::now();
-        let result = self.fill(&meta, &key, &flight).await;
+        let result = self.fill(&meta, &key, &flight, &remote_owners).await;
         match result {
             Ok((chunk, source)) => {
                 self.metrics
                     .chunk_fetch_seconds
                     .with_label_values(&[source.label()])
                     .observe(started.elapsed().as_secs_f64());
-                self.memory.insert(key.clone(), chunk.clone());
+                let hot_copy = self.peers.as_ref().is_none_or(|p| p.hot_copy());
+                if source != Source::Peer || hot_copy {
+                    self.memory.insert(key.clone(), chunk.clone());
+                }
                 self.flights.lock().expect("flights lock").remove(&key);
                 flight.finish();
+                // Chunks from a peer live on their owner's disk; only what this node fetched
+                // upstream itself is persisted here.
                 if source == Source::Upstream {
                     if let Some(disk) = &self.disk {
                         if let Err(e) = disk.put(&key, chunk).await {
-                            tracing::warn!(chunk = %key, error = %e, "disk tier write failed; chunk kept in memory only");
+                            tracing::warn!(chunk = %key, error = %e,
+                                "disk tier write failed; chunk kept in memory only");
                         }
                     }
                 }
@@ -273,34 +323,58 @@ impl ChunkFetcher {
         }
     }
 
+    /// Gets the whole chunk into the flight: owner peers in rendezvous order, then the local disk,
+    /// then the upstream. A source that breaks mid-chunk is replaced by the next one, which
+    /// continues where the last stopped, so readers never see the switch.
     async fn fill(
         &self,
         meta: &ObjectMeta,
         key: &ChunkKey,
         flight: &Flight,
+        remote_owners: &[Member],
     ) -> Result<(Bytes, Source), UpstreamError> {
         let expected = meta.chunk_len(key.index) as usize;
-        if flight.source == Source::Disk {
-            if let Some(disk) = &self.disk {
-                match disk.get(key).await {
-                    Some(chunk) if chunk.len() == expected => {
-                        flight.push(chunk.clone());
-                        return Ok((chunk, Source::Disk));
+        let mut whole = BytesMut::with_capacity(expected);
+        if let Some(peers) = &self.peers {
+            for peer in remote_owners {
+                let attempt = match peers.fetch_chunk(peer, meta, key.index).await {
+                    Ok((stream, owner_source)) => {
+                        // A chunk its owner had to fetch upstream was a cluster-wide miss.
+                        flight.set_source(match owner_source {
+                            Source::Upstream => Source::Upstream,
+                            _ => Source::Peer,
+                        });
+                        pump(stream, &mut whole, flight)
+                            .await
+                            .map_err(|e| e.to_string())
                     }
-                    // Corrupt files were dropped by the disk tier; fetch the chunk again.
-                    _ => {
-                        tracing::info!(chunk = %key, "disk tier could not serve chunk; fetching from upstream")
-                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                match attempt {
+                    Ok(()) if whole.len() == expected => return Ok((whole.freeze(), Source::Peer)),
+                    Ok(()) => peers.mark_suspect(peer, &"chunk ended early"),
+                    Err(why) => peers.mark_suspect(peer, &why),
                 }
             }
         }
-        let mut stream = self.upstream.fetch_chunk(meta, key.index).await?;
-        let mut whole = BytesMut::with_capacity(expected);
-        while let Some(piece) = stream.next().await {
-            let piece = piece?;
-            whole.extend_from_slice(&piece);
-            flight.push(piece);
+        if let Some(disk) = self.disk.as_ref().filter(|d| d.contains(key)) {
+            match disk.get(key).await {
+                Some(chunk) if chunk.len() == expected => {
+                    flight.set_source(Source::Disk);
+                    if whole.len() < expected {
+                        flight.push(chunk.slice(whole.len()..));
+                    }
+                    return Ok((chunk, Source::Disk));
+                }
+                // Corrupt files were dropped by the disk tier; fetch the chunk again.
+                _ => {
+                    tracing::info!(chunk = %key, "disk tier could not serve chunk; fetching upstream")
+                }
+            }
         }
+        flight.set_source(Source::Upstream);
+        let stream = self.upstream.fetch_chunk(meta, key.index).await?;
+        pump(stream, &mut whole, flight).await?;
         Ok((whole.freeze(), Source::Upstream))
     }
 
@@ -309,6 +383,7 @@ impl ChunkFetcher {
         self: &Arc<Self>,
         meta: Arc<ObjectMeta>,
         range: RangeInclusive<u64>,
+        route: Route,
     ) -> RangeReader {
         let chunks = meta.chunks_for(&range);
         RangeReader {
@@ -320,8 +395,34 @@ impl ChunkFetcher {
             last_chunk: *chunks.end(),
             window: VecDeque::new(),
             failed: false,
+            route,
+            last_source: None,
         }
     }
+}
+
+/// Appends a chunk stream to `whole` and the flight, skipping the bytes an earlier, failed source
+/// already delivered.
+async fn pump(
+    mut stream: ByteStream,
+    whole: &mut BytesMut,
+    flight: &Flight,
+) -> Result<(), UpstreamError> {
+    let mut skip = whole.len();
+    while let Some(piece) = stream.next().await {
+        let mut piece = piece?;
+        if skip > 0 {
+            let dropped = skip.min(piece.len());
+            piece = piece.slice(dropped..);
+            skip -= dropped;
+            if piece.is_empty() {
+                continue;
+            }
+        }
+        whole.extend_from_slice(&piece);
+        flight.push(piece);
+    }
+    Ok(())
 }
 
 struct Open {
@@ -341,13 +442,18 @@ pub struct RangeReader {
     last_chunk: u64,
     window: VecDeque<Open>,
     failed: bool,
+    route: Route,
+    /// Source and collapsing of the chunk the last bytes came from.
+    last_source: Option<(Source, bool)>,
 }
 
 impl RangeReader {
     fn fill_window(&mut self) {
         while self.window.len() <= self.fetcher.readahead && self.next_to_open <= self.last_chunk {
             let index = self.next_to_open;
-            let reader = self.fetcher.open(&self.meta, &self.version, index);
+            let reader = self
+                .fetcher
+                .open(&self.meta, &self.version, index, self.route);
             self.window.push_back(Open {
                 index,
                 offset: 0,
@@ -357,12 +463,15 @@ impl RangeReader {
         }
     }
 
-    /// Source and collapsing of the first chunk, once the window is open.
-    pub fn head(&mut self) -> Option<(Source, bool)> {
+    /// Source and collapsing of the chunk the last bytes came from (or, before any, of the
+    /// first chunk).
+    pub fn source(&mut self) -> Option<(Source, bool)> {
         self.fill_window();
-        self.window
-            .front()
-            .map(|o| (o.reader.source, o.reader.collapsed))
+        self.last_source.or_else(|| {
+            self.window
+                .front()
+                .map(|o| (o.reader.source(), o.reader.collapsed))
+        })
     }
 
     pub async fn next(&mut self) -> Option<Result<Bytes, UpstreamError>> {
@@ -381,7 +490,8 @@ impl RangeReader {
                     let piece_end = chunk_start + open.offset; // exclusive
                     let from = (*self.range.start()).max(piece_start);
                     let to = (*self.range.end() + 1).min(piece_end);
-                    let source = open.reader.source;
+                    let source = open.reader.source();
+                    self.last_source = Some((source, open.reader.collapsed));
                     if piece_end > *self.range.end() {
                         // The rest of this chunk is past the range: stop reading it.
                         self.window.pop_front();

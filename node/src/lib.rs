@@ -3,6 +3,7 @@
 //! Module map (dependencies point down): `http` → `fetch` → `metadata`/`tier`/`policy`/`upstream`
 //! → `object`/`config`/`metrics`.
 
+pub mod cluster;
 pub mod config;
 pub mod fetch;
 pub mod http;
@@ -19,14 +20,16 @@ use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
+    cluster::membership::{EtcdConfig, Member, Membership},
     config::Config,
-    fetch::ChunkFetcher,
-    http::{admin::Admin, serve::Front, ServerLimits},
+    fetch::{ChunkFetcher, Tiers},
+    http::{admin::Admin, peer_api::PeerApi, serve::Front, ServerLimits},
     metadata::{MetadataConfig, MetadataStore},
     metrics::Metrics,
     tier::{
         disk::{DiskConfig, DiskTier},
         memory::MemoryTier,
+        peer::{PeerConfig, PeerTier},
     },
     upstream::{Upstream, UpstreamConfig},
 };
@@ -35,11 +38,49 @@ use crate::{
 pub struct RunningNode {
     pub client_addr: std::net::SocketAddr,
     pub admin_addr: std::net::SocketAddr,
+    pub peer_addr: Option<std::net::SocketAddr>,
     pub metrics: Arc<Metrics>,
+    membership: Membership,
     ready: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     client: JoinHandle<bool>,
-    admin: JoinHandle<bool>,
+    others: Vec<JoinHandle<bool>>,
+}
+
+fn membership(cfg: &Config, metrics: &Metrics) -> Membership {
+    let me = Member {
+        id: cfg.node_id(),
+        url: cfg.peering_address.clone(),
+    };
+    if !cfg.etcd.is_empty() {
+        return Membership::etcd(
+            EtcdConfig {
+                endpoints: cfg.etcd.clone(),
+                cluster_name: cfg.cluster_name.clone(),
+                node_id: me.id,
+                peering_url: me.url,
+                ttl: cfg.member_ttl,
+            },
+            metrics.cluster.clone(),
+        );
+    }
+    if !cfg.peers.is_empty() {
+        // A static list names members by URL, so URLs are their ids on every node alike.
+        let me = Member {
+            id: me.url.clone(),
+            url: me.url,
+        };
+        let peers = cfg
+            .peers
+            .iter()
+            .map(|url| Member {
+                id: url.clone(),
+                url: url.clone(),
+            })
+            .collect();
+        return Membership::fixed(me, peers);
+    }
+    Membership::standalone(me)
 }
 
 impl RunningNode {
@@ -66,11 +107,25 @@ impl RunningNode {
                 .with_context(|| {
                     format!("opening the disk tier in {}", cfg.disk_cache_dir.display())
                 })?;
-            tracing::info!(dir = %cfg.disk_cache_dir.display(), chunks = tier.chunk_count(), bytes = tier.used_bytes(),
-                "disk tier ready");
+            tracing::info!(dir = %cfg.disk_cache_dir.display(), chunks = tier.chunk_count(),
+                bytes = tier.used_bytes(), "disk tier ready");
             Some(tier)
         } else {
             None
+        };
+        let membership = membership(&cfg, &metrics);
+        let peer_token = cfg.peer_token()?;
+        let peers = match (&peer_token, cfg.clustered()) {
+            (Some(token), true) => Some(Arc::new(PeerTier::new(
+                membership.clone(),
+                PeerConfig {
+                    token: token.clone(),
+                    timeout: cfg.peer_timeout,
+                    hot_copy: cfg.peer_hot_copy,
+                },
+                metrics.clone(),
+            )?)),
+            _ => None,
         };
         let metadata = Arc::new(MetadataStore::new(
             MetadataConfig {
@@ -80,20 +135,23 @@ impl RunningNode {
             },
             upstream.clone(),
             disk.clone(),
+            peers.clone(),
             metrics.clone(),
         ));
-        let memory = MemoryTier::new(cfg.max_memory_usage.0, metrics.clone());
         let fetcher = ChunkFetcher::new(
-            memory,
-            disk,
-            upstream.clone(),
+            Tiers {
+                memory: MemoryTier::new(cfg.max_memory_usage.0, metrics.clone()),
+                peers: peers.clone(),
+                disk,
+                upstream: upstream.clone(),
+            },
             metadata.clone(),
             metrics.clone(),
             cfg.readahead,
         );
         let front = Arc::new(Front {
             upstream,
-            metadata,
+            metadata: metadata.clone(),
             fetcher: fetcher.clone(),
             pass_through: cfg.pass_through_set()?,
             metrics: metrics.clone(),
@@ -101,18 +159,25 @@ impl RunningNode {
         let ready = Arc::new(AtomicBool::new(false));
         let admin = Arc::new(Admin {
             metrics: metrics.clone(),
-            fetcher,
+            fetcher: fetcher.clone(),
             ready: ready.clone(),
+            membership: membership.clone(),
         });
 
-        let client_listener = TcpListener::bind(cfg.address)
-            .await
-            .with_context(|| format!("binding --address {}", cfg.address))?;
-        let admin_listener = TcpListener::bind(cfg.admin_address)
-            .await
-            .with_context(|| format!("binding --admin-address {}", cfg.admin_address))?;
+        let bind = |addr: std::net::SocketAddr, flag: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {flag} {addr}"))
+        };
+        let client_listener = bind(cfg.address, "--address").await?;
+        let admin_listener = bind(cfg.admin_address, "--admin-address").await?;
+        let peer_listener = match &peers {
+            Some(_) => Some(bind(cfg.peer_address, "--peer-address").await?),
+            None => None,
+        };
         let client_addr = client_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
+        let peer_addr = peer_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let (stop, stopped) = watch::channel(false);
         let limits = || ServerLimits {
             max_header_size: cfg.max_header_size.0 as usize,
@@ -127,36 +192,59 @@ impl RunningNode {
             cfg.shutdown_grace,
         ));
         // The admin listener outlives the drain a little so probes and scrapes keep answering.
-        let admin = tokio::spawn(http::serve(
+        let mut others = vec![tokio::spawn(http::serve(
             "admin",
             admin_listener,
             limits(),
             admin,
             |admin, req| admin.handle(req),
-            stopped,
+            stopped.clone(),
             std::time::Duration::from_secs(1),
-        ));
+        ))];
+        if let (Some(listener), Some(token)) = (peer_listener, peer_token) {
+            let api = Arc::new(PeerApi {
+                token,
+                fetcher,
+                metadata,
+                metrics: metrics.clone(),
+            });
+            others.push(tokio::spawn(http::serve(
+                "peer",
+                listener,
+                limits(),
+                api,
+                |api, req| api.handle(req),
+                stopped,
+                cfg.shutdown_grace,
+            )));
+        }
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(%client_addr, %admin_addr, upstream = %cfg.upstream(), "casserole node serving");
+        tracing::info!(%client_addr, %admin_addr, ?peer_addr, node = %membership.self_member().id,
+            upstream = %cfg.upstream(), "casserole node serving");
         Ok(RunningNode {
             client_addr,
             admin_addr,
+            peer_addr,
             metrics,
+            membership,
             ready,
             stop,
             client,
-            admin,
+            others,
         })
     }
 
-    /// Stops accepting, waits for in-flight responses (bounded by the grace period), and returns
-    /// whether they all finished.
+    /// Leaves the cluster (peers stop routing here), stops accepting, waits for in-flight
+    /// responses (bounded by the grace period), and returns whether they all finished.
     pub async fn shutdown(self) -> bool {
         self.ready
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.membership.leave().await;
         let _ = self.stop.send(true);
         let drained = self.client.await.unwrap_or(false);
-        let _ = self.admin.await;
+        for task in self.others {
+            let _ = task.await;
+        }
         drained
     }
 }

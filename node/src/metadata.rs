@@ -13,10 +13,14 @@ use bytes::Bytes;
 use moka::{future::Cache, Expiry};
 
 use crate::{
+    fetch::Route,
     metrics::Metrics,
     object::{unix_now, ObjectMeta},
     policy::{evaluate_head, HeadContext, Uncacheable},
-    tier::disk::DiskTier,
+    tier::{
+        disk::DiskTier,
+        peer::{MetaAnswer, PeerTier},
+    },
     upstream::{Upstream, UpstreamError},
 };
 
@@ -58,6 +62,7 @@ pub struct MetadataConfig {
 pub struct MetadataStore {
     memory: Cache<String, Arc<ObjectMeta>>,
     disk: Option<Arc<DiskTier>>,
+    peers: Option<Arc<PeerTier>>,
     upstream: Arc<Upstream>,
     cfg: MetadataConfig,
     metrics: Arc<Metrics>,
@@ -68,6 +73,7 @@ impl MetadataStore {
         cfg: MetadataConfig,
         upstream: Arc<Upstream>,
         disk: Option<Arc<DiskTier>>,
+        peers: Option<Arc<PeerTier>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let memory = Cache::builder()
@@ -77,14 +83,20 @@ impl MetadataStore {
         MetadataStore {
             memory,
             disk,
+            peers,
             upstream,
             cfg,
             metrics,
         }
     }
 
-    /// Metadata of `path` if it is cacheable.
-    pub async fn lookup(&self, path: &str) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
+    /// Metadata of `path` if it is cacheable. With `Route::Cluster`, a miss asks the owner of the
+    /// path's metadata first, so every node agrees on one object version.
+    pub async fn lookup(
+        &self,
+        path: &str,
+        route: Route,
+    ) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
         if let Some(meta) = self.memory.get(path).await {
             if meta.is_fresh(unix_now()) {
                 self.metrics
@@ -100,7 +112,7 @@ impl MetadataStore {
             .memory
             .try_get_with(path.to_string(), async {
                 loaded_here.store(true, std::sync::atomic::Ordering::Relaxed);
-                self.load(path).await
+                self.load(path, route).await
             })
             .await
             .map_err(|e: Arc<LookupError>| (*e).clone())?;
@@ -112,8 +124,32 @@ impl MetadataStore {
         Ok((meta, source))
     }
 
-    async fn load(&self, path: &str) -> Result<Arc<ObjectMeta>, LookupError> {
+    async fn load(&self, path: &str, route: Route) -> Result<Arc<ObjectMeta>, LookupError> {
         let key = ObjectMeta::meta_key(path);
+        if let (Some(peers), Route::Cluster) = (&self.peers, route) {
+            for peer in peers.remote_owners(&key) {
+                match peers.fetch_meta(&peer, path).await {
+                    Ok(MetaAnswer::Cacheable(meta)) if self.is_consistent(&meta, path) => {
+                        self.metrics
+                            .metadata_lookups
+                            .with_label_values(&["peer"])
+                            .inc();
+                        return Ok(Arc::new(meta));
+                    }
+                    Ok(MetaAnswer::Cacheable(meta)) => {
+                        peers.mark_suspect(
+                            &peer,
+                            &format_args!(
+                            "metadata version {} does not match this node's upstream or chunk size",
+                            meta.version
+                        ),
+                        );
+                    }
+                    Ok(MetaAnswer::Uncacheable(why)) => return Err(LookupError::Uncacheable(why)),
+                    Err(e) => peers.mark_suspect(&peer, &e),
+                }
+            }
+        }
         if let Some(disk) = &self.disk {
             if let Some(raw) = disk.get_meta(&key).await {
                 match serde_json::from_slice::<ObjectMeta>(&raw) {
@@ -156,6 +192,21 @@ impl MetadataStore {
             }
         }
         Ok(Arc::new(meta))
+    }
+
+    /// Whether metadata from a peer describes `path` on this node's upstream, cut in this node's
+    /// chunk size: a misconfigured peer must not make this node cache foreign bytes.
+    pub fn is_consistent(&self, meta: &ObjectMeta, path: &str) -> bool {
+        meta.path == path
+            && meta.chunk_size == self.cfg.chunk_size
+            && meta.version
+                == ObjectMeta::compute_version(
+                    self.upstream.base(),
+                    path,
+                    &meta.validator,
+                    meta.length,
+                    meta.chunk_size,
+                )
     }
 
     /// Forgets `meta` (the object changed upstream): memory, disk record and its chunks on disk.

@@ -6,7 +6,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::tier::disk::DiskMetrics;
+use crate::{cluster::membership::ClusterMetrics, tier::disk::DiskMetrics};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -27,6 +27,14 @@ pub struct Metrics {
     pub metadata_lookups: IntCounterVec,
     pub response_first_byte_seconds: Histogram,
     pub disk: DiskMetrics,
+    pub cluster: ClusterMetrics,
+    /// Requests this node sent to peers, by kind (chunk, meta) and result (ok, refused, unreachable).
+    pub peer_requests: IntCounterVec,
+    /// Requests this node's peer API answered, by kind and result.
+    pub peer_api_requests: IntCounterVec,
+    /// Chunk bytes exchanged with peers (direction = received, sent).
+    pub peer_bytes: IntCounterVec,
+    pub peer_failovers: IntCounter,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -108,7 +116,36 @@ impl Metrics {
                 "Failed disk tier reads",
             ),
         };
+        let cluster = ClusterMetrics {
+            members: gauge(
+                &r,
+                "casserole_cluster_members",
+                "Live cluster members known to this node, itself included",
+            ),
+            etcd_errors: counter(&r, "casserole_etcd_errors_total", "Failed etcd operations"),
+            lease_registrations: counter(
+                &r,
+                "casserole_lease_registrations_total",
+                "Membership re-registrations after a lost etcd lease",
+            ),
+        };
         Metrics {
+            cluster,
+            peer_requests: counter_vec(&r, "casserole_peer_requests_total", "Requests sent to peers by kind and result", &[
+                "kind", "result",
+            ]),
+            peer_api_requests: counter_vec(
+                &r,
+                "casserole_peer_api_requests_total",
+                "Peer API requests answered by kind and result",
+                &["kind", "result"],
+            ),
+            peer_bytes: counter_vec(&r, "casserole_peer_bytes_total", "Chunk bytes exchanged with peers", &["direction"]),
+            peer_failovers: counter(
+                &r,
+                "casserole_peer_failovers_total",
+                "Peer requests that failed and went to the next owner or the upstream",
+            ),
             requests: counter_vec(&r, "casserole_requests_total", "Client requests by result and serving tier", &[
                 "result", "tier",
             ]),

@@ -59,7 +59,7 @@ pub fn classify_request(
 }
 
 /// Why an upstream object is not cached (it is then streamed straight through).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Uncacheable {
     #[error("status {0} is not cached")]
     Status(u16),

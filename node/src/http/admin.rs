@@ -9,7 +9,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::{self, Body};
-use crate::{fetch::ChunkFetcher, metrics::Metrics};
+use crate::{cluster::membership::Membership, fetch::ChunkFetcher, metrics::Metrics};
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
@@ -17,6 +17,7 @@ pub struct Admin {
     /// Set once the node can serve (listeners bound, membership loaded); cleared on shutdown so
     /// load balancers stop sending new requests while in-flight ones drain.
     pub ready: Arc<AtomicBool>,
+    pub membership: Membership,
 }
 
 impl Admin {
@@ -24,6 +25,10 @@ impl Admin {
         match req.uri().path() {
             "/metrics" => {
                 self.fetcher.memory().refresh_gauges();
+                self.metrics
+                    .cluster
+                    .members
+                    .set(self.membership.members().len() as i64);
                 let mut res = Response::new(body::full(self.metrics.render()));
                 res.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -32,6 +37,10 @@ impl Admin {
                 res
             }
             "/healthz" => Response::new(body::full("ok\n")),
+            "/readyz" if !self.membership.is_loaded() => body::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster membership not loaded yet",
+            ),
             "/readyz" if self.ready.load(Ordering::Relaxed) => Response::new(body::full("ready\n")),
             "/readyz" => body::error(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
             _ => body::error(

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod peer_api;
 pub mod range;
 pub mod serve;
 

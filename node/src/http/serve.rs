@@ -13,7 +13,7 @@ use super::{
     range::{self, Multipart, RangeRequest},
 };
 use crate::{
-    fetch::ChunkFetcher,
+    fetch::{ChunkFetcher, Route},
     metadata::{LookupError, MetaSource, MetadataStore},
     metrics::Metrics,
     object::{unix_now, ObjectMeta},
@@ -81,13 +81,16 @@ impl Front {
         }
         // Only the path and query are used: an absolute-form target or a Host header never
         // chooses where the request goes.
-        let path = validated_path(&req).inspect_err(|_| self.count("error", "none"))?;
+        let path = validated_path(&req).map_err(|why| {
+            self.count("error", "none");
+            body::error(StatusCode::BAD_REQUEST, why)
+        })?;
         if let Some(bypass) = classify_request(&method, req.headers(), &path, &self.pass_through) {
             return self
                 .pass(req, &path, bypass.cache_status(), bypass.label())
                 .await;
         }
-        let (meta, meta_source) = match self.metadata.lookup(&path).await {
+        let (meta, meta_source) = match self.metadata.lookup(&path, Route::Cluster).await {
             Ok(found) => found,
             Err(LookupError::Uncacheable(why)) => {
                 tracing::debug!(path, reason = %why, "not cacheable, passing through");
@@ -145,15 +148,15 @@ impl Front {
             }
         };
         let started = Instant::now();
-        let mut first = self.fetcher.stream_range(meta.clone(), ranges[0].clone());
-        let (source, collapsed) = first
-            .head()
-            .expect("a validated range covers at least one chunk");
+        let mut first = self
+            .fetcher
+            .stream_range(meta.clone(), ranges[0].clone(), Route::Cluster);
         // Wait for the first bytes so an upstream failure can still be a clean 502/504.
         let first_piece = match first.next().await {
             Some(Ok(piece)) => piece,
             Some(Err(e)) => {
-                self.count("error", source.label());
+                let tier = first.source().map_or("none", |(s, _)| s.label());
+                self.count("error", tier);
                 return Err(body::error(e.client_status(), e));
             }
             None => Bytes::new(),
@@ -161,6 +164,7 @@ impl Front {
         self.metrics
             .response_first_byte_seconds
             .observe(started.elapsed().as_secs_f64());
+        let (source, collapsed) = first.source().unwrap_or((Source::Upstream, false));
         let status = cache_status(source, collapsed);
         self.count(
             if source == Source::Upstream {
@@ -214,9 +218,11 @@ impl Front {
                 _ => {
                     let (fetcher, meta, range) = (fetcher.clone(), meta.clone(), range.clone());
                     // Opened lazily, when the part is reached, so read-ahead applies per part.
-                    futures::stream::once(
-                        async move { fetcher.stream_range(meta, range).into_stream() },
-                    )
+                    futures::stream::once(async move {
+                        fetcher
+                            .stream_range(meta, range, Route::Cluster)
+                            .into_stream()
+                    })
                     .flatten()
                     .boxed()
                 }
@@ -329,7 +335,7 @@ impl Front {
 
 /// Wraps a `Send` stream so that it is also `Sync`, as the boxed body type requires; only one
 /// task ever polls a response body, so the mutex is never contended.
-fn sync_stream<S, T>(stream: S) -> impl futures::Stream<Item = T> + Send + Sync + 'static
+pub(crate) fn sync_stream<S, T>(stream: S) -> impl futures::Stream<Item = T> + Send + Sync + 'static
 where
     S: futures::Stream<Item = T> + Send + 'static,
 {
@@ -361,19 +367,13 @@ fn cache_status(source: Source, collapsed: bool) -> String {
 }
 
 /// The path and query to ask the upstream for, or a 400 saying what is wrong with it.
-fn validated_path(req: &Request<Incoming>) -> Result<String, Response<Body>> {
+fn validated_path(req: &Request<Incoming>) -> Result<String, &'static str> {
     let Some(pq) = req.uri().path_and_query() else {
-        return Err(body::error(
-            StatusCode::BAD_REQUEST,
-            "request target has no path",
-        ));
+        return Err("request target has no path");
     };
     let path = pq.path();
     if !path.starts_with('/') {
-        return Err(body::error(
-            StatusCode::BAD_REQUEST,
-            "request target must be an absolute path",
-        ));
+        return Err("request target must be an absolute path");
     }
     // Dot segments (also percent-encoded) could climb out of the upstream's base path.
     let dotted = path.split('/').any(|segment| {
@@ -381,16 +381,10 @@ fn validated_path(req: &Request<Incoming>) -> Result<String, Response<Body>> {
         decoded == "." || decoded == ".."
     });
     if dotted {
-        return Err(body::error(
-            StatusCode::BAD_REQUEST,
-            "path must not contain '.' or '..' segments",
-        ));
+        return Err("path must not contain '.' or '..' segments");
     }
     if path.to_ascii_lowercase().contains("%2f") && path.to_ascii_lowercase().contains("%2e") {
-        return Err(body::error(
-            StatusCode::BAD_REQUEST,
-            "encoded path separators are not allowed next to dots",
-        ));
+        return Err("encoded path separators are not allowed next to dots");
     }
     Ok(pq.as_str().to_string())
 }

@@ -3,6 +3,7 @@
 
 pub mod disk;
 pub mod memory;
+pub mod peer;
 
 /// Where the bytes of a chunk came from, for `Cache-Status`, metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
