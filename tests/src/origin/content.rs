@@ -8,7 +8,7 @@ pub const FRAME_SIZE: usize = 64 * 1024;
 
 /// splitmix64's finaliser: cheap, well mixed, and lets us address any 8-byte word directly
 /// (no sequential state), which is what makes random-access ranges free.
-#[inline]
+#[inline(always)]
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -31,7 +31,7 @@ impl Content {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn word(&self, index: u64) -> [u8; 8] {
         mix(self
             .key
