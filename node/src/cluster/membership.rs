@@ -1,59 +1,528 @@
-use std::{sync::Arc, time::Duration};
+//! Cluster membership: who the live peers are.
+//!
+//! Three sources: standalone (just this node), a fixed `--peers` list, or etcd.
+//! With etcd each node registers `/casserole/<cluster>/members/<node_id>` =
+//! peering URL under a lease it keeps alive, and watches the prefix. The member
+//! set is published through a `tokio::sync::watch` channel so readers never
+//! block and can subscribe to changes.
+//!
+//! Failure policy: etcd is a coordination aid, not a dependency of serving.
+//! When etcd is unreachable the last known set is kept (a stale ring only costs
+//! some extra upstream fetches, an empty one would cost all of them), and the
+//! background task reconnects with jittered exponential backoff. After any
+//! reconnect the full list is re-read and the watch resumes at that
+//! revision + 1, so no change is missed between the list and the watch.
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Member {
-    pub id: String,
-    pub url: String,
-}
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
+    WatchOptions, WatchStream,
+};
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, Instant};
+use tracing::{info, warn};
+
+pub use super::Member;
+
+/// Deadline for one unary etcd call; streams have their own liveness checks.
+const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `leave()` may take in total (lease revoke included).
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Metrics the lead registers and this module updates.
 #[derive(Clone)]
 pub struct ClusterMetrics {
+    /// Live members, self included.
     pub members: prometheus::IntGauge,
+    /// Failed etcd operations (connect, grant, put, get, watch, keep-alive).
     pub etcd_errors: prometheus::IntCounter,
+    /// Registrations with a new lease after the first one (lease lost).
     pub lease_registrations: prometheus::IntCounter,
 }
+
+impl ClusterMetrics {
+    /// Metrics not registered anywhere (tests, or when metrics are off).
+    pub fn unregistered() -> Self {
+        ClusterMetrics {
+            members: prometheus::IntGauge::new("cluster_members", "live cluster members")
+                .expect("valid gauge"),
+            etcd_errors: prometheus::IntCounter::new("cluster_etcd_errors_total", "etcd errors")
+                .expect("valid counter"),
+            lease_registrations: prometheus::IntCounter::new(
+                "cluster_lease_registrations_total",
+                "re-registrations with a new lease",
+            )
+            .expect("valid counter"),
+        }
+    }
+}
+
+/// Settings for etcd membership.
+#[derive(Clone, Debug)]
 pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     pub cluster_name: String,
     pub node_id: String,
     pub peering_url: String,
+    /// Lease TTL (default 10 s); keep-alives go every ttl/3. Rounded up to
+    /// whole seconds, minimum 1 s, because etcd leases are in seconds.
     pub ttl: Duration,
 }
-#[derive(Clone)]
-pub struct Membership {
-    me: Member,
-    tx: Arc<tokio::sync::watch::Sender<Arc<Vec<Member>>>>,
+
+impl EtcdConfig {
+    /// `/casserole/<cluster>/members/`: the trailing slash keeps cluster "a"
+    /// from seeing cluster "ab".
+    pub fn members_prefix(&self) -> String {
+        format!("/casserole/{}/members/", self.cluster_name)
+    }
+
+    fn ttl_secs(&self) -> i64 {
+        let ms = self.ttl.as_millis().max(1);
+        (ms.div_ceil(1000) as i64).max(1)
+    }
 }
-impl Membership {
-    pub fn standalone(me: Member) -> Membership {
-        Self::fixed(me, vec![])
-    }
-    pub fn fixed(me: Member, mut peers: Vec<Member>) -> Membership {
-        if !peers.contains(&me) {
-            peers.push(me.clone());
-        }
-        peers.sort_by(|a, b| a.id.cmp(&b.id));
-        Membership {
-            me,
-            tx: Arc::new(tokio::sync::watch::Sender::new(Arc::new(peers))),
-        }
-    }
-    pub fn etcd(cfg: EtcdConfig, _metrics: ClusterMetrics) -> Membership {
-        Self::standalone(Member {
-            id: cfg.node_id,
-            url: cfg.peering_url,
+
+/// State shared by every handle and the background task.
+struct Shared {
+    self_member: Member,
+    tx: watch::Sender<Arc<Vec<Member>>>,
+    loaded: AtomicBool,
+    metrics: ClusterMetrics,
+}
+
+impl Shared {
+    fn new(self_member: Member, loaded: bool, metrics: ClusterMetrics) -> Arc<Self> {
+        let (tx, _) = watch::channel(Arc::new(vec![self_member.clone()]));
+        metrics.members.set(1);
+        Arc::new(Shared {
+            self_member,
+            tx,
+            loaded: AtomicBool::new(loaded),
+            metrics,
         })
     }
-    pub fn self_member(&self) -> &Member {
-        &self.me
+
+    /// Publishes `others` ∪ self (self always wins for its own id, so a stale
+    /// etcd value for this node never replaces the configured URL), logging
+    /// each change once.
+    fn publish(&self, others: &BTreeMap<String, String>) {
+        let mut set: BTreeMap<&str, &str> = others
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        set.insert(&self.self_member.id, &self.self_member.url);
+        let new: Vec<Member> = set
+            .into_iter()
+            .map(|(id, url)| Member::new(id, url))
+            .collect();
+        let old = self.tx.borrow().clone();
+        if *old == new {
+            return;
+        }
+        log_changes(&old, &new);
+        self.metrics.members.set(new.len() as i64);
+        // send_replace: works with no receivers, which is the usual case.
+        self.tx.send_replace(Arc::new(new));
     }
-    pub fn members(&self) -> Arc<Vec<Member>> {
-        self.tx.borrow().clone()
-    }
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<Vec<Member>>> {
-        self.tx.subscribe()
-    }
-    pub fn is_loaded(&self) -> bool {
-        true
-    }
-    pub async fn leave(&self) {}
 }
+
+fn log_changes(old: &[Member], new: &[Member]) {
+    let old_map: BTreeMap<&str, &str> = old
+        .iter()
+        .map(|m| (m.id.as_str(), m.url.as_str()))
+        .collect();
+    let new_map: BTreeMap<&str, &str> = new
+        .iter()
+        .map(|m| (m.id.as_str(), m.url.as_str()))
+        .collect();
+    for (id, url) in &new_map {
+        match old_map.get(id) {
+            None => info!(member = %id, url = %url, "cluster member joined"),
+            Some(prev) if prev != url => {
+                info!(member = %id, url = %url, previous_url = %prev, "cluster member changed url")
+            }
+            _ => {}
+        }
+    }
+    for (id, url) in &old_map {
+        if !new_map.contains_key(id) {
+            info!(member = %id, url = %url, "cluster member left");
+        }
+    }
+}
+
+/// Control of the etcd background task. Dropping the last handle drops the
+/// stop sender, which also stops the task (and revokes the lease).
+struct Control {
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The live member set. Cheap to clone (all clones share one state).
+#[derive(Clone)]
+pub struct Membership {
+    shared: Arc<Shared>,
+    control: Option<Arc<Control>>,
+}
+
+impl Membership {
+    /// Just this node; loaded at once.
+    pub fn standalone(self_member: Member) -> Membership {
+        Self::fixed(self_member, Vec::new())
+    }
+
+    /// A static peer list (`--peers`); self is added if not listed, and self's
+    /// own URL wins over a listed one. Loaded at once.
+    pub fn fixed(self_member: Member, peers: Vec<Member>) -> Membership {
+        let shared = Shared::new(self_member, true, ClusterMetrics::unregistered());
+        let others: BTreeMap<String, String> = peers.into_iter().map(|m| (m.id, m.url)).collect();
+        shared.publish(&others);
+        Membership {
+            shared,
+            control: None,
+        }
+    }
+
+    /// etcd membership. Returns at once; must be called inside a tokio runtime.
+    /// Until the first full list has been read the set is `[self]` and
+    /// `is_loaded()` is false. Runs until `leave()` (or until every handle is
+    /// dropped).
+    pub fn etcd(cfg: EtcdConfig, metrics: ClusterMetrics) -> Membership {
+        let self_member = Member::new(cfg.node_id.clone(), cfg.peering_url.clone());
+        let shared = Shared::new(self_member, false, metrics);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(cfg, shared.clone(), stop_rx));
+        Membership {
+            shared,
+            control: Some(Arc::new(Control {
+                stop: stop_tx,
+                task: Mutex::new(Some(task)),
+            })),
+        }
+    }
+
+    pub fn self_member(&self) -> &Member {
+        &self.shared.self_member
+    }
+
+    /// Current members, sorted by id, self included.
+    pub fn members(&self) -> Arc<Vec<Member>> {
+        self.shared.tx.borrow().clone()
+    }
+
+    /// Receiver that sees every new member set (sorted by id, self included).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Vec<Member>>> {
+        self.shared.tx.subscribe()
+    }
+
+    /// True once a full member list has been read (always for static sources).
+    pub fn is_loaded(&self) -> bool {
+        self.shared.loaded.load(Ordering::Acquire)
+    }
+
+    /// Revokes the lease (peers drop this node at once) and stops the
+    /// background task; bounded by 2 s. Idempotent; a no-op without etcd.
+    pub async fn leave(&self) {
+        let Some(control) = &self.control else { return };
+        control.stop.send_replace(true);
+        let task = control.task.lock().expect("membership task lock").take();
+        if let Some(mut task) = task {
+            if timeout(LEAVE_TIMEOUT, &mut task).await.is_err() {
+                warn!("cluster leave timed out; lease will expire by TTL");
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Why an etcd session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("etcd call timed out")]
+    Timeout,
+    #[error("{0}")]
+    Stream(&'static str),
+    /// The lease is gone (expired or revoked): re-register at once.
+    #[error("lease lost")]
+    LeaseLost,
+}
+
+/// Wraps one unary call in `OP_TIMEOUT`.
+async fn op<T>(
+    fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, SessionError> {
+    match timeout(OP_TIMEOUT, fut).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(SessionError::Timeout),
+    }
+}
+
+/// What survives across sessions.
+struct State {
+    cfg: EtcdConfig,
+    shared: Arc<Shared>,
+    client: Option<Client>,
+    /// Current lease, kept across reconnects: if etcd was down for less than
+    /// the TTL the registration is still valid and peers never saw us leave.
+    lease: Option<i64>,
+    registered_once: bool,
+    /// Set by a failed session, so recovery is logged once.
+    degraded: bool,
+    /// Remote view of the members (id → url), as last read from etcd.
+    remote: BTreeMap<String, String>,
+}
+
+/// Resolves when `leave()` was called or every handle was dropped.
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    // wait_for errors when the sender is gone, which also means stop.
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn run(cfg: EtcdConfig, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut st = State {
+        cfg,
+        shared,
+        client: None,
+        lease: None,
+        registered_once: false,
+        degraded: false,
+        remote: BTreeMap::new(),
+    };
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let mut established = false;
+        let res = tokio::select! {
+            r = session(&mut st, &mut established) => r,
+            _ = stopped(&mut stop) => break,
+        };
+        if established {
+            backoff = BACKOFF_MIN;
+        }
+        match res {
+            Err(SessionError::LeaseLost) => {
+                // Not an etcd failure, so not counted; the session was up, so
+                // the backoff is at its minimum and re-registration is quick.
+                warn!(node = %st.cfg.node_id, "etcd lease lost, re-registering");
+                st.lease = None;
+            }
+            Err(e) => {
+                st.shared.metrics.etcd_errors.inc();
+                st.degraded = true;
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "etcd membership error; keeping last known members");
+                // A fresh channel on retry: don't rely on the old one
+                // reconnecting by itself after the server came back.
+                st.client = None;
+            }
+            Ok(()) => {}
+        }
+        // Equal jitter: between half and all of the backoff, so restarting
+        // nodes don't hit etcd in lockstep.
+        let half = backoff / 2;
+        let delay = half + half.mul_f64(rand::rng().random::<f64>());
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(&mut stop) => break,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    // Leaving: revoke first so peers drop us now, not after the TTL. Also
+    // when between sessions (etcd just came back, we were in backoff): a
+    // fresh connection is tried within the same bound.
+    if let Some(lease) = st.lease {
+        let revoke = async {
+            let mut client = match st.client.take() {
+                Some(c) => c,
+                None => Client::connect(&st.cfg.endpoints, Some(connect_options())).await?,
+            };
+            client.lease_revoke(lease).await
+        };
+        match timeout(LEAVE_TIMEOUT - Duration::from_millis(300), revoke).await {
+            Ok(Ok(_)) => info!(node = %st.cfg.node_id, "left cluster (lease revoked)"),
+            Ok(Err(e)) => warn!(error = %e, "lease revoke failed; lease will expire by TTL"),
+            Err(_) => warn!("lease revoke timed out; lease will expire by TTL"),
+        }
+    }
+}
+
+/// No request timeout on the channel: it would also cut the long-lived watch
+/// and keep-alive streams. Unary calls use `op` instead. HTTP/2 pings find a
+/// dead connection; 10 s stays above etcd's minimum ping interval (5 s).
+fn connect_options() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(OP_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        // A member cut off from the etcd quorum fails our calls and watches
+        // instead of serving a stale view forever.
+        .with_require_leader(true)
+}
+
+/// One connected session: (re)register, list, then watch and keep the lease
+/// alive until something fails. Only returns with an error; sets
+/// `established` once the list has been read.
+async fn session(st: &mut State, established: &mut bool) -> Result<(), SessionError> {
+    if st.client.is_none() {
+        let opts = connect_options();
+        st.client = Some(op(Client::connect(&st.cfg.endpoints, Some(opts))).await?);
+    }
+    let mut client = st.client.clone().expect("client set above");
+    let ttl = st.cfg.ttl_secs();
+
+    let (mut keeper, mut ka_stream) = register(st, &mut client, ttl).await?;
+
+    let prefix = st.cfg.members_prefix();
+    let resp = op(client.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))).await?;
+    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let mut remote = BTreeMap::new();
+    for kv in resp.kvs() {
+        if let Some((id, url)) = parse_kv(&prefix, kv.key(), kv.value()) {
+            remote.insert(id, url);
+        }
+    }
+    st.remote = remote;
+    st.shared.publish(&st.remote);
+    if !st.shared.loaded.swap(true, Ordering::AcqRel) {
+        info!(
+            members = st.shared.tx.borrow().len(),
+            "cluster member list loaded from etcd"
+        );
+    }
+    *established = true;
+    if std::mem::take(&mut st.degraded) {
+        info!("etcd reachable again; member list re-read");
+    }
+
+    // Resume right after the list: nothing between the two is lost.
+    let wopts = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    let mut watch: WatchStream = op(client.watch(prefix.as_str(), Some(wopts))).await?;
+
+    let ka_every = Duration::from_millis((ttl as u64 * 1000 / 3).max(100));
+    let mut tick = tokio::time::interval(ka_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ka = Instant::now();
+    let lease_ttl = Duration::from_secs(ttl as u64);
+    let self_key = format!("{prefix}{}", st.cfg.node_id);
+
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                // No keep-alive answer for a whole TTL: the lease may be gone
+                // and the connection is likely dead; start over.
+                if last_ka.elapsed() > lease_ttl {
+                    return Err(SessionError::Stream("no lease keep-alive answer within the TTL"));
+                }
+                keeper.keep_alive().await?;
+            }
+            msg = ka_stream.message() => match msg? {
+                Some(r) if r.ttl() > 0 => last_ka = Instant::now(),
+                Some(_) => return Err(SessionError::LeaseLost),
+                None => return Err(SessionError::Stream("keep-alive stream closed")),
+            },
+            msg = watch.message() => {
+                let Some(resp) = msg? else {
+                    return Err(SessionError::Stream("watch stream closed"));
+                };
+                if resp.canceled() {
+                    // E.g. compacted past our revision: re-list and re-watch.
+                    warn!(reason = resp.cancel_reason(), compact_revision = resp.compact_revision(), "etcd watch canceled");
+                    return Err(SessionError::Stream("watch canceled"));
+                }
+                let mut self_deleted = false;
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    match ev.event_type() {
+                        EventType::Put => {
+                            if let Some((id, url)) = parse_kv(&prefix, kv.key(), kv.value()) {
+                                st.remote.insert(id, url);
+                            }
+                        }
+                        EventType::Delete => {
+                            if kv.key() == self_key.as_bytes() {
+                                self_deleted = true;
+                            }
+                            if let Some((id, _)) = parse_kv(&prefix, kv.key(), b"") {
+                                st.remote.remove(&id);
+                            }
+                        }
+                    }
+                }
+                st.shared.publish(&st.remote);
+                if self_deleted {
+                    // Our key vanished: lease revoked or expired elsewhere, or
+                    // the key deleted by hand. Register anew either way, which
+                    // is unambiguous (a keep-alive answer already in flight
+                    // could still say the old lease lives); an old lease that
+                    // still lives has no key left and simply expires.
+                    return Err(SessionError::LeaseLost);
+                }
+            }
+        }
+    }
+}
+
+/// Makes sure we hold a live lease and our key is written under it. Reuses
+/// the previous lease if etcd still knows it.
+async fn register(
+    st: &mut State,
+    client: &mut Client,
+    ttl: i64,
+) -> Result<(LeaseKeeper, LeaseKeepAliveStream), SessionError> {
+    // `lease_keep_alive` sends the first keep-alive itself and fails with
+    // `LeaseKeepAliveError` when the server answers TTL 0 (lease unknown).
+    if let Some(lease) = st.lease {
+        match op(client.lease_keep_alive(lease)).await {
+            Ok((keeper, stream)) => {
+                put_self(st, client, lease).await?;
+                return Ok((keeper, stream));
+            }
+            Err(SessionError::Etcd(etcd_client::Error::LeaseKeepAliveError(e))) => {
+                info!(lease, error = %e, "etcd lease expired while disconnected");
+                st.lease = None;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let lease = op(client.lease_grant(ttl, None)).await?.id();
+    if st.registered_once {
+        st.shared.metrics.lease_registrations.inc();
+    }
+    st.lease = Some(lease);
+    let (keeper, stream) = op(client.lease_keep_alive(lease)).await?;
+    put_self(st, client, lease).await?;
+    st.registered_once = true;
+    info!(node = %st.cfg.node_id, url = %st.cfg.peering_url, lease, ttl, "registered in etcd");
+    Ok((keeper, stream))
+}
+
+async fn put_self(st: &State, client: &mut Client, lease: i64) -> Result<(), SessionError> {
+    let key = format!("{}{}", st.cfg.members_prefix(), st.cfg.node_id);
+    let opts = PutOptions::new().with_lease(lease);
+    op(client.put(key, st.cfg.peering_url.as_str(), Some(opts))).await?;
+    Ok(())
+}
+
+/// `<prefix><id>` → (id, url). Keys deeper than one level or not UTF-8 are
+/// ignored rather than trusted.
+fn parse_kv(prefix: &str, key: &[u8], value: &[u8]) -> Option<(String, String)> {
+    let key = std::str::from_utf8(key).ok()?;
+    let id = key.strip_prefix(prefix)?;
+    if id.is_empty() || id.contains('/') {
+        return None;
+    }
+    let url = std::str::from_utf8(value).ok()?;
+    Some((id.to_string(), url.to_string()))
+}
+
+#[cfg(test)]
+mod tests;

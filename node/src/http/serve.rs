@@ -129,9 +129,9 @@ impl Front {
             set_len(&mut res, meta.length);
             return Ok(res);
         }
-        let ranges = match range::resolve(req.headers(), &meta) {
-            RangeRequest::Whole => vec![0..=meta.length - 1],
-            RangeRequest::Partial(ranges) => ranges,
+        let (ranges, partial) = match range::resolve(req.headers(), &meta) {
+            RangeRequest::Whole => (vec![0..=meta.length - 1], false),
+            RangeRequest::Partial(ranges) => (ranges, true),
             RangeRequest::Unsatisfiable => {
                 self.count("error", "none");
                 let mut res = body::error(
@@ -177,10 +177,7 @@ impl Front {
         let head_stream = futures::stream::once(async move { Ok::<_, UpstreamError>(first_piece) })
             .chain(first.into_stream());
         if let [only] = ranges.as_slice() {
-            let whole = only.start() == &0
-                && *only.end() == meta.length - 1
-                && req.headers().get(header::RANGE).is_none();
-            let code = if whole {
+            let code = if !partial {
                 StatusCode::OK
             } else {
                 StatusCode::PARTIAL_CONTENT
