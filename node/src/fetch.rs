@@ -310,14 +310,26 @@ impl ChunkFetcher {
             Err(e) => {
                 self.flights.lock().expect("flights lock").remove(&key);
                 flight.fail(e.clone());
-                if let UpstreamError::Changed(why) = &e {
-                    self.metrics.objects_changed.inc();
-                    tracing::warn!(path = %meta.path, version = %meta.version, reason = %why,
-                        "object changed upstream during a fetch; metadata dropped, response aborted");
-                    self.memory.remove_version(&meta.version);
-                    self.metadata.invalidate(&meta).await;
-                } else {
-                    tracing::warn!(path = %meta.path, chunk = %key, error = %e, "chunk fetch failed");
+                match &e {
+                    UpstreamError::Changed(why) => {
+                        self.metrics.objects_changed.inc();
+                        tracing::warn!(path = %meta.path, version = %meta.version, reason = %why,
+                            "object changed upstream during a fetch; metadata dropped, response aborted");
+                        self.memory.remove_version(&meta.version);
+                        self.metadata.invalidate(&meta, true).await;
+                    }
+                    // The upstream's answer contradicts the metadata (length, range): look the
+                    // object up afresh next time rather than fail on stale metadata forever.
+                    UpstreamError::BadRange(_)
+                    | UpstreamError::Truncated { .. }
+                    | UpstreamError::TooLong { .. } => {
+                        tracing::warn!(path = %meta.path, chunk = %key, error = %e,
+                            "chunk fetch failed; metadata dropped");
+                        self.metadata.invalidate(&meta, false).await;
+                    }
+                    _ => {
+                        tracing::warn!(path = %meta.path, chunk = %key, error = %e, "chunk fetch failed")
+                    }
                 }
             }
         }

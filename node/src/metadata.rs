@@ -209,9 +209,9 @@ impl MetadataStore {
                 )
     }
 
-    /// Forgets `meta` (the object changed upstream): memory, disk record and its chunks on disk.
-    /// A newer version already looked up again is left alone.
-    pub async fn invalidate(&self, meta: &ObjectMeta) {
+    /// Forgets `meta`: memory and disk record, and with `drop_chunks` (the object changed
+    /// upstream) its chunks on disk. A newer version already looked up again is left alone.
+    pub async fn invalidate(&self, meta: &ObjectMeta, drop_chunks: bool) {
         if let Some(current) = self.memory.get(&meta.path).await {
             if current.version == meta.version {
                 self.memory.invalidate(&meta.path).await;
@@ -226,7 +226,9 @@ impl MetadataStore {
             if on_disk.is_some_and(|m| m.version == meta.version) {
                 disk.remove_meta(&key).await;
             }
-            disk.remove_version(&meta.version).await;
+            if drop_chunks {
+                disk.remove_version(&meta.version).await;
+            }
         }
     }
 }

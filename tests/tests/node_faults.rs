@@ -1,0 +1,200 @@
+//! Upstream faults: the client gets a clear 502/504 or an aborted stream (never a short body that
+//! looks complete), nothing wrong is cached, and the next request retries.
+
+use casserole_tests::{
+    client::{get_bytes, get_sha256, header},
+    harness::{free_port, NodeBuilder, NodeProcess},
+    origin::{Fault, FaultScope, ObjectSpec, Origin},
+};
+
+const MIB: u64 = 1 << 20;
+
+async fn setup(size: u64) -> (Origin, NodeProcess, String) {
+    let origin = Origin::start().await;
+    origin.put("/f.bin", ObjectSpec::new(size).seed(21));
+    let node = NodeBuilder::new(origin.url())
+        .arg("--upstream-read-timeout=1s")
+        .spawn()
+        .await;
+    let url = format!("{}/f.bin", node.url());
+    (origin, node, url)
+}
+
+/// The object is served completely and correctly once the fault is gone.
+async fn recovers(origin: &Origin, url: &str) {
+    let got = get_sha256(url, &[])
+        .await
+        .expect("the next request succeeds");
+    assert_eq!(got.status, 200);
+    assert_eq!(got.sha256, origin.info("/f.bin").sha256());
+    // And again from the cache: what was cached is right.
+    let again = get_sha256(url, &[]).await.unwrap();
+    assert_eq!(again.sha256, origin.info("/f.bin").sha256());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_5xx_on_a_chunk_is_a_502_then_retried() {
+    let (origin, node, url) = setup(6 * MIB).await;
+    origin.set_fault("/f.bin", Fault::Status(503), Some(5));
+    let (status, _, body) = get_bytes(&url, &[]).await.unwrap();
+    assert_eq!(status, 502);
+    assert!(
+        String::from_utf8_lossy(&body).contains("upstream answered 503"),
+        "{body:?}"
+    );
+    origin.clear_faults("/f.bin");
+    recovers(&origin, &url).await;
+    assert!(
+        node.metric(r#"casserole_upstream_errors_total{reason="status"}"#)
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_and_unreachable_upstreams_are_502() {
+    let (origin, _node, url) = setup(4 * MIB).await;
+    origin.set_fault("/f.bin", Fault::Refuse, None);
+    let (status, _, _) = get_bytes(&url, &[]).await.unwrap();
+    assert_eq!(status, 502);
+    origin.clear_faults("/f.bin");
+    recovers(&origin, &url).await;
+
+    // Nothing listens on the upstream port at all.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let node = NodeBuilder::new(dead).spawn().await;
+    let (status, _, body) = get_bytes(&format!("{}/x", node.url()), &[]).await.unwrap();
+    assert_eq!(status, 502);
+    assert!(
+        String::from_utf8_lossy(&body).contains("unreachable"),
+        "{body:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stall_mid_chunk_aborts_the_response() {
+    let (origin, node, url) = setup(6 * MIB).await;
+    origin.set_fault_scoped(
+        "/f.bin",
+        Fault::StallAfter(100_000),
+        FaultScope::RangeGets,
+        Some(1),
+    );
+    let err = get_sha256(&url, &[])
+        .await
+        .expect_err("a stalled upstream must not look complete");
+    assert!(format!("{err:#}").contains("aborted"), "{err:#}");
+    assert!(
+        node.metric(r#"casserole_upstream_errors_total{reason="timeout"}"#)
+            .await
+            >= 1.0
+    );
+    recovers(&origin, &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stall_before_the_first_byte_is_a_504() {
+    let (origin, _node, url) = setup(4 * MIB).await;
+    origin.set_fault_scoped("/f.bin", Fault::StallAfter(0), FaultScope::RangeGets, None);
+    let (status, _, _) = get_bytes(&url, &[]).await.unwrap();
+    assert_eq!(status, 504);
+    origin.clear_faults("/f.bin");
+    recovers(&origin, &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_truncated_chunk_aborts_the_response() {
+    let (origin, _node, url) = setup(6 * MIB).await;
+    origin.set_fault_scoped(
+        "/f.bin",
+        Fault::TruncateAfter(500_000),
+        FaultScope::RangeGets,
+        Some(1),
+    );
+    assert!(
+        get_sha256(&url, &[]).await.is_err(),
+        "truncated upstream body must abort"
+    );
+    recovers(&origin, &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_content_range_is_refused() {
+    let (origin, node, url) = setup(6 * MIB).await;
+    origin.set_fault("/f.bin", Fault::WrongContentRange, None);
+    let (status, _, body) = get_bytes(&url, &[]).await.unwrap();
+    assert_eq!(status, 502);
+    assert!(
+        String::from_utf8_lossy(&body).contains("Content-Range"),
+        "{body:?}"
+    );
+    assert!(
+        node.metric(r#"casserole_upstream_errors_total{reason="bad_range"}"#)
+            .await
+            >= 1.0
+    );
+    origin.clear_faults("/f.bin");
+    recovers(&origin, &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_200_to_a_range_request_on_a_large_object_is_refused() {
+    let (origin, _node, url) = setup(6 * MIB).await;
+    origin.set_fault("/f.bin", Fault::IgnoreRange, Some(1));
+    let (status, _, _) = get_bytes(&url, &[]).await.unwrap();
+    assert_eq!(status, 502);
+    recovers(&origin, &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_object_changed_between_chunks_is_never_served_mixed() {
+    let (origin, node, url) = setup(20 * MIB).await;
+    let old = origin.info("/f.bin");
+    origin.set_fault("/f.bin", Fault::ChangeVersionAfter(2), None);
+    // Chunks are fetched in parallel, so the change hits the first chunk (a 502 before any byte)
+    // or a later one (the stream is aborted); a complete body is never an outcome.
+    match get_sha256(&url, &[]).await {
+        Ok(got) => assert_eq!(got.status, 502, "spanning two versions must fail: {got:?}"),
+        Err(e) => assert!(format!("{e:#}").contains("aborted"), "{e:#}"),
+    }
+    assert!(node.metric("casserole_objects_changed_total").await >= 1.0);
+    origin.clear_faults("/f.bin");
+    let new = origin.info("/f.bin");
+    assert_ne!(new.etag, old.etag);
+    let got = get_sha256(&url, &[]).await.unwrap();
+    assert_eq!(got.sha256, new.sha256(), "the new version, whole");
+    assert_eq!(header(&got.headers, "etag"), new.etag.clone().unwrap());
+    assert_eq!(
+        origin.path_stats("/f.bin").head_requests,
+        2,
+        "metadata was looked up again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lying_content_length_never_completes() {
+    let (origin, _node, url) = setup(3 * MIB).await;
+    origin.set_fault("/f.bin", Fault::ContentLengthLie, None);
+    for _ in 0..2 {
+        match get_sha256(&url, &[]).await {
+            Ok(got) => assert_eq!(got.status, 502, "a body shorter than announced is an error"),
+            Err(_) => {} // aborted mid-body: also a clear failure
+        }
+    }
+    origin.clear_faults("/f.bin");
+    recovers(&origin, &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_head_passes_the_request_through() {
+    let (origin, _node, url) = setup(MIB).await;
+    origin.set_fault("/f.bin", Fault::HeadStatus(500), Some(1));
+    let got = get_sha256(&url, &[]).await.unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(got.sha256, origin.info("/f.bin").sha256());
+    assert_eq!(
+        header(&got.headers, "cache-status"),
+        "casserole; fwd=uri-miss; detail=status"
+    );
+    recovers(&origin, &url).await;
+}
