@@ -19,6 +19,12 @@ fn init_logging(format: LogFormat) {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    if std::env::args().any(|a| a == "--print-metric-names") {
+        for name in casserole_node::metrics::Metrics::new().names {
+            println!("{name}");
+        }
+        return std::process::ExitCode::SUCCESS;
+    }
     let cfg = match Config::load() {
         Ok(cfg) => cfg,
         Err(e) => {

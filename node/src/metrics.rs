@@ -10,6 +10,8 @@ use crate::{cluster::membership::ClusterMetrics, tier::disk::DiskMetrics};
 
 pub struct Metrics {
     pub registry: Registry,
+    /// Every metric name this node exports.
+    pub names: Vec<String>,
     /// Client requests by result (hit, miss, pass, not_modified, error) and the tier that served the first byte.
     pub requests: IntCounterVec,
     pub bytes_served: IntCounterVec,
@@ -37,27 +39,37 @@ pub struct Metrics {
     pub peer_failovers: IntCounter,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+/// Registers metrics and remembers their names (a vec metric with no series yet is invisible in
+/// a scrape, but dashboards and alerts must still be checkable against it).
+struct Registrar {
+    registry: Registry,
+    names: std::cell::RefCell<Vec<String>>,
+}
+
+impl Registrar {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(&self, name: &str, c: &C) {
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("unique metric");
+        self.names.borrow_mut().push(name.to_string());
+    }
+}
+
+fn counter_vec(registry: &Registrar, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
+    registry.register(name, &c);
     c
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+fn counter(registry: &Registrar, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
+    registry.register(name, &c);
     c
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+fn gauge(registry: &Registrar, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
+    registry.register(name, &g);
     g
 }
 
@@ -68,7 +80,10 @@ fn latency_buckets() -> Vec<f64> {
 
 impl Metrics {
     pub fn new() -> Self {
-        let r = Registry::new();
+        let r = Registrar {
+            registry: Registry::new(),
+            names: Default::default(),
+        };
         let fetch = HistogramVec::new(
             HistogramOpts::new(
                 "casserole_chunk_fetch_seconds",
@@ -78,7 +93,7 @@ impl Metrics {
             &["source"],
         )
         .expect("valid metric");
-        r.register(Box::new(fetch.clone())).expect("unique metric");
+        r.register("casserole_chunk_fetch_seconds", &fetch);
         let ttfb = Histogram::with_opts(
             HistogramOpts::new(
                 "casserole_response_first_byte_seconds",
@@ -87,7 +102,7 @@ impl Metrics {
             .buckets(latency_buckets()),
         )
         .expect("valid metric");
-        r.register(Box::new(ttfb.clone())).expect("unique metric");
+        r.register("casserole_response_first_byte_seconds", &ttfb);
         let disk = DiskMetrics {
             used_bytes: gauge(
                 &r,
@@ -180,7 +195,8 @@ impl Metrics {
             ),
             response_first_byte_seconds: ttfb,
             disk,
-            registry: r,
+            names: r.names.into_inner(),
+            registry: r.registry,
         }
     }
 
