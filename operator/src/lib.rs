@@ -2,10 +2,13 @@
 //! volumes, Services and policies.
 
 pub mod crd;
+pub mod metrics;
 pub mod quantity;
+pub mod reconcile;
 pub mod render;
 pub mod resources;
 pub mod run;
+pub mod status;
 
 use kube::CustomResourceExt;
 
@@ -14,3 +17,8 @@ use kube::CustomResourceExt;
 pub fn crd_yaml() -> String {
     serde_yaml::to_string(&crd::CasseroleCache::crd()).expect("the CRD serializes")
 }
+
+#[cfg(test)]
+mod mock;
+#[cfg(test)]
+mod reconcile_tests;

@@ -1,0 +1,301 @@
+//! Reconcile tests against the scripted fake API server: every API call the reconciler makes
+//! is expected in order, checked, and answered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use kube::runtime::controller::Action;
+use serde_json::{json, Value};
+
+use crate::crd::{CasseroleCache, CasseroleCacheStatus};
+use crate::metrics::Metrics;
+use crate::mock::{self, echo, status_error, ApiServer, Seen};
+use crate::reconcile::{error_policy, reconcile, Context, Error, REQUEUE_PENDING, REQUEUE_READY};
+use crate::resources::testing::{cache_from_spec, default_cache};
+use crate::resources::{desired, Object};
+
+const SECRET_PATH: &str = "/api/v1/namespaces/cdn/secrets/web-peer-token";
+const STATUS_PATH: &str = "/apis/casserole.io/v1alpha1/namespaces/cdn/casserolecaches/web/status";
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/cdn/events";
+
+fn context() -> (Arc<Context>, ApiServer) {
+    let (client, server) = mock::client();
+    (
+        Arc::new(Context::new(
+            client,
+            Metrics::default(),
+            Some("test".into()),
+        )),
+        server,
+    )
+}
+
+/// One reconcile, bounded: a request the script does not answer fails the test instead of
+/// hanging it.
+async fn run(cache: Arc<CasseroleCache>, ctx: &Arc<Context>) -> Result<Action, Error> {
+    tokio::time::timeout(Duration::from_secs(10), reconcile(cache, ctx.clone()))
+        .await
+        .expect("reconcile finished (an unanswered request would hang it)")
+}
+
+fn object_path(o: &Object) -> String {
+    let ar = o.api_resource();
+    let prefix = if ar.group.is_empty() {
+        format!("/api/{}", ar.version)
+    } else {
+        format!("/apis/{}/{}", ar.group, ar.version)
+    };
+    format!("{prefix}/namespaces/cdn/{}/{}", ar.plural, o.name())
+}
+
+/// An apply answer: the object echoed back, with a workload status showing `ready` pods.
+fn workload_answer(seen: &Seen, ready: i32) -> (StatusCode, Value) {
+    let mut body = seen.body.clone();
+    body["metadata"]["generation"] = json!(1);
+    match body["kind"].as_str() {
+        Some("StatefulSet") => {
+            let n = body["spec"]["replicas"].clone();
+            body["status"] = json!({
+                "observedGeneration": 1, "replicas": n, "readyReplicas": ready.min(n.as_i64().unwrap() as i32),
+                "updatedReplicas": n, "availableReplicas": ready,
+            });
+        }
+        Some("DaemonSet") => {
+            body["status"] = json!({
+                "observedGeneration": 1, "desiredNumberScheduled": 2, "currentNumberScheduled": 2,
+                "numberReady": ready, "updatedNumberScheduled": 2, "numberMisscheduled": 0,
+            });
+        }
+        _ => {}
+    }
+    (StatusCode::OK, body)
+}
+
+/// Expects one forced apply per desired object, in order, each carrying exactly the desired
+/// object; returns the bodies.
+async fn expect_applies(server: &mut ApiServer, cache: &CasseroleCache, ready: i32) -> Vec<Value> {
+    let mut bodies = Vec::new();
+    for object in desired(cache).unwrap() {
+        let seen = server
+            .expect(Method::PATCH, &object_path(&object), |s| {
+                workload_answer(s, ready)
+            })
+            .await;
+        seen.assert_apply();
+        assert_eq!(
+            seen.body,
+            object.to_value(),
+            "apply body of {}",
+            object.name()
+        );
+        bodies.push(seen.body);
+    }
+    bodies
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+/// The whole first reconcile of a new cache, as the API server sees it.
+async fn first_reconcile_scenario(
+    server: &mut ApiServer,
+    cache: &CasseroleCache,
+) -> (Seen, Vec<Value>, Value) {
+    server
+        .expect(Method::GET, SECRET_PATH, |_| status_error(404, "NotFound"))
+        .await;
+    let created = server
+        .expect(Method::POST, "/api/v1/namespaces/cdn/secrets", echo)
+        .await;
+    let applies = expect_applies(server, cache, 3).await;
+    let status = server
+        .expect(Method::PATCH, STATUS_PATH, |s| {
+            let mut c = serde_json::to_value(cache).unwrap();
+            c["status"] = s.body["status"].clone();
+            (StatusCode::OK, c)
+        })
+        .await;
+    status.assert_apply();
+    (created, applies, status.body["status"].clone())
+}
+
+#[tokio::test]
+async fn first_reconcile_creates_the_token_applies_everything_and_reports_ready() {
+    let (ctx, mut server) = context();
+    let cache = Arc::new(default_cache());
+    let (result, (secret, applies, status)) = tokio::join!(
+        run(cache.clone(), &ctx),
+        first_reconcile_scenario(&mut server, &cache)
+    );
+    assert_eq!(result.unwrap(), Action::requeue(REQUEUE_READY));
+    drop(ctx);
+    server.done().await;
+
+    let token = secret.body["stringData"]["token"].as_str().unwrap();
+    assert_eq!(token.len(), 64);
+    assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(secret.body["immutable"], true);
+    assert_eq!(secret.body["metadata"]["ownerReferences"][0]["name"], "web");
+    assert_eq!(applies.len(), 10);
+
+    assert_eq!(status["replicas"], 3);
+    assert_eq!(status["readyReplicas"], 3);
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(condition(&status, "Ready")["status"], "True");
+    assert_eq!(condition(&status, "EtcdReady")["status"], "True");
+    assert_eq!(condition(&status, "Progressing")["status"], "False");
+    assert_eq!(condition(&status, "Degraded")["status"], "False");
+}
+
+#[tokio::test]
+async fn second_reconcile_is_idempotent() {
+    // First reconcile, to learn the status it writes.
+    let (ctx, mut server) = context();
+    let cache = default_cache();
+    let (first, (_, first_applies, status)) = tokio::join!(
+        run(Arc::new(cache.clone()), &ctx),
+        first_reconcile_scenario(&mut server, &cache)
+    );
+    first.unwrap();
+
+    // The watch hands back the cache with that status.
+    let mut cache = cache;
+    cache.status = Some(serde_json::from_value::<CasseroleCacheStatus>(status).unwrap());
+    let scenario = async {
+        // The token exists: it is read, never recreated or rewritten.
+        server
+            .expect(Method::GET, SECRET_PATH, |_| {
+                (StatusCode::OK, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-peer-token", "namespace": "cdn"}, "data": {"token": "c2VjcmV0"}}))
+            })
+            .await;
+        expect_applies(&mut server, &cache, 3).await
+    };
+    let (second, second_applies) = tokio::join!(run(Arc::new(cache.clone()), &ctx), scenario);
+    assert_eq!(second.unwrap(), Action::requeue(REQUEUE_READY));
+    assert_eq!(first_applies, second_applies, "same objects applied again");
+    drop(ctx);
+    // In particular: no status write, since nothing changed.
+    server.done().await;
+}
+
+#[tokio::test]
+async fn invalid_spec_sets_the_condition_emits_a_warning_and_applies_nothing() {
+    let (ctx, mut server) = context();
+    let cache = cache_from_spec("upstream: http://u\npassThrough: ['(unclosed']\n");
+    let scenario = async {
+        let event = server.expect(Method::POST, EVENTS_PATH, echo).await;
+        let status = server
+            .expect(Method::PATCH, STATUS_PATH, |s| {
+                let mut c = serde_json::to_value(&cache).unwrap();
+                c["status"] = s.body["status"].clone();
+                (StatusCode::OK, c)
+            })
+            .await;
+        (event.body, status.body["status"].clone())
+    };
+    let (result, (event, status)) = tokio::join!(run(Arc::new(cache.clone()), &ctx), scenario);
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert_eq!(ctx.metrics.invalid_specs.get(), 1);
+    drop(ctx);
+    server.done().await;
+
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "InvalidSpec");
+    assert_eq!(event["regarding"]["name"], "web");
+    assert!(event["note"]
+        .as_str()
+        .unwrap()
+        .contains("spec.passThrough[0]"));
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "InvalidSpec");
+    assert!(ready["message"]
+        .as_str()
+        .unwrap()
+        .contains("spec.passThrough[0]"));
+}
+
+#[tokio::test]
+async fn api_errors_take_the_error_policy_with_backoff() {
+    let (ctx, mut server) = context();
+    let cache = Arc::new(default_cache());
+    let scenario = async {
+        server
+            .expect(Method::GET, SECRET_PATH, |_| (StatusCode::OK, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-peer-token"}})))
+            .await;
+        let first = &desired(&cache).unwrap()[0];
+        server
+            .expect(Method::PATCH, &object_path(first), |_| {
+                status_error(403, "Forbidden")
+            })
+            .await;
+    };
+    let (result, ()) = tokio::join!(run(cache.clone(), &ctx), scenario);
+    let err = result.unwrap_err();
+    assert!(
+        matches!(&err, Error::Kube(kube::Error::Api(s)) if s.code == 403),
+        "{err}"
+    );
+
+    assert_eq!(
+        error_policy(cache.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(
+        error_policy(cache.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    assert_eq!(ctx.metrics.failures.with_label_values(&["api"]).get(), 2);
+    drop(ctx);
+    // Nothing after the failed apply: the reconcile stopped there.
+    server.done().await;
+}
+
+#[tokio::test]
+async fn daemonset_with_external_etcd_reports_pods_not_ready_and_requeues_soon() {
+    let (ctx, mut server) = context();
+    let cache = cache_from_spec(
+        "upstream: http://u\nworkload: DaemonSet\netcd: {external: {endpoints: ['http://etcd:2379']}}\n",
+    );
+    let scenario = async {
+        server
+            .expect(Method::GET, SECRET_PATH, |_| status_error(404, "NotFound"))
+            .await;
+        // Another writer created it first: the reconcile goes on with theirs.
+        server
+            .expect(Method::POST, "/api/v1/namespaces/cdn/secrets", |_| {
+                status_error(409, "AlreadyExists")
+            })
+            .await;
+        let applies = expect_applies(&mut server, &cache, 1).await;
+        let status = server
+            .expect(Method::PATCH, STATUS_PATH, |s| {
+                let mut c = serde_json::to_value(&cache).unwrap();
+                c["status"] = s.body["status"].clone();
+                (StatusCode::OK, c)
+            })
+            .await;
+        (applies, status.body["status"].clone())
+    };
+    let (result, (applies, status)) = tokio::join!(run(Arc::new(cache.clone()), &ctx), scenario);
+    assert_eq!(result.unwrap(), Action::requeue(REQUEUE_PENDING));
+    drop(ctx);
+    server.done().await;
+
+    assert_eq!(applies.len(), 5);
+    assert_eq!(applies.last().unwrap()["kind"], "DaemonSet");
+    assert_eq!(
+        (status["replicas"].clone(), status["readyReplicas"].clone()),
+        (json!(2), json!(1))
+    );
+    assert_eq!(condition(&status, "Ready")["reason"], "PodsNotReady");
+    assert_eq!(condition(&status, "EtcdReady")["reason"], "External");
+    assert_eq!(condition(&status, "Degraded")["status"], "True");
+}
