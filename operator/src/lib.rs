@@ -2,6 +2,7 @@
 //! volumes, Services and policies.
 
 pub mod crd;
+pub mod leader;
 pub mod metrics;
 pub mod quantity;
 pub mod reconcile;
