@@ -9,6 +9,7 @@ pub mod reconcile;
 pub mod render;
 pub mod resources;
 pub mod run;
+pub mod server;
 pub mod status;
 
 use kube::CustomResourceExt;

@@ -1,8 +1,149 @@
-//! `casserole-operator run`.
+//! `casserole-operator run`: the controller, behind leader election, with its HTTP endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client};
+use tracing::{error, info, warn};
+
+use crate::crd::CasseroleCache;
+use crate::leader::LeaseLock;
+use crate::metrics::Metrics;
+use crate::reconcile::{error_policy, reconcile, Context};
+use crate::resources::FIELD_MANAGER;
 
 #[derive(clap::Args, Debug)]
-pub struct RunArgs {}
+pub struct RunArgs {
+    /// Address of the /metrics and /healthz endpoints.
+    #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub metrics_address: SocketAddr,
+    /// Only watch CasseroleCaches in this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Namespace of the leader Lease (default: the operator's own, from POD_NAMESPACE, else
+    /// the client's default namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "casserole-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (default: POD_NAME, else the hostname).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds a Lease stays valid without renewal; it is renewed every third of that.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    pub log_format: String,
+}
 
-pub fn main(_args: RunArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub fn main(args: RunArgs) -> anyhow::Result<()> {
+    init_tracing(&args.log_format);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+/// The API of one kind, in the watched namespace or all of them.
+fn owned<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let metrics = Metrics::default();
+    let (addr, serve) = crate::server::bind(args.metrics_address, metrics.clone()).await?;
+    tokio::spawn(serve);
+    info!(%addr, "serving /metrics and /healthz");
+
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("{FIELD_MANAGER}-{}", std::process::id()));
+    let lease_ns = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let duration = Duration::from_secs(args.lease_duration_seconds.max(3));
+    let lock = LeaseLock::new(
+        Api::<Lease>::namespaced(client.clone(), &lease_ns),
+        &args.lease_name,
+        &identity,
+        duration,
+    );
+    info!(%identity, lease = %args.lease_name, namespace = %lease_ns, "waiting for leadership");
+    lock.acquire(duration / 3).await;
+    metrics.leader.set(1);
+    info!(%identity, "leading");
+
+    let ns = args.watch_namespace.as_deref();
+    let selector =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        Some(identity),
+    ));
+    let controller = Controller::new(
+        owned::<CasseroleCache>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(owned::<StatefulSet>(&client, ns), selector.clone())
+    .owns(owned::<DaemonSet>(&client, ns), selector.clone())
+    .owns(owned::<Service>(&client, ns), selector.clone())
+    .owns(owned::<PodDisruptionBudget>(&client, ns), selector.clone())
+    .owns(owned::<NetworkPolicy>(&client, ns), selector)
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            warn!(error = %e, "reconcile trigger failed");
+        }
+    });
+
+    tokio::select! {
+        () = controller => {
+            info!("shutting down");
+            if let Err(e) = lock.release().await {
+                warn!(error = %e, "could not release the leader lease");
+            }
+            metrics.leader.set(0);
+            Ok(())
+        }
+        lost = lock.hold(duration / 3) => {
+            // Another replica may already be reconciling: stop at once. The pod restarts
+            // and rejoins the election as a standby.
+            metrics.leader.set(0);
+            error!(?lost, "lost the leader lease");
+            anyhow::bail!("lost the leader lease: {lost:?}")
+        }
+    }
 }
