@@ -442,6 +442,8 @@ struct Open {
     /// Bytes of this chunk read so far.
     offset: u64,
     reader: ChunkReader,
+    /// Already reopened once after joining a fetch that failed.
+    retried: bool,
 }
 
 /// Streams a byte range of one object from its chunks, keeping a bounded window in flight.
@@ -470,6 +472,7 @@ impl RangeReader {
                 index,
                 offset: 0,
                 reader,
+                retried: false,
             });
             self.next_to_open += 1;
         }
@@ -518,6 +521,19 @@ impl RangeReader {
                             .inc_by(slice.len() as u64);
                         return Some(Ok(slice));
                     }
+                }
+                // Joining a fetch that then failed is bad luck, not this request's failure: try
+                // once with a fetch of its own (the failed flight has left the map by now).
+                Some(Err(e))
+                    if open.reader.collapsed
+                        && open.offset == 0
+                        && !open.retried
+                        && !matches!(e, UpstreamError::Changed(_)) =>
+                {
+                    open.retried = true;
+                    open.reader =
+                        self.fetcher
+                            .open(&self.meta, &self.version, open.index, self.route);
                 }
                 Some(Err(e)) => {
                     self.failed = true;
