@@ -10,10 +10,7 @@
 #
 # checkov:skip=CKV_DOCKER_2: No HEALTHCHECK: the images have no shell or HTTP client to run one; Kubernetes probes /healthz and /readyz instead
 
-ARG RUST_IMAGE=rust:1-bookworm
-ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
-
-FROM ${RUST_IMAGE} AS builder
+FROM rust:1-bookworm AS builder
 # etcd-client's build script compiles protobuf definitions with protoc.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends protobuf-compiler \
@@ -39,7 +36,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp target/release/casserole-operator /out/casserole-operator
 
 # casserole-node: client port 8080, admin (/metrics, /healthz, /readyz) 9090, peer API 8000.
-FROM ${RUNTIME_IMAGE} AS node
+FROM gcr.io/distroless/cc-debian12:nonroot AS node
 LABEL org.opencontainers.image.title="casserole-node" \
       org.opencontainers.image.description="Casserole cache node: a distributed HTTP cache for large objects" \
       org.opencontainers.image.source="https://github.com/casserole-cache/casserole" \
@@ -55,7 +52,7 @@ EXPOSE 8080 9090 8000
 ENTRYPOINT ["/usr/local/bin/casserole-node"]
 
 # casserole-operator: /metrics and /healthz on 8080. Its command is `run` (also `crd`, `render`).
-FROM ${RUNTIME_IMAGE} AS operator
+FROM gcr.io/distroless/cc-debian12:nonroot AS operator
 LABEL org.opencontainers.image.title="casserole-operator" \
       org.opencontainers.image.description="Casserole Kubernetes operator: reconciles CasseroleCache resources" \
       org.opencontainers.image.source="https://github.com/casserole-cache/casserole" \
