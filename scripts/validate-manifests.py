@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Validates what casserole-operator produces, without a cluster.
 
-1. `casserole-operator crd` is a valid CustomResourceDefinition (kubernetes-validate).
+1. `casserole-operator crd` is a valid CustomResourceDefinition, and the operator's own
+   install manifests (operator/deploy/) are valid (kubernetes-validate).
 2. Every example under examples/ is accepted by the CRD's own openAPIV3Schema (defaults
    applied first, unknown fields rejected as kubectl's strict field validation does, and the
    CRD's CEL rules evaluated), and every object `casserole-operator render -f` prints for it
@@ -193,6 +194,15 @@ def main():
         check(f"crd is a valid CustomResourceDefinition for Kubernetes {v}",
               validate_k8s(crd, v))
     crd_check = CrdValidator(crd)
+
+    for path in sorted((ROOT / "operator" / "deploy").glob("*.yaml")):
+        rel = path.relative_to(ROOT)
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        for v in versions:
+            errors = []
+            for d in docs:
+                errors += [f"{d['kind']}/{d['metadata']['name']}: {e}" for e in validate_k8s(d, v)]
+            check(f"{rel}: {len(docs)} objects valid for Kubernetes {v}", errors)
 
     examples = sorted(EXAMPLES.glob("*.yaml"))
     if not examples:
