@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# End-to-end test of casserole-operator on a throwaway kind cluster:
+# install the CRD and operator, apply a cache, check what it became, fetch through it, change,
+# scale, break and fix its spec, fail the leader over, delete it and check garbage collection.
+#
+# Needs: docker, kind (>= 0.24, for NetworkPolicy support in kindnet), kubectl.
+# Usage:  tests/e2e/run.sh            (KEEP_CLUSTER=1 keeps the cluster afterwards;
+#                                       CLUSTER=name reuses or names the kind cluster)
+# It cannot run in CI (no container runtime there): run it by hand before a release.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+CLUSTER=${CLUSTER:-casserole-e2e}
+NS=casserole-e2e
+OPS=casserole-system
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+NODE_IMAGE=ghcr.io/casserole-cache/casserole-node:$VERSION
+OPERATOR_IMAGE=ghcr.io/casserole-cache/casserole-operator:$VERSION
+
+step() { printf '\n== %s\n' "$*"; }
+fail() { echo "FAIL: $*" >&2; kubectl -n "$NS" get all,casserole,pvc,secret,netpol,pdb >&2 || true; exit 1; }
+# until_ok TIMEOUT_SECONDS DESCRIPTION COMMAND...: retries COMMAND every 2 s.
+until_ok() {
+  local deadline=$(( $(date +%s) + $1 )) what=$2; shift 2
+  until "$@" >/dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$deadline" ] || fail "timed out: $what"
+    sleep 2
+  done
+  echo "ok: $what"
+}
+jp() { kubectl -n "$NS" get "$1" -o "jsonpath=$2"; }
+cleanup() { [ -n "${KEEP_CLUSTER:-}" ] || kind delete cluster --name "$CLUSTER"; }
+
+step "cluster and images"
+kind get clusters | grep -qx "$CLUSTER" || kind create cluster --name "$CLUSTER" --wait 120s
+trap cleanup EXIT
+docker build --target node -t "$NODE_IMAGE" .
+docker build --target operator -t "$OPERATOR_IMAGE" .
+kind load docker-image --name "$CLUSTER" "$NODE_IMAGE" "$OPERATOR_IMAGE"
+
+step "install the CRD and the operator (two replicas, one leader)"
+kubectl apply --server-side -f crds/casserolecaches.casserole.io.yaml
+kubectl wait --for=condition=Established crd/casserolecaches.casserole.io --timeout=60s
+kubectl apply -f operator/deploy/operator.yaml
+kubectl -n "$OPS" rollout status deploy/casserole-operator --timeout=180s
+until_ok 60 "a leader holds the lease" \
+  sh -c "kubectl -n $OPS get lease casserole-operator -o jsonpath='{.spec.holderIdentity}' | grep -q casserole-operator"
+LEADER=$(kubectl -n "$OPS" get lease casserole-operator -o jsonpath='{.spec.holderIdentity}')
+
+step "apply a cache"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
+kubectl apply -f tests/e2e/cache.yaml
+kubectl -n "$NS" wait casserole/e2e --for=condition=Ready --timeout=300s
+for obj in statefulset/e2e statefulset/e2e-etcd service/e2e service/e2e-peer service/e2e-etcd \
+           service/e2e-etcd-peer pdb/e2e pdb/e2e-etcd networkpolicy/e2e secret/e2e-peer-token; do
+  kubectl -n "$NS" get "$obj" >/dev/null || fail "missing $obj"
+  [ "$(jp "$obj" '{.metadata.ownerReferences[0].name}')" = e2e ] \
+    || fail "$obj is not owned by the cache"
+done
+[ "$(jp casserole/e2e '{.status.readyReplicas}')" = 2 ] || fail "status.readyReplicas != 2"
+kubectl get casserole -n "$NS"   # printer columns: Upstream, Replicas, Ready, Age
+
+step "fetch through the cache (twice: the second is a hit)"
+fetch() {
+  kubectl -n "$NS" run "curl-$1" --rm -i --restart=Never --image=curlimages/curl:8.10.1 -- \
+    curl -sSf -o /dev/null -w '%{size_download}\n' http://e2e.$NS.svc/big.bin
+}
+[ "$(fetch 1 | head -1)" = 25165824 ] || fail "first fetch"
+[ "$(fetch 2 | head -1)" = 25165824 ] || fail "second fetch"
+
+step "a spec change rolls the pods; the peer token stays"
+TOKEN=$(jp secret/e2e-peer-token '{.data.token}')
+HASH=$(jp statefulset/e2e '{.spec.template.metadata.annotations.casserole\.io/config-hash}')
+kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"minTtlSeconds":120}}'
+until_ok 60 "config hash changed" \
+  sh -c "[ \"\$(kubectl -n $NS get sts e2e -o jsonpath='{.spec.template.metadata.annotations.casserole\.io/config-hash}')\" != '$HASH' ]"
+kubectl -n "$NS" rollout status statefulset/e2e --timeout=300s
+[ "$(jp secret/e2e-peer-token '{.data.token}')" = "$TOKEN" ] || fail "peer token rotated"
+jp statefulset/e2e '{.spec.template.spec.containers[0].args}' | grep -q -- '--min-ttl=120s' || fail "flag not updated"
+
+step "scale through the scale subresource: only replicas change"
+HASH=$(jp statefulset/e2e '{.spec.template.metadata.annotations.casserole\.io/config-hash}')
+kubectl -n "$NS" scale casserole/e2e --replicas=3
+until_ok 300 "3 ready cache pods" sh -c "[ \"\$(kubectl -n $NS get casserole e2e -o jsonpath='{.status.readyReplicas}')\" = 3 ]"
+[ "$(jp statefulset/e2e '{.spec.template.metadata.annotations.casserole\.io/config-hash}')" = "$HASH" ] \
+  || fail "scaling rolled the pods"
+
+step "an invalid spec sets Ready=False/InvalidSpec, emits a Warning and changes nothing"
+GEN=$(jp statefulset/e2e '{.metadata.generation}')
+kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"passThrough":["(unclosed"]}}'
+until_ok 60 "Ready=False reason InvalidSpec" \
+  sh -c "kubectl -n $NS get casserole e2e -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].reason}' | grep -qx InvalidSpec"
+kubectl -n "$NS" get events --field-selector reason=InvalidSpec -o name | grep -q . || fail "no InvalidSpec event"
+[ "$(jp statefulset/e2e '{.metadata.generation}')" = "$GEN" ] || fail "the workload changed"
+kubectl -n "$NS" patch casserole e2e --type=json -p '[{"op":"remove","path":"/spec/passThrough"}]'
+kubectl -n "$NS" wait casserole/e2e --for=condition=Ready --timeout=120s
+
+step "leader failover"
+kubectl -n "$OPS" delete pod "$LEADER" --wait=false
+until_ok 60 "another replica leads" \
+  sh -c "h=\$(kubectl -n $OPS get lease casserole-operator -o jsonpath='{.spec.holderIdentity}'); [ -n \"\$h\" ] && [ \"\$h\" != '$LEADER' ]"
+kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"minTtlSeconds":90}}'
+until_ok 60 "the new leader reconciles" \
+  sh -c "kubectl -n $NS get sts e2e -o jsonpath='{.spec.template.spec.containers[0].args}' | grep -q -- --min-ttl=90s"
+
+step "delete: owner references garbage-collect everything, volumes included"
+kubectl -n "$NS" delete casserole e2e --wait=true
+until_ok 180 "owned objects gone" \
+  sh -c "[ -z \"\$(kubectl -n $NS get sts,svc,pdb,netpol,secret,pvc -l app.kubernetes.io/instance=e2e -o name)\" ]"
+
+echo
+echo "e2e: all checks passed"
