@@ -161,6 +161,12 @@ pub async fn reconcile(cache: Arc<CasseroleCache>, ctx: Arc<Context>) -> Result<
         }
     }
 
+    // Leftovers can only appear when the spec changed, so steady-state reconciles skip the
+    // lookups.
+    if cache.status.as_ref().and_then(|s| s.observed_generation) != cache.metadata.generation {
+        prune(&ctx.client, &cache, &objects).await?;
+    }
+
     let new = status::compute(&cache, cache_rollout, etcd_rollout, Timestamp::now());
     let ready = new
         .conditions
@@ -187,6 +193,33 @@ async fn apply(client: &Client, ns: &str, object: &Object) -> Result<DynamicObje
     Ok(api
         .patch(object.name(), &params, &Patch::Apply(object.to_value()))
         .await?)
+}
+
+/// Deletes objects an earlier spec needed and this one does not (e.g. the StatefulSet after a
+/// switch to DaemonSet, or the managed etcd after a switch to an external one), but only
+/// those this cache controls: a same-named object of someone else's is left alone.
+async fn prune(client: &Client, cache: &CasseroleCache, desired: &[Object]) -> Result<(), Error> {
+    let uid = cache.metadata.uid.as_deref();
+    for (ar, name) in resources::leftovers(cache, desired) {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &resources::namespace(cache), &ar);
+        let Some(existing) = api.get_opt(&name).await? else {
+            continue;
+        };
+        let ours = existing
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid);
+        if ours {
+            info!(kind = %ar.kind, %name, "pruning an object the spec no longer needs");
+            match api.delete(&name, &Default::default()).await {
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+                Ok(_) => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Creates the peer token Secret if it does not exist yet; an existing one (ours, or one the

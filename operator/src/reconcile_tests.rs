@@ -115,6 +115,14 @@ async fn first_reconcile_scenario(
         .expect(Method::POST, "/api/v1/namespaces/cdn/secrets", echo)
         .await;
     let applies = expect_applies(server, cache, 3).await;
+    // A new spec: look for leftovers of another workload kind (none).
+    server
+        .expect(
+            Method::GET,
+            "/apis/apps/v1/namespaces/cdn/daemonsets/web",
+            |_| status_error(404, "NotFound"),
+        )
+        .await;
     let status = server
         .expect(Method::PATCH, STATUS_PATH, |s| {
             let mut c = serde_json::to_value(cache).unwrap();
@@ -275,6 +283,50 @@ async fn daemonset_with_external_etcd_reports_pods_not_ready_and_requeues_soon()
             })
             .await;
         let applies = expect_applies(&mut server, &cache, 1).await;
+        // Leftovers of a StatefulSet/managed-etcd past: ours are deleted, others' kept.
+        let owned_by = |uid: &str| {
+            json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "x", "ownerReferences": [
+                {"apiVersion": "casserole.io/v1alpha1", "kind": "CasseroleCache", "name": "web",
+                 "uid": uid, "controller": true}]}})
+        };
+        let ours = owned_by(cache.metadata.uid.as_deref().unwrap());
+        server
+            .expect(
+                Method::GET,
+                "/apis/apps/v1/namespaces/cdn/statefulsets/web",
+                |_| (StatusCode::OK, ours.clone()),
+            )
+            .await;
+        server
+            .expect(
+                Method::DELETE,
+                "/apis/apps/v1/namespaces/cdn/statefulsets/web",
+                |_| (StatusCode::OK, ours.clone()),
+            )
+            .await;
+        for path in [
+            "/api/v1/namespaces/cdn/services/web-etcd-peer",
+            "/api/v1/namespaces/cdn/services/web-etcd",
+            "/apis/policy/v1/namespaces/cdn/poddisruptionbudgets/web-etcd",
+        ] {
+            server
+                .expect(Method::GET, path, |_| status_error(404, "NotFound"))
+                .await;
+        }
+        server
+            .expect(
+                Method::GET,
+                "/apis/networking.k8s.io/v1/namespaces/cdn/networkpolicies/web-etcd",
+                |_| (StatusCode::OK, owned_by("someone-else")),
+            )
+            .await;
+        server
+            .expect(
+                Method::GET,
+                "/apis/apps/v1/namespaces/cdn/statefulsets/web-etcd",
+                |_| status_error(404, "NotFound"),
+            )
+            .await;
         let status = server
             .expect(Method::PATCH, STATUS_PATH, |s| {
                 let mut c = serde_json::to_value(&cache).unwrap();

@@ -135,6 +135,43 @@ pub fn desired(cache: &CasseroleCache) -> Result<Vec<Object>, InvalidSpec> {
     Ok(objects)
 }
 
+/// Every (kind, name) some variant of this cache's spec could own: what is in this list but
+/// not in [`desired`] is left over from an earlier spec (a workload kind switch, managed etcd
+/// replaced by an external one) and must be pruned.
+pub fn possible_objects(cache: &CasseroleCache) -> Vec<(ApiResource, String)> {
+    let workload = cache::workload_name(cache);
+    vec![
+        (ApiResource::erase::<StatefulSet>(&()), workload.clone()),
+        (ApiResource::erase::<DaemonSet>(&()), workload),
+        (
+            ApiResource::erase::<Service>(&()),
+            etcd::peer_service_name(cache),
+        ),
+        (
+            ApiResource::erase::<Service>(&()),
+            etcd::client_service_name(cache),
+        ),
+        (
+            ApiResource::erase::<PodDisruptionBudget>(&()),
+            etcd::name(cache),
+        ),
+        (ApiResource::erase::<NetworkPolicy>(&()), etcd::name(cache)),
+        (ApiResource::erase::<StatefulSet>(&()), etcd::name(cache)),
+    ]
+}
+
+/// What [`possible_objects`] has and `desired` does not.
+pub fn leftovers(cache: &CasseroleCache, desired: &[Object]) -> Vec<(ApiResource, String)> {
+    possible_objects(cache)
+        .into_iter()
+        .filter(|(ar, name)| {
+            !desired
+                .iter()
+                .any(|o| o.name() == name && o.api_resource() == *ar)
+        })
+        .collect()
+}
+
 /// Namespace of the cache (and of everything it owns).
 pub fn namespace(cache: &CasseroleCache) -> String {
     cache
@@ -196,3 +233,5 @@ pub fn hash_of<T: Serialize>(value: &T) -> String {
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod validate_tests;
