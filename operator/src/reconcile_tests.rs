@@ -94,6 +94,13 @@ async fn expect_applies(server: &mut ApiServer, cache: &CasseroleCache, ready: i
     bodies
 }
 
+/// The answer to a status patch: the cache with the status that was sent.
+fn status_answer(cache: &CasseroleCache, seen: &Seen) -> (StatusCode, Value) {
+    let mut c = serde_json::to_value(cache).unwrap();
+    c["status"] = seen.body["status"].clone();
+    (StatusCode::OK, c)
+}
+
 fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
     status["conditions"]
         .as_array()
@@ -124,11 +131,7 @@ async fn first_reconcile_scenario(
         )
         .await;
     let status = server
-        .expect(Method::PATCH, STATUS_PATH, |s| {
-            let mut c = serde_json::to_value(cache).unwrap();
-            c["status"] = s.body["status"].clone();
-            (StatusCode::OK, c)
-        })
+        .expect(Method::PATCH, STATUS_PATH, |s| status_answer(cache, s))
         .await;
     status.assert_apply();
     (created, applies, status.body["status"].clone())
@@ -200,11 +203,7 @@ async fn invalid_spec_sets_the_condition_emits_a_warning_and_applies_nothing() {
     let scenario = async {
         let event = server.expect(Method::POST, EVENTS_PATH, echo).await;
         let status = server
-            .expect(Method::PATCH, STATUS_PATH, |s| {
-                let mut c = serde_json::to_value(&cache).unwrap();
-                c["status"] = s.body["status"].clone();
-                (StatusCode::OK, c)
-            })
+            .expect(Method::PATCH, STATUS_PATH, |s| status_answer(&cache, s))
             .await;
         (event.body, status.body["status"].clone())
     };
@@ -328,11 +327,7 @@ async fn daemonset_with_external_etcd_reports_pods_not_ready_and_requeues_soon()
             )
             .await;
         let status = server
-            .expect(Method::PATCH, STATUS_PATH, |s| {
-                let mut c = serde_json::to_value(&cache).unwrap();
-                c["status"] = s.body["status"].clone();
-                (StatusCode::OK, c)
-            })
+            .expect(Method::PATCH, STATUS_PATH, |s| status_answer(&cache, s))
             .await;
         (applies, status.body["status"].clone())
     };

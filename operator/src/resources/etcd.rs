@@ -10,7 +10,6 @@ use k8s_openapi::api::core::v1::{
     Container, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::pod::{
@@ -80,13 +79,7 @@ fn ports() -> Vec<ServicePort> {
 }
 
 fn service_port(name: &str, port: i32) -> ServicePort {
-    ServicePort {
-        name: Some(name.into()),
-        port,
-        target_port: Some(IntOrString::String(name.into())),
-        protocol: Some("TCP".into()),
-        ..ServicePort::default()
-    }
+    network::service_port(name, port, name)
 }
 
 fn peer_service(cache: &CasseroleCache) -> Service {

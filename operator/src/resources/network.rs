@@ -35,7 +35,8 @@ pub fn cache_objects(cache: &CasseroleCache, _plan: &Plan) -> Vec<Object> {
     ]
 }
 
-fn port(name: &str, port: i32, target: &str) -> ServicePort {
+/// A TCP Service port forwarding to a named container port.
+pub fn service_port(name: &str, port: i32, target: &str) -> ServicePort {
     ServicePort {
         name: Some(name.into()),
         port,
@@ -52,8 +53,8 @@ fn peer_service(cache: &CasseroleCache) -> Service {
             cluster_ip: Some("None".into()),
             selector: Some(selector_labels(cache, Component::Cache)),
             ports: Some(vec![
-                port("peer", PEER_PORT, "peer"),
-                port("metrics", METRICS_PORT, "metrics"),
+                service_port("peer", PEER_PORT, "peer"),
+                service_port("metrics", METRICS_PORT, "metrics"),
             ]),
             ..ServiceSpec::default()
         }),
@@ -72,7 +73,7 @@ fn client_service(cache: &CasseroleCache) -> Service {
         spec: Some(ServiceSpec {
             type_: Some(svc.type_.as_str().into()),
             selector: Some(selector_labels(cache, Component::Cache)),
-            ports: Some(vec![port("http", svc.port, "http")]),
+            ports: Some(vec![service_port("http", svc.port, "http")]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
