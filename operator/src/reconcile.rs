@@ -124,9 +124,11 @@ pub async fn reconcile(cache: Arc<CasseroleCache>, ctx: Arc<Context>) -> Result<
                 action: "Reconcile".into(),
                 secondary: None,
             };
-            ctx.recorder.publish(&event, &reference).await?;
+            // Status first: it is what users and tooling read, so an Event failure (e.g.
+            // missing RBAC for events) must not hide it.
             let new = status::invalid(&cache, &invalid, Timestamp::now());
             patch_status(&ctx.client, &cache, new).await?;
+            ctx.recorder.publish(&event, &reference).await?;
             ctx.clear_failures(&key(&cache));
             timer.set_result("invalid");
             return Ok(Action::await_change());

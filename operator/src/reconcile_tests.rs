@@ -201,10 +201,10 @@ async fn invalid_spec_sets_the_condition_emits_a_warning_and_applies_nothing() {
     let (ctx, mut server) = context();
     let cache = cache_from_spec("upstream: http://u\npassThrough: ['(unclosed']\n");
     let scenario = async {
-        let event = server.expect(Method::POST, EVENTS_PATH, echo).await;
         let status = server
             .expect(Method::PATCH, STATUS_PATH, |s| status_answer(&cache, s))
             .await;
+        let event = server.expect(Method::POST, EVENTS_PATH, echo).await;
         (event.body, status.body["status"].clone())
     };
     let (result, (event, status)) = tokio::join!(run(Arc::new(cache.clone()), &ctx), scenario);
