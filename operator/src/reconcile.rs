@@ -205,8 +205,16 @@ async fn prune(client: &Client, cache: &CasseroleCache, desired: &[Object]) -> R
     for (ar, name) in resources::leftovers(cache, desired) {
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &resources::namespace(cache), &ar);
-        let Some(existing) = api.get_opt(&name).await? else {
-            continue;
+        let existing = match api.get_opt(&name).await {
+            Ok(Some(existing)) => existing,
+            Ok(None) => continue,
+            // Pruning is housekeeping: RBAC without get/delete on owned kinds (an older install)
+            // must not block reconciling. The leftovers still go with the cache.
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                warn!(kind = %ar.kind, %name, "not allowed to look for leftovers; skipping pruning");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
         };
         let ours = existing
             .owner_references()

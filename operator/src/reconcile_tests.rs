@@ -115,6 +115,16 @@ async fn first_reconcile_scenario(
     server: &mut ApiServer,
     cache: &CasseroleCache,
 ) -> (Seen, Vec<Value>, Value) {
+    first_reconcile_with_prune_answer(server, cache, 404).await
+}
+
+/// The first reconcile, where looking for leftovers answers `prune_code` (404: none there;
+/// 403: RBAC without `get` on DaemonSets).
+async fn first_reconcile_with_prune_answer(
+    server: &mut ApiServer,
+    cache: &CasseroleCache,
+    prune_code: u16,
+) -> (Seen, Vec<Value>, Value) {
     server
         .expect(Method::GET, SECRET_PATH, |_| status_error(404, "NotFound"))
         .await;
@@ -127,7 +137,17 @@ async fn first_reconcile_scenario(
         .expect(
             Method::GET,
             "/apis/apps/v1/namespaces/cdn/daemonsets/web",
-            |_| status_error(404, "NotFound"),
+            // kube's `get_opt` recognises a missing object by the reason, not only the code.
+            |_| {
+                status_error(
+                    prune_code,
+                    if prune_code == 404 {
+                        "NotFound"
+                    } else {
+                        "Forbidden"
+                    },
+                )
+            },
         )
         .await;
     let status = server
@@ -345,4 +365,18 @@ async fn daemonset_with_external_etcd_reports_pods_not_ready_and_requeues_soon()
     assert_eq!(condition(&status, "Ready")["reason"], "PodsNotReady");
     assert_eq!(condition(&status, "EtcdReady")["reason"], "External");
     assert_eq!(condition(&status, "Degraded")["status"], "True");
+}
+
+#[tokio::test]
+async fn pruning_forbidden_by_rbac_does_not_block_the_reconcile() {
+    let (ctx, mut server) = context();
+    let cache = Arc::new(default_cache());
+    let (result, (_, _, status)) = tokio::join!(
+        run(cache.clone(), &ctx),
+        first_reconcile_with_prune_answer(&mut server, &cache, 403)
+    );
+    assert_eq!(result.unwrap(), Action::requeue(REQUEUE_READY));
+    assert_eq!(condition(&status, "Ready")["status"], "True");
+    drop(ctx);
+    server.done().await;
 }
