@@ -450,3 +450,36 @@ async fn memory_tier_respects_its_bound() {
         node.metric("casserole_memory_evictions_total").await > 0.0 || used < (16 * MIB) as f64
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_client_holds_back_the_fetching() {
+    let origin = Origin::start().await;
+    let obj = origin.put("/long.bin", ObjectSpec::new(64 * MIB).seed(18));
+    let node = NodeBuilder::new(origin.url())
+        .arg("--readahead=2")
+        .spawn()
+        .await;
+    let mut res = casserole_tests::client::client()
+        .get(format!("{}/long.bin", node.url()))
+        .send()
+        .await
+        .unwrap();
+    let mut body = Vec::with_capacity(obj.len as usize);
+    while body.len() < MIB as usize {
+        body.extend_from_slice(&res.chunk().await.unwrap().unwrap());
+    }
+    // The client stops reading. Fetching goes no further than the read-ahead window plus what
+    // the kernel's socket buffers absorbed: nowhere near the 32 chunks of the object.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let fetched = origin.path_stats("/long.bin").range_requests;
+    eprintln!("chunks fetched while the client paused: {fetched}");
+    assert!(
+        fetched <= 12,
+        "{fetched} chunks fetched for a client that read 1 MiB"
+    );
+    while let Some(piece) = res.chunk().await.unwrap() {
+        body.extend_from_slice(&piece);
+    }
+    assert_eq!(sha256_hex(&body), obj.sha256());
+    assert_eq!(origin.path_stats("/long.bin").range_requests, 32);
+}
