@@ -148,6 +148,35 @@ impl PeerTier {
         }
     }
 
+    /// Sends a peer request with the token; a non-200 answer or no answer is a `PeerError`.
+    async fn send(
+        &self,
+        kind: &str,
+        peer: &Member,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, PeerError> {
+        let count = |result| {
+            self.metrics
+                .peer_requests
+                .with_label_values(&[kind, result])
+                .inc()
+        };
+        match request.bearer_auth(&self.cfg.token).send().await {
+            Ok(res) if res.status() == StatusCode::OK => {
+                count("ok");
+                Ok(res)
+            }
+            Ok(res) => {
+                count("refused");
+                Err(Self::refused(peer, res).await)
+            }
+            Err(e) => {
+                count("unreachable");
+                Err(self.unreachable(peer, e))
+            }
+        }
+    }
+
     /// Asks `peer` for chunk `index` of `meta`. Returns its bytes as they arrive and where the
     /// owner found them.
     pub async fn fetch_chunk(
@@ -157,35 +186,12 @@ impl PeerTier {
         index: u64,
     ) -> Result<(ByteStream, Source), PeerError> {
         let url = format!("{}/v1/chunk/{index}", peer.url.trim_end_matches('/'));
-        let sent = self
+        let request = self
             .client
             .post(url)
-            .bearer_auth(&self.cfg.token)
             .header(header::CONTENT_TYPE, "application/json")
-            .body(serde_json::to_vec(meta).expect("metadata serializes"))
-            .send()
-            .await;
-        let res = match sent {
-            Ok(res) if res.status() == StatusCode::OK => res,
-            Ok(res) => {
-                self.metrics
-                    .peer_requests
-                    .with_label_values(&["chunk", "refused"])
-                    .inc();
-                return Err(Self::refused(peer, res).await);
-            }
-            Err(e) => {
-                self.metrics
-                    .peer_requests
-                    .with_label_values(&["chunk", "unreachable"])
-                    .inc();
-                return Err(self.unreachable(peer, e));
-            }
-        };
-        self.metrics
-            .peer_requests
-            .with_label_values(&["chunk", "ok"])
-            .inc();
+            .body(serde_json::to_vec(meta).expect("metadata serializes"));
+        let res = self.send("chunk", peer, request).await?;
         let source = match res
             .headers()
             .get(SOURCE_HEADER)
@@ -209,40 +215,14 @@ impl PeerTier {
     /// Asks `peer`, the owner of `path`'s metadata, for it.
     pub async fn fetch_meta(&self, peer: &Member, path: &str) -> Result<MetaAnswer, PeerError> {
         let url = format!("{}/v1/meta", peer.url.trim_end_matches('/'));
-        let sent = self
-            .client
-            .get(url)
-            .bearer_auth(&self.cfg.token)
-            .header(PATH_HEADER, path)
-            .send()
-            .await;
-        let res = match sent {
-            Ok(res) if res.status() == StatusCode::OK => res,
-            Ok(res) => {
-                self.metrics
-                    .peer_requests
-                    .with_label_values(&["meta", "refused"])
-                    .inc();
-                return Err(Self::refused(peer, res).await);
-            }
-            Err(e) => {
-                self.metrics
-                    .peer_requests
-                    .with_label_values(&["meta", "unreachable"])
-                    .inc();
-                return Err(self.unreachable(peer, e));
-            }
-        };
+        let request = self.client.get(url).header(PATH_HEADER, path);
+        let res = self.send("meta", peer, request).await?;
         let body = res.bytes().await.map_err(|e| self.unreachable(peer, e))?;
         let answer = serde_json::from_slice(&body).map_err(|e| PeerError::Refused {
             peer: peer.id.clone(),
             status: 200,
             message: format!("unreadable metadata: {e}"),
         })?;
-        self.metrics
-            .peer_requests
-            .with_label_values(&["meta", "ok"])
-            .inc();
         Ok(answer)
     }
 }
