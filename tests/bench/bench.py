@@ -45,7 +45,7 @@ FULL = dict(
     small=64 * Ki,
     large=64 * Mi,
     conns=[1, 16, 64],
-    wrk_seconds=4,
+    wrk_seconds=5,
     cold=512 * Mi,
     throttle=50_000_000,
     cold_fast_reps=3,
@@ -193,6 +193,22 @@ def metric(admin_url: str, name: str, labels: str | None = None) -> float:
         if m and m.group(1) == name and (labels is None or labels in (m.group(2) or "")):
             total += float(m.group(3))
     return total
+
+
+def group_cpu(pgid: int) -> float:
+    """user+system CPU seconds of every live process in a process group (ours: one per target)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields[2] is pgrp (field 5 of stat)
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int, field: str) -> int:
@@ -688,86 +704,107 @@ class Bench:
 
     # 1. hot hits -------------------------------------------------------------------------------
     def hot(self):
+        """All targets run at once (idle but one); runs are interleaved target by target, so a
+        load change on the shared machine hits every target alike."""
         c = self.cfg
+        if not self.have["wrk"]:
+            return {"failed": "wrk unavailable"}
         origin = Origin(self.bins, self.tmp, "origin-hot",
                         [f"/small.bin={c['small']},seed=1,max-age=3600",
                          f"/large.bin={c['large']},seed=2,max-age=3600"])
-        res = {}
-        if not self.have["wrk"]:
-            return {"failed": "wrk unavailable"}
-        for target in ["direct"] + self.peers():
-            srv = None
+        res: dict = {}
+        bases = {"direct": origin.url.rstrip("/")}
+        servers = []
+        for target in self.peers():
             try:
-                if target == "direct":
-                    base = origin.url.rstrip("/")
-                else:
-                    srv = self.start_target(target, origin, f"{target}-hot",
-                                            storage=2 * c["large"])
-                    base = srv.url
+                srv = self.start_target(target, origin, f"{target}-hot", storage=2 * c["large"])
+                servers.append(srv)
                 for obj, size in (("small", c["small"]), ("large", c["large"])):
                     for _ in range(2):  # warm: the second GET must be a hit everywhere
-                        d = download(f"{base}/{obj}.bin")
+                        d = download(f"{srv.url}/{obj}.bin")
                         if d["status"] != 200 or d["bytes"] != size:
                             raise RuntimeError(f"{target} warm-up of {obj}: {d}")
-                    for conns in c["conns"]:
-                        r = wrk(f"{base}/{obj}.bin", conns, c["wrk_seconds"], size)
-                        res.setdefault(obj, {}).setdefault(target, []).append(r)
-                        log(f"   {target:9s} {obj:5s} c={conns:<3d} {r['rps']:9.1f} req/s "
-                            f"{r['gbps']:6.2f} GB/s p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms"
-                            f" errors {r['errors']}")
+                bases[target] = srv.url
             except Exception as e:
                 log(f"   {target} hot failed: {e!r}")
                 res.setdefault("failed", {})[target] = repr(e)[:300]
-            finally:
-                if srv:
-                    srv.stop()
+        for obj, size in (("small", c["small"]), ("large", c["large"])):
+            for conns in c["conns"]:
+                for target in TARGETS:
+                    if target not in bases:
+                        continue
+                    r = wrk(f"{bases[target]}/{obj}.bin", conns, c["wrk_seconds"], size)
+                    res.setdefault(obj, {}).setdefault(target, []).append(r)
+                    log(f"   {target:9s} {obj:5s} c={conns:<3d} {r['rps']:9.1f} req/s "
+                        f"{r['gbps']:6.2f} GB/s p50 {fmt(r['p50_ms'], '.3g')} ms "
+                        f"p99 {fmt(r['p99_ms'], '.3g')} ms errors {r['errors']}")
+        for srv in servers:
+            srv.stop()
         origin.stop()
         return res
 
     # 2 + 3. cold misses ------------------------------------------------------------------------
     def cold(self, throttled: bool):
+        """Each target is a fresh cache, so the same path is cold for each; repetitions use other
+        paths and are interleaved across targets. CPU seconds of each target's processes are
+        recorded (the node, nginx master+workers, varnish manager+child; the origin apart)."""
         c = self.cfg
         reps = 1 if throttled else c["cold_fast_reps"]
         extra = f",throttle={c['throttle']}" if throttled else ""
         objs = [f"/cold{i}.bin={c['cold']},seed=3{extra},max-age=3600" for i in range(reps)]
         origin = Origin(self.bins, self.tmp, f"origin-cold{'-t' if throttled else ''}", objs)
         res: dict = {"size": c["cold"], "throttle": c["throttle"] if throttled else None}
-        ref_sha = None
-        for target in ["direct"] + self.peers():
-            srv = None
+        servers = {}
+        for target in self.peers():
             try:
-                if target == "direct":
-                    base = origin.url.rstrip("/")
-                else:
-                    srv = self.start_target(target, origin, f"{target}-cold",
-                                            storage=reps * c["cold"] + 64 * Mi)
-                    base = srv.url
-                runs = []
-                for i in range(reps):
-                    d = download(f"{base}/cold{i}.bin", want_sha=throttled, timeout=300)
-                    if d["status"] != 200 or d["bytes"] != c["cold"]:
-                        raise RuntimeError(f"{target}: {d}")
-                    if throttled:
-                        ref_sha = ref_sha or d["sha256"]
-                        if d["sha256"] != ref_sha:
-                            raise RuntimeError(f"{target}: sha256 differs from direct")
-                    runs.append(d)
-                    log(f"   {target:9s} cold{i} ttfb {d['ttfb'] * 1e3:7.1f} ms total "
-                        f"{d['total']:6.2f} s ({c['cold'] / d['total'] / 1e6:7.1f} MB/s) "
-                        f"{d.get('cache_status', '')}")
-                res[target] = {
-                    "ttfb_ms": statistics.median(r["ttfb"] for r in runs) * 1e3,
-                    "total_s": statistics.median(r["total"] for r in runs),
-                    "runs": [{"ttfb_ms": r["ttfb"] * 1e3, "total_s": r["total"]} for r in runs],
-                }
-                if throttled:
-                    res[target]["sha256_ok"] = True
+                servers[target] = self.start_target(target, origin, f"{target}-cold",
+                                                    storage=reps * c["cold"] + 64 * Mi)
             except Exception as e:
-                log(f"   {target} cold failed: {e!r}")
+                log(f"   {target} cold failed to start: {e!r}")
                 res.setdefault("failed", {})[target] = repr(e)[:300]
-            finally:
-                if srv:
-                    srv.stop()
+        runs: dict[str, list] = {}
+        ref_sha = None
+        for i in range(reps):
+            for target in ["direct"] + list(servers):
+                if target in res.get("failed", {}):
+                    continue
+                srv = servers.get(target)
+                base = srv.url if srv else origin.url.rstrip("/")
+                cpu0 = group_cpu(srv.proc.pid) if srv else 0.0
+                ocpu0 = group_cpu(origin.proc.pid)
+                d = download(f"{base}/cold{i}.bin", want_sha=throttled, timeout=300)
+                d["cpu_s"] = group_cpu(srv.proc.pid) - cpu0 if srv else 0.0
+                d["origin_cpu_s"] = group_cpu(origin.proc.pid) - ocpu0
+                err = None
+                if d["status"] != 200 or d["bytes"] != c["cold"]:
+                    err = f"{target}: {d}"
+                elif throttled:
+                    ref_sha = ref_sha or d["sha256"]
+                    if d["sha256"] != ref_sha:
+                        err = f"{target}: sha256 differs from direct"
+                if err:
+                    log(f"   {err}")
+                    res.setdefault("failed", {})[target] = err[:300]
+                    continue
+                runs.setdefault(target, []).append(d)
+                log(f"   {target:9s} cold{i} ttfb {d['ttfb'] * 1e3:7.1f} ms total "
+                    f"{d['total']:6.2f} s ({c['cold'] / d['total'] / 1e6:7.1f} MB/s) "
+                    f"cpu {d['cpu_s']:.2f}s origin cpu {d['origin_cpu_s']:.2f}s "
+                    f"{d.get('cache_status', '')}")
+        for target, rs in runs.items():
+            if target in res.get("failed", {}):
+                continue
+            res[target] = {
+                "ttfb_ms": statistics.median(r["ttfb"] for r in rs) * 1e3,
+                "total_s": statistics.median(r["total"] for r in rs),
+                "cpu_s": statistics.median(r["cpu_s"] for r in rs),
+                "runs": [{"ttfb_ms": r["ttfb"] * 1e3, "total_s": r["total"], "cpu_s": r["cpu_s"],
+                          "origin_cpu_s": r["origin_cpu_s"]} for r in rs],
+            }
+            if throttled:
+                res[target]["sha256_ok"] = True
+        for srv in servers.values():
+            srv.stop()
         origin.stop()
         return res
 
@@ -995,14 +1032,16 @@ def render(results: dict) -> tuple[str, list[dict]]:
             continue
         thr = f", {s['throttle'] / 1e6:.0f} MB/s per connection" if s.get("throttle") else ""
         out += [f"#### {title} ({s['size'] // Mi} MiB{thr})", "",
-                "| target | TTFB ms | total s | MB/s | vs direct (time) |", "|---|---:|---:|---:|---:|"]
+                "| target | TTFB ms | total s | MB/s | vs direct (time) | target CPU s |",
+                "|---|---:|---:|---:|---:|---:|"]
         d = s["direct"]
         for tgt in TARGETS:
             r = s.get(tgt)
             if not r:
                 continue
             out.append(f"| {tgt} | {r['ttfb_ms']:.1f} | {r['total_s']:.2f} | "
-                       f"{s['size'] / r['total_s'] / 1e6:.0f} | {r['total_s'] / d['total_s']:.2f}× |")
+                       f"{s['size'] / r['total_s'] / 1e6:.0f} | {r['total_s'] / d['total_s']:.2f}× | "
+                       f"{r.get('cpu_s', 0):.2f} |")
         out.append("")
         if s.get("failed"):
             out += [f"Failed: {s['failed']}", ""]
