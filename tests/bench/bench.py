@@ -457,8 +457,10 @@ class Casserole:
 
 class Nginx:
     def __init__(self, tmp, name, origin_port):
-        d = os.path.join(tmp, name)
-        os.makedirs(os.path.join(d, "cache"), exist_ok=True)
+        # a fresh directory every time: nginx reloads a cache directory it finds at startup, so
+        # reusing one would turn the next scenario's cold miss into a hit
+        d = tempfile.mkdtemp(prefix=f"{name}-", dir=tmp)
+        os.makedirs(os.path.join(d, "cache"))
         self.port = free_port()
         user = "user root;\n" if os.geteuid() == 0 else ""
         conf = f"""{user}worker_processes auto;
@@ -485,6 +487,7 @@ http {{
       proxy_set_header Connection "";
       proxy_cache_valid 200 206 1h;
       proxy_cache_lock on;
+      add_header X-Cache-Status $upstream_cache_status always;
       proxy_pass http://origin;
     }}
   }}
@@ -504,8 +507,7 @@ http {{
 
 class Varnish:
     def __init__(self, tmp, name, origin_port, storage_bytes):
-        d = os.path.join(tmp, name)
-        os.makedirs(d, exist_ok=True)
+        d = tempfile.mkdtemp(prefix=f"{name}-", dir=tmp)
         os.chmod(d, 0o755)
         self.port = free_port()
         vcl = f"""vcl 4.1;
@@ -517,6 +519,9 @@ sub vcl_recv {{
 sub vcl_backend_response {{
   set beresp.do_stream = true;
   set beresp.ttl = 1h;
+}}
+sub vcl_deliver {{
+  if (obj.hits > 0) {{ set resp.http.X-Cache = "HIT"; }} else {{ set resp.http.X-Cache = "MISS"; }}
 }}
 """
         path = os.path.join(d, "bench.vcl")
@@ -546,7 +551,7 @@ class Etcd:
         self.url = f"http://127.0.0.1:{c}"
         peer = f"http://127.0.0.1:{p}"
         exe = os.environ.get("ETCD_BIN") or shutil.which("etcd") or "/usr/bin/etcd"
-        self.proc = Proc("etcd", [exe, "--name=bench", f"--data-dir={tmp}/etcd-data",
+        self.proc = Proc("etcd", [exe, "--name=bench", f"--data-dir={tempfile.mkdtemp(prefix='etcd-', dir=tmp)}/data",
                                   f"--listen-client-urls={self.url}",
                                   f"--advertise-client-urls={self.url}",
                                   f"--listen-peer-urls={peer}",
@@ -588,7 +593,8 @@ def download(url: str, want_sha: bool = False, timeout: float = 120.0) -> dict:
             if h:
                 h.update(mv[:k])
         status = r.status
-        cache = r.getheader("Cache-Status") or r.getheader("X-Cache") or ""
+        cache = (r.getheader("Cache-Status") or r.getheader("X-Cache")
+                 or r.getheader("X-Cache-Status") or "")
     except (OSError, http.client.HTTPException) as e:
         return {"status": 0, "error": str(e), "ttfb": ttfb, "total": time.perf_counter() - t0,
                 "bytes": n}
@@ -724,6 +730,8 @@ class Bench:
                         d = download(f"{srv.url}/{obj}.bin")
                         if d["status"] != 200 or d["bytes"] != size:
                             raise RuntimeError(f"{target} warm-up of {obj}: {d}")
+                    if "hit" not in d.get("cache_status", "").lower():
+                        raise RuntimeError(f"{target}: second GET of {obj} not a hit: {d}")
                 bases[target] = srv.url
             except Exception as e:
                 log(f"   {target} hot failed: {e!r}")
@@ -778,6 +786,8 @@ class Bench:
                 err = None
                 if d["status"] != 200 or d["bytes"] != c["cold"]:
                     err = f"{target}: {d}"
+                elif srv and "miss" not in d.get("cache_status", "").lower():
+                    err = f"{target}: cold request was not a miss ({d.get('cache_status')!r})"
                 elif throttled:
                     ref_sha = ref_sha or d["sha256"]
                     if d["sha256"] != ref_sha:
@@ -919,7 +929,7 @@ class Bench:
             srv = None
             try:
                 if target == "casserole":
-                    dd = os.path.join(self.tmp, "disk-tier")
+                    dd = tempfile.mkdtemp(prefix="disk-tier-", dir=self.tmp)
                     srv = Casserole(self.bins, self.tmp, "casserole-disk", origin.url,
                                     c["disk_tier"], disk_dir=dd)
                 else:
