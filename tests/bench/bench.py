@@ -45,7 +45,8 @@ FULL = dict(
     small=64 * Ki,
     large=64 * Mi,
     conns=[1, 16, 64],
-    wrk_seconds=5,
+    wrk_seconds=3,
+    hot_rounds=3,
     cold=512 * Mi,
     throttle=50_000_000,
     cold_fast_reps=3,
@@ -66,6 +67,7 @@ SMOKE = dict(
     large=4 * Mi,
     conns=[1, 4],
     wrk_seconds=1,
+    hot_rounds=1,
     cold=8 * Mi,
     throttle=8_000_000,
     cold_fast_reps=1,
@@ -741,16 +743,27 @@ class Bench:
             except Exception as e:
                 log(f"   {target} hot failed: {e!r}")
                 res.setdefault("failed", {})[target] = repr(e)[:300]
-        for obj, size in (("small", c["small"]), ("large", c["large"])):
-            for conns in c["conns"]:
-                for target in TARGETS:
-                    if target not in bases:
-                        continue
-                    r = wrk(f"{bases[target]}/{obj}.bin", conns, c["wrk_seconds"], size)
-                    res.setdefault(obj, {}).setdefault(target, []).append(r)
-                    log(f"   {target:9s} {obj:5s} c={conns:<3d} {r['rps']:9.1f} req/s "
-                        f"{r['gbps']:6.2f} GB/s p50 {fmt(r['p50_ms'], '.3g')} ms "
-                        f"p99 {fmt(r['p99_ms'], '.3g')} ms errors {r['errors']}")
+        samples: dict = {}
+        for rnd in range(c["hot_rounds"]):
+            for obj, size in (("small", c["small"]), ("large", c["large"])):
+                for conns in c["conns"]:
+                    for target in TARGETS:
+                        if target not in bases:
+                            continue
+                        r = wrk(f"{bases[target]}/{obj}.bin", conns, c["wrk_seconds"], size)
+                        samples.setdefault((obj, target, conns), []).append(r)
+                        log(f"   [{rnd + 1}] {target:9s} {obj:5s} c={conns:<3d} {r['rps']:9.1f} req/s "
+                            f"{r['gbps']:6.2f} GB/s p50 {fmt(r['p50_ms'], '.3g')} ms "
+                            f"p99 {fmt(r['p99_ms'], '.3g')} ms errors {r['errors']}")
+        # the median of the rounds, field by field (each round is one run of every target)
+        for (obj, target, conns), rs in samples.items():
+            med = {"conns": conns, "rounds": len(rs), "errors": sum(r["errors"] for r in rs),
+                   "requests": sum(r["requests"] for r in rs)}
+            for k in ("rps", "gbps", "p50_ms", "p99_ms"):
+                vals = [r[k] for r in rs if r[k] is not None]
+                med[k] = statistics.median(vals) if vals else None
+            med["samples"] = [{k: r[k] for k in ("rps", "gbps", "p50_ms", "p99_ms")} for r in rs]
+            res.setdefault(obj, {}).setdefault(target, []).append(med)
         for srv in servers:
             srv.stop()
         origin.stop()
@@ -948,7 +961,7 @@ class Bench:
                     before = {s: metric(srv.admin_url, "casserole_bytes_served_total",
                                         f'source="{s}"') for s in ("memory", "disk")}
                 r = wrk(f"{srv.url}/disk.bin", 16 if not self.args.smoke else 4,
-                        c["wrk_seconds"] + (1 if not self.args.smoke else 0), size)
+                        c["wrk_seconds"] * 2, size)
                 if target == "casserole":
                     after = {s: metric(srv.admin_url, "casserole_bytes_served_total",
                                        f'source="{s}"') for s in ("memory", "disk")}
@@ -1014,6 +1027,10 @@ def render(results: dict) -> tuple[str, list[dict]]:
     S = results["scenarios"]
     out = [f"### Casserole benchmark ({results['mode']} mode, {results.get('date', '')})", "",
            f"Machine: {results.get('machine', '')}; run took {results.get('elapsed_s', 0):.0f} s.", ""]
+    if results.get("load_1min"):
+        ld = results["load_1min"]
+        out[-1:-1] = [f"1-minute load average during the run (2 cores; the benchmark itself adds ~2): "
+                      f"min {ld['min']:.1f}, mean {ld['mean']:.1f}, max {ld['max']:.1f}.", ""]
     targets_rows: list[dict] = []
 
     def target(name, goal, value, met, note=""):
@@ -1021,7 +1038,8 @@ def render(results: dict) -> tuple[str, list[dict]]:
 
     hot = S.get("hot", {})
     if "small" in hot or "large" in hot:
-        out += ["#### 1. Hot hits (wrk, same client for all)", "",
+        rounds = next((r.get("rounds", 1) for t in hot.get("small", {}).values() for r in t), 1)
+        out += [f"#### 1. Hot hits (wrk; median of {rounds} interleaved round(s) per cell)", "",
                 "| object | target | conns | req/s | GB/s | p50 ms | p99 ms | errors |",
                 "|---|---|---:|---:|---:|---:|---:|---:|"]
         for obj in ("small", "large"):
@@ -1245,10 +1263,21 @@ def main():
     signal.signal(signal.SIGINT, on_signal)
     b = Bench(args)  # installs missing peers first (not counted in the deadline)
     signal.alarm(cfg["deadline"] + 60)
+    loads: list[float] = []
+    done = threading.Event()
+
+    def watch_load():  # how busy the shared machine was (our own load included)
+        while not done.is_set():
+            loads.append(os.getloadavg()[0])
+            done.wait(5)
+
+    threading.Thread(target=watch_load, daemon=True).start()
     log(f"binaries from {b.bins}; temp dir {b.tmp}; load average {os.getloadavg()[0]:.2f}")
     b.results["load_start"] = os.getloadavg()
     b.run()
     signal.alarm(0)
+    done.set()
+    b.results["load_1min"] = {"min": min(loads), "mean": statistics.mean(loads), "max": max(loads)}
     b.results["load_end"] = os.getloadavg()
     md, targets = render(b.results)
     b.results["targets"] = targets
