@@ -1030,7 +1030,7 @@ def render(results: dict) -> tuple[str, list[dict]]:
     if results.get("load_1min"):
         ld = results["load_1min"]
         out[-1:-1] = [f"1-minute load average during the run (2 cores; the benchmark itself adds ~2): "
-                      f"min {ld['min']:.1f}, mean {ld['mean']:.1f}, max {ld['max']:.1f}.", ""]
+                      f"min {ld['min']:.1f}, mean {ld['mean']:.1f}, max {ld['max']:.1f}."]
     targets_rows: list[dict] = []
 
     def target(name, goal, value, met, note=""):
@@ -1235,6 +1235,27 @@ def chart(results: dict, path: str) -> bool:
     return True
 
 
+BEGIN, END = "<!-- bench:latest -->", "<!-- /bench:latest -->"
+
+
+def update_readme(path: str, md: str, png: str | None) -> None:
+    """Replaces the text between the bench:latest markers of `path` with this run's tables."""
+    with open(path) as f:
+        text = f.read()
+    if BEGIN not in text or END not in text:
+        log(f"{path} has no {BEGIN} ... {END} markers: not updated")
+        return
+    title, _, body = md.partition("\n")
+    pic = (f"\n\n![benchmark chart]({os.path.relpath(png, os.path.dirname(os.path.abspath(path)))})"
+           if png else "")
+    block = f"{BEGIN}\n_{title.lstrip('# ').strip()}._\n{body.rstrip()}{pic}\n{END}"
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    with open(path, "w") as f:
+        f.write(head + block + tail)
+    log(f"updated the latest table in {path}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (part of the test suite)")
@@ -1242,6 +1263,9 @@ def main():
                     help="directory for results.md, results.json, bench.png")
     ap.add_argument("--bin-dir", help="directory holding casserole-node and casserole-test-origin")
     ap.add_argument("--no-install", action="store_true", help="never apt-get install missing peers")
+    ap.add_argument("--update-readme", metavar="FILE",
+                    help="replace the tables between <!-- bench:latest --> markers in FILE "
+                         "(e.g. tests/bench/README-section.md)")
     ap.add_argument("--only", action="append",
                     choices=["hot", "cold_throttled", "cold_unthrottled", "amplification", "memory", "disk"],
                     help="run only these scenarios (repeatable)")
@@ -1287,6 +1311,8 @@ def main():
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(b.results, f, indent=1, default=str)
     png = chart(b.results, os.path.join(args.out, "bench.png"))
+    if args.update_readme:
+        update_readme(args.update_readme, md, os.path.join(args.out, "bench.png") if png else None)
     print(md)
     log(f"wrote {args.out}/results.md, results.json{', bench.png' if png else ''} "
         f"in {b.results['elapsed_s']:.0f}s")
