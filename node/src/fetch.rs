@@ -24,7 +24,7 @@ use crate::{
     metadata::MetadataStore,
     metrics::Metrics,
     object::{ChunkKey, ObjectMeta},
-    tier::{disk::DiskTier, memory::MemoryTier, peer::PeerTier, Source},
+    tier::{disk::DiskTier, memory::MemoryTier, peer::PeerTier, Chunk, Source},
     upstream::{ByteStream, Upstream, UpstreamError},
 };
 
@@ -110,7 +110,10 @@ pub struct ChunkReader {
 }
 
 enum ReaderState {
-    Ready(Option<Bytes>),
+    Ready {
+        chunk: Chunk,
+        next: usize,
+    },
     Following {
         flight: Arc<Flight>,
         progress: watch::Receiver<Progress>,
@@ -122,14 +125,18 @@ impl ChunkReader {
     /// Where this chunk's bytes come from, as far as known now.
     pub fn source(&self) -> Source {
         match &self.state {
-            ReaderState::Ready(_) => Source::Memory,
+            ReaderState::Ready { .. } => Source::Memory,
             ReaderState::Following { flight, .. } => flight.source(),
         }
     }
 
     pub async fn next(&mut self) -> Option<Result<Bytes, UpstreamError>> {
         match &mut self.state {
-            ReaderState::Ready(chunk) => chunk.take().map(Ok),
+            ReaderState::Ready { chunk, next } => {
+                let part = chunk.parts().get(*next).cloned();
+                *next += 1;
+                part.map(Ok)
+            }
             ReaderState::Following {
                 flight,
                 progress,
@@ -218,9 +225,9 @@ impl ChunkFetcher {
         route: Route,
     ) -> ChunkReader {
         let key = meta.chunk_key(version, index);
-        let hit = |chunk: Bytes| ChunkReader {
+        let hit = |chunk: Chunk| ChunkReader {
             collapsed: false,
-            state: ReaderState::Ready(Some(chunk)),
+            state: ReaderState::Ready { chunk, next: 0 },
         };
         if let Some(chunk) = self.memory.get(&key) {
             self.count_lookup("memory");
@@ -300,7 +307,7 @@ impl ChunkFetcher {
                 // upstream itself is persisted here.
                 if source == Source::Upstream {
                     if let Some(disk) = &self.disk {
-                        if let Err(e) = disk.put(&key, chunk).await {
+                        if let Err(e) = disk.put(&key, chunk.to_bytes()).await {
                             tracing::warn!(chunk = %key, error = %e,
                                 "disk tier write failed; chunk kept in memory only");
                         }
@@ -344,9 +351,9 @@ impl ChunkFetcher {
         key: &ChunkKey,
         flight: &Flight,
         remote_owners: &[Member],
-    ) -> Result<(Bytes, Source), UpstreamError> {
+    ) -> Result<(Chunk, Source), UpstreamError> {
         let expected = meta.chunk_len(key.index) as usize;
-        let mut whole = BytesMut::with_capacity(expected);
+        let mut assembly = Assembly::new(expected, flight);
         if let Some(peers) = &self.peers {
             for peer in remote_owners {
                 let attempt = match peers.fetch_chunk(peer, meta, key.index).await {
@@ -356,14 +363,14 @@ impl ChunkFetcher {
                             Source::Upstream => Source::Upstream,
                             _ => Source::Peer,
                         });
-                        pump(stream, &mut whole, flight)
-                            .await
-                            .map_err(|e| e.to_string())
+                        assembly.pump(stream).await.map_err(|e| e.to_string())
                     }
                     Err(e) => Err(e.to_string()),
                 };
                 match attempt {
-                    Ok(()) if whole.len() == expected => return Ok((whole.freeze(), Source::Peer)),
+                    Ok(()) if assembly.received() == expected => {
+                        return Ok((assembly.finish(), Source::Peer))
+                    }
                     Ok(()) => peers.mark_suspect(peer, &"chunk ended early"),
                     Err(why) => peers.mark_suspect(peer, &why),
                 }
@@ -371,12 +378,15 @@ impl ChunkFetcher {
         }
         if let Some(disk) = self.disk.as_ref().filter(|d| d.contains(key)) {
             match disk.get(key).await {
-                Some(chunk) if chunk.len() == expected => {
+                Some(bytes) if bytes.len() == expected => {
                     flight.set_source(Source::Disk);
-                    if whole.len() < expected {
-                        flight.push(chunk.slice(whole.len()..));
+                    let received = assembly.received();
+                    if received == 0 {
+                        flight.push(bytes.clone());
+                        return Ok((Chunk::from(bytes), Source::Disk));
                     }
-                    return Ok((chunk, Source::Disk));
+                    assembly.add(&bytes[received..]);
+                    return Ok((assembly.finish(), Source::Disk));
                 }
                 // Corrupt files were dropped by the disk tier; fetch the chunk again.
                 _ => {
@@ -386,8 +396,8 @@ impl ChunkFetcher {
         }
         flight.set_source(Source::Upstream);
         let stream = self.upstream.fetch_chunk(meta, key.index).await?;
-        pump(stream, &mut whole, flight).await?;
-        Ok((whole.freeze(), Source::Upstream))
+        assembly.pump(stream).await?;
+        Ok((assembly.finish(), Source::Upstream))
     }
 
     /// The bytes of `range` (inclusive) of `meta`, in order, with read-ahead.
@@ -413,28 +423,69 @@ impl ChunkFetcher {
     }
 }
 
-/// Appends a chunk stream to `whole` and the flight, skipping the bytes an earlier, failed source
-/// already delivered.
-async fn pump(
-    mut stream: ByteStream,
-    whole: &mut BytesMut,
-    flight: &Flight,
-) -> Result<(), UpstreamError> {
-    let mut skip = whole.len();
-    while let Some(piece) = stream.next().await {
-        let mut piece = piece?;
-        if skip > 0 {
+/// The first part of a chunk is handed to readers after this many bytes (low latency), later
+/// parts after twice as many as the one before, up to `LAST_PART` (few, large writes).
+const FIRST_PART: usize = 16 * 1024;
+const LAST_PART: usize = 256 * 1024;
+
+/// Builds a chunk in one allocation of its exact size and hands each completed part to the
+/// flight's readers; the finished chunk is those same parts, so nothing is copied twice.
+struct Assembly<'a> {
+    buf: BytesMut,
+    pushed: usize,
+    flush_at: usize,
+    flight: &'a Flight,
+}
+
+impl<'a> Assembly<'a> {
+    fn new(expected: usize, flight: &'a Flight) -> Self {
+        Assembly {
+            buf: BytesMut::with_capacity(expected),
+            pushed: 0,
+            flush_at: FIRST_PART,
+            flight,
+        }
+    }
+
+    fn received(&self) -> usize {
+        self.pushed + self.buf.len()
+    }
+
+    fn add(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= self.flush_at {
+            self.flush();
+            self.flush_at = (self.flush_at * 2).min(LAST_PART);
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            // split() keeps the remaining capacity: later parts land in the same allocation.
+            let part = self.buf.split().freeze();
+            self.pushed += part.len();
+            self.flight.push(part);
+        }
+    }
+
+    /// Appends a chunk stream, skipping the bytes an earlier, failed source already delivered.
+    async fn pump(&mut self, mut stream: ByteStream) -> Result<(), UpstreamError> {
+        let mut skip = self.received();
+        while let Some(piece) = stream.next().await {
+            let piece = piece?;
             let dropped = skip.min(piece.len());
-            piece = piece.slice(dropped..);
             skip -= dropped;
-            if piece.is_empty() {
-                continue;
+            if dropped < piece.len() {
+                self.add(&piece[dropped..]);
             }
         }
-        whole.extend_from_slice(&piece);
-        flight.push(piece);
+        Ok(())
     }
-    Ok(())
+
+    fn finish(mut self) -> Chunk {
+        self.flush();
+        Chunk::new(self.flight.pieces.lock().expect("flight lock").clone())
+    }
 }
 
 struct Open {

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use moka::{notification::RemovalCause, sync::Cache};
 
+use super::Chunk;
 use crate::{metrics::Metrics, object::ChunkKey};
 
 /// Bytes a cached entry costs beyond its payload (key, moka's entry bookkeeping); an estimate,
@@ -14,7 +14,7 @@ use crate::{metrics::Metrics, object::ChunkKey};
 const ENTRY_OVERHEAD: u64 = 160;
 
 pub struct MemoryTier {
-    chunks: Cache<ChunkKey, Bytes>,
+    chunks: Cache<ChunkKey, Chunk>,
     metrics: Arc<Metrics>,
 }
 
@@ -23,7 +23,7 @@ impl MemoryTier {
         let evictions = metrics.memory_evictions.clone();
         let chunks = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|_key: &ChunkKey, value: &Bytes| -> u32 {
+            .weigher(|_key: &ChunkKey, value: &Chunk| -> u32 {
                 (value.len() as u64 + ENTRY_OVERHEAD).min(u32::MAX as u64) as u32
             })
             .eviction_listener(move |_key, _value, cause| {
@@ -35,11 +35,11 @@ impl MemoryTier {
         MemoryTier { chunks, metrics }
     }
 
-    pub fn get(&self, key: &ChunkKey) -> Option<Bytes> {
+    pub fn get(&self, key: &ChunkKey) -> Option<Chunk> {
         self.chunks.get(key)
     }
 
-    pub fn insert(&self, key: ChunkKey, chunk: Bytes) {
+    pub fn insert(&self, key: ChunkKey, chunk: Chunk) {
         self.chunks.insert(key, chunk);
     }
 
@@ -74,6 +74,7 @@ impl MemoryTier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn key(i: u64) -> ChunkKey {
         ChunkKey {
@@ -87,7 +88,7 @@ mod tests {
         let m = Arc::new(Metrics::new());
         let tier = MemoryTier::new(1_000_000, m.clone());
         for i in 0..50 {
-            tier.insert(key(i), Bytes::from(vec![i as u8; 100_000]));
+            tier.insert(key(i), Bytes::from(vec![i as u8; 100_000]).into());
         }
         assert!(
             tier.weighted_size() <= 1_000_000,
@@ -95,10 +96,14 @@ mod tests {
             tier.weighted_size()
         );
         assert!(m.memory_evictions.get() >= 40);
-        tier.insert(key(99), Bytes::from(vec![7u8; 1000]));
+        tier.insert(key(99), Bytes::from(vec![7u8; 1000]).into());
         let a = tier.get(&key(99)).unwrap();
         let b = tier.get(&key(99)).unwrap();
-        assert_eq!(a.as_ptr(), b.as_ptr(), "a hit must not copy");
+        assert_eq!(
+            a.parts()[0].as_ptr(),
+            b.parts()[0].as_ptr(),
+            "a hit must not copy"
+        );
         tier.remove_version(&"ab".repeat(32));
         assert!(tier.get(&key(99)).is_none());
     }
