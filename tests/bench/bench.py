@@ -1051,6 +1051,8 @@ def render(results: dict) -> tuple[str, list[dict]]:
         for obj in ("small", "large"):
             cas, ngx = hot.get(obj, {}).get("casserole"), hot.get(obj, {}).get("nginx")
             var = hot.get(obj, {}).get("varnish")
+            if cas and not ngx:
+                target(f"hot hits {obj}: ≥ 1.0× nginx", "≥ 1.00", "n/a (no nginx in this run)", False)
             if cas and ngx:
                 k = "rps" if obj == "small" else "gbps"  # see wrk(): bytes are exact for large
                 ratios = [a[k] / b[k] if b[k] else 0 for a, b in zip(cas, ngx)]
