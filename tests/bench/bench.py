@@ -1275,19 +1275,27 @@ def main():
 
     cfg = SMOKE if args.smoke else FULL
 
+    tmp_dirs: list[str] = []
+
+    def abort(code: int):
+        Proc.stop_all()
+        for d in tmp_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        os._exit(code)
+
     def on_deadline(signum, frame):
         log("global deadline reached: stopping everything")
-        Proc.stop_all()
-        os._exit(3)
+        abort(3)
 
     def on_signal(signum, frame):
-        Proc.stop_all()
-        os._exit(130)
+        log(f"signal {signum}: stopping everything")
+        abort(130)
 
     signal.signal(signal.SIGALRM, on_deadline)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     b = Bench(args)  # installs missing peers first (not counted in the deadline)
+    tmp_dirs.append(b.tmp)
     signal.alarm(cfg["deadline"] + 60)
     loads: list[float] = []
     done = threading.Event()
