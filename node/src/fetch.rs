@@ -17,7 +17,7 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::{
     cluster::membership::Member,
@@ -110,6 +110,15 @@ pub struct ChunkReader {
 }
 
 enum ReaderState {
+    /// In memory when the window reached it: opened only when read, so read-ahead over cached
+    /// chunks pins nothing (a chunk evicted meanwhile is then fetched like any miss).
+    Deferred {
+        fetcher: Arc<ChunkFetcher>,
+        meta: Arc<ObjectMeta>,
+        version: Arc<str>,
+        index: u64,
+        route: Route,
+    },
     Ready {
         chunk: Chunk,
         next: usize,
@@ -125,13 +134,24 @@ impl ChunkReader {
     /// Where this chunk's bytes come from, as far as known now.
     pub fn source(&self) -> Source {
         match &self.state {
-            ReaderState::Ready { .. } => Source::Memory,
+            ReaderState::Ready { .. } | ReaderState::Deferred { .. } => Source::Memory,
             ReaderState::Following { flight, .. } => flight.source(),
         }
     }
 
     pub async fn next(&mut self) -> Option<Result<Bytes, UpstreamError>> {
+        if let ReaderState::Deferred {
+            fetcher,
+            meta,
+            version,
+            index,
+            route,
+        } = &self.state
+        {
+            *self = fetcher.open(meta, version, *index, *route);
+        }
         match &mut self.state {
+            ReaderState::Deferred { .. } => unreachable!("resolved above"),
             ReaderState::Ready { chunk, next } => {
                 let part = chunk.parts().get(*next).cloned();
                 *next += 1;
@@ -171,8 +191,31 @@ pub struct ChunkFetcher {
     upstream: Arc<Upstream>,
     metadata: Arc<MetadataStore>,
     flights: Mutex<HashMap<ChunkKey, Arc<Flight>>>,
+    /// Bytes of chunks being fetched, not yet in the memory tier: with the tier's own bound this
+    /// keeps all chunk memory within `--max-memory-usage`, however many requests are in flight.
+    flight_budget: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     readahead: usize,
+}
+
+/// How `--max-memory-usage` is split between cached chunks and chunks being fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    pub tier_bytes: u64,
+    pub flight_bytes: u64,
+}
+
+impl MemoryBudget {
+    /// An eighth for fetches in flight, but always enough for one request's whole read-ahead
+    /// window; the rest for the memory tier.
+    pub fn split(max_memory: u64, chunk_size: u64, readahead: usize) -> Self {
+        let window = chunk_size * (readahead as u64 + 1);
+        let flight_bytes = (max_memory / 8).max(window).min(u32::MAX as u64);
+        MemoryBudget {
+            tier_bytes: max_memory.saturating_sub(flight_bytes).max(chunk_size),
+            flight_bytes,
+        }
+    }
 }
 
 /// The tiers a fetcher walks, fastest first; the upstream is the last source.
@@ -189,6 +232,7 @@ impl ChunkFetcher {
         metadata: Arc<MetadataStore>,
         metrics: Arc<Metrics>,
         readahead: usize,
+        flight_bytes: u64,
     ) -> Arc<Self> {
         let Tiers {
             memory,
@@ -203,6 +247,7 @@ impl ChunkFetcher {
             upstream,
             metadata,
             flights: Mutex::new(HashMap::new()),
+            flight_budget: Arc::new(Semaphore::new(flight_bytes as usize)),
             metrics,
             readahead,
         })
@@ -214,6 +259,29 @@ impl ChunkFetcher {
 
     fn count_lookup(&self, tier: &str) {
         self.metrics.chunk_sources.with_label_values(&[tier]).inc();
+    }
+
+    /// Like `open`, but a chunk now in memory is only looked up again when it is read.
+    pub fn open_ahead(
+        self: &Arc<Self>,
+        meta: &Arc<ObjectMeta>,
+        version: &Arc<str>,
+        index: u64,
+        route: Route,
+    ) -> ChunkReader {
+        if self.memory.contains(&meta.chunk_key(version, index)) {
+            return ChunkReader {
+                collapsed: false,
+                state: ReaderState::Deferred {
+                    fetcher: self.clone(),
+                    meta: meta.clone(),
+                    version: version.clone(),
+                    index,
+                    route,
+                },
+            };
+        }
+        self.open(meta, version, index, route)
     }
 
     /// Starts (or joins) getting chunk `index` of `meta`; never waits.
@@ -289,6 +357,15 @@ impl ChunkFetcher {
         remote_owners: Vec<Member>,
     ) {
         let _guard = FlightGuard(flight.clone());
+        // Held until the chunk is in the memory tier (or the fetch failed). The budget always
+        // covers at least a whole read-ahead window, so one chunk always fits.
+        let chunk_bytes = meta.chunk_len(key.index).min(u32::MAX as u64) as u32;
+        let _budget = self
+            .flight_budget
+            .clone()
+            .acquire_many_owned(chunk_bytes)
+            .await
+            .expect("the flight budget is never closed");
         let started = Instant::now();
         let result = self.fill(&meta, &key, &flight, &remote_owners).await;
         match result {
@@ -514,11 +591,21 @@ pub struct RangeReader {
 
 impl RangeReader {
     fn fill_window(&mut self) {
-        while self.window.len() <= self.fetcher.readahead && self.next_to_open <= self.last_chunk {
+        // Until the first bytes arrive only the first chunk is fetched: read-ahead fetches
+        // starting at the same moment would compete with it for the upstream and delay them.
+        let window = if self.last_source.is_none() {
+            1
+        } else {
+            self.fetcher.readahead + 1
+        };
+        while self.window.len() < window && self.next_to_open <= self.last_chunk {
             let index = self.next_to_open;
-            let reader = self
-                .fetcher
-                .open(&self.meta, &self.version, index, self.route);
+            let fetcher = &self.fetcher;
+            let reader = if self.window.is_empty() {
+                fetcher.open(&self.meta, &self.version, index, self.route)
+            } else {
+                fetcher.open_ahead(&self.meta, &self.version, index, self.route)
+            };
             self.window.push_back(Open {
                 index,
                 offset: 0,
@@ -609,5 +696,26 @@ impl RangeReader {
         futures::stream::unfold(self, |mut reader| async move {
             reader.next().await.map(|item| (item, reader))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryBudget;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn the_memory_budget_covers_tier_and_flights_within_the_maximum() {
+        let b = MemoryBudget::split(256 * MIB, 2 * MIB, 4);
+        assert_eq!(b.flight_bytes, 32 * MIB);
+        assert_eq!(b.tier_bytes + b.flight_bytes, 256 * MIB);
+        // Small memory: a read-ahead window still fits in flight.
+        let b = MemoryBudget::split(16 * MIB, 2 * MIB, 4);
+        assert_eq!(b.flight_bytes, 10 * MIB);
+        assert_eq!(b.tier_bytes, 6 * MIB);
+        // Tiny memory: the tier keeps at least one chunk.
+        let b = MemoryBudget::split(4 * MIB, 2 * MIB, 4);
+        assert_eq!(b.tier_bytes, 2 * MIB);
     }
 }

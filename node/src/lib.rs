@@ -22,7 +22,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use crate::{
     cluster::membership::{EtcdConfig, Member, Membership},
     config::Config,
-    fetch::{ChunkFetcher, Tiers},
+    fetch::{ChunkFetcher, MemoryBudget, Tiers},
     http::{admin::Admin, peer_api::PeerApi, serve::Front, ServerLimits},
     metadata::{MetadataConfig, MetadataStore},
     metrics::Metrics,
@@ -138,9 +138,10 @@ impl RunningNode {
             peers.clone(),
             metrics.clone(),
         ));
+        let budget = MemoryBudget::split(cfg.max_memory_usage.0, cfg.chunk_size.0, cfg.readahead);
         let fetcher = ChunkFetcher::new(
             Tiers {
-                memory: MemoryTier::new(cfg.max_memory_usage.0, metrics.clone()),
+                memory: MemoryTier::new(budget.tier_bytes, metrics.clone()),
                 peers: peers.clone(),
                 disk,
                 upstream: upstream.clone(),
@@ -148,6 +149,7 @@ impl RunningNode {
             metadata.clone(),
             metrics.clone(),
             cfg.readahead,
+            budget.flight_bytes,
         );
         let front = Arc::new(Front {
             upstream,

@@ -39,8 +39,16 @@ impl MemoryTier {
         self.chunks.get(key)
     }
 
+    pub fn contains(&self, key: &ChunkKey) -> bool {
+        self.chunks.contains_key(key)
+    }
+
     pub fn insert(&self, key: ChunkKey, chunk: Chunk) {
         self.chunks.insert(key, chunk);
+        // moka evicts in deferred maintenance; with multi-MiB entries arriving quickly that
+        // would let the tier overshoot its bound by many chunks. One maintenance pass per chunk
+        // costs little next to fetching it.
+        self.chunks.run_pending_tasks();
     }
 
     pub fn remove_version(&self, version: &str) {
