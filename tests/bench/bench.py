@@ -1273,7 +1273,7 @@ def main():
     ap.add_argument("--no-install", action="store_true", help="never apt-get install missing peers")
     ap.add_argument("--update-readme", metavar="FILE",
                     help="replace the tables between <!-- bench:latest --> markers in FILE "
-                         "(e.g. tests/bench/README-section.md)")
+                         "(e.g. README.md)")
     ap.add_argument("--only", action="append",
                     choices=["hot", "cold_throttled", "cold_unthrottled", "amplification", "memory", "disk"],
                     help="run only these scenarios (repeatable)")
