@@ -14,6 +14,9 @@ pub mod policy;
 pub mod tier;
 pub mod upstream;
 
+#[cfg(test)]
+mod test_support;
+
 use std::sync::{atomic::AtomicBool, Arc};
 
 use anyhow::Context as _;

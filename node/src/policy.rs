@@ -222,6 +222,7 @@ pub fn evaluate_head(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::headers;
 
     fn ctx() -> HeadContext<'static> {
         HeadContext {
@@ -231,17 +232,6 @@ mod tests {
             chunk_size: 4,
             response_time: SystemTime::now(),
         }
-    }
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
     }
 
     fn good() -> Vec<(&'static str, &'static str)> {

@@ -136,6 +136,7 @@ impl Multipart {
 mod tests {
     use super::*;
     use crate::object::Validator;
+    use crate::test_support::headers;
 
     fn meta() -> ObjectMeta {
         let validator = Validator::StrongEtag("\"v1\"".into());
@@ -152,17 +153,6 @@ mod tests {
             initial_age: 0,
             fresh_until: u64::MAX,
         }
-    }
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
     }
 
     #[test]
