@@ -199,3 +199,22 @@ async fn a_failing_head_passes_the_request_through() {
     );
     recovers(&origin, &url).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_tls_handshake_with_the_upstream_is_a_502() {
+    // An https upstream that speaks plain HTTP: the TLS client (rustls, verifying) must fail
+    // cleanly, never fall back to cleartext.
+    let origin = Origin::start().await;
+    origin.put("/t.bin", ObjectSpec::new(MIB).seed(22));
+    let https = origin.url().replace("http://", "https://");
+    let node = NodeBuilder::new(https).spawn().await;
+    let (status, _, body) = get_bytes(&format!("{}/t.bin", node.url()), &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 502, "{body:?}");
+    assert_eq!(
+        origin.stats().get_requests,
+        0,
+        "nothing was sent in cleartext"
+    );
+}
