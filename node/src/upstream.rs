@@ -312,7 +312,7 @@ impl Upstream {
         method: Method,
         path_and_query: &str,
         headers: &HeaderMap,
-        body: reqwest::Body,
+        body: Option<reqwest::Body>,
     ) -> Result<reqwest::Response, UpstreamError> {
         self.metrics
             .upstream_requests
@@ -324,10 +324,14 @@ impl Upstream {
                 out.append(name.clone(), value.clone());
             }
         }
-        self.client
+        let mut request = self
+            .client
             .request(method, self.url_for(path_and_query))
-            .headers(out)
-            .body(body)
+            .headers(out);
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        request
             .send()
             .await
             .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))

@@ -298,7 +298,7 @@ impl Front {
                 parts.method,
                 path,
                 &parts.headers,
-                reqwest::Body::wrap(incoming),
+                request_body(&parts.headers, incoming),
             )
             .await
         {
@@ -328,6 +328,14 @@ impl Front {
         *res.body_mut() = body::streaming(sync_stream(stream));
         Ok(res)
     }
+}
+
+/// The body to forward: streamed when the client declared one, none otherwise (a bodiless GET
+/// must not turn into a chunked one upstream).
+fn request_body(headers: &http::HeaderMap, incoming: Incoming) -> Option<reqwest::Body> {
+    let declared = headers.contains_key(header::CONTENT_LENGTH)
+        || headers.contains_key(header::TRANSFER_ENCODING);
+    declared.then(|| reqwest::Body::wrap(incoming))
 }
 
 /// Wraps a `Send` stream so that it is also `Sync`, as the boxed body type requires; only one
