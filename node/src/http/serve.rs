@@ -124,7 +124,11 @@ impl Front {
             return Ok(res);
         }
         if req.method() == Method::HEAD {
-            self.count("hit", "metadata");
+            let result = match meta_source {
+                MetaSource::Cached => "hit",
+                MetaSource::Upstream => "miss",
+            };
+            self.count(result, "metadata");
             let mut res = self.cached_response(StatusCode::OK, &meta, meta_status, body::empty());
             set_len(&mut res, meta.length);
             return Ok(res);
