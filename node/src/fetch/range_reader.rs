@@ -59,15 +59,10 @@ impl RangeReader {
         }
     }
 
-    /// Source and collapsing of the chunk the last bytes came from (or, before any, of the
-    /// first chunk).
-    pub fn source(&mut self) -> Option<(Source, bool)> {
-        self.fill_window();
-        self.last_source.or_else(|| {
-            self.window
-                .front()
-                .map(|o| (o.reader.source(), o.reader.collapsed))
-        })
+    /// Source and collapsing of the chunk the last bytes (or the error) came from; `None` before
+    /// the first call to `next`. Only reports: it never opens a chunk.
+    pub fn source(&self) -> Option<(Source, bool)> {
+        self.last_source
     }
 
     pub async fn next(&mut self) -> Option<Result<Bytes, UpstreamError>> {
@@ -117,6 +112,7 @@ impl RangeReader {
                             .open(&self.meta, &self.version, open.index, self.route);
                 }
                 Some(Err(e)) => {
+                    self.last_source = Some((open.reader.source(), open.reader.collapsed));
                     self.failed = true;
                     self.window.clear();
                     return Some(Err(e));

@@ -91,10 +91,6 @@ impl PeerTier {
         self.cfg.hot_copy
     }
 
-    pub fn membership(&self) -> &Membership {
-        &self.membership
-    }
-
     /// Remote members to ask for `key`, in rendezvous order, up to this node itself: past that
     /// point this node is the best live owner and serves from its own tiers.
     pub fn remote_owners(&self, key: &str) -> Vec<Member> {
