@@ -213,11 +213,6 @@ pub struct Config {
           num_args = 0..=1, default_missing_value = "true")]
     pub peer_hot_copy: bool,
 
-    /// Print the name of every metric this node exports, one a line, and exit (for checking
-    /// dashboards and alerts).
-    #[arg(long, hide = true)]
-    pub print_metric_names: bool,
-
     /// Lease TTL of this node's membership record in etcd.
     #[arg(long, env = "CASSEROLE_MEMBER_TTL", default_value = "10s", value_parser = parse_duration)]
     pub member_ttl: Duration,

@@ -23,19 +23,28 @@ use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
-    cluster::membership::{EtcdConfig, Member, Membership},
+    cluster::membership::{ClusterMetrics, EtcdConfig, Member, Membership},
     config::Config,
     fetch::{ChunkFetcher, MemoryBudget, Tiers},
     http::{admin::Admin, peer_api::PeerApi, serve::Front, ServerLimits},
     metadata::{MetadataConfig, MetadataStore},
-    metrics::Metrics,
+    metrics::{Metrics, Registrar},
     tier::{
-        disk::{DiskConfig, DiskTier},
+        disk::{DiskConfig, DiskMetrics, DiskTier},
         memory::MemoryTier,
         peer::{PeerConfig, PeerTier},
     },
     upstream::{Upstream, UpstreamConfig},
 };
+
+/// Every metric name a node exports (for checking dashboards and alerts against them).
+pub fn metric_names() -> Vec<String> {
+    let registrar = Registrar::new();
+    Metrics::new(&registrar);
+    DiskMetrics::new(&registrar);
+    ClusterMetrics::new(&registrar);
+    registrar.names()
+}
 
 /// A started node: its listeners run until [`RunningNode::shutdown`].
 pub struct RunningNode {
@@ -50,7 +59,8 @@ pub struct RunningNode {
     others: Vec<JoinHandle<bool>>,
 }
 
-fn membership(cfg: &Config, metrics: &Metrics) -> Membership {
+fn membership(cfg: &Config, registrar: &Registrar) -> Membership {
+    let metrics = ClusterMetrics::new(registrar);
     let me = Member {
         id: cfg.node_id(),
         url: cfg.peering_address.clone(),
@@ -64,7 +74,7 @@ fn membership(cfg: &Config, metrics: &Metrics) -> Membership {
                 peering_url: me.url,
                 ttl: cfg.member_ttl,
             },
-            metrics.cluster.clone(),
+            metrics,
         );
     }
     if !cfg.peers.is_empty() {
@@ -81,15 +91,16 @@ fn membership(cfg: &Config, metrics: &Metrics) -> Membership {
                 url: url.clone(),
             })
             .collect();
-        return Membership::fixed(me, peers);
+        return Membership::fixed(me, peers, metrics);
     }
-    Membership::standalone(me)
+    Membership::fixed(me, Vec::new(), metrics)
 }
 
 impl RunningNode {
     /// Builds the tiers, binds the listeners and starts serving.
     pub async fn start(cfg: Config) -> anyhow::Result<Self> {
-        let metrics = Arc::new(Metrics::new());
+        let registrar = Registrar::new();
+        let metrics = Arc::new(Metrics::new(&registrar));
         let upstream = Arc::new(Upstream::new(
             UpstreamConfig {
                 base: cfg.upstream().clone(),
@@ -105,7 +116,7 @@ impl RunningNode {
                 max_bytes: cfg.max_disk_usage.0,
                 cleaned_bytes: cfg.cleaned_disk_usage.0,
             };
-            let tier = DiskTier::open(disk_cfg, metrics.disk.clone())
+            let tier = DiskTier::open(disk_cfg, DiskMetrics::new(&registrar))
                 .await
                 .with_context(|| {
                     format!("opening the disk tier in {}", cfg.disk_cache_dir.display())
@@ -116,7 +127,7 @@ impl RunningNode {
         } else {
             None
         };
-        let membership = membership(&cfg, &metrics);
+        let membership = membership(&cfg, &registrar);
         let peer_token = cfg.peer_token()?;
         let peers = match (&peer_token, cfg.clustered()) {
             (Some(token), true) => Some(Arc::new(PeerTier::new(

@@ -19,8 +19,9 @@ fn init_logging(format: LogFormat) {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // A hidden flag for checking dashboards and alerts: every metric name, one a line.
     if std::env::args().any(|a| a == "--print-metric-names") {
-        for name in casserole_node::metrics::Metrics::new().names {
+        for name in casserole_node::metric_names() {
             println!("{name}");
         }
         return std::process::ExitCode::SUCCESS;

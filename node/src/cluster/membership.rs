@@ -37,7 +37,7 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Metrics the lead registers and this module updates.
+/// Membership metrics, registered by this module.
 #[derive(Clone)]
 pub struct ClusterMetrics {
     /// Live members, self included.
@@ -49,6 +49,20 @@ pub struct ClusterMetrics {
 }
 
 impl ClusterMetrics {
+    pub fn new(r: &crate::metrics::Registrar) -> Self {
+        ClusterMetrics {
+            members: r.gauge(
+                "casserole_cluster_members",
+                "Live cluster members known to this node, itself included",
+            ),
+            etcd_errors: r.counter("casserole_etcd_errors_total", "Failed etcd operations"),
+            lease_registrations: r.counter(
+                "casserole_lease_registrations_total",
+                "Membership re-registrations after a lost etcd lease",
+            ),
+        }
+    }
+
     /// Metrics not registered anywhere (tests, or when metrics are off).
     pub fn unregistered() -> Self {
         ClusterMetrics {
@@ -176,13 +190,13 @@ pub struct Membership {
 impl Membership {
     /// Just this node; loaded at once.
     pub fn standalone(self_member: Member) -> Membership {
-        Self::fixed(self_member, Vec::new())
+        Self::fixed(self_member, Vec::new(), ClusterMetrics::unregistered())
     }
 
     /// A static peer list (`--peers`); self is added if not listed, and self's
     /// own URL wins over a listed one. Loaded at once.
-    pub fn fixed(self_member: Member, peers: Vec<Member>) -> Membership {
-        let shared = Shared::new(self_member, true, ClusterMetrics::unregistered());
+    pub fn fixed(self_member: Member, peers: Vec<Member>, metrics: ClusterMetrics) -> Membership {
+        let shared = Shared::new(self_member, true, metrics);
         let others: BTreeMap<String, String> = peers.into_iter().map(|m| (m.id, m.url)).collect();
         shared.publish(&others);
         Membership {

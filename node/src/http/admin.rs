@@ -25,11 +25,7 @@ impl Admin {
         match req.uri().path() {
             "/metrics" => {
                 self.fetcher.memory().refresh_gauges();
-                self.metrics
-                    .cluster
-                    .members
-                    .set(self.membership.members().len() as i64);
-                let mut res = Response::new(body::full(self.metrics.render()));
+                let mut res = Response::new(body::full(self.metrics.registrar.render()));
                 res.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -69,6 +69,29 @@ pub struct DiskMetrics {
 }
 
 impl DiskMetrics {
+    pub fn new(r: &crate::metrics::Registrar) -> Self {
+        DiskMetrics {
+            used_bytes: r.gauge(
+                "casserole_disk_bytes",
+                "Bytes of chunks held by the disk tier",
+            ),
+            chunks: r.gauge("casserole_disk_chunks", "Chunks held by the disk tier"),
+            evictions: r.counter(
+                "casserole_disk_evictions_total",
+                "Chunks evicted from the disk tier",
+            ),
+            checksum_failures: r.counter(
+                "casserole_disk_checksum_failures_total",
+                "Chunk or metadata files that failed verification and were deleted",
+            ),
+            write_errors: r.counter(
+                "casserole_disk_write_errors_total",
+                "Failed disk tier writes (e.g. disk full)",
+            ),
+            read_errors: r.counter("casserole_disk_read_errors_total", "Failed disk tier reads"),
+        }
+    }
+
     pub fn unregistered() -> Self {
         let g = |n: &str| IntGauge::new(n, n).expect("valid metric name");
         let c = |n: &str| IntCounter::new(n, n).expect("valid metric name");

@@ -93,7 +93,7 @@ mod tests {
 
     #[test]
     fn stays_within_its_byte_bound_and_hits_share_bytes() {
-        let m = Arc::new(Metrics::new());
+        let m = Arc::new(Metrics::unregistered());
         let tier = MemoryTier::new(1_000_000, m.clone());
         for i in 0..50 {
             tier.insert(key(i), Bytes::from(vec![i as u8; 100_000]).into());

@@ -31,13 +31,17 @@ fn fixed_adds_self_sorts_and_dedups() {
         m("a", "http://a"),
         m("b", "http://stale"),
     ];
-    let ms = Membership::fixed(me.clone(), peers);
+    let ms = Membership::fixed(me.clone(), peers, ClusterMetrics::unregistered());
     assert!(ms.is_loaded());
     assert_eq!(
         *ms.members(),
         vec![m("a", "http://a"), me.clone(), m("c", "http://c")]
     );
-    let ms = Membership::fixed(me.clone(), vec![m("z", "http://z")]);
+    let ms = Membership::fixed(
+        me.clone(),
+        vec![m("z", "http://z")],
+        ClusterMetrics::unregistered(),
+    );
     assert_eq!(ids(&ms.members()), vec!["b", "z"]);
 }
 
