@@ -1,8 +1,12 @@
 //! Casserole cache node: a chunked, tiered, streaming HTTP cache for large objects.
 //!
-//! Module map (dependencies point down): `http` → `fetch` → `metadata`/`tier`/`policy`/`upstream`
-//! → `object`/`config`/`metrics`.
+//! Module map (dependencies point down; nothing below calls back up):
+//! `lib` (wiring) → `http` (front, admin) → `fetch` (the walk over chunk sources) → `metadata`
+//! → `peer` (protocol: wire, client, server) / `tier` (memory, disk, upstream source) →
+//! `source` (the `ChunkSource` seam) → `upstream`, `policy` → `cluster`, `object`, `body`,
+//! `config`, `metrics`.
 
+pub mod body;
 pub mod cluster;
 pub mod config;
 pub mod fetch;
@@ -10,14 +14,19 @@ pub mod http;
 pub mod metadata;
 pub mod metrics;
 pub mod object;
+pub mod peer;
 pub mod policy;
+pub mod source;
 pub mod tier;
 pub mod upstream;
 
 #[cfg(test)]
 mod test_support;
 
-use std::sync::{atomic::AtomicBool, Arc};
+use std::{
+    net::SocketAddr,
+    sync::{atomic::AtomicBool, Arc},
+};
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
@@ -25,33 +34,46 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use crate::{
     cluster::membership::{ClusterMetrics, EtcdConfig, Member, Membership},
     config::Config,
-    fetch::{ChunkFetcher, MemoryBudget, Tiers},
-    http::{admin::Admin, peer_api::PeerApi, serve::Front, ServerLimits},
-    metadata::{MetadataConfig, MetadataStore},
-    metrics::{Metrics, Registrar},
+    fetch::{ChunkFetcher, FetchConfig, FetchMetrics, MemoryBudget, PeerChunks, Sources},
+    http::{admin::Admin, serve::Front, serve::RequestMetrics, ServerLimits},
+    metadata::{MetadataConfig, MetadataMetrics, MetadataStore},
+    metrics::Registrar,
+    peer::{
+        client::{PeerClient, PeerConfig},
+        server::PeerApi,
+        PeerMetrics,
+    },
+    source::ChunkSource,
     tier::{
         disk::{DiskConfig, DiskMetrics, DiskTier},
-        memory::MemoryTier,
-        peer::{PeerConfig, PeerTier},
+        memory::{MemoryMetrics, MemoryTier},
+        upstream::UpstreamSource,
     },
-    upstream::{Upstream, UpstreamConfig},
+    upstream::{Upstream, UpstreamConfig, UpstreamMetrics},
 };
+
+/// How long a new chunk fetch waits for memory before its request fails with 503.
+const MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Every metric name a node exports (for checking dashboards and alerts against them).
 pub fn metric_names() -> Vec<String> {
-    let registrar = Registrar::new();
-    Metrics::new(&registrar);
-    DiskMetrics::new(&registrar);
-    ClusterMetrics::new(&registrar);
-    registrar.names()
+    let r = Registrar::new();
+    UpstreamMetrics::new(&r);
+    RequestMetrics::new(&r);
+    FetchMetrics::new(&r);
+    MetadataMetrics::new(&r);
+    MemoryMetrics::new(&r);
+    PeerMetrics::new(&r);
+    DiskMetrics::new(&r);
+    ClusterMetrics::new(&r);
+    r.names()
 }
 
 /// A started node: its listeners run until [`RunningNode::shutdown`].
 pub struct RunningNode {
-    pub client_addr: std::net::SocketAddr,
-    pub admin_addr: std::net::SocketAddr,
-    pub peer_addr: Option<std::net::SocketAddr>,
-    pub metrics: Arc<Metrics>,
+    pub client_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub peer_addr: Option<SocketAddr>,
     membership: Membership,
     ready: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
@@ -96,98 +118,149 @@ fn membership(cfg: &Config, registrar: &Registrar) -> Membership {
     Membership::fixed(me, Vec::new(), metrics)
 }
 
+async fn open_disk(cfg: &Config, registrar: &Registrar) -> anyhow::Result<Option<Arc<DiskTier>>> {
+    if !cfg.disk_cache_enabled {
+        return Ok(None);
+    }
+    let disk_cfg = DiskConfig {
+        dir: cfg.disk_cache_dir.clone(),
+        max_bytes: cfg.max_disk_usage.0,
+        cleaned_bytes: cfg.cleaned_disk_usage.0,
+    };
+    let tier = DiskTier::open(disk_cfg, DiskMetrics::new(registrar))
+        .await
+        .with_context(|| format!("opening the disk tier in {}", cfg.disk_cache_dir.display()))?;
+    tracing::info!(dir = %cfg.disk_cache_dir.display(), chunks = tier.chunk_count(),
+        bytes = tier.used_bytes(), "disk tier ready");
+    Ok(Some(tier))
+}
+
+/// The node's parts, wired together; no listener is bound yet.
+struct Parts {
+    membership: Membership,
+    front: Arc<Front>,
+    admin: Arc<Admin>,
+    peer_api: Option<Arc<PeerApi>>,
+}
+
+/// The memory tier and the fetcher that walks memory, owner peers, disk and the upstream.
+fn fetcher(
+    cfg: &Config,
+    registrar: &Registrar,
+    upstream: &Arc<Upstream>,
+    disk: Option<Arc<DiskTier>>,
+    peers: Option<Arc<PeerClient>>,
+    metadata: &Arc<MetadataStore>,
+) -> (Arc<ChunkFetcher>, Arc<MemoryTier>) {
+    let budget = MemoryBudget::split(cfg.max_memory_usage.0, cfg.chunk_size.0, cfg.readahead);
+    let memory = Arc::new(MemoryTier::new(
+        budget.tier_bytes,
+        cfg.peer_hot_copy,
+        MemoryMetrics::new(registrar),
+    ));
+    let mut local: Vec<Arc<dyn ChunkSource>> = Vec::new();
+    if let Some(disk) = disk {
+        local.push(disk);
+    }
+    local.push(Arc::new(UpstreamSource(upstream.clone())));
+    let fetcher = ChunkFetcher::new(
+        Sources {
+            memory: memory.clone(),
+            peers,
+            local,
+        },
+        Some(metadata.clone()),
+        FetchConfig {
+            readahead: cfg.readahead,
+            flight_bytes: budget.flight_bytes,
+            budget_timeout: MEMORY_WAIT,
+        },
+        FetchMetrics::new(registrar),
+    );
+    (fetcher, memory)
+}
+
+async fn build(cfg: &Config) -> anyhow::Result<Parts> {
+    let registrar = Registrar::new();
+    let upstream = Arc::new(Upstream::new(
+        UpstreamConfig {
+            base: cfg.upstream().clone(),
+            connect_timeout: cfg.upstream_connect_timeout,
+            read_timeout: cfg.upstream_read_timeout,
+            insecure: cfg.upstream_insecure,
+        },
+        UpstreamMetrics::new(&registrar),
+    )?);
+    let disk = open_disk(cfg, &registrar).await?;
+    let membership = membership(cfg, &registrar);
+    let peer_token = cfg.peer_token()?.filter(|_| cfg.clustered());
+    let peer_metrics = PeerMetrics::new(&registrar);
+    let peers = match &peer_token {
+        Some(token) => Some(Arc::new(PeerClient::new(
+            membership.clone(),
+            PeerConfig {
+                token: token.clone(),
+                timeout: cfg.peer_timeout,
+            },
+            peer_metrics.clone(),
+        )?)),
+        None => None,
+    };
+    let metadata = Arc::new(MetadataStore::new(
+        MetadataConfig {
+            min_ttl: cfg.min_ttl,
+            chunk_size: cfg.chunk_size.0,
+            max_entries: 100_000,
+        },
+        upstream.clone(),
+        disk.clone(),
+        peers.clone(),
+        MetadataMetrics::new(&registrar),
+    ));
+    let (fetcher, memory) = fetcher(cfg, &registrar, &upstream, disk, peers, &metadata);
+    let peer_api = peer_token.map(|token| {
+        Arc::new(PeerApi {
+            token,
+            chunks: Arc::new(PeerChunks(fetcher.clone())),
+            metadata: metadata.clone(),
+            path_is_valid: http::serve::is_clean_path,
+            metrics: peer_metrics,
+        })
+    });
+    let front = Arc::new(Front {
+        upstream,
+        metadata,
+        fetcher,
+        pass_through: cfg.pass_through_set()?,
+        metrics: RequestMetrics::new(&registrar),
+    });
+    let admin = Arc::new(Admin {
+        registrar: registrar.clone(),
+        memory,
+        ready: Arc::new(AtomicBool::new(false)),
+        membership: membership.clone(),
+    });
+    Ok(Parts {
+        membership,
+        front,
+        admin,
+        peer_api,
+    })
+}
+
+async fn bind(addr: SocketAddr, flag: &'static str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {flag} {addr}"))
+}
+
 impl RunningNode {
     /// Builds the tiers, binds the listeners and starts serving.
     pub async fn start(cfg: Config) -> anyhow::Result<Self> {
-        let registrar = Registrar::new();
-        let metrics = Arc::new(Metrics::new(&registrar));
-        let upstream = Arc::new(Upstream::new(
-            UpstreamConfig {
-                base: cfg.upstream().clone(),
-                connect_timeout: cfg.upstream_connect_timeout,
-                read_timeout: cfg.upstream_read_timeout,
-                insecure: cfg.upstream_insecure,
-            },
-            metrics.clone(),
-        )?);
-        let disk = if cfg.disk_cache_enabled {
-            let disk_cfg = DiskConfig {
-                dir: cfg.disk_cache_dir.clone(),
-                max_bytes: cfg.max_disk_usage.0,
-                cleaned_bytes: cfg.cleaned_disk_usage.0,
-            };
-            let tier = DiskTier::open(disk_cfg, DiskMetrics::new(&registrar))
-                .await
-                .with_context(|| {
-                    format!("opening the disk tier in {}", cfg.disk_cache_dir.display())
-                })?;
-            tracing::info!(dir = %cfg.disk_cache_dir.display(), chunks = tier.chunk_count(),
-                bytes = tier.used_bytes(), "disk tier ready");
-            Some(tier)
-        } else {
-            None
-        };
-        let membership = membership(&cfg, &registrar);
-        let peer_token = cfg.peer_token()?;
-        let peers = match (&peer_token, cfg.clustered()) {
-            (Some(token), true) => Some(Arc::new(PeerTier::new(
-                membership.clone(),
-                PeerConfig {
-                    token: token.clone(),
-                    timeout: cfg.peer_timeout,
-                    hot_copy: cfg.peer_hot_copy,
-                },
-                metrics.clone(),
-            )?)),
-            _ => None,
-        };
-        let metadata = Arc::new(MetadataStore::new(
-            MetadataConfig {
-                min_ttl: cfg.min_ttl,
-                chunk_size: cfg.chunk_size.0,
-                max_entries: 100_000,
-            },
-            upstream.clone(),
-            disk.clone(),
-            peers.clone(),
-            metrics.clone(),
-        ));
-        let budget = MemoryBudget::split(cfg.max_memory_usage.0, cfg.chunk_size.0, cfg.readahead);
-        let fetcher = ChunkFetcher::new(
-            Tiers {
-                memory: MemoryTier::new(budget.tier_bytes, metrics.clone()),
-                peers: peers.clone(),
-                disk,
-                upstream: upstream.clone(),
-            },
-            metadata.clone(),
-            metrics.clone(),
-            cfg.readahead,
-            budget.flight_bytes,
-        );
-        let front = Arc::new(Front {
-            upstream,
-            metadata: metadata.clone(),
-            fetcher: fetcher.clone(),
-            pass_through: cfg.pass_through_set()?,
-            metrics: metrics.clone(),
-        });
-        let ready = Arc::new(AtomicBool::new(false));
-        let admin = Arc::new(Admin {
-            metrics: metrics.clone(),
-            fetcher: fetcher.clone(),
-            ready: ready.clone(),
-            membership: membership.clone(),
-        });
-
-        let bind = |addr: std::net::SocketAddr, flag: &'static str| async move {
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {flag} {addr}"))
-        };
+        let parts = build(&cfg).await?;
         let client_listener = bind(cfg.address, "--address").await?;
         let admin_listener = bind(cfg.admin_address, "--admin-address").await?;
-        let peer_listener = match &peers {
+        let peer_listener = match &parts.peer_api {
             Some(_) => Some(bind(cfg.peer_address, "--peer-address").await?),
             None => None,
         };
@@ -202,28 +275,23 @@ impl RunningNode {
             "client",
             client_listener,
             limits(),
-            front,
+            parts.front,
             |front, req| front.handle(req),
             stopped.clone(),
             cfg.shutdown_grace,
         ));
+        let ready = parts.admin.ready.clone();
         // The admin listener outlives the drain a little so probes and scrapes keep answering.
         let mut others = vec![tokio::spawn(http::serve(
             "admin",
             admin_listener,
             limits(),
-            admin,
+            parts.admin,
             |admin, req| admin.handle(req),
             stopped.clone(),
             std::time::Duration::from_secs(1),
         ))];
-        if let (Some(listener), Some(token)) = (peer_listener, peer_token) {
-            let api = Arc::new(PeerApi {
-                token,
-                fetcher,
-                metadata,
-                metrics: metrics.clone(),
-            });
+        if let (Some(listener), Some(api)) = (peer_listener, parts.peer_api) {
             others.push(tokio::spawn(http::serve(
                 "peer",
                 listener,
@@ -235,14 +303,13 @@ impl RunningNode {
             )));
         }
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(%client_addr, %admin_addr, ?peer_addr, node = %membership.self_member().id,
+        tracing::info!(%client_addr, %admin_addr, ?peer_addr, node = %parts.membership.self_member().id,
             upstream = %cfg.upstream(), "casserole node serving");
         Ok(RunningNode {
             client_addr,
             admin_addr,
             peer_addr,
-            metrics,
-            membership,
+            membership: parts.membership,
             ready,
             stop,
             client,

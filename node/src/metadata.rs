@@ -1,26 +1,26 @@
-//! Object metadata lookups: memory (moka, expiring at the object's freshness), then the disk
-//! tier (so a restarted node still knows its objects), then a `HEAD` to the upstream.
+//! Object metadata lookups: memory (moka, expiring at the object's freshness), then the owner
+//! peer, then the disk tier (so a restarted node still knows its objects), then a `HEAD` to the
+//! upstream. Each lookup says which of them answered.
 //!
 //! Concurrent lookups of one path are collapsed into one (moka's `try_get_with`), so a burst of
 //! clients costs the upstream one `HEAD`.
 
 use std::{
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use moka::{future::Cache, Expiry};
 
 use crate::{
-    fetch::Route,
-    metrics::Metrics,
+    metrics::Registrar,
     object::{unix_now, ObjectMeta},
+    peer::{client::PeerClient, server::LocalMetadata, wire::MetaAnswer},
     policy::{evaluate_head, HeadContext, Uncacheable},
-    tier::{
-        disk::DiskTier,
-        peer::{MetaAnswer, PeerTier},
-    },
+    source::Route,
+    tier::disk::DiskTier,
     upstream::{Upstream, UpstreamError},
 };
 
@@ -36,8 +36,38 @@ pub enum LookupError {
 /// Where the metadata of a lookup came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetaSource {
-    Cached,
+    Memory,
+    Peer,
+    Disk,
     Upstream,
+}
+
+impl MetaSource {
+    pub fn label(self) -> &'static str {
+        match self {
+            MetaSource::Memory => "memory",
+            MetaSource::Peer => "peer",
+            MetaSource::Disk => "disk",
+            MetaSource::Upstream => "upstream",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct MetadataMetrics {
+    pub lookups: prometheus::IntCounterVec,
+}
+
+impl MetadataMetrics {
+    pub fn new(r: &Registrar) -> Self {
+        MetadataMetrics {
+            lookups: r.counter_vec(
+                "casserole_metadata_lookups_total",
+                "Object metadata lookups by the tier that answered",
+                &["tier"],
+            ),
+        }
+    }
 }
 
 struct FreshnessExpiry;
@@ -62,10 +92,10 @@ pub struct MetadataConfig {
 pub struct MetadataStore {
     memory: Cache<String, Arc<ObjectMeta>>,
     disk: Option<Arc<DiskTier>>,
-    peers: Option<Arc<PeerTier>>,
+    peers: Option<Arc<PeerClient>>,
     upstream: Arc<Upstream>,
     cfg: MetadataConfig,
-    metrics: Arc<Metrics>,
+    metrics: MetadataMetrics,
 }
 
 impl MetadataStore {
@@ -73,8 +103,8 @@ impl MetadataStore {
         cfg: MetadataConfig,
         upstream: Arc<Upstream>,
         disk: Option<Arc<DiskTier>>,
-        peers: Option<Arc<PeerTier>>,
-        metrics: Arc<Metrics>,
+        peers: Option<Arc<PeerClient>>,
+        metrics: MetadataMetrics,
     ) -> Self {
         let memory = Cache::builder()
             .max_capacity(cfg.max_entries)
@@ -90,8 +120,8 @@ impl MetadataStore {
         }
     }
 
-    /// Metadata of `path` if it is cacheable. With `Route::Cluster`, a miss asks the owner of the
-    /// path's metadata first, so every node agrees on one object version.
+    /// Metadata of `path` if it is cacheable, and where it came from. With `Route::Cluster`, a
+    /// miss asks the owner of the path's metadata first, so every node agrees on one version.
     pub async fn lookup(
         &self,
         path: &str,
@@ -99,42 +129,48 @@ impl MetadataStore {
     ) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
         if let Some(meta) = self.memory.get(path).await {
             if meta.is_fresh(unix_now()) {
-                self.metrics
-                    .metadata_lookups
-                    .with_label_values(&["memory"])
-                    .inc();
-                return Ok((meta, MetaSource::Cached));
+                self.count(MetaSource::Memory);
+                return Ok((meta, MetaSource::Memory));
             }
             self.memory.invalidate(path).await;
         }
-        let loaded_here = std::sync::atomic::AtomicBool::new(false);
+        // Concurrent lookups collapse into one load; only the loader learns where it looked.
+        let loaded_from = Mutex::new(None);
         let meta = self
             .memory
             .try_get_with(path.to_string(), async {
-                loaded_here.store(true, std::sync::atomic::Ordering::Relaxed);
-                self.load(path, route).await
+                let (meta, source) = self.load(path, route).await?;
+                *loaded_from.lock().expect("lookup lock") = Some(source);
+                Ok(meta)
             })
             .await
             .map_err(|e: Arc<LookupError>| (*e).clone())?;
-        let source = if loaded_here.load(std::sync::atomic::Ordering::Relaxed) {
-            MetaSource::Upstream
-        } else {
-            MetaSource::Cached
-        };
+        let source = loaded_from
+            .into_inner()
+            .expect("lookup lock")
+            .unwrap_or(MetaSource::Memory);
+        self.count(source);
         Ok((meta, source))
     }
 
-    async fn load(&self, path: &str, route: Route) -> Result<Arc<ObjectMeta>, LookupError> {
+    fn count(&self, source: MetaSource) {
+        self.metrics
+            .lookups
+            .with_label_values(&[source.label()])
+            .inc();
+    }
+
+    async fn load(
+        &self,
+        path: &str,
+        route: Route,
+    ) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
         let key = ObjectMeta::meta_key(path);
         if let (Some(peers), Route::Cluster) = (&self.peers, route) {
             for peer in peers.remote_owners(&key) {
                 match peers.fetch_meta(&peer, path).await {
                     Ok(MetaAnswer::Cacheable(meta)) if self.is_consistent(&meta, path) => {
-                        self.metrics
-                            .metadata_lookups
-                            .with_label_values(&["peer"])
-                            .inc();
-                        return Ok(Arc::new(meta));
+                        return Ok((Arc::new(meta), MetaSource::Peer));
                     }
                     Ok(MetaAnswer::Cacheable(meta)) => {
                         peers.mark_suspect(
@@ -158,11 +194,7 @@ impl MetadataStore {
                             && meta.chunk_size == self.cfg.chunk_size
                             && meta.is_fresh(unix_now()) =>
                     {
-                        self.metrics
-                            .metadata_lookups
-                            .with_label_values(&["disk"])
-                            .inc();
-                        return Ok(Arc::new(meta));
+                        return Ok((Arc::new(meta), MetaSource::Disk));
                     }
                     Ok(_) => disk.remove_meta(&key).await,
                     Err(e) => {
@@ -172,10 +204,6 @@ impl MetadataStore {
                 }
             }
         }
-        self.metrics
-            .metadata_lookups
-            .with_label_values(&["upstream"])
-            .inc();
         let (status, headers, response_time) = self.upstream.head(path).await?;
         let ctx = HeadContext {
             upstream: self.upstream.base(),
@@ -191,7 +219,7 @@ impl MetadataStore {
                 tracing::warn!(path, error = %e, "could not persist metadata; it stays in memory only");
             }
         }
-        Ok(Arc::new(meta))
+        Ok((Arc::new(meta), MetaSource::Upstream))
     }
 
     /// Whether metadata from a peer describes `path` on this node's upstream, cut in this node's
@@ -230,5 +258,24 @@ impl MetadataStore {
                 disk.remove_version(&meta.version).await;
             }
         }
+    }
+}
+
+impl LocalMetadata for MetadataStore {
+    fn lookup_local<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<MetaAnswer, UpstreamError>> {
+        Box::pin(async move {
+            match self.lookup(path, Route::LocalOnly).await {
+                Ok((meta, _)) => Ok(MetaAnswer::Cacheable((*meta).clone())),
+                Err(LookupError::Uncacheable(why)) => Ok(MetaAnswer::Uncacheable(why)),
+                Err(LookupError::Upstream(e)) => Err(e),
+            }
+        })
+    }
+
+    fn is_own(&self, meta: &ObjectMeta) -> bool {
+        self.is_consistent(meta, &meta.path)
     }
 }

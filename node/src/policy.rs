@@ -21,15 +21,6 @@ pub enum Bypass {
 }
 
 impl Bypass {
-    /// RFC 9211 `Cache-Status` parameters for a bypassed request.
-    pub fn cache_status(self) -> &'static str {
-        match self {
-            Bypass::Method => "fwd=method",
-            Bypass::Credentials => "fwd=request; detail=credentials",
-            Bypass::PassThroughRule => "fwd=uri-miss",
-        }
-    }
-
     pub fn label(self) -> &'static str {
         match self {
             Bypass::Method => "method",

@@ -5,7 +5,6 @@
 
 use std::{
     pin::Pin,
-    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -14,11 +13,40 @@ use futures::{Stream, StreamExt};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::{
-    metrics::Metrics,
+    metrics::Registrar,
     object::{ObjectMeta, Validator},
 };
 
-pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
+pub type UpstreamStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
+
+/// Upstream traffic, registered by this module.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    pub requests: prometheus::IntCounterVec,
+    pub errors: prometheus::IntCounterVec,
+    pub bytes: prometheus::IntCounter,
+}
+
+impl UpstreamMetrics {
+    pub fn new(r: &Registrar) -> Self {
+        UpstreamMetrics {
+            requests: r.counter_vec(
+                "casserole_upstream_requests_total",
+                "Requests sent to the upstream",
+                &["kind"],
+            ),
+            errors: r.counter_vec(
+                "casserole_upstream_errors_total",
+                "Failed upstream requests by reason",
+                &["reason"],
+            ),
+            bytes: r.counter(
+                "casserole_upstream_bytes_total",
+                "Body bytes received from the upstream",
+            ),
+        }
+    }
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
@@ -113,11 +141,11 @@ pub struct Upstream {
     client: reqwest::Client,
     /// Base URL without a trailing slash; request paths (which start with '/') are appended.
     base: String,
-    metrics: Arc<Metrics>,
+    metrics: UpstreamMetrics,
 }
 
 impl Upstream {
-    pub fn new(cfg: UpstreamConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn new(cfg: UpstreamConfig, metrics: UpstreamMetrics) -> anyhow::Result<Self> {
         // reqwest is built without a bundled crypto provider; ring is ours. Installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
@@ -147,10 +175,7 @@ impl Upstream {
     }
 
     fn failed(&self, e: UpstreamError) -> UpstreamError {
-        self.metrics
-            .upstream_errors
-            .with_label_values(&[e.label()])
-            .inc();
+        self.metrics.errors.with_label_values(&[e.label()]).inc();
         e
     }
 
@@ -159,10 +184,7 @@ impl Upstream {
         &self,
         path: &str,
     ) -> Result<(StatusCode, HeaderMap, SystemTime), UpstreamError> {
-        self.metrics
-            .upstream_requests
-            .with_label_values(&["head"])
-            .inc();
+        self.metrics.requests.with_label_values(&["head"]).inc();
         let res = self
             .client
             .head(self.url_for(path))
@@ -173,19 +195,19 @@ impl Upstream {
         Ok((res.status(), res.headers().clone(), SystemTime::now()))
     }
 
-    /// Fetches chunk `index` of `meta` with a conditional range request, returning its bytes as
-    /// they arrive. The stream ends with an error rather than short or foreign bytes.
+    /// Fetches chunk `index` of `meta` from byte `offset` of the chunk on with a conditional range
+    /// request, returning its bytes as they arrive. The stream ends with an error rather than
+    /// short or foreign bytes.
     pub async fn fetch_chunk(
         &self,
         meta: &ObjectMeta,
         index: u64,
-    ) -> Result<ByteStream, UpstreamError> {
-        let range = meta.chunk_range(index);
-        let expected = meta.chunk_len(index);
-        self.metrics
-            .upstream_requests
-            .with_label_values(&["range"])
-            .inc();
+        offset: u64,
+    ) -> Result<UpstreamStream, UpstreamError> {
+        let chunk = meta.chunk_range(index);
+        let range = (chunk.start() + offset)..=*chunk.end();
+        let expected = meta.chunk_len(index) - offset;
+        self.metrics.requests.with_label_values(&["range"]).inc();
         let mut req = self
             .client
             .get(self.url_for(&meta.path))
@@ -216,7 +238,7 @@ impl Upstream {
                 let item = match body.next().await {
                     Some(Ok(piece)) => {
                         received += piece.len() as u64;
-                        metrics.upstream_bytes.inc_by(piece.len() as u64);
+                        metrics.bytes.inc_by(piece.len() as u64);
                         if received > expected {
                             Err(UpstreamError::TooLong { expected })
                         } else {
@@ -231,10 +253,7 @@ impl Upstream {
                     None => return None,
                 };
                 if let Err(e) = &item {
-                    metrics
-                        .upstream_errors
-                        .with_label_values(&[e.label()])
-                        .inc();
+                    metrics.errors.with_label_values(&[e.label()]).inc();
                 }
                 let done = item.is_err();
                 Some((item, (body, received, done, metrics)))
@@ -314,10 +333,7 @@ impl Upstream {
         headers: &HeaderMap,
         body: Option<reqwest::Body>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        self.metrics
-            .upstream_requests
-            .with_label_values(&["pass"])
-            .inc();
+        self.metrics.requests.with_label_values(&["pass"]).inc();
         let mut out = HeaderMap::with_capacity(headers.len());
         for (name, value) in headers {
             if !is_hop_by_hop(name) {

@@ -6,11 +6,10 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::{ChunkFetcher, Route};
+use super::ChunkFetcher;
 use crate::{
     object::ObjectMeta,
-    tier::{Chunk, Source},
-    upstream::{ByteStream, UpstreamError},
+    source::{Chunk, FetchError, Opened, Route, SourceKind},
 };
 
 #[derive(Clone, Debug)]
@@ -18,36 +17,36 @@ pub(super) enum Progress {
     /// This many pieces are available so far.
     Running(usize),
     Done(usize),
-    Failed(UpstreamError),
+    Failed(FetchError),
 }
 
 /// One chunk being fetched, shared by every reader that wants it.
 pub(super) struct Flight {
     /// Where the bytes come from; refined while the fetch runs (a peer says whether it had the
     /// chunk or fetched it upstream; a corrupt disk file turns into an upstream fetch).
-    pub(super) source: Mutex<Source>,
-    pub(super) pieces: Mutex<Vec<Bytes>>,
-    pub(super) progress: watch::Sender<Progress>,
+    origin: Mutex<SourceKind>,
+    pieces: Mutex<Vec<Bytes>>,
+    progress: watch::Sender<Progress>,
 }
 
 impl Flight {
-    pub(super) fn new(source: Source) -> Self {
+    pub(super) fn new() -> Self {
         Flight {
-            source: Mutex::new(source),
+            origin: Mutex::new(SourceKind::Upstream),
             pieces: Mutex::new(Vec::new()),
             progress: watch::Sender::new(Progress::Running(0)),
         }
     }
 
-    pub(super) fn source(&self) -> Source {
-        *self.source.lock().expect("flight lock")
+    pub(super) fn origin(&self) -> SourceKind {
+        *self.origin.lock().expect("flight lock")
     }
 
-    pub(super) fn set_source(&self, source: Source) {
-        *self.source.lock().expect("flight lock") = source;
+    pub(super) fn set_origin(&self, origin: SourceKind) {
+        *self.origin.lock().expect("flight lock") = origin;
     }
 
-    pub(super) fn push(&self, piece: Bytes) {
+    fn push(&self, piece: Bytes) {
         let count = {
             let mut pieces = self.pieces.lock().expect("flight lock");
             pieces.push(piece);
@@ -56,25 +55,27 @@ impl Flight {
         self.progress.send_replace(Progress::Running(count));
     }
 
+    pub(super) fn is_running(&self) -> bool {
+        matches!(*self.progress.borrow(), Progress::Running(_))
+    }
+
     pub(super) fn finish(&self) {
         let count = self.pieces.lock().expect("flight lock").len();
         self.progress.send_replace(Progress::Done(count));
     }
 
-    pub(super) fn fail(&self, error: UpstreamError) {
+    pub(super) fn fail(&self, error: FetchError) {
         self.progress.send_replace(Progress::Failed(error));
     }
-}
 
-/// Marks a flight failed if its task ends without finishing it (panic or cancellation), so no
-/// reader waits forever.
-pub(super) struct FlightGuard(pub(super) Arc<Flight>);
-
-impl Drop for FlightGuard {
-    fn drop(&mut self) {
-        if matches!(*self.0.progress.borrow(), Progress::Running(_)) {
-            self.0
-                .fail(UpstreamError::Transfer("chunk fetch abandoned".into()));
+    pub(super) fn follow(self: &Arc<Self>, collapsed: bool) -> ChunkReader {
+        ChunkReader {
+            collapsed,
+            state: ReaderState::Following {
+                flight: self.clone(),
+                progress: self.progress.subscribe(),
+                next: 0,
+            },
         }
     }
 }
@@ -83,10 +84,10 @@ impl Drop for FlightGuard {
 pub struct ChunkReader {
     /// Joined a fetch another request had started.
     pub collapsed: bool,
-    pub(super) state: ReaderState,
+    state: ReaderState,
 }
 
-pub(super) enum ReaderState {
+enum ReaderState {
     /// In memory when the window reached it: opened only when read, so read-ahead over cached
     /// chunks pins nothing (a chunk evicted meanwhile is then fetched like any miss).
     Deferred {
@@ -108,15 +109,41 @@ pub(super) enum ReaderState {
 }
 
 impl ChunkReader {
-    /// Where this chunk's bytes come from, as far as known now.
-    pub fn source(&self) -> Source {
-        match &self.state {
-            ReaderState::Ready { .. } | ReaderState::Deferred { .. } => Source::Memory,
-            ReaderState::Following { flight, .. } => flight.source(),
+    pub(super) fn ready(chunk: Chunk) -> Self {
+        ChunkReader {
+            collapsed: false,
+            state: ReaderState::Ready { chunk, next: 0 },
         }
     }
 
-    pub async fn next(&mut self) -> Option<Result<Bytes, UpstreamError>> {
+    pub(super) fn deferred(
+        fetcher: Arc<ChunkFetcher>,
+        meta: Arc<ObjectMeta>,
+        version: Arc<str>,
+        index: u64,
+        route: Route,
+    ) -> Self {
+        ChunkReader {
+            collapsed: false,
+            state: ReaderState::Deferred {
+                fetcher,
+                meta,
+                version,
+                index,
+                route,
+            },
+        }
+    }
+
+    /// Where this chunk's bytes come from, as far as known now.
+    pub fn origin(&self) -> SourceKind {
+        match &self.state {
+            ReaderState::Ready { .. } | ReaderState::Deferred { .. } => SourceKind::Memory,
+            ReaderState::Following { flight, .. } => flight.origin(),
+        }
+    }
+
+    pub async fn next(&mut self) -> Option<Result<Bytes, FetchError>> {
         if let ReaderState::Deferred {
             fetcher,
             meta,
@@ -150,9 +177,7 @@ impl ChunkReader {
                     Progress::Failed(e) => return Some(Err(e)),
                     Progress::Running(_) => {
                         if progress.changed().await.is_err() {
-                            return Some(Err(UpstreamError::Transfer(
-                                "chunk fetch abandoned".into(),
-                            )));
+                            return Some(Err(FetchError::Abandoned));
                         }
                     }
                 }
@@ -171,6 +196,7 @@ const LAST_PART: usize = 256 * 1024;
 pub(super) struct Assembly<'a> {
     buf: BytesMut,
     pushed: usize,
+    expected: usize,
     flush_at: usize,
     flight: &'a Flight,
 }
@@ -180,6 +206,7 @@ impl<'a> Assembly<'a> {
         Assembly {
             buf: BytesMut::with_capacity(expected),
             pushed: 0,
+            expected,
             flush_at: FIRST_PART,
             flight,
         }
@@ -189,7 +216,11 @@ impl<'a> Assembly<'a> {
         self.pushed + self.buf.len()
     }
 
-    pub(super) fn add(&mut self, bytes: &[u8]) {
+    pub(super) fn is_complete(&self) -> bool {
+        self.received() == self.expected
+    }
+
+    fn add(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= self.flush_at {
             self.flush();
@@ -206,16 +237,57 @@ impl<'a> Assembly<'a> {
         }
     }
 
-    /// Appends a chunk stream, skipping the bytes an earlier, failed source already delivered.
-    pub(super) async fn pump(&mut self, mut stream: ByteStream) -> Result<(), UpstreamError> {
-        let mut skip = self.received();
+    /// Appends what a source sends, skipping the bytes an earlier, failed source already
+    /// delivered. A source that sends more than the chunk holds fails, and nothing past the
+    /// chunk is ever handed out.
+    pub(super) async fn pump(
+        &mut self,
+        opened: Opened,
+        source: SourceKind,
+    ) -> Result<(), FetchError> {
+        let Opened {
+            mut stream,
+            starts_at,
+            ..
+        } = opened;
+        let received = self.received() as u64;
+        if starts_at > received {
+            return Err(FetchError::Short {
+                from: source,
+                expected: self.expected as u64,
+                got: received,
+            });
+        }
+        let mut skip = (received - starts_at) as usize;
         while let Some(piece) = stream.next().await {
             let piece = piece?;
             let dropped = skip.min(piece.len());
             skip -= dropped;
-            if dropped < piece.len() {
-                self.add(&piece[dropped..]);
+            let fresh = &piece[dropped..];
+            let room = self.expected - self.received();
+            if fresh.len() > room {
+                // What this source has not handed out yet is dropped, so the next source sends
+                // it again: readers never get a byte from a source that overran.
+                self.buf.clear();
+                return Err(FetchError::TooLong {
+                    from: source,
+                    expected: self.expected as u64,
+                });
             }
+            if fresh.len() == room {
+                // The chunk's last bytes are held back until the source ends cleanly.
+                self.buf.extend_from_slice(fresh);
+            } else {
+                self.add(fresh);
+            }
+        }
+        if !self.is_complete() {
+            self.flush();
+            return Err(FetchError::Short {
+                from: source,
+                expected: self.expected as u64,
+                got: self.received() as u64,
+            });
         }
         Ok(())
     }

@@ -1,58 +1,79 @@
-//! Walks the tiers for each chunk a response needs: memory, (owner peer,) disk, upstream.
+//! Gets the chunks a response needs by walking the chunk sources once, in order: memory, the
+//! chunk's owner peers (cluster memory), disk, upstream.
 //!
 //! * Single flight: one fetch per chunk per node; every concurrent reader follows it and gets
 //!   its bytes as they arrive, so a cold chunk starts streaming before it is complete.
+//! * Failover: a source that fails before or during the chunk is replaced by the next one, which
+//!   continues where the last stopped, so readers never see the switch.
 //! * Read-ahead: a response keeps up to `readahead + 1` chunks in flight, so a cold object
 //!   arrives at the upstream's aggregate rate even when each upstream connection is throttled,
 //!   while a slow client holds at most that many chunks in memory (backpressure).
-//! * Promotion: a chunk read from disk or the upstream lands in memory; one from the upstream is
-//!   also written to disk, off the response path.
+//! * Promotion: a finished chunk is offered to every source of its walk; the stores among them
+//!   (memory, disk) keep what their rules allow.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     ops::RangeInclusive,
     sync::{Arc, Mutex},
-    time::Instant,
+    time::Duration,
 };
 
+use futures::{future::BoxFuture, StreamExt};
 use tokio::sync::Semaphore;
 
 mod flight;
 mod range_reader;
+#[cfg(test)]
+mod tests;
+mod walk;
 
 pub use flight::ChunkReader;
-use flight::{Assembly, Flight, FlightGuard, ReaderState};
+use flight::Flight;
 pub use range_reader::RangeReader;
 
 use crate::{
-    cluster::membership::Member,
     metadata::MetadataStore,
-    metrics::Metrics,
+    metrics::Registrar,
     object::{ChunkKey, ObjectMeta},
-    tier::{disk::DiskTier, memory::MemoryTier, peer::PeerTier, Chunk, Source},
-    upstream::{Upstream, UpstreamError},
+    peer::{client::PeerClient, server::LocalChunks},
+    source::{ChunkSource, ChunkStream, FetchError, Route, SourceKind},
+    tier::memory::MemoryTier,
 };
 
-/// Which tiers a lookup may use. Requests from peers are served from this node's own tiers only,
-/// so two nodes that briefly disagree on ownership never bounce a request between them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Cluster,
-    LocalOnly,
+#[derive(Clone)]
+pub struct FetchMetrics {
+    /// Chunk lookups by the source that answered (and `collapsed` for joins).
+    pub lookups: prometheus::IntCounterVec,
+    pub seconds: prometheus::HistogramVec,
+    /// Sources that failed to deliver a chunk, by the failing party.
+    pub source_errors: prometheus::IntCounterVec,
+    pub objects_changed: prometheus::IntCounter,
 }
 
-pub struct ChunkFetcher {
-    memory: MemoryTier,
-    peers: Option<Arc<PeerTier>>,
-    disk: Option<Arc<DiskTier>>,
-    upstream: Arc<Upstream>,
-    metadata: Arc<MetadataStore>,
-    flights: Mutex<HashMap<ChunkKey, Arc<Flight>>>,
-    /// Bytes of chunks being fetched, not yet in the memory tier: with the tier's own bound this
-    /// keeps all chunk memory within `--max-memory-usage`, however many requests are in flight.
-    flight_budget: Arc<Semaphore>,
-    metrics: Arc<Metrics>,
-    readahead: usize,
+impl FetchMetrics {
+    pub fn new(r: &Registrar) -> Self {
+        FetchMetrics {
+            lookups: r.counter_vec(
+                "casserole_chunk_lookups_total",
+                "Chunk lookups by the tier that answered",
+                &["tier"],
+            ),
+            seconds: r.histogram_vec(
+                "casserole_chunk_fetch_seconds",
+                "Time to obtain one whole chunk, by source",
+                &["source"],
+            ),
+            source_errors: r.counter_vec(
+                "casserole_chunk_source_errors_total",
+                "Chunk sources that failed to deliver (the next source was tried), by party",
+                &["party"],
+            ),
+            objects_changed: r.counter(
+                "casserole_objects_changed_total",
+                "Objects found changed upstream while being fetched (response aborted, metadata dropped)",
+            ),
+        }
+    }
 }
 
 /// How `--max-memory-usage` is split between cached chunks and chunks being fetched.
@@ -75,47 +96,73 @@ impl MemoryBudget {
     }
 }
 
-/// The tiers a fetcher walks, fastest first; the upstream is the last source.
-pub struct Tiers {
-    pub memory: MemoryTier,
-    pub peers: Option<Arc<PeerTier>>,
-    pub disk: Option<Arc<DiskTier>>,
-    pub upstream: Arc<Upstream>,
+pub struct FetchConfig {
+    pub readahead: usize,
+    pub flight_bytes: u64,
+    /// How long a new fetch may wait for memory before the request fails with 503.
+    pub budget_timeout: Duration,
+}
+
+/// The sources a fetcher walks, fastest first.
+pub struct Sources {
+    pub memory: Arc<MemoryTier>,
+    /// Owner peers, asked after memory for `Route::Cluster` lookups.
+    pub peers: Option<Arc<PeerClient>>,
+    /// After the peers, in order: disk, upstream (or test doubles).
+    pub local: Vec<Arc<dyn ChunkSource>>,
+}
+
+pub struct ChunkFetcher {
+    sources: Sources,
+    metadata: Option<Arc<MetadataStore>>,
+    flights: Mutex<HashMap<ChunkKey, Arc<Flight>>>,
+    /// Bytes of chunks being fetched, not yet in the memory tier: with the tier's own bound this
+    /// keeps all chunk memory within `--max-memory-usage`, however many requests are in flight.
+    flight_budget: Arc<Semaphore>,
+    cfg: FetchConfig,
+    metrics: FetchMetrics,
 }
 
 impl ChunkFetcher {
+    /// `metadata` is told when a fetch finds its object changed or inconsistent upstream.
     pub fn new(
-        tiers: Tiers,
-        metadata: Arc<MetadataStore>,
-        metrics: Arc<Metrics>,
-        readahead: usize,
-        flight_bytes: u64,
+        sources: Sources,
+        metadata: Option<Arc<MetadataStore>>,
+        cfg: FetchConfig,
+        metrics: FetchMetrics,
     ) -> Arc<Self> {
-        let Tiers {
-            memory,
-            peers,
-            disk,
-            upstream,
-        } = tiers;
         Arc::new(ChunkFetcher {
-            memory,
-            peers,
-            disk,
-            upstream,
+            sources,
             metadata,
             flights: Mutex::new(HashMap::new()),
-            flight_budget: Arc::new(Semaphore::new(flight_bytes as usize)),
+            flight_budget: Arc::new(Semaphore::new(cfg.flight_bytes as usize)),
+            cfg,
             metrics,
-            readahead,
         })
     }
 
     pub fn memory(&self) -> &MemoryTier {
-        &self.memory
+        &self.sources.memory
+    }
+
+    pub fn readahead(&self) -> usize {
+        self.cfg.readahead
+    }
+
+    /// The sources to walk for `key`, in order.
+    fn walk_for(&self, key: &ChunkKey, route: Route) -> Vec<Arc<dyn ChunkSource>> {
+        let mut walk: Vec<Arc<dyn ChunkSource>> = vec![self.sources.memory.clone()];
+        if let (Some(peers), Route::Cluster) = (&self.sources.peers, route) {
+            for peer in peers.owner_sources(&key.to_string()) {
+                walk.push(Arc::new(peer));
+            }
+        }
+        walk.extend(self.sources.local.iter().cloned());
+        walk
     }
 
     fn count_lookup(&self, tier: &str) {
-        self.metrics.chunk_sources.with_label_values(&[tier]).inc();
+        self.metrics.lookups.with_label_values(&[tier]).inc();
     }
 
     /// Like `open`, but a chunk now in memory is only looked up again when it is read.
@@ -126,17 +173,18 @@ impl ChunkFetcher {
         index: u64,
         route: Route,
     ) -> ChunkReader {
-        if self.memory.contains(&meta.chunk_key(version, index)) {
-            return ChunkReader {
-                collapsed: false,
-                state: ReaderState::Deferred {
-                    fetcher: self.clone(),
-                    meta: meta.clone(),
-                    version: version.clone(),
-                    index,
-                    route,
-                },
-            };
+        if self
+            .sources
+            .memory
+            .contains(&meta.chunk_key(version, index))
+        {
+            return ChunkReader::deferred(
+                self.clone(),
+                meta.clone(),
+                version.clone(),
+                index,
+                route,
+            );
         }
         self.open(meta, version, index, route)
     }
@@ -150,188 +198,27 @@ impl ChunkFetcher {
         route: Route,
     ) -> ChunkReader {
         let key = meta.chunk_key(version, index);
-        let hit = |chunk: Chunk| ChunkReader {
-            collapsed: false,
-            state: ReaderState::Ready { chunk, next: 0 },
-        };
-        if let Some(chunk) = self.memory.get(&key) {
-            self.count_lookup("memory");
-            return hit(chunk);
+        if let Some(chunk) = self.sources.memory.ready(&key) {
+            self.count_lookup(SourceKind::Memory.label());
+            return ChunkReader::ready(chunk);
         }
         let mut flights = self.flights.lock().expect("flights lock");
         if let Some(flight) = flights.get(&key) {
             self.count_lookup("collapsed");
-            return ChunkReader {
-                collapsed: true,
-                state: ReaderState::Following {
-                    flight: flight.clone(),
-                    progress: flight.progress.subscribe(),
-                    next: 0,
-                },
-            };
+            return flight.follow(true);
         }
         // A flight finishes by filling memory and then leaving the map, both before we took the
         // lock or both after: checking memory again here means a chunk is never fetched twice.
-        if let Some(chunk) = self.memory.get(&key) {
-            self.count_lookup("memory");
-            return hit(chunk);
+        if let Some(chunk) = self.sources.memory.ready(&key) {
+            self.count_lookup(SourceKind::Memory.label());
+            return ChunkReader::ready(chunk);
         }
-        let remote_owners = match (&self.peers, route) {
-            (Some(peers), Route::Cluster) => peers.remote_owners(&key.to_string()),
-            _ => Vec::new(),
-        };
-        let source = match &self.disk {
-            _ if !remote_owners.is_empty() => Source::Peer,
-            Some(disk) if disk.contains(&key) => Source::Disk,
-            _ => Source::Upstream,
-        };
-        let flight = Arc::new(Flight::new(source));
+        let flight = Arc::new(Flight::new());
         flights.insert(key.clone(), flight.clone());
         drop(flights);
-        self.count_lookup(source.label());
-        let progress = flight.progress.subscribe();
-        tokio::spawn(
-            self.clone()
-                .fly(meta.clone(), key, flight.clone(), remote_owners),
-        );
-        ChunkReader {
-            collapsed: false,
-            state: ReaderState::Following {
-                flight,
-                progress,
-                next: 0,
-            },
-        }
-    }
-
-    /// Runs one flight to its end, independently of the readers: a client that goes away does not
-    /// cancel a fetch others may be following.
-    async fn fly(
-        self: Arc<Self>,
-        meta: Arc<ObjectMeta>,
-        key: ChunkKey,
-        flight: Arc<Flight>,
-        remote_owners: Vec<Member>,
-    ) {
-        let _guard = FlightGuard(flight.clone());
-        // Held until the chunk is in the memory tier (or the fetch failed). The budget always
-        // covers at least a whole read-ahead window, so one chunk always fits.
-        let chunk_bytes = meta.chunk_len(key.index).min(u32::MAX as u64) as u32;
-        let _budget = self
-            .flight_budget
-            .clone()
-            .acquire_many_owned(chunk_bytes)
-            .await
-            .expect("the flight budget is never closed");
-        let started = Instant::now();
-        let result = self.fill(&meta, &key, &flight, &remote_owners).await;
-        match result {
-            Ok((chunk, source)) => {
-                self.metrics
-                    .chunk_fetch_seconds
-                    .with_label_values(&[source.label()])
-                    .observe(started.elapsed().as_secs_f64());
-                let hot_copy = self.peers.as_ref().is_none_or(|p| p.hot_copy());
-                if source != Source::Peer || hot_copy {
-                    self.memory.insert(key.clone(), chunk.clone());
-                }
-                self.flights.lock().expect("flights lock").remove(&key);
-                flight.finish();
-                // Chunks from a peer live on their owner's disk; only what this node fetched
-                // upstream itself is persisted here.
-                if source == Source::Upstream {
-                    if let Some(disk) = &self.disk {
-                        if let Err(e) = disk.put(&key, chunk.to_bytes()).await {
-                            tracing::warn!(chunk = %key, error = %e,
-                                "disk tier write failed; chunk kept in memory only");
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                self.flights.lock().expect("flights lock").remove(&key);
-                flight.fail(e.clone());
-                match &e {
-                    UpstreamError::Changed(why) => {
-                        self.metrics.objects_changed.inc();
-                        tracing::warn!(path = %meta.path, version = %meta.version, reason = %why,
-                            "object changed upstream during a fetch; metadata dropped, response aborted");
-                        self.memory.remove_version(&meta.version);
-                        self.metadata.invalidate(&meta, true).await;
-                    }
-                    // The upstream's answer contradicts the metadata (length, range): look the
-                    // object up afresh next time rather than fail on stale metadata forever.
-                    UpstreamError::BadRange(_)
-                    | UpstreamError::Truncated { .. }
-                    | UpstreamError::TooLong { .. } => {
-                        tracing::warn!(path = %meta.path, chunk = %key, error = %e,
-                            "chunk fetch failed; metadata dropped");
-                        self.metadata.invalidate(&meta, false).await;
-                    }
-                    _ => {
-                        tracing::warn!(path = %meta.path, chunk = %key, error = %e, "chunk fetch failed")
-                    }
-                }
-            }
-        }
-    }
-
-    /// Gets the whole chunk into the flight: owner peers in rendezvous order, then the local disk,
-    /// then the upstream. A source that breaks mid-chunk is replaced by the next one, which
-    /// continues where the last stopped, so readers never see the switch.
-    async fn fill(
-        &self,
-        meta: &ObjectMeta,
-        key: &ChunkKey,
-        flight: &Flight,
-        remote_owners: &[Member],
-    ) -> Result<(Chunk, Source), UpstreamError> {
-        let expected = meta.chunk_len(key.index) as usize;
-        let mut assembly = Assembly::new(expected, flight);
-        if let Some(peers) = &self.peers {
-            for peer in remote_owners {
-                let attempt = match peers.fetch_chunk(peer, meta, key.index).await {
-                    Ok((stream, owner_source)) => {
-                        // A chunk its owner had to fetch upstream was a cluster-wide miss.
-                        flight.set_source(match owner_source {
-                            Source::Upstream => Source::Upstream,
-                            _ => Source::Peer,
-                        });
-                        assembly.pump(stream).await.map_err(|e| e.to_string())
-                    }
-                    Err(e) => Err(e.to_string()),
-                };
-                match attempt {
-                    Ok(()) if assembly.received() == expected => {
-                        return Ok((assembly.finish(), Source::Peer))
-                    }
-                    Ok(()) => peers.mark_suspect(peer, &"chunk ended early"),
-                    Err(why) => peers.mark_suspect(peer, &why),
-                }
-            }
-        }
-        if let Some(disk) = self.disk.as_ref().filter(|d| d.contains(key)) {
-            match disk.get(key).await {
-                Some(bytes) if bytes.len() == expected => {
-                    flight.set_source(Source::Disk);
-                    let received = assembly.received();
-                    if received == 0 {
-                        flight.push(bytes.clone());
-                        return Ok((Chunk::from(bytes), Source::Disk));
-                    }
-                    assembly.add(&bytes[received..]);
-                    return Ok((assembly.finish(), Source::Disk));
-                }
-                // Corrupt files were dropped by the disk tier; fetch the chunk again.
-                _ => {
-                    tracing::info!(chunk = %key, "disk tier could not serve chunk; fetching upstream")
-                }
-            }
-        }
-        flight.set_source(Source::Upstream);
-        let stream = self.upstream.fetch_chunk(meta, key.index).await?;
-        assembly.pump(stream).await?;
-        Ok((assembly.finish(), Source::Upstream))
+        let reader = flight.follow(false);
+        tokio::spawn(self.clone().fly(meta.clone(), key, flight, route));
+        reader
     }
 
     /// The bytes of `range` (inclusive) of `meta`, in order, with read-ahead.
@@ -341,39 +228,28 @@ impl ChunkFetcher {
         range: RangeInclusive<u64>,
         route: Route,
     ) -> RangeReader {
-        let chunks = meta.chunks_for(&range);
-        RangeReader {
-            fetcher: self.clone(),
-            version: Arc::from(meta.version.as_str()),
-            meta,
-            range,
-            next_to_open: *chunks.start(),
-            last_chunk: *chunks.end(),
-            window: VecDeque::new(),
-            failed: false,
-            route,
-            last_source: None,
-        }
+        RangeReader::new(self.clone(), meta, range, route)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::MemoryBudget;
+/// This node's chunks for the peer API: its own tiers only.
+pub struct PeerChunks(pub Arc<ChunkFetcher>);
 
-    const MIB: u64 = 1 << 20;
-
-    #[test]
-    fn the_memory_budget_covers_tier_and_flights_within_the_maximum() {
-        let b = MemoryBudget::split(256 * MIB, 2 * MIB, 4);
-        assert_eq!(b.flight_bytes, 32 * MIB);
-        assert_eq!(b.tier_bytes + b.flight_bytes, 256 * MIB);
-        // Small memory: a read-ahead window still fits in flight.
-        let b = MemoryBudget::split(16 * MIB, 2 * MIB, 4);
-        assert_eq!(b.flight_bytes, 10 * MIB);
-        assert_eq!(b.tier_bytes, 6 * MIB);
-        // Tiny memory: the tier keeps at least one chunk.
-        let b = MemoryBudget::split(4 * MIB, 2 * MIB, 4);
-        assert_eq!(b.tier_bytes, 2 * MIB);
+impl LocalChunks for PeerChunks {
+    fn open_local(
+        &self,
+        meta: Arc<ObjectMeta>,
+        index: u64,
+    ) -> BoxFuture<'static, Result<(SourceKind, ChunkStream), FetchError>> {
+        let range = meta.chunk_range(index);
+        let mut reader = self.0.stream_range(meta, range, Route::LocalOnly);
+        Box::pin(async move {
+            // The first bytes decide the status: a failure before them is a clean error answer.
+            let first = reader.next().await.transpose()?.unwrap_or_default();
+            let origin = reader.origin().map_or(SourceKind::Upstream, |(s, _)| s);
+            let rest = reader.into_stream();
+            let stream = futures::stream::once(async move { Ok(first) }).chain(rest);
+            Ok((origin, Box::pin(stream) as ChunkStream))
+        })
     }
 }

@@ -5,10 +5,14 @@ use std::{collections::VecDeque, ops::RangeInclusive, sync::Arc};
 use bytes::Bytes;
 use futures::Stream;
 
-use super::{flight::ChunkReader, ChunkFetcher, Route};
-use crate::{object::ObjectMeta, tier::Source, upstream::UpstreamError};
+use super::{flight::ChunkReader, ChunkFetcher};
+use crate::{
+    object::ObjectMeta,
+    source::{FetchError, Route, SourceKind},
+    upstream::UpstreamError,
+};
 
-pub(super) struct Open {
+struct Open {
     index: u64,
     /// Bytes of this chunk read so far.
     offset: u64,
@@ -19,27 +23,58 @@ pub(super) struct Open {
 
 /// Streams a byte range of one object from its chunks, keeping a bounded window in flight.
 pub struct RangeReader {
-    pub(super) fetcher: Arc<ChunkFetcher>,
-    pub(super) meta: Arc<ObjectMeta>,
-    pub(super) version: Arc<str>,
-    pub(super) range: RangeInclusive<u64>,
-    pub(super) next_to_open: u64,
-    pub(super) last_chunk: u64,
-    pub(super) window: VecDeque<Open>,
-    pub(super) failed: bool,
-    pub(super) route: Route,
-    /// Source and collapsing of the chunk the last bytes came from.
-    pub(super) last_source: Option<(Source, bool)>,
+    fetcher: Arc<ChunkFetcher>,
+    meta: Arc<ObjectMeta>,
+    version: Arc<str>,
+    range: RangeInclusive<u64>,
+    next_to_open: u64,
+    last_chunk: u64,
+    window: VecDeque<Open>,
+    failed: bool,
+    route: Route,
+    /// Origin and collapsing of the chunk the last bytes came from.
+    last_origin: Option<(SourceKind, bool)>,
+    /// Counts the bytes handed out by their origin (client responses only).
+    served: Option<prometheus::IntCounterVec>,
 }
 
 impl RangeReader {
+    /// `range` is inclusive, non-empty and within the object.
+    pub fn new(
+        fetcher: Arc<ChunkFetcher>,
+        meta: Arc<ObjectMeta>,
+        range: RangeInclusive<u64>,
+        route: Route,
+    ) -> Self {
+        let chunks = meta.chunks_for(&range);
+        RangeReader {
+            fetcher,
+            version: Arc::from(meta.version.as_str()),
+            meta,
+            range,
+            next_to_open: *chunks.start(),
+            last_chunk: *chunks.end(),
+            window: VecDeque::new(),
+            failed: false,
+            route,
+            last_origin: None,
+            served: None,
+        }
+    }
+
+    /// Counts every byte this reader hands out in `counter`, labelled by its origin.
+    pub fn counting(mut self, counter: prometheus::IntCounterVec) -> Self {
+        self.served = Some(counter);
+        self
+    }
+
     fn fill_window(&mut self) {
         // Until the first bytes arrive only the first chunk is fetched: read-ahead fetches
         // starting at the same moment would compete with it for the upstream and delay them.
-        let window = if self.last_source.is_none() {
+        let window = if self.last_origin.is_none() {
             1
         } else {
-            self.fetcher.readahead + 1
+            self.fetcher.readahead() + 1
         };
         while self.window.len() < window && self.next_to_open <= self.last_chunk {
             let index = self.next_to_open;
@@ -59,13 +94,13 @@ impl RangeReader {
         }
     }
 
-    /// Source and collapsing of the chunk the last bytes (or the error) came from; `None` before
-    /// the first call to `next`. Only reports: it never opens a chunk.
-    pub fn source(&self) -> Option<(Source, bool)> {
-        self.last_source
+    /// Origin and collapsing of the chunk the last bytes (or the error) came from; `None`
+    /// before the first call to `next`. Only reports: it never opens a chunk.
+    pub fn origin(&self) -> Option<(SourceKind, bool)> {
+        self.last_origin
     }
 
-    pub async fn next(&mut self) -> Option<Result<Bytes, UpstreamError>> {
+    pub async fn next(&mut self) -> Option<Result<Bytes, FetchError>> {
         if self.failed {
             return None;
         }
@@ -81,8 +116,7 @@ impl RangeReader {
                     let piece_end = chunk_start + open.offset; // exclusive
                     let from = (*self.range.start()).max(piece_start);
                     let to = (*self.range.end() + 1).min(piece_end);
-                    let source = open.reader.source();
-                    self.last_source = Some((source, open.reader.collapsed));
+                    self.last_origin = Some((open.reader.origin(), open.reader.collapsed));
                     if piece_end > *self.range.end() {
                         // The rest of this chunk is past the range: stop reading it.
                         self.window.pop_front();
@@ -90,11 +124,12 @@ impl RangeReader {
                     if from < to {
                         let slice =
                             piece.slice((from - piece_start) as usize..(to - piece_start) as usize);
-                        self.fetcher
-                            .metrics
-                            .bytes_served
-                            .with_label_values(&[source.label()])
-                            .inc_by(slice.len() as u64);
+                        if let (Some(served), Some((origin, _))) = (&self.served, self.last_origin)
+                        {
+                            served
+                                .with_label_values(&[origin.label()])
+                                .inc_by(slice.len() as u64);
+                        }
                         return Some(Ok(slice));
                     }
                 }
@@ -104,7 +139,7 @@ impl RangeReader {
                     if open.reader.collapsed
                         && open.offset == 0
                         && !open.retried
-                        && !matches!(e, UpstreamError::Changed(_)) =>
+                        && !matches!(e, FetchError::Upstream(UpstreamError::Changed(_))) =>
                 {
                     open.retried = true;
                     open.reader =
@@ -112,18 +147,18 @@ impl RangeReader {
                             .open(&self.meta, &self.version, open.index, self.route);
                 }
                 Some(Err(e)) => {
-                    self.last_source = Some((open.reader.source(), open.reader.collapsed));
-                    self.failed = true;
-                    self.window.clear();
-                    return Some(Err(e));
+                    self.last_origin = Some((open.reader.origin(), open.reader.collapsed));
+                    return Some(Err(self.fail(e)));
                 }
                 None => {
                     let expected = self.meta.chunk_len(open.index);
                     if open.offset != expected {
-                        self.failed = true;
-                        let got = open.offset;
-                        self.window.clear();
-                        return Some(Err(UpstreamError::Truncated { expected, got }));
+                        let error = FetchError::Short {
+                            from: open.reader.origin(),
+                            expected,
+                            got: open.offset,
+                        };
+                        return Some(Err(self.fail(error)));
                     }
                     self.window.pop_front();
                 }
@@ -131,7 +166,13 @@ impl RangeReader {
         }
     }
 
-    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, UpstreamError>> + Send {
+    fn fail(&mut self, error: FetchError) -> FetchError {
+        self.failed = true;
+        self.window.clear();
+        error
+    }
+
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, FetchError>> + Send {
         futures::stream::unfold(self, |mut reader| async move {
             reader.next().await.map(|item| (item, reader))
         })

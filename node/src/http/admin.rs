@@ -8,12 +8,16 @@ use std::sync::{
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::body::{self, Body};
-use crate::{cluster::membership::Membership, fetch::ChunkFetcher, metrics::Metrics};
+use crate::{
+    body::{self, Body},
+    cluster::membership::Membership,
+    metrics::Registrar,
+    tier::memory::MemoryTier,
+};
 
 pub struct Admin {
-    pub metrics: Arc<Metrics>,
-    pub fetcher: Arc<ChunkFetcher>,
+    pub registrar: Registrar,
+    pub memory: Arc<MemoryTier>,
     /// Set once the node can serve (listeners bound, membership loaded); cleared on shutdown so
     /// load balancers stop sending new requests while in-flight ones drain.
     pub ready: Arc<AtomicBool>,
@@ -24,8 +28,8 @@ impl Admin {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         match req.uri().path() {
             "/metrics" => {
-                self.fetcher.memory().refresh_gauges();
-                let mut res = Response::new(body::full(self.metrics.registrar.render()));
+                self.memory.refresh_gauges();
+                let mut res = Response::new(body::full(self.registrar.render()));
                 res.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

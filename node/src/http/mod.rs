@@ -1,8 +1,8 @@
-//! HTTP listeners: the client front, the admin endpoints, and the server loop they share.
+//! HTTP listeners: the client front, the admin endpoints, and the server loop they share with
+//! the peer API.
 
 pub mod admin;
-pub mod body;
-pub mod peer_api;
+pub mod cache_status;
 pub mod range;
 pub mod serve;
 
@@ -16,7 +16,7 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, sync::watch};
 
-use body::Body;
+use crate::body::Body;
 
 pub struct ServerLimits {
     pub max_header_size: usize,

@@ -1,56 +1,88 @@
 //! The client-facing handler: policy, metadata, conditional and range handling, streaming.
 
-use std::{sync::Arc, time::Instant};
+use std::{ops::RangeInclusive, sync::Arc, time::Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{stream::BoxStream, StreamExt};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use regex::RegexSet;
 
 use super::{
-    body::{self, Body},
+    cache_status::{self, CacheStatus},
     range::{self, Multipart, RangeRequest},
 };
 use crate::{
-    fetch::{ChunkFetcher, Route},
+    body::{self, sync_stream, Body},
+    fetch::ChunkFetcher,
     metadata::{LookupError, MetaSource, MetadataStore},
-    metrics::Metrics,
+    metrics::Registrar,
     object::{unix_now, ObjectMeta},
     policy::classify_request,
-    tier::Source,
-    upstream::{is_hop_by_hop, Upstream, UpstreamError},
+    source::{FetchError, Route, SourceKind},
+    upstream::{is_hop_by_hop, Upstream},
 };
+
+/// Client-facing request metrics, registered by this module.
+#[derive(Clone)]
+pub struct RequestMetrics {
+    /// Client requests by result (hit, miss, pass, not_modified, error) and the tier that served
+    /// the first byte.
+    pub requests: prometheus::IntCounterVec,
+    /// Body bytes sent to clients (never to peers), by where they came from.
+    pub bytes_served: prometheus::IntCounterVec,
+    pub inflight: prometheus::IntGauge,
+    pub first_byte_seconds: prometheus::Histogram,
+}
+
+impl RequestMetrics {
+    pub fn new(r: &Registrar) -> Self {
+        RequestMetrics {
+            requests: r.counter_vec(
+                "casserole_requests_total",
+                "Client requests by result and serving tier",
+                &["result", "tier"],
+            ),
+            bytes_served: r.counter_vec(
+                "casserole_bytes_served_total",
+                "Body bytes sent to clients, by source",
+                &["source"],
+            ),
+            inflight: r.gauge(
+                "casserole_inflight_requests",
+                "Client requests being served",
+            ),
+            first_byte_seconds: r.histogram(
+                "casserole_response_first_byte_seconds",
+                "Time from a cacheable request to its first body byte being ready",
+            ),
+        }
+    }
+}
 
 pub struct Front {
     pub upstream: Arc<Upstream>,
     pub metadata: Arc<MetadataStore>,
     pub fetcher: Arc<ChunkFetcher>,
     pub pass_through: RegexSet,
-    pub metrics: Arc<Metrics>,
+    pub metrics: RequestMetrics,
 }
-
-const CACHE_STATUS: &str = "cache-status";
 
 /// Keeps the in-flight gauge honest however a request ends.
-struct InFlight(Arc<Metrics>);
-
-impl InFlight {
-    fn new(metrics: &Arc<Metrics>) -> Self {
-        metrics.inflight_requests.inc();
-        InFlight(metrics.clone())
-    }
-}
+struct InFlight(prometheus::IntGauge);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.inflight_requests.dec();
+        self.0.dec();
     }
 }
 
+type Answer = Result<Response<Body>, Response<Body>>;
+
 impl Front {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        let _inflight = InFlight::new(&self.metrics);
+        self.metrics.inflight.inc();
+        let _inflight = InFlight(self.metrics.inflight.clone());
         self.route(req).await.unwrap_or_else(|res| res)
     }
 
@@ -61,7 +93,17 @@ impl Front {
             .inc();
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, Response<Body>> {
+    fn count_status(&self, status: &CacheStatus) {
+        self.count(status.result(), status.tier());
+    }
+
+    /// A client error answered before anything reached the upstream.
+    fn refuse(&self, status: StatusCode, reason: impl std::fmt::Display) -> Response<Body> {
+        self.count("error", "none");
+        body::error(status, reason)
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Answer {
         let method = req.method().clone();
         if !matches!(
             method,
@@ -73,29 +115,22 @@ impl Front {
                 | Method::PATCH
                 | Method::OPTIONS
         ) {
-            self.count("error", "none");
-            return Err(body::error(
+            return Err(self.refuse(
                 StatusCode::NOT_IMPLEMENTED,
                 format_args!("method {method} is not supported"),
             ));
         }
         // Only the path and query are used: an absolute-form target or a Host header never
         // chooses where the request goes.
-        let path = validated_path(&req).map_err(|why| {
-            self.count("error", "none");
-            body::error(StatusCode::BAD_REQUEST, why)
-        })?;
+        let path = validated_path(&req).map_err(|why| self.refuse(StatusCode::BAD_REQUEST, why))?;
         if let Some(bypass) = classify_request(&method, req.headers(), &path, &self.pass_through) {
-            return self
-                .pass(req, &path, bypass.cache_status(), bypass.label())
-                .await;
+            return self.pass(req, &path, CacheStatus::Bypassed(bypass)).await;
         }
         let (meta, meta_source) = match self.metadata.lookup(&path, Route::Cluster).await {
             Ok(found) => found,
             Err(LookupError::Uncacheable(why)) => {
                 tracing::debug!(path, reason = %why, "not cacheable, passing through");
-                let status = format!("fwd=uri-miss; detail={}", why.detail());
-                return self.pass(req, &path, &status, "uncacheable").await;
+                return self.pass(req, &path, CacheStatus::Uncacheable(why)).await;
             }
             Err(LookupError::Upstream(e)) => {
                 self.count("error", "upstream");
@@ -103,198 +138,163 @@ impl Front {
                 return Err(body::error(e.client_status(), e));
             }
         };
-        self.serve_cached(&req, meta, meta_source).await
+        if let Some(res) = self.answer_from_metadata(&req, &meta, meta_source) {
+            return Ok(res);
+        }
+        let ranges = match range::resolve(req.headers(), &meta) {
+            RangeRequest::Whole => None,
+            RangeRequest::Partial(ranges) => Some(ranges),
+            RangeRequest::Unsatisfiable => return Err(self.unsatisfiable(&meta)),
+        };
+        self.serve_chunks(meta, ranges).await
     }
 
-    async fn serve_cached(
+    /// `304 Not Modified` and `HEAD` need no body bytes: metadata answers them.
+    fn answer_from_metadata(
         &self,
         req: &Request<Incoming>,
-        meta: Arc<ObjectMeta>,
-        meta_source: MetaSource,
-    ) -> Result<Response<Body>, Response<Body>> {
-        let meta_status = match meta_source {
-            MetaSource::Cached => "hit; detail=metadata",
-            MetaSource::Upstream => "fwd=miss; detail=metadata",
-        };
-        if range::not_modified(req.headers(), &meta) {
-            self.count("not_modified", "metadata");
-            let mut res =
-                self.cached_response(StatusCode::NOT_MODIFIED, &meta, meta_status, body::empty());
+        meta: &ObjectMeta,
+        source: MetaSource,
+    ) -> Option<Response<Body>> {
+        let status = CacheStatus::Metadata(source);
+        if range::not_modified(req.headers(), meta) {
+            self.count("not_modified", status.tier());
+            let mut res = cached_response(StatusCode::NOT_MODIFIED, meta, &status, body::empty());
             res.headers_mut().remove(header::CONTENT_TYPE);
-            return Ok(res);
+            return Some(res);
         }
         if req.method() == Method::HEAD {
-            let result = match meta_source {
-                MetaSource::Cached => "hit",
-                MetaSource::Upstream => "miss",
-            };
-            self.count(result, "metadata");
-            let mut res = self.cached_response(StatusCode::OK, &meta, meta_status, body::empty());
+            self.count_status(&status);
+            let mut res = cached_response(StatusCode::OK, meta, &status, body::empty());
             set_len(&mut res, meta.length);
-            return Ok(res);
+            return Some(res);
         }
-        let (ranges, partial) = match range::resolve(req.headers(), &meta) {
-            RangeRequest::Whole => (vec![0..=meta.length - 1], false),
-            RangeRequest::Partial(ranges) => (ranges, true),
-            RangeRequest::Unsatisfiable => {
-                self.count("error", "none");
-                let mut res = body::error(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    "no requested range overlaps the object",
-                );
-                res.headers_mut().insert(
-                    header::CONTENT_RANGE,
-                    value(&format!("bytes */{}", meta.length)),
-                );
-                res.headers_mut()
-                    .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-                return Err(res);
-            }
-        };
+        None
+    }
+
+    fn unsatisfiable(&self, meta: &ObjectMeta) -> Response<Body> {
+        let mut res = self.refuse(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "no requested range overlaps the object",
+        );
+        res.headers_mut().insert(
+            header::CONTENT_RANGE,
+            value(&format!("bytes */{}", meta.length)),
+        );
+        res.headers_mut()
+            .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        res
+    }
+
+    fn reader(
+        &self,
+        meta: Arc<ObjectMeta>,
+        range: RangeInclusive<u64>,
+    ) -> crate::fetch::RangeReader {
+        self.fetcher
+            .stream_range(meta, range, Route::Cluster)
+            .counting(self.metrics.bytes_served.clone())
+    }
+
+    /// The whole object (`ranges` is `None`), one range, or several as multipart/byteranges.
+    async fn serve_chunks(
+        &self,
+        meta: Arc<ObjectMeta>,
+        ranges: Option<Vec<RangeInclusive<u64>>>,
+    ) -> Answer {
+        let partial = ranges.is_some();
+        let first_range = ranges
+            .as_ref()
+            .map_or(0..=meta.length - 1, |r| r[0].clone());
         let started = Instant::now();
-        let mut first = self
-            .fetcher
-            .stream_range(meta.clone(), ranges[0].clone(), Route::Cluster);
-        // Wait for the first bytes so an upstream failure can still be a clean 502/504.
+        let mut first = self.reader(meta.clone(), first_range.clone());
+        // Wait for the first bytes so a failure can still be a clean error status.
         let first_piece = match first.next().await {
             Some(Ok(piece)) => piece,
-            Some(Err(e)) => {
-                let tier = first.source().map_or("none", |(s, _)| s.label());
-                self.count("error", tier);
-                return Err(body::error(e.client_status(), e));
-            }
+            Some(Err(e)) => return Err(self.fetch_failed(&meta, e)),
             None => Bytes::new(),
         };
         self.metrics
-            .response_first_byte_seconds
+            .first_byte_seconds
             .observe(started.elapsed().as_secs_f64());
-        let (source, collapsed) = first.source().unwrap_or((Source::Upstream, false));
-        let status = cache_status(source, collapsed);
-        self.count(
-            if source == Source::Upstream {
-                "miss"
-            } else {
-                "hit"
-            },
-            source.label(),
-        );
-        let head_stream = futures::stream::once(async move { Ok::<_, UpstreamError>(first_piece) })
-            .chain(first.into_stream());
-        if let [only] = ranges.as_slice() {
-            let code = if !partial {
-                StatusCode::OK
-            } else {
+        let (origin, collapsed) = first.origin().unwrap_or((SourceKind::Upstream, false));
+        let status = CacheStatus::Chunks { origin, collapsed };
+        self.count_status(&status);
+        let head = futures::stream::once(async move { Ok::<_, FetchError>(first_piece) })
+            .chain(first.into_stream())
+            .boxed();
+        let Some(ranges) = ranges.filter(|r| r.len() > 1) else {
+            let code = if partial {
                 StatusCode::PARTIAL_CONTENT
+            } else {
+                StatusCode::OK
             };
-            let mut res = self.cached_response(
-                code,
-                &meta,
-                &status,
-                body::streaming(sync_stream(head_stream)),
-            );
-            set_len(&mut res, only.end() - only.start() + 1);
+            let mut res = cached_response(code, &meta, &status, body::streaming(sync_stream(head)));
+            set_len(&mut res, first_range.end() - first_range.start() + 1);
             if code == StatusCode::PARTIAL_CONTENT {
-                res.headers_mut().insert(
-                    header::CONTENT_RANGE,
-                    value(&format!(
-                        "bytes {}-{}/{}",
-                        only.start(),
-                        only.end(),
-                        meta.length
-                    )),
+                let content_range = format!(
+                    "bytes {}-{}/{}",
+                    first_range.start(),
+                    first_range.end(),
+                    meta.length
                 );
+                res.headers_mut()
+                    .insert(header::CONTENT_RANGE, value(&content_range));
             }
             return Ok(res);
-        }
-        // Several ranges: multipart/byteranges, each part streamed from its own range reader.
-        let framing = Multipart::new(&ranges, &meta);
-        let length = framing.content_length(&ranges);
-        let fetcher = self.fetcher.clone();
+        };
+        Ok(self.multipart(meta, &ranges, head, &status))
+    }
+
+    fn fetch_failed(&self, meta: &ObjectMeta, e: FetchError) -> Response<Body> {
+        self.count("error", e.party());
+        tracing::warn!(path = %meta.path, error = %e, "request failed before its first byte");
+        body::error(e.client_status(), e)
+    }
+
+    /// Several ranges: multipart/byteranges, each part streamed from its own range reader,
+    /// opened lazily when the part is reached so read-ahead applies per part.
+    fn multipart(
+        &self,
+        meta: Arc<ObjectMeta>,
+        ranges: &[RangeInclusive<u64>],
+        head: BoxStream<'static, Result<Bytes, FetchError>>,
+        status: &CacheStatus,
+    ) -> Response<Body> {
+        let framing = Multipart::new(ranges, &meta);
+        let length = framing.content_length(ranges);
         let mut parts = Vec::with_capacity(ranges.len() * 2 + 1);
-        let mut head_stream = Some(head_stream.boxed());
-        for (i, (range, part_head)) in ranges.iter().zip(framing.part_heads).enumerate() {
+        let mut head = Some(head);
+        for (range, part_head) in ranges.iter().zip(framing.part_heads) {
             parts.push(futures::stream::once(async move { Ok(Bytes::from(part_head)) }).boxed());
-            let part = match head_stream.take() {
-                Some(s) if i == 0 => s,
-                _ => {
-                    let (fetcher, meta, range) = (fetcher.clone(), meta.clone(), range.clone());
-                    // Opened lazily, when the part is reached, so read-ahead applies per part.
-                    futures::stream::once(async move {
-                        fetcher
-                            .stream_range(meta, range, Route::Cluster)
-                            .into_stream()
-                    })
-                    .flatten()
-                    .boxed()
+            let part = match head.take() {
+                Some(first) => first,
+                None => {
+                    let reader = self.reader(meta.clone(), range.clone());
+                    futures::stream::once(async move { reader.into_stream() })
+                        .flatten()
+                        .boxed()
                 }
             };
             parts.push(part);
         }
         parts.push(futures::stream::once(async move { Ok(Bytes::from(framing.tail)) }).boxed());
         let body_stream = futures::stream::iter(parts).flatten();
-        let mut res = self.cached_response(
+        let mut res = cached_response(
             StatusCode::PARTIAL_CONTENT,
             &meta,
-            &status,
+            status,
             body::streaming(sync_stream(body_stream)),
         );
         set_len(&mut res, length);
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            value(&format!(
-                "multipart/byteranges; boundary={}",
-                framing.boundary
-            )),
-        );
-        Ok(res)
-    }
-
-    fn cached_response(
-        &self,
-        status: StatusCode,
-        meta: &ObjectMeta,
-        cache_status: &str,
-        body: Body,
-    ) -> Response<Body> {
-        let mut res = Response::new(body);
-        *res.status_mut() = status;
-        let h = res.headers_mut();
-        for (name, v) in &meta.headers {
-            if let (Ok(name), Ok(v)) = (
-                header::HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(v),
-            ) {
-                h.append(name, v);
-            }
-        }
-        if let Some(etag) = meta
-            .etag
-            .as_deref()
-            .and_then(|e| HeaderValue::from_str(e).ok())
-        {
-            h.insert(header::ETAG, etag);
-        }
-        if let Some(lm) = meta
-            .last_modified
-            .as_deref()
-            .and_then(|e| HeaderValue::from_str(e).ok())
-        {
-            h.insert(header::LAST_MODIFIED, lm);
-        }
-        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        h.insert(header::AGE, HeaderValue::from(meta.age(unix_now())));
-        h.insert(CACHE_STATUS, value(&format!("casserole; {cache_status}")));
+        let content_type = format!("multipart/byteranges; boundary={}", framing.boundary);
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, value(&content_type));
         res
     }
 
     /// Streams a request the cache does not take part in to the upstream and back, as is.
-    async fn pass(
-        &self,
-        req: Request<Incoming>,
-        path: &str,
-        cache_status: &str,
-        label: &str,
-    ) -> Result<Response<Body>, Response<Body>> {
+    async fn pass(&self, req: Request<Incoming>, path: &str, status: CacheStatus) -> Answer {
         let (parts, incoming) = req.into_parts();
         let upstream = match self
             .upstream
@@ -313,7 +313,7 @@ impl Front {
                 return Err(body::error(e.client_status(), e));
             }
         };
-        self.count("pass", label);
+        self.count_status(&status);
         let mut res = Response::new(body::empty());
         *res.status_mut() = upstream.status();
         for (name, v) in upstream.headers() {
@@ -322,7 +322,7 @@ impl Front {
             }
         }
         res.headers_mut()
-            .insert(CACHE_STATUS, value(&format!("casserole; {cache_status}")));
+            .insert(cache_status::HEADER, status.header_value());
         let served = self.metrics.bytes_served.with_label_values(&["pass"]);
         let stream = upstream.bytes_stream().inspect(move |piece| {
             if let Ok(p) = piece {
@@ -334,28 +334,49 @@ impl Front {
     }
 }
 
+fn cached_response(
+    status: StatusCode,
+    meta: &ObjectMeta,
+    cache_status: &CacheStatus,
+    body: Body,
+) -> Response<Body> {
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    for (name, v) in &meta.headers {
+        if let (Ok(name), Ok(v)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            h.append(name, v);
+        }
+    }
+    if let Some(etag) = meta
+        .etag
+        .as_deref()
+        .and_then(|e| HeaderValue::from_str(e).ok())
+    {
+        h.insert(header::ETAG, etag);
+    }
+    if let Some(lm) = meta
+        .last_modified
+        .as_deref()
+        .and_then(|e| HeaderValue::from_str(e).ok())
+    {
+        h.insert(header::LAST_MODIFIED, lm);
+    }
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::AGE, HeaderValue::from(meta.age(unix_now())));
+    h.insert(cache_status::HEADER, cache_status.header_value());
+    res
+}
+
 /// The body to forward: streamed when the client declared one, none otherwise (a bodiless GET
 /// must not turn into a chunked one upstream).
 fn request_body(headers: &http::HeaderMap, incoming: Incoming) -> Option<reqwest::Body> {
     let declared = headers.contains_key(header::CONTENT_LENGTH)
         || headers.contains_key(header::TRANSFER_ENCODING);
     declared.then(|| reqwest::Body::wrap(incoming))
-}
-
-/// Wraps a `Send` stream so that it is also `Sync`, as the boxed body type requires; only one
-/// task ever polls a response body, so the mutex is never contended.
-pub(crate) fn sync_stream<S, T>(stream: S) -> impl futures::Stream<Item = T> + Send + Sync + 'static
-where
-    S: futures::Stream<Item = T> + Send + 'static,
-{
-    let stream = std::sync::Mutex::new(Box::pin(stream));
-    futures::stream::poll_fn(move |cx| {
-        stream
-            .lock()
-            .expect("body stream lock")
-            .as_mut()
-            .poll_next(cx)
-    })
 }
 
 fn value(s: &str) -> HeaderValue {
@@ -367,20 +388,23 @@ fn set_len(res: &mut Response<Body>, len: u64) {
         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }
 
-fn cache_status(source: Source, collapsed: bool) -> String {
-    match (source, collapsed) {
-        (Source::Upstream, false) => "fwd=miss".into(),
-        (Source::Upstream, true) => "fwd=miss; collapsed".into(),
-        (tier, _) => format!("hit; detail={}", tier.label()),
-    }
-}
-
 /// The path and query to ask the upstream for, or a 400 saying what is wrong with it.
 fn validated_path(req: &Request<Incoming>) -> Result<String, &'static str> {
     let Some(pq) = req.uri().path_and_query() else {
         return Err("request target has no path");
     };
-    let path = pq.path();
+    check_path(pq.path())?;
+    Ok(pq.as_str().to_string())
+}
+
+/// Whether `path` (with its query) is one this node would accept from a client; the peer API
+/// holds peers to the same rule.
+pub fn is_clean_path(path_and_query: &str) -> bool {
+    let path = path_and_query.split('?').next().unwrap_or("");
+    path_and_query.parse::<http::uri::PathAndQuery>().is_ok() && check_path(path).is_ok()
+}
+
+fn check_path(path: &str) -> Result<(), &'static str> {
     if !path.starts_with('/') {
         return Err("request target must be an absolute path");
     }
@@ -395,5 +419,5 @@ fn validated_path(req: &Request<Incoming>) -> Result<String, &'static str> {
     if path.to_ascii_lowercase().contains("%2f") && path.to_ascii_lowercase().contains("%2e") {
         return Err("encoded path separators are not allowed next to dots");
     }
-    Ok(pq.as_str().to_string())
+    Ok(())
 }

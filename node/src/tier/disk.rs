@@ -39,6 +39,7 @@ use crate::object::ChunkKey;
 
 mod format;
 mod index;
+mod source;
 use format::{
     encode_header, file_len, parse_chunk_name, read_verified, valid_version, Loaded, KIND_CHUNK,
     KIND_META,

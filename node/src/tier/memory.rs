@@ -4,23 +4,52 @@
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use moka::{notification::RemovalCause, sync::Cache};
 
-use super::Chunk;
-use crate::{metrics::Metrics, object::ChunkKey};
+use crate::{
+    metrics::Registrar,
+    object::ChunkKey,
+    source::{Chunk, ChunkRequest, ChunkSource, FetchError, Opened, SourceKind},
+};
 
 /// Bytes a cached entry costs beyond its payload (key, moka's entry bookkeeping); an estimate,
 /// so the bound stays honest for small chunks too.
 const ENTRY_OVERHEAD: u64 = 160;
 
+#[derive(Clone)]
+pub struct MemoryMetrics {
+    pub bytes: prometheus::IntGauge,
+    pub chunks: prometheus::IntGauge,
+    pub evictions: prometheus::IntCounter,
+}
+
+impl MemoryMetrics {
+    pub fn new(r: &Registrar) -> Self {
+        MemoryMetrics {
+            bytes: r.gauge(
+                "casserole_memory_bytes",
+                "Bytes of chunks held by the memory tier",
+            ),
+            chunks: r.gauge("casserole_memory_chunks", "Chunks held by the memory tier"),
+            evictions: r.counter(
+                "casserole_memory_evictions_total",
+                "Chunks evicted from the memory tier",
+            ),
+        }
+    }
+}
+
 pub struct MemoryTier {
     chunks: Cache<ChunkKey, Chunk>,
-    metrics: Arc<Metrics>,
+    /// Keep chunks served by their owner peer too (`--peer-hot-copy`).
+    keep_peer_chunks: bool,
+    metrics: MemoryMetrics,
 }
 
 impl MemoryTier {
-    pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> Self {
-        let evictions = metrics.memory_evictions.clone();
+    pub fn new(max_bytes: u64, keep_peer_chunks: bool, metrics: MemoryMetrics) -> Self {
+        let evictions = metrics.evictions.clone();
         let chunks = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_key: &ChunkKey, value: &Chunk| -> u32 {
@@ -32,7 +61,11 @@ impl MemoryTier {
                 }
             })
             .build();
-        MemoryTier { chunks, metrics }
+        MemoryTier {
+            chunks,
+            keep_peer_chunks,
+            metrics,
+        }
     }
 
     pub fn get(&self, key: &ChunkKey) -> Option<Chunk> {
@@ -65,17 +98,50 @@ impl MemoryTier {
     /// Brings the size gauges up to date (called before metrics are rendered).
     pub fn refresh_gauges(&self) {
         self.chunks.run_pending_tasks();
-        self.metrics
-            .memory_bytes
-            .set(self.chunks.weighted_size() as i64);
-        self.metrics
-            .memory_chunks
-            .set(self.chunks.entry_count() as i64);
+        self.metrics.bytes.set(self.chunks.weighted_size() as i64);
+        self.metrics.chunks.set(self.chunks.entry_count() as i64);
     }
 
     pub fn weighted_size(&self) -> u64 {
         self.chunks.run_pending_tasks();
         self.chunks.weighted_size()
+    }
+}
+
+impl ChunkSource for MemoryTier {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Memory
+    }
+
+    fn ready(&self, key: &ChunkKey) -> Option<Chunk> {
+        self.get(key)
+    }
+
+    fn open<'a>(
+        &'a self,
+        request: ChunkRequest<'a>,
+    ) -> BoxFuture<'a, Result<Option<Opened>, FetchError>> {
+        let opened = self.get(request.key).map(|chunk| {
+            let parts = chunk.parts_from(request.offset as usize);
+            Opened {
+                stream: Box::pin(futures::stream::iter(parts.into_iter().map(Ok))),
+                starts_at: request.offset,
+                origin: SourceKind::Memory,
+            }
+        });
+        Box::pin(async move { Ok(opened) })
+    }
+
+    fn keep<'a>(
+        &'a self,
+        key: &'a ChunkKey,
+        chunk: &'a Chunk,
+        origin: SourceKind,
+    ) -> BoxFuture<'a, ()> {
+        if origin != SourceKind::Memory && (origin != SourceKind::Peer || self.keep_peer_chunks) {
+            self.insert(key.clone(), chunk.clone());
+        }
+        Box::pin(async {})
     }
 }
 
@@ -93,8 +159,8 @@ mod tests {
 
     #[test]
     fn stays_within_its_byte_bound_and_hits_share_bytes() {
-        let m = Arc::new(Metrics::unregistered());
-        let tier = MemoryTier::new(1_000_000, m.clone());
+        let m = MemoryMetrics::new(&Registrar::new());
+        let tier = MemoryTier::new(1_000_000, true, m.clone());
         for i in 0..50 {
             tier.insert(key(i), Bytes::from(vec![i as u8; 100_000]).into());
         }
@@ -103,7 +169,7 @@ mod tests {
             "{}",
             tier.weighted_size()
         );
-        assert!(m.memory_evictions.get() >= 40);
+        assert!(m.evictions.get() >= 40);
         tier.insert(key(99), Bytes::from(vec![7u8; 1000]).into());
         let a = tier.get(&key(99)).unwrap();
         let b = tier.get(&key(99)).unwrap();
@@ -114,5 +180,18 @@ mod tests {
         );
         tier.remove_version(&"ab".repeat(32));
         assert!(tier.get(&key(99)).is_none());
+    }
+
+    #[tokio::test]
+    async fn keeps_peer_chunks_only_as_hot_copies() {
+        let chunk: Chunk = Bytes::from_static(b"abc").into();
+        let cold = MemoryTier::new(1_000_000, false, MemoryMetrics::new(&Registrar::new()));
+        cold.keep(&key(1), &chunk, SourceKind::Peer).await;
+        cold.keep(&key(2), &chunk, SourceKind::Disk).await;
+        assert!(cold.get(&key(1)).is_none());
+        assert!(cold.get(&key(2)).is_some());
+        let hot = MemoryTier::new(1_000_000, true, MemoryMetrics::new(&Registrar::new()));
+        hot.keep(&key(1), &chunk, SourceKind::Peer).await;
+        assert!(hot.get(&key(1)).is_some());
     }
 }

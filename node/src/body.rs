@@ -48,3 +48,19 @@ pub fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response<Bod
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
+
+/// Wraps a `Send` stream so that it is also `Sync`, as the boxed body type requires; only one
+/// task ever polls a response body, so the mutex is never contended.
+pub fn sync_stream<S, T>(stream: S) -> impl Stream<Item = T> + Send + Sync + 'static
+where
+    S: Stream<Item = T> + Send + 'static,
+{
+    let stream = std::sync::Mutex::new(Box::pin(stream));
+    futures::stream::poll_fn(move |cx| {
+        stream
+            .lock()
+            .expect("body stream lock")
+            .as_mut()
+            .poll_next(cx)
+    })
+}

@@ -3,7 +3,7 @@
 //! The owner answers from its own memory, disk or upstream with single flight, so across the
 //! cluster a chunk is fetched from the upstream once while its owner lives. A peer that refuses,
 //! times out or breaks is marked suspect for a while and the next owner in rendezvous order is
-//! tried; the caller's last resort is its own disk and the upstream.
+//! tried; the fetcher's last resorts are its own disk and the upstream.
 
 use std::{
     collections::HashMap,
@@ -11,23 +11,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
+use futures::{future::BoxFuture, StreamExt};
 use http::{header, StatusCode};
 
+use super::{
+    wire::{MetaAnswer, CHUNK_PREFIX, META_PATH, PATH_HEADER, SOURCE_HEADER},
+    PeerMetrics,
+};
 use crate::{
     cluster::{membership::Member, membership::Membership, ring},
-    metrics::Metrics,
     object::ObjectMeta,
-    policy::Uncacheable,
-    tier::Source,
-    upstream::{ByteStream, UpstreamError},
+    source::{ChunkRequest, ChunkSource, ChunkStream, FetchError, Opened, SourceKind},
 };
 
 /// How long a failed peer is skipped before it is tried again.
 const SUSPECT_FOR: Duration = Duration::from_secs(5);
-
-pub const SOURCE_HEADER: &str = "x-casserole-source";
-pub const PATH_HEADER: &str = "x-casserole-path";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -41,33 +39,36 @@ pub enum PeerError {
     },
 }
 
-/// A metadata answer from an owner peer.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub enum MetaAnswer {
-    Cacheable(ObjectMeta),
-    Uncacheable(Uncacheable),
+impl From<PeerError> for FetchError {
+    fn from(e: PeerError) -> Self {
+        let peer = match &e {
+            PeerError::Unreachable { peer, .. } | PeerError::Refused { peer, .. } => peer.clone(),
+        };
+        FetchError::Peer {
+            peer,
+            message: e.to_string(),
+        }
+    }
 }
 
 pub struct PeerConfig {
     pub token: String,
     pub timeout: Duration,
-    /// Keep a copy of chunks fetched from peers in the local memory tier.
-    pub hot_copy: bool,
 }
 
-pub struct PeerTier {
+pub struct PeerClient {
     membership: Membership,
     client: reqwest::Client,
     cfg: PeerConfig,
     suspects: Mutex<HashMap<String, Instant>>,
-    metrics: Arc<Metrics>,
+    metrics: PeerMetrics,
 }
 
-impl PeerTier {
+impl PeerClient {
     pub fn new(
         membership: Membership,
         cfg: PeerConfig,
-        metrics: Arc<Metrics>,
+        metrics: PeerMetrics,
     ) -> anyhow::Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
@@ -78,17 +79,13 @@ impl PeerTier {
             .no_proxy()
             .tcp_nodelay(true)
             .build()?;
-        Ok(PeerTier {
+        Ok(PeerClient {
             membership,
             client,
             cfg,
             suspects: Mutex::new(HashMap::new()),
             metrics,
         })
-    }
-
-    pub fn hot_copy(&self) -> bool {
-        self.cfg.hot_copy
     }
 
     /// Remote members to ask for `key`, in rendezvous order, up to this node itself: past that
@@ -107,8 +104,19 @@ impl PeerTier {
             .collect()
     }
 
+    /// The chunk sources for `key` on the owner peers, in the order to try them.
+    pub fn owner_sources(self: &Arc<Self>, key: &str) -> Vec<PeerSource> {
+        self.remote_owners(key)
+            .into_iter()
+            .map(|member| PeerSource {
+                client: self.clone(),
+                member,
+            })
+            .collect()
+    }
+
     pub fn mark_suspect(&self, peer: &Member, why: &dyn std::fmt::Display) {
-        self.metrics.peer_failovers.inc();
+        self.metrics.failovers.inc();
         let newly = self
             .suspects
             .lock()
@@ -117,13 +125,6 @@ impl PeerTier {
             .is_none();
         if newly {
             tracing::warn!(peer = %peer.id, url = %peer.url, error = %why, "peer failed; failing over for {SUSPECT_FOR:?}");
-        }
-    }
-
-    fn unreachable(&self, peer: &Member, e: reqwest::Error) -> PeerError {
-        PeerError::Unreachable {
-            peer: peer.id.clone(),
-            message: e.to_string(),
         }
     }
 
@@ -153,7 +154,7 @@ impl PeerTier {
     ) -> Result<reqwest::Response, PeerError> {
         let count = |result| {
             self.metrics
-                .peer_requests
+                .requests
                 .with_label_values(&[kind, result])
                 .inc()
         };
@@ -168,7 +169,10 @@ impl PeerTier {
             }
             Err(e) => {
                 count("unreachable");
-                Err(self.unreachable(peer, e))
+                Err(PeerError::Unreachable {
+                    peer: peer.id.clone(),
+                    message: e.to_string(),
+                })
             }
         }
     }
@@ -180,8 +184,8 @@ impl PeerTier {
         peer: &Member,
         meta: &ObjectMeta,
         index: u64,
-    ) -> Result<(ByteStream, Source), PeerError> {
-        let url = format!("{}/v1/chunk/{index}", peer.url.trim_end_matches('/'));
+    ) -> Result<(ChunkStream, SourceKind), PeerError> {
+        let url = format!("{}{CHUNK_PREFIX}{index}", peer.url.trim_end_matches('/'));
         let request = self
             .client
             .post(url)
@@ -193,32 +197,71 @@ impl PeerTier {
             .get(SOURCE_HEADER)
             .and_then(|v| v.to_str().ok())
         {
-            Some("upstream") => Source::Upstream,
-            _ => Source::Peer,
+            Some("upstream") => SourceKind::Upstream,
+            _ => SourceKind::Peer,
         };
-        let received = self.metrics.peer_bytes.with_label_values(&["received"]);
+        let received = self.metrics.bytes.with_label_values(&["received"]);
+        let peer_id = peer.id.clone();
         let stream = res.bytes_stream().map(move |piece| match piece {
             Ok(p) => {
                 received.inc_by(p.len() as u64);
                 Ok(p)
             }
-            Err(e) if e.is_timeout() => Err(UpstreamError::Timeout),
-            Err(e) => Err(UpstreamError::Transfer(format!("from peer: {e}"))),
+            Err(e) => Err(FetchError::Peer {
+                peer: peer_id.clone(),
+                message: format!("transfer failed: {e}"),
+            }),
         });
         Ok((Box::pin(stream), source))
     }
 
     /// Asks `peer`, the owner of `path`'s metadata, for it.
     pub async fn fetch_meta(&self, peer: &Member, path: &str) -> Result<MetaAnswer, PeerError> {
-        let url = format!("{}/v1/meta", peer.url.trim_end_matches('/'));
+        let url = format!("{}{META_PATH}", peer.url.trim_end_matches('/'));
         let request = self.client.get(url).header(PATH_HEADER, path);
         let res = self.send("meta", peer, request).await?;
-        let body = res.bytes().await.map_err(|e| self.unreachable(peer, e))?;
-        let answer = serde_json::from_slice(&body).map_err(|e| PeerError::Refused {
+        let body = res.bytes().await.map_err(|e| PeerError::Unreachable {
+            peer: peer.id.clone(),
+            message: e.to_string(),
+        })?;
+        serde_json::from_slice(&body).map_err(|e| PeerError::Refused {
             peer: peer.id.clone(),
             status: 200,
             message: format!("unreadable metadata: {e}"),
-        })?;
-        Ok(answer)
+        })
+    }
+}
+
+/// One owner peer as a chunk source.
+pub struct PeerSource {
+    client: Arc<PeerClient>,
+    member: Member,
+}
+
+impl ChunkSource for PeerSource {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Peer
+    }
+
+    fn open<'a>(
+        &'a self,
+        request: ChunkRequest<'a>,
+    ) -> BoxFuture<'a, Result<Option<Opened>, FetchError>> {
+        Box::pin(async move {
+            let (stream, origin) = self
+                .client
+                .fetch_chunk(&self.member, request.meta, request.key.index)
+                .await?;
+            // The peer protocol always sends the whole chunk; the fetcher skips what it has.
+            Ok(Some(Opened {
+                stream,
+                starts_at: 0,
+                origin,
+            }))
+        })
+    }
+
+    fn failed(&self, error: &FetchError) {
+        self.client.mark_suspect(&self.member, error);
     }
 }

@@ -1,0 +1,394 @@
+//! The tier walk, single flight, read-ahead and failover, in process with fake sources: no
+//! processes, no sockets.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tokio::sync::Notify;
+
+use super::*;
+use crate::{
+    object::Validator,
+    source::{ChunkRequest, Opened},
+    upstream::UpstreamError,
+};
+
+const CHUNK: u64 = 64 * 1024;
+
+/// Byte `i` of the test object.
+fn byte_at(i: u64) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 8)) as u8
+}
+
+fn object_bytes(range: std::ops::Range<u64>) -> Vec<u8> {
+    range.map(byte_at).collect()
+}
+
+fn meta(length: u64) -> Arc<ObjectMeta> {
+    let validator = Validator::StrongEtag("\"v\"".into());
+    Arc::new(ObjectMeta {
+        path: "/obj".into(),
+        length,
+        chunk_size: CHUNK,
+        version: ObjectMeta::compute_version("http://u", "/obj", &validator, length, CHUNK),
+        validator,
+        etag: Some("\"v\"".into()),
+        last_modified: None,
+        headers: vec![],
+        fetched_at: 0,
+        initial_age: 0,
+        fresh_until: u64::MAX,
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// Does not have the chunk.
+    Absent,
+    Serves,
+    FailsBeforeFirstByte,
+    /// Sends this many bytes of the chunk, then breaks.
+    BreaksAfter(usize),
+    /// Sends the chunk and this many bytes more.
+    SendsExtra(usize),
+    Panics,
+    ObjectChanged,
+}
+
+struct Fake {
+    kind: SourceKind,
+    behaviour: Behaviour,
+    opens: AtomicUsize,
+    offsets: Mutex<Vec<u64>>,
+    failures: AtomicUsize,
+    /// When set, the bytes are sent only once it is notified.
+    gate: Option<Arc<Notify>>,
+}
+
+impl Fake {
+    fn new(kind: SourceKind, behaviour: Behaviour) -> Arc<Self> {
+        Arc::new(Fake {
+            kind,
+            behaviour,
+            opens: AtomicUsize::new(0),
+            offsets: Mutex::new(Vec::new()),
+            failures: AtomicUsize::new(0),
+            gate: None,
+        })
+    }
+
+    fn gated(kind: SourceKind, gate: Arc<Notify>) -> Arc<Self> {
+        Arc::new(Fake {
+            gate: Some(gate),
+            ..Arc::into_inner(Fake::new(kind, Behaviour::Serves)).unwrap()
+        })
+    }
+
+    fn opens(&self) -> usize {
+        self.opens.load(Ordering::SeqCst)
+    }
+}
+
+/// Splits `bytes` into small pieces, as a network source would deliver them.
+fn pieces(bytes: Vec<u8>) -> Vec<Result<Bytes, FetchError>> {
+    bytes
+        .chunks(4096)
+        .map(|p| Ok(Bytes::copy_from_slice(p)))
+        .collect()
+}
+
+impl ChunkSource for Fake {
+    fn kind(&self) -> SourceKind {
+        self.kind
+    }
+
+    fn open<'a>(
+        &'a self,
+        request: ChunkRequest<'a>,
+    ) -> BoxFuture<'a, Result<Option<Opened>, FetchError>> {
+        Box::pin(async move {
+            self.opens.fetch_add(1, Ordering::SeqCst);
+            self.offsets.lock().unwrap().push(request.offset);
+            if let Some(gate) = &self.gate {
+                gate.notified().await;
+            }
+            let range = request.meta.chunk_range(request.key.index);
+            let start = range.start() + request.offset;
+            let end = range.end() + 1;
+            let items = match self.behaviour {
+                Behaviour::Absent => return Ok(None),
+                Behaviour::FailsBeforeFirstByte => {
+                    return Err(FetchError::Peer {
+                        peer: "fake".into(),
+                        message: "refused".into(),
+                    })
+                }
+                Behaviour::ObjectChanged => {
+                    return Err(UpstreamError::Changed("etag".into()).into())
+                }
+                Behaviour::Panics => panic!("a source bug"),
+                Behaviour::Serves => pieces(object_bytes(start..end)),
+                Behaviour::BreaksAfter(n) => {
+                    let mut items = pieces(object_bytes(start..start + n as u64));
+                    items.push(Err(FetchError::Peer {
+                        peer: "fake".into(),
+                        message: "connection reset".into(),
+                    }));
+                    items
+                }
+                Behaviour::SendsExtra(n) => pieces(object_bytes(start..end + n as u64)),
+            };
+            Ok(Some(Opened {
+                stream: Box::pin(futures::stream::iter(items)),
+                starts_at: request.offset,
+                origin: self.kind,
+            }))
+        })
+    }
+
+    fn failed(&self, _error: &FetchError) {
+        self.failures.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn fetcher(sources: Vec<Arc<Fake>>, readahead: usize) -> Arc<ChunkFetcher> {
+    let registrar = Registrar::new();
+    let memory = Arc::new(MemoryTier::new(
+        64 * CHUNK,
+        true,
+        crate::tier::memory::MemoryMetrics::new(&registrar),
+    ));
+    ChunkFetcher::new(
+        Sources {
+            memory,
+            peers: None,
+            local: sources
+                .into_iter()
+                .map(|s| s as Arc<dyn ChunkSource>)
+                .collect(),
+        },
+        None,
+        FetchConfig {
+            readahead,
+            flight_bytes: 64 * CHUNK,
+            budget_timeout: Duration::from_secs(5),
+        },
+        FetchMetrics::new(&registrar),
+    )
+}
+
+async fn read_all(
+    fetcher: &Arc<ChunkFetcher>,
+    meta: &Arc<ObjectMeta>,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Vec<u8>, FetchError> {
+    let mut reader = fetcher.stream_range(meta.clone(), range, Route::LocalOnly);
+    let mut body = Vec::new();
+    while let Some(piece) = reader.next().await {
+        body.extend_from_slice(&piece?);
+    }
+    Ok(body)
+}
+
+#[tokio::test]
+async fn the_walk_skips_sources_without_the_chunk_and_keeps_it_in_memory() {
+    let absent = Fake::new(SourceKind::Disk, Behaviour::Absent);
+    let upstream = Fake::new(SourceKind::Upstream, Behaviour::Serves);
+    let f = fetcher(vec![absent.clone(), upstream.clone()], 2);
+    let m = meta(3 * CHUNK + 100);
+    let body = read_all(&f, &m, 0..=m.length - 1).await.unwrap();
+    assert_eq!(body, object_bytes(0..m.length));
+    assert_eq!((absent.opens(), upstream.opens()), (4, 4));
+    assert_eq!(absent.failures.load(Ordering::SeqCst), 0);
+    // Warm: every chunk from memory, no source asked again.
+    let body = read_all(&f, &m, 10..=2 * CHUNK).await.unwrap();
+    assert_eq!(body, object_bytes(10..2 * CHUNK + 1));
+    assert_eq!(upstream.opens(), 4);
+}
+
+#[tokio::test]
+async fn a_source_failing_before_the_first_byte_fails_over() {
+    let peer = Fake::new(SourceKind::Peer, Behaviour::FailsBeforeFirstByte);
+    let upstream = Fake::new(SourceKind::Upstream, Behaviour::Serves);
+    let f = fetcher(vec![peer.clone(), upstream.clone()], 0);
+    let m = meta(CHUNK);
+    assert_eq!(
+        read_all(&f, &m, 0..=CHUNK - 1).await.unwrap(),
+        object_bytes(0..CHUNK)
+    );
+    assert_eq!(peer.failures.load(Ordering::SeqCst), 1);
+    assert_eq!(upstream.opens(), 1);
+}
+
+#[tokio::test]
+async fn a_source_breaking_mid_chunk_is_continued_where_it_stopped() {
+    let peer = Fake::new(SourceKind::Peer, Behaviour::BreaksAfter(10_000));
+    let upstream = Fake::new(SourceKind::Upstream, Behaviour::Serves);
+    let f = fetcher(vec![peer.clone(), upstream.clone()], 0);
+    let m = meta(CHUNK);
+    assert_eq!(
+        read_all(&f, &m, 0..=CHUNK - 1).await.unwrap(),
+        object_bytes(0..CHUNK)
+    );
+    assert_eq!(*upstream.offsets.lock().unwrap(), vec![10_000]);
+}
+
+#[tokio::test]
+async fn a_source_sending_too_much_fails_and_nothing_past_the_chunk_is_served() {
+    let peer = Fake::new(SourceKind::Peer, Behaviour::SendsExtra(5));
+    let upstream = Fake::new(SourceKind::Upstream, Behaviour::Serves);
+    let f = fetcher(vec![peer.clone(), upstream.clone()], 1);
+    let m = meta(2 * CHUNK);
+    let body = read_all(&f, &m, 0..=m.length - 1).await.unwrap();
+    assert_eq!(body, object_bytes(0..2 * CHUNK));
+    assert_eq!(peer.failures.load(Ordering::SeqCst), 2);
+    // The tail the overrunning source still held back was fetched again from the next one.
+    assert_eq!(upstream.opens(), 2);
+}
+
+#[tokio::test]
+async fn a_panicking_source_fails_over_and_never_wedges_the_chunk() {
+    let buggy = Fake::new(SourceKind::Disk, Behaviour::Panics);
+    let upstream = Fake::new(SourceKind::Upstream, Behaviour::Serves);
+    let f = fetcher(vec![buggy.clone(), upstream.clone()], 0);
+    let m = meta(CHUNK);
+    assert_eq!(
+        read_all(&f, &m, 0..=CHUNK - 1).await.unwrap(),
+        object_bytes(0..CHUNK)
+    );
+    assert_eq!(buggy.failures.load(Ordering::SeqCst), 1);
+
+    // Only a panicking source: the request fails cleanly, and the next one tries again.
+    let only = Fake::new(SourceKind::Disk, Behaviour::Panics);
+    let f = fetcher(vec![only.clone()], 0);
+    let err = read_all(&f, &m, 0..=CHUNK - 1).await.unwrap_err();
+    assert!(
+        matches!(err, FetchError::Panicked(SourceKind::Disk)),
+        "{err}"
+    );
+    assert_eq!(err.client_status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(read_all(&f, &m, 0..=CHUNK - 1).await.is_err());
+    assert_eq!(only.opens(), 2, "the failed flight must have left the map");
+}
+
+#[tokio::test]
+async fn a_changed_object_stops_the_walk() {
+    let upstream = Fake::new(SourceKind::Upstream, Behaviour::ObjectChanged);
+    let after = Fake::new(SourceKind::Upstream, Behaviour::Serves);
+    let f = fetcher(vec![upstream.clone(), after.clone()], 0);
+    let m = meta(CHUNK);
+    let err = read_all(&f, &m, 0..=CHUNK - 1).await.unwrap_err();
+    assert!(matches!(
+        err,
+        FetchError::Upstream(UpstreamError::Changed(_))
+    ));
+    assert_eq!(after.opens(), 0);
+}
+
+#[tokio::test]
+async fn no_source_at_all_is_an_error_that_does_not_blame_the_upstream() {
+    let f = fetcher(vec![Fake::new(SourceKind::Disk, Behaviour::Absent)], 0);
+    let m = meta(CHUNK);
+    let err = read_all(&f, &m, 0..=CHUNK - 1).await.unwrap_err();
+    assert!(matches!(err, FetchError::NoSource));
+    assert!(!err.to_string().contains("upstream"));
+}
+
+#[tokio::test]
+async fn concurrent_readers_join_one_fetch() {
+    let gate = Arc::new(Notify::new());
+    let upstream = Fake::gated(SourceKind::Upstream, gate.clone());
+    let f = fetcher(vec![upstream.clone()], 0);
+    let m = meta(CHUNK);
+    let version: Arc<str> = Arc::from(m.version.as_str());
+    let mut readers: Vec<_> = (0..3)
+        .map(|_| f.open(&m, &version, 0, Route::LocalOnly))
+        .collect();
+    assert_eq!(
+        readers.iter().map(|r| r.collapsed).collect::<Vec<_>>(),
+        vec![false, true, true]
+    );
+    // Let the single fetch reach the gate, then release it.
+    while upstream.opens() == 0 {
+        tokio::task::yield_now().await;
+    }
+    gate.notify_one();
+    for reader in &mut readers {
+        let mut body = Vec::new();
+        while let Some(piece) = reader.next().await {
+            body.extend_from_slice(&piece.unwrap());
+        }
+        assert_eq!(body, object_bytes(0..CHUNK));
+    }
+    assert_eq!(upstream.opens(), 1);
+}
+
+#[tokio::test]
+async fn a_reader_that_goes_away_does_not_cancel_the_fetch() {
+    let gate = Arc::new(Notify::new());
+    let upstream = Fake::gated(SourceKind::Upstream, gate.clone());
+    let f = fetcher(vec![upstream.clone()], 0);
+    let m = meta(CHUNK);
+    let version: Arc<str> = Arc::from(m.version.as_str());
+    drop(f.open(&m, &version, 0, Route::LocalOnly));
+    while upstream.opens() == 0 {
+        tokio::task::yield_now().await;
+    }
+    gate.notify_one();
+    let key = m.chunk_key(&version, 0);
+    for _ in 0..1000 {
+        if f.memory().contains(&key) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(f.memory().contains(&key), "the abandoned fetch must finish");
+    assert_eq!(
+        read_all(&f, &m, 0..=CHUNK - 1).await.unwrap(),
+        object_bytes(0..CHUNK)
+    );
+    assert_eq!(upstream.opens(), 1);
+}
+
+#[tokio::test]
+async fn read_ahead_keeps_the_window_in_flight() {
+    let gate = Arc::new(Notify::new());
+    let upstream = Fake::gated(SourceKind::Upstream, gate.clone());
+    let f = fetcher(vec![upstream.clone()], 3);
+    let m = meta(10 * CHUNK);
+    let mut reader = f.stream_range(m.clone(), 0..=m.length - 1, Route::LocalOnly);
+    let first = tokio::spawn(async move {
+        let piece = reader.next().await;
+        (piece, reader)
+    });
+    // Only the first chunk is fetched before the first bytes arrive.
+    while upstream.opens() == 0 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(upstream.opens(), 1);
+    gate.notify_one();
+    let (piece, mut reader) = first.await.unwrap();
+    assert!(piece.unwrap().is_ok());
+    // Then the window: the chunk being read plus three ahead.
+    let _ = reader.next().await;
+    for _ in 0..500 {
+        if upstream.opens() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(upstream.opens(), 4);
+    drop(reader);
+    for _ in 0..4 {
+        gate.notify_one();
+    }
+}

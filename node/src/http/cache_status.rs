@@ -1,0 +1,150 @@
+//! What the cache did for one response: rendered as the RFC 9211 `Cache-Status` header and as the
+//! labels of `casserole_requests_total`, from one value so the two never disagree.
+
+use std::fmt;
+
+use http::HeaderValue;
+
+use crate::{
+    metadata::MetaSource,
+    policy::{Bypass, Uncacheable},
+    source::SourceKind,
+};
+
+pub const HEADER: &str = "cache-status";
+/// The cache's name in `Cache-Status`.
+const CACHE: &str = "casserole";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Body bytes from a chunk source; `collapsed` when it joined a fetch already under way.
+    Chunks { origin: SourceKind, collapsed: bool },
+    /// `HEAD` or `304`, answered from metadata alone.
+    Metadata(MetaSource),
+    /// The request alone sent it straight to the upstream.
+    Bypassed(Bypass),
+    /// The upstream's answer said it cannot be cached.
+    Uncacheable(Uncacheable),
+}
+
+impl CacheStatus {
+    /// The `result` label: hit, miss or pass.
+    pub fn result(&self) -> &'static str {
+        match self {
+            CacheStatus::Chunks {
+                origin: SourceKind::Upstream,
+                ..
+            }
+            | CacheStatus::Metadata(MetaSource::Upstream) => "miss",
+            CacheStatus::Chunks { .. } | CacheStatus::Metadata(_) => "hit",
+            CacheStatus::Bypassed(_) | CacheStatus::Uncacheable(_) => "pass",
+        }
+    }
+
+    /// The `tier` label: which tier answered (or why the cache stood aside).
+    pub fn tier(&self) -> &'static str {
+        match self {
+            CacheStatus::Chunks { origin, .. } => origin.label(),
+            CacheStatus::Metadata(_) => "metadata",
+            CacheStatus::Bypassed(bypass) => bypass.label(),
+            CacheStatus::Uncacheable(_) => "uncacheable",
+        }
+    }
+
+    pub fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_str(&self.to_string()).expect("cache status is ASCII")
+    }
+}
+
+impl fmt::Display for CacheStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{CACHE}; ")?;
+        match self {
+            CacheStatus::Chunks {
+                origin: SourceKind::Upstream,
+                collapsed,
+            } => {
+                f.write_str("fwd=miss")?;
+                if *collapsed {
+                    f.write_str("; collapsed")?;
+                }
+                Ok(())
+            }
+            CacheStatus::Chunks { origin, .. } => write!(f, "hit; detail={origin}"),
+            CacheStatus::Metadata(MetaSource::Upstream) => f.write_str("fwd=miss; detail=metadata"),
+            CacheStatus::Metadata(MetaSource::Memory) => f.write_str("hit; detail=metadata"),
+            CacheStatus::Metadata(source) => write!(f, "hit; detail=metadata-{}", source.label()),
+            CacheStatus::Bypassed(Bypass::Method) => f.write_str("fwd=method"),
+            CacheStatus::Bypassed(Bypass::Credentials) => {
+                f.write_str("fwd=request; detail=credentials")
+            }
+            CacheStatus::Bypassed(Bypass::PassThroughRule) => f.write_str("fwd=uri-miss"),
+            CacheStatus::Uncacheable(why) => write!(f, "fwd=uri-miss; detail={}", why.detail()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_rfc_9211_and_matching_labels() {
+        let cases = [
+            (
+                CacheStatus::Chunks {
+                    origin: SourceKind::Upstream,
+                    collapsed: false,
+                },
+                "casserole; fwd=miss",
+                ("miss", "upstream"),
+            ),
+            (
+                CacheStatus::Chunks {
+                    origin: SourceKind::Upstream,
+                    collapsed: true,
+                },
+                "casserole; fwd=miss; collapsed",
+                ("miss", "upstream"),
+            ),
+            (
+                CacheStatus::Chunks {
+                    origin: SourceKind::Disk,
+                    collapsed: false,
+                },
+                "casserole; hit; detail=disk",
+                ("hit", "disk"),
+            ),
+            (
+                CacheStatus::Metadata(MetaSource::Disk),
+                "casserole; hit; detail=metadata-disk",
+                ("hit", "metadata"),
+            ),
+            (
+                CacheStatus::Metadata(MetaSource::Memory),
+                "casserole; hit; detail=metadata",
+                ("hit", "metadata"),
+            ),
+            (
+                CacheStatus::Metadata(MetaSource::Upstream),
+                "casserole; fwd=miss; detail=metadata",
+                ("miss", "metadata"),
+            ),
+            (
+                CacheStatus::Bypassed(Bypass::Credentials),
+                "casserole; fwd=request; detail=credentials",
+                ("pass", "credentials"),
+            ),
+            (
+                CacheStatus::Uncacheable(Uncacheable::NoValidator),
+                "casserole; fwd=uri-miss; detail=no-validator",
+                ("pass", "uncacheable"),
+            ),
+        ];
+        for (status, header, (result, tier)) in cases {
+            assert_eq!(status.to_string(), header);
+            assert_eq!(status.header_value(), header);
+            assert_eq!((status.result(), status.tier()), (result, tier), "{header}");
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! What crosses the wire between peers.
+
+use crate::{object::ObjectMeta, policy::Uncacheable};
+
+/// Response header of a chunk: where the owner found it (`memory`, `disk`, `upstream`).
+pub const SOURCE_HEADER: &str = "x-casserole-source";
+/// Request header of a metadata lookup: the path (and query) on the upstream.
+pub const PATH_HEADER: &str = "x-casserole-path";
+pub const CHUNK_PREFIX: &str = "/v1/chunk/";
+pub const META_PATH: &str = "/v1/meta";
+/// Metadata records are small; anything bigger is not one.
+pub const MAX_META_BODY: usize = 64 * 1024;
+
+/// A metadata answer from an owner peer.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub enum MetaAnswer {
+    Cacheable(ObjectMeta),
+    Uncacheable(Uncacheable),
+}
+
+/// Parses the chunk index out of a chunk request path.
+pub fn chunk_index(path: &str) -> Option<u64> {
+    let digits = path.strip_prefix(CHUNK_PREFIX)?;
+    if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Compares in constant time, so the token cannot be guessed byte by byte from response timing.
+pub fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    presented.len() == expected.len() && bool::from(presented.ct_eq(expected))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_must_match_exactly() {
+        assert!(token_matches(b"s3cret", b"s3cret"));
+        assert!(!token_matches(b"s3cre", b"s3cret"));
+        assert!(!token_matches(b"s3creT", b"s3cret"));
+        assert!(!token_matches(b"", b"s3cret"));
+    }
+
+    #[test]
+    fn chunk_paths_parse_strictly() {
+        assert_eq!(chunk_index("/v1/chunk/0"), Some(0));
+        assert_eq!(chunk_index("/v1/chunk/42"), Some(42));
+        for bad in [
+            "/v1/chunk/",
+            "/v1/chunk/+1",
+            "/v1/chunk/1a",
+            "/v1/chunk/-1",
+            "/v1/meta",
+        ] {
+            assert_eq!(chunk_index(bad), None, "{bad}");
+        }
+        assert_eq!(chunk_index("/v1/chunk/99999999999999999999999"), None);
+    }
+}
