@@ -103,6 +103,12 @@ async fn the_cluster_fetches_each_chunk_from_the_upstream_once() {
         served_by_peers >= (256 * MIB) as f64,
         "owners served their chunks to the others"
     );
+    // Bytes served counts what clients received, never what went to peers.
+    let mut served_to_clients = 0.0;
+    for node in &nodes {
+        served_to_clients += node.metric("casserole_bytes_served_total").await;
+    }
+    assert_eq!(served_to_clients, (33 * obj.len) as f64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

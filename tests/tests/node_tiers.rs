@@ -73,6 +73,49 @@ async fn a_restarted_node_serves_from_disk_without_upstream_bytes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_head_after_a_restart_is_a_hit_from_disk_metadata() {
+    let origin = Origin::start().await;
+    origin.put("/h.bin", ObjectSpec::new(3 * MIB).seed(33));
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = NodeBuilder::new(origin.url())
+        .disk_dir(dir.path())
+        .spawn()
+        .await;
+    let url = format!("{}/h.bin", node.url());
+    let cold = client().head(&url).send().await.unwrap();
+    assert_eq!(
+        header(cold.headers(), "cache-status"),
+        "casserole; fwd=miss; detail=metadata"
+    );
+    node.sigterm();
+    assert!(node.wait_exit(Duration::from_secs(10)).await.success());
+
+    node.restart().await;
+    origin.reset_stats();
+    let res = client().head(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        header(res.headers(), "content-length"),
+        (3 * MIB).to_string()
+    );
+    assert_eq!(
+        header(res.headers(), "cache-status"),
+        "casserole; hit; detail=metadata-disk"
+    );
+    assert_eq!(origin.stats().requests, 0, "answered from disk metadata");
+    assert_eq!(
+        node.metric(r#"casserole_requests_total{result="hit",tier="metadata"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        node.metric(r#"casserole_requests_total{result="miss",tier="metadata"}"#)
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn corrupt_and_truncated_chunk_files_are_dropped_and_fetched_again() {
     let origin = Origin::start().await;
     let obj = origin.put("/c.bin", ObjectSpec::new(8 * MIB).seed(32));
