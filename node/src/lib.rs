@@ -168,6 +168,7 @@ fn fetcher(
             memory: memory.clone(),
             peers,
             local,
+            whole_objects: Some(upstream.clone()),
         },
         Some(metadata.clone()),
         FetchConfig {
@@ -177,6 +178,7 @@ fn fetcher(
         },
         FetchMetrics::new(registrar),
     );
+    metadata.set_probe_sink(Arc::downgrade(&fetcher) as _);
     (fetcher, memory)
 }
 

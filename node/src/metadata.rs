@@ -18,11 +18,21 @@ use crate::{
     metrics::Registrar,
     object::{unix_now, ObjectMeta},
     peer::{client::PeerClient, server::LocalMetadata, wire::MetaAnswer},
-    policy::{evaluate_head, HeadContext, Uncacheable},
+    policy::{evaluate, evaluate_head, HeadContext, LookupAnswer, Uncacheable},
     source::Route,
     tier::disk::DiskTier,
-    upstream::{Upstream, UpstreamError},
+    upstream::{Probe, ProbeBody, Upstream, UpstreamError},
 };
+
+/// Takes over the body of a probe whose answer made an object cacheable (the fetcher).
+pub trait ProbeSink: Send + Sync {
+    fn adopt(&self, meta: &Arc<ObjectMeta>, body: ProbeBody);
+}
+
+/// How many uncacheable verdicts are remembered ("hit-for-pass"), and for how long: later
+/// requests for such a path go straight through, one upstream request each.
+const PASS_VERDICTS: u64 = 10_000;
+const PASS_VERDICT_TTL: Duration = Duration::from_secs(60);
 
 /// Why a lookup produced no metadata.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -91,6 +101,9 @@ pub struct MetadataConfig {
 
 pub struct MetadataStore {
     memory: Cache<String, Arc<ObjectMeta>>,
+    /// Paths recently found uncacheable, and why.
+    uncacheable: Cache<String, Uncacheable>,
+    sink: std::sync::OnceLock<std::sync::Weak<dyn ProbeSink>>,
     disk: Option<Arc<DiskTier>>,
     peers: Option<Arc<PeerClient>>,
     upstream: Arc<Upstream>,
@@ -112,6 +125,11 @@ impl MetadataStore {
             .build();
         MetadataStore {
             memory,
+            uncacheable: Cache::builder()
+                .max_capacity(PASS_VERDICTS)
+                .time_to_live(PASS_VERDICT_TTL)
+                .build(),
+            sink: std::sync::OnceLock::new(),
             disk,
             peers,
             upstream,
@@ -120,13 +138,29 @@ impl MetadataStore {
         }
     }
 
+    /// Where the bodies of probes go (set once, after the fetcher exists).
+    pub fn set_probe_sink(&self, sink: std::sync::Weak<dyn ProbeSink>) {
+        let _ = self.sink.set(sink);
+    }
+
     /// Metadata of `path` if it is cacheable, and where it came from. With `Route::Cluster`, a
     /// miss asks the owner of the path's metadata first, so every node agrees on one version.
+    /// `probe`: a miss is looked up with a `GET` of the chunk holding this byte (the first one
+    /// the client wants), whose body becomes that chunk; `None`: with a `HEAD`, for requests
+    /// that want no body.
     pub async fn lookup(
         &self,
         path: &str,
         route: Route,
+        probe: Option<u64>,
     ) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
+        if let Some(why) = self.uncacheable.get(path).await {
+            self.metrics
+                .lookups
+                .with_label_values(&["pass_verdict"])
+                .inc();
+            return Err(LookupError::Uncacheable(why));
+        }
         if let Some(meta) = self.memory.get(path).await {
             if meta.is_fresh(unix_now()) {
                 self.count(MetaSource::Memory);
@@ -139,12 +173,23 @@ impl MetadataStore {
         let meta = self
             .memory
             .try_get_with(path.to_string(), async {
-                let (meta, source) = self.load(path, route).await?;
+                let (meta, source) = self.load(path, route, probe).await?;
                 *loaded_from.lock().expect("lookup lock") = Some(source);
                 Ok(meta)
             })
             .await
-            .map_err(|e: Arc<LookupError>| (*e).clone())?;
+            .map_err(|e: Arc<LookupError>| (*e).clone());
+        let meta = match meta {
+            Ok(meta) => meta,
+            Err(LookupError::Uncacheable(why)) => {
+                // An upstream error status may be gone soon: only lasting verdicts are kept.
+                if !matches!(why, Uncacheable::Status(s) if s >= 500) {
+                    self.uncacheable.insert(path.to_string(), why.clone()).await;
+                }
+                return Err(LookupError::Uncacheable(why));
+            }
+            Err(e) => return Err(e),
+        };
         let source = loaded_from
             .into_inner()
             .expect("lookup lock")
@@ -164,6 +209,7 @@ impl MetadataStore {
         &self,
         path: &str,
         route: Route,
+        probe: Option<u64>,
     ) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
         let key = ObjectMeta::meta_key(path);
         if let (Some(peers), Route::Cluster) = (&self.peers, route) {
@@ -204,22 +250,69 @@ impl MetadataStore {
                 }
             }
         }
-        let (status, headers, response_time) = self.upstream.head(path).await?;
-        let ctx = HeadContext {
+        let meta = match probe {
+            Some(byte) => self.probe(path, byte).await?,
+            None => {
+                let (status, headers, response_time) = self.upstream.head(path).await?;
+                evaluate_head(&self.context(path, response_time), status, &headers)
+                    .map_err(LookupError::Uncacheable)?
+            }
+        };
+        let meta = Arc::new(meta);
+        if let Some(disk) = &self.disk {
+            let record = Bytes::from(serde_json::to_vec(&*meta).expect("metadata serializes"));
+            if let Err(e) = disk.put_meta(&key, record).await {
+                tracing::warn!(path, error = %e, "could not persist metadata; it stays in memory only");
+            }
+        }
+        Ok((meta, MetaSource::Upstream))
+    }
+
+    fn context<'a>(
+        &'a self,
+        path: &'a str,
+        response_time: std::time::SystemTime,
+    ) -> HeadContext<'a> {
+        HeadContext {
             upstream: self.upstream.base(),
             path,
             min_ttl: self.cfg.min_ttl,
             chunk_size: self.cfg.chunk_size,
             response_time,
-        };
-        let meta = evaluate_head(&ctx, status, &headers).map_err(LookupError::Uncacheable)?;
-        if let Some(disk) = &self.disk {
-            let record = Bytes::from(serde_json::to_vec(&meta).expect("metadata serializes"));
-            if let Err(e) = disk.put_meta(&key, record).await {
-                tracing::warn!(path, error = %e, "could not persist metadata; it stays in memory only");
-            }
         }
-        Ok((Arc::new(meta), MetaSource::Upstream))
+    }
+
+    /// Looks `path` up with a `GET` of its first chunk and hands the body to the fetcher, so
+    /// the first byte costs one round trip.
+    async fn probe(&self, path: &str, byte: u64) -> Result<ObjectMeta, LookupError> {
+        let chunk_size = self.cfg.chunk_size;
+        let Probe {
+            status,
+            headers,
+            response_time,
+            length,
+            body,
+        } = self
+            .upstream
+            .probe(path, byte / chunk_size * chunk_size, chunk_size)
+            .await?;
+        let answer = match (status.as_u16(), length) {
+            (206, Some(length)) => LookupAnswer::Ranged { length },
+            (200, Some(length)) => LookupAnswer::Whole { length },
+            (200 | 206, None) => return Err(LookupError::Uncacheable(Uncacheable::UnknownLength)),
+            // An upstream failing now is an error to report (or to serve stale through), not a
+            // verdict on the object.
+            (other, _) if other >= 500 => {
+                return Err(LookupError::Upstream(UpstreamError::Status(other)))
+            }
+            (other, _) => return Err(LookupError::Uncacheable(Uncacheable::Status(other))),
+        };
+        let meta = evaluate(&self.context(path, response_time), answer, &headers)
+            .map_err(LookupError::Uncacheable)?;
+        if let Some(sink) = self.sink.get().and_then(|s| s.upgrade()) {
+            sink.adopt(&Arc::new(meta.clone()), body);
+        }
+        Ok(meta)
     }
 
     /// Whether metadata from a peer describes `path` on this node's upstream, cut in this node's
@@ -267,7 +360,7 @@ impl LocalMetadata for MetadataStore {
         path: &'a str,
     ) -> BoxFuture<'a, Result<MetaAnswer, UpstreamError>> {
         Box::pin(async move {
-            match self.lookup(path, Route::LocalOnly).await {
+            match self.lookup(path, Route::LocalOnly, Some(0)).await {
                 Ok((meta, _)) => Ok(MetaAnswer::Cacheable((*meta).clone())),
                 Err(LookupError::Uncacheable(why)) => Ok(MetaAnswer::Uncacheable(why)),
                 Err(LookupError::Upstream(e)) => Err(e),

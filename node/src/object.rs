@@ -34,6 +34,17 @@ pub enum Validator {
     StrongEtag(String),
     /// Sent as `If-Unmodified-Since`; every range response must carry the same Last-Modified.
     LastModified(String),
+    /// No validator: bytes of two responses can never be proven to belong together, so the
+    /// object is only ever taken whole from one response. The token (random, per lookup) makes
+    /// each such lookup a version of its own, so chunks of two lookups are never mixed.
+    Unvalidated(String),
+}
+
+impl Validator {
+    /// Whether ranges fetched in separate requests can be checked to belong to one version.
+    pub fn validates_ranges(&self) -> bool {
+        !matches!(self, Validator::Unvalidated(_))
+    }
 }
 
 /// What the cache knows about one cacheable object, from the upstream's answer to `HEAD`.
@@ -48,6 +59,10 @@ pub struct ObjectMeta {
     pub last_modified: Option<String>,
     /// Representation headers replayed to clients (Content-Type, Cache-Control, …).
     pub headers: Vec<(String, String)>,
+    /// Fetched only as one whole-object stream, never by ranges: the upstream ignores `Range`
+    /// (or refuses it), or there is no validator to check ranges against.
+    #[serde(default)]
+    pub whole_only: bool,
     /// Unix seconds when the upstream answered.
     pub fetched_at: u64,
     /// Age the response already had when it was received (RFC 9111 §4.2.3).
@@ -81,6 +96,7 @@ impl ObjectMeta {
         match validator {
             Validator::StrongEtag(e) => h.update(format!("etag:{e}")),
             Validator::LastModified(l) => h.update(format!("lm:{l}")),
+            Validator::Unvalidated(token) => h.update(format!("none:{token}")),
         }
         h.update([0]);
         h.update(length.to_be_bytes());
@@ -140,6 +156,17 @@ impl ObjectMeta {
     pub fn meta_key(path: &str) -> String {
         hex::encode(Sha256::digest(path.as_bytes()))
     }
+
+    /// The key whose owner serves chunk `index`. The first chunk (which arrives with the probe
+    /// that looks the object up) and every chunk of a whole-only object (which arrive in one
+    /// stream) belong to the owner of the object's metadata, so they are fetched once.
+    pub fn owner_key(&self, key: &ChunkKey) -> String {
+        if key.index == 0 || self.whole_only {
+            Self::meta_key(&self.path)
+        } else {
+            key.to_string()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -157,6 +184,7 @@ mod tests {
             etag: Some("\"v1\"".into()),
             last_modified: None,
             headers: vec![],
+            whole_only: false,
             fetched_at: 100,
             initial_age: 5,
             fresh_until: 200,

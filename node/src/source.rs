@@ -212,6 +212,12 @@ pub trait ChunkSource: Send + Sync {
         None
     }
 
+    /// Whether this source holds the chunk locally, as far as a cheap check can tell (the disk
+    /// tier's index).
+    fn holds(&self, _key: &ChunkKey) -> bool {
+        false
+    }
+
     /// Starts reading the chunk. `Ok(None)`: this source does not have it (the next one is tried
     /// and nothing counts as a failure).
     fn open<'a>(

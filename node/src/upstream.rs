@@ -9,12 +9,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::{
     metrics::Registrar,
     object::{ObjectMeta, Validator},
+    policy::headers::is_hop_by_hop,
 };
 
 pub type UpstreamStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
@@ -113,21 +114,45 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) are never forwarded in either direction.
-pub fn is_hop_by_hop(name: &header::HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-    )
+mod probe;
+pub use probe::{Probe, ProbeBody};
+
+/// Makes a request for bytes of one version conditional on that version.
+fn conditional(req: reqwest::RequestBuilder, validator: &Validator) -> reqwest::RequestBuilder {
+    match validator {
+        Validator::StrongEtag(etag) => req.header(header::IF_MATCH, etag.as_str()),
+        Validator::LastModified(lm) => req.header(header::IF_UNMODIFIED_SINCE, lm.as_str()),
+        Validator::Unvalidated(_) => req,
+    }
+}
+
+/// Checks that a response carries the validator of the version it is fetched for.
+fn check_validator(validator: &Validator, headers: &HeaderMap) -> Result<(), UpstreamError> {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    match validator {
+        Validator::StrongEtag(etag) => {
+            let got = text(header::ETAG);
+            if got != Some(etag.as_str()) {
+                return Err(UpstreamError::Changed(format!(
+                    "ETag {got:?}, expected {etag:?}"
+                )));
+            }
+        }
+        Validator::LastModified(lm) => {
+            let got = text(header::LAST_MODIFIED);
+            if got != Some(lm.as_str()) {
+                return Err(UpstreamError::Changed(format!(
+                    "Last-Modified {got:?}, expected {lm:?}"
+                )));
+            }
+        }
+        Validator::Unvalidated(_) => {}
+    }
+    Ok(())
 }
 
 pub struct UpstreamConfig {
@@ -216,50 +241,14 @@ impl Upstream {
                 format!("bytes={}-{}", range.start(), range.end()),
             )
             .header(header::ACCEPT_ENCODING, "identity");
-        req = match &meta.validator {
-            Validator::StrongEtag(etag) => req.header(header::IF_MATCH, etag.as_str()),
-            Validator::LastModified(lm) => req.header(header::IF_UNMODIFIED_SINCE, lm.as_str()),
-        };
+        req = conditional(req, &meta.validator);
         let res = req
             .send()
             .await
             .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
         self.check_range_response(meta, &range, expected, res.status(), res.headers())
             .map_err(|e| self.failed(e))?;
-        let body = Box::pin(res.bytes_stream());
-        let state = (body, 0u64, false, self.metrics.clone());
-        // Validates the body as it streams: never more than announced, never silently short.
-        let stream = futures::stream::unfold(
-            state,
-            move |(mut body, mut received, done, metrics)| async move {
-                if done {
-                    return None;
-                }
-                let item = match body.next().await {
-                    Some(Ok(piece)) => {
-                        received += piece.len() as u64;
-                        metrics.bytes.inc_by(piece.len() as u64);
-                        if received > expected {
-                            Err(UpstreamError::TooLong { expected })
-                        } else {
-                            Ok(piece)
-                        }
-                    }
-                    Some(Err(e)) => Err(UpstreamError::from_reqwest(e)),
-                    None if received < expected => Err(UpstreamError::Truncated {
-                        expected,
-                        got: received,
-                    }),
-                    None => return None,
-                };
-                if let Err(e) = &item {
-                    metrics.errors.with_label_values(&[e.label()]).inc();
-                }
-                let done = item.is_err();
-                Some((item, (body, received, done, metrics)))
-            },
-        );
-        Ok(Box::pin(stream))
+        Ok(self.validated_body(res, expected))
     }
 
     fn check_range_response(
@@ -297,24 +286,7 @@ impl Upstream {
             }
             other => return Err(UpstreamError::Status(other.as_u16())),
         }
-        match &meta.validator {
-            Validator::StrongEtag(etag) => {
-                let got = text(header::ETAG);
-                if got != Some(etag.as_str()) {
-                    return Err(UpstreamError::Changed(format!(
-                        "ETag {got:?}, expected {etag:?}"
-                    )));
-                }
-            }
-            Validator::LastModified(lm) => {
-                let got = text(header::LAST_MODIFIED);
-                if got != Some(lm.as_str()) {
-                    return Err(UpstreamError::Changed(format!(
-                        "Last-Modified {got:?}, expected {lm:?}"
-                    )));
-                }
-            }
-        }
+        check_validator(&meta.validator, headers)?;
         if let Some(len) = text(header::CONTENT_LENGTH) {
             if len.trim().parse::<u64>().ok() != Some(expected) {
                 return Err(UpstreamError::BadRange(format!(

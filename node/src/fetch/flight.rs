@@ -27,6 +27,9 @@ pub(super) struct Flight {
     origin: Mutex<SourceKind>,
     pieces: Mutex<Vec<Bytes>>,
     progress: watch::Sender<Progress>,
+    /// Started on behalf of the request whose lookup probed the object: its first follower is
+    /// that request, not one that collapsed onto another's fetch.
+    awaits_its_request: std::sync::atomic::AtomicBool,
 }
 
 impl Flight {
@@ -35,7 +38,24 @@ impl Flight {
             origin: Mutex::new(SourceKind::Upstream),
             pieces: Mutex::new(Vec::new()),
             progress: watch::Sender::new(Progress::Running(0)),
+            awaits_its_request: Default::default(),
         }
+    }
+
+    /// A flight started for the request that probed the object (see `awaits_its_request`).
+    pub(super) fn for_probing_request() -> Self {
+        let flight = Self::new();
+        flight
+            .awaits_its_request
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        flight
+    }
+
+    /// Whether a reader joining now collapses onto another request's fetch.
+    pub(super) fn join_collapses(&self) -> bool {
+        !self
+            .awaits_its_request
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(super) fn origin(&self) -> SourceKind {
@@ -220,7 +240,7 @@ impl<'a> Assembly<'a> {
         self.received() == self.expected
     }
 
-    fn add(&mut self, bytes: &[u8]) {
+    pub(super) fn add(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= self.flush_at {
             self.flush();

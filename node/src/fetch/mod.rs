@@ -14,30 +14,33 @@
 use std::{
     collections::HashMap,
     ops::RangeInclusive,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::Duration,
 };
 
 use futures::{future::BoxFuture, StreamExt};
 use tokio::sync::Semaphore;
 
+mod feed;
 mod flight;
 mod range_reader;
 #[cfg(test)]
 mod tests;
 mod walk;
 
+pub use feed::FeedSource;
 pub use flight::ChunkReader;
 use flight::Flight;
 pub use range_reader::RangeReader;
 
 use crate::{
-    metadata::MetadataStore,
+    metadata::{MetadataStore, ProbeSink},
     metrics::Registrar,
     object::{ChunkKey, ObjectMeta},
     peer::{client::PeerClient, server::LocalChunks},
-    source::{ChunkSource, ChunkStream, FetchError, Route, SourceKind},
+    source::{ChunkRequest, ChunkSource, ChunkStream, FetchError, Opened, Route, SourceKind},
     tier::memory::MemoryTier,
+    upstream::{ProbeBody, Upstream},
 };
 
 #[derive(Clone)]
@@ -110,12 +113,20 @@ pub struct Sources {
     pub peers: Option<Arc<PeerClient>>,
     /// After the peers, in order: disk, upstream (or test doubles).
     pub local: Vec<Arc<dyn ChunkSource>>,
+    /// Where whole-object streams come from, for objects fetched whole (inserted into the walk
+    /// before the first upstream source).
+    pub whole_objects: Option<Arc<Upstream>>,
 }
 
 pub struct ChunkFetcher {
     sources: Sources,
+    /// The whole-object source, when whole objects can be fetched.
+    feed_source: Option<Arc<dyn ChunkSource>>,
     metadata: Option<Arc<MetadataStore>>,
     flights: Mutex<HashMap<ChunkKey, Arc<Flight>>>,
+    /// Whole-object streams being cut into chunks, by version.
+    feeds: Mutex<HashMap<Arc<str>, Arc<feed::Feed>>>,
+    me: Weak<ChunkFetcher>,
     /// Bytes of chunks being fetched, not yet in the memory tier: with the tier's own bound this
     /// keeps all chunk memory within `--max-memory-usage`, however many requests are in flight.
     flight_budget: Arc<Semaphore>,
@@ -131,10 +142,15 @@ impl ChunkFetcher {
         cfg: FetchConfig,
         metrics: FetchMetrics,
     ) -> Arc<Self> {
-        Arc::new(ChunkFetcher {
+        Arc::new_cyclic(|me| ChunkFetcher {
+            feed_source: sources.whole_objects.clone().map(|upstream| {
+                Arc::new(FeedSource::new(me.clone(), upstream)) as Arc<dyn ChunkSource>
+            }),
             sources,
             metadata,
             flights: Mutex::new(HashMap::new()),
+            feeds: Mutex::new(HashMap::new()),
+            me: me.clone(),
             flight_budget: Arc::new(Semaphore::new(cfg.flight_bytes as usize)),
             cfg,
             metrics,
@@ -149,15 +165,27 @@ impl ChunkFetcher {
         self.cfg.readahead
     }
 
-    /// The sources to walk for `key`, in order.
-    fn walk_for(&self, key: &ChunkKey, route: Route) -> Vec<Arc<dyn ChunkSource>> {
+    /// The sources to walk for chunk `key` of `meta`, in order.
+    fn walk_for(
+        &self,
+        meta: &ObjectMeta,
+        key: &ChunkKey,
+        route: Route,
+    ) -> Vec<Arc<dyn ChunkSource>> {
         let mut walk: Vec<Arc<dyn ChunkSource>> = vec![self.sources.memory.clone()];
         if let (Some(peers), Route::Cluster) = (&self.sources.peers, route) {
-            for peer in peers.owner_sources(&key.to_string()) {
+            for peer in peers.owner_sources(&meta.owner_key(key)) {
                 walk.push(Arc::new(peer));
             }
         }
-        walk.extend(self.sources.local.iter().cloned());
+        let mut feed = self.feed_source.clone();
+        for source in &self.sources.local {
+            if source.kind() == SourceKind::Upstream {
+                walk.extend(feed.take());
+            }
+            walk.push(source.clone());
+        }
+        walk.extend(feed);
         walk
     }
 
@@ -204,8 +232,11 @@ impl ChunkFetcher {
         }
         let mut flights = self.flights.lock().expect("flights lock");
         if let Some(flight) = flights.get(&key) {
-            self.count_lookup("collapsed");
-            return flight.follow(true);
+            let collapsed = flight.join_collapses();
+            if collapsed {
+                self.count_lookup("collapsed");
+            }
+            return flight.follow(collapsed);
         }
         // A flight finishes by filling memory and then leaving the map, both before we took the
         // lock or both after: checking memory again here means a chunk is never fetched twice.
@@ -217,8 +248,47 @@ impl ChunkFetcher {
         flights.insert(key.clone(), flight.clone());
         drop(flights);
         let reader = flight.follow(false);
-        tokio::spawn(self.clone().fly(meta.clone(), key, flight, route));
+        let seat = self.feed_seat(meta, &key, route);
+        tokio::spawn(self.clone().fly(meta.clone(), key, flight, route, seat));
         reader
+    }
+
+    /// Takes over the body of the probe that looked `meta` up: the chunk it carries becomes
+    /// that chunk's flight, a whole body becomes the object's whole-object stream.
+    fn adopt_probe(self: &Arc<Self>, meta: &Arc<ObjectMeta>, body: ProbeBody) {
+        match body {
+            ProbeBody::Range { start, len, stream }
+                if start % meta.chunk_size == 0
+                    && start < meta.length
+                    && len == meta.chunk_len(start / meta.chunk_size) =>
+            {
+                let version: Arc<str> = Arc::from(meta.version.as_str());
+                let key = meta.chunk_key(&version, start / meta.chunk_size);
+                let mut flights = self.flights.lock().expect("flights lock");
+                if flights.contains_key(&key) || self.sources.memory.contains(&key) {
+                    return;
+                }
+                let flight = Arc::new(Flight::for_probing_request());
+                flights.insert(key.clone(), flight.clone());
+                drop(flights);
+                let stream: ChunkStream =
+                    Box::pin(stream.map(|piece| piece.map_err(FetchError::from)));
+                let first = Arc::new(Prefetched(Mutex::new(Some(stream))));
+                tokio::spawn(self.clone().fly(
+                    meta.clone(),
+                    key,
+                    flight,
+                    Route::LocalOnly,
+                    Some(first),
+                ));
+            }
+            ProbeBody::Whole { len, stream } if len == meta.length && meta.whole_only => {
+                let stream: ChunkStream =
+                    Box::pin(stream.map(|piece| piece.map_err(FetchError::from)));
+                self.start_feed(meta.clone(), stream);
+            }
+            _ => {}
+        }
     }
 
     /// The bytes of `range` (inclusive) of `meta`, in order, with read-ahead.
@@ -229,6 +299,37 @@ impl ChunkFetcher {
         route: Route,
     ) -> RangeReader {
         RangeReader::new(self.clone(), meta, range, route)
+    }
+}
+
+impl ProbeSink for ChunkFetcher {
+    fn adopt(&self, meta: &Arc<ObjectMeta>, body: ProbeBody) {
+        if let Some(me) = self.me.upgrade() {
+            me.adopt_probe(meta, body);
+        }
+    }
+}
+
+/// The body of the probe that looked the object up: the first source of its first chunk.
+struct Prefetched(Mutex<Option<ChunkStream>>);
+
+impl ChunkSource for Prefetched {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Upstream
+    }
+
+    fn open<'a>(
+        &'a self,
+        _request: ChunkRequest<'a>,
+    ) -> BoxFuture<'a, Result<Option<Opened>, FetchError>> {
+        let stream = self.0.lock().expect("probe body lock").take();
+        Box::pin(async move {
+            Ok(stream.map(|stream| Opened {
+                stream,
+                starts_at: 0,
+                origin: SourceKind::Upstream,
+            }))
+        })
     }
 }
 

@@ -42,6 +42,7 @@ fn meta(length: u64) -> Arc<ObjectMeta> {
         etag: Some("\"v\"".into()),
         last_modified: None,
         headers: vec![],
+        whole_only: false,
         fetched_at: 0,
         initial_age: 0,
         fresh_until: u64::MAX,
@@ -173,6 +174,7 @@ fn fetcher(sources: Vec<Arc<Fake>>, readahead: usize) -> Arc<ChunkFetcher> {
                 .into_iter()
                 .map(|s| s as Arc<dyn ChunkSource>)
                 .collect(),
+            whole_objects: None,
         },
         None,
         FetchConfig {

@@ -34,7 +34,7 @@ impl Drop for FlightGuard<'_> {
 
 impl ChunkFetcher {
     /// Removes `flight` from the in-flight map unless a newer flight took its place.
-    fn leave_map(&self, key: &ChunkKey, flight: &Arc<Flight>) {
+    pub(super) fn leave_map(&self, key: &ChunkKey, flight: &Arc<Flight>) {
         let mut flights = self.flights.lock().expect("flights lock");
         if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
             flights.remove(key);
@@ -49,6 +49,7 @@ impl ChunkFetcher {
         key: ChunkKey,
         flight: Arc<Flight>,
         route: Route,
+        first: Option<Arc<dyn ChunkSource>>,
     ) {
         let _guard = FlightGuard {
             fetcher: &self,
@@ -69,7 +70,10 @@ impl ChunkFetcher {
             }
         };
         let started = Instant::now();
-        let walk = self.walk_for(&key, route);
+        let mut walk = self.walk_for(&meta, &key, route);
+        if let Some(first) = first {
+            walk.insert(1, first);
+        }
         match self.fill(&meta, &key, &flight, &walk).await {
             Ok((chunk, served_by)) => {
                 self.metrics

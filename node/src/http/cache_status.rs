@@ -136,8 +136,8 @@ mod tests {
                 ("pass", "credentials"),
             ),
             (
-                CacheStatus::Uncacheable(Uncacheable::NoValidator),
-                "casserole; fwd=uri-miss; detail=no-validator",
+                CacheStatus::Uncacheable(Uncacheable::SetCookie),
+                "casserole; fwd=uri-miss; detail=set-cookie",
                 ("pass", "uncacheable"),
             ),
         ];

@@ -62,6 +62,28 @@ fn if_range_matches(if_range: &str, meta: &ObjectMeta) -> bool {
 }
 
 /// Whether a conditional GET/HEAD can be answered 304 Not Modified.
+/// Where the bytes a request wants start, as far as the `Range` header alone tells (the
+/// object's length is not known yet): the start of its first `bytes=N-…` range, else 0. Lets a
+/// cold lookup's probe fetch the chunk the client wants first.
+pub fn first_wanted_byte(headers: &HeaderMap) -> u64 {
+    if headers.contains_key(header::IF_RANGE) {
+        return 0;
+    }
+    let Some(spec) = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+    else {
+        return 0;
+    };
+    spec.split(',')
+        .filter_map(|r| r.trim().split_once('-'))
+        .map(|(start, _)| start.trim().parse::<u64>().ok())
+        .collect::<Option<Vec<u64>>>()
+        .and_then(|starts| starts.into_iter().min())
+        .unwrap_or(0)
+}
+
 pub fn not_modified(headers: &HeaderMap, meta: &ObjectMeta) -> bool {
     if let Some(inm) = headers
         .get(header::IF_NONE_MATCH)
@@ -133,6 +155,25 @@ impl Multipart {
 }
 
 #[cfg(test)]
+mod hint_tests {
+    use super::first_wanted_byte;
+    use crate::test_support::headers;
+
+    #[test]
+    fn the_first_wanted_byte_is_a_hint_only() {
+        let at = |v: &str| first_wanted_byte(&headers(&[("range", v)]));
+        assert_eq!(at("bytes=700-800"), 700);
+        assert_eq!(at("bytes=900-,100-200"), 100);
+        assert_eq!(at("bytes=-500"), 0, "a suffix needs the length");
+        assert_eq!(at("bytes=5-9,-3"), 0);
+        assert_eq!(at("items=5-9"), 0);
+        assert_eq!(first_wanted_byte(&headers(&[])), 0);
+        let with_if_range = headers(&[("range", "bytes=700-"), ("if-range", "\"x\"")]);
+        assert_eq!(first_wanted_byte(&with_if_range), 0);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::object::Validator;
@@ -149,6 +190,7 @@ mod tests {
             etag: Some("\"v1\"".into()),
             last_modified: Some("Tue, 15 Nov 1994 12:45:26 GMT".into()),
             headers: vec![],
+            whole_only: false,
             fetched_at: 0,
             initial_age: 0,
             fresh_until: u64::MAX,

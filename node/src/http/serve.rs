@@ -19,8 +19,9 @@ use crate::{
     metrics::Registrar,
     object::{unix_now, ObjectMeta},
     policy::classify_request,
+    policy::headers::is_hop_by_hop,
     source::{FetchError, Route, SourceKind},
-    upstream::{is_hop_by_hop, Upstream},
+    upstream::Upstream,
 };
 
 /// Client-facing request metrics, registered by this module.
@@ -126,7 +127,8 @@ impl Front {
         if let Some(bypass) = classify_request(&method, req.headers(), &path, &self.pass_through) {
             return self.pass(req, &path, CacheStatus::Bypassed(bypass)).await;
         }
-        let (meta, meta_source) = match self.metadata.lookup(&path, Route::Cluster).await {
+        let probe = (method == Method::GET).then(|| range::first_wanted_byte(req.headers()));
+        let (meta, meta_source) = match self.metadata.lookup(&path, Route::Cluster, probe).await {
             Ok(found) => found,
             Err(LookupError::Uncacheable(why)) => {
                 tracing::debug!(path, reason = %why, "not cacheable, passing through");

@@ -22,6 +22,10 @@ impl ChunkSource for UpstreamSource {
         request: ChunkRequest<'a>,
     ) -> BoxFuture<'a, Result<Option<Opened>, FetchError>> {
         Box::pin(async move {
+            // Whole-only objects come from their whole-object stream, never by ranges.
+            if request.meta.whole_only {
+                return Ok(None);
+            }
             let stream = self
                 .0
                 .fetch_chunk(request.meta, request.key.index, request.offset)

@@ -14,6 +14,10 @@ impl ChunkSource for DiskTier {
         SourceKind::Disk
     }
 
+    fn holds(&self, key: &ChunkKey) -> bool {
+        self.contains(key)
+    }
+
     fn open<'a>(
         &'a self,
         request: ChunkRequest<'a>,

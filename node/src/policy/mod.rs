@@ -7,6 +7,8 @@ use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use http_cache_semantics::{CacheOptions, CachePolicy};
 use regex::RegexSet;
 
+pub mod headers;
+
 use crate::object::{ObjectMeta, Validator};
 
 /// Why a request goes straight to the upstream without the cache.
@@ -62,12 +64,8 @@ pub enum Uncacheable {
     SetCookie,
     #[error("no Content-Length")]
     UnknownLength,
-    #[error("upstream refuses ranges (Accept-Ranges: none)")]
-    RangesRefused,
     #[error("Vary on {0}")]
     Vary(String),
-    #[error("no strong ETag or Last-Modified to validate ranges with")]
-    NoValidator,
     #[error("empty object")]
     Empty,
 }
@@ -80,26 +78,11 @@ impl Uncacheable {
             Uncacheable::TooShortLived(_) => "short-ttl",
             Uncacheable::SetCookie => "set-cookie",
             Uncacheable::UnknownLength => "no-length",
-            Uncacheable::RangesRefused => "no-ranges",
             Uncacheable::Vary(_) => "vary",
-            Uncacheable::NoValidator => "no-validator",
             Uncacheable::Empty => "empty",
         }
     }
 }
-
-/// Response headers replayed from the metadata to clients.
-const REPLAYED_HEADERS: [header::HeaderName; 9] = [
-    header::CONTENT_TYPE,
-    header::CONTENT_ENCODING,
-    header::CONTENT_LANGUAGE,
-    header::CONTENT_DISPOSITION,
-    header::CACHE_CONTROL,
-    header::EXPIRES,
-    header::VARY,
-    header::LINK,
-    header::HeaderName::from_static("content-md5"),
-];
 
 /// Inputs of the response-side verdict.
 pub struct HeadContext<'a> {
@@ -108,6 +91,17 @@ pub struct HeadContext<'a> {
     pub min_ttl: Duration,
     pub chunk_size: u64,
     pub response_time: SystemTime,
+}
+
+/// How the upstream answered a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupAnswer {
+    /// `HEAD`: whether ranges work is judged from `Accept-Ranges`.
+    Head,
+    /// `206` to the probe's range request: the object's length from `Content-Range`.
+    Ranged { length: u64 },
+    /// `200` with the whole body to the probe's range request: the upstream ignores ranges.
+    Whole { length: u64 },
 }
 
 /// Turns the upstream's answer to `HEAD path` into metadata, or says why it can't be cached.
@@ -119,49 +113,29 @@ pub fn evaluate_head(
     if status != StatusCode::OK {
         return Err(Uncacheable::Status(status.as_u16()));
     }
-    // The policy is evaluated as for the GET the HEAD stands for, from a shared cache's view.
-    let req = Request::get(ctx.path)
-        .body(())
-        .expect("path was parsed from a request");
-    let mut res = Response::new(());
-    *res.status_mut() = status;
-    *res.headers_mut() = headers.clone();
-    let policy = CachePolicy::new_options(&req, &res, ctx.response_time, CacheOptions::default());
-    if !policy.is_storable() {
-        return Err(Uncacheable::NotStorable);
-    }
-    let ttl = policy.time_to_live(ctx.response_time);
-    if ttl < ctx.min_ttl {
-        return Err(Uncacheable::TooShortLived(ttl));
-    }
+    evaluate(ctx, LookupAnswer::Head, headers)
+}
+
+/// Turns an upstream answer to a lookup (a `200` to `HEAD`, or the probe's `206`/`200`) into
+/// metadata, or says why it can't be cached.
+pub fn evaluate(
+    ctx: &HeadContext<'_>,
+    answer: LookupAnswer,
+    headers: &HeaderMap,
+) -> Result<ObjectMeta, Uncacheable> {
+    let ttl = storable_for(ctx, headers)?;
     if headers.contains_key(header::SET_COOKIE) {
         return Err(Uncacheable::SetCookie);
     }
-    if let Some(vary) = headers.get(header::VARY) {
-        // Chunks are always fetched with `Accept-Encoding: identity`, so a response that only
-        // varies on Accept-Encoding is one representation for every client.
-        let text = vary.to_str().unwrap_or("*");
-        let other: Vec<&str> = text
-            .split(',')
-            .map(str::trim)
-            .filter(|f| !f.is_empty() && !f.eq_ignore_ascii_case("accept-encoding"))
-            .collect();
-        if !other.is_empty() {
-            return Err(Uncacheable::Vary(other.join(", ")));
-        }
-    }
-    let accept_ranges = headers
-        .get(header::ACCEPT_RANGES)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if accept_ranges.trim().eq_ignore_ascii_case("none") {
-        return Err(Uncacheable::RangesRefused);
-    }
-    let length: u64 = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or(Uncacheable::UnknownLength)?;
+    check_vary(headers)?;
+    let length = match answer {
+        LookupAnswer::Head => headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or(Uncacheable::UnknownLength)?,
+        LookupAnswer::Ranged { length } | LookupAnswer::Whole { length } => length,
+    };
     if length == 0 {
         return Err(Uncacheable::Empty);
     }
@@ -177,18 +151,22 @@ pub fn evaluate_head(
     let validator = match (&etag, &last_modified) {
         (Some(e), _) if !e.starts_with("W/") => Validator::StrongEtag(e.clone()),
         (_, Some(lm)) => Validator::LastModified(lm.clone()),
-        _ => return Err(Uncacheable::NoValidator),
+        // Without a validator, only bytes of one response belong together.
+        _ => Validator::Unvalidated(format!("{:016x}", rand::random::<u64>())),
     };
-    let replayed = REPLAYED_HEADERS
-        .iter()
-        .flat_map(|name| headers.get_all(name).iter().map(move |v| (name, v)))
-        .filter_map(|(name, v)| Some((name.as_str().to_string(), v.to_str().ok()?.to_string())))
-        .collect();
+    let whole_only = !validator.validates_ranges()
+        || match answer {
+            LookupAnswer::Whole { .. } => true,
+            LookupAnswer::Ranged { .. } => false,
+            // A HEAD cannot show whether ranges work; upstreams that honour them say so.
+            LookupAnswer::Head => !accepts_byte_ranges(headers),
+        };
     let fetched_at = ctx
         .response_time
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
+    let initial_age = age(headers);
     Ok(ObjectMeta {
         path: ctx.path.to_string(),
         length,
@@ -203,11 +181,69 @@ pub fn evaluate_head(
         validator,
         etag,
         last_modified,
-        headers: replayed,
+        headers: headers::stored_headers(headers),
+        whole_only,
         fetched_at,
-        initial_age: policy.age(ctx.response_time).as_secs(),
+        initial_age,
         fresh_until: fetched_at + ttl.as_secs(),
     })
+}
+
+/// How long a shared cache may serve the response as fresh; refuses what it must not store or
+/// what is fresh for less than `--min-ttl`.
+fn storable_for(ctx: &HeadContext<'_>, headers: &HeaderMap) -> Result<Duration, Uncacheable> {
+    // The policy is evaluated as for a `200` to the GET the lookup stands for, from a shared
+    // cache's view.
+    let req = Request::get(ctx.path)
+        .body(())
+        .expect("path was parsed from a request");
+    let mut res = Response::new(());
+    *res.status_mut() = StatusCode::OK;
+    *res.headers_mut() = headers.clone();
+    let policy = CachePolicy::new_options(&req, &res, ctx.response_time, CacheOptions::default());
+    if !policy.is_storable() {
+        return Err(Uncacheable::NotStorable);
+    }
+    let ttl = policy.time_to_live(ctx.response_time);
+    if ttl < ctx.min_ttl {
+        return Err(Uncacheable::TooShortLived(ttl));
+    }
+    Ok(ttl)
+}
+
+/// Every `Vary` field line counts. Chunks are always fetched with `Accept-Encoding: identity`,
+/// so a response that only varies on Accept-Encoding is one representation for every client.
+fn check_vary(headers: &HeaderMap) -> Result<(), Uncacheable> {
+    let other: Vec<&str> = headers
+        .get_all(header::VARY)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("*").split(','))
+        .map(str::trim)
+        .filter(|f| !f.is_empty() && !f.eq_ignore_ascii_case("accept-encoding"))
+        .collect();
+    if other.is_empty() {
+        Ok(())
+    } else {
+        Err(Uncacheable::Vary(other.join(", ")))
+    }
+}
+
+fn accepts_byte_ranges(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_RANGES)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|unit| unit.trim().eq_ignore_ascii_case("bytes"))
+}
+
+/// The `Age` the response already had when it arrived (RFC 9111 §5.1).
+fn age(headers: &HeaderMap) -> u64 {
+    headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -279,22 +315,54 @@ mod tests {
             Uncacheable::SetCookie
         );
         assert_eq!(
-            verdict(&with(&[("accept-ranges", "none")])).unwrap_err(),
-            Uncacheable::RangesRefused
-        );
-        assert_eq!(
             verdict(&with(&[("vary", "User-Agent")])).unwrap_err(),
             Uncacheable::Vary("User-Agent".into())
         );
         assert_eq!(
-            verdict(&with(&[("etag", "W/\"weak\"")])).unwrap_err(),
-            Uncacheable::NoValidator
+            verdict(&with(&[("vary", "Accept-Encoding"), ("vary", "Origin")])).unwrap_err(),
+            Uncacheable::Vary("Origin".into()),
+            "every Vary field line counts"
         );
         let no_length: Vec<_> = good()
             .into_iter()
             .filter(|(k, _)| *k != "content-length")
             .collect();
         assert_eq!(verdict(&no_length).unwrap_err(), Uncacheable::UnknownLength);
+    }
+
+    #[test]
+    fn objects_that_cannot_be_fetched_by_ranges_are_taken_whole() {
+        let ranged = verdict(&with(&[("accept-ranges", "bytes")])).unwrap();
+        assert!(!ranged.whole_only);
+        // A HEAD that does not say ranges work, or says they don't.
+        assert!(verdict(&good()).unwrap().whole_only);
+        assert!(
+            verdict(&with(&[("accept-ranges", "none")]))
+                .unwrap()
+                .whole_only
+        );
+        // No validator: one response's bytes only, each lookup a version of its own.
+        let weak = with(&[("etag", "W/\"weak\""), ("accept-ranges", "bytes")]);
+        let (a, b) = (verdict(&weak).unwrap(), verdict(&weak).unwrap());
+        assert!(a.whole_only && !a.validator.validates_ranges());
+        assert_ne!(a.version, b.version);
+        let probe = |answer| evaluate(&ctx(), answer, &headers(&good())).unwrap();
+        assert!(!probe(LookupAnswer::Ranged { length: 10 }).whole_only);
+        assert!(probe(LookupAnswer::Whole { length: 10 }).whole_only);
+        assert_eq!(probe(LookupAnswer::Ranged { length: 77 }).length, 77);
+    }
+
+    #[test]
+    fn the_origin_s_own_headers_are_stored() {
+        let m = verdict(&with(&[
+            ("x-checksum-sha256", "00ff"),
+            ("link", "<a>"),
+            ("link", "<b>"),
+        ]))
+        .unwrap();
+        assert_eq!(m.header("x-checksum-sha256"), Some("00ff"));
+        let links: Vec<_> = m.headers.iter().filter(|(k, _)| k == "link").collect();
+        assert_eq!(links.len(), 2);
     }
 
     #[test]

@@ -1,0 +1,408 @@
+//! Whole-object streams: one upstream response carrying the whole object (an upstream that
+//! ignores `Range`, or an object without a validator) cut into chunks as it arrives.
+//!
+//! A feed walks the object chunk by chunk. Each chunk not yet cached or being fetched becomes a
+//! flight of the feed's own (so concurrent readers join it and it lands in the tiers like any
+//! chunk); flights that reached the feed through the walk ([`FeedSource`]) subscribe to the
+//! chunk they want and get its bytes as the feed passes it. One feed per object version at a
+//! time: readers of the object join it instead of asking the upstream again.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+};
+
+use bytes::Bytes;
+use futures::{future::BoxFuture, StreamExt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use super::{
+    flight::{Assembly, Flight},
+    ChunkFetcher,
+};
+use crate::{
+    object::{ChunkKey, ObjectMeta},
+    source::{ChunkRequest, ChunkSource, ChunkStream, FetchError, Opened, SourceKind},
+    upstream::Upstream,
+};
+
+type Subscriber = mpsc::UnboundedSender<Result<Bytes, FetchError>>;
+
+#[derive(Default)]
+struct FeedState {
+    /// The chunk being cut now; earlier chunks have passed.
+    index: u64,
+    /// Its bytes so far, for subscribers that join mid-chunk.
+    buffered: Vec<Bytes>,
+    subscribers: HashMap<u64, Vec<Subscriber>>,
+    ended: bool,
+}
+
+/// One whole-object stream being cut into chunks.
+#[derive(Default)]
+pub(super) struct Feed {
+    state: Mutex<FeedState>,
+}
+
+impl Feed {
+    /// The bytes of chunk `index` from its start, as the feed reaches them; `None` once the feed
+    /// has passed it (or ended).
+    fn subscribe(&self, index: u64) -> Option<ChunkStream> {
+        let mut st = self.state.lock().expect("feed lock");
+        if st.ended || index < st.index {
+            return None;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        if index == st.index {
+            for piece in &st.buffered {
+                let _ = tx.send(Ok(piece.clone()));
+            }
+        }
+        st.subscribers.entry(index).or_default().push(tx);
+        // Ends when the feed drops the chunk's senders.
+        Some(Box::pin(receiver_stream(rx)))
+    }
+
+    fn begin_chunk(&self, index: u64) {
+        let mut st = self.state.lock().expect("feed lock");
+        st.index = index;
+        st.buffered.clear();
+    }
+
+    fn push(&self, index: u64, piece: &Bytes) {
+        let mut st = self.state.lock().expect("feed lock");
+        st.buffered.push(piece.clone());
+        if let Some(subs) = st.subscribers.get(&index) {
+            for tx in subs {
+                let _ = tx.send(Ok(piece.clone()));
+            }
+        }
+    }
+
+    fn end_chunk(&self, index: u64) {
+        self.state
+            .lock()
+            .expect("feed lock")
+            .subscribers
+            .remove(&index);
+    }
+
+    fn fail(&self, error: &FetchError) {
+        let mut st = self.state.lock().expect("feed lock");
+        st.ended = true;
+        for (_, subs) in st.subscribers.drain() {
+            for tx in subs {
+                let _ = tx.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+fn receiver_stream(
+    mut rx: mpsc::UnboundedReceiver<Result<Bytes, FetchError>>,
+) -> impl futures::Stream<Item = Result<Bytes, FetchError>> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Whether a chunk joined a running (or starting) feed, or registered a new one.
+enum Joined {
+    Running(ChunkStream),
+    /// A new feed waits for its body; the subscription is already in place.
+    New(Arc<Feed>, ChunkStream),
+}
+
+impl ChunkFetcher {
+    /// Chunk `index` of `meta` from the object's feed: joins the one running or starting, or
+    /// registers a new one starting at that chunk, in one step, so concurrent readers of the
+    /// object never start two.
+    fn join_or_register(&self, meta: &ObjectMeta, index: u64) -> Joined {
+        let mut feeds = self.feeds.lock().expect("feeds lock");
+        if let Some(stream) = feeds
+            .get(meta.version.as_str())
+            .and_then(|feed| feed.subscribe(index))
+        {
+            return Joined::Running(stream);
+        }
+        let feed = Arc::new(Feed::default());
+        feed.begin_chunk(index);
+        let stream = feed.subscribe(index).expect("a new feed takes subscribers");
+        feeds.insert(Arc::from(meta.version.as_str()), feed.clone());
+        Joined::New(feed, stream)
+    }
+
+    /// The stream of a seat; a new feed first gets its body, from the seat's chunk on.
+    async fn take_seat(
+        self: Arc<Self>,
+        upstream: &Upstream,
+        request: ChunkRequest<'_>,
+        seat: Joined,
+    ) -> Result<ChunkStream, FetchError> {
+        let (feed, stream) = match seat {
+            Joined::Running(stream) => return Ok(stream),
+            Joined::New(feed, stream) => (feed, stream),
+        };
+        let from = *request.meta.chunk_range(request.key.index).start();
+        match upstream.fetch_whole(request.meta, from).await {
+            Ok((starts_at, body)) => {
+                let body: ChunkStream = Box::pin(body.map(|piece| piece.map_err(FetchError::from)));
+                let meta = Arc::new(request.meta.clone());
+                tokio::spawn(self.run_feed(meta, feed, body, starts_at));
+                Ok(stream)
+            }
+            Err(e) => {
+                let e = FetchError::from(e);
+                self.abandon_feed(request.meta, &feed, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// A registered feed whose body could not be had.
+    fn abandon_feed(&self, meta: &ObjectMeta, feed: &Arc<Feed>, error: &FetchError) {
+        feed.fail(error);
+        self.forget_feed(meta, feed);
+    }
+
+    fn forget_feed(&self, meta: &ObjectMeta, feed: &Arc<Feed>) {
+        let mut feeds = self.feeds.lock().expect("feeds lock");
+        if feeds
+            .get(meta.version.as_str())
+            .is_some_and(|f| Arc::ptr_eq(f, feed))
+        {
+            feeds.remove(meta.version.as_str());
+        }
+    }
+
+    /// Cuts `body` (the whole object, from byte 0) into chunks: the probe's whole answer.
+    pub(super) fn start_feed(self: &Arc<Self>, meta: Arc<ObjectMeta>, body: ChunkStream) {
+        let feed = Arc::new(Feed::default());
+        self.feeds
+            .lock()
+            .expect("feeds lock")
+            .insert(Arc::from(meta.version.as_str()), feed.clone());
+        tokio::spawn(self.clone().run_feed(meta, feed, body, 0));
+    }
+
+    async fn run_feed(
+        self: Arc<Self>,
+        meta: Arc<ObjectMeta>,
+        feed: Arc<Feed>,
+        mut body: ChunkStream,
+        starts_at: u64,
+    ) {
+        let first = starts_at / meta.chunk_size;
+        let mut carry: Option<Bytes> = None;
+        for index in first..meta.chunk_count() {
+            feed.begin_chunk(index);
+            if let Err(e) = self
+                .cut_chunk(&meta, &feed, &mut body, &mut carry, index)
+                .await
+            {
+                tracing::warn!(path = %meta.path, chunk = index, error = %e,
+                    "whole-object stream failed");
+                feed.fail(&e);
+                break;
+            }
+            feed.end_chunk(index);
+        }
+        self.forget_feed(&meta, &feed);
+    }
+
+    /// Reads chunk `index` off `body` into the feed's subscribers, and into a flight of the
+    /// feed's own when nobody has or fetches the chunk yet.
+    async fn cut_chunk(
+        &self,
+        meta: &Arc<ObjectMeta>,
+        feed: &Feed,
+        body: &mut ChunkStream,
+        carry: &mut Option<Bytes>,
+        index: u64,
+    ) -> Result<(), FetchError> {
+        let expected = meta.chunk_len(index) as usize;
+        let version: Arc<str> = Arc::from(meta.version.as_str());
+        let key = meta.chunk_key(&version, index);
+        let own = self.claim(&key, expected as u32);
+        let mut assembly = own
+            .as_ref()
+            .map(|(flight, _)| Assembly::new(expected, flight));
+        let mut received = 0;
+        while received < expected {
+            let mut piece = match carry.take() {
+                Some(piece) => piece,
+                None => match body.next().await {
+                    Some(Ok(piece)) => piece,
+                    Some(Err(e)) => return self.fail_own(&key, own, e),
+                    None => {
+                        let e = FetchError::Short {
+                            from: SourceKind::Upstream,
+                            expected: expected as u64,
+                            got: received as u64,
+                        };
+                        return self.fail_own(&key, own, e);
+                    }
+                },
+            };
+            if piece.len() > expected - received {
+                *carry = Some(piece.split_off(expected - received));
+            }
+            received += piece.len();
+            feed.push(index, &piece);
+            if let Some(assembly) = &mut assembly {
+                assembly.add(&piece);
+            }
+        }
+        let chunk = assembly.map(Assembly::finish);
+        if let (Some(chunk), Some((flight, budget))) = (chunk, own) {
+            self.sources
+                .memory
+                .keep(&key, &chunk, SourceKind::Upstream)
+                .await;
+            self.leave_map(&key, &flight);
+            flight.set_origin(SourceKind::Upstream);
+            flight.finish();
+            drop(budget);
+            for store in &self.sources.local {
+                store.keep(&key, &chunk, SourceKind::Upstream).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_own(
+        &self,
+        key: &ChunkKey,
+        own: Option<(Arc<Flight>, OwnedSemaphorePermit)>,
+        e: FetchError,
+    ) -> Result<(), FetchError> {
+        if let Some((flight, _)) = own {
+            self.leave_map(key, &flight);
+            flight.fail(e.clone());
+        }
+        Err(e)
+    }
+
+    /// A flight for `key` owned by a feed, unless the chunk is cached, already being fetched, or
+    /// no memory is free for it now (then its bytes only reach subscribers).
+    fn claim(&self, key: &ChunkKey, bytes: u32) -> Option<(Arc<Flight>, OwnedSemaphorePermit)> {
+        if self.sources.memory.contains(key) {
+            return None;
+        }
+        let permit = self
+            .flight_budget
+            .clone()
+            .try_acquire_many_owned(bytes)
+            .ok()?;
+        let mut flights = self.flights.lock().expect("flights lock");
+        if self.sources.memory.contains(key) || flights.contains_key(key) {
+            return None;
+        }
+        let flight = Arc::new(Flight::new());
+        flights.insert(key.clone(), flight.clone());
+        Some((flight, permit))
+    }
+}
+
+/// A chunk's seat in its object's whole-object stream, taken when the chunk's flight starts: in
+/// the order a reader asks for chunks, so the first chunk a reader wants starts the stream and
+/// the chunks after it join it.
+pub(super) struct FeedSeat {
+    seat: Mutex<Option<Joined>>,
+    upstream: Arc<Upstream>,
+    fetcher: Weak<ChunkFetcher>,
+}
+
+impl ChunkFetcher {
+    /// A seat in `meta`'s whole-object stream for chunk `index`, unless the chunk can come from
+    /// a closer source (the disk, or the object's owner peer).
+    pub(super) fn feed_seat(
+        &self,
+        meta: &ObjectMeta,
+        key: &ChunkKey,
+        route: crate::source::Route,
+    ) -> Option<Arc<dyn ChunkSource>> {
+        let upstream = self.sources.whole_objects.clone()?;
+        if !meta.whole_only || self.sources.local.iter().any(|s| s.holds(key)) {
+            return None;
+        }
+        if let (Some(peers), crate::source::Route::Cluster) = (&self.sources.peers, route) {
+            if !peers.remote_owners(&meta.owner_key(key)).is_empty() {
+                return None;
+            }
+        }
+        let seat = self.join_or_register(meta, key.index);
+        Some(Arc::new(FeedSeat {
+            seat: Mutex::new(Some(seat)),
+            upstream,
+            fetcher: self.me.clone(),
+        }))
+    }
+}
+
+impl ChunkSource for FeedSeat {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Upstream
+    }
+
+    fn open<'a>(
+        &'a self,
+        request: ChunkRequest<'a>,
+    ) -> BoxFuture<'a, Result<Option<Opened>, FetchError>> {
+        let seat = self.seat.lock().expect("seat lock").take();
+        Box::pin(async move {
+            let (Some(seat), Some(fetcher)) = (seat, self.fetcher.upgrade()) else {
+                return Ok(None);
+            };
+            let stream = fetcher.take_seat(&self.upstream, request, seat).await?;
+            Ok(Some(Opened {
+                stream,
+                starts_at: 0,
+                origin: SourceKind::Upstream,
+            }))
+        })
+    }
+}
+
+/// The whole-object stream as a chunk source: joins the object's running feed, or starts one
+/// with a `GET` of the object from the wanted chunk on. Only for whole-only objects; the range
+/// source after it serves the others.
+pub struct FeedSource {
+    fetcher: Weak<ChunkFetcher>,
+    upstream: Arc<Upstream>,
+}
+
+impl FeedSource {
+    pub(super) fn new(fetcher: Weak<ChunkFetcher>, upstream: Arc<Upstream>) -> Self {
+        FeedSource { fetcher, upstream }
+    }
+}
+
+impl ChunkSource for FeedSource {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Upstream
+    }
+
+    fn open<'a>(
+        &'a self,
+        request: ChunkRequest<'a>,
+    ) -> BoxFuture<'a, Result<Option<Opened>, FetchError>> {
+        Box::pin(async move {
+            let Some(fetcher) = self.fetcher.upgrade() else {
+                return Ok(None);
+            };
+            if !request.meta.whole_only {
+                return Ok(None);
+            }
+            let index = request.key.index;
+            let opened = |stream| {
+                Ok(Some(Opened {
+                    stream,
+                    starts_at: 0,
+                    origin: SourceKind::Upstream,
+                }))
+            };
+            let seat = fetcher.join_or_register(request.meta, index);
+            let stream = fetcher.take_seat(&self.upstream, request, seat).await?;
+            opened(stream)
+        })
+    }
+}

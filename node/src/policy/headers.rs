@@ -1,0 +1,159 @@
+//! Which of an upstream response's headers a cached response carries: every end-to-end header
+//! (RFC 9111 §3.1), in the upstream's order, several values of one name included.
+
+use http::{header, HeaderMap, HeaderName};
+
+/// Headers the cache itself sets on every cached response (length, ranges, age, its own status);
+/// the upstream's copies would be wrong for a range or a later hit.
+const SET_BY_THE_CACHE: [&str; 6] = [
+    "content-length",
+    "content-range",
+    "accept-ranges",
+    "age",
+    "cache-status",
+    "date",
+];
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) are never forwarded in either direction.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+    )
+}
+
+/// Field names listed in a comma-separated header, lowercased.
+fn listed_names<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
+    values
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().trim_matches('"').trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// Field names that `no-cache="…"` and `private="…"` say must not be sent from the cache
+/// (RFC 9111 §5.2.2.4, §5.2.2.7).
+fn qualified_cache_control_names(headers: &HeaderMap) -> Vec<String> {
+    let mut names = Vec::new();
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        let Ok(text) = value.to_str() else { continue };
+        // Split on commas outside quotes: a qualified directive lists names inside quotes.
+        let mut rest = text;
+        while !rest.is_empty() {
+            let (directive, tail) = split_directive(rest);
+            rest = tail;
+            let Some((name, arg)) = directive.split_once('=') else {
+                continue;
+            };
+            let name = name.trim().to_ascii_lowercase();
+            if name == "no-cache" || name == "private" {
+                names.extend(listed_names(std::iter::once(arg.trim().trim_matches('"'))));
+            }
+        }
+    }
+    names
+}
+
+/// The first directive of a Cache-Control value and the rest after its comma.
+fn split_directive(text: &str) -> (&str, &str) {
+    let mut quoted = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => return (&text[..i], &text[i + 1..]),
+            _ => {}
+        }
+    }
+    (text, "")
+}
+
+/// The end-to-end headers of `headers` to store with an object and replay on hits: all of them,
+/// in order, minus hop-by-hop headers, headers named in `Connection`, names qualified by
+/// `no-cache="…"`/`private="…"`, and the headers the cache sets itself. Values that are not
+/// visible ASCII/UTF-8 are dropped (the metadata record is text).
+pub fn stored_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    let mut excluded = listed_names(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    excluded.extend(qualified_cache_control_names(headers));
+    excluded.extend(SET_BY_THE_CACHE.iter().map(|s| s.to_string()));
+    headers
+        .iter()
+        .filter(|(name, _)| !is_hop_by_hop(name) && !excluded.iter().any(|e| e == name.as_str()))
+        .filter_map(|(name, v)| Some((name.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::headers;
+
+    #[test]
+    fn every_end_to_end_header_is_kept_in_order_with_all_its_values() {
+        let h = headers(&[
+            ("content-type", "application/octet-stream"),
+            ("x-checksum-sha256", "abc123"),
+            ("link", "<https://a>; rel=\"a\""),
+            ("link", "<https://b>; rel=\"b\""),
+            ("docker-content-digest", "sha256:ff"),
+            ("content-disposition", "attachment; filename=\"x.bin\""),
+            ("x-amz-meta-owner", "team"),
+            ("x-goog-hash", "crc32c=AAAA"),
+            ("x-goog-hash", "md5=BBBB"),
+            ("etag", "\"v1\""),
+        ]);
+        assert_eq!(
+            stored_headers(&h),
+            vec![
+                ("content-type".into(), "application/octet-stream".into()),
+                ("x-checksum-sha256".into(), "abc123".into()),
+                ("link".into(), "<https://a>; rel=\"a\"".into()),
+                ("link".into(), "<https://b>; rel=\"b\"".into()),
+                ("docker-content-digest".into(), "sha256:ff".into()),
+                (
+                    "content-disposition".into(),
+                    "attachment; filename=\"x.bin\"".into()
+                ),
+                ("x-amz-meta-owner".into(), "team".into()),
+                ("x-goog-hash".into(), "crc32c=AAAA".into()),
+                ("x-goog-hash".into(), "md5=BBBB".into()),
+                ("etag".into(), "\"v1\"".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_connection_listed_and_qualified_names_are_dropped() {
+        let h = headers(&[
+            ("connection", "x-trace, Keep-Alive"),
+            ("keep-alive", "timeout=5"),
+            ("x-trace", "1"),
+            ("transfer-encoding", "chunked"),
+            (
+                "cache-control",
+                "max-age=3600, no-cache=\"x-internal, X-Session\", private=x-owner",
+            ),
+            ("x-internal", "secret"),
+            ("x-session", "s"),
+            ("x-owner", "o"),
+            ("content-length", "10"),
+            ("age", "5"),
+            ("x-kept", "yes"),
+        ]);
+        let kept: Vec<String> = stored_headers(&h).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(kept, vec!["cache-control", "x-kept"]);
+    }
+}

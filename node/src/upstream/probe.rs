@@ -1,0 +1,226 @@
+//! The probe that looks an object up, and whole-object streams.
+//!
+//! A cold lookup is one `GET` of the object's first chunk (`Range: bytes=0-<chunk-1>`): its
+//! headers say what a `HEAD` would (status, length from `Content-Range`, validator, freshness),
+//! and its body is the first chunk, so the first byte costs one upstream round trip. An upstream
+//! that ignores `Range` answers `200` with the whole body, which is then the object's one
+//! whole-object stream.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{header, HeaderMap, StatusCode};
+
+use super::{check_validator, conditional, Upstream, UpstreamError, UpstreamStream};
+use crate::object::ObjectMeta;
+
+/// What the body of a probe is.
+pub enum ProbeBody {
+    /// `206`: `len` bytes of the object from byte `start` (the chunk the probe asked for).
+    Range {
+        start: u64,
+        len: u64,
+        stream: UpstreamStream,
+    },
+    /// `200`: the whole object, `Content-Length` bytes long.
+    Whole { len: u64, stream: UpstreamStream },
+    /// No usable body (an error status, unknown length, or a range other than the one asked).
+    None,
+}
+
+/// The upstream's answer to a probe.
+pub struct Probe {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub response_time: SystemTime,
+    /// The object's length, from `Content-Range` (`206`) or `Content-Length` (`200`).
+    pub length: Option<u64>,
+    pub body: ProbeBody,
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `bytes <first>-<last>/<total>` with a known total.
+fn content_range(headers: &HeaderMap) -> Option<(u64, u64, u64)> {
+    let text = headers.get(header::CONTENT_RANGE)?.to_str().ok()?.trim();
+    let (range, total) = text.strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last, total) = (
+        first.trim().parse().ok()?,
+        last.trim().parse().ok()?,
+        total.trim().parse().ok()?,
+    );
+    (first <= last && last < total).then_some((first, last, total))
+}
+
+impl Upstream {
+    /// Looks `path` up with a `GET` of bytes `start..start + len` (the chunk a client wants
+    /// first); past the end of the object, of its first `len` bytes instead.
+    pub async fn probe(&self, path: &str, start: u64, len: u64) -> Result<Probe, UpstreamError> {
+        let probe = self.probe_at(path, start, len).await?;
+        if probe.status == StatusCode::RANGE_NOT_SATISFIABLE && start > 0 {
+            return self.probe_at(path, 0, len).await;
+        }
+        Ok(probe)
+    }
+
+    async fn probe_at(&self, path: &str, start: u64, len: u64) -> Result<Probe, UpstreamError> {
+        self.metrics.requests.with_label_values(&["probe"]).inc();
+        let res = self
+            .client
+            .get(self.url_for(path))
+            .header(header::RANGE, format!("bytes={start}-{}", start + len - 1))
+            .header(header::ACCEPT_ENCODING, "identity")
+            .send()
+            .await
+            .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
+        let (status, headers) = (res.status(), res.headers().clone());
+        let response_time = SystemTime::now();
+        if status.is_server_error() {
+            self.failed(UpstreamError::Status(status.as_u16()));
+        }
+        let (length, body) = match status {
+            StatusCode::PARTIAL_CONTENT => match content_range(&headers) {
+                Some((first, last, total))
+                    if first == start
+                        && content_length(&headers).is_none_or(|l| l == last - first + 1) =>
+                {
+                    let len = last - first + 1;
+                    let stream = self.validated_body(res, len);
+                    (Some(total), ProbeBody::Range { start, len, stream })
+                }
+                Some((_, _, total)) => (Some(total), ProbeBody::None),
+                None => (None, ProbeBody::None),
+            },
+            StatusCode::OK => match content_length(&headers) {
+                Some(len) => {
+                    let stream = self.validated_body(res, len);
+                    (Some(len), ProbeBody::Whole { len, stream })
+                }
+                None => (None, ProbeBody::None),
+            },
+            _ => (None, ProbeBody::None),
+        };
+        Ok(Probe {
+            status,
+            headers,
+            response_time,
+            length,
+            body,
+        })
+    }
+
+    /// The object of `meta` as one stream, from byte `from` on where the upstream honours
+    /// `Range` and from byte 0 where it does not: returns the byte the stream starts at. The
+    /// answer must be the same version, and exactly as long as announced.
+    pub async fn fetch_whole(
+        &self,
+        meta: &ObjectMeta,
+        from: u64,
+    ) -> Result<(u64, UpstreamStream), UpstreamError> {
+        self.metrics.requests.with_label_values(&["whole"]).inc();
+        let mut req = self
+            .client
+            .get(self.url_for(&meta.path))
+            .header(header::ACCEPT_ENCODING, "identity");
+        if from > 0 {
+            req = req.header(header::RANGE, format!("bytes={from}-"));
+        }
+        let res = conditional(req, &meta.validator)
+            .send()
+            .await
+            .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
+        let headers = res.headers().clone();
+        let starts_at = match res.status() {
+            StatusCode::OK => 0,
+            StatusCode::PARTIAL_CONTENT => match content_range(&headers) {
+                Some((first, last, total))
+                    if first == from && last + 1 == meta.length && total == meta.length =>
+                {
+                    from
+                }
+                _ => {
+                    return Err(self.failed(UpstreamError::BadRange(
+                        "unexpected Content-Range for the rest of an object".into(),
+                    )))
+                }
+            },
+            StatusCode::PRECONDITION_FAILED => {
+                return Err(self.failed(UpstreamError::Changed("412 to a conditional GET".into())))
+            }
+            other => return Err(self.failed(UpstreamError::Status(other.as_u16()))),
+        };
+        check_validator(&meta.validator, &headers).map_err(|e| self.failed(e))?;
+        let expected = meta.length - starts_at;
+        if content_length(&headers).is_some_and(|l| l != expected) {
+            return Err(self.failed(UpstreamError::Changed(format!(
+                "Content-Length {:?}, expected {expected}",
+                content_length(&headers)
+            ))));
+        }
+        Ok((starts_at, self.validated_body(res, expected)))
+    }
+
+    /// The body of `res`, validated as it streams: never more than `expected` bytes, never
+    /// silently fewer.
+    pub(super) fn validated_body(&self, res: reqwest::Response, expected: u64) -> UpstreamStream {
+        let body = Box::pin(res.bytes_stream());
+        let state = (body, 0u64, false, self.metrics.clone());
+        let stream = futures::stream::unfold(
+            state,
+            move |(mut body, mut received, done, metrics)| async move {
+                if done {
+                    return None;
+                }
+                let item: Result<Bytes, UpstreamError> = match body.next().await {
+                    Some(Ok(piece)) => {
+                        received += piece.len() as u64;
+                        metrics.bytes.inc_by(piece.len() as u64);
+                        if received > expected {
+                            Err(UpstreamError::TooLong { expected })
+                        } else {
+                            Ok(piece)
+                        }
+                    }
+                    Some(Err(e)) => Err(UpstreamError::from_reqwest(e)),
+                    None if received < expected => Err(UpstreamError::Truncated {
+                        expected,
+                        got: received,
+                    }),
+                    None => return None,
+                };
+                if let Err(e) = &item {
+                    metrics.errors.with_label_values(&[e.label()]).inc();
+                }
+                let done = item.is_err();
+                Some((item, (body, received, done, metrics)))
+            },
+        );
+        Box::pin(stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::headers;
+
+    #[test]
+    fn content_ranges_parse_strictly() {
+        let cr = |v| content_range(&headers(&[("content-range", v)]));
+        assert_eq!(cr("bytes 0-99/1000"), Some((0, 99, 1000)));
+        assert_eq!(cr("bytes 0-99/*"), None);
+        assert_eq!(cr("bytes 99-0/1000"), None);
+        assert_eq!(cr("bytes 0-1000/1000"), None);
+        assert_eq!(cr("items 0-1/2"), None);
+    }
+}
