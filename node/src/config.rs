@@ -111,6 +111,22 @@ pub struct Config {
     #[arg(long, env = "CASSEROLE_MIN_TTL", default_value = "60s", value_parser = parse_duration)]
     pub min_ttl: Duration,
 
+    /// Lifetime of responses that carry no freshness information at all (no Cache-Control
+    /// max-age/s-maxage, no Expires, no Last-Modified); unset: such responses are not cached.
+    #[arg(long, env = "CASSEROLE_DEFAULT_TTL", value_parser = parse_duration)]
+    pub default_ttl: Option<Duration>,
+
+    /// Cap on heuristic freshness (10 % of the time since Last-Modified, for responses without
+    /// an explicit lifetime).
+    #[arg(long, env = "CASSEROLE_MAX_HEURISTIC_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub max_heuristic_ttl: Duration,
+
+    /// How long past its freshness a cached object may still be served when the upstream is
+    /// unreachable, times out or answers 5xx, unless the response sets `stale-if-error` or
+    /// forbids stale serving (`must-revalidate`, `proxy-revalidate`, `s-maxage`).
+    #[arg(long, env = "CASSEROLE_STALE_IF_ERROR", default_value = "10m", value_parser = parse_duration)]
+    pub stale_if_error: Duration,
+
     /// Size of the ranges an object is fetched and cached in.
     #[arg(long, env = "CASSEROLE_CHUNK_SIZE", default_value = "2Mi")]
     pub chunk_size: ByteSize,
@@ -324,6 +340,16 @@ impl Config {
             }
         }
         Ok(self)
+    }
+
+    /// The freshness rules the flags set.
+    pub fn freshness_rules(&self) -> crate::policy::FreshnessRules {
+        crate::policy::FreshnessRules {
+            min_ttl: self.min_ttl,
+            default_ttl: self.default_ttl,
+            max_heuristic_ttl: self.max_heuristic_ttl,
+            stale_if_error: self.stale_if_error,
+        }
     }
 
     pub fn upstream(&self) -> &reqwest::Url {

@@ -208,9 +208,9 @@ async fn build(cfg: &Config) -> anyhow::Result<Parts> {
         )?)),
         None => None,
     };
-    let metadata = Arc::new(MetadataStore::new(
+    let metadata = MetadataStore::new(
         MetadataConfig {
-            min_ttl: cfg.min_ttl,
+            rules: cfg.freshness_rules(),
             chunk_size: cfg.chunk_size.0,
             max_entries: 100_000,
         },
@@ -218,7 +218,7 @@ async fn build(cfg: &Config) -> anyhow::Result<Parts> {
         disk.clone(),
         peers.clone(),
         MetadataMetrics::new(&registrar),
-    ));
+    );
     let (fetcher, memory) = fetcher(cfg, &registrar, &upstream, disk, peers, &metadata);
     let peer_api = peer_token.map(|token| {
         Arc::new(PeerApi {

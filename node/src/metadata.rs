@@ -18,7 +18,7 @@ use crate::{
     metrics::Registrar,
     object::{unix_now, ObjectMeta},
     peer::{client::PeerClient, server::LocalMetadata, wire::MetaAnswer},
-    policy::{evaluate, evaluate_head, HeadContext, LookupAnswer, Uncacheable},
+    policy::{evaluate, evaluate_head, FreshnessRules, HeadContext, LookupAnswer, Uncacheable},
     source::Route,
     tier::disk::DiskTier,
     upstream::{Probe, ProbeBody, Upstream, UpstreamError},
@@ -43,6 +43,8 @@ pub enum LookupError {
     Upstream(#[from] UpstreamError),
 }
 
+mod revalidate;
+
 /// Where the metadata of a lookup came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetaSource {
@@ -50,6 +52,12 @@ pub enum MetaSource {
     Peer,
     Disk,
     Upstream,
+    /// Stale, and confirmed by the upstream with a `304`.
+    Revalidated,
+    /// Stale, served because the upstream failed (within `stale-if-error`).
+    StaleIfError,
+    /// Stale, served at once while it is revalidated in the background.
+    StaleWhileRevalidate,
 }
 
 impl MetaSource {
@@ -59,6 +67,9 @@ impl MetaSource {
             MetaSource::Peer => "peer",
             MetaSource::Disk => "disk",
             MetaSource::Upstream => "upstream",
+            MetaSource::Revalidated => "revalidated",
+            MetaSource::StaleIfError => "stale_if_error",
+            MetaSource::StaleWhileRevalidate => "stale_while_revalidate",
         }
     }
 }
@@ -89,18 +100,25 @@ impl Expiry<String, Arc<ObjectMeta>> for FreshnessExpiry {
         value: &Arc<ObjectMeta>,
         _now: Instant,
     ) -> Option<Duration> {
-        Some(value.time_to_live(unix_now()))
+        // Kept past freshness: stale metadata is revalidated (a `304` keeps every chunk) or
+        // served within its grace periods.
+        Some(Duration::from_secs(
+            value.keep_until().saturating_sub(unix_now()),
+        ))
     }
 }
 
 pub struct MetadataConfig {
-    pub min_ttl: Duration,
+    pub rules: FreshnessRules,
     pub chunk_size: u64,
     pub max_entries: u64,
 }
 
 pub struct MetadataStore {
     memory: Cache<String, Arc<ObjectMeta>>,
+    /// Paths being revalidated in the background (stale-while-revalidate).
+    revalidating: Mutex<std::collections::HashSet<String>>,
+    me: std::sync::Weak<MetadataStore>,
     /// Paths recently found uncacheable, and why.
     uncacheable: Cache<String, Uncacheable>,
     sink: std::sync::OnceLock<std::sync::Weak<dyn ProbeSink>>,
@@ -118,13 +136,15 @@ impl MetadataStore {
         disk: Option<Arc<DiskTier>>,
         peers: Option<Arc<PeerClient>>,
         metrics: MetadataMetrics,
-    ) -> Self {
+    ) -> Arc<Self> {
         let memory = Cache::builder()
             .max_capacity(cfg.max_entries)
             .expire_after(FreshnessExpiry)
             .build();
-        MetadataStore {
+        Arc::new_cyclic(|me| MetadataStore {
             memory,
+            revalidating: Mutex::default(),
+            me: me.clone(),
             uncacheable: Cache::builder()
                 .max_capacity(PASS_VERDICTS)
                 .time_to_live(PASS_VERDICT_TTL)
@@ -135,7 +155,7 @@ impl MetadataStore {
             upstream,
             cfg,
             metrics,
-        }
+        })
     }
 
     /// Where the bodies of probes go (set once, after the fetcher exists).
@@ -161,19 +181,28 @@ impl MetadataStore {
                 .inc();
             return Err(LookupError::Uncacheable(why));
         }
-        if let Some(meta) = self.memory.get(path).await {
-            if meta.is_fresh(unix_now()) {
+        let stale = match self.memory.get(path).await {
+            Some(meta) if meta.is_fresh(unix_now()) => {
                 self.count(MetaSource::Memory);
                 return Ok((meta, MetaSource::Memory));
             }
-            self.memory.invalidate(path).await;
-        }
+            Some(meta) if meta.may_serve_stale_while_revalidating(unix_now()) => {
+                self.revalidate_in_background(path, route, meta.clone());
+                self.count(MetaSource::StaleWhileRevalidate);
+                return Ok((meta, MetaSource::StaleWhileRevalidate));
+            }
+            Some(meta) => {
+                self.memory.invalidate(path).await;
+                Some(meta)
+            }
+            None => None,
+        };
         // Concurrent lookups collapse into one load; only the loader learns where it looked.
         let loaded_from = Mutex::new(None);
         let meta = self
             .memory
             .try_get_with(path.to_string(), async {
-                let (meta, source) = self.load(path, route, probe).await?;
+                let (meta, source) = self.load(path, route, probe, stale).await?;
                 *loaded_from.lock().expect("lookup lock") = Some(source);
                 Ok(meta)
             })
@@ -210,6 +239,7 @@ impl MetadataStore {
         path: &str,
         route: Route,
         probe: Option<u64>,
+        mut stale: Option<Arc<ObjectMeta>>,
     ) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
         let key = ObjectMeta::meta_key(path);
         if let (Some(peers), Route::Cluster) = (&self.peers, route) {
@@ -235,12 +265,15 @@ impl MetadataStore {
         if let Some(disk) = &self.disk {
             if let Some(raw) = disk.get_meta(&key).await {
                 match serde_json::from_slice::<ObjectMeta>(&raw) {
-                    Ok(meta)
-                        if meta.path == path
-                            && meta.chunk_size == self.cfg.chunk_size
-                            && meta.is_fresh(unix_now()) =>
-                    {
-                        return Ok((Arc::new(meta), MetaSource::Disk));
+                    Ok(meta) if meta.path == path && meta.chunk_size == self.cfg.chunk_size => {
+                        if meta.is_fresh(unix_now()) {
+                            return Ok((Arc::new(meta), MetaSource::Disk));
+                        }
+                        if unix_now() < meta.keep_until() {
+                            stale = stale.or(Some(Arc::new(meta)));
+                        } else {
+                            disk.remove_meta(&key).await;
+                        }
                     }
                     Ok(_) => disk.remove_meta(&key).await,
                     Err(e) => {
@@ -250,22 +283,46 @@ impl MetadataStore {
                 }
             }
         }
-        let meta = match probe {
-            Some(byte) => self.probe(path, byte).await?,
-            None => {
-                let (status, headers, response_time) = self.upstream.head(path).await?;
-                evaluate_head(&self.context(path, response_time), status, &headers)
-                    .map_err(LookupError::Uncacheable)?
-            }
+        let answer = match &stale {
+            Some(old) => self.revalidate(path, old, probe.unwrap_or(0)).await,
+            None => self
+                .ask_upstream(path, probe)
+                .await
+                .map(|meta| (Arc::new(meta), MetaSource::Upstream)),
         };
-        let meta = Arc::new(meta);
+        let (meta, source) = match (answer, stale) {
+            (Ok(found), _) => found,
+            (Err(LookupError::Upstream(e)), Some(old))
+                if old.may_serve_stale_on_error(unix_now()) =>
+            {
+                tracing::warn!(path, error = %e, "upstream failed; serving stale within stale-if-error");
+                return Ok((old, MetaSource::StaleIfError));
+            }
+            (Err(e), _) => return Err(e),
+        };
         if let Some(disk) = &self.disk {
             let record = Bytes::from(serde_json::to_vec(&*meta).expect("metadata serializes"));
             if let Err(e) = disk.put_meta(&key, record).await {
                 tracing::warn!(path, error = %e, "could not persist metadata; it stays in memory only");
             }
         }
-        Ok((meta, MetaSource::Upstream))
+        Ok((meta, source))
+    }
+
+    /// A fresh lookup: the probe, or a `HEAD` for requests that want no body.
+    async fn ask_upstream(
+        &self,
+        path: &str,
+        probe: Option<u64>,
+    ) -> Result<ObjectMeta, LookupError> {
+        match probe {
+            Some(byte) => self.probe(path, byte).await,
+            None => {
+                let (status, headers, response_time) = self.upstream.head(path).await?;
+                evaluate_head(&self.context(path, response_time), status, &headers)
+                    .map_err(LookupError::Uncacheable)
+            }
+        }
     }
 
     fn context<'a>(
@@ -276,26 +333,30 @@ impl MetadataStore {
         HeadContext {
             upstream: self.upstream.base(),
             path,
-            min_ttl: self.cfg.min_ttl,
+            rules: &self.cfg.rules,
             chunk_size: self.cfg.chunk_size,
             response_time,
         }
     }
 
-    /// Looks `path` up with a `GET` of its first chunk and hands the body to the fetcher, so
-    /// the first byte costs one round trip.
+    /// Looks `path` up with a `GET` of the chunk holding `byte` and hands the body to the
+    /// fetcher, so the first byte costs one round trip.
     async fn probe(&self, path: &str, byte: u64) -> Result<ObjectMeta, LookupError> {
         let chunk_size = self.cfg.chunk_size;
+        let start = byte / chunk_size * chunk_size;
+        let probe = self.upstream.probe(path, start, chunk_size, None).await?;
+        self.take_probe(path, probe)
+    }
+
+    /// Metadata from a probe's answer; its body goes to the fetcher.
+    fn take_probe(&self, path: &str, probe: Probe) -> Result<ObjectMeta, LookupError> {
         let Probe {
             status,
             headers,
             response_time,
             length,
             body,
-        } = self
-            .upstream
-            .probe(path, byte / chunk_size * chunk_size, chunk_size)
-            .await?;
+        } = probe;
         let answer = match (status.as_u16(), length) {
             (206, Some(length)) => LookupAnswer::Ranged { length },
             (200, Some(length)) => LookupAnswer::Whole { length },

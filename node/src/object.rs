@@ -67,10 +67,25 @@ pub struct ObjectMeta {
     pub fetched_at: u64,
     /// Age the response already had when it was received (RFC 9111 §4.2.3).
     pub initial_age: u64,
-    /// Unix seconds after which the object is stale and must be looked up again.
+    /// Unix seconds after which the object is stale and must be revalidated.
     pub fresh_until: u64,
+    /// Stored, but revalidated before every use (`no-cache`).
+    #[serde(default)]
+    pub no_cache: bool,
+    /// Seconds past `fresh_until` during which a stale copy may be served when the upstream
+    /// fails (`stale-if-error`, or the node's default; 0 under `must-revalidate`).
+    #[serde(default)]
+    pub stale_if_error: u64,
+    /// Seconds past `fresh_until` during which a stale copy is served at once while it is
+    /// revalidated in the background (`stale-while-revalidate`).
+    #[serde(default)]
+    pub stale_while_revalidate: u64,
     pub version: String,
 }
+
+/// How long stale metadata is kept for a conditional revalidation, which keeps every chunk when
+/// the upstream answers `304`.
+const KEEP_FOR_REVALIDATION: u64 = 24 * 3600;
 
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -133,7 +148,23 @@ impl ObjectMeta {
     }
 
     pub fn is_fresh(&self, now: u64) -> bool {
-        now < self.fresh_until
+        now < self.fresh_until && !self.no_cache
+    }
+
+    /// Until when this metadata is worth keeping: past freshness, it may still be revalidated
+    /// (a `304` keeps every chunk) or served stale within its grace periods.
+    pub fn keep_until(&self) -> u64 {
+        self.fresh_until
+            .saturating_add(self.stale_if_error.max(self.stale_while_revalidate))
+            .saturating_add(KEEP_FOR_REVALIDATION)
+    }
+
+    pub fn may_serve_stale_on_error(&self, now: u64) -> bool {
+        now < self.fresh_until.saturating_add(self.stale_if_error)
+    }
+
+    pub fn may_serve_stale_while_revalidating(&self, now: u64) -> bool {
+        !self.no_cache && now < self.fresh_until.saturating_add(self.stale_while_revalidate)
     }
 
     pub fn time_to_live(&self, now: u64) -> Duration {
@@ -188,6 +219,9 @@ mod tests {
             fetched_at: 100,
             initial_age: 5,
             fresh_until: 200,
+            no_cache: false,
+            stale_if_error: 0,
+            stale_while_revalidate: 0,
         }
     }
 

@@ -357,7 +357,10 @@ async fn uncacheable_requests_pass_through_untouched() {
             assert_eq!(got.status, 200, "{path}");
             assert_eq!(got.sha256, origin.info(path).sha256(), "{path}");
             let status = header(&got.headers, "cache-status");
-            assert!(status.contains(["fwd=miss", "hit"][round]), "{path}: {status}");
+            assert!(
+                status.contains(["fwd=miss", "hit"][round]),
+                "{path}: {status}"
+            );
         }
     }
     let (_, cookie_headers, _) = get_bytes(&format!("{}/cookie", node.url()), &[])

@@ -162,3 +162,138 @@ async fn a_cold_miss_costs_one_round_trip_and_an_uncacheable_object_one_request(
     }
     assert_eq!(origin.path_stats("/nostore.bin").requests, 1 + 4);
 }
+
+/// A node that treats objects fresh for a second as worth caching, so staleness comes quickly.
+fn short_lived_node(origin: &Origin) -> NodeBuilder {
+    NodeBuilder::new(origin.url()).args(["--min-ttl", "1s", "--stale-if-error", "0s"])
+}
+
+async fn wait_stale() {
+    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_objects_are_revalidated_and_a_304_keeps_every_chunk() {
+    let origin = Origin::start().await;
+    let obj = origin.put(
+        "/r.bin",
+        ObjectSpec::new(5 * MIB).seed(57).cache_control("max-age=2"),
+    );
+    origin.put(
+        "/nc.bin",
+        ObjectSpec::new(MIB)
+            .seed(58)
+            .cache_control("no-cache, max-age=3600"),
+    );
+    let node = short_lived_node(&origin).spawn().await;
+    let url = format!("{}/r.bin", node.url());
+    assert_eq!(get_sha256(&url, &[]).await.unwrap().sha256, obj.sha256());
+    wait_stale().await;
+    origin.reset_stats();
+    let again = get_sha256(&url, &[]).await.unwrap();
+    assert_eq!(again.sha256, obj.sha256());
+    assert_eq!(
+        header(&again.headers, "cache-status"),
+        "casserole; fwd=stale; fwd-status=304"
+    );
+    let stats = origin.path_stats("/r.bin");
+    assert_eq!(
+        (stats.not_modified, stats.body_bytes_sent, stats.requests),
+        (1, 0, 1),
+        "a 304 refresh costs no body bytes: {stats:?}"
+    );
+    // Fresh again after the 304: no request at all.
+    let fresh = get_sha256(&url, &[]).await.unwrap();
+    assert!(header(&fresh.headers, "cache-status").contains("hit; detail=memory"));
+    assert_eq!(origin.path_stats("/r.bin").requests, 1);
+
+    // A changed object is a new version, fetched whole.
+    wait_stale().await;
+    let new = origin.bump_version("/r.bin");
+    let changed = get_sha256(&url, &[]).await.unwrap();
+    assert_eq!(changed.sha256, new.sha256());
+    assert_eq!(header(&changed.headers, "cache-status"), "casserole; fwd=miss");
+
+    // no-cache: stored, and revalidated on every use.
+    let url = format!("{}/nc.bin", node.url());
+    let first = get_sha256(&url, &[]).await.unwrap();
+    assert_eq!(header(&first.headers, "cache-status"), "casserole; fwd=miss");
+    for _ in 0..2 {
+        let got = get_sha256(&url, &[]).await.unwrap();
+        assert_eq!(got.sha256, origin.info("/nc.bin").sha256());
+        assert_eq!(
+            header(&got.headers, "cache-status"),
+            "casserole; fwd=stale; fwd-status=304"
+        );
+    }
+    let stats = origin.path_stats("/nc.bin");
+    assert_eq!((stats.not_modified, stats.body_bytes_sent), (2, MIB), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_outage_serves_stale_within_grace_but_never_past_must_revalidate() {
+    let origin = Origin::start().await;
+    let grace = origin.put(
+        "/grace.bin",
+        ObjectSpec::new(3 * MIB)
+            .seed(59)
+            .cache_control("max-age=2, stale-if-error=600"),
+    );
+    origin.put(
+        "/strict.bin",
+        ObjectSpec::new(MIB)
+            .seed(60)
+            .cache_control("max-age=2, must-revalidate, stale-if-error=600"),
+    );
+    origin.put(
+        "/swr.bin",
+        ObjectSpec::new(MIB)
+            .seed(61)
+            .cache_control("max-age=2, stale-while-revalidate=600"),
+    );
+    let node = short_lived_node(&origin).spawn().await;
+    for path in ["/grace.bin", "/strict.bin", "/swr.bin"] {
+        let got = get_sha256(&format!("{}{path}", node.url()), &[])
+            .await
+            .unwrap();
+        assert_eq!(got.status, 200, "{path}");
+    }
+    wait_stale().await;
+
+    // stale-while-revalidate: the stale copy at once, the refresh in the background.
+    let swr = get_sha256(&format!("{}/swr.bin", node.url()), &[])
+        .await
+        .unwrap();
+    assert_eq!(swr.sha256, origin.info("/swr.bin").sha256());
+    assert_eq!(
+        header(&swr.headers, "cache-status"),
+        "casserole; hit; detail=stale-while-revalidate"
+    );
+    for _ in 0..100 {
+        if origin.path_stats("/swr.bin").not_modified == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(origin.path_stats("/swr.bin").not_modified, 1, "revalidated behind");
+
+    origin.shutdown().await;
+    let got = get_sha256(&format!("{}/grace.bin", node.url()), &[])
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(got.sha256, grace.sha256());
+    assert_eq!(
+        header(&got.headers, "cache-status"),
+        "casserole; fwd=stale; detail=stale-if-error"
+    );
+    let (status, _, _) = get_bytes(&format!("{}/strict.bin", node.url()), &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 502, "must-revalidate forbids serving stale");
+    assert!(
+        node.metric(r#"casserole_requests_total{result="stale"}"#)
+            .await
+            >= 1.0
+    );
+}

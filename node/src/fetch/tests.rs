@@ -46,6 +46,9 @@ fn meta(length: u64) -> Arc<ObjectMeta> {
         fetched_at: 0,
         initial_age: 0,
         fresh_until: u64::MAX,
+        no_cache: false,
+        stale_if_error: 0,
+        stale_while_revalidate: 0,
     })
 }
 

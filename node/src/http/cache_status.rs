@@ -17,8 +17,13 @@ const CACHE: &str = "casserole";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheStatus {
-    /// Body bytes from a chunk source; `collapsed` when it joined a fetch already under way.
-    Chunks { origin: SourceKind, collapsed: bool },
+    /// Body bytes from a chunk source; `collapsed` when it joined a fetch already under way;
+    /// `meta` says how the object's metadata was had (fresh, revalidated, stale).
+    Chunks {
+        origin: SourceKind,
+        collapsed: bool,
+        meta: MetaSource,
+    },
     /// `HEAD` or `304`, answered from metadata alone.
     Metadata(MetaSource),
     /// The request alone sent it straight to the upstream.
@@ -28,8 +33,11 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
-    /// The `result` label: hit, miss or pass.
+    /// The `result` label: hit, miss, pass, revalidated or stale.
     pub fn result(&self) -> &'static str {
+        if let Some(label) = self.staleness().map(|(label, _)| label) {
+            return label;
+        }
         match self {
             CacheStatus::Chunks {
                 origin: SourceKind::Upstream,
@@ -51,6 +59,22 @@ impl CacheStatus {
         }
     }
 
+    /// For a stale stored object: the result label and the `Cache-Status` parameters.
+    fn staleness(&self) -> Option<(&'static str, &'static str)> {
+        let meta = match self {
+            CacheStatus::Chunks { meta, .. } | CacheStatus::Metadata(meta) => meta,
+            _ => return None,
+        };
+        match meta {
+            MetaSource::Revalidated => Some(("revalidated", "fwd=stale; fwd-status=304")),
+            MetaSource::StaleIfError => Some(("stale", "fwd=stale; detail=stale-if-error")),
+            MetaSource::StaleWhileRevalidate => {
+                Some(("stale", "hit; detail=stale-while-revalidate"))
+            }
+            _ => None,
+        }
+    }
+
     pub fn header_value(&self) -> HeaderValue {
         HeaderValue::from_str(&self.to_string()).expect("cache status is ASCII")
     }
@@ -59,10 +83,14 @@ impl CacheStatus {
 impl fmt::Display for CacheStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{CACHE}; ")?;
+        if let Some((_, params)) = self.staleness() {
+            return f.write_str(params);
+        }
         match self {
             CacheStatus::Chunks {
                 origin: SourceKind::Upstream,
                 collapsed,
+                ..
             } => {
                 f.write_str("fwd=miss")?;
                 if *collapsed {
@@ -95,6 +123,7 @@ mod tests {
                 CacheStatus::Chunks {
                     origin: SourceKind::Upstream,
                     collapsed: false,
+                    meta: MetaSource::Upstream,
                 },
                 "casserole; fwd=miss",
                 ("miss", "upstream"),
@@ -103,6 +132,7 @@ mod tests {
                 CacheStatus::Chunks {
                     origin: SourceKind::Upstream,
                     collapsed: true,
+                    meta: MetaSource::Upstream,
                 },
                 "casserole; fwd=miss; collapsed",
                 ("miss", "upstream"),
@@ -111,6 +141,7 @@ mod tests {
                 CacheStatus::Chunks {
                     origin: SourceKind::Disk,
                     collapsed: false,
+                    meta: MetaSource::Memory,
                 },
                 "casserole; hit; detail=disk",
                 ("hit", "disk"),
@@ -129,6 +160,29 @@ mod tests {
                 CacheStatus::Metadata(MetaSource::Upstream),
                 "casserole; fwd=miss; detail=metadata",
                 ("miss", "metadata"),
+            ),
+            (
+                CacheStatus::Chunks {
+                    origin: SourceKind::Memory,
+                    collapsed: false,
+                    meta: MetaSource::Revalidated,
+                },
+                "casserole; fwd=stale; fwd-status=304",
+                ("revalidated", "memory"),
+            ),
+            (
+                CacheStatus::Metadata(MetaSource::StaleIfError),
+                "casserole; fwd=stale; detail=stale-if-error",
+                ("stale", "metadata"),
+            ),
+            (
+                CacheStatus::Chunks {
+                    origin: SourceKind::Disk,
+                    collapsed: false,
+                    meta: MetaSource::StaleWhileRevalidate,
+                },
+                "casserole; hit; detail=stale-while-revalidate",
+                ("stale", "disk"),
             ),
             (
                 CacheStatus::Bypassed(Bypass::Credentials),

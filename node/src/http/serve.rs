@@ -148,7 +148,7 @@ impl Front {
             RangeRequest::Partial(ranges) => Some(ranges),
             RangeRequest::Unsatisfiable => return Err(self.unsatisfiable(&meta)),
         };
-        self.serve_chunks(meta, ranges).await
+        self.serve_chunks(meta, meta_source, ranges).await
     }
 
     /// `304 Not Modified` and `HEAD` need no body bytes: metadata answers them.
@@ -202,6 +202,7 @@ impl Front {
     async fn serve_chunks(
         &self,
         meta: Arc<ObjectMeta>,
+        meta_source: MetaSource,
         ranges: Option<Vec<RangeInclusive<u64>>>,
     ) -> Answer {
         let partial = ranges.is_some();
@@ -220,7 +221,11 @@ impl Front {
             .first_byte_seconds
             .observe(started.elapsed().as_secs_f64());
         let (origin, collapsed) = first.origin().unwrap_or((SourceKind::Upstream, false));
-        let status = CacheStatus::Chunks { origin, collapsed };
+        let status = CacheStatus::Chunks {
+            origin,
+            collapsed,
+            meta: meta_source,
+        };
         self.count_status(&status);
         let head = futures::stream::once(async move { Ok::<_, FetchError>(first_piece) })
             .chain(first.into_stream())

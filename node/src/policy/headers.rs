@@ -64,7 +64,7 @@ fn qualified_cache_control_names(headers: &HeaderMap) -> Vec<String> {
 }
 
 /// The first directive of a Cache-Control value and the rest after its comma.
-fn split_directive(text: &str) -> (&str, &str) {
+pub(super) fn split_directive(text: &str) -> (&str, &str) {
     let mut quoted = false;
     for (i, c) in text.char_indices() {
         match c {
@@ -74,6 +74,41 @@ fn split_directive(text: &str) -> (&str, &str) {
         }
     }
     (text, "")
+}
+
+/// `headers` as a freshness calculator should read them: the qualified `no-cache="…"` and
+/// `private="…"` directives only keep the named fields out of the cache (done by
+/// `stored_headers`), and `proxy-revalidate` only forbids serving stale (RFC 9111 §5.2.2.8;
+/// handled by the caller) — `http-cache-semantics` reads the first two as their unqualified
+/// forms and the last as "stale at once".
+pub fn for_lifetime(headers: &HeaderMap) -> HeaderMap {
+    let mut out = headers.clone();
+    out.remove(header::CACHE_CONTROL);
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        let Ok(text) = value.to_str() else { continue };
+        let mut kept = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let (directive, tail) = split_directive(rest);
+            rest = tail;
+            let name = directive
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            let qualified = directive.contains('=');
+            let dropped = (qualified && (name == "no-cache" || name == "private"))
+                || name == "proxy-revalidate";
+            if !dropped && !directive.trim().is_empty() {
+                kept.push(directive.trim());
+            }
+        }
+        if let Ok(v) = http::HeaderValue::from_str(&kept.join(", ")) {
+            out.append(header::CACHE_CONTROL, v);
+        }
+    }
+    out
 }
 
 /// The end-to-end headers of `headers` to store with an object and replay on hits: all of them,

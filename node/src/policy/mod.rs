@@ -3,11 +3,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{header, HeaderMap, Method, Request, Response, StatusCode};
-use http_cache_semantics::{CacheOptions, CachePolicy};
+use http::{header, HeaderMap, Method, StatusCode};
 use regex::RegexSet;
 
+pub mod freshness;
 pub mod headers;
+
+pub use freshness::FreshnessRules;
 
 use crate::object::{ObjectMeta, Validator};
 
@@ -88,7 +90,7 @@ impl Uncacheable {
 pub struct HeadContext<'a> {
     pub upstream: &'a str,
     pub path: &'a str,
-    pub min_ttl: Duration,
+    pub rules: &'a FreshnessRules,
     pub chunk_size: u64,
     pub response_time: SystemTime,
 }
@@ -123,7 +125,7 @@ pub fn evaluate(
     answer: LookupAnswer,
     headers: &HeaderMap,
 ) -> Result<ObjectMeta, Uncacheable> {
-    let ttl = storable_for(ctx, headers)?;
+    let fresh = freshness::freshness(ctx.rules, ctx.path, headers, ctx.response_time)?;
     if headers.contains_key(header::SET_COOKIE) {
         return Err(Uncacheable::SetCookie);
     }
@@ -185,30 +187,57 @@ pub fn evaluate(
         whole_only,
         fetched_at,
         initial_age,
-        fresh_until: fetched_at + ttl.as_secs(),
+        fresh_until: fetched_at + fresh.ttl.as_secs(),
+        no_cache: fresh.no_cache,
+        stale_if_error: fresh.stale_if_error.as_secs(),
+        stale_while_revalidate: fresh.stale_while_revalidate.as_secs(),
     })
 }
 
-/// How long a shared cache may serve the response as fresh; refuses what it must not store or
-/// what is fresh for less than `--min-ttl`.
-fn storable_for(ctx: &HeadContext<'_>, headers: &HeaderMap) -> Result<Duration, Uncacheable> {
-    // The policy is evaluated as for a `200` to the GET the lookup stands for, from a shared
-    // cache's view.
-    let req = Request::get(ctx.path)
-        .body(())
-        .expect("path was parsed from a request");
-    let mut res = Response::new(());
-    *res.status_mut() = StatusCode::OK;
-    *res.headers_mut() = headers.clone();
-    let policy = CachePolicy::new_options(&req, &res, ctx.response_time, CacheOptions::default());
-    if !policy.is_storable() {
-        return Err(Uncacheable::NotStorable);
+/// `stale` refreshed by a `304 Not Modified` (RFC 9111 §4.3.4): the stored headers updated with
+/// the ones the `304` carries, a new lifetime from them, the same version and chunks.
+pub fn refresh(
+    ctx: &HeadContext<'_>,
+    stale: &ObjectMeta,
+    not_modified: &HeaderMap,
+) -> Result<ObjectMeta, Uncacheable> {
+    let mut merged = HeaderMap::new();
+    for (name, value) in &stale.headers {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            header::HeaderValue::from_str(value),
+        ) {
+            merged.append(name, value);
+        }
     }
-    let ttl = policy.time_to_live(ctx.response_time);
-    if ttl < ctx.min_ttl {
-        return Err(Uncacheable::TooShortLived(ttl));
+    let updates = headers::stored_headers(not_modified);
+    for (name, _) in &updates {
+        merged.remove(name.as_str());
     }
-    Ok(ttl)
+    for (name, value) in updates {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            header::HeaderValue::from_str(&value),
+        ) {
+            merged.append(name, value);
+        }
+    }
+    let fresh = freshness::freshness(ctx.rules, ctx.path, &merged, ctx.response_time)?;
+    let fetched_at = ctx
+        .response_time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    Ok(ObjectMeta {
+        headers: headers::stored_headers(&merged),
+        fetched_at,
+        initial_age: age(not_modified),
+        fresh_until: fetched_at + fresh.ttl.as_secs(),
+        no_cache: fresh.no_cache,
+        stale_if_error: fresh.stale_if_error.as_secs(),
+        stale_while_revalidate: fresh.stale_while_revalidate.as_secs(),
+        ..stale.clone()
+    })
 }
 
 /// Every `Vary` field line counts. Chunks are always fetched with `Accept-Encoding: identity`,
@@ -251,11 +280,14 @@ mod tests {
     use super::*;
     use crate::test_support::headers;
 
+    static RULES: std::sync::LazyLock<FreshnessRules> =
+        std::sync::LazyLock::new(FreshnessRules::default);
+
     fn ctx() -> HeadContext<'static> {
         HeadContext {
             upstream: "http://u/",
             path: "/obj",
-            min_ttl: Duration::from_secs(60),
+            rules: &RULES,
             chunk_size: 4,
             response_time: SystemTime::now(),
         }

@@ -64,22 +64,48 @@ fn content_range(headers: &HeaderMap) -> Option<(u64, u64, u64)> {
 
 impl Upstream {
     /// Looks `path` up with a `GET` of bytes `start..start + len` (the chunk a client wants
-    /// first); past the end of the object, of its first `len` bytes instead.
-    pub async fn probe(&self, path: &str, start: u64, len: u64) -> Result<Probe, UpstreamError> {
-        let probe = self.probe_at(path, start, len).await?;
+    /// first); past the end of the object, of its first `len` bytes instead. With `stale`, the
+    /// request is conditional on its validator and may be answered `304`.
+    pub async fn probe(
+        &self,
+        path: &str,
+        start: u64,
+        len: u64,
+        stale: Option<&ObjectMeta>,
+    ) -> Result<Probe, UpstreamError> {
+        let probe = self.probe_at(path, start, len, stale).await?;
         if probe.status == StatusCode::RANGE_NOT_SATISFIABLE && start > 0 {
-            return self.probe_at(path, 0, len).await;
+            return self.probe_at(path, 0, len, stale).await;
         }
         Ok(probe)
     }
 
-    async fn probe_at(&self, path: &str, start: u64, len: u64) -> Result<Probe, UpstreamError> {
-        self.metrics.requests.with_label_values(&["probe"]).inc();
-        let res = self
+    async fn probe_at(
+        &self,
+        path: &str,
+        start: u64,
+        len: u64,
+        stale: Option<&ObjectMeta>,
+    ) -> Result<Probe, UpstreamError> {
+        let kind = if stale.is_some() {
+            "revalidate"
+        } else {
+            "probe"
+        };
+        self.metrics.requests.with_label_values(&[kind]).inc();
+        let mut req = self
             .client
             .get(self.url_for(path))
             .header(header::RANGE, format!("bytes={start}-{}", start + len - 1))
-            .header(header::ACCEPT_ENCODING, "identity")
+            .header(header::ACCEPT_ENCODING, "identity");
+        if let Some(stale) = stale {
+            if let Some(etag) = &stale.etag {
+                req = req.header(header::IF_NONE_MATCH, etag.as_str());
+            } else if let Some(lm) = &stale.last_modified {
+                req = req.header(header::IF_MODIFIED_SINCE, lm.as_str());
+            }
+        }
+        let res = req
             .send()
             .await
             .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;

@@ -1,0 +1,64 @@
+//! Stale metadata: a conditional request keeps every chunk when the upstream answers `304`, and
+//! `stale-while-revalidate` refreshes in the background.
+
+use std::sync::Arc;
+
+use super::{LookupError, MetaSource, MetadataStore};
+use crate::{object::ObjectMeta, policy::refresh, source::Route};
+
+impl MetadataStore {
+    /// Asks the upstream whether `stale` still holds: the probe, made conditional on its
+    /// validator. A `304` refreshes its freshness and headers and keeps its version (and so
+    /// every chunk); any other answer is a fresh lookup.
+    pub(super) async fn revalidate(
+        &self,
+        path: &str,
+        stale: &Arc<ObjectMeta>,
+        byte: u64,
+    ) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
+        let chunk_size = self.cfg.chunk_size;
+        let start = byte / chunk_size * chunk_size;
+        let probe = self
+            .upstream
+            .probe(path, start, chunk_size, Some(stale))
+            .await?;
+        if probe.status == http::StatusCode::NOT_MODIFIED {
+            let ctx = self.context(path, probe.response_time);
+            let meta = refresh(&ctx, stale, &probe.headers).map_err(LookupError::Uncacheable)?;
+            tracing::debug!(path, "revalidated: not modified");
+            return Ok((Arc::new(meta), MetaSource::Revalidated));
+        }
+        let meta = self.take_probe(path, probe)?;
+        Ok((Arc::new(meta), MetaSource::Upstream))
+    }
+
+    /// Revalidates `stale` off the request path (one at a time per path); the request that
+    /// noticed it is served the stale copy at once.
+    pub(super) fn revalidate_in_background(
+        &self,
+        path: &str,
+        route: Route,
+        stale: Arc<ObjectMeta>,
+    ) {
+        let Some(me) = self.me.upgrade() else { return };
+        if !self
+            .revalidating
+            .lock()
+            .expect("revalidating lock")
+            .insert(path.to_string())
+        {
+            return;
+        }
+        let path = path.to_string();
+        tokio::spawn(async move {
+            match me.load(&path, route, Some(0), Some(stale)).await {
+                Ok((meta, _)) => me.memory.insert(path.clone(), meta).await,
+                Err(e) => tracing::warn!(path, error = %e, "background revalidation failed"),
+            }
+            me.revalidating
+                .lock()
+                .expect("revalidating lock")
+                .remove(&path);
+        });
+    }
+}
