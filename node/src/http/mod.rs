@@ -5,6 +5,7 @@ pub mod body;
 pub mod peer_api;
 pub mod range;
 pub mod serve;
+pub mod target;
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 

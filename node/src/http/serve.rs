@@ -83,7 +83,7 @@ impl Front {
         // chooses where the request goes.
         let path = validated_path(&req).map_err(|why| {
             self.count("error", "none");
-            body::error(StatusCode::BAD_REQUEST, why)
+            body::error(why.status(), why)
         })?;
         if let Some(bypass) = classify_request(&method, req.headers(), &path, &self.pass_through) {
             return self
@@ -375,25 +375,8 @@ fn cache_status(source: Source, collapsed: bool) -> String {
     }
 }
 
-/// The path and query to ask the upstream for, or a 400 saying what is wrong with it.
-fn validated_path(req: &Request<Incoming>) -> Result<String, &'static str> {
-    let Some(pq) = req.uri().path_and_query() else {
-        return Err("request target has no path");
-    };
-    let path = pq.path();
-    if !path.starts_with('/') {
-        return Err("request target must be an absolute path");
-    }
-    // Dot segments (also percent-encoded) could climb out of the upstream's base path.
-    let dotted = path.split('/').any(|segment| {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    });
-    if dotted {
-        return Err("path must not contain '.' or '..' segments");
-    }
-    if path.to_ascii_lowercase().contains("%2f") && path.to_ascii_lowercase().contains("%2e") {
-        return Err("encoded path separators are not allowed next to dots");
-    }
-    Ok(pq.as_str().to_string())
+/// The path and query to ask the upstream for, or a 400/414 saying what is wrong with it.
+fn validated_path(req: &Request<Incoming>) -> Result<String, super::target::TargetError> {
+    let pq = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+    super::target::validate(pq).map(str::to_string)
 }
