@@ -160,6 +160,28 @@ pub struct Config {
     #[arg(long, env = "CASSEROLE_MAX_HEADER_SIZE", default_value = "64Ki")]
     pub max_header_size: ByteSize,
 
+    /// Open connections per listener (client, admin, peer each); further clients wait in the
+    /// accept backlog until one closes.
+    #[arg(long, env = "CASSEROLE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// A connection that sends no request bytes within this is closed.
+    #[arg(long, env = "CASSEROLE_FIRST_BYTE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub first_byte_timeout: Duration,
+
+    /// A connection must send a complete request head (HTTP/1) or open a stream (HTTP/2) within
+    /// this of connecting.
+    #[arg(long, env = "CASSEROLE_REQUEST_HEAD_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_head_timeout: Duration,
+
+    /// A keep-alive connection (HTTP/1 or HTTP/2) with no request in flight for this long is closed.
+    #[arg(long, env = "CASSEROLE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Interval of HTTP/2 keep-alive pings; a client that leaves one unanswered (for up to 20 s) is disconnected.
+    #[arg(long, env = "CASSEROLE_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
     /// On SIGTERM, how long in-flight responses may take to finish before the node exits.
     #[arg(long, env = "CASSEROLE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -292,6 +314,25 @@ impl Config {
                 cleaned: self.cleaned_disk_usage.0,
                 max: self.max_disk_usage.0,
             });
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                flag: "--max-connections",
+                message: "must be at least 1".into(),
+            });
+        }
+        for (flag, value) in [
+            ("--first-byte-timeout", self.first_byte_timeout),
+            ("--request-head-timeout", self.request_head_timeout),
+            ("--idle-timeout", self.idle_timeout),
+            ("--http2-keepalive-interval", self.http2_keepalive_interval),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid {
+                    flag,
+                    message: "must be longer than 0".into(),
+                });
+            }
         }
         if self.readahead > 64 {
             return Err(ConfigError::Invalid {

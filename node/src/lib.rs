@@ -197,6 +197,11 @@ impl RunningNode {
         let (stop, stopped) = watch::channel(false);
         let limits = || ServerLimits {
             max_header_size: cfg.max_header_size.0 as usize,
+            max_connections: cfg.max_connections,
+            first_byte_timeout: cfg.first_byte_timeout,
+            request_head_timeout: cfg.request_head_timeout,
+            idle_timeout: cfg.idle_timeout,
+            http2_keepalive_interval: cfg.http2_keepalive_interval,
         };
         let client = tokio::spawn(http::serve(
             "client",
