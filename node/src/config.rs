@@ -123,6 +123,10 @@ pub struct Config {
     #[arg(long, env = "CASSEROLE_MAX_MEMORY_USAGE", default_value = "100M")]
     pub max_memory_usage: ByteSize,
 
+    /// Bytes of object metadata records kept in memory (on top of --max-memory-usage).
+    #[arg(long, env = "CASSEROLE_MAX_METADATA_MEMORY", default_value = "32Mi")]
+    pub max_metadata_memory: ByteSize,
+
     /// Keep chunks and metadata on disk (the cluster persistent tier).
     #[arg(long, env = "CASSEROLE_DISK_CACHE_ENABLED", default_value_t = true, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true")]

@@ -145,7 +145,7 @@ impl RunningNode {
             MetadataConfig {
                 min_ttl: cfg.min_ttl,
                 chunk_size: cfg.chunk_size.0,
-                max_entries: 100_000,
+                max_bytes: cfg.max_metadata_memory.0,
             },
             upstream.clone(),
             disk.clone(),
