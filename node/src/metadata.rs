@@ -63,7 +63,7 @@ pub struct MetadataConfig {
 /// Approximate memory of one cached record: key and strings, plus an allowance for the struct,
 /// the `Arc` and moka's per-entry bookkeeping. A long query string makes an entry large, so
 /// entries are weighed rather than counted.
-fn weigh(path: &String, meta: &Arc<ObjectMeta>) -> u32 {
+fn weigh(path: &str, meta: &ObjectMeta) -> u32 {
     let strings = meta.path.len()
         + meta.version.len()
         + meta.etag.as_deref().map_or(0, str::len)
@@ -96,7 +96,7 @@ impl MetadataStore {
         metrics: Arc<Metrics>,
     ) -> Self {
         let memory = Cache::builder()
-            .weigher(weigh)
+            .weigher(|path: &String, meta: &Arc<ObjectMeta>| weigh(path, meta))
             .max_capacity(cfg.max_bytes)
             .expire_after(FreshnessExpiry)
             .build();

@@ -335,10 +335,12 @@ impl Front {
 }
 
 /// The body to forward: streamed when the client declared one, none otherwise (a bodiless GET
-/// must not turn into a chunked one upstream).
+/// must not turn into a chunked one upstream). HTTP/2 declares a body by not ending the stream
+/// with the headers, Content-Length being optional there.
 fn request_body(headers: &http::HeaderMap, incoming: Incoming) -> Option<reqwest::Body> {
     let declared = headers.contains_key(header::CONTENT_LENGTH)
-        || headers.contains_key(header::TRANSFER_ENCODING);
+        || headers.contains_key(header::TRANSFER_ENCODING)
+        || !http_body::Body::is_end_stream(&incoming);
     declared.then(|| reqwest::Body::wrap(incoming))
 }
 
