@@ -78,3 +78,64 @@ fn long_targets_are_414() {
     let fits = format!("/{}", "a".repeat(MAX_TARGET_LEN - 1));
     assert!(validate(&fits).is_ok());
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::super::*;
+    use crate::test_support::proptest_config;
+
+    /// Segment text that needs no normalisation: unreserved characters and sub-delims.
+    const SAFE: &str = "[A-Za-z0-9_~!$&'()*+,=:@-][A-Za-z0-9._~!$&'()*+,=:@-]{0,11}";
+
+    /// The many spellings of a dot segment an origin might resolve.
+    fn dot_segment() -> impl Strategy<Value = String> {
+        let dot = prop_oneof![Just("."), Just("%2e"), Just("%2E")];
+        (
+            proptest::collection::vec(dot, 1..=2),
+            prop_oneof![Just(""), Just(";"), Just(";jsessionid=x"), Just("%20")],
+        )
+            .prop_map(|(dots, tail)| format!("{}{tail}", dots.concat()))
+    }
+
+    proptest! {
+        #![proptest_config(proptest_config(512))]
+
+        #[test]
+        fn any_input_is_answered_without_panic(target in ".{0,64}", raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = validate(&target);
+            let _ = validate(&String::from_utf8_lossy(&raw));
+        }
+
+        #[test]
+        fn clean_paths_pass_unchanged(segments in proptest::collection::vec(SAFE, 0..6), query in "[a-z0-9=&%./]{0,16}") {
+            let target = format!("/{}?{query}", segments.join("/"));
+            prop_assert_eq!(validate(&target), Ok(target.as_str()));
+        }
+
+        #[test]
+        fn an_injected_dot_segment_is_always_refused(
+            segments in proptest::collection::vec(SAFE, 1..5),
+            at in 0usize..5,
+            dot in dot_segment(),
+        ) {
+            let mut segments = segments;
+            let at = at.min(segments.len());
+            segments.insert(at, dot);
+            let target = format!("/{}", segments.join("/"));
+            prop_assert_eq!(validate(&target), Err(TargetError::DotSegment), "{}", target);
+        }
+
+        #[test]
+        fn accepted_targets_never_carry_separators_in_disguise(target in "/[a-z%25cCfF2eE./\\\\;]{0,24}") {
+            if validate(&target).is_ok() {
+                let lower = target.to_ascii_lowercase();
+                prop_assert!(!lower.contains('\\') && !lower.contains("%5c") && !lower.contains("%2f"));
+                for segment in target.split('/').skip(1) {
+                    let name = segment.split(';').next().unwrap().to_ascii_lowercase().replace("%2e", ".");
+                    prop_assert!(name != "." && name != "..", "{}", target);
+                }
+            }
+        }
+    }
+}
