@@ -505,4 +505,25 @@ mod tests {
             Err(ConfigError::BadChunkSize(1))
         ));
     }
+
+    #[test]
+    fn connection_bounds_have_defaults_and_refuse_zero() {
+        let c = parse(&["--upstream", "http://x"]).unwrap();
+        assert_eq!(c.max_connections, 4096);
+        assert_eq!(c.first_byte_timeout, Duration::from_secs(10));
+        assert_eq!(c.request_head_timeout, Duration::from_secs(30));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.http2_keepalive_interval, Duration::from_secs(30));
+        assert_eq!(c.max_metadata_memory.0, 32 << 20);
+        for (flag, value) in [
+            ("--max-connections", "0"),
+            ("--first-byte-timeout", "0s"),
+            ("--request-head-timeout", "0ms"),
+            ("--idle-timeout", "0"),
+            ("--http2-keepalive-interval", "0s"),
+        ] {
+            let err = parse(&["--upstream", "http://x", flag, value]).unwrap_err();
+            assert!(err.to_string().contains(flag), "{flag}: {err}");
+        }
+    }
 }
