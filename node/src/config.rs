@@ -178,8 +178,10 @@ pub struct Config {
     #[arg(long, env = "CASSEROLE_REQUEST_HEAD_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_head_timeout: Duration,
 
-    /// A keep-alive connection (HTTP/1 or HTTP/2) with no request in flight for this long is closed.
-    #[arg(long, env = "CASSEROLE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    /// A keep-alive connection (HTTP/1 or HTTP/2) with no request in flight for this long is
+    /// closed. Longer than the peer client's pool idle time (60 s), so a peer never reuses a
+    /// connection this node is closing.
+    #[arg(long, env = "CASSEROLE_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
     /// Interval of HTTP/2 keep-alive pings; a client that leaves one unanswered (for up to 20 s) is disconnected.
@@ -512,7 +514,7 @@ mod tests {
         assert_eq!(c.max_connections, 4096);
         assert_eq!(c.first_byte_timeout, Duration::from_secs(10));
         assert_eq!(c.request_head_timeout, Duration::from_secs(30));
-        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.idle_timeout, Duration::from_secs(90));
         assert_eq!(c.http2_keepalive_interval, Duration::from_secs(30));
         assert_eq!(c.max_metadata_memory.0, 32 << 20);
         for (flag, value) in [
