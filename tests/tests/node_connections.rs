@@ -117,5 +117,11 @@ async fn idle_connection_flood_leaves_the_node_serving() {
         .count()
         .await;
     assert_eq!(closed, IDLE + 10, "idle connections left open");
+    // The cap was really reached (the flood is larger than --max-connections), and said so.
+    assert!(
+        node.log_tail(500).contains("connection limit reached"),
+        "{}",
+        node.log_tail(20)
+    );
     assert!(node.is_running());
 }

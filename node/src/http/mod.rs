@@ -62,7 +62,16 @@ where
     let builder = Arc::new(connection_builder(&limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let for_connections = shutdown.clone();
+    let mut warned_full: Option<tokio::time::Instant> = None;
     loop {
+        // Said at most every 10 s: under a flood the listener is full again after every close.
+        if slots.available_permits() == 0
+            && warned_full.is_none_or(|at| at.elapsed() > Duration::from_secs(10))
+        {
+            tracing::warn!(listener = name, max = limits.max_connections,
+                "connection limit reached; new clients wait until a connection closes (--max-connections)");
+            warned_full = Some(tokio::time::Instant::now());
+        }
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
             _ = conn::stopped(&mut shutdown) => break,
