@@ -88,6 +88,14 @@ async fn idle_connection_flood_leaves_the_node_serving() {
         kept.push(s);
     }
 
+    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", node.pid().unwrap()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_string()))
+        .unwrap_or_default();
+    let flooded = Instant::now();
+    eprintln!("node RSS with {IDLE} idle connections open: {rss_kib}");
+
     // The admin listener has its own connection slots: it answers at once.
     for path in ["/healthz", "/metrics"] {
         let url = format!("{}{path}", node.admin_url());
@@ -116,6 +124,10 @@ async fn idle_connection_flood_leaves_the_node_serving() {
         .filter(|closed| futures::future::ready(*closed))
         .count()
         .await;
+    eprintln!(
+        "all idle connections closed {:?} after the flood",
+        flooded.elapsed()
+    );
     assert_eq!(closed, IDLE + 10, "idle connections left open");
     // The cap was really reached (the flood is larger than --max-connections), and said so.
     assert!(
