@@ -139,6 +139,10 @@ pub struct Config {
     #[arg(long, env = "CASSEROLE_MAX_MEMORY_USAGE", default_value = "100M")]
     pub max_memory_usage: ByteSize,
 
+    /// Bytes of object metadata records kept in memory (on top of --max-memory-usage).
+    #[arg(long, env = "CASSEROLE_MAX_METADATA_MEMORY", default_value = "32Mi")]
+    pub max_metadata_memory: ByteSize,
+
     /// Keep chunks and metadata on disk (the cluster persistent tier).
     #[arg(long, env = "CASSEROLE_DISK_CACHE_ENABLED", default_value_t = true, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true")]
@@ -175,6 +179,30 @@ pub struct Config {
     /// Largest request head (request line and headers) accepted from clients.
     #[arg(long, env = "CASSEROLE_MAX_HEADER_SIZE", default_value = "64Ki")]
     pub max_header_size: ByteSize,
+
+    /// Open connections per listener (client, admin, peer each); further clients wait in the
+    /// accept backlog until one closes.
+    #[arg(long, env = "CASSEROLE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// A connection that sends no request bytes within this is closed.
+    #[arg(long, env = "CASSEROLE_FIRST_BYTE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub first_byte_timeout: Duration,
+
+    /// A connection must send a complete request head (HTTP/1) or open a stream (HTTP/2) within
+    /// this of connecting.
+    #[arg(long, env = "CASSEROLE_REQUEST_HEAD_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_head_timeout: Duration,
+
+    /// A keep-alive connection (HTTP/1 or HTTP/2) with no request in flight for this long is
+    /// closed. Longer than the peer client's pool idle time (60 s), so a peer never reuses a
+    /// connection this node is closing.
+    #[arg(long, env = "CASSEROLE_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Interval of HTTP/2 keep-alive pings; a client that leaves one unanswered (for up to 20 s) is disconnected.
+    #[arg(long, env = "CASSEROLE_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub http2_keepalive_interval: Duration,
 
     /// On SIGTERM, how long in-flight responses may take to finish before the node exits.
     #[arg(long, env = "CASSEROLE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
@@ -308,6 +336,25 @@ impl Config {
                 cleaned: self.cleaned_disk_usage.0,
                 max: self.max_disk_usage.0,
             });
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                flag: "--max-connections",
+                message: "must be at least 1".into(),
+            });
+        }
+        for (flag, value) in [
+            ("--first-byte-timeout", self.first_byte_timeout),
+            ("--request-head-timeout", self.request_head_timeout),
+            ("--idle-timeout", self.idle_timeout),
+            ("--http2-keepalive-interval", self.http2_keepalive_interval),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid {
+                    flag,
+                    message: "must be longer than 0".into(),
+                });
+            }
         }
         if self.readahead > 64 {
             return Err(ConfigError::Invalid {
@@ -485,5 +532,26 @@ mod tests {
             parse(&["--upstream", "http://x", "--chunk-size", "1"]),
             Err(ConfigError::BadChunkSize(1))
         ));
+    }
+
+    #[test]
+    fn connection_bounds_have_defaults_and_refuse_zero() {
+        let c = parse(&["--upstream", "http://x"]).unwrap();
+        assert_eq!(c.max_connections, 4096);
+        assert_eq!(c.first_byte_timeout, Duration::from_secs(10));
+        assert_eq!(c.request_head_timeout, Duration::from_secs(30));
+        assert_eq!(c.idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.http2_keepalive_interval, Duration::from_secs(30));
+        assert_eq!(c.max_metadata_memory.0, 32 << 20);
+        for (flag, value) in [
+            ("--max-connections", "0"),
+            ("--first-byte-timeout", "0s"),
+            ("--request-head-timeout", "0ms"),
+            ("--idle-timeout", "0"),
+            ("--http2-keepalive-interval", "0s"),
+        ] {
+            let err = parse(&["--upstream", "http://x", flag, value]).unwrap_err();
+            assert!(err.to_string().contains(flag), "{flag}: {err}");
+        }
     }
 }

@@ -17,6 +17,7 @@ pub mod object;
 pub mod peer;
 pub mod policy;
 pub mod source;
+pub mod target;
 pub mod tier;
 pub mod upstream;
 
@@ -212,7 +213,7 @@ async fn build(cfg: &Config) -> anyhow::Result<Parts> {
         MetadataConfig {
             rules: cfg.freshness_rules(),
             chunk_size: cfg.chunk_size.0,
-            max_entries: 100_000,
+            max_bytes: cfg.max_metadata_memory.0,
         },
         upstream.clone(),
         disk.clone(),
@@ -225,7 +226,7 @@ async fn build(cfg: &Config) -> anyhow::Result<Parts> {
             token,
             chunks: Arc::new(PeerChunks(fetcher.clone())),
             metadata: metadata.clone(),
-            path_is_valid: http::serve::is_clean_path,
+            path_is_valid: target::is_valid,
             metrics: peer_metrics,
         })
     });
@@ -272,6 +273,11 @@ impl RunningNode {
         let (stop, stopped) = watch::channel(false);
         let limits = || ServerLimits {
             max_header_size: cfg.max_header_size.0 as usize,
+            max_connections: cfg.max_connections,
+            first_byte_timeout: cfg.first_byte_timeout,
+            request_head_timeout: cfg.request_head_timeout,
+            idle_timeout: cfg.idle_timeout,
+            http2_keepalive_interval: cfg.http2_keepalive_interval,
         };
         let client = tokio::spawn(http::serve(
             "client",

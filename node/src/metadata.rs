@@ -111,7 +111,26 @@ impl Expiry<String, Arc<ObjectMeta>> for FreshnessExpiry {
 pub struct MetadataConfig {
     pub rules: FreshnessRules,
     pub chunk_size: u64,
-    pub max_entries: u64,
+    /// Bound of the in-memory records, in (approximate) bytes.
+    pub max_bytes: u64,
+}
+
+/// Approximate memory of one cached record: key and strings, plus an allowance for the struct,
+/// the `Arc` and moka's per-entry bookkeeping. A long query string makes an entry large, so
+/// entries are weighed rather than counted.
+fn weigh(path: &str, meta: &ObjectMeta) -> u32 {
+    let strings = meta.path.len()
+        + meta.version.len()
+        + meta.etag.as_deref().map_or(0, str::len)
+        + meta.last_modified.as_deref().map_or(0, str::len)
+        + meta
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum::<usize>();
+    // The validator repeats the ETag or Last-Modified.
+    let validator = meta.etag.as_deref().map_or(32, str::len);
+    u32::try_from(path.len() + strings + validator + 320).unwrap_or(u32::MAX)
 }
 
 pub struct MetadataStore {
@@ -138,7 +157,8 @@ impl MetadataStore {
         metrics: MetadataMetrics,
     ) -> Arc<Self> {
         let memory = Cache::builder()
-            .max_capacity(cfg.max_entries)
+            .weigher(|path: &String, meta: &Arc<ObjectMeta>| weigh(path, meta))
+            .max_capacity(cfg.max_bytes)
             .expire_after(FreshnessExpiry)
             .build();
         Arc::new_cyclic(|me| MetadataStore {

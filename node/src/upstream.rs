@@ -16,6 +16,7 @@ use crate::{
     metrics::Registrar,
     object::{ObjectMeta, Validator},
     policy::headers::is_hop_by_hop,
+    target,
 };
 
 pub type UpstreamStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
@@ -67,6 +68,9 @@ pub enum UpstreamError {
     TooLong { expected: u64 },
     #[error("upstream transfer failed: {0}")]
     Transfer(String),
+    /// The request target would leave the upstream base URL; nothing was sent.
+    #[error("refused request target: {0}")]
+    BadTarget(String),
 }
 
 impl UpstreamError {
@@ -74,6 +78,7 @@ impl UpstreamError {
     pub fn client_status(&self) -> StatusCode {
         match self {
             UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::BadTarget(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -88,6 +93,7 @@ impl UpstreamError {
             UpstreamError::Truncated { .. } => "truncated",
             UpstreamError::TooLong { .. } => "too_long",
             UpstreamError::Transfer(_) => "transfer",
+            UpstreamError::BadTarget(_) => "bad_target",
         }
     }
 
@@ -166,6 +172,8 @@ pub struct Upstream {
     client: reqwest::Client,
     /// Base URL without a trailing slash; request paths (which start with '/') are appended.
     base: String,
+    /// The same, parsed: every URL built is checked to stay under it.
+    base_url: reqwest::Url,
     metrics: UpstreamMetrics,
 }
 
@@ -186,6 +194,7 @@ impl Upstream {
         Ok(Upstream {
             client,
             base: cfg.base.as_str().trim_end_matches('/').to_string(),
+            base_url: cfg.base,
             metrics,
         })
     }
@@ -195,8 +204,30 @@ impl Upstream {
     }
 
     /// Only the path and query of a client request ever reach the upstream: the host is ours.
-    pub fn url_for(&self, path_and_query: &str) -> String {
-        format!("{}{}", self.base, path_and_query)
+    /// The target is validated again here (metadata can come from disk or a peer) and the
+    /// parsed result must still lie under the base URL: same scheme, host, port and path prefix.
+    pub fn url_for(&self, path_and_query: &str) -> Result<reqwest::Url, UpstreamError> {
+        let refuse = |why: String| self.failed(UpstreamError::BadTarget(why));
+        let clean = target::validate(path_and_query).map_err(|e| refuse(e.to_string()))?;
+        let url = reqwest::Url::parse(&format!("{}{}", self.base, clean))
+            .map_err(|e| refuse(format!("{clean:?}: {e}")))?;
+        if !self.is_under_base(&url) {
+            return Err(refuse(format!("{clean:?} leaves the upstream base URL")));
+        }
+        Ok(url)
+    }
+
+    fn is_under_base(&self, url: &reqwest::Url) -> bool {
+        let base = &self.base_url;
+        let prefix = base.path().trim_end_matches('/');
+        let path = url.path();
+        url.scheme() == base.scheme()
+            && url.host_str() == base.host_str()
+            && url.port_or_known_default() == base.port_or_known_default()
+            && url.username() == base.username()
+            && url.password() == base.password()
+            && path.starts_with(prefix)
+            && path[prefix.len()..].starts_with('/')
     }
 
     fn failed(&self, e: UpstreamError) -> UpstreamError {
@@ -212,7 +243,7 @@ impl Upstream {
         self.metrics.requests.with_label_values(&["head"]).inc();
         let res = self
             .client
-            .head(self.url_for(path))
+            .head(self.url_for(path)?)
             .header(header::ACCEPT_ENCODING, "identity")
             .send()
             .await
@@ -235,7 +266,7 @@ impl Upstream {
         self.metrics.requests.with_label_values(&["range"]).inc();
         let mut req = self
             .client
-            .get(self.url_for(&meta.path))
+            .get(self.url_for(&meta.path)?)
             .header(
                 header::RANGE,
                 format!("bytes={}-{}", range.start(), range.end()),
@@ -314,7 +345,7 @@ impl Upstream {
         }
         let mut request = self
             .client
-            .request(method, self.url_for(path_and_query))
+            .request(method, self.url_for(path_and_query)?)
             .headers(out);
         if let Some(body) = body {
             request = request.body(body);
@@ -323,5 +354,41 @@ impl Upstream {
             .send()
             .await
             .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(base: &str) -> Upstream {
+        let cfg = UpstreamConfig {
+            base: reqwest::Url::parse(base).unwrap(),
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            insecure: false,
+        };
+        Upstream::new(cfg, UpstreamMetrics::new(&crate::metrics::Registrar::new())).unwrap()
+    }
+
+    #[test]
+    fn urls_stay_under_the_base() {
+        let up = upstream("http://origin:8080/fast");
+        let url = up.url_for("/a/b?x=1").unwrap();
+        assert_eq!(url.as_str(), "http://origin:8080/fast/a/b?x=1");
+        for bad in [
+            "/x\\..\\..\\private/obj8m",
+            "/../private",
+            "/%2e%2e/private",
+            "//other-host/x",
+            "@other-host/x",
+            "/..;/x",
+        ] {
+            let err = up.url_for(bad).unwrap_err();
+            assert!(matches!(err, UpstreamError::BadTarget(_)), "{bad}: {err}");
+            assert_eq!(err.client_status(), StatusCode::BAD_REQUEST);
+        }
+        let root = upstream("https://origin/");
+        assert_eq!(root.url_for("/x").unwrap().as_str(), "https://origin/x");
     }
 }

@@ -212,12 +212,18 @@ async fn stale_objects_are_revalidated_and_a_304_keeps_every_chunk() {
     let new = origin.bump_version("/r.bin");
     let changed = get_sha256(&url, &[]).await.unwrap();
     assert_eq!(changed.sha256, new.sha256());
-    assert_eq!(header(&changed.headers, "cache-status"), "casserole; fwd=miss");
+    assert_eq!(
+        header(&changed.headers, "cache-status"),
+        "casserole; fwd=miss"
+    );
 
     // no-cache: stored, and revalidated on every use.
     let url = format!("{}/nc.bin", node.url());
     let first = get_sha256(&url, &[]).await.unwrap();
-    assert_eq!(header(&first.headers, "cache-status"), "casserole; fwd=miss");
+    assert_eq!(
+        header(&first.headers, "cache-status"),
+        "casserole; fwd=miss"
+    );
     for _ in 0..2 {
         let got = get_sha256(&url, &[]).await.unwrap();
         assert_eq!(got.sha256, origin.info("/nc.bin").sha256());
@@ -227,7 +233,11 @@ async fn stale_objects_are_revalidated_and_a_304_keeps_every_chunk() {
         );
     }
     let stats = origin.path_stats("/nc.bin");
-    assert_eq!((stats.not_modified, stats.body_bytes_sent), (2, MIB), "{stats:?}");
+    assert_eq!(
+        (stats.not_modified, stats.body_bytes_sent),
+        (2, MIB),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -275,7 +285,11 @@ async fn an_upstream_outage_serves_stale_within_grace_but_never_past_must_revali
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert_eq!(origin.path_stats("/swr.bin").not_modified, 1, "revalidated behind");
+    assert_eq!(
+        origin.path_stats("/swr.bin").not_modified,
+        1,
+        "revalidated behind"
+    );
 
     origin.shutdown().await;
     let got = get_sha256(&format!("{}/grace.bin", node.url()), &[])

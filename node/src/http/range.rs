@@ -297,4 +297,85 @@ mod tests {
         assert_eq!(mp.content_length(&ranges), body_len as u64);
         assert!(mp.part_heads[1].contains("content-range: bytes 100-199/1000"));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::test_support::proptest_config;
+
+        fn meta_of(length: u64) -> ObjectMeta {
+            ObjectMeta { length, ..meta() }
+        }
+
+        fn request(range: &str, if_range: Option<&str>) -> Option<HeaderMap> {
+            let mut h = HeaderMap::new();
+            h.insert(header::RANGE, range.parse().ok()?);
+            if let Some(v) = if_range {
+                h.insert(header::IF_RANGE, v.parse().ok()?);
+            }
+            Some(h)
+        }
+
+        /// Sorted, disjoint ranges inside `0..length`.
+        fn disjoint_ranges() -> impl Strategy<Value = (u64, Vec<(u64, u64)>)> {
+            (2u64..1 << 40).prop_flat_map(|length| {
+                proptest::collection::btree_set(0..length, 2..=16).prop_map(move |cuts| {
+                    let cuts: Vec<u64> = cuts.into_iter().collect();
+                    let ranges = cuts.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+                    (length, ranges)
+                })
+            })
+        }
+
+        proptest! {
+            #![proptest_config(proptest_config(512))]
+
+            #[test]
+            fn any_range_header_resolves_inside_the_object(
+                range in prop_oneof!["bytes=[0-9, -]{0,40}", ".{0,40}"],
+                if_range in proptest::option::of(prop_oneof![
+                    Just("\"v1\"".to_string()),
+                    Just("Tue, 15 Nov 1994 12:45:26 GMT".to_string()),
+                    ".{0,30}",
+                ]),
+                length in 1u64..u64::MAX / 2,
+            ) {
+                let m = meta_of(length);
+                let Some(h) = request(&range, if_range.as_deref()) else {
+                    return Ok(());
+                };
+                if let RangeRequest::Partial(ranges) = resolve(&h, &m) {
+                    prop_assert!(!ranges.is_empty() && ranges.len() <= MAX_RANGES);
+                    for r in &ranges {
+                        prop_assert!(r.start() <= r.end() && *r.end() < length, "{:?}", r);
+                    }
+                    let mp = Multipart::new(&ranges, &m);
+                    let heads: u64 = mp.part_heads.iter().map(|h| h.len() as u64).sum();
+                    let bodies: u64 = ranges.iter().map(|r| r.end() - r.start() + 1).sum();
+                    prop_assert_eq!(mp.content_length(&ranges), heads + bodies + mp.tail.len() as u64);
+                }
+            }
+
+            #[test]
+            fn written_ranges_round_trip((length, ranges) in disjoint_ranges()) {
+                let text = ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect::<Vec<_>>().join(",");
+                let h = request(&format!("bytes={text}"), None).unwrap();
+                let want: Vec<_> = ranges.iter().map(|&(a, b)| a..=b).collect();
+                prop_assert_eq!(resolve(&h, &meta_of(length)), RangeRequest::Partial(want));
+                // The same ranges behind a matching If-Range apply; behind another validator not.
+                let h = request(&format!("bytes={text}"), Some("\"v1\"")).unwrap();
+                prop_assert!(matches!(resolve(&h, &meta_of(length)), RangeRequest::Partial(_)));
+                let h = request(&format!("bytes={text}"), Some("\"v2\"")).unwrap();
+                prop_assert_eq!(resolve(&h, &meta_of(length)), RangeRequest::Whole);
+            }
+
+            #[test]
+            fn suffix_ranges_take_the_tail(length in 1u64..1 << 40, n in 1u64..1 << 41) {
+                let h = request(&format!("bytes=-{n}"), None).unwrap();
+                let start = length.saturating_sub(n);
+                prop_assert_eq!(resolve(&h, &meta_of(length)), RangeRequest::Partial(vec![start..=length - 1]));
+            }
+        }
+    }
 }

@@ -123,7 +123,7 @@ impl Front {
         }
         // Only the path and query are used: an absolute-form target or a Host header never
         // chooses where the request goes.
-        let path = validated_path(&req).map_err(|why| self.refuse(StatusCode::BAD_REQUEST, why))?;
+        let path = validated_path(&req).map_err(|why| self.refuse(why.status(), why))?;
         if let Some(bypass) = classify_request(&method, req.headers(), &path, &self.pass_through) {
             return self.pass(req, &path, CacheStatus::Bypassed(bypass)).await;
         }
@@ -379,10 +379,12 @@ fn cached_response(
 }
 
 /// The body to forward: streamed when the client declared one, none otherwise (a bodiless GET
-/// must not turn into a chunked one upstream).
+/// must not turn into a chunked one upstream). HTTP/2 declares a body by not ending the stream
+/// with the headers, Content-Length being optional there.
 fn request_body(headers: &http::HeaderMap, incoming: Incoming) -> Option<reqwest::Body> {
     let declared = headers.contains_key(header::CONTENT_LENGTH)
-        || headers.contains_key(header::TRANSFER_ENCODING);
+        || headers.contains_key(header::TRANSFER_ENCODING)
+        || !http_body::Body::is_end_stream(&incoming);
     declared.then(|| reqwest::Body::wrap(incoming))
 }
 
@@ -395,36 +397,8 @@ fn set_len(res: &mut Response<Body>, len: u64) {
         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }
 
-/// The path and query to ask the upstream for, or a 400 saying what is wrong with it.
-fn validated_path(req: &Request<Incoming>) -> Result<String, &'static str> {
-    let Some(pq) = req.uri().path_and_query() else {
-        return Err("request target has no path");
-    };
-    check_path(pq.path())?;
-    Ok(pq.as_str().to_string())
-}
-
-/// Whether `path` (with its query) is one this node would accept from a client; the peer API
-/// holds peers to the same rule.
-pub fn is_clean_path(path_and_query: &str) -> bool {
-    let path = path_and_query.split('?').next().unwrap_or("");
-    path_and_query.parse::<http::uri::PathAndQuery>().is_ok() && check_path(path).is_ok()
-}
-
-fn check_path(path: &str) -> Result<(), &'static str> {
-    if !path.starts_with('/') {
-        return Err("request target must be an absolute path");
-    }
-    // Dot segments (also percent-encoded) could climb out of the upstream's base path.
-    let dotted = path.split('/').any(|segment| {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    });
-    if dotted {
-        return Err("path must not contain '.' or '..' segments");
-    }
-    if path.to_ascii_lowercase().contains("%2f") && path.to_ascii_lowercase().contains("%2e") {
-        return Err("encoded path separators are not allowed next to dots");
-    }
-    Ok(())
+/// The path and query to ask the upstream for, or a 400/414 saying what is wrong with it.
+fn validated_path(req: &Request<Incoming>) -> Result<String, crate::target::TargetError> {
+    let pq = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+    crate::target::validate(pq).map(str::to_string)
 }

@@ -1,4 +1,5 @@
-//! Persistent disk tier: one file per chunk, plus small metadata blobs.
+//! Persistent disk tier: one file per chunk, plus small metadata blobs. Both kinds count
+//! against `max_bytes` and are evicted in one least-recently-used order.
 //!
 //! Layout under `dir`:
 //! - `tmp/`                         files being written; anything here at `open` is debris of a crash
@@ -30,7 +31,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use prometheus::{IntCounter, IntGauge};
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
@@ -39,14 +39,18 @@ use crate::object::ChunkKey;
 
 mod format;
 mod index;
+mod metrics;
+mod open;
 mod source;
 use format::{
-    encode_header, file_len, parse_chunk_name, read_verified, valid_version, Loaded, KIND_CHUNK,
-    KIND_META,
+    encode_header, file_len, read_verified, valid_version, Loaded, KIND_CHUNK, KIND_META,
 };
+pub use metrics::DiskMetrics;
 
-use index::State;
+use index::{FileKey, State};
 
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;
 
@@ -57,54 +61,6 @@ pub struct DiskConfig {
     pub dir: PathBuf,
     pub max_bytes: u64,
     pub cleaned_bytes: u64,
-}
-
-#[derive(Clone)]
-pub struct DiskMetrics {
-    pub used_bytes: IntGauge,
-    pub chunks: IntGauge,
-    pub evictions: IntCounter,
-    pub checksum_failures: IntCounter,
-    pub write_errors: IntCounter,
-    pub read_errors: IntCounter,
-}
-
-impl DiskMetrics {
-    pub fn new(r: &crate::metrics::Registrar) -> Self {
-        DiskMetrics {
-            used_bytes: r.gauge(
-                "casserole_disk_bytes",
-                "Bytes of chunks held by the disk tier",
-            ),
-            chunks: r.gauge("casserole_disk_chunks", "Chunks held by the disk tier"),
-            evictions: r.counter(
-                "casserole_disk_evictions_total",
-                "Chunks evicted from the disk tier",
-            ),
-            checksum_failures: r.counter(
-                "casserole_disk_checksum_failures_total",
-                "Chunk or metadata files that failed verification and were deleted",
-            ),
-            write_errors: r.counter(
-                "casserole_disk_write_errors_total",
-                "Failed disk tier writes (e.g. disk full)",
-            ),
-            read_errors: r.counter("casserole_disk_read_errors_total", "Failed disk tier reads"),
-        }
-    }
-
-    pub fn unregistered() -> Self {
-        let g = |n: &str| IntGauge::new(n, n).expect("valid metric name");
-        let c = |n: &str| IntCounter::new(n, n).expect("valid metric name");
-        Self {
-            used_bytes: g("disk_used_bytes"),
-            chunks: g("disk_chunks"),
-            evictions: c("disk_evictions_total"),
-            checksum_failures: c("disk_checksum_failures_total"),
-            write_errors: c("disk_write_errors_total"),
-            read_errors: c("disk_read_errors_total"),
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,14 +104,15 @@ pub struct DiskTier {
 impl DiskTier {
     /// Creates dirs, removes leftover temp files, rebuilds the index from the directory, evicts if over max.
     pub async fn open(cfg: DiskConfig, metrics: DiskMetrics) -> Result<Arc<DiskTier>, DiskError> {
-        let inner = blocking(move || open_blocking(cfg, metrics)).await?;
+        let inner = blocking(move || open::open_blocking(cfg, metrics)).await?;
         Ok(Arc::new(DiskTier {
             inner: Arc::new(inner),
         }))
     }
 
     pub fn contains(&self, key: &ChunkKey) -> bool {
-        self.inner.lock().index.contains_key(key)
+        let key = FileKey::Chunk(key.clone());
+        self.inner.lock().index.contains_key(&key)
     }
 
     /// Reads and verifies a chunk; corrupt or truncated files are deleted and reported as a miss.
@@ -185,9 +142,10 @@ impl DiskTier {
             });
         }
         let inner = self.inner.clone();
-        let key = key.clone();
+        let name = key.to_string();
+        let key = FileKey::Chunk(key.clone());
         let rt = Handle::current();
-        blocking(move || inner.put_chunk_blocking(&key, &data, &rt)).await
+        blocking(move || inner.put_blocking(key, KIND_CHUNK, name.as_bytes(), &data, &rt)).await
     }
 
     /// Drops every chunk of `version`. Chunks of it still being written land afterwards; callers
@@ -199,7 +157,7 @@ impl DiskTier {
             let victims = inner.claim_victims(|st| {
                 st.index
                     .keys()
-                    .filter(|k| *k.version == *version)
+                    .filter(|k| matches!(k, FileKey::Chunk(c) if *c.version == *version))
                     .cloned()
                     .collect()
             });
@@ -225,29 +183,33 @@ impl DiskTier {
                 name.len()
             )));
         }
+        let size = file_len(name.len(), data.len());
+        if size > self.inner.max_bytes {
+            return Err(DiskError::TooLarge {
+                size,
+                max: self.inner.max_bytes,
+            });
+        }
         let inner = self.inner.clone();
+        let key = meta_key(name);
         let name = name.to_owned();
-        blocking(move || {
-            let path = inner.meta_path(&name);
-            inner.register_writer(&path);
-            let res = inner.write_file(&path, KIND_META, name.as_bytes(), &data);
-            inner.unregister_writer(&path);
-            res.map(|_| ())
-                .inspect_err(|_| inner.metrics.write_errors.inc())
-        })
-        .await
+        let rt = Handle::current();
+        blocking(move || inner.put_blocking(key, KIND_META, name.as_bytes(), &data, &rt)).await
     }
 
     pub async fn remove_meta(&self, name: &str) {
         let inner = self.inner.clone();
         let name = name.to_owned();
         let _ = blocking(move || {
-            let path = inner.meta_path(&name);
+            let key = meta_key(&name);
+            let path = inner.path_of(&key);
             let mut st = inner.lock();
             while st.deleting.contains(&path) {
                 st = inner.wait(st);
             }
             st.deleting.insert(path.clone());
+            st.remove(&key);
+            inner.publish(&st);
             drop(st);
             remove_quietly(&path);
             inner.release(std::slice::from_ref(&path));
@@ -261,8 +223,18 @@ impl DiskTier {
     }
 
     pub fn chunk_count(&self) -> usize {
-        self.inner.lock().index.len()
+        self.inner.lock().chunks
     }
+
+    pub fn meta_count(&self) -> usize {
+        self.inner.lock().meta_files()
+    }
+}
+
+/// The index key of a metadata record: its file name, the hex SHA-256 of the record's name
+/// (names are long URLs; the hash keeps file names short and free of separators).
+fn meta_key(name: &str) -> FileKey {
+    FileKey::Meta(hex::encode(Sha256::digest(name.as_bytes())).into())
 }
 
 impl Inner {
@@ -277,7 +249,8 @@ impl Inner {
 
     fn publish(&self, st: &State) {
         self.metrics.used_bytes.set(st.used as i64);
-        self.metrics.chunks.set(st.index.len() as i64);
+        self.metrics.chunks.set(st.chunks as i64);
+        self.metrics.meta_files.set(st.meta_files() as i64);
     }
 
     fn chunk_path(&self, key: &ChunkKey) -> PathBuf {
@@ -287,10 +260,16 @@ impl Inner {
         p
     }
 
+    fn path_of(&self, key: &FileKey) -> PathBuf {
+        match key {
+            FileKey::Chunk(chunk) => self.chunk_path(chunk),
+            FileKey::Meta(file) => self.dir.join("meta").join(&**file),
+        }
+    }
+
+    #[cfg(test)]
     fn meta_path(&self, name: &str) -> PathBuf {
-        self.dir
-            .join("meta")
-            .join(hex::encode(Sha256::digest(name.as_bytes())))
+        self.path_of(&meta_key(name))
     }
 
     fn register_writer(&self, path: &Path) {
@@ -355,21 +334,27 @@ impl Inner {
         Ok(file_len(key.len(), data.len()))
     }
 
-    fn put_chunk_blocking(
+    /// Writes a chunk or metadata file and indexes it. A full file system (ENOSPC) below
+    /// `max_bytes` evicts to make room and retries once, so the tier recovers by itself.
+    fn put_blocking(
         self: &Arc<Self>,
-        key: &ChunkKey,
+        key: FileKey,
+        kind: u8,
+        name: &[u8],
         data: &[u8],
         rt: &Handle,
     ) -> Result<(), DiskError> {
-        let path = self.chunk_path(key);
-        let name = key.to_string();
+        let path = self.path_of(&key);
         self.register_writer(&path);
-        let res = self.write_file(&path, KIND_CHUNK, name.as_bytes(), data);
+        let mut res = self.write_file(&path, kind, name, data);
+        if matches!(res, Err(DiskError::Full)) && self.make_room(file_len(name.len(), data.len())) {
+            res = self.write_file(&path, kind, name, data);
+        }
         let mut start_eviction = false;
         {
             let mut st = self.lock();
             if let Ok(n) = res {
-                st.insert(key.clone(), n);
+                st.insert(key, n);
             }
             if st.used > self.max_bytes && !st.evicting {
                 st.evicting = true;
@@ -385,8 +370,31 @@ impl Inner {
         }
         res.map(|_| ()).inspect_err(|e| {
             self.metrics.write_errors.inc();
-            warn!(chunk = %key, error = %e, "disk tier write failed");
+            warn!(file = ?path, error = %e, "disk tier write failed");
         })
+    }
+
+    /// After ENOSPC: evicts at least `needed` bytes (and a tenth of the tier, so the next write
+    /// does not hit the wall at once). False when the tier holds too little for that to help.
+    fn make_room(&self, needed: u64) -> bool {
+        let used = self.lock().used;
+        if used < needed {
+            return false;
+        }
+        self.metrics.disk_full.inc();
+        let target = used
+            .saturating_sub(needed)
+            .min(used - used / 10)
+            .min(self.cleaned_bytes);
+        let evicted = self.evict_down_to(target);
+        warn!(
+            used,
+            target,
+            evicted,
+            "file system full below --max-disk-usage; evicted to make room \
+            (lower --max-disk-usage to the space really available)"
+        );
+        evicted > 0
     }
 
     fn get_chunk_blocking(&self, key: &ChunkKey) -> Option<Bytes> {
@@ -396,19 +404,18 @@ impl Inner {
             Ok(Loaded::Good(payload, file)) => {
                 // mtime carries recency across restarts; failing to update it only costs order.
                 let _ = file.set_modified(SystemTime::now());
-                let mut st = self.lock();
-                st.touch(key);
+                self.lock().touch(&FileKey::Chunk(key.clone()));
                 Some(payload)
             }
             Ok(Loaded::Corrupt(why, ino)) => {
                 warn!(chunk = %key, why, "disk tier dropping corrupt chunk");
                 self.metrics.checksum_failures.inc();
-                self.discard(&path, Some(key), Some(ino));
+                self.discard(&path, &FileKey::Chunk(key.clone()), Some(ino));
                 None
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // Lost a race with eviction, or someone removed the file behind our back.
-                self.discard(&path, Some(key), None);
+                self.discard(&path, &FileKey::Chunk(key.clone()), None);
                 None
             }
             Err(e) => {
@@ -420,16 +427,24 @@ impl Inner {
     }
 
     fn get_meta_blocking(&self, name: &str) -> Option<Bytes> {
-        let path = self.meta_path(name);
+        let key = meta_key(name);
+        let path = self.path_of(&key);
         match read_verified(&path, KIND_META, name.as_bytes()) {
-            Ok(Loaded::Good(payload, _)) => Some(payload),
+            Ok(Loaded::Good(payload, file)) => {
+                let _ = file.set_modified(SystemTime::now());
+                self.lock().touch(&key);
+                Some(payload)
+            }
             Ok(Loaded::Corrupt(why, ino)) => {
                 warn!(meta = name, why, "disk tier dropping corrupt metadata");
                 self.metrics.checksum_failures.inc();
-                self.discard(&path, None, Some(ino));
+                self.discard(&path, &key, Some(ino));
                 None
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.discard(&path, &key, None);
+                None
+            }
             Err(e) => {
                 warn!(meta = name, error = %e, "disk tier metadata read failed");
                 self.metrics.read_errors.inc();
@@ -440,7 +455,7 @@ impl Inner {
 
     /// Deletes `path` only if it still is the file we inspected (`seen_ino`; None = we saw no
     /// file), so a good file that a concurrent put renamed into place is never thrown away.
-    fn discard(&self, path: &Path, key: Option<&ChunkKey>, seen_ino: Option<u64>) {
+    fn discard(&self, path: &Path, key: &FileKey, seen_ino: Option<u64>) {
         let mut st = self.lock();
         loop {
             if st.writing.contains_key(path) {
@@ -460,7 +475,7 @@ impl Inner {
         };
         let mut st = self.lock();
         st.deleting.remove(path);
-        if let (true, Some(key)) = (gone, key) {
+        if gone {
             st.remove(key);
             self.publish(&st);
         }
@@ -470,11 +485,11 @@ impl Inner {
 
     /// Under the lock: picks chunks with `select`, skips those being written or deleted, drops
     /// them from the index and claims their paths. Returns the claimed paths for deletion.
-    fn claim_victims(&self, select: impl FnOnce(&State) -> Vec<ChunkKey>) -> Vec<PathBuf> {
+    fn claim_victims(&self, select: impl FnOnce(&State) -> Vec<FileKey>) -> Vec<PathBuf> {
         let mut st = self.lock();
         let mut paths = Vec::new();
         for key in select(&st) {
-            let path = self.chunk_path(&key);
+            let path = self.path_of(&key);
             if st.busy(&path) {
                 continue;
             }
@@ -493,109 +508,51 @@ impl Inner {
         self.release(&paths);
     }
 
-    /// Evicts least recently used chunks until used <= cleaned_bytes.
+    /// Evicts least recently used files until used <= cleaned_bytes; the single background
+    /// evictor (`evicting`) started by a put that crossed max_bytes.
     fn evict(&self) {
         loop {
-            let mut done = false;
+            self.evict_down_to(self.cleaned_bytes);
+            // A put that crossed max_bytes meanwhile saw `evicting` and left the work to us:
+            // re-check under the lock before clearing it, or nobody would evict.
+            let mut st = self.lock();
+            if st.used <= self.cleaned_bytes || !st.lru.values().any(|k| !st.busy(&self.path_of(k)))
+            {
+                st.evicting = false;
+                return;
+            }
+        }
+    }
+
+    /// Evicts least recently used files, skipping busy ones, until used <= target or none is
+    /// left to evict. Returns how many files went.
+    fn evict_down_to(&self, target: u64) -> usize {
+        let mut total = 0;
+        loop {
             let victims = self.claim_victims(|st| {
-                let mut over = st.used.saturating_sub(self.cleaned_bytes);
+                let mut over = st.used.saturating_sub(target);
                 let mut keys = Vec::new();
                 for key in st.lru.values() {
                     if over == 0 || keys.len() == EVICT_BATCH {
                         break;
                     }
-                    if st.busy(&self.chunk_path(key)) {
+                    if st.busy(&self.path_of(key)) {
                         continue;
                     }
                     over = over.saturating_sub(st.index[key].size);
                     keys.push(key.clone());
                 }
-                done = keys.is_empty();
                 keys
             });
+            if victims.is_empty() {
+                return total;
+            }
+            total += victims.len();
             self.metrics.evictions.inc_by(victims.len() as u64);
             debug!(count = victims.len(), "disk tier evicting");
             self.delete_claimed(victims);
-            if done {
-                // A put that crossed max_bytes meanwhile saw `evicting` and left the work to us:
-                // re-check under the lock before clearing it, or nobody would evict.
-                let mut st = self.lock();
-                if st.used <= self.cleaned_bytes
-                    || !st.lru.values().any(|k| !st.busy(&self.chunk_path(k)))
-                {
-                    st.evicting = false;
-                    return;
-                }
-            }
         }
     }
-}
-
-fn open_blocking(cfg: DiskConfig, metrics: DiskMetrics) -> Result<Inner, DiskError> {
-    let dir = cfg.dir;
-    for sub in ["tmp", "chunks", "meta"] {
-        fs::create_dir_all(dir.join(sub))?;
-    }
-    // Debris of a crash mid-write: never renamed, so never visible; just reclaim the space.
-    for e in fs::read_dir(dir.join("tmp"))? {
-        let e = e?;
-        debug!(file = ?e.path(), "removing leftover temp file");
-        remove_quietly(&e.path());
-    }
-    // Creating all shard dirs up front spares puts a mkdir (and its directory fsync).
-    for b in 0..=255u8 {
-        fs::create_dir_all(dir.join("chunks").join(hex::encode([b])))?;
-    }
-    sync_dir(&dir.join("chunks"))?;
-
-    // Stat only: reading every header would make startup of a large cache slow, and get()
-    // verifies each file before serving it anyway.
-    let mut found = Vec::new();
-    for shard in fs::read_dir(dir.join("chunks"))? {
-        let shard = shard?;
-        if !shard.file_type()?.is_dir() {
-            continue;
-        }
-        for e in fs::read_dir(shard.path())? {
-            let e = e?;
-            let Ok(m) = e.metadata() else { continue }; // vanished while we scanned
-            let Some(key) = parse_chunk_name(&e.file_name().to_string_lossy()) else {
-                warn!(file = ?e.path(), "ignoring unknown file in disk cache");
-                continue;
-            };
-            if !m.is_file() || key.version[..2] != *shard.file_name().to_string_lossy() {
-                warn!(file = ?e.path(), "ignoring misplaced file in disk cache");
-                continue;
-            }
-            if m.len() < file_len(key.to_string().len(), 0) {
-                metrics.checksum_failures.inc();
-                remove_quietly(&e.path());
-                continue;
-            }
-            found.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), key, m.len()));
-        }
-    }
-    found.sort_by_key(|(mtime, _, _)| *mtime);
-    let mut st = State::default();
-    for (_, key, size) in found {
-        st.insert(key, size);
-    }
-    metrics.used_bytes.set(st.used as i64);
-    metrics.chunks.set(st.index.len() as i64);
-    let inner = Inner {
-        dir,
-        max_bytes: cfg.max_bytes,
-        cleaned_bytes: cfg.cleaned_bytes.min(cfg.max_bytes),
-        metrics,
-        state: Mutex::new(st),
-        deleted: Condvar::new(),
-        tmp_seq: AtomicU64::new(0),
-    };
-    if inner.lock().used > inner.max_bytes {
-        inner.lock().evicting = true;
-        inner.evict();
-    }
-    Ok(inner)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

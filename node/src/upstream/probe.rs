@@ -95,7 +95,7 @@ impl Upstream {
         self.metrics.requests.with_label_values(&[kind]).inc();
         let mut req = self
             .client
-            .get(self.url_for(path))
+            .get(self.url_for(path)?)
             .header(header::RANGE, format!("bytes={start}-{}", start + len - 1))
             .header(header::ACCEPT_ENCODING, "identity");
         if let Some(stale) = stale {
@@ -156,7 +156,7 @@ impl Upstream {
         self.metrics.requests.with_label_values(&["whole"]).inc();
         let mut req = self
             .client
-            .get(self.url_for(&meta.path))
+            .get(self.url_for(&meta.path)?)
             .header(header::ACCEPT_ENCODING, "identity");
         if from > 0 {
             req = req.header(header::RANGE, format!("bytes={from}-"));

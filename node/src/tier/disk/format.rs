@@ -91,3 +91,8 @@ pub(super) fn parse_chunk_name(name: &str) -> Option<ChunkKey> {
         index: index.parse().ok()?,
     })
 }
+
+/// Metadata files are named by the hex SHA-256 of the record's name.
+pub(super) fn parse_meta_name(name: &str) -> Option<&str> {
+    valid_version(name).then_some(name)
+}

@@ -266,13 +266,11 @@ async fn metadata_round_trip_remove_and_restart() {
     assert_eq!(t.get_meta(name).await, None);
     t.put_meta(name, blob.clone()).await.unwrap();
     assert_eq!(t.get_meta(name).await.unwrap(), blob);
-    assert_eq!(
-        t.used_bytes(),
-        0,
-        "metadata is not counted against max_bytes"
-    );
+    let size = file_len(name.len(), blob.len());
+    assert_eq!((t.used_bytes(), t.meta_count()), (size, 1));
     t.remove_meta(name).await;
     assert_eq!(t.get_meta(name).await, None);
+    assert_eq!((t.used_bytes(), t.meta_count()), (0, 0));
     t.put_meta(name, blob.clone()).await.unwrap();
     t.put_meta("other", Bytes::from_static(b"{}"))
         .await
@@ -284,7 +282,64 @@ async fn metadata_round_trip_remove_and_restart() {
         t.get_meta("other").await.unwrap(),
         Bytes::from_static(b"{}")
     );
-    assert_eq!(t.chunk_count(), 0);
+    assert_eq!((t.chunk_count(), t.meta_count()), (0, 2));
+    assert_eq!(t.used_bytes(), size + file_len(5, 2), "rebuilt at start");
+    assert_eq!(t.inner.metrics.meta_files.get(), 2);
+}
+
+#[tokio::test]
+async fn metadata_counts_against_the_bound_and_is_evicted_like_chunks() {
+    let d = tempfile::tempdir().unwrap();
+    let record = payload(7, 1000);
+    let one = file_len(64, record.len());
+    // Room for ten records; cleaned down to five.
+    let t = open(d.path(), 10 * one, 5 * one).await;
+    let names: Vec<String> = (0..100).map(|i| format!("{i:064}")).collect();
+    for name in &names {
+        t.put_meta(name, record.clone()).await.unwrap();
+        // Reading the first keeps it the most recently used.
+        assert!(t.get_meta(&names[0]).await.is_some());
+        settle(&t).await;
+        assert!(t.used_bytes() <= 10 * one, "{} > bound", t.used_bytes());
+    }
+    assert!(t.meta_count() <= 10);
+    assert!(t.inner.metrics.evictions.get() >= 90);
+    assert_eq!(t.get_meta(&names[0]).await.unwrap(), record);
+    assert_eq!(
+        t.get_meta(&names[1]).await,
+        None,
+        "an old record was evicted"
+    );
+    let on_disk = fs::read_dir(d.path().join("meta")).unwrap().count();
+    assert_eq!(on_disk, t.meta_count(), "evicted records are deleted");
+
+    // Chunks and metadata share one LRU order: a chunk pushes out the oldest records.
+    let chunk = payload(1, 3 * 1000);
+    t.put(&key(&ver(5), 0), chunk.clone()).await.unwrap();
+    settle(&t).await;
+    assert!(t.used_bytes() <= 10 * one);
+    assert_eq!(t.get(&key(&ver(5), 0)).await.unwrap(), chunk);
+}
+
+#[tokio::test]
+async fn restart_rebuilds_metadata_and_evicts_over_the_bound() {
+    let d = tempfile::tempdir().unwrap();
+    let record = payload(3, 500);
+    let one = file_len(64, record.len());
+    let t = open_big(d.path()).await;
+    for i in 0..20 {
+        t.put_meta(&format!("{i:064}"), record.clone())
+            .await
+            .unwrap();
+    }
+    fs::write(d.path().join("meta").join("not-a-hash"), b"x").unwrap();
+    drop(t);
+    let t = open(d.path(), 8 * one, 4 * one).await;
+    assert!(t.used_bytes() <= 4 * one, "{}", t.used_bytes());
+    assert_eq!(t.meta_count(), 4);
+    // The newest survive the eviction at start.
+    assert_eq!(t.get_meta(&format!("{:064}", 19)).await.unwrap(), record);
+    assert_eq!(t.get_meta(&format!("{:064}", 0)).await, None);
 }
 
 #[tokio::test]
@@ -347,6 +402,57 @@ impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
     }
+}
+
+/// A 1 MiB tmpfs at `dir`, or None (after saying why) where mounting is not allowed; CI must
+/// be able to mount.
+fn tiny_fs(dir: &Path) -> Option<Mount> {
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1M", "tmpfs"])
+        .arg(dir)
+        .output();
+    if matches!(&out, Ok(o) if o.status.success()) {
+        return Some(Mount(dir.to_owned()));
+    }
+    let why = match &out {
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run the full-disk tests; mount failed: {why}"
+    );
+    eprintln!("skipping: cannot mount tmpfs ({why})");
+    None
+}
+
+#[tokio::test]
+async fn full_disk_evicts_and_retries_so_the_tier_recovers() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(_mount) = tiny_fs(d.path()) else {
+        return;
+    };
+    // The bound is far above what the file system holds: only ENOSPC says "full".
+    let t = open_big(d.path()).await;
+    let v = ver(12);
+    for i in 0..12 {
+        let data = payload(i as u8, 200 * 1024);
+        t.put(&key(&v, i), data.clone())
+            .await
+            .unwrap_or_else(|e| panic!("put {i}: {e}"));
+        assert_eq!(t.get(&key(&v, i)).await.unwrap(), data);
+    }
+    assert!(t.inner.metrics.disk_full.get() >= 1);
+    assert_eq!(t.inner.metrics.write_errors.get(), 0);
+    assert!(!t.contains(&key(&v, 0)), "the oldest chunk made room");
+    // Metadata writes recover the same way.
+    for i in 0..40 {
+        t.put_meta(&format!("m{i}"), payload(9, 50 * 1024))
+            .await
+            .unwrap_or_else(|e| panic!("put_meta {i}: {e}"));
+    }
+    assert!(t.get_meta("m39").await.is_some());
+    assert!(tmp_is_empty(d.path()));
 }
 
 #[tokio::test]

@@ -1,0 +1,192 @@
+//! One client connection's life: the first-bytes deadline, request tracking, and closing
+//! connections that sit idle, so idle or half-open sockets cannot pile up until file
+//! descriptors run out.
+//!
+//! hyper bounds the HTTP/1 request head (`header_read_timeout`) and answers dead HTTP/2 peers
+//! with keep-alive pings, but it has no deadline for the HTTP/2-or-1 detection read, nor an
+//! idle timeout for a live HTTP/2 connection that never opens a stream; those are here.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::Response;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::{
+    net::TcpStream,
+    sync::watch,
+    time::{sleep_until, Instant},
+};
+
+use crate::body::{Body, BoxError};
+
+/// What a client sends first on an HTTP/2 connection (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An idle connection asked to close gracefully gets this long to do so before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Waits until the client has sent enough to tell HTTP/2 from HTTP/1 (the whole preface, or a
+/// byte that rules it out). Returns false on EOF. Peeking leaves the bytes for hyper.
+pub async fn first_bytes(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if n == buf.len() || buf[..n] != H2_PREFACE[..n] {
+            return Ok(true);
+        }
+        // A partial preface: peek would return the same bytes at once, so wait a little.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Requests in flight on one connection and when the last one started or ended.
+pub struct Activity {
+    started: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `started` of the last request start or end; 0 = none yet.
+    last_change_ms: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_change_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_change_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Marks a request as started; it ends when the response body is finished or dropped.
+    pub fn track(self: &Arc<Self>, res: Response<Body>) -> Response<Body> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        let guard = RequestGuard(self.clone());
+        res.map(|inner| {
+            http_body_util::BodyExt::boxed(TrackedBody {
+                inner,
+                _guard: guard,
+            })
+        })
+    }
+
+    /// When the connection counts as idle if nothing happens meanwhile: `head` after the
+    /// connection opened while no request came yet, `idle` after the last response otherwise.
+    fn idle_deadline(&self, head: Duration, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        Some(match self.last_change_ms.load(Ordering::Relaxed) {
+            0 => self.started + head,
+            ms => self.started + Duration::from_millis(ms) + idle,
+        })
+    }
+}
+
+struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// A response body that ends its request's tracking when hyper drops it.
+struct TrackedBody {
+    inner: Body,
+    _guard: RequestGuard,
+}
+
+impl HttpBody for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Resolves once `shutdown` flips (or its sender is gone); holds no borrow of the value.
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+pub struct Deadlines {
+    pub request_head: Duration,
+    pub idle: Duration,
+}
+
+/// Drives `conn` to its end. It is asked to close gracefully (`close`) when the listener shuts down or
+/// when it has been idle (no request in flight) past its deadline; an idle connection that does
+/// not close within [`CLOSE_GRACE`] is dropped.
+pub async fn drive<C, E>(
+    conn: C,
+    close: impl Fn(Pin<&mut C>),
+    activity: Arc<Activity>,
+    deadlines: Deadlines,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut closing = false;
+    let mut drop_at: Option<Instant> = None;
+    loop {
+        let idle_at = match (
+            closing,
+            activity.idle_deadline(deadlines.request_head, deadlines.idle),
+        ) {
+            (false, Some(at)) => at,
+            // Busy (or already closing): look again later.
+            _ => Instant::now() + deadlines.idle.min(deadlines.request_head),
+        };
+        tokio::select! {
+            done = conn.as_mut() => return done,
+            _ = stopped(&mut shutdown), if !closing => {
+                close(conn.as_mut());
+                closing = true;
+            }
+            _ = sleep_until(idle_at), if !closing => {
+                let still_idle = activity
+                    .idle_deadline(deadlines.request_head, deadlines.idle)
+                    .is_some_and(|at| at <= Instant::now());
+                if still_idle {
+                    close(conn.as_mut());
+                    closing = true;
+                    drop_at = Some(Instant::now() + CLOSE_GRACE);
+                }
+            }
+            _ = sleep_until(drop_at.unwrap_or_else(Instant::now)), if drop_at.is_some() => {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+use super::*;
+
+/// Targets an origin or URL library could resolve outside the base path, or that smuggle bytes.
+pub(crate) const HOSTILE: &[&str] = &[
+    "/x\\..\\..\\private/obj8m",
+    "/x/%5c..%5c../private",
+    "/x/%5C..%5C../private",
+    "/..;/x",
+    "/x/..;jsessionid=1/y",
+    "/.;/x",
+    "//other-host/x",
+    "/a/../x",
+    "/a/./x",
+    "/a/%2e%2e/x",
+    "/a/%2E%2E/x",
+    "/a/.%2E/x",
+    "/a/%2e./x",
+    "/a/%2e/x",
+    "/a/..",
+    "/a/%2e%2e%5cx",
+    "/a/%2e%2e%2fx",
+    "/a%2fb",
+    "/a%2Fb",
+    "/a/%252e%252e/x",
+    "/a/%00/x",
+    "/a/%0d%0aX-Injected:%201",
+    "/a/%c0%ae%c0%ae/x",
+    "/a/%ef%bc%8e%ef%bc%8e/x",
+    "/a/.../x",
+    "/a/..%20/x",
+    "/a/%zz",
+    "/a/%2",
+    "x/y",
+    "*",
+    "/a#frag",
+];
+
+#[test]
+fn hostile_targets_are_refused() {
+    for t in HOSTILE {
+        let err = validate(t).expect_err(t);
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{t}: {err}");
+    }
+}
+
+#[test]
+fn raw_control_and_non_ascii_bytes_are_refused() {
+    for t in ["/a\0b", "/a\tb", "/a b", "/a\u{7f}", "/caf\u{e9}"] {
+        assert_eq!(validate(t), Err(TargetError::ControlByte), "{t:?}");
+    }
+}
+
+#[test]
+fn clean_targets_pass_unchanged() {
+    for t in [
+        "/",
+        "/obj",
+        "/a/b/c.tar.gz",
+        "/a/.hidden/b",
+        "/a/..b/c",
+        "/a/b..",
+        "/a//b",
+        "/caf%C3%A9/%20x",
+        "/a%25b",
+        "/a;v=1/b",
+        "/x?q=../../etc&y=%2f%5c",
+        "/x?",
+    ] {
+        assert_eq!(validate(t), Ok(t), "{t}");
+    }
+}
+
+#[test]
+fn long_targets_are_414() {
+    let long = format!("/{}", "a".repeat(MAX_TARGET_LEN));
+    let err = validate(&long).unwrap_err();
+    assert_eq!(err.status(), StatusCode::URI_TOO_LONG);
+    let fits = format!("/{}", "a".repeat(MAX_TARGET_LEN - 1));
+    assert!(validate(&fits).is_ok());
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::super::*;
+    use crate::test_support::proptest_config;
+
+    /// Segment text that needs no normalisation: unreserved characters and sub-delims.
+    const SAFE: &str = "[A-Za-z0-9_~!$&'()*+,=:@-][A-Za-z0-9._~!$&'()*+,=:@-]{0,11}";
+
+    /// The many spellings of a dot segment an origin might resolve.
+    fn dot_segment() -> impl Strategy<Value = String> {
+        let dot = prop_oneof![Just("."), Just("%2e"), Just("%2E")];
+        (
+            proptest::collection::vec(dot, 1..=2),
+            prop_oneof![Just(""), Just(";"), Just(";jsessionid=x"), Just("%20")],
+        )
+            .prop_map(|(dots, tail)| format!("{}{tail}", dots.concat()))
+    }
+
+    proptest! {
+        #![proptest_config(proptest_config(512))]
+
+        #[test]
+        fn any_input_is_answered_without_panic(target in ".{0,64}", raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = validate(&target);
+            let _ = validate(&String::from_utf8_lossy(&raw));
+        }
+
+        #[test]
+        fn clean_paths_pass_unchanged(segments in proptest::collection::vec(SAFE, 0..6), query in "[a-z0-9=&%./]{0,16}") {
+            let target = format!("/{}?{query}", segments.join("/"));
+            prop_assert_eq!(validate(&target), Ok(target.as_str()));
+        }
+
+        #[test]
+        fn an_injected_dot_segment_is_always_refused(
+            segments in proptest::collection::vec(SAFE, 1..5),
+            at in 0usize..5,
+            dot in dot_segment(),
+        ) {
+            let mut segments = segments;
+            let at = at.min(segments.len());
+            segments.insert(at, dot);
+            let target = format!("/{}", segments.join("/"));
+            prop_assert_eq!(validate(&target), Err(TargetError::DotSegment), "{}", target);
+        }
+
+        #[test]
+        fn accepted_targets_never_carry_separators_in_disguise(target in "/[a-z%25cCfF2eE./\\\\;]{0,24}") {
+            if validate(&target).is_ok() {
+                let lower = target.to_ascii_lowercase();
+                prop_assert!(!lower.contains('\\') && !lower.contains("%5c") && !lower.contains("%2f"));
+                for segment in target.split('/').skip(1) {
+                    let name = segment.split(';').next().unwrap().to_ascii_lowercase().replace("%2e", ".");
+                    prop_assert!(name != "." && name != "..", "{}", target);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! A flood of distinct query strings (each a new metadata record): memory and disk stay within
+//! their bounds, and the disk tier still caches afterwards, across a restart too.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use casserole_tests::{
+    client::{client, get_sha256, header},
+    harness::NodeBuilder,
+    origin::{ObjectSpec, Origin},
+};
+use futures::StreamExt;
+
+const QUERIES: usize = 100_000;
+const MAX_DISK: u64 = 4 << 20;
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Bytes of the files the disk tier keeps (chunks and metadata; temp files excluded).
+fn files_bytes(dir: &Path) -> u64 {
+    fn walk(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| match e.metadata() {
+                        Ok(m) if m.is_dir() => walk(&e.path()),
+                        Ok(m) => m.len(),
+                        Err(_) => 0,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    walk(&dir.join("chunks")) + walk(&dir.join("meta"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn distinct_query_flood_stays_within_bounds() {
+    let origin = Origin::start().await;
+    origin.put("/q.bin", ObjectSpec::new(1000).seed(51).max_age(3600));
+    let after = origin.put(
+        "/after.bin",
+        ObjectSpec::new(300_000).seed(52).max_age(3600),
+    );
+    let disk = tempfile::tempdir().unwrap();
+    let mut node = NodeBuilder::new(origin.url())
+        .disk_dir(disk.path())
+        .args([
+            format!("--max-disk-usage={MAX_DISK}"),
+            format!("--cleaned-disk-usage={}", MAX_DISK / 4 * 3),
+            "--max-metadata-memory=2Mi".to_string(),
+            "--max-memory-usage=16Mi".to_string(),
+            "--chunk-size=64Ki".to_string(),
+        ])
+        .spawn()
+        .await;
+    let pid = node.pid().unwrap();
+    let base = node.url();
+    let rss_before = rss_bytes(pid);
+
+    // Each query string is distinct and long, so each is a new, large metadata record.
+    let padding = "p".repeat(900);
+    let started = Instant::now();
+    let mut peak_rss = 0;
+    let mut failures = 0;
+    let mut requests = futures::stream::iter(0..QUERIES)
+        .map(|i| {
+            let url = format!("{base}/q.bin?n={i}&{padding}");
+            async move { client().head(url).send().await.map(|r| r.status()) }
+        })
+        .buffer_unordered(32)
+        .enumerate();
+    while let Some((n, res)) = requests.next().await {
+        if !matches!(res, Ok(s) if s == 200) {
+            failures += 1;
+        }
+        if n % 5000 == 0 {
+            peak_rss = peak_rss.max(rss_bytes(pid));
+        }
+    }
+    peak_rss = peak_rss.max(rss_bytes(pid));
+    let elapsed = started.elapsed();
+    let disk_files = files_bytes(disk.path());
+    let metric_disk = node.metric("casserole_disk_bytes").await as u64;
+    let records = node.metric("casserole_disk_metadata_files").await;
+    eprintln!(
+        "{QUERIES} distinct queries in {elapsed:?}: RSS {} MiB before, peak {} MiB; \
+         disk files {disk_files} B (metric {metric_disk} B, {records} records); {failures} failures",
+        rss_before >> 20,
+        peak_rss >> 20
+    );
+    assert_eq!(failures, 0);
+    assert_eq!(origin.path_stats("/q.bin").head_requests, QUERIES as u64);
+    assert!(
+        disk_files <= MAX_DISK,
+        "disk files {disk_files} > {MAX_DISK}"
+    );
+    assert!(metric_disk <= MAX_DISK);
+    assert!(records > 0.0, "metadata records are written (and counted)");
+    assert!(node.metric("casserole_disk_evictions_total").await > 0.0);
+    // Unbounded, 100,000 records of ~2 KB each would hold ~200 MB.
+    let bound = rss_before + (96 << 20);
+    assert!(peak_rss <= bound, "peak RSS {peak_rss} > {bound}");
+
+    // The disk tier still caches: a new object lands on disk and survives a restart.
+    let url = format!("{base}/after.bin");
+    let got = get_sha256(&url, &[]).await.unwrap();
+    assert_eq!(got.sha256, after.sha256());
+    assert_eq!(node.metric("casserole_disk_write_errors_total").await, 0.0);
+    // Disk writes happen off the response path; wait (bounded) for the object's five chunks.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.metric("casserole_disk_chunks").await < 5.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(node.metric("casserole_disk_chunks").await, 5.0);
+    node.restart().await;
+    let ranges_before = origin.path_stats("/after.bin").range_requests;
+    let got = get_sha256(&url, &[]).await.unwrap();
+    assert_eq!(got.sha256, after.sha256());
+    assert_eq!(
+        header(&got.headers, "cache-status"),
+        "casserole; hit; detail=disk"
+    );
+    assert_eq!(
+        origin.path_stats("/after.bin").range_requests,
+        ranges_before
+    );
+    assert!(node.metric("casserole_disk_bytes").await as u64 <= MAX_DISK);
+}
