@@ -56,7 +56,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             "size {s:?} is not a whole number of bytes ({HINT})"
         ));
     }
-    u64::try_from(scaled / scale).map_err(|_| too_large())
+    // Kubernetes (and CEL's `quantity().isInteger()`) counts in signed 64 bits.
+    u64::try_from(scaled / scale)
+        .ok()
+        .filter(|&bytes| bytes <= i64::MAX as u64)
+        .ok_or_else(too_large)
 }
 
 #[cfg(test)]
@@ -71,7 +75,7 @@ mod tests {
         assert_eq!(parse_size("1.5Gi"), Ok(1536 << 20));
         assert_eq!(parse_size("1k"), Ok(1000));
         assert_eq!(parse_size("0"), Ok(0));
-        assert_eq!(parse_size("15Ei"), Ok(15 << 60));
+        assert_eq!(parse_size("7Ei"), Ok(7 << 60));
     }
 
     #[test]

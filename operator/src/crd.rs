@@ -16,10 +16,11 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A Kubernetes quantity spelled as a string ("2Mi", "100M", "1.5Gi", "1000").
+/// A size spelled as a Kubernetes quantity ("2Mi", "100M", "1.5Gi", "1000"): exactly the
+/// grammar the node parses (`casserole_limits`), a subset of what CEL's `quantity()` reads.
 ///
 /// Quantities are strings (not int-or-string) so that CEL's `quantity()` can compare them.
-pub const QUANTITY_PATTERN: &str = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$";
+pub const QUANTITY_PATTERN: &str = casserole_limits::QUANTITY_PATTERN;
 
 /// One cached HTTP upstream served by a cluster of `casserole-node` pods.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -31,6 +32,7 @@ pub const QUANTITY_PATTERN: &str = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)
     shortname = "casserole",
     status = "CasseroleCacheStatus",
     derive = "PartialEq",
+    validation = crate::schema_rules::name_rule(),
     doc = "A distributed HTTP cache for large objects in front of one upstream",
     scale(
         spec_replicas_path = ".spec.replicas",
@@ -47,6 +49,7 @@ pub const QUANTITY_PATTERN: &str = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::schema_rules::disk_transitions)]
 pub struct CasseroleCacheSpec {
     /// Base URL of the origin server every request is forwarded to (http or https).
     #[schemars(regex(pattern = r"^https?://[^\s/?#]+[^\s]*$"), length(max = 2048))]
@@ -63,9 +66,11 @@ pub struct CasseroleCacheSpec {
     #[schemars(range(min = 0, max = 31536000))]
     pub min_ttl_seconds: i64,
 
-    /// Size of one cached chunk (a quantity, e.g. 2Mi). Changing it invalidates the cache.
+    /// Size of one cached chunk (a quantity, 64Ki to 64Mi, e.g. 2Mi). Changing it invalidates
+    /// the cache.
     #[serde(default = "default_chunk_size")]
     #[schemars(regex(pattern = QUANTITY_PATTERN), length(max = 32))]
+    #[schemars(transform = crate::schema_rules::chunk_size)]
     pub chunk_size: String,
 
     /// How cache pods are run: a StatefulSet of `replicas` pods, or a DaemonSet with one pod
@@ -180,6 +185,7 @@ pub struct MemorySpec {
     /// Memory the chunk cache may use per pod (a quantity). Leave headroom in `resources`.
     #[serde(default = "default_memory")]
     #[schemars(regex(pattern = QUANTITY_PATTERN), length(max = 32))]
+    #[schemars(transform = crate::schema_rules::size)]
     pub max_usage: String,
 }
 
@@ -216,16 +222,19 @@ pub struct DiskSpec {
     /// Size of the volume requested per pod.
     #[serde(default = "default_disk_size")]
     #[schemars(regex(pattern = QUANTITY_PATTERN), length(max = 32))]
+    #[schemars(transform = crate::schema_rules::size)]
     pub size: String,
 
     /// Disk usage at which cleaning starts (default: 80% of `size`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = QUANTITY_PATTERN), length(max = 32))]
+    #[schemars(transform = crate::schema_rules::size)]
     pub max_usage: Option<String>,
 
     /// Usage that cleaning brings the disk back down to (default: 75% of `maxUsage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = QUANTITY_PATTERN), length(max = 32))]
+    #[schemars(transform = crate::schema_rules::size)]
     pub cleaned_usage: Option<String>,
 
     /// StorageClass of the volume (default: the cluster's default class).
@@ -281,9 +290,10 @@ impl Default for EtcdSpec {
     }
 }
 
-/// An etcd StatefulSet owned by the cache.
+/// An etcd StatefulSet owned by the cache. Fixed at creation (transition rules).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::schema_rules::managed_etcd_transitions)]
 pub struct ManagedEtcd {
     /// Number of etcd members: 1 (no fault tolerance) or 3.
     #[serde(default = "default_etcd_replicas")]
@@ -293,6 +303,7 @@ pub struct ManagedEtcd {
     /// Size of each member's data volume.
     #[serde(default = "default_etcd_storage")]
     #[schemars(regex(pattern = QUANTITY_PATTERN), length(max = 32))]
+    #[schemars(transform = crate::schema_rules::size)]
     pub storage: String,
 
     /// StorageClass of the data volumes (default: the cluster's default class).

@@ -4,11 +4,11 @@
 pub mod crd;
 pub mod leader;
 pub mod metrics;
-pub mod quantity;
 pub mod reconcile;
 pub mod render;
 pub mod resources;
 pub mod run;
+pub mod schema_rules;
 pub mod server;
 pub mod status;
 

@@ -16,7 +16,7 @@ use tracing::{field, info, instrument, warn, Span};
 
 use crate::crd::{CasseroleCache, CasseroleCacheStatus};
 use crate::metrics::Metrics;
-use crate::resources::{self, cache, etcd, secret, Object, FIELD_MANAGER};
+use crate::resources::{self, cache, etcd, secret, IpFamily, Object, FIELD_MANAGER};
 use crate::status::{self, Rollout};
 
 /// Requeue interval once everything is ready (a safety net: watches trigger the real work).
@@ -54,6 +54,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Consecutive failures per cache (`namespace/name`), for the error policy's backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// IP family of the cluster's pod addresses.
+    pub ip_family: IpFamily,
 }
 
 impl Context {
@@ -67,7 +69,13 @@ impl Context {
             client,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            ip_family: IpFamily::default(),
         }
+    }
+
+    pub fn with_ip_family(mut self, ip_family: IpFamily) -> Context {
+        self.ip_family = ip_family;
+        self
     }
 
     fn record_failure(&self, key: String) -> u32 {
@@ -110,7 +118,7 @@ pub async fn reconcile(cache: Arc<CasseroleCache>, ctx: Arc<Context>) -> Result<
     Span::current().record("generation", cache.metadata.generation.unwrap_or_default());
     let ns = resources::namespace(&cache);
 
-    let objects = match resources::desired(&cache) {
+    let objects = match resources::desired_for(&cache, ctx.ip_family) {
         Ok(objects) => objects,
         Err(invalid) => {
             // Touch nothing: a broken spec must not tear down a working cache.

@@ -32,6 +32,8 @@ pub struct RenderOptions {
     pub peer_token: Option<String>,
     /// Leave the peer token Secret out (when it is managed elsewhere).
     pub without_secret: bool,
+    /// IP family of the target cluster's pod addresses.
+    pub ip_family: resources::IpFamily,
 }
 
 /// Parses every `CasseroleCache` document of a (multi-document) YAML stream.
@@ -67,9 +69,11 @@ pub fn parse_caches(
 pub fn render_objects(input: &str, opts: &RenderOptions) -> Result<Vec<Object>, RenderError> {
     let mut out = Vec::new();
     for cache in parse_caches(input, opts.namespace.as_deref())? {
-        let objects = resources::desired(&cache).map_err(|source| RenderError::Invalid {
-            name: cache.name_any(),
-            source,
+        let objects = resources::desired_for(&cache, opts.ip_family).map_err(|source| {
+            RenderError::Invalid {
+                name: cache.name_any(),
+                source,
+            }
         })?;
         if !opts.without_secret {
             let token = opts

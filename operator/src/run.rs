@@ -18,7 +18,7 @@ use crate::crd::CasseroleCache;
 use crate::leader::LeaseLock;
 use crate::metrics::Metrics;
 use crate::reconcile::{error_policy, reconcile, Context};
-use crate::resources::FIELD_MANAGER;
+use crate::resources::{IpFamily, FIELD_MANAGER};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -44,6 +44,21 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,
+    /// IP family of pod addresses, which decides how cache pods spell their peering URL
+    /// (default: the family of this pod's own address, --pod-ip, else IPv4).
+    #[arg(long, env = "POD_IP_FAMILY", value_enum)]
+    pub pod_ip_family: Option<IpFamily>,
+    /// This pod's address (downward API `status.podIP`): pods of one cluster share a family.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
+}
+
+impl RunArgs {
+    fn ip_family(&self) -> IpFamily {
+        self.pod_ip_family
+            .or(self.pod_ip.map(IpFamily::of))
+            .unwrap_or_default()
+    }
 }
 
 fn init_tracing(format: &str) {
@@ -107,11 +122,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ns = args.watch_namespace.as_deref();
     let selector =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        Some(identity),
-    ));
+    let ip_family = args.ip_family();
+    info!(?ip_family, "pod IP family");
+    let ctx = Arc::new(
+        Context::new(client.clone(), metrics.clone(), Some(identity)).with_ip_family(ip_family),
+    );
     let controller = Controller::new(
         owned::<CasseroleCache>(&client, ns),
         watcher::Config::default().any_semantic(),

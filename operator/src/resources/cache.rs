@@ -22,7 +22,7 @@ use super::secret::{peer_token_secret_name, TOKEN_KEY};
 use super::validate::DiskPlan;
 use super::{
     default_node_image, hash_of, labels, namespace, network, object_meta, selector_labels,
-    Component, Object, Plan, CONFIG_HASH_ANNOTATION,
+    Component, IpFamily, Object, Plan, CONFIG_HASH_ANNOTATION,
 };
 use crate::crd::{CasseroleCache, LogFormat, WorkloadKind};
 
@@ -47,6 +47,14 @@ pub fn cluster_name(cache: &CasseroleCache) -> String {
     format!("{}-{}", namespace(cache), cache.name_any())
 }
 
+/// The URL peers reach a pod at; an IPv6 literal in a URL needs brackets.
+fn peering_url(family: IpFamily) -> String {
+    match family {
+        IpFamily::IPv4 => format!("http://$(POD_IP):{PEER_PORT}"),
+        IpFamily::IPv6 => format!("http://[$(POD_IP)]:{PEER_PORT}"),
+    }
+}
+
 /// The `casserole-node` command line derived from the spec (the node's CLI contract).
 pub fn node_args(cache: &CasseroleCache, plan: &Plan) -> Vec<String> {
     let spec = &cache.spec;
@@ -54,7 +62,7 @@ pub fn node_args(cache: &CasseroleCache, plan: &Plan) -> Vec<String> {
         format!("--address=0.0.0.0:{HTTP_PORT}"),
         format!("--admin-address=0.0.0.0:{METRICS_PORT}"),
         format!("--peer-address=0.0.0.0:{PEER_PORT}"),
-        format!("--peering-address=http://$(POD_IP):{PEER_PORT}"),
+        format!("--peering-address={}", peering_url(plan.pod_ip_family)),
         "--node-id=$(POD_NAME)".into(),
         format!("--upstream={}", spec.upstream),
     ];

@@ -123,9 +123,36 @@ impl Object {
     }
 }
 
-/// Every object the cache should own, in apply order (etcd before the cache that needs it).
+/// The IP family of pod addresses (`status.podIP`) in the cluster: an IPv6 address must be
+/// bracketed in the peering URL the node advertises.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum IpFamily {
+    #[default]
+    #[value(name = "IPv4")]
+    IPv4,
+    #[value(name = "IPv6")]
+    IPv6,
+}
+
+impl IpFamily {
+    pub fn of(ip: std::net::IpAddr) -> IpFamily {
+        match ip {
+            std::net::IpAddr::V4(_) => IpFamily::IPv4,
+            std::net::IpAddr::V6(_) => IpFamily::IPv6,
+        }
+    }
+}
+
+/// Every object the cache should own, in apply order (etcd before the cache that needs it),
+/// for a cluster whose pods have IPv4 addresses.
 pub fn desired(cache: &CasseroleCache) -> Result<Vec<Object>, InvalidSpec> {
-    let plan = validate::plan(cache)?;
+    desired_for(cache, IpFamily::IPv4)
+}
+
+/// [`desired`] for pods of the given IP family.
+pub fn desired_for(cache: &CasseroleCache, family: IpFamily) -> Result<Vec<Object>, InvalidSpec> {
+    let mut plan = validate::plan(cache)?;
+    plan.pod_ip_family = family;
     let mut objects = Vec::new();
     if let Some(managed) = &plan.managed_etcd {
         objects.extend(etcd::objects(cache, managed));
