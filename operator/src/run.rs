@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::{watcher, Controller};
@@ -135,7 +135,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .owns(owned::<DaemonSet>(&client, ns), selector.clone())
     .owns(owned::<Service>(&client, ns), selector.clone())
     .owns(owned::<PodDisruptionBudget>(&client, ns), selector.clone())
-    .owns(owned::<NetworkPolicy>(&client, ns), selector)
+    .owns(owned::<NetworkPolicy>(&client, ns), selector.clone())
+    // The peer token: deleting it makes the operator create a new one and roll the pods.
+    .owns(owned::<Secret>(&client, ns), selector)
     .shutdown_on_signal()
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {

@@ -189,12 +189,30 @@ pub fn invalid(cache: &CasseroleCache, err: &InvalidSpec, now: Timestamp) -> Cas
         condition(cache, now, READY, false, "InvalidSpec", message.clone()),
         condition(cache, now, DEGRADED, true, "InvalidSpec", message),
     ] {
-        match status.conditions.iter_mut().find(|c| c.type_ == new.type_) {
-            Some(old) => *old = new,
-            None => status.conditions.push(new),
-        }
+        upsert(&mut status, new);
     }
     status
+}
+
+/// The status after some objects could not be applied: `Degraded=True` with reason
+/// `ApplyFailed` and the API's messages; counts and the other conditions stay as they were,
+/// since the workloads may be serving with their previous spec.
+pub fn apply_failed(cache: &CasseroleCache, message: &str, now: Timestamp) -> CasseroleCacheStatus {
+    let mut status = cache.status.clone().unwrap_or_default();
+    status.observed_generation = cache.metadata.generation;
+    status.selector = Some(selector_string(cache));
+    upsert(
+        &mut status,
+        condition(cache, now, DEGRADED, true, "ApplyFailed", message.into()),
+    );
+    status
+}
+
+fn upsert(status: &mut CasseroleCacheStatus, new: Condition) {
+    match status.conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(old) => *old = new,
+        None => status.conditions.push(new),
+    }
 }
 
 #[cfg(test)]

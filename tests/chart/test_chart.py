@@ -183,7 +183,7 @@ EXPECTED_OPERATOR_RULES = sorted([
     (("",), ("services",), ("create", "delete", "get", "list", "patch", "watch")),
     (("policy",), ("poddisruptionbudgets",), ("create", "delete", "get", "list", "patch", "watch")),
     (("networking.k8s.io",), ("networkpolicies",), ("create", "delete", "get", "list", "patch", "watch")),
-    (("",), ("secrets",), ("create", "get")),
+    (("",), ("secrets",), ("create", "get", "list", "watch")),
     (("events.k8s.io",), ("events",), ("create", "patch")),
 ])
 
@@ -250,7 +250,8 @@ def test_rbac_covers_what_the_operator_code_does():
     applied |= {"DaemonSet"}  # workload: DaemonSet renders one instead of the StatefulSet
     for kind in applied - {"Secret"}:
         assert {"create", "patch"} <= allowed(role, *KIND_RESOURCE[kind]), kind
-    assert allowed(role, *KIND_RESOURCE["Secret"]) == {"get", "create"}
+    # Secrets: created once and watched, never patched (the token is never rewritten).
+    assert allowed(role, *KIND_RESOURCE["Secret"]) == {"get", "list", "watch", "create"}
 
 
 def test_watch_namespace_binds_only_that_namespace():

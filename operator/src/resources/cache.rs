@@ -22,7 +22,7 @@ use super::secret::{peer_token_secret_name, TOKEN_KEY};
 use super::validate::DiskPlan;
 use super::{
     default_node_image, hash_of, labels, namespace, network, object_meta, selector_labels,
-    Component, IpFamily, Object, Plan, CONFIG_HASH_ANNOTATION,
+    Component, IpFamily, Object, Plan, CONFIG_HASH_ANNOTATION, PEER_TOKEN_ANNOTATION,
 };
 use crate::crd::{CasseroleCache, LogFormat, WorkloadKind};
 
@@ -62,7 +62,7 @@ pub fn node_args(cache: &CasseroleCache, plan: &Plan) -> Vec<String> {
         format!("--address=0.0.0.0:{HTTP_PORT}"),
         format!("--admin-address=0.0.0.0:{METRICS_PORT}"),
         format!("--peer-address=0.0.0.0:{PEER_PORT}"),
-        format!("--peering-address={}", peering_url(plan.pod_ip_family)),
+        format!("--peering-address={}", peering_url(plan.inputs.ip_family)),
         "--node-id=$(POD_NAME)".into(),
         format!("--upstream={}", spec.upstream),
     ];
@@ -224,6 +224,9 @@ pub fn pod_template(cache: &CasseroleCache, plan: &Plan) -> PodTemplateSpec {
     annotations.insert("prometheus.io/scrape".into(), "true".into());
     annotations.insert("prometheus.io/port".into(), METRICS_PORT.to_string());
     annotations.insert("prometheus.io/path".into(), "/metrics".into());
+    if let Some(fingerprint) = &plan.inputs.peer_token_fingerprint {
+        annotations.insert(PEER_TOKEN_ANNOTATION.into(), fingerprint.clone());
+    }
     let mut template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(cache, Component::Cache)),

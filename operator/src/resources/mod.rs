@@ -31,6 +31,8 @@ pub use validate::{InvalidSpec, Plan};
 pub const FIELD_MANAGER: &str = "casserole-operator";
 /// Pod-template annotation whose change rolls the cache pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "casserole.io/config-hash";
+/// Pod-template annotation carrying the peer token's fingerprint.
+pub const PEER_TOKEN_ANNOTATION: &str = "casserole.io/peer-token";
 /// Managed etcd image when `spec.etcd.managed.image` is unset (etcd v3 API).
 pub const DEFAULT_ETCD_IMAGE: &str = "quay.io/coreos/etcd:v3.5.17";
 /// Namespace assumed when a rendered resource has none.
@@ -143,16 +145,26 @@ impl IpFamily {
     }
 }
 
-/// Every object the cache should own, in apply order (etcd before the cache that needs it),
-/// for a cluster whose pods have IPv4 addresses.
-pub fn desired(cache: &CasseroleCache) -> Result<Vec<Object>, InvalidSpec> {
-    desired_for(cache, IpFamily::IPv4)
+/// What the owned objects depend on besides the spec.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Inputs {
+    /// IP family of the cluster's pod addresses.
+    pub ip_family: IpFamily,
+    /// [`secret::token_fingerprint`] of the peer token, when known: a pod-template annotation,
+    /// so a new token (the Secret was deleted and made again) rolls the pods onto it.
+    pub peer_token_fingerprint: Option<String>,
 }
 
-/// [`desired`] for pods of the given IP family.
-pub fn desired_for(cache: &CasseroleCache, family: IpFamily) -> Result<Vec<Object>, InvalidSpec> {
+/// Every object the cache should own, in apply order (etcd before the cache that needs it),
+/// for IPv4 pods and an unknown token.
+pub fn desired(cache: &CasseroleCache) -> Result<Vec<Object>, InvalidSpec> {
+    desired_for(cache, &Inputs::default())
+}
+
+/// [`desired`] given what the cluster and the peer token Secret say.
+pub fn desired_for(cache: &CasseroleCache, inputs: &Inputs) -> Result<Vec<Object>, InvalidSpec> {
     let mut plan = validate::plan(cache)?;
-    plan.pod_ip_family = family;
+    plan.inputs = inputs.clone();
     let mut objects = Vec::new();
     if let Some(managed) = &plan.managed_etcd {
         objects.extend(etcd::objects(cache, managed));

@@ -35,8 +35,8 @@ pub struct Plan {
     pub etcd_endpoints: Vec<String>,
     /// Set when the operator runs etcd itself.
     pub managed_etcd: Option<ManagedEtcd>,
-    /// Family of the pods' own addresses (from the cluster, not the spec).
-    pub pod_ip_family: super::IpFamily,
+    /// What the cluster and the token Secret say (not the spec).
+    pub inputs: super::Inputs,
 }
 
 /// Disk tier sizes, with defaults resolved (strings as the node accepts them).
@@ -129,7 +129,7 @@ pub fn plan(cache: &CasseroleCache) -> Result<Plan, InvalidSpec> {
         disk,
         etcd_endpoints,
         managed_etcd,
-        pod_ip_family: super::IpFamily::default(),
+        inputs: super::Inputs::default(),
     })
 }
 
