@@ -2,6 +2,7 @@
 //! volumes, Services and policies.
 
 pub mod crd;
+pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;

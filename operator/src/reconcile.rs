@@ -15,6 +15,7 @@ use serde_json::json;
 use tracing::{field, info, instrument, warn, Span};
 
 use crate::crd::{CasseroleCache, CasseroleCacheStatus};
+use crate::health::Liveness;
 use crate::metrics::Metrics;
 use crate::resources::{self, cache, etcd, secret, IpFamily, Object, FIELD_MANAGER};
 use crate::status::{self, Rollout};
@@ -91,6 +92,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// IP family of the cluster's pod addresses.
     pub ip_family: IpFamily,
+    /// Running reconciles, for `/healthz`.
+    pub liveness: Liveness,
 }
 
 impl Context {
@@ -105,7 +108,13 @@ impl Context {
             metrics,
             failures: Mutex::new(HashMap::new()),
             ip_family: IpFamily::default(),
+            liveness: Liveness::default(),
         }
+    }
+
+    pub fn with_liveness(mut self, liveness: Liveness) -> Context {
+        self.liveness = liveness;
+        self
     }
 
     pub fn with_ip_family(mut self, ip_family: IpFamily) -> Context {
@@ -150,6 +159,7 @@ pub fn error_policy(cache: Arc<CasseroleCache>, error: &Error, ctx: Arc<Context>
 #[instrument(skip(cache, ctx), fields(cache = %key(&cache), generation = field::Empty))]
 pub async fn reconcile(cache: Arc<CasseroleCache>, ctx: Arc<Context>) -> Result<Action, Error> {
     let mut timer = ctx.metrics.start_reconcile();
+    let _running = ctx.liveness.start();
     Span::current().record("generation", cache.metadata.generation.unwrap_or_default());
     if cache.metadata.deletion_timestamp.is_some() {
         // Being deleted (foreground deletion waits for the children): applying now would

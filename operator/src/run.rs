@@ -15,7 +15,8 @@ use kube::{Api, Client};
 use tracing::{error, info, warn};
 
 use crate::crd::CasseroleCache;
-use crate::leader::LeaseLock;
+use crate::health::Liveness;
+use crate::leader::{LeaseLock, Timing};
 use crate::metrics::Metrics;
 use crate::reconcile::{error_policy, reconcile, Context};
 use crate::resources::{IpFamily, FIELD_MANAGER};
@@ -51,6 +52,9 @@ pub struct RunArgs {
     /// This pod's address (downward API `status.podIP`): pods of one cluster share a family.
     #[arg(long, env = "POD_IP")]
     pub pod_ip: Option<std::net::IpAddr>,
+    /// /healthz fails once a reconcile has run this long (its requests time out far sooner).
+    #[arg(long, env = "STUCK_RECONCILE_SECONDS", default_value_t = 300)]
+    pub stuck_reconcile_seconds: u64,
 }
 
 impl RunArgs {
@@ -91,10 +95,38 @@ where
     }
 }
 
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler can be installed");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Read timeout of the reconciler's requests: a hung API server fails a reconcile (which is
+/// retried) instead of stalling it.
+const API_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read timeout of the watches: above the 290 s the API server keeps a watch open.
+const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(330);
+
+/// A client from the usual configuration (in-cluster or kubeconfig) with a read timeout.
+async fn client_with_read_timeout(read_timeout: Duration) -> anyhow::Result<Client> {
+    let mut config = kube::Config::infer().await?;
+    config.read_timeout = Some(read_timeout);
+    // Count the timeout from each request, not from when a pooled connection went idle.
+    config.reset_reader_on_write = true;
+    Ok(Client::try_from(config)?)
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = Client::try_default().await?;
+    let client = client_with_read_timeout(API_READ_TIMEOUT).await?;
+    let watch_client = client_with_read_timeout(WATCH_READ_TIMEOUT).await?;
     let metrics = Metrics::default();
-    let (addr, serve) = crate::server::bind(args.metrics_address, metrics.clone()).await?;
+    let liveness = Liveness::new(Duration::from_secs(args.stuck_reconcile_seconds));
+    let (addr, serve) =
+        crate::server::bind(args.metrics_address, metrics.clone(), liveness.clone()).await?;
     tokio::spawn(serve);
     info!(%addr, "serving /metrics and /healthz");
 
@@ -108,14 +140,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
     let duration = Duration::from_secs(args.lease_duration_seconds.max(3));
+    let timing = Timing::for_lease(duration);
     let lock = LeaseLock::new(
-        Api::<Lease>::namespaced(client.clone(), &lease_ns),
+        Api::<Lease>::namespaced(
+            client_with_read_timeout(timing.request_timeout()).await?,
+            &lease_ns,
+        ),
         &args.lease_name,
         &identity,
         duration,
     );
     info!(%identity, lease = %args.lease_name, namespace = %lease_ns, "waiting for leadership");
-    lock.acquire(duration / 3).await;
+    // A standby runs as PID 1 in its container, where SIGTERM without a handler is ignored:
+    // without this it would wait out the whole termination grace period.
+    tokio::select! {
+        () = lock.acquire() => {}
+        () = shutdown_signal() => {
+            info!("shutting down while standing by");
+            return Ok(());
+        }
+    }
     metrics.leader.set(1);
     info!(%identity, "leading");
 
@@ -125,19 +169,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ip_family = args.ip_family();
     info!(?ip_family, "pod IP family");
     let ctx = Arc::new(
-        Context::new(client.clone(), metrics.clone(), Some(identity)).with_ip_family(ip_family),
+        Context::new(client.clone(), metrics.clone(), Some(identity))
+            .with_ip_family(ip_family)
+            .with_liveness(liveness),
     );
     let controller = Controller::new(
-        owned::<CasseroleCache>(&client, ns),
+        owned::<CasseroleCache>(&watch_client, ns),
         watcher::Config::default().any_semantic(),
     )
-    .owns(owned::<StatefulSet>(&client, ns), selector.clone())
-    .owns(owned::<DaemonSet>(&client, ns), selector.clone())
-    .owns(owned::<Service>(&client, ns), selector.clone())
-    .owns(owned::<PodDisruptionBudget>(&client, ns), selector.clone())
-    .owns(owned::<NetworkPolicy>(&client, ns), selector.clone())
+    .owns(owned::<StatefulSet>(&watch_client, ns), selector.clone())
+    .owns(owned::<DaemonSet>(&watch_client, ns), selector.clone())
+    .owns(owned::<Service>(&watch_client, ns), selector.clone())
+    .owns(
+        owned::<PodDisruptionBudget>(&watch_client, ns),
+        selector.clone(),
+    )
+    .owns(owned::<NetworkPolicy>(&watch_client, ns), selector.clone())
     // The peer token: deleting it makes the operator create a new one and roll the pods.
-    .owns(owned::<Secret>(&client, ns), selector)
+    .owns(owned::<Secret>(&watch_client, ns), selector)
     .shutdown_on_signal()
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
@@ -155,7 +204,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics.leader.set(0);
             Ok(())
         }
-        lost = lock.hold(duration / 3) => {
+        lost = lock.hold() => {
             // Another replica may already be reconciling: stop at once. The pod restarts
             // and rejoins the election as a standby.
             metrics.leader.set(0);
