@@ -311,10 +311,19 @@ def test_service_monitor_and_pod_monitor():
     annotations = template["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "9090"
 
+    # The managed etcd members are scraped too, on their own metrics port.
+    pm = one(docs, "PodMonitor", "casserole-etcd")
+    assert pm["spec"]["selector"]["matchLabels"].items() <= etcd["spec"]["template"]["metadata"]["labels"].items()
+    assert not pm["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    etcd_ports = {p["name"]: p["containerPort"] for p in etcd["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert endpoint["port"] == "metrics" and etcd_ports["metrics"] == 2381
+
 
 def test_pod_monitor_namespace_selector_is_configurable():
-    pm = one(render(VALUE_SETS["everything"]), "PodMonitor")
-    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["cdn"]}
+    for name in ("casserole-caches", "casserole-etcd"):
+        pm = one(render(VALUE_SETS["everything"]), "PodMonitor", name)
+        assert pm["spec"]["namespaceSelector"] == {"matchNames": ["cdn"]}
 
 
 def test_dashboard_configmap():

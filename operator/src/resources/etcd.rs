@@ -7,8 +7,10 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Container, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec, VolumeMount,
+    Affinity, Container, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec,
+    ResourceRequirements, Service, ServicePort, ServiceSpec, VolumeMount, WeightedPodAffinityTerm,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::ResourceExt;
 
@@ -143,6 +145,61 @@ fn args(cache: &CasseroleCache, managed: &ManagedEtcd) -> Vec<String> {
     ]
 }
 
+/// Resources of a member when the spec sets none: enough for the membership keys of a cache
+/// (a few KiB churned under leases), with a memory limit so a leak cannot take the node.
+pub fn default_resources() -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.into());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), q("100m")),
+            ("memory".to_string(), q("256Mi")),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_string(), q("512Mi"))])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// Members prefer distinct nodes: losing one node then costs one member, not the quorum.
+/// (Preferred, not required, so that small and single-node clusters still schedule them.)
+fn anti_affinity(cache: &CasseroleCache) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        topology_key: "kubernetes.io/hostname".into(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector_labels(cache, Component::Etcd)),
+                            ..LabelSelector::default()
+                        }),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+fn pod_spec(cache: &CasseroleCache, managed: &ManagedEtcd, container: Container) -> PodSpec {
+    let spec = &cache.spec;
+    PodSpec {
+        containers: vec![container],
+        security_context: Some(pod_security_context()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        affinity: Some(anti_affinity(cache)),
+        node_selector: (!managed.node_selector.is_empty()).then(|| managed.node_selector.clone()),
+        tolerations: (!managed.tolerations.is_empty()).then(|| managed.tolerations.clone()),
+        image_pull_secrets: (!spec.image_pull_secrets.is_empty())
+            .then(|| spec.image_pull_secrets.clone()),
+        priority_class_name: spec.priority_class_name.clone(),
+        ..PodSpec::default()
+    }
+}
+
 fn statefulset(cache: &CasseroleCache, managed: &ManagedEtcd) -> StatefulSet {
     let container = Container {
         name: "etcd".into(),
@@ -170,6 +227,7 @@ fn statefulset(cache: &CasseroleCache, managed: &ManagedEtcd) -> StatefulSet {
             ..VolumeMount::default()
         }]),
         security_context: Some(container_security_context()),
+        resources: Some(managed.resources.clone().unwrap_or_else(default_resources)),
         ..Container::default()
     };
     StatefulSet {
@@ -192,13 +250,7 @@ fn statefulset(cache: &CasseroleCache, managed: &ManagedEtcd) -> StatefulSet {
                     ])),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    security_context: Some(pod_security_context()),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    ..PodSpec::default()
-                }),
+                spec: Some(pod_spec(cache, managed, container)),
             },
             volume_claim_templates: Some(vec![claim(
                 Some("data".into()),

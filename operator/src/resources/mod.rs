@@ -181,7 +181,8 @@ pub fn possible_objects(cache: &CasseroleCache) -> Vec<(ApiResource, String)> {
     let workload = cache::workload_name(cache);
     vec![
         (ApiResource::erase::<StatefulSet>(&()), workload.clone()),
-        (ApiResource::erase::<DaemonSet>(&()), workload),
+        (ApiResource::erase::<DaemonSet>(&()), workload.clone()),
+        (ApiResource::erase::<PodDisruptionBudget>(&()), workload),
         (
             ApiResource::erase::<Service>(&()),
             etcd::peer_service_name(cache),
@@ -274,3 +275,5 @@ pub(crate) mod testing;
 mod tests;
 #[cfg(test)]
 mod validate_tests;
+#[cfg(test)]
+mod workload_tests;

@@ -101,6 +101,7 @@ fn leftovers_are_what_another_variant_would_own() {
         names("upstream: http://u\nworkload: DaemonSet\netcd: {external: {endpoints: ['http://e:2379']}}\n"),
         [
             "StatefulSet/web",
+            "PodDisruptionBudget/web",
             "Service/web-etcd-peer",
             "Service/web-etcd",
             "PodDisruptionBudget/web-etcd",
