@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// This pod's address (downward API `status.podIP`): pods of one cluster share a family.
     #[arg(long, env = "POD_IP")]
     pub pod_ip: Option<std::net::IpAddr>,
+    /// Apply this release's CRD at start unless a newer one is installed (Helm never upgrades
+    /// CRDs); needs `get` and `patch` on the CRD.
+    #[arg(long, env = "APPLY_CRD")]
+    pub apply_crd: bool,
     /// /healthz fails once a reconcile has run this long (its requests time out far sooner).
     #[arg(long, env = "STUCK_RECONCILE_SECONDS", default_value_t = 300)]
     pub stuck_reconcile_seconds: u64,
@@ -129,6 +133,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         crate::server::bind(args.metrics_address, metrics.clone(), liveness.clone()).await?;
     tokio::spawn(serve);
     info!(%addr, "serving /metrics and /healthz");
+
+    if args.apply_crd {
+        crate::crd_upgrade::apply(client.clone()).await;
+    }
 
     let identity = args
         .identity
