@@ -41,9 +41,14 @@ pub const QUANTITY_PATTERN: &str = casserole_limits::QUANTITY_PATTERN;
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Upstream", type_ = "string", json_path = ".spec.upstream"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Pods Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -449,11 +454,12 @@ pub struct CasseroleCacheStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
 
-    /// Names of the cache pods known to be serving (ready), when known.
+    /// Cluster members: the cache pods that are ready (their `/readyz` needs their etcd
+    /// membership loaded), sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
 
-    /// `Ready`, `EtcdReady`, `Progressing` and `Degraded`.
+    /// `Ready`, `EtcdReady`, `MembersReady`, `Progressing` and `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
@@ -195,7 +195,9 @@ pub async fn reconcile(cache: Arc<CasseroleCache>, ctx: Arc<Context>) -> Result<
         report_apply_failures(&ctx, &cache, &failures).await?;
         return Err(Error::Apply(failures));
     }
-    let new = status::compute(&cache, rollouts.cache, rollouts.etcd, Timestamp::now());
+    let now = Timestamp::now();
+    let mut new = status::compute(&cache, rollouts.cache, rollouts.etcd, now);
+    status::set_members(&mut new, &cache, members(&ctx.client, &cache).await?, now);
     let ready = new
         .conditions
         .iter()
@@ -211,6 +213,37 @@ pub async fn reconcile(cache: Arc<CasseroleCache>, ctx: Arc<Context>) -> Result<
     } else {
         REQUEUE_PENDING
     }))
+}
+
+/// Names of the cache pods that are ready (their `/readyz` needs the etcd membership loaded),
+/// sorted; `None` when listing pods is not allowed.
+async fn members(client: &Client, cache: &CasseroleCache) -> Result<Option<Vec<String>>, Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &resources::namespace(cache));
+    let params = ListParams::default().labels(&resources::selector_string(cache));
+    let pods = match api.list(&params).await {
+        Ok(pods) => pods,
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            warn!("not allowed to list pods; status.members stays unknown");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let ready = |pod: &Pod| {
+        pod.metadata.deletion_timestamp.is_none()
+            && pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    let mut names: Vec<String> = pods
+        .items
+        .iter()
+        .filter(|p| ready(p))
+        .map(|p| p.name_any())
+        .collect();
+    names.sort();
+    Ok(Some(names))
 }
 
 /// A spec the operator will not act on: status and a Warning Event say why; nothing else is

@@ -126,6 +126,35 @@ fn status_answer(cache: &CasseroleCache, seen: &Seen) -> (StatusCode, Value) {
     (StatusCode::OK, c)
 }
 
+const PODS_PATH: &str = "/api/v1/namespaces/cdn/pods";
+
+/// The cache pods, `ready` of them Ready.
+fn pods_answer(total: usize, ready: usize) -> (StatusCode, Value) {
+    let items: Vec<Value> = (0..total)
+        .map(|i| {
+            json!({"metadata": {"name": format!("web-{i}"), "namespace": "cdn"},
+                   "status": {"conditions": [{"type": "Ready", "status": if i < ready {"True"} else {"False"}}]}})
+        })
+        .collect();
+    (
+        StatusCode::OK,
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}),
+    )
+}
+
+/// Expects the pod list the members come from.
+async fn expect_members(server: &mut ApiServer, total: usize, ready: usize) {
+    let seen = server
+        .expect(Method::GET, PODS_PATH, |_| pods_answer(total, ready))
+        .await;
+    assert!(
+        seen.query.contains("app.kubernetes.io%2Finstance%3Dweb")
+            || seen.query.contains("app.kubernetes.io/instance=web"),
+        "{}",
+        seen.query
+    );
+}
+
 fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
     status["conditions"]
         .as_array()
@@ -179,6 +208,7 @@ async fn first_reconcile_with_prune_answer(
             },
         )
         .await;
+    expect_members(server, 3, 3).await;
     let status = server
         .expect(Method::PATCH, STATUS_PATH, |s| status_answer(cache, s))
         .await;
@@ -212,6 +242,8 @@ async fn first_reconcile_creates_the_token_applies_everything_and_reports_ready(
     assert_eq!(condition(&status, "EtcdReady")["status"], "True");
     assert_eq!(condition(&status, "Progressing")["status"], "False");
     assert_eq!(condition(&status, "Degraded")["status"], "False");
+    assert_eq!(status["members"], json!(["web-0", "web-1", "web-2"]));
+    assert_eq!(condition(&status, "MembersReady")["status"], "True");
 }
 
 #[tokio::test]
@@ -233,7 +265,9 @@ async fn second_reconcile_is_idempotent() {
         server
             .expect(Method::GET, SECRET_PATH, |_| existing_secret())
             .await;
-        expect_applies(&mut server, &cache, EXISTING_TOKEN, 3).await
+        let applies = expect_applies(&mut server, &cache, EXISTING_TOKEN, 3).await;
+        expect_members(&mut server, 3, 3).await;
+        applies
     };
     let (second, second_applies) = tokio::join!(run(Arc::new(cache.clone()), &ctx), scenario);
     assert_eq!(second.unwrap(), Action::requeue(REQUEUE_READY));
@@ -401,6 +435,7 @@ async fn a_deleted_peer_token_is_made_again_and_the_pods_roll_onto_it() {
             .unwrap()
             .to_string();
         let applies = expect_applies(&mut server, &cache, &token, 3).await;
+        expect_members(&mut server, 3, 3).await;
         server
             .expect(Method::PATCH, STATUS_PATH, |s| status_answer(&cache, s))
             .await;
@@ -495,6 +530,7 @@ async fn daemonset_with_external_etcd_reports_pods_not_ready_and_requeues_soon()
                 |_| status_error(404, "NotFound"),
             )
             .await;
+        expect_members(&mut server, 2, 1).await;
         let status = server
             .expect(Method::PATCH, STATUS_PATH, |s| status_answer(&cache, s))
             .await;
@@ -514,6 +550,9 @@ async fn daemonset_with_external_etcd_reports_pods_not_ready_and_requeues_soon()
     assert_eq!(condition(&status, "Ready")["reason"], "PodsNotReady");
     assert_eq!(condition(&status, "EtcdReady")["reason"], "External");
     assert_eq!(condition(&status, "Degraded")["status"], "True");
+    // One of the two pods is ready: one member, as many as ready replicas.
+    assert_eq!(status["members"], json!(["web-0"]));
+    assert_eq!(condition(&status, "MembersReady")["status"], "True");
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ pub const READY: &str = "Ready";
 pub const ETCD_READY: &str = "EtcdReady";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+pub const MEMBERS_READY: &str = "MembersReady";
 
 /// What a StatefulSet or DaemonSet reports about its pods.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -194,6 +195,43 @@ pub fn invalid(cache: &CasseroleCache, err: &InvalidSpec, now: Timestamp) -> Cas
     status
 }
 
+/// Records the cluster members (cache pods whose `/readyz` passes, which needs their etcd
+/// membership loaded) and `MembersReady`: True when there are as many as ready replicas.
+/// `None`: the pods could not be read, so the condition says Unknown.
+pub fn set_members(
+    status: &mut CasseroleCacheStatus,
+    cache: &CasseroleCache,
+    members: Option<Vec<String>>,
+    now: Timestamp,
+) {
+    let Some(members) = members else {
+        let mut unknown = condition(
+            cache,
+            now,
+            MEMBERS_READY,
+            false,
+            "Unknown",
+            "the cache pods could not be listed".into(),
+        );
+        unknown.status = "Unknown".into();
+        upsert(status, unknown);
+        return;
+    };
+    let n = members.len() as i32;
+    let ok = n > 0 && n == status.ready_replicas;
+    let message = format!("{n} members, {} ready replicas", status.ready_replicas);
+    let reason = if ok {
+        "AllMembersReady"
+    } else {
+        "MembersMissing"
+    };
+    status.members = members;
+    upsert(
+        status,
+        condition(cache, now, MEMBERS_READY, ok, reason, message),
+    );
+}
+
 /// The status after some objects could not be applied: `Degraded=True` with reason
 /// `ApplyFailed` and the API's messages; counts and the other conditions stay as they were,
 /// since the workloads may be serving with their previous spec.
@@ -313,6 +351,25 @@ mod tests {
             cond(&flipped, ETCD_READY).last_transition_time,
             Time(at(100))
         );
+    }
+
+    #[test]
+    fn members_ready_when_every_ready_replica_is_a_member() {
+        let cache = default_cache();
+        let mut s = compute(&cache, done(3), None, at(100));
+        let names = |n: usize| Some((0..n).map(|i| format!("web-{i}")).collect());
+        set_members(&mut s, &cache, names(3), at(100));
+        assert_eq!(s.members, ["web-0", "web-1", "web-2"]);
+        assert_eq!(cond(&s, MEMBERS_READY).status, "True");
+        set_members(&mut s, &cache, names(2), at(100));
+        assert_eq!(cond(&s, MEMBERS_READY).status, "False");
+        assert_eq!(cond(&s, MEMBERS_READY).reason, "MembersMissing");
+        assert_eq!(
+            cond(&s, MEMBERS_READY).message,
+            "2 members, 3 ready replicas"
+        );
+        set_members(&mut s, &cache, None, at(100));
+        assert_eq!(cond(&s, MEMBERS_READY).status, "Unknown");
     }
 
     #[test]

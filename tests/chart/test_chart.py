@@ -184,6 +184,7 @@ EXPECTED_OPERATOR_RULES = sorted([
     (("policy",), ("poddisruptionbudgets",), ("create", "delete", "get", "list", "patch", "watch")),
     (("networking.k8s.io",), ("networkpolicies",), ("create", "delete", "get", "list", "patch", "watch")),
     (("",), ("secrets",), ("create", "get", "list", "watch")),
+    (("",), ("pods",), ("list",)),
     (("events.k8s.io",), ("events",), ("create", "patch")),
     (("apiextensions.k8s.io",), ("customresourcedefinitions",), ("get", "patch")),
 ])

@@ -61,7 +61,9 @@ for obj in statefulset/e2e statefulset/e2e-etcd service/e2e service/e2e-peer ser
     || fail "$obj is not owned by the cache"
 done
 [ "$(jp casserole/e2e '{.status.readyReplicas}')" = 2 ] || fail "status.readyReplicas != 2"
-kubectl get casserole -n "$NS"   # printer columns: Upstream, Replicas, Ready, Age
+kubectl get casserole -n "$NS"   # printer columns: Ready (condition), Upstream, Replicas, Pods Ready, Age
+[ "$(jp casserole/e2e "{.status.members[*]}")" = "e2e-0 e2e-1" ] || fail "status.members"
+[ "$(jp casserole/e2e "{.status.conditions[?(@.type==\"MembersReady\")].status}")" = True ] || fail "MembersReady"
 
 step "fetch through the cache (twice: the second is a hit)"
 fetch() {
