@@ -202,8 +202,17 @@ pub async fn reconcile(cache: Arc<CasseroleCache>, ctx: Arc<Context>) -> Result<
         .conditions
         .iter()
         .any(|c| c.type_ == status::READY && c.status == "True");
+    let news = status::notable_changes(&cache, &new, rollouts.cache.desired);
     if cache.status.as_ref() != Some(&new) {
         patch_status(&ctx.client, &cache, new).await?;
+    }
+    for (reason, note) in news {
+        publish(
+            &ctx,
+            &cache,
+            event(EventType::Normal, reason, "Reconcile", note),
+        )
+        .await;
     }
     info!(objects = objects.len(), ready, "reconciled");
     ctx.clear_failures(&key(&cache));

@@ -232,6 +232,42 @@ pub fn set_members(
     );
 }
 
+/// What changed between the previous status and the new one that users want told as a Normal
+/// Event: `(reason, note)` pairs for a scale (a new spec with a different pod count) and for a
+/// rollout starting or completing.
+pub fn notable_changes(
+    cache: &CasseroleCache,
+    new: &CasseroleCacheStatus,
+    desired: i32,
+) -> Vec<(&'static str, String)> {
+    let Some(old) = cache.status.as_ref() else {
+        return Vec::new(); // a new cache: its creation is news enough
+    };
+    let mut changes = Vec::new();
+    let new_spec = old.observed_generation != cache.metadata.generation;
+    if new_spec && old.replicas != desired {
+        changes.push((
+            "Scaled",
+            format!("scaling from {} to {desired} cache pods", old.replicas),
+        ));
+    }
+    let progressing = |s: &CasseroleCacheStatus| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == PROGRESSING && c.status == "True")
+    };
+    let known = old.conditions.iter().any(|c| c.type_ == PROGRESSING);
+    match (known && progressing(old), progressing(new)) {
+        (false, true) if known => changes.push((
+            "RollingOut",
+            "the pod template changed: rolling the cache pods".into(),
+        )),
+        (true, false) => changes.push(("RolloutComplete", "all cache pods updated".into())),
+        _ => {}
+    }
+    changes
+}
+
 /// The status after some objects could not be applied: `Degraded=True` with reason
 /// `ApplyFailed` and the API's messages; counts and the other conditions stay as they were,
 /// since the workloads may be serving with their previous spec.
@@ -351,6 +387,34 @@ mod tests {
             cond(&flipped, ETCD_READY).last_transition_time,
             Time(at(100))
         );
+    }
+
+    #[test]
+    fn scaling_and_rollouts_are_news_once() {
+        let mut cache = default_cache();
+        assert!(notable_changes(&cache, &compute(&cache, done(3), None, at(1)), 3).is_empty());
+        cache.status = Some(compute(&cache, done(3), None, at(1)));
+        // Same spec, same pods: nothing to tell.
+        assert!(notable_changes(&cache, &compute(&cache, done(3), None, at(2)), 3).is_empty());
+        // A new generation with 5 pods wanted: scaled; a template change: rolling out.
+        cache.metadata.generation = Some(2);
+        let rolling = Rollout {
+            updated: 1,
+            ..done(5)
+        };
+        let new = compute(&cache, rolling, None, at(3));
+        let reasons: Vec<_> = notable_changes(&cache, &new, 5)
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        assert_eq!(reasons, ["Scaled", "RollingOut"]);
+        cache.status = Some(new);
+        let done_now = compute(&cache, done(5), None, at(4));
+        let reasons: Vec<_> = notable_changes(&cache, &done_now, 5)
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        assert_eq!(reasons, ["RolloutComplete"]);
     }
 
     #[test]
