@@ -257,6 +257,10 @@ fn ipv6_pods_advertise_a_bracketed_peering_url() {
     );
     let cfg = node_config(&argv).unwrap_or_else(|e| panic!("the node rejects {argv:?}: {e}"));
     assert_eq!(cfg.peering_address, "http://[fd00:10:244::5]:8000");
+    // ...and listens on IPv6 (a pod has no IPv4 address to be reached at).
+    for addr in [cfg.address, cfg.admin_address, cfg.peer_address] {
+        assert!(addr.is_ipv6() && addr.ip().is_unspecified(), "{addr}");
+    }
     // Unbracketed, the node would refuse it: the bracket is what makes it work.
     let unbracketed = node_argv(
         &cache_yaml(""),

@@ -68,10 +68,11 @@ fn peering_url(family: IpFamily) -> String {
 /// The `casserole-node` command line derived from the spec (the node's CLI contract).
 pub fn node_args(cache: &CasseroleCache, plan: &Plan) -> Vec<String> {
     let spec = &cache.spec;
+    let any = plan.inputs.ip_family.any_address();
     let mut args = vec![
-        format!("--address=0.0.0.0:{HTTP_PORT}"),
-        format!("--admin-address=0.0.0.0:{METRICS_PORT}"),
-        format!("--peer-address=0.0.0.0:{PEER_PORT}"),
+        format!("--address={any}:{HTTP_PORT}"),
+        format!("--admin-address={any}:{METRICS_PORT}"),
+        format!("--peer-address={any}:{PEER_PORT}"),
         format!("--peering-address={}", peering_url(plan.inputs.ip_family)),
         "--node-id=$(POD_NAME)".into(),
         format!("--upstream={}", spec.upstream),

@@ -19,7 +19,8 @@ use super::pod::{
     tcp_probe,
 };
 use super::{
-    labels, namespace, network, object_meta, selector_labels, Component, Object, DEFAULT_ETCD_IMAGE,
+    labels, namespace, network, object_meta, selector_labels, Component, IpFamily, Object,
+    DEFAULT_ETCD_IMAGE,
 };
 use crate::crd::{CasseroleCache, ManagedEtcd};
 
@@ -63,13 +64,13 @@ fn peer_url(cache: &CasseroleCache, member: &str) -> String {
     )
 }
 
-pub fn objects(cache: &CasseroleCache, managed: &ManagedEtcd) -> Vec<Object> {
+pub fn objects(cache: &CasseroleCache, managed: &ManagedEtcd, family: IpFamily) -> Vec<Object> {
     vec![
         Object::Service(Box::new(peer_service(cache))),
         Object::Service(Box::new(client_service(cache))),
         Object::PodDisruptionBudget(Box::new(network::pdb(cache, Component::Etcd, name(cache)))),
         Object::NetworkPolicy(Box::new(network::etcd_policy(cache))),
-        Object::StatefulSet(Box::new(statefulset(cache, managed))),
+        Object::StatefulSet(Box::new(statefulset(cache, managed, family))),
     ]
 }
 
@@ -113,7 +114,8 @@ fn client_service(cache: &CasseroleCache) -> Service {
     }
 }
 
-fn args(cache: &CasseroleCache, managed: &ManagedEtcd) -> Vec<String> {
+fn args(cache: &CasseroleCache, managed: &ManagedEtcd, family: IpFamily) -> Vec<String> {
+    let any = family.any_address();
     let own_host = format!(
         "$(POD_NAME).{}.{}.svc",
         peer_service_name(cache),
@@ -122,11 +124,11 @@ fn args(cache: &CasseroleCache, managed: &ManagedEtcd) -> Vec<String> {
     vec![
         "--name=$(POD_NAME)".into(),
         format!("--data-dir={DATA_DIR}/data"),
-        format!("--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}"),
+        format!("--listen-client-urls=http://{any}:{CLIENT_PORT}"),
         format!("--advertise-client-urls=http://{own_host}:{CLIENT_PORT}"),
-        format!("--listen-peer-urls=http://0.0.0.0:{PEER_PORT}"),
+        format!("--listen-peer-urls=http://{any}:{PEER_PORT}"),
         format!("--initial-advertise-peer-urls=http://{own_host}:{PEER_PORT}"),
-        format!("--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}"),
+        format!("--listen-metrics-urls=http://{any}:{METRICS_PORT}"),
         format!(
             "--initial-cluster={}",
             initial_cluster(cache, managed.replicas)
@@ -200,7 +202,7 @@ fn pod_spec(cache: &CasseroleCache, managed: &ManagedEtcd, container: Container)
     }
 }
 
-fn statefulset(cache: &CasseroleCache, managed: &ManagedEtcd) -> StatefulSet {
+fn statefulset(cache: &CasseroleCache, managed: &ManagedEtcd, family: IpFamily) -> StatefulSet {
     let container = Container {
         name: "etcd".into(),
         image: Some(
@@ -210,7 +212,7 @@ fn statefulset(cache: &CasseroleCache, managed: &ManagedEtcd) -> StatefulSet {
                 .unwrap_or_else(|| DEFAULT_ETCD_IMAGE.into()),
         ),
         command: Some(vec!["/usr/local/bin/etcd".into()]),
-        args: Some(args(cache, managed)),
+        args: Some(args(cache, managed, family)),
         env: Some(vec![field_env("POD_NAME", "metadata.name")]),
         ports: Some(vec![
             container_port("client", CLIENT_PORT),

@@ -137,6 +137,14 @@ pub enum IpFamily {
 }
 
 impl IpFamily {
+    /// The address that listens on every interface of the family (a pod has only its own).
+    pub fn any_address(self) -> &'static str {
+        match self {
+            IpFamily::IPv4 => "0.0.0.0",
+            IpFamily::IPv6 => "[::]",
+        }
+    }
+
     pub fn of(ip: std::net::IpAddr) -> IpFamily {
         match ip {
             std::net::IpAddr::V4(_) => IpFamily::IPv4,
@@ -167,7 +175,7 @@ pub fn desired_for(cache: &CasseroleCache, inputs: &Inputs) -> Result<Vec<Object
     plan.inputs = inputs.clone();
     let mut objects = Vec::new();
     if let Some(managed) = &plan.managed_etcd {
-        objects.extend(etcd::objects(cache, managed));
+        objects.extend(etcd::objects(cache, managed, inputs.ip_family));
     }
     objects.extend(network::cache_objects(cache, &plan));
     objects.push(cache::workload(cache, &plan));
