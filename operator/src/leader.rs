@@ -258,6 +258,15 @@ impl LeaseLock {
         }
     }
 
+    /// [`acquire`](Self::acquire), unless `shutdown` resolves first: then `false`, at once (a
+    /// standby must not sit out the termination grace period).
+    pub async fn acquire_unless(&self, shutdown: impl std::future::Future<Output = ()>) -> bool {
+        tokio::select! {
+            () = self.acquire() => true,
+            () = shutdown => false,
+        }
+    }
+
     /// Renews the lease every retry period and returns once leadership is lost: another
     /// replica holds it, or no renewal succeeded within the renew deadline (after which a
     /// standby may soon take over, so the caller must stop reconciling at once).
@@ -472,6 +481,26 @@ mod tests {
         result.unwrap();
         drop(lock);
         server.done().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_stops_waiting_at_once_on_shutdown() {
+        let (lock, mut server) = lock();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let scenario = async {
+            server
+                .expect(Method::GET, PATH, |_| ok(lease("pod-b", 5, 1)))
+                .await;
+            // SIGTERM arrives while standing by.
+            stop.send(()).unwrap();
+        };
+        let (leading, ()) = tokio::join!(lock.acquire_unless(shutdown), scenario);
+        assert!(!leading);
+        drop(lock);
+        server.done().await; // no further election round
     }
 
     #[tokio::test(start_paused = true)]

@@ -161,12 +161,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(%identity, lease = %args.lease_name, namespace = %lease_ns, "waiting for leadership");
     // A standby runs as PID 1 in its container, where SIGTERM without a handler is ignored:
     // without this it would wait out the whole termination grace period.
-    tokio::select! {
-        () = lock.acquire() => {}
-        () = shutdown_signal() => {
-            info!("shutting down while standing by");
-            return Ok(());
-        }
+    if !lock.acquire_unless(shutdown_signal()).await {
+        info!("shutting down while standing by");
+        return Ok(());
     }
     metrics.leader.set(1);
     info!(%identity, "leading");
