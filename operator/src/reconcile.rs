@@ -202,7 +202,14 @@ pub async fn reconcile(cache: Arc<CasseroleCache>, ctx: Arc<Context>) -> Result<
         .conditions
         .iter()
         .any(|c| c.type_ == status::READY && c.status == "True");
-    let news = status::notable_changes(&cache, &new, rollouts.cache.desired);
+    let mut news = status::notable_changes(&cache, &new, rollouts.cache.desired);
+    if cache.status.is_none() {
+        let names: Vec<String> = objects
+            .iter()
+            .map(|o| format!("{} {}", o.kind(), o.name()))
+            .collect();
+        news.insert(0, ("Created", format!("created {}", names.join(", "))));
+    }
     if cache.status.as_ref() != Some(&new) {
         patch_status(&ctx.client, &cache, new).await?;
     }

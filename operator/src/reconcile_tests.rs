@@ -213,6 +213,17 @@ async fn first_reconcile_with_prune_answer(
         .expect(Method::PATCH, STATUS_PATH, |s| status_answer(cache, s))
         .await;
     status.assert_apply();
+    // A new cache: a Normal Event lists what was created.
+    let event = server.expect(Method::POST, EVENTS_PATH, echo).await;
+    assert_eq!(
+        (event.body["type"].as_str(), event.body["reason"].as_str()),
+        (Some("Normal"), Some("Created"))
+    );
+    let note = event.body["note"].as_str().unwrap();
+    assert!(
+        note.contains("StatefulSet web-etcd") && note.contains("StatefulSet web"),
+        "{note}"
+    );
     (created, applies, status.body["status"].clone())
 }
 
@@ -534,6 +545,8 @@ async fn daemonset_with_external_etcd_reports_pods_not_ready_and_requeues_soon()
         let status = server
             .expect(Method::PATCH, STATUS_PATH, |s| status_answer(&cache, s))
             .await;
+        let created = server.expect(Method::POST, EVENTS_PATH, echo).await;
+        assert_eq!(created.body["reason"], "Created");
         (applies, status.body["status"].clone())
     };
     let (result, (applies, status)) = tokio::join!(run(Arc::new(cache.clone()), &ctx), scenario);
