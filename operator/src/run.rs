@@ -62,6 +62,17 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// `--metrics-address`, where "every IPv4 interface" becomes "every IPv6 interface" on an
+    /// IPv6 pod (which has no IPv4 address the kubelet's probes could reach).
+    fn metrics_bind_address(&self) -> SocketAddr {
+        let addr = self.metrics_address;
+        if self.ip_family() == IpFamily::IPv6 && addr.ip() == std::net::Ipv4Addr::UNSPECIFIED {
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, addr.port()))
+        } else {
+            addr
+        }
+    }
+
     fn ip_family(&self) -> IpFamily {
         self.pod_ip_family
             .or(self.pod_ip.map(IpFamily::of))
@@ -129,8 +140,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let watch_client = client_with_read_timeout(WATCH_READ_TIMEOUT).await?;
     let metrics = Metrics::default();
     let liveness = Liveness::new(Duration::from_secs(args.stuck_reconcile_seconds));
-    let (addr, serve) =
-        crate::server::bind(args.metrics_address, metrics.clone(), liveness.clone()).await?;
+    let (addr, serve) = crate::server::bind(
+        args.metrics_bind_address(),
+        metrics.clone(),
+        liveness.clone(),
+    )
+    .await?;
     tokio::spawn(serve);
     info!(%addr, "serving /metrics and /healthz");
 
@@ -216,5 +231,40 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             error!(?lost, "lost the leader lease");
             anyhow::bail!("lost the leader lease: {lost:?}")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["run"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().run
+    }
+
+    #[test]
+    fn ip_family_follows_the_pods_own_address_and_moves_the_metrics_listener() {
+        let v4 = args(&["--pod-ip=10.0.0.7"]);
+        assert_eq!(v4.ip_family(), IpFamily::IPv4);
+        assert_eq!(v4.metrics_bind_address().to_string(), "0.0.0.0:8080");
+        let v6 = args(&["--pod-ip=fd00::7"]);
+        assert_eq!(v6.ip_family(), IpFamily::IPv6);
+        assert_eq!(v6.metrics_bind_address().to_string(), "[::]:8080");
+        let forced = args(&["--pod-ip=10.0.0.7", "--pod-ip-family=IPv6"]);
+        assert_eq!(forced.ip_family(), IpFamily::IPv6);
+        let explicit = args(&["--pod-ip=fd00::7", "--metrics-address=127.0.0.1:9000"]);
+        assert_eq!(
+            explicit.metrics_bind_address().to_string(),
+            "127.0.0.1:9000"
+        );
     }
 }
