@@ -17,6 +17,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY limits ./limits
 COPY node ./node
 COPY operator ./operator
 COPY tests ./tests

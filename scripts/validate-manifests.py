@@ -21,6 +21,7 @@ import copy
 import json
 import re
 import subprocess
+from fractions import Fraction
 import sys
 from pathlib import Path
 
@@ -37,20 +38,28 @@ DEFAULT_VERSIONS = ["1.33.0", kubernetes_validate.latest_version()]
 
 SUFFIXES = {
     "": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-    "m": 10**-3, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "m": Fraction(1, 1000), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+    "E": 10**18,
 }
 
 
 def quantity(q):
+    """A Kubernetes quantity, exactly (as a Fraction)."""
     m = re.fullmatch(r"([+-]?[0-9.]+)([eE][-+]?[0-9]+|[A-Za-z]*)", str(q))
     if not m:
         raise ValueError(f"not a quantity: {q!r}")
     number, suffix = m.groups()
     if suffix[:1] in ("e", "E"):
-        return float(number) * 10 ** int(suffix[1:])
+        return Fraction(number) * Fraction(10) ** int(suffix[1:])
     if suffix not in SUFFIXES:
         raise ValueError(f"not a quantity: {q!r}")
-    return float(number) * SUFFIXES[suffix]
+    return Fraction(number) * SUFFIXES[suffix]
+
+
+def is_integer(q):
+    """CEL's quantity().isInteger(): a whole number that fits in int64."""
+    v = quantity(q)
+    return v.denominator == 1 and -2**63 <= v < 2**63
 
 
 # The CEL rules the CRD declares, as Python. A rule missing here fails the run, so the two
@@ -64,7 +73,20 @@ CEL_RULES = {
     "quantity(self.cleanedUsage).isLessThan(quantity(self.maxUsage))":
         lambda s: "cleanedUsage" not in s or "maxUsage" not in s
         or quantity(s["cleanedUsage"]) < quantity(s["maxUsage"]),
+    "quantity(self).isInteger() && quantity(self).isGreaterThan(quantity('0'))":
+        lambda s: is_integer(s) and quantity(s) > 0,
+    "!quantity(self).isLessThan(quantity('64Ki')) && !quantity(self).isGreaterThan(quantity('64Mi'))":
+        lambda s: quantity("64Ki") <= quantity(s) <= quantity("64Mi"),
+    "size(self.metadata.name) <= 42 && !self.metadata.name.endsWith('-etcd') && "
+    "!self.metadata.name.endsWith('-peer')":
+        lambda doc: len(doc["metadata"]["name"]) <= 42
+        and not doc["metadata"]["name"].endswith(("-etcd", "-peer")),
 }
+
+
+def transition_rule(rule):
+    """Rules on `oldSelf` judge updates only; a new object is not checked against them."""
+    return "oldSelf" in rule
 
 
 def cel_rules(schema):
@@ -118,6 +140,8 @@ def cel_errors(schema, value, path="spec"):
     if value is None:
         return errors
     for rule in schema.get("x-kubernetes-validations", []):
+        if transition_rule(rule["rule"]):
+            continue
         try:
             ok = CEL_RULES[rule["rule"]](value)
         except ValueError as e:
@@ -140,7 +164,7 @@ class CrdValidator:
         spec_schema = self.schema["properties"]["spec"]
         self.spec_schema = spec_schema
         self.json_schema = jsonschema.Draft7Validator(to_json_schema(spec_schema))
-        unknown = set(cel_rules(self.schema)) - set(CEL_RULES)
+        unknown = {r for r in cel_rules(self.schema) if not transition_rule(r)} - set(CEL_RULES)
         if unknown:
             raise SystemExit(f"CEL rules without a Python twin in {__file__}: {unknown}")
 
@@ -150,7 +174,10 @@ class CrdValidator:
         spec = apply_defaults(self.spec_schema, copy.deepcopy(doc.get("spec", {})))
         errors = [f"spec{''.join(f'.{p}' for p in e.absolute_path)}: {e.message}"
                   for e in self.json_schema.iter_errors(spec)]
-        return errors or cel_errors(self.spec_schema, spec)
+        if errors:
+            return errors
+        root = {"x-kubernetes-validations": self.schema.get("x-kubernetes-validations", [])}
+        return cel_errors(self.spec_schema, spec) + cel_errors(root, doc, "")
 
 
 # --- The run -------------------------------------------------------------------------------------

@@ -15,10 +15,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// A size in bytes, written as `2097152`, `100M` (10^6), `512Mi` (2^20), `1G`, `2GiB`.
-///
-/// Decimal and binary suffixes follow Kubernetes quantities, so the operator can pass
-/// `spec.memory.maxUsage` through unchanged.
+/// A size in bytes, written as a Kubernetes quantity: `2097152`, `100M` (10^6), `512Mi` (2^20),
+/// `1.5Gi`. The grammar is `casserole_limits`', shared with the operator and the CRD, so the
+/// operator can pass `spec.memory.maxUsage` through unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
@@ -26,39 +25,12 @@ impl std::str::FromStr for ByteSize {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let trimmed = s.trim();
-        // parse-size reads "100M" as 100 * 10^6 and "512Mi" as 512 * 2^20, like Kubernetes.
-        let cfg = parse_size::Config::new().with_decimal();
-        cfg.parse_size(trimmed).map(ByteSize).map_err(|e| {
-            format!("invalid size {trimmed:?}: {e} (use e.g. 2097152, 100M, 512Mi, 1G)")
-        })
+        casserole_limits::parse_size(s).map(ByteSize)
     }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (use e.g. 500ms, 30s, 5m)"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" | "" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {s:?} (use ms, s, m or h)"
-            ))
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("invalid duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    casserole_limits::parse_duration(s)
 }
 
 fn parse_upstream(s: &str) -> Result<reqwest::Url, String> {
@@ -99,11 +71,12 @@ pub struct Config {
     #[arg(long, visible_alias = "mirror-url", env = "CASSEROLE_UPSTREAM", value_parser = parse_upstream)]
     pub upstream: Option<reqwest::Url>,
 
-    /// Regex on the request path (and query); matching requests are never cached. Repeatable.
+    /// Regex on the request path (and query); matching requests are never cached. Repeat the
+    /// flag for several; in CASSEROLE_PASS_THROUGH, put one per line (regexes contain commas).
     #[arg(
         long = "pass-through",
         env = "CASSEROLE_PASS_THROUGH",
-        value_delimiter = ','
+        value_delimiter = casserole_limits::PASS_THROUGH_ENV_SEPARATOR
     )]
     pub pass_through: Vec<String>,
 
@@ -270,9 +243,9 @@ pub enum ConfigError {
     #[error("UPSTREAM_SERVER: {0}")]
     BadUpstreamEnv(String),
     #[error("--pass-through: {0}")]
-    BadPassThrough(#[from] regex::Error),
-    #[error("--chunk-size must be between 64Ki and 64Mi, got {0}")]
-    BadChunkSize(u64),
+    BadPassThrough(casserole_limits::PassThroughError),
+    #[error("--chunk-size: {0}")]
+    BadChunkSize(String),
     #[error("--cleaned-disk-usage ({cleaned}) must be smaller than --max-disk-usage ({max})")]
     BadDiskWatermarks { cleaned: u64, max: u64 },
     #[error("{flag}: {message}")]
@@ -328,9 +301,7 @@ impl Config {
                 self.cleaned_disk_usage = ByteSize(size.0 / 10 * 8);
             }
         }
-        if !(64 * 1024..=64 * 1024 * 1024).contains(&self.chunk_size.0) {
-            return Err(ConfigError::BadChunkSize(self.chunk_size.0));
-        }
+        casserole_limits::check_chunk_size(self.chunk_size.0).map_err(ConfigError::BadChunkSize)?;
         if self.disk_cache_enabled && self.cleaned_disk_usage.0 >= self.max_disk_usage.0 {
             return Err(ConfigError::BadDiskWatermarks {
                 cleaned: self.cleaned_disk_usage.0,
@@ -356,22 +327,21 @@ impl Config {
                 });
             }
         }
-        if self.readahead > 64 {
-            return Err(ConfigError::Invalid {
+        casserole_limits::check_readahead(self.readahead).map_err(|message| {
+            ConfigError::Invalid {
                 flag: "--readahead",
-                message: "at most 64".into(),
-            });
-        }
+                message,
+            }
+        })?;
         self.pass_through_set()?;
         if self.clustered() {
             match self.peer_token()? {
-                Some(token) if token.len() >= 16 => {}
-                Some(_) => {
-                    return Err(ConfigError::Invalid {
+                Some(token) => casserole_limits::check_peer_token(&token).map_err(|message| {
+                    ConfigError::Invalid {
                         flag: "--peer-token",
-                        message: "must be at least 16 characters".into(),
-                    })
-                }
+                        message,
+                    }
+                })?,
                 None => return Err(ConfigError::Invalid {
                     flag: "--peer-token",
                     message:
@@ -404,7 +374,8 @@ impl Config {
     }
 
     pub fn pass_through_set(&self) -> Result<RegexSet, ConfigError> {
-        Ok(RegexSet::new(&self.pass_through)?)
+        casserole_limits::compile_pass_through(&self.pass_through)
+            .map_err(ConfigError::BadPassThrough)
     }
 
     /// Ownership hashes on member ids, so the default must be unique and stable: the peering URL
@@ -530,8 +501,32 @@ mod tests {
         assert!(err.to_string().contains("--peer-token"), "{err}");
         assert!(matches!(
             parse(&["--upstream", "http://x", "--chunk-size", "1"]),
-            Err(ConfigError::BadChunkSize(1))
+            Err(ConfigError::BadChunkSize(_))
         ));
+        assert!(Config::try_parse_from(["casserole-node", "--chunk-size", "+1k"]).is_err());
+    }
+
+    #[test]
+    fn pass_through_patterns_keep_their_commas() {
+        let c = parse(&[
+            "--upstream",
+            "http://x",
+            "--pass-through",
+            "^/a{1,3}$",
+            "--pass-through",
+            "\\.sig$",
+        ])
+        .unwrap();
+        assert_eq!(c.pass_through, ["^/a{1,3}$", "\\.sig$"]);
+        assert!(c.pass_through_set().unwrap().is_match("/aaa"));
+        // One pattern per line in the environment variable: commas stay in the pattern.
+        use clap::CommandFactory;
+        let cmd = Config::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "pass_through")
+            .unwrap();
+        assert_eq!(arg.get_value_delimiter(), Some('\n'));
     }
 
     #[test]

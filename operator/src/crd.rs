@@ -10,16 +10,19 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A Kubernetes quantity spelled as a string ("2Mi", "100M", "1.5Gi", "1000").
+/// A size spelled as a Kubernetes quantity ("2Mi", "100M", "1.5Gi", "1000"): exactly the
+/// grammar the node parses (`casserole_limits`), a subset of what CEL's `quantity()` reads.
 ///
 /// Quantities are strings (not int-or-string) so that CEL's `quantity()` can compare them.
-pub const QUANTITY_PATTERN: &str = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$";
+pub const QUANTITY_PATTERN: &str = casserole_limits::QUANTITY_PATTERN;
 
 /// One cached HTTP upstream served by a cluster of `casserole-node` pods.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -31,15 +34,21 @@ pub const QUANTITY_PATTERN: &str = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)
     shortname = "casserole",
     status = "CasseroleCacheStatus",
     derive = "PartialEq",
+    validation = crate::schema_rules::name_rule(),
     doc = "A distributed HTTP cache for large objects in front of one upstream",
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Upstream", type_ = "string", json_path = ".spec.upstream"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Pods Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -47,6 +56,7 @@ pub const QUANTITY_PATTERN: &str = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::schema_rules::disk_transitions)]
 pub struct CasseroleCacheSpec {
     /// Base URL of the origin server every request is forwarded to (http or https).
     #[schemars(regex(pattern = r"^https?://[^\s/?#]+[^\s]*$"), length(max = 2048))]
@@ -63,9 +73,11 @@ pub struct CasseroleCacheSpec {
     #[schemars(range(min = 0, max = 31536000))]
     pub min_ttl_seconds: i64,
 
-    /// Size of one cached chunk (a quantity, e.g. 2Mi). Changing it invalidates the cache.
+    /// Size of one cached chunk (a quantity, 64Ki to 64Mi, e.g. 2Mi). Changing it invalidates
+    /// the cache.
     #[serde(default = "default_chunk_size")]
     #[schemars(regex(pattern = QUANTITY_PATTERN), length(max = 32))]
+    #[schemars(transform = crate::schema_rules::chunk_size)]
     pub chunk_size: String,
 
     /// How cache pods are run: a StatefulSet of `replicas` pods, or a DaemonSet with one pod
@@ -117,7 +129,21 @@ pub struct CasseroleCacheSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
 
-    /// Extra annotations on cache pods (merged over the operator's own).
+    /// Topology spread constraints of cache pods (e.g. across zones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+
+    /// PriorityClass of cache pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+
+    /// Secrets to pull the cache (and managed etcd) images with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// Extra annotations on cache pods. They win over the operator's defaults
+    /// (`prometheus.io/*`); only `casserole.io/*` keys are the operator's own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_annotations: BTreeMap<String, String>,
 
@@ -180,6 +206,7 @@ pub struct MemorySpec {
     /// Memory the chunk cache may use per pod (a quantity). Leave headroom in `resources`.
     #[serde(default = "default_memory")]
     #[schemars(regex(pattern = QUANTITY_PATTERN), length(max = 32))]
+    #[schemars(transform = crate::schema_rules::size)]
     pub max_usage: String,
 }
 
@@ -216,16 +243,19 @@ pub struct DiskSpec {
     /// Size of the volume requested per pod.
     #[serde(default = "default_disk_size")]
     #[schemars(regex(pattern = QUANTITY_PATTERN), length(max = 32))]
+    #[schemars(transform = crate::schema_rules::size)]
     pub size: String,
 
     /// Disk usage at which cleaning starts (default: 80% of `size`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = QUANTITY_PATTERN), length(max = 32))]
+    #[schemars(transform = crate::schema_rules::size)]
     pub max_usage: Option<String>,
 
     /// Usage that cleaning brings the disk back down to (default: 75% of `maxUsage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = QUANTITY_PATTERN), length(max = 32))]
+    #[schemars(transform = crate::schema_rules::size)]
     pub cleaned_usage: Option<String>,
 
     /// StorageClass of the volume (default: the cluster's default class).
@@ -281,9 +311,10 @@ impl Default for EtcdSpec {
     }
 }
 
-/// An etcd StatefulSet owned by the cache.
+/// An etcd StatefulSet owned by the cache. Fixed at creation (transition rules).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::schema_rules::managed_etcd_transitions)]
 pub struct ManagedEtcd {
     /// Number of etcd members: 1 (no fault tolerance) or 3.
     #[serde(default = "default_etcd_replicas")]
@@ -293,6 +324,7 @@ pub struct ManagedEtcd {
     /// Size of each member's data volume.
     #[serde(default = "default_etcd_storage")]
     #[schemars(regex(pattern = QUANTITY_PATTERN), length(max = 32))]
+    #[schemars(transform = crate::schema_rules::size)]
     pub storage: String,
 
     /// StorageClass of the data volumes (default: the cluster's default class).
@@ -304,6 +336,19 @@ pub struct ManagedEtcd {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
+
+    /// Compute resources of each member (default: requests 100m CPU and 256Mi memory, limit
+    /// 512Mi memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Node selector of the members.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the members.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
 }
 
 impl Default for ManagedEtcd {
@@ -313,6 +358,9 @@ impl Default for ManagedEtcd {
             storage: default_etcd_storage(),
             storage_class_name: None,
             image: None,
+            resources: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
         }
     }
 }
@@ -406,11 +454,12 @@ pub struct CasseroleCacheStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
 
-    /// Names of the cache pods known to be serving (ready), when known.
+    /// Cluster members: the cache pods that are ready (their `/readyz` needs their etcd
+    /// membership loaded), sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
 
-    /// `Ready`, `EtcdReady`, `Progressing` and `Degraded`.
+    /// `Ready`, `EtcdReady`, `MembersReady`, `Progressing` and `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

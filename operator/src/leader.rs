@@ -2,16 +2,31 @@
 //! with exactly one reconciling.
 //!
 //! The protocol is client-go's: the holder renews `renewTime` well within
-//! `leaseDurationSeconds`; anyone may take over a lease whose renew time is older than its
-//! duration. Every write is a replace carrying the `resourceVersion` that was read, so two
-//! candidates racing for the same lease cannot both win (the loser gets 409 Conflict).
+//! `leaseDurationSeconds`; anyone may take over a lease that has not changed for its duration.
+//! Every write is a replace carrying the `resourceVersion` that was read, so two candidates
+//! racing for the same lease cannot both win (the loser gets 409 Conflict).
+//!
+//! Timing is judged on this replica's own monotonic clock only, never by comparing another
+//! host's `renewTime` with ours (their clocks may disagree by more than the lease):
+//! - a standby takes over only after it has seen the same record, unchanged, for a whole lease
+//!   duration since it first observed it;
+//! - the leader gives up once it has not renewed for the renew deadline (2/3 of the lease),
+//!   counted from when it *sent* its last successful renewal, which is before any standby
+//!   observed that renewal; so it stops reconciling before a standby's wait can end;
+//! - every request has a timeout shorter than what is left before that deadline.
+//!
+//! Written here rather than with `kube-lease-manager`: that crate computes expiry as the
+//! holder's `renewTime` plus the duration, compared with the local wall clock, which is exactly
+//! the cross-host clock comparison these rules exclude, and it has no renew deadline.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 /// A lease this process competes for.
@@ -19,7 +34,44 @@ pub struct LeaseLock {
     api: Api<Lease>,
     name: String,
     identity: String,
-    duration: Duration,
+    timing: Timing,
+    /// The other holder's record as last seen, and when this replica first saw it.
+    observed: Mutex<Option<Observed>>,
+}
+
+/// The durations of the election, derived from the lease duration like client-go's defaults
+/// (15 s lease, 10 s renew deadline, 2 s retry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// How long a record must stay unchanged before a standby takes the lease over.
+    pub lease: Duration,
+    /// How long the leader keeps leading without a successful renewal.
+    pub renew_deadline: Duration,
+    /// Pause between election rounds.
+    pub retry: Duration,
+}
+
+impl Timing {
+    pub fn for_lease(lease: Duration) -> Timing {
+        Timing {
+            lease,
+            renew_deadline: lease * 2 / 3,
+            retry: (lease / 7).max(Duration::from_millis(100)),
+        }
+    }
+
+    /// Longest a single request may take: well inside the renew deadline.
+    pub fn request_timeout(&self) -> Duration {
+        self.renew_deadline / 2
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Observed {
+    holder: Option<String>,
+    renew_time: Option<MicroTime>,
+    resource_version: Option<String>,
+    since: Instant,
 }
 
 /// What one election round found.
@@ -42,12 +94,13 @@ fn conflict(e: &kube::Error) -> bool {
 }
 
 impl LeaseLock {
-    pub fn new(api: Api<Lease>, name: &str, identity: &str, duration: Duration) -> LeaseLock {
+    pub fn new(api: Api<Lease>, name: &str, identity: &str, lease: Duration) -> LeaseLock {
         LeaseLock {
             api,
             name: name.into(),
             identity: identity.into(),
-            duration,
+            timing: Timing::for_lease(lease),
+            observed: Mutex::new(None),
         }
     }
 
@@ -55,14 +108,14 @@ impl LeaseLock {
         &self.identity
     }
 
-    pub fn duration(&self) -> Duration {
-        self.duration
+    pub fn timing(&self) -> Timing {
+        self.timing
     }
 
     fn spec(&self, now: Timestamp, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
-            lease_duration_seconds: Some(self.duration.as_secs() as i32),
+            lease_duration_seconds: Some(self.timing.lease.as_secs().max(1) as i32),
             acquire_time: Some(acquired.unwrap_or(MicroTime(now))),
             renew_time: Some(MicroTime(now)),
             lease_transitions: Some(transitions),
@@ -70,8 +123,41 @@ impl LeaseLock {
         }
     }
 
+    /// Whether another holder's record has stayed unchanged for a lease duration, as seen
+    /// from here. A new or changed record restarts the wait.
+    fn expired(&self, lease: &Lease, holder: &Option<String>) -> bool {
+        let spec = lease.spec.clone().unwrap_or_default();
+        let seen = Observed {
+            holder: holder.clone(),
+            renew_time: spec.renew_time.clone(),
+            resource_version: lease.metadata.resource_version.clone(),
+            since: Instant::now(),
+        };
+        let mut observed = self.observed.lock().expect("not poisoned");
+        let since = match observed.as_ref() {
+            Some(old)
+                if old.holder == seen.holder
+                    && old.renew_time == seen.renew_time
+                    && old.resource_version == seen.resource_version =>
+            {
+                old.since
+            }
+            _ => {
+                *observed = Some(seen.clone());
+                seen.since
+            }
+        };
+        // The holder's own duration, when it states one: it promised to renew within it.
+        let lease_for = spec
+            .lease_duration_seconds
+            .map(|s| Duration::from_secs(s.max(1) as u64))
+            .unwrap_or(self.timing.lease);
+        since.elapsed() >= lease_for
+    }
+
     /// One election round: create the lease if there is none, renew it if it is ours, take it
-    /// over if its holder stopped renewing, otherwise stay a follower.
+    /// over if its holder released it or left it unchanged for a lease duration, otherwise stay
+    /// a follower.
     pub async fn try_acquire_or_renew(&self, now: Timestamp) -> Result<Outcome, kube::Error> {
         let Some(current) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
@@ -90,14 +176,8 @@ impl LeaseLock {
         let spec = current.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
         let ours = holder.as_deref() == Some(self.identity.as_str());
-        let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-            (Some(MicroTime(renewed)), Some(secs)) => {
-                *renewed + SignedDuration::from_secs(secs.into()) < now
-            }
-            // A lease nobody renews (or a released one) is free.
-            _ => true,
-        };
-        if !ours && holder.is_some() && !expired {
+        // A released lease (no holder) is free at once.
+        if !ours && holder.is_some() && !self.expired(&current, &holder) {
             return Ok(Outcome::Follower { holder });
         }
         let transitions = spec.lease_transitions.unwrap_or(0);
@@ -154,36 +234,57 @@ impl LeaseLock {
         }
     }
 
-    /// Blocks until this process is the leader, retrying every `retry`.
-    pub async fn acquire(&self, retry: Duration) {
+    /// One round, bounded by the request timeout (a hung API server must not hang the
+    /// election).
+    async fn round(&self, limit: Duration) -> Result<Outcome, String> {
+        match tokio::time::timeout(limit, self.try_acquire_or_renew(Timestamp::now())).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {limit:?}")),
+        }
+    }
+
+    /// Blocks until this process is the leader, retrying every retry period.
+    pub async fn acquire(&self) {
         loop {
-            match self.try_acquire_or_renew(Timestamp::now()).await {
+            match self.round(self.timing.request_timeout()).await {
                 Ok(Outcome::Leader) => return,
                 Ok(Outcome::Follower { holder }) => {
                     info!(?holder, "standing by: another replica leads")
                 }
-                Err(e) => warn!(error = %e, "leader election failed"),
+                Err(error) => warn!(%error, "leader election failed"),
             }
-            tokio::time::sleep(retry).await;
+            tokio::time::sleep(self.timing.retry).await;
         }
     }
 
-    /// Renews the lease every `period` and returns once leadership is lost: another replica
-    /// holds it, or renewals failed for longer than the lease lasts (after which a standby may
-    /// already have taken over, so the caller must stop reconciling).
-    pub async fn hold(&self, period: Duration) -> LostLease {
-        let mut last_renewal = tokio::time::Instant::now();
+    /// [`acquire`](Self::acquire), unless `shutdown` resolves first: then `false`, at once (a
+    /// standby must not sit out the termination grace period).
+    pub async fn acquire_unless(&self, shutdown: impl std::future::Future<Output = ()>) -> bool {
+        tokio::select! {
+            () = self.acquire() => true,
+            () = shutdown => false,
+        }
+    }
+
+    /// Renews the lease every retry period and returns once leadership is lost: another
+    /// replica holds it, or no renewal succeeded within the renew deadline (after which a
+    /// standby may soon take over, so the caller must stop reconciling at once).
+    pub async fn hold(&self) -> LostLease {
+        // Counted from when the last successful renewal was *sent*.
+        let mut renewed = Instant::now();
         loop {
-            tokio::time::sleep(period).await;
-            match self.try_acquire_or_renew(Timestamp::now()).await {
-                Ok(Outcome::Leader) => last_renewal = tokio::time::Instant::now(),
+            tokio::time::sleep(self.timing.retry).await;
+            let deadline = renewed + self.timing.renew_deadline;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return LostLease::RenewDeadline;
+            }
+            let sent = Instant::now();
+            match self.round(left.min(self.timing.request_timeout())).await {
+                Ok(Outcome::Leader) => renewed = sent,
                 Ok(Outcome::Follower { holder }) => return LostLease::TakenBy(holder),
-                Err(e) => {
-                    warn!(error = %e, "renewing the leader lease failed");
-                    if last_renewal.elapsed() >= self.duration {
-                        return LostLease::Expired;
-                    }
-                }
+                Err(error) => warn!(%error, "renewing the leader lease failed"),
             }
         }
     }
@@ -193,7 +294,8 @@ impl LeaseLock {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LostLease {
     TakenBy(Option<String>),
-    Expired,
+    /// No renewal succeeded within the renew deadline.
+    RenewDeadline,
 }
 
 #[cfg(test)]
@@ -299,19 +401,40 @@ mod tests {
         server.done().await; // no write attempted
     }
 
-    #[tokio::test]
-    async fn takes_over_an_expired_lease() {
+    fn lease_v(holder: &str, renewed: i64, version: &str) -> Value {
+        let mut l = lease(holder, renewed, 3);
+        l["metadata"]["resourceVersion"] = version.into();
+        l
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn takes_over_only_a_record_unchanged_for_a_lease_duration_as_seen_here() {
         let (lock, mut server) = lock();
+        // pod-b's clock is far behind ours: its renewTime looks ancient. That alone must not
+        // make the lease look expired; only our own observation counts.
+        for (advance, version) in [(0, "42"), (10, "43"), (14, "43")] {
+            tokio::time::advance(Duration::from_secs(advance)).await;
+            let scenario =
+                server.expect(Method::GET, PATH, move |_| ok(lease_v("pod-b", 1, version)));
+            let (outcome, _) = tokio::join!(lock.try_acquire_or_renew(at(1000)), scenario);
+            // 0 s: first sight; 10 s: it changed (pod-b renewed); 24 s: unchanged for 14 s only.
+            assert!(!outcome.unwrap().is_leader(), "after +{advance}s");
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
         let scenario = async {
             server
-                .expect(Method::GET, PATH, |_| ok(lease("pod-b", 900, 3)))
+                .expect(Method::GET, PATH, |_| ok(lease_v("pod-b", 1, "43")))
                 .await;
             server
                 .expect(Method::PUT, PATH, |s| ok(s.body.clone()))
                 .await
         };
         let (outcome, put) = tokio::join!(lock.try_acquire_or_renew(at(1000)), scenario);
-        assert_eq!(outcome.unwrap(), Outcome::Leader);
+        assert_eq!(
+            outcome.unwrap(),
+            Outcome::Leader,
+            "unchanged for 15 s: taken over"
+        );
         assert_eq!(put.body["spec"]["holderIdentity"], "pod-a");
         assert_eq!(put.body["spec"]["leaseTransitions"], 4);
         assert_eq!(put.body["spec"]["acquireTime"], json!(MicroTime(at(1000))));
@@ -321,20 +444,16 @@ mod tests {
     async fn losing_the_race_makes_a_follower() {
         let (lock, mut server) = lock();
         let scenario = async {
+            // Released (no holder): free at once, but another replica writes first.
             server
-                .expect(Method::GET, PATH, |_| ok(lease("pod-b", 900, 3)))
+                .expect(Method::GET, PATH, |_| ok(lease("", 900, 3)))
                 .await;
             server
                 .expect(Method::PUT, PATH, |_| status_error(409, "Conflict"))
                 .await;
         };
         let (outcome, ()) = tokio::join!(lock.try_acquire_or_renew(at(1000)), scenario);
-        assert_eq!(
-            outcome.unwrap(),
-            Outcome::Follower {
-                holder: Some("pod-b".into())
-            }
-        );
+        assert_eq!(outcome.unwrap(), Outcome::Follower { holder: None });
     }
 
     #[tokio::test]
@@ -364,23 +483,82 @@ mod tests {
         server.done().await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_stops_waiting_at_once_on_shutdown() {
+        let (lock, mut server) = lock();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let scenario = async {
+            server
+                .expect(Method::GET, PATH, |_| ok(lease("pod-b", 5, 1)))
+                .await;
+            // SIGTERM arrives while standing by.
+            stop.send(()).unwrap();
+        };
+        let (leading, ()) = tokio::join!(lock.acquire_unless(shutdown), scenario);
+        assert!(!leading);
+        drop(lock);
+        server.done().await; // no further election round
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn hold_returns_when_another_replica_took_the_lease() {
         let (lock, mut server) = lock();
         let scenario = async {
-            // First renewal succeeds, the second finds pod-b holding a fresh lease.
+            // First renewal succeeds, the second finds pod-b holding the lease.
             server
                 .expect(Method::GET, PATH, |_| ok(lease("pod-a", 0, 0)))
                 .await;
             server
                 .expect(Method::PUT, PATH, |s| ok(s.body.clone()))
                 .await;
-            let now = Timestamp::now().as_second();
             server
-                .expect(Method::GET, PATH, move |_| ok(lease("pod-b", now, 1)))
+                .expect(Method::GET, PATH, move |_| ok(lease("pod-b", 5, 1)))
                 .await;
         };
-        let (lost, ()) = tokio::join!(lock.hold(Duration::from_millis(10)), scenario);
+        let (lost, ()) = tokio::join!(lock.hold(), scenario);
         assert_eq!(lost, LostLease::TakenBy(Some("pod-b".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_renewals_hang_stops_before_a_standby_may_take_over() {
+        let (lock, mut server) = lock();
+        let timing = lock.timing();
+        assert!(timing.renew_deadline < timing.lease);
+        assert!(timing.request_timeout() < timing.renew_deadline);
+        let hold = async { (lock.hold().await, Instant::now()) };
+        let scenario = async {
+            server
+                .expect(Method::GET, PATH, |_| ok(lease("pod-a", 0, 0)))
+                .await;
+            let renewed_at = Instant::now();
+            server
+                .expect(Method::PUT, PATH, |s| ok(s.body.clone()))
+                .await;
+            // From now on the API server accepts requests and never answers them.
+            let mut unanswered = Vec::new();
+            while let Ok(Some(pending)) =
+                tokio::time::timeout(timing.lease * 2, server.0.next_request()).await
+            {
+                unanswered.push(pending);
+            }
+            (renewed_at, unanswered.len())
+        };
+        let ((lost, gave_up_at), (renewed_at, hung)) = tokio::join!(hold, scenario);
+        assert_eq!(lost, LostLease::RenewDeadline);
+        assert!(hung >= 1, "renewals were attempted");
+        // (Virtual time.) A standby that saw that renewal may take over no earlier than a
+        // lease duration after it; the leader had stopped before.
+        let led_for = gave_up_at - renewed_at;
+        assert!(
+            led_for < timing.lease,
+            "led {led_for:?} past its last renewal"
+        );
+        assert!(
+            led_for >= timing.renew_deadline - timing.retry,
+            "{led_for:?}"
+        );
     }
 }

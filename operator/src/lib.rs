@@ -2,22 +2,42 @@
 //! volumes, Services and policies.
 
 pub mod crd;
+pub mod crd_upgrade;
+pub mod health;
 pub mod leader;
 pub mod metrics;
-pub mod quantity;
 pub mod reconcile;
 pub mod render;
 pub mod resources;
 pub mod run;
+pub mod schema_rules;
 pub mod server;
 pub mod status;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
+
+/// Annotation on the CRD naming the operator release that generated it: how `--apply-crd`
+/// avoids downgrading it, and how tests check that the chart's CRD and app version agree.
+pub const CRD_VERSION_ANNOTATION: &str = "casserole.io/operator-version";
+
+/// The CustomResourceDefinition, annotated with this release's version.
+pub fn crd_object() -> CustomResourceDefinition {
+    let mut crd = crd::CasseroleCache::crd();
+    crd.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            CRD_VERSION_ANNOTATION.into(),
+            env!("CARGO_PKG_VERSION").into(),
+        );
+    crd
+}
 
 /// The CustomResourceDefinition as YAML, exactly what `casserole-operator crd` prints and
 /// what `crds/casserolecaches.casserole.io.yaml` must contain.
 pub fn crd_yaml() -> String {
-    serde_yaml::to_string(&crd::CasseroleCache::crd()).expect("the CRD serializes")
+    serde_yaml::to_string(&crd_object()).expect("the CRD serializes")
 }
 
 #[cfg(test)]

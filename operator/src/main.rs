@@ -36,6 +36,9 @@ enum Command {
         /// Leave the peer token Secret out.
         #[arg(long)]
         without_secret: bool,
+        /// IP family of the cluster's pod addresses (IPv6 peering URLs are bracketed).
+        #[arg(long, value_enum, default_value = "IPv4")]
+        ip_family: casserole_operator::resources::IpFamily,
     },
 }
 
@@ -51,6 +54,7 @@ fn main() -> anyhow::Result<()> {
             namespace,
             peer_token,
             without_secret,
+            ip_family,
         } => {
             let input = if file.as_os_str() == "-" {
                 let mut s = String::new();
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
                 namespace,
                 peer_token,
                 without_secret,
+                ip_family,
             };
             print!("{}", render(&input, &opts)?);
             Ok(())

@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::mock::{self, echo, status_error, ApiServer, Seen};
 use crate::reconcile::{error_policy, reconcile, Context, Error, REQUEUE_PENDING, REQUEUE_READY};
 use crate::resources::testing::{cache_from_spec, default_cache};
-use crate::resources::{desired, Object};
+use crate::resources::{desired_for, secret, Inputs, Object};
 
 const SECRET_PATH: &str = "/api/v1/namespaces/cdn/secrets/web-peer-token";
 const STATUS_PATH: &str = "/apis/casserole.io/v1alpha1/namespaces/cdn/casserolecaches/web/status";
@@ -72,11 +72,36 @@ fn workload_answer(seen: &Seen, ready: i32) -> (StatusCode, Value) {
     (StatusCode::OK, body)
 }
 
+/// The existing peer token Secret the fake API server hands out: token "secret".
+fn existing_secret() -> (StatusCode, Value) {
+    (
+        StatusCode::OK,
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "web-peer-token", "namespace": "cdn"},
+               "data": {"token": "c2VjcmV0"}}),
+    )
+}
+const EXISTING_TOKEN: &str = "secret";
+
+/// The desired objects for pods on the given token.
+fn desired_with_token(cache: &CasseroleCache, token: &str) -> Vec<Object> {
+    let inputs = Inputs {
+        peer_token_fingerprint: Some(secret::token_fingerprint(token.as_bytes())),
+        ..Inputs::default()
+    };
+    desired_for(cache, &inputs).unwrap()
+}
+
 /// Expects one forced apply per desired object, in order, each carrying exactly the desired
-/// object; returns the bodies.
-async fn expect_applies(server: &mut ApiServer, cache: &CasseroleCache, ready: i32) -> Vec<Value> {
+/// object for pods on `token`; returns the bodies.
+async fn expect_applies(
+    server: &mut ApiServer,
+    cache: &CasseroleCache,
+    token: &str,
+    ready: i32,
+) -> Vec<Value> {
     let mut bodies = Vec::new();
-    for object in desired(cache).unwrap() {
+    for object in desired_with_token(cache, token) {
         let seen = server
             .expect(Method::PATCH, &object_path(&object), |s| {
                 workload_answer(s, ready)
@@ -99,6 +124,35 @@ fn status_answer(cache: &CasseroleCache, seen: &Seen) -> (StatusCode, Value) {
     let mut c = serde_json::to_value(cache).unwrap();
     c["status"] = seen.body["status"].clone();
     (StatusCode::OK, c)
+}
+
+const PODS_PATH: &str = "/api/v1/namespaces/cdn/pods";
+
+/// The cache pods, `ready` of them Ready.
+fn pods_answer(total: usize, ready: usize) -> (StatusCode, Value) {
+    let items: Vec<Value> = (0..total)
+        .map(|i| {
+            json!({"metadata": {"name": format!("web-{i}"), "namespace": "cdn"},
+                   "status": {"conditions": [{"type": "Ready", "status": if i < ready {"True"} else {"False"}}]}})
+        })
+        .collect();
+    (
+        StatusCode::OK,
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}),
+    )
+}
+
+/// Expects the pod list the members come from.
+async fn expect_members(server: &mut ApiServer, total: usize, ready: usize) {
+    let seen = server
+        .expect(Method::GET, PODS_PATH, |_| pods_answer(total, ready))
+        .await;
+    assert!(
+        seen.query.contains("app.kubernetes.io%2Finstance%3Dweb")
+            || seen.query.contains("app.kubernetes.io/instance=web"),
+        "{}",
+        seen.query
+    );
 }
 
 fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
@@ -131,7 +185,11 @@ async fn first_reconcile_with_prune_answer(
     let created = server
         .expect(Method::POST, "/api/v1/namespaces/cdn/secrets", echo)
         .await;
-    let applies = expect_applies(server, cache, 3).await;
+    let event = server.expect(Method::POST, EVENTS_PATH, echo).await;
+    assert_eq!(event.body["reason"], "Created");
+    assert_eq!(event.body["type"], "Normal");
+    let token = created.body["stringData"]["token"].as_str().unwrap();
+    let applies = expect_applies(server, cache, token, 3).await;
     // A new spec: look for leftovers of another workload kind (none).
     server
         .expect(
@@ -150,10 +208,22 @@ async fn first_reconcile_with_prune_answer(
             },
         )
         .await;
+    expect_members(server, 3, 3).await;
     let status = server
         .expect(Method::PATCH, STATUS_PATH, |s| status_answer(cache, s))
         .await;
     status.assert_apply();
+    // A new cache: a Normal Event lists what was created.
+    let event = server.expect(Method::POST, EVENTS_PATH, echo).await;
+    assert_eq!(
+        (event.body["type"].as_str(), event.body["reason"].as_str()),
+        (Some("Normal"), Some("Created"))
+    );
+    let note = event.body["note"].as_str().unwrap();
+    assert!(
+        note.contains("StatefulSet web-etcd") && note.contains("StatefulSet web"),
+        "{note}"
+    );
     (created, applies, status.body["status"].clone())
 }
 
@@ -183,6 +253,8 @@ async fn first_reconcile_creates_the_token_applies_everything_and_reports_ready(
     assert_eq!(condition(&status, "EtcdReady")["status"], "True");
     assert_eq!(condition(&status, "Progressing")["status"], "False");
     assert_eq!(condition(&status, "Degraded")["status"], "False");
+    assert_eq!(status["members"], json!(["web-0", "web-1", "web-2"]));
+    assert_eq!(condition(&status, "MembersReady")["status"], "True");
 }
 
 #[tokio::test]
@@ -202,15 +274,22 @@ async fn second_reconcile_is_idempotent() {
     let scenario = async {
         // The token exists: it is read, never recreated or rewritten.
         server
-            .expect(Method::GET, SECRET_PATH, |_| {
-                (StatusCode::OK, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-peer-token", "namespace": "cdn"}, "data": {"token": "c2VjcmV0"}}))
-            })
+            .expect(Method::GET, SECRET_PATH, |_| existing_secret())
             .await;
-        expect_applies(&mut server, &cache, 3).await
+        let applies = expect_applies(&mut server, &cache, EXISTING_TOKEN, 3).await;
+        expect_members(&mut server, 3, 3).await;
+        applies
     };
     let (second, second_applies) = tokio::join!(run(Arc::new(cache.clone()), &ctx), scenario);
     assert_eq!(second.unwrap(), Action::requeue(REQUEUE_READY));
-    assert_eq!(first_applies, second_applies, "same objects applied again");
+    // Same objects, except for the pods' token fingerprint (the first reconcile made a token,
+    // this one finds "secret").
+    assert_eq!(first_applies.len(), second_applies.len());
+    assert_eq!(
+        first_applies[..4],
+        second_applies[..4],
+        "etcd applied again unchanged"
+    );
     drop(ctx);
     // In particular: no status write, since nothing changed.
     server.done().await;
@@ -250,25 +329,72 @@ async fn invalid_spec_sets_the_condition_emits_a_warning_and_applies_nothing() {
 }
 
 #[tokio::test]
-async fn api_errors_take_the_error_policy_with_backoff() {
+async fn a_refused_apply_degrades_the_cache_warns_and_still_applies_the_rest() {
     let (ctx, mut server) = context();
     let cache = Arc::new(default_cache());
+    let objects = desired_with_token(&cache, EXISTING_TOKEN);
+    let refused = objects
+        .iter()
+        .position(|o| o.kind() == "StatefulSet" && o.name() == "web")
+        .unwrap();
     let scenario = async {
         server
-            .expect(Method::GET, SECRET_PATH, |_| (StatusCode::OK, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-peer-token"}})))
+            .expect(Method::GET, SECRET_PATH, |_| existing_secret())
             .await;
-        let first = &desired(&cache).unwrap()[0];
+        let mut applied = Vec::new();
+        for (i, object) in objects.iter().enumerate() {
+            let seen = server
+                .expect(Method::PATCH, &object_path(object), |s| {
+                    if i == refused {
+                        (
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                   "status": "Failure", "reason": "Invalid", "code": 422,
+                                   "message": "StatefulSet.apps \"web\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas' are forbidden"}),
+                        )
+                    } else {
+                        workload_answer(s, 3)
+                    }
+                })
+                .await;
+            applied.push(seen.body["kind"].clone());
+        }
         server
-            .expect(Method::PATCH, &object_path(first), |_| {
-                status_error(403, "Forbidden")
-            })
+            .expect(
+                Method::GET,
+                "/apis/apps/v1/namespaces/cdn/daemonsets/web",
+                |_| status_error(404, "NotFound"),
+            )
             .await;
+        let status = server
+            .expect(Method::PATCH, STATUS_PATH, |s| status_answer(&cache, s))
+            .await;
+        let event = server.expect(Method::POST, EVENTS_PATH, echo).await;
+        (applied, status.body["status"].clone(), event.body)
     };
-    let (result, ()) = tokio::join!(run(cache.clone(), &ctx), scenario);
+    let (result, (applied, status, event)) = tokio::join!(run(cache.clone(), &ctx), scenario);
+    // Every object was sent, the ones after the refused one too.
+    assert_eq!(applied.len(), objects.len());
     let err = result.unwrap_err();
     assert!(
-        matches!(&err, Error::Kube(kube::Error::Api(s)) if s.code == 403),
+        matches!(&err, Error::Apply(f) if f.len() == 1 && f[0].name == "web"),
         "{err}"
+    );
+
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "ApplyFailed");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains("StatefulSet web") && message.contains("Forbidden"),
+        "{message}"
+    );
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "ApplyFailed");
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("StatefulSet web: ") && note.contains("Forbidden"),
+        "{note}"
     );
 
     assert_eq!(
@@ -279,9 +405,71 @@ async fn api_errors_take_the_error_policy_with_backoff() {
         error_policy(cache.clone(), &err, ctx.clone()),
         Action::requeue(Duration::from_secs(10))
     );
-    assert_eq!(ctx.metrics.failures.with_label_values(&["api"]).get(), 2);
+    assert_eq!(ctx.metrics.failures.with_label_values(&["apply"]).get(), 2);
     drop(ctx);
-    // Nothing after the failed apply: the reconcile stopped there.
+    server.done().await;
+}
+
+#[tokio::test]
+async fn a_cache_being_deleted_is_not_reconciled() {
+    let (ctx, server) = context();
+    let mut cache = default_cache();
+    cache.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap(),
+    ));
+    let result = run(Arc::new(cache), &ctx).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    drop(ctx);
+    // No request at all: no Secret re-created, no object applied, no status written.
+    server.done().await;
+}
+
+#[tokio::test]
+async fn a_deleted_peer_token_is_made_again_and_the_pods_roll_onto_it() {
+    let (ctx, mut server) = context();
+    let mut cache = default_cache();
+    cache.status = Some(CasseroleCacheStatus {
+        observed_generation: Some(1),
+        ..CasseroleCacheStatus::default()
+    });
+    let before = desired_with_token(&cache, EXISTING_TOKEN);
+    let scenario = async {
+        server
+            .expect(Method::GET, SECRET_PATH, |_| status_error(404, "NotFound"))
+            .await;
+        let created = server
+            .expect(Method::POST, "/api/v1/namespaces/cdn/secrets", echo)
+            .await;
+        server.expect(Method::POST, EVENTS_PATH, echo).await;
+        let token = created.body["stringData"]["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let applies = expect_applies(&mut server, &cache, &token, 3).await;
+        expect_members(&mut server, 3, 3).await;
+        server
+            .expect(Method::PATCH, STATUS_PATH, |s| status_answer(&cache, s))
+            .await;
+        (token, applies)
+    };
+    let (result, (token, applies)) = tokio::join!(run(Arc::new(cache.clone()), &ctx), scenario);
+    result.unwrap();
+    assert_ne!(token, EXISTING_TOKEN);
+    let template_annotations =
+        |sts: &Value| sts["spec"]["template"]["metadata"]["annotations"].clone();
+    let old_sts = before.last().unwrap().to_value();
+    let new_sts = applies.last().unwrap();
+    assert_eq!(new_sts["metadata"]["name"], "web");
+    assert_ne!(
+        template_annotations(&old_sts)["casserole.io/config-hash"],
+        template_annotations(new_sts)["casserole.io/config-hash"],
+        "a new token changes the pod template, which rolls the pods"
+    );
+    assert_eq!(
+        template_annotations(new_sts)["casserole.io/peer-token"],
+        secret::token_fingerprint(token.as_bytes())
+    );
+    drop(ctx);
     server.done().await;
 }
 
@@ -301,7 +489,10 @@ async fn daemonset_with_external_etcd_reports_pods_not_ready_and_requeues_soon()
                 status_error(409, "AlreadyExists")
             })
             .await;
-        let applies = expect_applies(&mut server, &cache, 1).await;
+        server
+            .expect(Method::GET, SECRET_PATH, |_| existing_secret())
+            .await;
+        let applies = expect_applies(&mut server, &cache, EXISTING_TOKEN, 1).await;
         // Leftovers of a StatefulSet/managed-etcd past: ours are deleted, others' kept.
         let owned_by = |uid: &str| {
             json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "x", "ownerReferences": [
@@ -323,7 +514,11 @@ async fn daemonset_with_external_etcd_reports_pods_not_ready_and_requeues_soon()
                 |_| (StatusCode::OK, ours.clone()),
             )
             .await;
+        let pruned = server.expect(Method::POST, EVENTS_PATH, echo).await;
+        assert_eq!(pruned.body["reason"], "Pruned");
+        assert_eq!(pruned.body["type"], "Normal");
         for path in [
+            "/apis/policy/v1/namespaces/cdn/poddisruptionbudgets/web",
             "/api/v1/namespaces/cdn/services/web-etcd-peer",
             "/api/v1/namespaces/cdn/services/web-etcd",
             "/apis/policy/v1/namespaces/cdn/poddisruptionbudgets/web-etcd",
@@ -346,9 +541,12 @@ async fn daemonset_with_external_etcd_reports_pods_not_ready_and_requeues_soon()
                 |_| status_error(404, "NotFound"),
             )
             .await;
+        expect_members(&mut server, 2, 1).await;
         let status = server
             .expect(Method::PATCH, STATUS_PATH, |s| status_answer(&cache, s))
             .await;
+        let created = server.expect(Method::POST, EVENTS_PATH, echo).await;
+        assert_eq!(created.body["reason"], "Created");
         (applies, status.body["status"].clone())
     };
     let (result, (applies, status)) = tokio::join!(run(Arc::new(cache.clone()), &ctx), scenario);
@@ -356,7 +554,7 @@ async fn daemonset_with_external_etcd_reports_pods_not_ready_and_requeues_soon()
     drop(ctx);
     server.done().await;
 
-    assert_eq!(applies.len(), 5);
+    assert_eq!(applies.len(), 4, "no PodDisruptionBudget for a DaemonSet");
     assert_eq!(applies.last().unwrap()["kind"], "DaemonSet");
     assert_eq!(
         (status["replicas"].clone(), status["readyReplicas"].clone()),
@@ -365,6 +563,9 @@ async fn daemonset_with_external_etcd_reports_pods_not_ready_and_requeues_soon()
     assert_eq!(condition(&status, "Ready")["reason"], "PodsNotReady");
     assert_eq!(condition(&status, "EtcdReady")["reason"], "External");
     assert_eq!(condition(&status, "Degraded")["status"], "True");
+    // One of the two pods is ready: one member, as many as ready replicas.
+    assert_eq!(status["members"], json!(["web-0"]));
+    assert_eq!(condition(&status, "MembersReady")["status"], "True");
 }
 
 #[tokio::test]

@@ -32,6 +32,8 @@ pub struct RenderOptions {
     pub peer_token: Option<String>,
     /// Leave the peer token Secret out (when it is managed elsewhere).
     pub without_secret: bool,
+    /// IP family of the target cluster's pod addresses.
+    pub ip_family: resources::IpFamily,
 }
 
 /// Parses every `CasseroleCache` document of a (multi-document) YAML stream.
@@ -67,15 +69,23 @@ pub fn parse_caches(
 pub fn render_objects(input: &str, opts: &RenderOptions) -> Result<Vec<Object>, RenderError> {
     let mut out = Vec::new();
     for cache in parse_caches(input, opts.namespace.as_deref())? {
-        let objects = resources::desired(&cache).map_err(|source| RenderError::Invalid {
-            name: cache.name_any(),
-            source,
-        })?;
-        if !opts.without_secret {
-            let token = opts
-                .peer_token
+        let token = (!opts.without_secret).then(|| {
+            opts.peer_token
                 .clone()
-                .unwrap_or_else(secret::generate_token);
+                .unwrap_or_else(secret::generate_token)
+        });
+        let inputs = resources::Inputs {
+            ip_family: opts.ip_family,
+            peer_token_fingerprint: token
+                .as_deref()
+                .map(|t| secret::token_fingerprint(t.as_bytes())),
+        };
+        let objects =
+            resources::desired_for(&cache, &inputs).map_err(|source| RenderError::Invalid {
+                name: cache.name_any(),
+                source,
+            })?;
+        if let Some(token) = token {
             out.push(Object::Secret(Box::new(secret::peer_token_secret(
                 &cache, &token,
             ))));

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::{watcher, Controller};
@@ -15,10 +15,11 @@ use kube::{Api, Client};
 use tracing::{error, info, warn};
 
 use crate::crd::CasseroleCache;
-use crate::leader::LeaseLock;
+use crate::health::Liveness;
+use crate::leader::{LeaseLock, Timing};
 use crate::metrics::Metrics;
 use crate::reconcile::{error_policy, reconcile, Context};
-use crate::resources::FIELD_MANAGER;
+use crate::resources::{IpFamily, FIELD_MANAGER};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -44,6 +45,39 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,
+    /// IP family of pod addresses, which decides how cache pods spell their peering URL
+    /// (default: the family of this pod's own address, --pod-ip, else IPv4).
+    #[arg(long, env = "POD_IP_FAMILY", value_enum)]
+    pub pod_ip_family: Option<IpFamily>,
+    /// This pod's address (downward API `status.podIP`): pods of one cluster share a family.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
+    /// Apply this release's CRD at start unless a newer one is installed (Helm never upgrades
+    /// CRDs); needs `get` and `patch` on the CRD.
+    #[arg(long, env = "APPLY_CRD")]
+    pub apply_crd: bool,
+    /// /healthz fails once a reconcile has run this long (its requests time out far sooner).
+    #[arg(long, env = "STUCK_RECONCILE_SECONDS", default_value_t = 300)]
+    pub stuck_reconcile_seconds: u64,
+}
+
+impl RunArgs {
+    /// `--metrics-address`, where "every IPv4 interface" becomes "every IPv6 interface" on an
+    /// IPv6 pod (which has no IPv4 address the kubelet's probes could reach).
+    fn metrics_bind_address(&self) -> SocketAddr {
+        let addr = self.metrics_address;
+        if self.ip_family() == IpFamily::IPv6 && addr.ip() == std::net::Ipv4Addr::UNSPECIFIED {
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, addr.port()))
+        } else {
+            addr
+        }
+    }
+
+    fn ip_family(&self) -> IpFamily {
+        self.pod_ip_family
+            .or(self.pod_ip.map(IpFamily::of))
+            .unwrap_or_default()
+    }
 }
 
 fn init_tracing(format: &str) {
@@ -76,12 +110,48 @@ where
     }
 }
 
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler can be installed");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Read timeout of the reconciler's requests: a hung API server fails a reconcile (which is
+/// retried) instead of stalling it.
+const API_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read timeout of the watches: above the 290 s the API server keeps a watch open.
+const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(330);
+
+/// A client from the usual configuration (in-cluster or kubeconfig) with a read timeout.
+async fn client_with_read_timeout(read_timeout: Duration) -> anyhow::Result<Client> {
+    let mut config = kube::Config::infer().await?;
+    config.read_timeout = Some(read_timeout);
+    // Count the timeout from each request, not from when a pooled connection went idle.
+    config.reset_reader_on_write = true;
+    Ok(Client::try_from(config)?)
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = Client::try_default().await?;
+    let client = client_with_read_timeout(API_READ_TIMEOUT).await?;
+    let watch_client = client_with_read_timeout(WATCH_READ_TIMEOUT).await?;
     let metrics = Metrics::default();
-    let (addr, serve) = crate::server::bind(args.metrics_address, metrics.clone()).await?;
+    let liveness = Liveness::new(Duration::from_secs(args.stuck_reconcile_seconds));
+    let (addr, serve) = crate::server::bind(
+        args.metrics_bind_address(),
+        metrics.clone(),
+        liveness.clone(),
+    )
+    .await?;
     tokio::spawn(serve);
     info!(%addr, "serving /metrics and /healthz");
+
+    if args.apply_crd {
+        crate::crd_upgrade::apply(client.clone()).await;
+    }
 
     let identity = args
         .identity
@@ -93,34 +163,50 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
     let duration = Duration::from_secs(args.lease_duration_seconds.max(3));
+    let timing = Timing::for_lease(duration);
     let lock = LeaseLock::new(
-        Api::<Lease>::namespaced(client.clone(), &lease_ns),
+        Api::<Lease>::namespaced(
+            client_with_read_timeout(timing.request_timeout()).await?,
+            &lease_ns,
+        ),
         &args.lease_name,
         &identity,
         duration,
     );
     info!(%identity, lease = %args.lease_name, namespace = %lease_ns, "waiting for leadership");
-    lock.acquire(duration / 3).await;
+    // A standby runs as PID 1 in its container, where SIGTERM without a handler is ignored:
+    // without this it would wait out the whole termination grace period.
+    if !lock.acquire_unless(shutdown_signal()).await {
+        info!("shutting down while standing by");
+        return Ok(());
+    }
     metrics.leader.set(1);
     info!(%identity, "leading");
 
     let ns = args.watch_namespace.as_deref();
     let selector =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        Some(identity),
-    ));
+    let ip_family = args.ip_family();
+    info!(?ip_family, "pod IP family");
+    let ctx = Arc::new(
+        Context::new(client.clone(), metrics.clone(), Some(identity))
+            .with_ip_family(ip_family)
+            .with_liveness(liveness),
+    );
     let controller = Controller::new(
-        owned::<CasseroleCache>(&client, ns),
+        owned::<CasseroleCache>(&watch_client, ns),
         watcher::Config::default().any_semantic(),
     )
-    .owns(owned::<StatefulSet>(&client, ns), selector.clone())
-    .owns(owned::<DaemonSet>(&client, ns), selector.clone())
-    .owns(owned::<Service>(&client, ns), selector.clone())
-    .owns(owned::<PodDisruptionBudget>(&client, ns), selector.clone())
-    .owns(owned::<NetworkPolicy>(&client, ns), selector)
+    .owns(owned::<StatefulSet>(&watch_client, ns), selector.clone())
+    .owns(owned::<DaemonSet>(&watch_client, ns), selector.clone())
+    .owns(owned::<Service>(&watch_client, ns), selector.clone())
+    .owns(
+        owned::<PodDisruptionBudget>(&watch_client, ns),
+        selector.clone(),
+    )
+    .owns(owned::<NetworkPolicy>(&watch_client, ns), selector.clone())
+    // The peer token: deleting it makes the operator create a new one and roll the pods.
+    .owns(owned::<Secret>(&watch_client, ns), selector)
     .shutdown_on_signal()
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
@@ -138,12 +224,47 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics.leader.set(0);
             Ok(())
         }
-        lost = lock.hold(duration / 3) => {
+        lost = lock.hold() => {
             // Another replica may already be reconciling: stop at once. The pod restarts
             // and rejoins the election as a standby.
             metrics.leader.set(0);
             error!(?lost, "lost the leader lease");
             anyhow::bail!("lost the leader lease: {lost:?}")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["run"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().run
+    }
+
+    #[test]
+    fn ip_family_follows_the_pods_own_address_and_moves_the_metrics_listener() {
+        let v4 = args(&["--pod-ip=10.0.0.7"]);
+        assert_eq!(v4.ip_family(), IpFamily::IPv4);
+        assert_eq!(v4.metrics_bind_address().to_string(), "0.0.0.0:8080");
+        let v6 = args(&["--pod-ip=fd00::7"]);
+        assert_eq!(v6.ip_family(), IpFamily::IPv6);
+        assert_eq!(v6.metrics_bind_address().to_string(), "[::]:8080");
+        let forced = args(&["--pod-ip=10.0.0.7", "--pod-ip-family=IPv6"]);
+        assert_eq!(forced.ip_family(), IpFamily::IPv6);
+        let explicit = args(&["--pod-ip=fd00::7", "--metrics-address=127.0.0.1:9000"]);
+        assert_eq!(
+            explicit.metrics_bind_address().to_string(),
+            "127.0.0.1:9000"
+        );
     }
 }

@@ -11,18 +11,30 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
+use crate::health::Liveness;
 use crate::metrics::Metrics;
 
-fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(
+    metrics: &Metrics,
+    liveness: &Liveness,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => (
             StatusCode::OK,
             "text/plain; version=0.0.4",
             metrics.render(),
         ),
-        // Liveness: the process serves requests. (Readiness to reconcile is leadership, which
-        // a standby replica legitimately lacks, so it is not a health signal.)
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        // Liveness: the process serves requests and no reconcile is stuck. (Readiness to
+        // reconcile is leadership, which a standby legitimately lacks: not a health signal.)
+        "/healthz" => match liveness.check() {
+            Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            Err(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("{reason}\n"),
+            ),
+        },
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -40,6 +52,7 @@ fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> 
 pub async fn bind(
     addr: SocketAddr,
     metrics: Metrics,
+    liveness: Liveness,
 ) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -53,9 +66,10 @@ pub async fn bind(
                 }
             };
             let metrics = metrics.clone();
+            let liveness = liveness.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
-                    let resp = respond(&metrics, &req);
+                    let resp = respond(&metrics, &liveness, &req);
                     async move { Ok::<_, Infallible>(resp) }
                 });
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -92,7 +106,10 @@ mod tests {
         let metrics = Metrics::default();
         metrics.reconciles.inc();
         metrics.duration.with_label_values(&["ok"]).observe(0.2);
-        let (addr, serve) = bind("127.0.0.1:0".parse().unwrap(), metrics).await.unwrap();
+        let liveness = Liveness::new(std::time::Duration::from_millis(20));
+        let (addr, serve) = bind("127.0.0.1:0".parse().unwrap(), metrics, liveness.clone())
+            .await
+            .unwrap();
         let server = tokio::spawn(serve);
         let m = get(addr, "/metrics").await;
         assert!(m.starts_with("HTTP/1.1 200"), "{m}");
@@ -104,6 +121,14 @@ mod tests {
         let h = get(addr, "/healthz").await;
         assert!(h.starts_with("HTTP/1.1 200") && h.ends_with("ok\n"), "{h}");
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+        // A reconcile stuck past the limit fails liveness.
+        let _stuck = liveness.start();
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        let h = get(addr, "/healthz").await;
+        assert!(
+            h.starts_with("HTTP/1.1 503") && h.contains("running for"),
+            "{h}"
+        );
         server.abort();
     }
 }

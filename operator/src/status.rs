@@ -15,6 +15,7 @@ pub const READY: &str = "Ready";
 pub const ETCD_READY: &str = "EtcdReady";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+pub const MEMBERS_READY: &str = "MembersReady";
 
 /// What a StatefulSet or DaemonSet reports about its pods.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -189,12 +190,103 @@ pub fn invalid(cache: &CasseroleCache, err: &InvalidSpec, now: Timestamp) -> Cas
         condition(cache, now, READY, false, "InvalidSpec", message.clone()),
         condition(cache, now, DEGRADED, true, "InvalidSpec", message),
     ] {
-        match status.conditions.iter_mut().find(|c| c.type_ == new.type_) {
-            Some(old) => *old = new,
-            None => status.conditions.push(new),
-        }
+        upsert(&mut status, new);
     }
     status
+}
+
+/// Records the cluster members (cache pods whose `/readyz` passes, which needs their etcd
+/// membership loaded) and `MembersReady`: True when there are as many as ready replicas.
+/// `None`: the pods could not be read, so the condition says Unknown.
+pub fn set_members(
+    status: &mut CasseroleCacheStatus,
+    cache: &CasseroleCache,
+    members: Option<Vec<String>>,
+    now: Timestamp,
+) {
+    let Some(members) = members else {
+        let mut unknown = condition(
+            cache,
+            now,
+            MEMBERS_READY,
+            false,
+            "Unknown",
+            "the cache pods could not be listed".into(),
+        );
+        unknown.status = "Unknown".into();
+        upsert(status, unknown);
+        return;
+    };
+    let n = members.len() as i32;
+    let ok = n > 0 && n == status.ready_replicas;
+    let message = format!("{n} members, {} ready replicas", status.ready_replicas);
+    let reason = if ok {
+        "AllMembersReady"
+    } else {
+        "MembersMissing"
+    };
+    status.members = members;
+    upsert(
+        status,
+        condition(cache, now, MEMBERS_READY, ok, reason, message),
+    );
+}
+
+/// What changed between the previous status and the new one that users want told as a Normal
+/// Event: `(reason, note)` pairs for a scale (a new spec with a different pod count) and for a
+/// rollout starting or completing.
+pub fn notable_changes(
+    cache: &CasseroleCache,
+    new: &CasseroleCacheStatus,
+    desired: i32,
+) -> Vec<(&'static str, String)> {
+    let Some(old) = cache.status.as_ref() else {
+        return Vec::new(); // a new cache: its creation is news enough
+    };
+    let mut changes = Vec::new();
+    let new_spec = old.observed_generation != cache.metadata.generation;
+    if new_spec && old.replicas != desired {
+        changes.push((
+            "Scaled",
+            format!("scaling from {} to {desired} cache pods", old.replicas),
+        ));
+    }
+    let progressing = |s: &CasseroleCacheStatus| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == PROGRESSING && c.status == "True")
+    };
+    let known = old.conditions.iter().any(|c| c.type_ == PROGRESSING);
+    match (known && progressing(old), progressing(new)) {
+        (false, true) if known => changes.push((
+            "RollingOut",
+            "the pod template changed: rolling the cache pods".into(),
+        )),
+        (true, false) => changes.push(("RolloutComplete", "all cache pods updated".into())),
+        _ => {}
+    }
+    changes
+}
+
+/// The status after some objects could not be applied: `Degraded=True` with reason
+/// `ApplyFailed` and the API's messages; counts and the other conditions stay as they were,
+/// since the workloads may be serving with their previous spec.
+pub fn apply_failed(cache: &CasseroleCache, message: &str, now: Timestamp) -> CasseroleCacheStatus {
+    let mut status = cache.status.clone().unwrap_or_default();
+    status.observed_generation = cache.metadata.generation;
+    status.selector = Some(selector_string(cache));
+    upsert(
+        &mut status,
+        condition(cache, now, DEGRADED, true, "ApplyFailed", message.into()),
+    );
+    status
+}
+
+fn upsert(status: &mut CasseroleCacheStatus, new: Condition) {
+    match status.conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(old) => *old = new,
+        None => status.conditions.push(new),
+    }
 }
 
 #[cfg(test)]
@@ -295,6 +387,53 @@ mod tests {
             cond(&flipped, ETCD_READY).last_transition_time,
             Time(at(100))
         );
+    }
+
+    #[test]
+    fn scaling_and_rollouts_are_news_once() {
+        let mut cache = default_cache();
+        assert!(notable_changes(&cache, &compute(&cache, done(3), None, at(1)), 3).is_empty());
+        cache.status = Some(compute(&cache, done(3), None, at(1)));
+        // Same spec, same pods: nothing to tell.
+        assert!(notable_changes(&cache, &compute(&cache, done(3), None, at(2)), 3).is_empty());
+        // A new generation with 5 pods wanted: scaled; a template change: rolling out.
+        cache.metadata.generation = Some(2);
+        let rolling = Rollout {
+            updated: 1,
+            ..done(5)
+        };
+        let new = compute(&cache, rolling, None, at(3));
+        let reasons: Vec<_> = notable_changes(&cache, &new, 5)
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        assert_eq!(reasons, ["Scaled", "RollingOut"]);
+        cache.status = Some(new);
+        let done_now = compute(&cache, done(5), None, at(4));
+        let reasons: Vec<_> = notable_changes(&cache, &done_now, 5)
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        assert_eq!(reasons, ["RolloutComplete"]);
+    }
+
+    #[test]
+    fn members_ready_when_every_ready_replica_is_a_member() {
+        let cache = default_cache();
+        let mut s = compute(&cache, done(3), None, at(100));
+        let names = |n: usize| Some((0..n).map(|i| format!("web-{i}")).collect());
+        set_members(&mut s, &cache, names(3), at(100));
+        assert_eq!(s.members, ["web-0", "web-1", "web-2"]);
+        assert_eq!(cond(&s, MEMBERS_READY).status, "True");
+        set_members(&mut s, &cache, names(2), at(100));
+        assert_eq!(cond(&s, MEMBERS_READY).status, "False");
+        assert_eq!(cond(&s, MEMBERS_READY).reason, "MembersMissing");
+        assert_eq!(
+            cond(&s, MEMBERS_READY).message,
+            "2 members, 3 ready replicas"
+        );
+        set_members(&mut s, &cache, None, at(100));
+        assert_eq!(cond(&s, MEMBERS_READY).status, "Unknown");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use casserole_operator::crd::CasseroleCache;
-use kube::core::cel::validate_cel;
+use kube::core::cel::{validate_cel, validate_cel_update};
 
 fn yaml_files(dir: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
@@ -56,4 +56,125 @@ fn cel_rejected_examples_fail_the_cel_rules() {
         checked += 1;
     }
     assert!(checked >= 3, "only {checked} CEL-rejected examples");
+}
+
+fn cache(spec: serde_json::Value) -> CasseroleCache {
+    cache_named("web", spec)
+}
+
+fn cache_named(name: &str, mut spec: serde_json::Value) -> CasseroleCache {
+    spec["upstream"] = "http://u".into();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "casserole.io/v1alpha1", "kind": "CasseroleCache",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn rejected(result: Result<(), kube::core::cel::ValidationErrors>) -> String {
+    format!("{:?}", result.expect_err("the CEL rules accepted it"))
+}
+
+#[test]
+fn chunk_size_bounds_are_the_nodes() {
+    use casserole_limits::{CHUNK_SIZE_MAX, CHUNK_SIZE_MIN};
+    for ok in [
+        "64Ki".to_string(),
+        "64Mi".to_string(),
+        CHUNK_SIZE_MIN.to_string(),
+        CHUNK_SIZE_MAX.to_string(),
+    ] {
+        validate_cel(&cache(serde_json::json!({"chunkSize": ok}))).unwrap();
+    }
+    for bad in [
+        (CHUNK_SIZE_MIN - 1).to_string(),
+        (CHUNK_SIZE_MAX + 1).to_string(),
+        "128Mi".into(),
+        "4Ki".into(),
+    ] {
+        let errors = rejected(validate_cel(&cache(serde_json::json!({"chunkSize": bad}))));
+        assert!(errors.contains("between 64Ki and 64Mi"), "{errors}");
+    }
+}
+
+#[test]
+fn sizes_are_whole_positive_byte_counts() {
+    for bad in ["0", "1.5"] {
+        let errors = rejected(validate_cel(&cache(
+            serde_json::json!({"memory": {"maxUsage": bad}}),
+        )));
+        assert!(errors.contains("whole number of bytes"), "{bad}: {errors}");
+    }
+    validate_cel(&cache(serde_json::json!({"memory": {"maxUsage": "1.5Ki"}}))).unwrap();
+}
+
+#[test]
+fn names_that_collide_with_another_caches_objects_are_refused() {
+    for name in ["web-etcd", "web-peer", &"a".repeat(43)] {
+        let errors = rejected(validate_cel(&cache_named(name, serde_json::json!({}))));
+        assert!(
+            errors.contains("must not end with -etcd or -peer"),
+            "{errors}"
+        );
+    }
+    validate_cel(&cache_named("web-etcd-cache", serde_json::json!({}))).unwrap();
+}
+
+#[test]
+fn etcd_membership_and_volumes_are_fixed_after_creation() {
+    let old = cache(serde_json::json!({"etcd": {"managed": {"replicas": 1}}}));
+    let new = cache(serde_json::json!({"etcd": {"managed": {"replicas": 3}}}));
+    let errors = rejected(validate_cel_update(&new, &old));
+    assert!(
+        errors.contains("etcd.managed.replicas cannot change"),
+        "{errors}"
+    );
+    let errors = rejected(validate_cel_update(&old, &new));
+    assert!(
+        errors.contains("etcd.managed.replicas cannot change"),
+        "{errors}"
+    );
+    let bigger = cache(serde_json::json!({"etcd": {"managed": {"replicas": 1, "storage": "2Gi"}}}));
+    let errors = rejected(validate_cel_update(&bigger, &old));
+    assert!(
+        errors.contains("etcd.managed.storage cannot change"),
+        "{errors}"
+    );
+    // Unrelated changes pass, and so does switching to an external etcd.
+    let scaled = cache(serde_json::json!({"replicas": 5, "etcd": {"managed": {"replicas": 1}}}));
+    validate_cel_update(&scaled, &old).unwrap();
+    let external =
+        cache(serde_json::json!({"etcd": {"external": {"endpoints": ["http://e:2379"]}}}));
+    validate_cel_update(&external, &old).unwrap();
+}
+
+#[test]
+fn statefulset_volume_claims_are_fixed_but_daemonset_volumes_may_change() {
+    let old = cache(serde_json::json!({"disk": {"size": "10Gi"}}));
+    for (new, field) in [
+        (serde_json::json!({"disk": {"size": "20Gi"}}), "disk.size"),
+        (
+            serde_json::json!({"disk": {"size": "10Gi", "storageClassName": "fast"}}),
+            "disk.storageClassName",
+        ),
+        (
+            serde_json::json!({"disk": {"enabled": false}}),
+            "disk.enabled",
+        ),
+    ] {
+        let errors = rejected(validate_cel_update(&cache(new), &old));
+        assert!(
+            errors.contains(&format!("{field} cannot change")),
+            "{errors}"
+        );
+    }
+    let ds =
+        |size: &str| cache(serde_json::json!({"workload": "DaemonSet", "disk": {"size": size}}));
+    validate_cel_update(&ds("20Gi"), &ds("10Gi")).unwrap();
+    // Switching the workload kind creates a new StatefulSet: allowed.
+    validate_cel_update(
+        &cache(serde_json::json!({"disk": {"size": "20Gi"}})),
+        &ds("10Gi"),
+    )
+    .unwrap();
 }

@@ -77,6 +77,7 @@ VALUE_SETS: dict[str, dict] = {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}}
     },
     "dashboard": {"grafanaDashboard": {"enabled": True}},
+    "alerts": {"metrics": {"prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}}},
     "caches": {"caches": [DOWNLOADS, MODELS]},
     "external-etcd": {"caches": [EXTERNAL_ETCD]},
     "everything": {

@@ -183,8 +183,10 @@ EXPECTED_OPERATOR_RULES = sorted([
     (("",), ("services",), ("create", "delete", "get", "list", "patch", "watch")),
     (("policy",), ("poddisruptionbudgets",), ("create", "delete", "get", "list", "patch", "watch")),
     (("networking.k8s.io",), ("networkpolicies",), ("create", "delete", "get", "list", "patch", "watch")),
-    (("",), ("secrets",), ("create", "get")),
+    (("",), ("secrets",), ("create", "get", "list", "watch")),
+    (("",), ("pods",), ("list",)),
     (("events.k8s.io",), ("events",), ("create", "patch")),
+    (("apiextensions.k8s.io",), ("customresourcedefinitions",), ("get", "patch")),
 ])
 
 
@@ -195,6 +197,8 @@ def test_operator_cluster_role_is_exactly_least_privilege():
     docs = render()
     role = one(docs, "ClusterRole", OPERATOR)
     assert rules_of(role) == EXPECTED_OPERATOR_RULES
+    (crd_rule,) = [r for r in role["rules"] if r["apiGroups"] == ["apiextensions.k8s.io"]]
+    assert crd_rule["resourceNames"] == ["casserolecaches.casserole.io"], "its own CRD only"
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
         assert "deletecollection" not in rule["verbs"]
@@ -204,6 +208,25 @@ def test_operator_cluster_role_is_exactly_least_privilege():
     binding = one(docs, "ClusterRoleBinding", OPERATOR)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}]
+
+
+def test_crd_self_upgrade_can_be_turned_off():
+    docs = render({"crds": {"applyOnStart": False}})
+    role = one(docs, "ClusterRole", OPERATOR)
+    assert not [r for r in role["rules"] if "customresourcedefinitions" in r["resources"]]
+    args = one(docs, "Deployment", OPERATOR)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--apply-crd" not in args
+    args = one(render(), "Deployment", OPERATOR)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--apply-crd" in args
+
+
+def test_chart_app_version_and_crd_version_agree():
+    """The CRD in crds/ is the one the chart's operator release generates and applies."""
+    chart_yaml = yaml.safe_load((ROOT / "charts" / "casserole" / "Chart.yaml").read_text())
+    crd = yaml.safe_load((ROOT / "charts" / "casserole" / "crds" / "casserolecaches.casserole.io.yaml").read_text())
+    cargo = re.search(r'^version = "([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+    assert crd["metadata"]["annotations"]["casserole.io/operator-version"] == chart_yaml["appVersion"] == cargo
+    assert run_binary(OPERATOR_BIN, "--version").split()[-1] == chart_yaml["appVersion"]
 
 
 def test_leader_election_role_is_namespaced_to_leases():
@@ -250,7 +273,8 @@ def test_rbac_covers_what_the_operator_code_does():
     applied |= {"DaemonSet"}  # workload: DaemonSet renders one instead of the StatefulSet
     for kind in applied - {"Secret"}:
         assert {"create", "patch"} <= allowed(role, *KIND_RESOURCE[kind]), kind
-    assert allowed(role, *KIND_RESOURCE["Secret"]) == {"get", "create"}
+    # Secrets: created once and watched, never patched (the token is never rewritten).
+    assert allowed(role, *KIND_RESOURCE["Secret"]) == {"get", "list", "watch", "create"}
 
 
 def test_watch_namespace_binds_only_that_namespace():
@@ -310,10 +334,19 @@ def test_service_monitor_and_pod_monitor():
     annotations = template["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "9090"
 
+    # The managed etcd members are scraped too, on their own metrics port.
+    pm = one(docs, "PodMonitor", "casserole-etcd")
+    assert pm["spec"]["selector"]["matchLabels"].items() <= etcd["spec"]["template"]["metadata"]["labels"].items()
+    assert not pm["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    etcd_ports = {p["name"]: p["containerPort"] for p in etcd["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert endpoint["port"] == "metrics" and etcd_ports["metrics"] == 2381
+
 
 def test_pod_monitor_namespace_selector_is_configurable():
-    pm = one(render(VALUE_SETS["everything"]), "PodMonitor")
-    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["cdn"]}
+    for name in ("casserole-caches", "casserole-etcd"):
+        pm = one(render(VALUE_SETS["everything"]), "PodMonitor", name)
+        assert pm["spec"]["namespaceSelector"] == {"matchNames": ["cdn"]}
 
 
 def test_dashboard_configmap():

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end test of casserole-operator on a throwaway kind cluster:
 # install the CRD and operator, apply a cache, check what it became, fetch through it, change,
-# scale, break and fix its spec, fail the leader over, delete it and check garbage collection.
+# scale up and down, have the API server refuse changes a cluster cannot carry out (etcd
+# replicas, volume size, a chunk size the node refuses), delete and re-create the peer token,
+# break and fix its spec, fail the leader over, delete it (foreground) and check garbage
+# collection.
 #
 # Needs: docker, kind (>= 0.24, for NetworkPolicy support in kindnet), kubectl.
 # Usage:  tests/e2e/run.sh            (KEEP_CLUSTER=1 keeps the cluster afterwards;
@@ -58,7 +61,9 @@ for obj in statefulset/e2e statefulset/e2e-etcd service/e2e service/e2e-peer ser
     || fail "$obj is not owned by the cache"
 done
 [ "$(jp casserole/e2e '{.status.readyReplicas}')" = 2 ] || fail "status.readyReplicas != 2"
-kubectl get casserole -n "$NS"   # printer columns: Upstream, Replicas, Ready, Age
+kubectl get casserole -n "$NS"   # printer columns: Ready (condition), Upstream, Replicas, Pods Ready, Age
+[ "$(jp casserole/e2e "{.status.members[*]}")" = "e2e-0 e2e-1" ] || fail "status.members"
+[ "$(jp casserole/e2e "{.status.conditions[?(@.type==\"MembersReady\")].status}")" = True ] || fail "MembersReady"
 
 step "fetch through the cache (twice: the second is a hit)"
 fetch() {
@@ -85,6 +90,34 @@ until_ok 300 "3 ready cache pods" sh -c "[ \"\$(kubectl -n $NS get casserole e2e
 [ "$(jp statefulset/e2e '{.spec.template.metadata.annotations.casserole\.io/config-hash}')" = "$HASH" ] \
   || fail "scaling rolled the pods"
 
+step "scale back down: only replicas change"
+kubectl -n "$NS" scale casserole/e2e --replicas=2
+until_ok 300 "2 cache pods" sh -c "[ \"\$(kubectl -n $NS get sts e2e -o jsonpath='{.status.replicas}')\" = 2 ]"
+[ "$(jp statefulset/e2e '{.spec.template.metadata.annotations.casserole\.io/config-hash}')" = "$HASH" ] \
+  || fail "scaling down rolled the pods"
+
+step "changes a cluster cannot carry out are refused by the API server, with a message"
+out=$(kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"etcd":{"managed":{"replicas":3}}}}' 2>&1) \
+  && fail "etcd replica change accepted"
+echo "$out" | grep -q "etcd.managed.replicas cannot change" || fail "no clear message: $out"
+out=$(kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"disk":{"size":"2Gi"}}}' 2>&1) \
+  && fail "disk.size change accepted"
+echo "$out" | grep -q "disk.size cannot change" || fail "no clear message: $out"
+out=$(kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"chunkSize":"128Mi"}}' 2>&1) \
+  && fail "a chunk size the node refuses was accepted"
+echo "$out" | grep -q "between 64Ki and 64Mi" || fail "no clear message: $out"
+[ "$(jp statefulset/e2e-etcd '{.spec.replicas}')" = 1 ] || fail "etcd was resized"
+
+step "a deleted peer token is made again and the pods roll onto it"
+HASH=$(jp statefulset/e2e '{.spec.template.metadata.annotations.casserole\.io/config-hash}')
+kubectl -n "$NS" delete secret e2e-peer-token
+until_ok 60 "a new peer token" sh -c "kubectl -n $NS get secret e2e-peer-token -o jsonpath='{.data.token}' | grep -q ."
+[ "$(jp secret/e2e-peer-token '{.data.token}')" != "$TOKEN" ] || fail "same token"
+until_ok 60 "the pods roll" \
+  sh -c "[ \"\$(kubectl -n $NS get sts e2e -o jsonpath='{.spec.template.metadata.annotations.casserole\.io/config-hash}')\" != '$HASH' ]"
+kubectl -n "$NS" rollout status statefulset/e2e --timeout=300s
+kubectl -n "$NS" wait casserole/e2e --for=condition=Ready --timeout=180s
+
 step "an invalid spec sets Ready=False/InvalidSpec, emits a Warning and changes nothing"
 GEN=$(jp statefulset/e2e '{.metadata.generation}')
 kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"passThrough":["(unclosed"]}}'
@@ -103,8 +136,11 @@ kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"minTtlSeconds":9
 until_ok 60 "the new leader reconciles" \
   sh -c "kubectl -n $NS get sts e2e -o jsonpath='{.spec.template.spec.containers[0].args}' | grep -q -- --min-ttl=90s"
 
-step "delete: owner references garbage-collect everything, volumes included"
-kubectl -n "$NS" delete casserole e2e --wait=true
+step "delete (foreground): nothing is re-created while the children go, volumes included"
+TOKEN_UID=$(jp secret/e2e-peer-token '{.metadata.uid}')
+kubectl -n "$NS" delete casserole e2e --cascade=foreground --wait=true
+uid=$(kubectl -n "$NS" get secret e2e-peer-token -o jsonpath='{.metadata.uid}' 2>/dev/null || true)
+[ -z "$uid" ] || [ "$uid" = "$TOKEN_UID" ] || fail "a new peer token was created during deletion"
 until_ok 180 "owned objects gone" \
   sh -c "[ -z \"\$(kubectl -n $NS get sts,svc,pdb,netpol,secret,pvc -l app.kubernetes.io/instance=e2e -o name)\" ]"
 

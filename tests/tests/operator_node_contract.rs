@@ -2,9 +2,11 @@
 //! cache is one the node accepts, and it means what the spec says.
 
 use std::collections::HashMap;
+use std::path::Path;
 
-use casserole_node::config::Config;
+use casserole_node::config::{Config, ConfigError};
 use casserole_operator::render::{render_objects, RenderOptions};
+use casserole_operator::resources::IpFamily;
 use clap::Parser;
 
 const EXAMPLES: &[&str] = &[
@@ -48,52 +50,72 @@ fn node_containers(objects: &[serde_json::Value]) -> Vec<(Vec<String>, Vec<Strin
     found
 }
 
+/// The node's command line for the one cache workload rendered from `input`, with `$(VAR)`
+/// expanded as the kubelet would and the token file pointing at `token_file`.
+fn node_argv(input: &str, family: IpFamily, pod_ip: &str, token_file: &Path) -> Vec<String> {
+    let opts = RenderOptions {
+        ip_family: family,
+        ..RenderOptions::default()
+    };
+    let objects: Vec<serde_json::Value> = render_objects(input, &opts)
+        .unwrap_or_else(|e| panic!("render refused {input}: {e}"))
+        .iter()
+        .map(|o| o.to_value())
+        .collect();
+    let containers = node_containers(&objects);
+    assert_eq!(containers.len(), 1, "one cache workload");
+    let (args, env) = &containers[0];
+    let values: HashMap<&str, &str> = [
+        ("POD_IP", pod_ip),
+        ("POD_NAME", "cache-0"),
+        ("POD_NAMESPACE", "ns"),
+    ]
+    .into();
+    let mut argv = vec!["casserole-node".to_string()];
+    for arg in args {
+        let mut arg = arg.clone();
+        for var in env {
+            if let Some(v) = values.get(var.as_str()) {
+                arg = arg.replace(&format!("$({var})"), v);
+            }
+        }
+        assert!(
+            !arg.contains("$("),
+            "{arg} references a variable the container lacks"
+        );
+        // The Secret is mounted in the pod; here the token comes from a local file.
+        if let Some(rest) = arg.strip_prefix("--peer-token-file=") {
+            assert!(rest.starts_with('/'), "{arg}");
+            arg = format!("--peer-token-file={}", token_file.display());
+        }
+        argv.push(arg);
+    }
+    argv
+}
+
+fn node_config(argv: &[String]) -> Result<Config, String> {
+    Config::try_parse_from(argv)
+        .map_err(|e| e.to_string())?
+        .finish(|_| None)
+        .map_err(|e: ConfigError| e.to_string())
+}
+
+fn token_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "0123456789abcdef0123456789abcdef\n").unwrap();
+    (dir, file)
+}
+
 #[test]
 fn every_example_renders_a_node_command_line_the_node_accepts() {
-    let token_dir = tempfile::tempdir().unwrap();
-    let token_file = token_dir.path().join("token");
-    std::fs::write(&token_file, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let (_dir, token_file) = token_file();
     for example in EXAMPLES {
         let path = format!("{}/../examples/{example}", env!("CARGO_MANIFEST_DIR"));
         let input = std::fs::read_to_string(&path).unwrap();
         let spec: serde_yaml::Value = serde_yaml::from_str(&input).unwrap();
-        let objects: Vec<serde_json::Value> = render_objects(&input, &RenderOptions::default())
-            .unwrap()
-            .iter()
-            .map(|o| o.to_value())
-            .collect();
-        let containers = node_containers(&objects);
-        assert_eq!(containers.len(), 1, "{example}: one cache workload");
-        let (args, env) = &containers[0];
-        // The kubelet expands $(VAR) from the container's environment.
-        let values: HashMap<&str, &str> = [
-            ("POD_IP", "10.1.2.3"),
-            ("POD_NAME", "cache-0"),
-            ("POD_NAMESPACE", "ns"),
-        ]
-        .into();
-        let mut argv = vec!["casserole-node".to_string()];
-        for arg in args {
-            let mut arg = arg.clone();
-            for var in env {
-                if let Some(v) = values.get(var.as_str()) {
-                    arg = arg.replace(&format!("$({var})"), v);
-                }
-            }
-            assert!(
-                !arg.contains("$("),
-                "{example}: {arg} references a variable the container lacks"
-            );
-            // The Secret is mounted in the pod; here the token comes from a local file.
-            if let Some(rest) = arg.strip_prefix("--peer-token-file=") {
-                assert!(rest.starts_with('/'), "{example}: {arg}");
-                arg = format!("--peer-token-file={}", token_file.display());
-            }
-            argv.push(arg);
-        }
-        let cfg = Config::try_parse_from(&argv)
-            .unwrap_or_else(|e| panic!("{example}: the node rejects {argv:?}: {e}"))
-            .finish(|_| None)
+        let argv = node_argv(&input, IpFamily::IPv4, "10.1.2.3", &token_file);
+        let cfg = node_config(&argv)
             .unwrap_or_else(|e| panic!("{example}: the node rejects {argv:?}: {e}"));
         let upstream = spec["spec"]["upstream"].as_str().unwrap();
         assert_eq!(
@@ -117,4 +139,134 @@ fn every_example_renders_a_node_command_line_the_node_accepts() {
             assert!(!cfg.disk_cache_enabled, "{example}");
         }
     }
+}
+
+fn cache_yaml(spec_lines: &str) -> String {
+    format!(
+        "apiVersion: casserole.io/v1alpha1\nkind: CasseroleCache\nmetadata: {{name: web, namespace: ns}}\nspec:\n  upstream: http://u.example\n{spec_lines}"
+    )
+}
+
+/// The node, started with `--flag=value` on top of a valid command line, accepts it?
+fn node_accepts(flag: &str, value: &str) -> bool {
+    let (_dir, token_file) = token_file();
+    let mut argv = node_argv(&cache_yaml(""), IpFamily::IPv4, "10.1.2.3", &token_file);
+    argv.retain(|a| !a.starts_with(&format!("{flag}=")));
+    argv.push(format!("{flag}={value}"));
+    node_config(&argv).is_ok()
+}
+
+/// The operator renders the cache (its validation, without the apiserver's schema)?
+fn operator_accepts(spec_lines: &str) -> bool {
+    render_objects(&cache_yaml(spec_lines), &RenderOptions::default()).is_ok()
+}
+
+#[test]
+fn operator_and_node_agree_on_every_limit_just_inside_and_just_outside() {
+    use casserole_limits::{CHUNK_SIZE_MAX, CHUNK_SIZE_MIN};
+    let chunk_cases = [
+        (CHUNK_SIZE_MIN.to_string(), true),
+        ((CHUNK_SIZE_MIN - 1).to_string(), false),
+        (CHUNK_SIZE_MAX.to_string(), true),
+        ((CHUNK_SIZE_MAX + 1).to_string(), false),
+        ("64Ki".into(), true),
+        ("64Mi".into(), true),
+        ("128Mi".into(), false),
+        ("+1Mi".into(), false),
+        ("1e6".into(), false),
+        ("1.5Mi".into(), true),
+        ("1.0000001Mi".into(), false),
+    ];
+    for (value, ok) in chunk_cases {
+        assert_eq!(
+            node_accepts("--chunk-size", &value),
+            ok,
+            "node, chunk {value}"
+        );
+        assert_eq!(
+            operator_accepts(&format!("  chunkSize: \"{value}\"\n")),
+            ok,
+            "operator, chunk {value}"
+        );
+    }
+    let size_cases = [
+        ("1", true),
+        ("+1k", false),
+        ("-1k", false),
+        ("100m", false),
+        ("1.5", false),
+        ("7Ei", true),
+        ("8Ei", false),
+        ("2GiB", false),
+    ];
+    for (value, ok) in size_cases {
+        assert_eq!(
+            node_accepts("--max-memory-usage", value),
+            ok,
+            "node, size {value}"
+        );
+        assert_eq!(
+            operator_accepts(&format!("  memory: {{maxUsage: \"{value}\"}}\n")),
+            ok,
+            "operator, size {value}"
+        );
+    }
+    // Stricter on purpose: a zero memory tier is legal for the node, useless for a cache.
+    assert!(node_accepts("--max-memory-usage", "0"));
+    assert!(!operator_accepts("  memory: {maxUsage: \"0\"}\n"));
+    // Regexes: commas survive (one flag per pattern); what fails to compile fails both.
+    for (pattern, ok) in [("^/a{1,3}$", true), ("(unclosed", false), ("a{2,1}", false)] {
+        assert_eq!(
+            node_accepts("--pass-through", pattern),
+            ok,
+            "node, {pattern}"
+        );
+        assert_eq!(
+            operator_accepts(&format!("  passThrough: ['{pattern}']\n")),
+            ok,
+            "operator, {pattern}"
+        );
+    }
+    let (_dir, token_file) = token_file();
+    let argv = node_argv(
+        &cache_yaml("  passThrough: ['^/a{1,3}$', '\\.sig$']\n"),
+        IpFamily::IPv4,
+        "10.1.2.3",
+        &token_file,
+    );
+    assert_eq!(
+        node_config(&argv).unwrap().pass_through,
+        ["^/a{1,3}$", "\\.sig$"]
+    );
+}
+
+#[test]
+fn generated_peer_tokens_are_long_enough_for_the_node() {
+    let token = casserole_operator::resources::secret::generate_token();
+    casserole_limits::check_peer_token(&token).unwrap();
+}
+
+#[test]
+fn ipv6_pods_advertise_a_bracketed_peering_url() {
+    let (_dir, token_file) = token_file();
+    let argv = node_argv(
+        &cache_yaml(""),
+        IpFamily::IPv6,
+        "fd00:10:244::5",
+        &token_file,
+    );
+    let cfg = node_config(&argv).unwrap_or_else(|e| panic!("the node rejects {argv:?}: {e}"));
+    assert_eq!(cfg.peering_address, "http://[fd00:10:244::5]:8000");
+    // ...and listens on IPv6 (a pod has no IPv4 address to be reached at).
+    for addr in [cfg.address, cfg.admin_address, cfg.peer_address] {
+        assert!(addr.is_ipv6() && addr.ip().is_unspecified(), "{addr}");
+    }
+    // Unbracketed, the node would refuse it: the bracket is what makes it work.
+    let unbracketed = node_argv(
+        &cache_yaml(""),
+        IpFamily::IPv4,
+        "fd00:10:244::5",
+        &token_file,
+    );
+    assert!(node_config(&unbracketed).is_err());
 }

@@ -7,9 +7,9 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, EmptyDirVolumeSource, EphemeralVolumeSource,
+    Affinity, Container, EmptyDirVolumeSource, EphemeralVolumeSource, Lifecycle, LifecycleHandler,
     PersistentVolumeClaimTemplate, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec,
-    SecretVolumeSource, Volume, VolumeMount, WeightedPodAffinityTerm,
+    SecretVolumeSource, SleepAction, Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -22,7 +22,7 @@ use super::secret::{peer_token_secret_name, TOKEN_KEY};
 use super::validate::DiskPlan;
 use super::{
     default_node_image, hash_of, labels, namespace, network, object_meta, selector_labels,
-    Component, Object, Plan, CONFIG_HASH_ANNOTATION,
+    Component, IpFamily, Object, Plan, CONFIG_HASH_ANNOTATION, PEER_TOKEN_ANNOTATION,
 };
 use crate::crd::{CasseroleCache, LogFormat, WorkloadKind};
 
@@ -35,6 +35,16 @@ pub const PEER_TOKEN_DIR: &str = "/etc/casserole/peer";
 pub const CACHE_VOLUME: &str = "cache";
 /// How long a node drains in-flight requests; the pod gets a few seconds more before SIGKILL.
 const SHUTDOWN_GRACE_SECONDS: i64 = 30;
+/// How long a terminating pod keeps serving before the node is told to stop: long enough for
+/// its endpoint to leave the Services (and kube-proxy/peers to notice).
+pub const PRE_STOP_PAUSE_SECONDS: i64 = 5;
+/// Startup allowance: the disk index scan of a large cache may take minutes, and liveness
+/// must not kill a node still scanning (10 s × 60 = 10 min).
+const STARTUP_PROBE_PERIOD: i32 = 10;
+const STARTUP_PROBE_FAILURES: i32 = 60;
+/// Kubernetes sends SIGKILL this long after it starts terminating a pod: the pause, the node's
+/// own grace for in-flight responses, and a margin.
+pub const TERMINATION_GRACE_SECONDS: i64 = PRE_STOP_PAUSE_SECONDS + SHUTDOWN_GRACE_SECONDS + 5;
 
 /// Name of the StatefulSet or DaemonSet.
 pub fn workload_name(cache: &CasseroleCache) -> String {
@@ -47,14 +57,23 @@ pub fn cluster_name(cache: &CasseroleCache) -> String {
     format!("{}-{}", namespace(cache), cache.name_any())
 }
 
+/// The URL peers reach a pod at; an IPv6 literal in a URL needs brackets.
+fn peering_url(family: IpFamily) -> String {
+    match family {
+        IpFamily::IPv4 => format!("http://$(POD_IP):{PEER_PORT}"),
+        IpFamily::IPv6 => format!("http://[$(POD_IP)]:{PEER_PORT}"),
+    }
+}
+
 /// The `casserole-node` command line derived from the spec (the node's CLI contract).
 pub fn node_args(cache: &CasseroleCache, plan: &Plan) -> Vec<String> {
     let spec = &cache.spec;
+    let any = plan.inputs.ip_family.any_address();
     let mut args = vec![
-        format!("--address=0.0.0.0:{HTTP_PORT}"),
-        format!("--admin-address=0.0.0.0:{METRICS_PORT}"),
-        format!("--peer-address=0.0.0.0:{PEER_PORT}"),
-        format!("--peering-address=http://$(POD_IP):{PEER_PORT}"),
+        format!("--address={any}:{HTTP_PORT}"),
+        format!("--admin-address={any}:{METRICS_PORT}"),
+        format!("--peer-address={any}:{PEER_PORT}"),
+        format!("--peering-address={}", peering_url(plan.inputs.ip_family)),
         "--node-id=$(POD_NAME)".into(),
         format!("--upstream={}", spec.upstream),
     ];
@@ -122,7 +141,23 @@ fn container(cache: &CasseroleCache, plan: &Plan) -> Container {
             container_port("peer", PEER_PORT),
             container_port("metrics", METRICS_PORT),
         ]),
+        startup_probe: Some(http_probe(
+            "/healthz",
+            "metrics",
+            STARTUP_PROBE_PERIOD,
+            STARTUP_PROBE_FAILURES,
+        )),
         liveness_probe: Some(http_probe("/healthz", "metrics", 10, 3)),
+        // The image has no shell: the kubelet's own sleep action (Kubernetes 1.30+).
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_PAUSE_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         readiness_probe: Some(http_probe("/readyz", "metrics", 5, 2)),
         resources: spec.resources.clone(),
         volume_mounts: Some(mounts),
@@ -212,10 +247,18 @@ fn pod_selector(cache: &CasseroleCache) -> LabelSelector {
 /// replica count change (not part of the template) never does.
 pub fn pod_template(cache: &CasseroleCache, plan: &Plan) -> PodTemplateSpec {
     let spec = &cache.spec;
+    // The user's annotations win over the operator's defaults.
     let mut annotations = spec.pod_annotations.clone();
-    annotations.insert("prometheus.io/scrape".into(), "true".into());
-    annotations.insert("prometheus.io/port".into(), METRICS_PORT.to_string());
-    annotations.insert("prometheus.io/path".into(), "/metrics".into());
+    for (key, value) in [
+        ("prometheus.io/scrape", "true".to_string()),
+        ("prometheus.io/port", METRICS_PORT.to_string()),
+        ("prometheus.io/path", "/metrics".to_string()),
+    ] {
+        annotations.entry(key.into()).or_insert(value);
+    }
+    if let Some(fingerprint) = &plan.inputs.peer_token_fingerprint {
+        annotations.insert(PEER_TOKEN_ANNOTATION.into(), fingerprint.clone());
+    }
     let mut template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(cache, Component::Cache)),
@@ -231,7 +274,12 @@ pub fn pod_template(cache: &CasseroleCache, plan: &Plan) -> PodTemplateSpec {
             affinity: affinity(cache),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
-            termination_grace_period_seconds: Some(SHUTDOWN_GRACE_SECONDS + 5),
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+            image_pull_secrets: (!spec.image_pull_secrets.is_empty())
+                .then(|| spec.image_pull_secrets.clone()),
+            priority_class_name: spec.priority_class_name.clone(),
+            topology_spread_constraints: (!spec.topology_spread_constraints.is_empty())
+                .then(|| spec.topology_spread_constraints.clone()),
             ..PodSpec::default()
         }),
     };

@@ -7,8 +7,10 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Container, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec, VolumeMount,
+    Affinity, Container, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec,
+    ResourceRequirements, Service, ServicePort, ServiceSpec, VolumeMount, WeightedPodAffinityTerm,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::ResourceExt;
 
@@ -17,7 +19,8 @@ use super::pod::{
     tcp_probe,
 };
 use super::{
-    labels, namespace, network, object_meta, selector_labels, Component, Object, DEFAULT_ETCD_IMAGE,
+    labels, namespace, network, object_meta, selector_labels, Component, IpFamily, Object,
+    DEFAULT_ETCD_IMAGE,
 };
 use crate::crd::{CasseroleCache, ManagedEtcd};
 
@@ -61,13 +64,13 @@ fn peer_url(cache: &CasseroleCache, member: &str) -> String {
     )
 }
 
-pub fn objects(cache: &CasseroleCache, managed: &ManagedEtcd) -> Vec<Object> {
+pub fn objects(cache: &CasseroleCache, managed: &ManagedEtcd, family: IpFamily) -> Vec<Object> {
     vec![
         Object::Service(Box::new(peer_service(cache))),
         Object::Service(Box::new(client_service(cache))),
         Object::PodDisruptionBudget(Box::new(network::pdb(cache, Component::Etcd, name(cache)))),
         Object::NetworkPolicy(Box::new(network::etcd_policy(cache))),
-        Object::StatefulSet(Box::new(statefulset(cache, managed))),
+        Object::StatefulSet(Box::new(statefulset(cache, managed, family))),
     ]
 }
 
@@ -111,7 +114,8 @@ fn client_service(cache: &CasseroleCache) -> Service {
     }
 }
 
-fn args(cache: &CasseroleCache, managed: &ManagedEtcd) -> Vec<String> {
+fn args(cache: &CasseroleCache, managed: &ManagedEtcd, family: IpFamily) -> Vec<String> {
+    let any = family.any_address();
     let own_host = format!(
         "$(POD_NAME).{}.{}.svc",
         peer_service_name(cache),
@@ -120,11 +124,11 @@ fn args(cache: &CasseroleCache, managed: &ManagedEtcd) -> Vec<String> {
     vec![
         "--name=$(POD_NAME)".into(),
         format!("--data-dir={DATA_DIR}/data"),
-        format!("--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}"),
+        format!("--listen-client-urls=http://{any}:{CLIENT_PORT}"),
         format!("--advertise-client-urls=http://{own_host}:{CLIENT_PORT}"),
-        format!("--listen-peer-urls=http://0.0.0.0:{PEER_PORT}"),
+        format!("--listen-peer-urls=http://{any}:{PEER_PORT}"),
         format!("--initial-advertise-peer-urls=http://{own_host}:{PEER_PORT}"),
-        format!("--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}"),
+        format!("--listen-metrics-urls=http://{any}:{METRICS_PORT}"),
         format!(
             "--initial-cluster={}",
             initial_cluster(cache, managed.replicas)
@@ -143,7 +147,62 @@ fn args(cache: &CasseroleCache, managed: &ManagedEtcd) -> Vec<String> {
     ]
 }
 
-fn statefulset(cache: &CasseroleCache, managed: &ManagedEtcd) -> StatefulSet {
+/// Resources of a member when the spec sets none: enough for the membership keys of a cache
+/// (a few KiB churned under leases), with a memory limit so a leak cannot take the node.
+pub fn default_resources() -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.into());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), q("100m")),
+            ("memory".to_string(), q("256Mi")),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_string(), q("512Mi"))])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// Members prefer distinct nodes: losing one node then costs one member, not the quorum.
+/// (Preferred, not required, so that small and single-node clusters still schedule them.)
+fn anti_affinity(cache: &CasseroleCache) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        topology_key: "kubernetes.io/hostname".into(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector_labels(cache, Component::Etcd)),
+                            ..LabelSelector::default()
+                        }),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+fn pod_spec(cache: &CasseroleCache, managed: &ManagedEtcd, container: Container) -> PodSpec {
+    let spec = &cache.spec;
+    PodSpec {
+        containers: vec![container],
+        security_context: Some(pod_security_context()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        affinity: Some(anti_affinity(cache)),
+        node_selector: (!managed.node_selector.is_empty()).then(|| managed.node_selector.clone()),
+        tolerations: (!managed.tolerations.is_empty()).then(|| managed.tolerations.clone()),
+        image_pull_secrets: (!spec.image_pull_secrets.is_empty())
+            .then(|| spec.image_pull_secrets.clone()),
+        priority_class_name: spec.priority_class_name.clone(),
+        ..PodSpec::default()
+    }
+}
+
+fn statefulset(cache: &CasseroleCache, managed: &ManagedEtcd, family: IpFamily) -> StatefulSet {
     let container = Container {
         name: "etcd".into(),
         image: Some(
@@ -153,7 +212,7 @@ fn statefulset(cache: &CasseroleCache, managed: &ManagedEtcd) -> StatefulSet {
                 .unwrap_or_else(|| DEFAULT_ETCD_IMAGE.into()),
         ),
         command: Some(vec!["/usr/local/bin/etcd".into()]),
-        args: Some(args(cache, managed)),
+        args: Some(args(cache, managed, family)),
         env: Some(vec![field_env("POD_NAME", "metadata.name")]),
         ports: Some(vec![
             container_port("client", CLIENT_PORT),
@@ -170,6 +229,7 @@ fn statefulset(cache: &CasseroleCache, managed: &ManagedEtcd) -> StatefulSet {
             ..VolumeMount::default()
         }]),
         security_context: Some(container_security_context()),
+        resources: Some(managed.resources.clone().unwrap_or_else(default_resources)),
         ..Container::default()
     };
     StatefulSet {
@@ -192,13 +252,7 @@ fn statefulset(cache: &CasseroleCache, managed: &ManagedEtcd) -> StatefulSet {
                     ])),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    security_context: Some(pod_security_context()),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    ..PodSpec::default()
-                }),
+                spec: Some(pod_spec(cache, managed, container)),
             },
             volume_claim_templates: Some(vec![claim(
                 Some("data".into()),

@@ -31,6 +31,8 @@ pub use validate::{InvalidSpec, Plan};
 pub const FIELD_MANAGER: &str = "casserole-operator";
 /// Pod-template annotation whose change rolls the cache pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "casserole.io/config-hash";
+/// Pod-template annotation carrying the peer token's fingerprint.
+pub const PEER_TOKEN_ANNOTATION: &str = "casserole.io/peer-token";
 /// Managed etcd image when `spec.etcd.managed.image` is unset (etcd v3 API).
 pub const DEFAULT_ETCD_IMAGE: &str = "quay.io/coreos/etcd:v3.5.17";
 /// Namespace assumed when a rendered resource has none.
@@ -123,12 +125,57 @@ impl Object {
     }
 }
 
-/// Every object the cache should own, in apply order (etcd before the cache that needs it).
+/// The IP family of pod addresses (`status.podIP`) in the cluster: an IPv6 address must be
+/// bracketed in the peering URL the node advertises.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum IpFamily {
+    #[default]
+    #[value(name = "IPv4")]
+    IPv4,
+    #[value(name = "IPv6")]
+    IPv6,
+}
+
+impl IpFamily {
+    /// The address that listens on every interface of the family (a pod has only its own).
+    pub fn any_address(self) -> &'static str {
+        match self {
+            IpFamily::IPv4 => "0.0.0.0",
+            IpFamily::IPv6 => "[::]",
+        }
+    }
+
+    pub fn of(ip: std::net::IpAddr) -> IpFamily {
+        match ip {
+            std::net::IpAddr::V4(_) => IpFamily::IPv4,
+            std::net::IpAddr::V6(_) => IpFamily::IPv6,
+        }
+    }
+}
+
+/// What the owned objects depend on besides the spec.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Inputs {
+    /// IP family of the cluster's pod addresses.
+    pub ip_family: IpFamily,
+    /// [`secret::token_fingerprint`] of the peer token, when known: a pod-template annotation,
+    /// so a new token (the Secret was deleted and made again) rolls the pods onto it.
+    pub peer_token_fingerprint: Option<String>,
+}
+
+/// Every object the cache should own, in apply order (etcd before the cache that needs it),
+/// for IPv4 pods and an unknown token.
 pub fn desired(cache: &CasseroleCache) -> Result<Vec<Object>, InvalidSpec> {
-    let plan = validate::plan(cache)?;
+    desired_for(cache, &Inputs::default())
+}
+
+/// [`desired`] given what the cluster and the peer token Secret say.
+pub fn desired_for(cache: &CasseroleCache, inputs: &Inputs) -> Result<Vec<Object>, InvalidSpec> {
+    let mut plan = validate::plan(cache)?;
+    plan.inputs = inputs.clone();
     let mut objects = Vec::new();
     if let Some(managed) = &plan.managed_etcd {
-        objects.extend(etcd::objects(cache, managed));
+        objects.extend(etcd::objects(cache, managed, inputs.ip_family));
     }
     objects.extend(network::cache_objects(cache, &plan));
     objects.push(cache::workload(cache, &plan));
@@ -142,7 +189,8 @@ pub fn possible_objects(cache: &CasseroleCache) -> Vec<(ApiResource, String)> {
     let workload = cache::workload_name(cache);
     vec![
         (ApiResource::erase::<StatefulSet>(&()), workload.clone()),
-        (ApiResource::erase::<DaemonSet>(&()), workload),
+        (ApiResource::erase::<DaemonSet>(&()), workload.clone()),
+        (ApiResource::erase::<PodDisruptionBudget>(&()), workload),
         (
             ApiResource::erase::<Service>(&()),
             etcd::peer_service_name(cache),
@@ -235,3 +283,5 @@ pub(crate) mod testing;
 mod tests;
 #[cfg(test)]
 mod validate_tests;
+#[cfg(test)]
+mod workload_tests;

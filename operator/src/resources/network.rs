@@ -12,7 +12,7 @@ use kube::ResourceExt;
 
 use super::cache::{HTTP_PORT, METRICS_PORT, PEER_PORT};
 use super::{etcd, object_meta, selector_labels, Component, Object, Plan};
-use crate::crd::CasseroleCache;
+use crate::crd::{CasseroleCache, WorkloadKind};
 
 /// Client Service of the cache (what users point at).
 pub fn client_service_name(cache: &CasseroleCache) -> String {
@@ -26,13 +26,25 @@ pub fn peer_service_name(cache: &CasseroleCache) -> String {
 
 /// The cache's Services, PodDisruptionBudget and NetworkPolicy (its workload and Secret
 /// are built elsewhere).
+///
+/// A DaemonSet gets no PodDisruptionBudget: the disruption controller cannot compute
+/// `maxUnavailable` for pods whose controller has no scale subresource, so such a budget
+/// refuses every eviction and blocks node drains; the DaemonSet's own `maxUnavailable: 1`
+/// paces its rolling updates, and a drained node's cache pod is disposable by design.
 pub fn cache_objects(cache: &CasseroleCache, _plan: &Plan) -> Vec<Object> {
-    vec![
+    let mut objects = vec![
         Object::Service(Box::new(peer_service(cache))),
         Object::Service(Box::new(client_service(cache))),
-        Object::PodDisruptionBudget(Box::new(pdb(cache, Component::Cache, cache.name_any()))),
-        Object::NetworkPolicy(Box::new(cache_policy(cache))),
-    ]
+    ];
+    if cache.spec.workload == WorkloadKind::StatefulSet {
+        objects.push(Object::PodDisruptionBudget(Box::new(pdb(
+            cache,
+            Component::Cache,
+            cache.name_any(),
+        ))));
+    }
+    objects.push(Object::NetworkPolicy(Box::new(cache_policy(cache))));
+    objects
 }
 
 /// A TCP Service port forwarding to a named container port.
@@ -74,6 +86,10 @@ fn client_service(cache: &CasseroleCache) -> Service {
             type_: Some(svc.type_.as_str().into()),
             selector: Some(selector_labels(cache, Component::Cache)),
             ports: Some(vec![service_port("http", svc.port, "http")]),
+            // Node-local caching: a client reaches the cache pod on its own node. (A
+            // DaemonSet runs one wherever clients run, given matching tolerations.)
+            internal_traffic_policy: (cache.spec.workload == WorkloadKind::DaemonSet)
+                .then(|| "Local".into()),
             ..ServiceSpec::default()
         }),
         ..Service::default()

@@ -27,6 +27,13 @@ pub fn generate_token() -> String {
     hex::encode(bytes)
 }
 
+/// A short fingerprint of a token, to annotate pods with: it changes with the token (rolling
+/// the pods) and, being a truncated SHA-256 of 256 random bits, reveals nothing of it.
+pub fn token_fingerprint(token: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(token)[..8])
+}
+
 /// The Secret with the given token.
 pub fn peer_token_secret(cache: &CasseroleCache, token: &str) -> Secret {
     Secret {

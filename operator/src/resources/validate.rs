@@ -8,12 +8,8 @@
 use kube::ResourceExt;
 
 use crate::crd::{CasseroleCache, ManagedEtcd};
-use crate::quantity::parse_bytes;
-
-/// Longest cache name whose derived names all fit: `<name>-etcd` must leave room for the
-/// StatefulSet's 11-character controller-revision suffix within a 63-character label, and
-/// `<name>-etcd-peer` must be a valid Service name.
-pub const MAX_NAME_LEN: usize = 42;
+pub use crate::schema_rules::MAX_NAME_LEN;
+use crate::schema_rules::{name_message, RESERVED_NAME_SUFFIXES};
 
 /// A spec the operator refuses to act on; `field` is the JSON path of the culprit.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +35,8 @@ pub struct Plan {
     pub etcd_endpoints: Vec<String>,
     /// Set when the operator runs etcd itself.
     pub managed_etcd: Option<ManagedEtcd>,
+    /// What the cluster and the token Secret say (not the spec).
+    pub inputs: super::Inputs,
 }
 
 /// Disk tier sizes, with defaults resolved (strings as the node accepts them).
@@ -50,14 +48,12 @@ pub struct DiskPlan {
     pub storage_class_name: Option<String>,
 }
 
+/// A size as the node parses it (`casserole_limits::parse_size`), above zero.
 fn positive_quantity(field: &str, value: &str) -> Result<u128, InvalidSpec> {
-    match parse_bytes(value) {
-        Some(0) => Err(invalid(field, "must be greater than zero")),
-        Some(n) => Ok(n),
-        None => Err(invalid(
-            field,
-            format!("{value:?} is not a quantity of bytes (e.g. 512Mi, 2Gi, 100M)"),
-        )),
+    match casserole_limits::parse_size(value) {
+        Ok(0) => Err(invalid(field, "must be greater than zero")),
+        Ok(n) => Ok(n.into()),
+        Err(message) => Err(invalid(field, message)),
     }
 }
 
@@ -77,29 +73,16 @@ fn http_url(field: &str, value: &str) -> Result<(), InvalidSpec> {
 pub fn plan(cache: &CasseroleCache) -> Result<Plan, InvalidSpec> {
     let spec = &cache.spec;
     let name = cache.name_any();
-    if name.len() > MAX_NAME_LEN {
-        return Err(invalid(
-            "metadata.name",
-            format!("must be at most {MAX_NAME_LEN} characters so derived object names fit"),
-        ));
+    if name.len() > MAX_NAME_LEN || RESERVED_NAME_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+        return Err(invalid("metadata.name", name_message()));
     }
     http_url("spec.upstream", &spec.upstream)?;
-    for (i, pattern) in spec.pass_through.iter().enumerate() {
-        // Same engine as the node, so what passes here compiles there.
-        regex::Regex::new(pattern).map_err(|e| {
-            invalid(
-                format!("spec.passThrough[{i}]"),
-                format!(
-                    "invalid regex: {}",
-                    e.to_string().lines().last().unwrap_or("")
-                ),
-            )
-        })?;
-    }
+    // The node's own compiler, so what passes here compiles there.
+    casserole_limits::compile_pass_through(&spec.pass_through)
+        .map_err(|e| invalid(format!("spec.passThrough[{}]", e.index), e.message))?;
     let chunk = positive_quantity("spec.chunkSize", &spec.chunk_size)?;
-    if !(4 << 10..=256 << 20).contains(&chunk) {
-        return Err(invalid("spec.chunkSize", "must be between 4Ki and 256Mi"));
-    }
+    casserole_limits::check_chunk_size(chunk as u64)
+        .map_err(|message| invalid("spec.chunkSize", message))?;
     positive_quantity("spec.memory.maxUsage", &spec.memory.max_usage)?;
 
     let disk = if spec.disk.enabled {
@@ -146,6 +129,7 @@ pub fn plan(cache: &CasseroleCache) -> Result<Plan, InvalidSpec> {
         disk,
         etcd_endpoints,
         managed_etcd,
+        inputs: super::Inputs::default(),
     })
 }
 

@@ -40,6 +40,24 @@ fn invalid_specs_name_the_field() {
         invalid_field("upstream: http://u\netcd: {external: {endpoints: ['etcd:2379']}}\n"),
         "spec.etcd.external.endpoints[0]"
     );
+    // The node's limits, not looser ones: 128Mi chunks and `+1k` would crash-loop the pods.
+    assert_eq!(
+        invalid_field("upstream: http://u\nchunkSize: 128Mi\n"),
+        "spec.chunkSize"
+    );
+    assert_eq!(
+        invalid_field("upstream: http://u\nmemory: {maxUsage: +1k}\n"),
+        "spec.memory.maxUsage"
+    );
+    for name in ["web-etcd", "web-peer"] {
+        let mut cache = default_cache();
+        cache.metadata.name = Some(name.into());
+        assert_eq!(
+            desired(&cache).unwrap_err().field,
+            "metadata.name",
+            "{name}"
+        );
+    }
     let mut long = default_cache();
     long.metadata.name = Some("a".repeat(validate::MAX_NAME_LEN + 1));
     assert_eq!(desired(&long).unwrap_err().field, "metadata.name");
@@ -83,6 +101,7 @@ fn leftovers_are_what_another_variant_would_own() {
         names("upstream: http://u\nworkload: DaemonSet\netcd: {external: {endpoints: ['http://e:2379']}}\n"),
         [
             "StatefulSet/web",
+            "PodDisruptionBudget/web",
             "Service/web-etcd-peer",
             "Service/web-etcd",
             "PodDisruptionBudget/web-etcd",

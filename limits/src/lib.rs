@@ -1,0 +1,78 @@
+//! The one source of truth for every limit `casserole-node` enforces on its configuration.
+//!
+//! The node parses its flags with these functions; the operator validates a `CasseroleCache`
+//! with them and derives the CRD schema (patterns, ranges, CEL rules) from the same constants,
+//! so a spec the apiserver admits is one whose pods start.
+
+mod duration;
+mod pass_through;
+mod size;
+
+pub use duration::{parse_duration, DURATION_PATTERN};
+pub use pass_through::{compile_pass_through, PassThroughError, PASS_THROUGH_ENV_SEPARATOR};
+pub use size::{parse_size, QUANTITY_PATTERN};
+
+/// Smallest `--chunk-size`, in bytes and as a quantity (for CEL's `quantity()`).
+pub const CHUNK_SIZE_MIN: u64 = 64 << 10;
+pub const CHUNK_SIZE_MIN_QUANTITY: &str = "64Ki";
+/// Largest `--chunk-size`, in bytes and as a quantity.
+pub const CHUNK_SIZE_MAX: u64 = 64 << 20;
+pub const CHUNK_SIZE_MAX_QUANTITY: &str = "64Mi";
+
+/// Largest `--readahead` (chunks fetched ahead of the one being sent).
+pub const READAHEAD_MAX: usize = 64;
+
+/// Shortest peer token the node accepts.
+pub const PEER_TOKEN_MIN_LEN: usize = 16;
+
+/// Checks a chunk size in bytes against the node's bounds.
+pub fn check_chunk_size(bytes: u64) -> Result<(), String> {
+    if (CHUNK_SIZE_MIN..=CHUNK_SIZE_MAX).contains(&bytes) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be between {CHUNK_SIZE_MIN_QUANTITY} and {CHUNK_SIZE_MAX_QUANTITY}, got {bytes} bytes"
+        ))
+    }
+}
+
+/// Checks a readahead depth against the node's bound.
+pub fn check_readahead(chunks: usize) -> Result<(), String> {
+    if chunks <= READAHEAD_MAX {
+        Ok(())
+    } else {
+        Err(format!("at most {READAHEAD_MAX}, got {chunks}"))
+    }
+}
+
+/// Checks a peer token's length against the node's minimum.
+pub fn check_peer_token(token: &str) -> Result<(), String> {
+    if token.len() >= PEER_TOKEN_MIN_LEN {
+        Ok(())
+    } else {
+        Err(format!("must be at least {PEER_TOKEN_MIN_LEN} characters"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_bounds_agree_with_their_quantities() {
+        assert_eq!(parse_size(CHUNK_SIZE_MIN_QUANTITY), Ok(CHUNK_SIZE_MIN));
+        assert_eq!(parse_size(CHUNK_SIZE_MAX_QUANTITY), Ok(CHUNK_SIZE_MAX));
+        assert!(check_chunk_size(CHUNK_SIZE_MIN).is_ok());
+        assert!(check_chunk_size(CHUNK_SIZE_MAX).is_ok());
+        assert!(check_chunk_size(CHUNK_SIZE_MIN - 1).is_err());
+        assert!(check_chunk_size(CHUNK_SIZE_MAX + 1).is_err());
+    }
+
+    #[test]
+    fn readahead_and_token_bounds() {
+        assert!(check_readahead(READAHEAD_MAX).is_ok());
+        assert!(check_readahead(READAHEAD_MAX + 1).is_err());
+        assert!(check_peer_token(&"x".repeat(PEER_TOKEN_MIN_LEN)).is_ok());
+        assert!(check_peer_token(&"x".repeat(PEER_TOKEN_MIN_LEN - 1)).is_err());
+    }
+}
