@@ -170,6 +170,11 @@ pub struct Config {
     /// A keep-alive connection (HTTP/1 or HTTP/2) with no request in flight for this long is
     /// closed. Longer than the peer client's pool idle time (60 s), so a peer never reuses a
     /// connection this node is closing.
+    /// A response whose client takes no bytes for this long is closed and the chunks it holds
+    /// are released (a stalled reader must not pin memory).
+    #[arg(long, env = "CASSEROLE_CLIENT_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub client_idle_timeout: Duration,
+
     #[arg(long, env = "CASSEROLE_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
@@ -318,6 +323,7 @@ impl Config {
             ("--first-byte-timeout", self.first_byte_timeout),
             ("--request-head-timeout", self.request_head_timeout),
             ("--idle-timeout", self.idle_timeout),
+            ("--client-idle-timeout", self.client_idle_timeout),
             ("--http2-keepalive-interval", self.http2_keepalive_interval),
         ] {
             if value.is_zero() {

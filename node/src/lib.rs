@@ -277,6 +277,7 @@ impl RunningNode {
             first_byte_timeout: cfg.first_byte_timeout,
             request_head_timeout: cfg.request_head_timeout,
             idle_timeout: cfg.idle_timeout,
+            client_idle_timeout: cfg.client_idle_timeout,
             http2_keepalive_interval: cfg.http2_keepalive_interval,
         };
         let client = tokio::spawn(http::serve(

@@ -50,12 +50,16 @@ pub async fn first_bytes(stream: &TcpStream) -> std::io::Result<bool> {
     }
 }
 
-/// Requests in flight on one connection and when the last one started or ended.
+/// Requests in flight on one connection, when the last one started or ended, and when a
+/// response body last made progress.
 pub struct Activity {
     started: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds after `started` of the last request start or end; 0 = none yet.
     last_change_ms: AtomicU64,
+    /// Milliseconds after `started` of the last body frame taken by the client (or response
+    /// start).
+    last_progress_ms: AtomicU64,
 }
 
 impl Activity {
@@ -64,12 +68,33 @@ impl Activity {
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_change_ms: AtomicU64::new(0),
+            last_progress_ms: AtomicU64::new(0),
         })
     }
 
+    fn now_ms(&self) -> u64 {
+        (self.started.elapsed().as_millis() as u64).max(1)
+    }
+
     fn touch(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.last_change_ms.store(ms.max(1), Ordering::Relaxed);
+        let ms = self.now_ms();
+        self.last_change_ms.store(ms, Ordering::Relaxed);
+        self.last_progress_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn progressed(&self) {
+        self.last_progress_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// When a connection with a response in flight counts as stalled if its client takes no
+    /// more bytes meanwhile.
+    fn stall_deadline(&self, stalled: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let ms = self.last_progress_ms.load(Ordering::Relaxed);
+        Some(self.started + Duration::from_millis(ms) + stalled)
     }
 
     /// Marks a request as started; it ends when the response body is finished or dropped.
@@ -121,7 +146,11 @@ impl HttpBody for TrackedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            self._guard.0.progressed();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -141,6 +170,9 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 pub struct Deadlines {
     pub request_head: Duration,
     pub idle: Duration,
+    /// A response whose client takes no bytes for this long is dropped, with the chunks it
+    /// holds (`--client-idle-timeout`).
+    pub stalled: Duration,
 }
 
 /// Drives `conn` to its end. It is asked to close gracefully (`close`) when the listener shuts down or
@@ -168,8 +200,21 @@ where
             // Busy (or already closing): look again later.
             _ => Instant::now() + deadlines.idle.min(deadlines.request_head),
         };
+        let stall_at = activity
+            .stall_deadline(deadlines.stalled)
+            .unwrap_or_else(|| Instant::now() + deadlines.stalled);
         tokio::select! {
             done = conn.as_mut() => return done,
+            _ = sleep_until(stall_at) => {
+                let stalled = activity
+                    .stall_deadline(deadlines.stalled)
+                    .is_some_and(|at| at <= Instant::now());
+                if stalled {
+                    // A client that stopped reading will not take a graceful close either.
+                    tracing::debug!("client took no bytes for {:?}; closing", deadlines.stalled);
+                    return Ok(());
+                }
+            }
             _ = stopped(&mut shutdown), if !closing => {
                 close(conn.as_mut());
                 closing = true;

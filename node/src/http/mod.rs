@@ -34,6 +34,8 @@ pub struct ServerLimits {
     pub request_head_timeout: Duration,
     /// A connection with no request in flight for this long is closed (HTTP/1 keep-alive and HTTP/2).
     pub idle_timeout: Duration,
+    /// A response whose client takes no bytes for this long is closed.
+    pub client_idle_timeout: Duration,
     /// HTTP/2 keep-alive ping interval; a peer that does not answer is disconnected.
     pub http2_keepalive_interval: Duration,
 }
@@ -168,6 +170,7 @@ async fn connection<H, F>(
     let deadlines = conn::Deadlines {
         request_head: limits.request_head_timeout,
         idle: limits.idle_timeout,
+        stalled: limits.client_idle_timeout,
     };
     if let Err(e) = conn::drive(
         conn,
