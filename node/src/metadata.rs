@@ -43,6 +43,7 @@ pub enum LookupError {
     Upstream(#[from] UpstreamError),
 }
 
+mod from_peer;
 mod revalidate;
 
 /// Where the metadata of a lookup came from.
@@ -266,7 +267,10 @@ impl MetadataStore {
             for peer in peers.remote_owners(&key) {
                 match peers.fetch_meta(&peer, path).await {
                     Ok(MetaAnswer::Cacheable(meta)) if self.is_consistent(&meta, path) => {
-                        return Ok((Arc::new(meta), MetaSource::Peer));
+                        match from_peer::accept(&self.cfg.rules, meta, unix_now()) {
+                            Some(meta) => return Ok((Arc::new(meta), MetaSource::Peer)),
+                            None => peers.mark_suspect(&peer, &"implausible metadata"),
+                        }
                     }
                     Ok(MetaAnswer::Cacheable(meta)) => {
                         peers.mark_suspect(
@@ -409,6 +413,17 @@ impl MetadataStore {
                     meta.length,
                     meta.chunk_size,
                 )
+    }
+
+    /// Forgets whatever is known of `path` (RFC 9111 §4.4: a successful unsafe request
+    /// invalidates the URI): metadata in memory and on disk and a remembered verdict. Its chunks
+    /// are unreachable without the metadata and age out.
+    pub async fn invalidate_path(&self, path: &str) {
+        self.memory.invalidate(path).await;
+        self.uncacheable.invalidate(path).await;
+        if let Some(disk) = &self.disk {
+            disk.remove_meta(&ObjectMeta::meta_key(path)).await;
+        }
     }
 
     /// Forgets `meta`: memory and disk record, and with `drop_chunks` (the object changed

@@ -311,3 +311,35 @@ async fn an_upstream_outage_serves_stale_within_grace_but_never_past_must_revali
             >= 1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_successful_unsafe_request_invalidates_the_cached_object() {
+    let origin = Origin::start().await;
+    let obj = origin.put("/w.bin", ObjectSpec::new(3 * MIB).seed(62));
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    let url = format!("{}/w.bin", node.url());
+    assert_eq!(get_sha256(&url, &[]).await.unwrap().sha256, obj.sha256());
+    let warm = get_sha256(&url, &[]).await.unwrap();
+    assert!(header(&warm.headers, "cache-status").contains("hit"));
+    for method in [reqwest::Method::PUT, reqwest::Method::DELETE] {
+        let res = client()
+            .request(method.clone(), &url)
+            .body("new")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 204, "{method}");
+        // The next GET looks the object up again (same version: its chunks still serve).
+        let before = origin.path_stats("/w.bin").get_requests;
+        let after = get_sha256(&url, &[]).await.unwrap();
+        assert_eq!(after.sha256, obj.sha256());
+        assert_eq!(
+            origin.path_stats("/w.bin").get_requests,
+            before + 1,
+            "{method}: one new lookup"
+        );
+        let again = get_sha256(&url, &[]).await.unwrap();
+        assert_eq!(again.sha256, obj.sha256());
+        assert_eq!(origin.path_stats("/w.bin").get_requests, before + 1);
+    }
+}

@@ -303,6 +303,7 @@ impl Front {
     /// Streams a request the cache does not take part in to the upstream and back, as is.
     async fn pass(&self, req: Request<Incoming>, path: &str, status: CacheStatus) -> Answer {
         let (parts, incoming) = req.into_parts();
+        let unsafe_method = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
         let upstream = match self
             .upstream
             .forward(
@@ -321,6 +322,9 @@ impl Front {
             }
         };
         self.count_status(&status);
+        if unsafe_method && (upstream.status().is_success() || upstream.status().is_redirection()) {
+            self.metadata.invalidate_path(path).await;
+        }
         let mut res = Response::new(body::empty());
         *res.status_mut() = upstream.status();
         for (name, v) in upstream.headers() {

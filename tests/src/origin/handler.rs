@@ -220,6 +220,14 @@ pub(crate) async fn handle(
             s.range_requests += u64::from(method == Method::GET && has_range);
             s.conditional_requests += u64::from(conditional);
         });
+        if matches!(
+            method,
+            Method::PUT | Method::POST | Method::PATCH | Method::DELETE
+        ) && state.objects.contains_key(&key)
+        {
+            // A write the origin accepts (the object itself stays as configured).
+            return plain(204, "");
+        }
         if method != Method::GET && !is_head {
             return plain(405, "only GET and HEAD\n");
         }
