@@ -300,6 +300,16 @@ impl Config {
             });
         }
         self.pass_through_set()?;
+        if let Some(id) = &self.node_id {
+            // Any other text works as a member key (it is percent-encoded); an empty id has no
+            // key, and the ownership hash separates id and key with a NUL byte.
+            if id.trim().is_empty() || id.contains('\0') {
+                return Err(ConfigError::Invalid {
+                    flag: "--node-id",
+                    message: "must be non-empty and contain no NUL byte".into(),
+                });
+            }
+        }
         if self.clustered() {
             match self.peer_token()? {
                 Some(token) if token.len() >= 16 => {}
