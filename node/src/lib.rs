@@ -11,6 +11,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod object;
 pub mod policy;
+pub mod purge;
 pub mod tier;
 pub mod upstream;
 
@@ -29,6 +30,7 @@ use crate::{
     http::{admin::Admin, peer_api::PeerApi, serve::Front, ServerLimits},
     metadata::{MetadataConfig, MetadataStore},
     metrics::{Metrics, Registrar},
+    purge::{LocalStores, PurgeEtcdConfig, PurgeMetrics, Purger},
     tier::{
         disk::{DiskConfig, DiskMetrics, DiskTier},
         memory::MemoryTier,
@@ -43,6 +45,7 @@ pub fn metric_names() -> Vec<String> {
     Metrics::new(&registrar);
     DiskMetrics::new(&registrar);
     ClusterMetrics::new(&registrar);
+    PurgeMetrics::new(&registrar);
     registrar.names()
 }
 
@@ -95,6 +98,41 @@ fn membership(cfg: &Config, registrar: &Registrar) -> Membership {
     }
     Membership::fixed(me, Vec::new(), metrics)
 }
+
+/// Purges; with etcd, waits (bounded) until purges recorded while this node was away are applied,
+/// before any listener is bound, so nothing purged meanwhile is served to clients or peers.
+async fn purger(
+    cfg: &Config,
+    registrar: &Registrar,
+    membership: &Membership,
+    stopped: &watch::Receiver<bool>,
+    stores: LocalStores,
+) -> Arc<Purger> {
+    let etcd = (!cfg.etcd.is_empty()).then(|| PurgeEtcdConfig {
+        endpoints: cfg.etcd.clone(),
+        cluster_name: cfg.cluster_name.clone(),
+        node_id: membership.self_member().id.clone(),
+        ttl: cfg.purge_ttl,
+    });
+    let clustered = etcd.is_some();
+    let purger = Purger::start(
+        stores,
+        membership.clone(),
+        etcd,
+        PurgeMetrics::new(registrar),
+        stopped.clone(),
+    )
+    .await;
+    if clustered && !purger.wait_caught_up(PURGE_CATCH_UP).await {
+        tracing::warn!(
+            "purge records not read from etcd within {PURGE_CATCH_UP:?}; serving, and applying them once etcd answers"
+        );
+    }
+    Arc::new(purger)
+}
+
+/// How long a starting node waits to apply the purges recorded in etcd.
+const PURGE_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl RunningNode {
     /// Builds the tiers, binds the listeners and starts serving.
@@ -157,7 +195,7 @@ impl RunningNode {
             Tiers {
                 memory: MemoryTier::new(budget.tier_bytes, metrics.clone()),
                 peers: peers.clone(),
-                disk,
+                disk: disk.clone(),
                 upstream: upstream.clone(),
             },
             metadata.clone(),
@@ -172,12 +210,27 @@ impl RunningNode {
             pass_through: cfg.pass_through_set()?,
             metrics: metrics.clone(),
         });
+        let (stop, stopped) = watch::channel(false);
+        let purger = purger(
+            &cfg,
+            &registrar,
+            &membership,
+            &stopped,
+            LocalStores {
+                metadata: metadata.clone(),
+                fetcher: fetcher.clone(),
+                disk,
+            },
+        )
+        .await;
         let ready = Arc::new(AtomicBool::new(false));
         let admin = Arc::new(Admin {
             metrics: metrics.clone(),
             fetcher: fetcher.clone(),
             ready: ready.clone(),
             membership: membership.clone(),
+            purger,
+            token: cfg.admin_token()?,
         });
 
         let bind = |addr: std::net::SocketAddr, flag: &'static str| async move {
@@ -194,7 +247,6 @@ impl RunningNode {
         let client_addr = client_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         let peer_addr = peer_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-        let (stop, stopped) = watch::channel(false);
         let limits = || ServerLimits {
             max_header_size: cfg.max_header_size.0 as usize,
         };

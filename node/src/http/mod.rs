@@ -18,6 +18,11 @@ use tokio::{net::TcpListener, sync::watch};
 
 use body::Body;
 
+/// The address a request came from, put into every request's extensions (for logs that say who
+/// asked).
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteAddr(pub std::net::SocketAddr);
+
 pub struct ServerLimits {
     pub max_header_size: usize,
 }
@@ -61,7 +66,8 @@ where
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                let service = service_fn(move |req| {
+                let service = service_fn(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(RemoteAddr(peer));
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(call(handler, req).await) }
                 });
