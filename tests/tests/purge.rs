@@ -164,6 +164,23 @@ async fn a_purge_through_one_node_empties_every_node_and_the_next_request_fetche
     );
     assert!(stats.range_counts().values().all(|&n| n == 1));
     assert_eq!(stats.head_requests, 1);
+
+    // Chunk owners need not hold the metadata of the objects whose chunks they store: an object
+    // fetched through one node only, purged through another, leaves no chunk anywhere.
+    let solo = origin.put("/solo.bin", ObjectSpec::new(8 * MIB).seed(67));
+    fetch_ok(&c.nodes[0], "/solo.bin", &solo).await;
+    wait_disk_chunks(&c.nodes, 24.0).await;
+    let (status, answer) = purge(&c.nodes[1], r#"{"path": "/solo.bin"}"#, Some(ADMIN_TOKEN)).await;
+    assert_eq!(
+        (status, &answer["confirmed"]),
+        (200, &Value::from(3)),
+        "{answer}"
+    );
+    wait_disk_chunks(&c.nodes, 16.0).await;
+    origin.reset_stats();
+    fetch_ok(&c.nodes[2], "/solo.bin", &solo).await;
+    fetch_ok(&c.nodes[0], "/solo.bin", &solo).await;
+    assert_eq!(origin.path_stats("/solo.bin").body_bytes_sent, solo.len);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
