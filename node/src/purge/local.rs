@@ -91,3 +91,22 @@ impl LocalStores {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_body_is_the_target() {
+        let t: Target = serde_json::from_str(r#"{"path": "/a/b.iso?x=1"}"#).unwrap();
+        assert_eq!(t, Target::Path("/a/b.iso?x=1".into()));
+        assert_eq!((t.kind(), t.text()), ("path", "/a/b.iso?x=1"));
+        let t: Target = serde_json::from_str(r#"{"prefix": "/a/"}"#).unwrap();
+        assert_eq!(t, Target::Prefix("/a/".into()));
+        assert!(t.validate().is_ok());
+        assert!(serde_json::from_str::<Target>(r#"{"glob": "/a/*"}"#).is_err());
+        assert!(serde_json::from_str::<Target>(r#"{"path": "/a", "prefix": "/b"}"#).is_err());
+        assert!(Target::Path("a/b".into()).validate().is_err());
+        assert!(Target::Prefix(String::new()).validate().is_err());
+    }
+}
