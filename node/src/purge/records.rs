@@ -284,7 +284,8 @@ impl ClusterPurges {
     }
 
     /// Publishes a purge this node received and already applied locally (finding
-    /// `versions`), then waits up to `wait` for the members in `expected` to confirm it.
+    /// `versions`), then waits up to `wait` (1.5 × with a second round) for the members in
+    /// `expected` to confirm it.
     pub async fn publish(
         &self,
         mut record: Record,
@@ -328,6 +329,9 @@ impl ClusterPurges {
             put(&record).await?;
             self.ack(&mut client, &record.id, 2, record.versions.clone(), lease)
                 .await?;
+            // Round 1 may have used the whole wait on a member that is down; the others still
+            // get a moment to confirm round 2 (so the whole call stays within 1.5 × `wait`).
+            let deadline = deadline.max(tokio::time::Instant::now() + wait / 2);
             acks = self
                 .wait_acks(&mut client, &record.id, expected, 2, deadline)
                 .await?;
