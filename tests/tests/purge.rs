@@ -281,6 +281,60 @@ async fn a_node_down_during_the_purge_applies_it_when_it_returns() {
     );
 }
 
+/// `kill -<signal> <pid>`: freezing (STOP) and thawing (CONT) a node stands in for a partition.
+fn signal(node: &NodeProcess, sig: &str) {
+    let pid = node.pid().expect("running").to_string();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_cut_off_during_the_purge_applies_it_when_it_is_back() {
+    let etcd = EtcdProcess::start().await;
+    let origin = Origin::start().await;
+    let obj = origin.put("/cut.bin", ObjectSpec::new(12 * MIB).seed(68));
+    let c = three(&origin, &etcd, "purge5").await;
+    for node in &c.nodes {
+        fetch_ok(node, "/cut.bin", &obj).await;
+    }
+    wait_disk_chunks(&c.nodes, 12.0).await;
+    let held_before = chunks_held(&c.nodes[2]).await;
+    assert!(held_before.0 > 0.0);
+    signal(&c.nodes[2], "-STOP");
+    let (status, answer) = purge(&c.nodes[0], r#"{"path": "/cut.bin"}"#, Some(ADMIN_TOKEN)).await;
+    signal(&c.nodes[2], "-CONT");
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["confirmed"], 2, "{answer}");
+    assert_eq!(answer["pending"].as_array().unwrap().len(), 1, "{answer}");
+    // Back: its watch (or, if the connection was lost, its re-read of the records) applies it.
+    let cluster_purges = r#"casserole_purges_total{via="cluster"}"#;
+    for _ in 0..100 {
+        if chunks_held(&c.nodes[2]).await == (0.0, 0.0)
+            && c.nodes[2].metric(cluster_purges).await == 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(chunks_held(&c.nodes[2]).await, (0.0, 0.0));
+    assert_eq!(
+        c.nodes[2]
+            .metric(r#"casserole_purges_total{via="cluster"}"#)
+            .await,
+        1.0
+    );
+    wait_members(&c.nodes.iter().collect::<Vec<_>>(), 3).await;
+    origin.reset_stats();
+    for node in &c.nodes {
+        fetch_ok(node, "/cut.bin", &obj).await;
+    }
+    assert_eq!(origin.path_stats("/cut.bin").body_bytes_sent, obj.len);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn purging_needs_the_admin_token_and_bad_requests_remove_nothing() {
     let origin = Origin::start().await;
