@@ -1,7 +1,7 @@
 //! Casserole cache node: a chunked, tiered, streaming HTTP cache for large objects.
 //!
-//! Module map (dependencies point down): `http` → `fetch` → `metadata`/`tier`/`policy`/`upstream`
-//! → `object`/`config`/`metrics`.
+//! Module map (dependencies point down): `http` → `purge` → `fetch` →
+//! `metadata`/`tier`/`policy`/`upstream` → `cluster`/`object`/`config`/`metrics`.
 
 pub mod cluster;
 pub mod config;
