@@ -388,3 +388,26 @@ async fn purging_needs_the_admin_token_and_bad_requests_remove_nothing() {
     let (status, _) = purge(&off, body, Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_etcd_down_a_purge_applies_here_and_says_so() {
+    let mut etcd = EtcdProcess::start().await;
+    let origin = Origin::start().await;
+    let obj = origin.put("/here.bin", ObjectSpec::new(3 * MIB).seed(69));
+    let disk = tempfile::tempdir().unwrap();
+    let node = member(&origin, &etcd, "purge6", &disk).spawn().await;
+    fetch_ok(&node, "/here.bin", &obj).await;
+    wait_disk_chunks(std::slice::from_ref(&node), 3.0).await;
+    etcd.kill_9().await;
+    let (status, answer) = purge(&node, r#"{"path": "/here.bin"}"#, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 202, "{answer}");
+    assert!(
+        answer["warning"]
+            .as_str()
+            .unwrap_or("")
+            .contains("this node only"),
+        "{answer}"
+    );
+    assert_eq!(chunks_held(&node).await, (0.0, 0.0));
+    assert!(node.metric("casserole_purge_errors_total").await >= 1.0);
+}
