@@ -153,55 +153,145 @@ struct Tally {
     first_error: Option<String>,
 }
 
-pub async fn run(cfg: ChurnConfig) -> ChurnReport {
-    let etcd = EtcdProcess::start().await;
-    let origin = Origin::start().await;
-    let objects: Arc<Vec<ObjectInfo>> = Arc::new(
-        (0..cfg.objects)
+/// The processes of one run: etcd, the origin and its objects, the nodes and their disks.
+/// Fields drop in order: the nodes go before their disks, the origin and etcd.
+struct Cluster {
+    nodes: Vec<NodeProcess>,
+    joiner: Option<NodeProcess>,
+    /// One per node slot, the joiner's last; kept across restarts.
+    disks: Vec<tempfile::TempDir>,
+    slots: Arc<Vec<Slot>>,
+    objects: Arc<Vec<ObjectInfo>>,
+    origin: Origin,
+    etcd: EtcdProcess,
+    cfg: ChurnConfig,
+}
+
+impl Cluster {
+    async fn start(cfg: ChurnConfig) -> Cluster {
+        let etcd = EtcdProcess::start().await;
+        let origin = Origin::start().await;
+        let objects = (0..cfg.objects)
             .map(|i| {
                 let spec = ObjectSpec::new(cfg.object_size).seed(cfg.seed * 1000 + i as u64);
                 origin.put(&format!("/churn/{i}.bin"), spec)
             })
-            .collect(),
-    );
-    let disks: Vec<tempfile::TempDir> = (0..=cfg.nodes)
-        .map(|_| tempfile::tempdir().expect("disk dir"))
-        .collect();
-    let builder = |i: usize| {
-        NodeBuilder::new(origin.url())
-            .etcd(etcd.endpoint())
-            .disk_dir(disks[i].path())
+            .collect();
+        let disks = (0..=cfg.nodes)
+            .map(|_| tempfile::tempdir().expect("disk dir"))
+            .collect();
+        let slots = (0..=cfg.nodes)
+            .map(|_| Slot {
+                url: Mutex::new(String::new()),
+                up: AtomicBool::new(false),
+                generation: AtomicU64::new(0),
+            })
+            .collect();
+        let mut c = Cluster {
+            cfg,
+            etcd,
+            origin,
+            objects: Arc::new(objects),
+            disks,
+            nodes: Vec::new(),
+            joiner: None,
+            slots: Arc::new(slots),
+        };
+        for i in 0..c.cfg.nodes {
+            let node = c.builder(i).spawn().await;
+            c.came_up(i, &node);
+            c.nodes.push(node);
+        }
+        c
+    }
+
+    /// Nodes start as a user starts them (no --node-id), on the slot's own disk.
+    fn builder(&self, slot: usize) -> NodeBuilder {
+        NodeBuilder::new(self.origin.url())
+            .etcd(self.etcd.endpoint())
+            .disk_dir(self.disks[slot].path())
             .args(["--peer-token", PEER_TOKEN, "--member-ttl", "2s"])
             .arg("--cluster-name=churn")
-            .arg(format!("--chunk-size={}", cfg.chunk_size))
+            .arg(format!("--chunk-size={}", self.cfg.chunk_size))
             .arg(format!("--readahead={READAHEAD}"))
             .args(["--max-memory-usage=256Mi", "--peer-timeout=1s"])
             .args(["--shutdown-grace=10s", "--max-disk-usage=2Gi"])
             .arg("--cleaned-disk-usage=1Gi")
-    };
-    let mut nodes: Vec<NodeProcess> = Vec::new();
-    for i in 0..cfg.nodes {
-        nodes.push(builder(i).spawn().await);
     }
-    let slots: Arc<Vec<Slot>> = Arc::new(
-        (0..=cfg.nodes)
-            .map(|i| Slot {
-                url: Mutex::new(nodes.get(i).map(|n| n.url()).unwrap_or_default()),
-                up: AtomicBool::new(i < cfg.nodes),
-                generation: AtomicU64::new(0),
-            })
-            .collect(),
-    );
-    // Half the objects warm before the churn starts, half cold.
+
+    fn came_up(&self, slot: usize, node: &NodeProcess) {
+        *self.slots[slot].url.lock().unwrap() = node.url();
+        self.slots[slot].up.store(true, Ordering::SeqCst);
+    }
+
+    /// Half the objects are warm before the churn starts, half cold.
+    async fn warm_half(&self, tally: &Mutex<Tally>) {
+        for (i, obj) in self.objects.iter().enumerate().step_by(2) {
+            let url = format!("{}{}", self.nodes[i % self.nodes.len()].url(), obj.path);
+            let got = get_sha256(&url, &[]).await.expect("warm-up download");
+            assert_eq!(got.sha256, obj.sha256(), "warm-up body");
+            let chunks = obj.len.div_ceil(self.cfg.chunk_size);
+            tally
+                .lock()
+                .unwrap()
+                .chunks
+                .extend((0..chunks).map(|c| (i, c)));
+        }
+    }
+
+    /// Until `deadline`, every `event_every` in turn: kill -9 a random node, restart it, a
+    /// seventh joins, it leaves (SIGTERM). Counts events and failovers into `report`.
+    async fn churn(&mut self, deadline: Instant, report: &mut ChurnReport) {
+        let (n, mut killed) = (self.cfg.nodes, None);
+        let mut rng = StdRng::seed_from_u64(self.cfg.seed);
+        let mut tick = 0u64;
+        while Instant::now() + self.cfg.event_every < deadline {
+            tokio::time::sleep(self.cfg.event_every).await;
+            match tick % 4 {
+                0 => {
+                    let i = rng.random_range(0..n);
+                    report.failovers += failovers(&self.nodes[i]).await;
+                    go_down(&self.slots[i]);
+                    self.nodes[i].kill_9().await;
+                    report.kills += 1;
+                    killed = Some(i);
+                }
+                1 => {
+                    if let Some(i) = killed.take() {
+                        self.nodes[i].restart().await;
+                        self.slots[i].up.store(true, Ordering::SeqCst);
+                        report.restarts += 1;
+                    }
+                }
+                2 => {
+                    let node = self.builder(n).spawn().await;
+                    self.came_up(n, &node);
+                    self.joiner = Some(node);
+                    report.joins += 1;
+                }
+                _ => {
+                    if let Some(mut node) = self.joiner.take() {
+                        report.failovers += failovers(&node).await;
+                        go_down(&self.slots[n]);
+                        node.sigterm();
+                        node.wait_exit(Duration::from_secs(30)).await;
+                        report.leaves += 1;
+                    }
+                }
+            }
+            tick += 1;
+        }
+        if let Some(i) = killed {
+            self.nodes[i].restart().await;
+            report.restarts += 1;
+        }
+    }
+}
+
+pub async fn run(cfg: ChurnConfig) -> ChurnReport {
+    let mut cluster = Cluster::start(cfg.clone()).await;
     let tally = Arc::new(Mutex::new(Tally::default()));
-    for (i, obj) in objects.iter().enumerate().step_by(2) {
-        let url = format!("{}{}", nodes[i % cfg.nodes].url(), obj.path);
-        let got = get_sha256(&url, &[]).await.expect("warm-up download");
-        assert_eq!(got.sha256, obj.sha256(), "warm-up body");
-        let mut t = tally.lock().unwrap();
-        t.chunks
-            .extend((0..obj.len.div_ceil(cfg.chunk_size)).map(|c| (i, c)));
-    }
+    cluster.warm_half(&tally).await;
 
     let started = Instant::now();
     let deadline = started + cfg.duration;
@@ -211,64 +301,19 @@ pub async fn run(cfg: ChurnConfig) -> ChurnReport {
                 cfg.clone(),
                 cfg.seed * 7919 + c as u64,
                 deadline,
-                slots.clone(),
-                objects.clone(),
+                cluster.slots.clone(),
+                cluster.objects.clone(),
                 tally.clone(),
             ))
         })
         .collect();
-
     let mut report = ChurnReport::default();
-    let mut joiner: Option<NodeProcess> = None;
-    let mut killed: Option<usize> = None;
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut tick = 0u64;
-    while Instant::now() + cfg.event_every < deadline {
-        tokio::time::sleep(cfg.event_every).await;
-        match tick % 4 {
-            0 => {
-                let i = rng.random_range(0..cfg.nodes);
-                report.failovers += failovers(&nodes[i]).await;
-                go_down(&slots[i]);
-                nodes[i].kill_9().await;
-                report.kills += 1;
-                killed = Some(i);
-            }
-            1 => {
-                if let Some(i) = killed.take() {
-                    nodes[i].restart().await;
-                    slots[i].up.store(true, Ordering::SeqCst);
-                    report.restarts += 1;
-                }
-            }
-            2 => {
-                let node = builder(cfg.nodes).spawn().await;
-                *slots[cfg.nodes].url.lock().unwrap() = node.url();
-                slots[cfg.nodes].up.store(true, Ordering::SeqCst);
-                joiner = Some(node);
-                report.joins += 1;
-            }
-            _ => {
-                if let Some(mut node) = joiner.take() {
-                    report.failovers += failovers(&node).await;
-                    go_down(&slots[cfg.nodes]);
-                    node.sigterm();
-                    node.wait_exit(Duration::from_secs(30)).await;
-                    report.leaves += 1;
-                }
-            }
-        }
-        tick += 1;
-    }
+    cluster.churn(deadline, &mut report).await;
     for c in clients {
         c.await.expect("client task");
     }
     report.seconds = started.elapsed().as_secs_f64();
-    if let Some(i) = killed {
-        nodes[i].restart().await;
-        report.restarts += 1;
-    }
-    for node in nodes.iter().chain(joiner.iter()) {
+    for node in cluster.nodes.iter().chain(cluster.joiner.iter()) {
         report.failovers += failovers(node).await;
     }
     let t = tally.lock().unwrap();
@@ -278,12 +323,13 @@ pub async fn run(cfg: ChurnConfig) -> ChurnReport {
     report.client_errors = t.errors;
     report.errors_on_departed_nodes = t.departed;
     report.first_error = t.first_error.clone();
+    let objects = &cluster.objects;
     report.unique_bytes = t
         .chunks
         .iter()
         .map(|&(o, c)| cfg.chunk_size.min(objects[o].len - c * cfg.chunk_size))
         .sum();
-    report.upstream_bytes = origin.stats().body_bytes_sent;
+    report.upstream_bytes = cluster.origin.stats().body_bytes_sent;
     let moved_share = (report.kills + report.joins) as f64 / cfg.nodes as f64;
     let lost_windows = report.kills * cfg.clients as u64 * (READAHEAD + 1) * cfg.chunk_size;
     report.bound_bytes = (report.unique_bytes as f64 * (1.0 + moved_share)) as u64 + lost_windows;
