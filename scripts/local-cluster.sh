@@ -8,7 +8,9 @@
 #   origin: http://127.0.0.1:8070   objects /small.bin (64 MiB), /big.bin (1 GiB), throttled to 50 MB/s a connection
 #
 # Try: curl -s http://127.0.0.1:8081/big.bin | sha256sum; curl -s http://127.0.0.1:8082/big.bin | sha256sum
-# then compare casserole_upstream_bytes_total across the nodes' metrics.
+# then compare casserole_upstream_bytes_total across the nodes' metrics. Purge (token printed at start):
+#   curl -s -H "Authorization: Bearer $ADMIN_TOKEN" -d '{"path": "/big.bin"}' http://127.0.0.1:9091/purge
+# Nodes run with the defaults a user would use: no --node-id (each one's id is its peering URL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v etcd >/dev/null && command -v protoc >/dev/null || bash scripts/setup.sh
@@ -37,11 +39,12 @@ pids+=($!)
 pids+=($!)
 
 token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+admin_token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 for i in 1 2 3; do
   mkdir -p "$work/node$i"
   "$bin/casserole-node" --upstream http://127.0.0.1:8070 \
     --address 127.0.0.1:808$i --admin-address 127.0.0.1:909$i \
-    --peer-address 127.0.0.1:800$i --peering-address http://127.0.0.1:800$i --node-id node$i \
+    --peer-address 127.0.0.1:800$i --peering-address http://127.0.0.1:800$i --admin-token "$admin_token" \
     --etcd http://127.0.0.1:2379 --cluster-name local --peer-token "$token" \
     --disk-cache-dir "$work/node$i" --max-memory-usage 512Mi >"$work/node$i.log" 2>&1 &
   pids+=($!)
@@ -54,5 +57,6 @@ for i in 1 2 3; do
   done
 done
 echo "cluster up: nodes on 127.0.0.1:8081-8083, origin on 127.0.0.1:8070; logs in $work"
+echo "admin token (POST /purge): ADMIN_TOKEN=$admin_token"
 echo "members: $(curl -s http://127.0.0.1:9091/metrics | grep '^casserole_cluster_members')"
 wait -n "${pids[@]}"

@@ -235,6 +235,19 @@ pub struct Config {
           num_args = 0..=1, default_missing_value = "true")]
     pub peer_hot_copy: bool,
 
+    /// Bearer token of the admin listener's purge API (POST /purge); without a token (or a
+    /// token file) the purge API is off.
+    #[arg(long, env = "CASSEROLE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// File holding the admin token (e.g. a mounted Kubernetes Secret).
+    #[arg(long, env = "CASSEROLE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// How long a cluster-wide purge stays recorded in etcd: a member away for longer misses it.
+    #[arg(long, env = "CASSEROLE_PURGE_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub purge_ttl: Duration,
+
     /// Lease TTL of this node's membership record in etcd.
     #[arg(long, env = "CASSEROLE_MEMBER_TTL", default_value = "10s", value_parser = parse_duration)]
     pub member_ttl: Duration,
@@ -340,6 +353,30 @@ impl Config {
             }
         })?;
         self.pass_through_set()?;
+        if let Some(id) = &self.node_id {
+            // Any other text works as a member key (it is percent-encoded); an empty id has no
+            // key, and the ownership hash separates id and key with a NUL byte.
+            if id.trim().is_empty() || id.contains('\0') {
+                return Err(ConfigError::Invalid {
+                    flag: "--node-id",
+                    message: "must be non-empty and contain no NUL byte".into(),
+                });
+            }
+        }
+        if let Some(token) = self.admin_token()? {
+            if token.len() < 16 {
+                return Err(ConfigError::Invalid {
+                    flag: "--admin-token",
+                    message: "must be at least 16 characters".into(),
+                });
+            }
+        }
+        if self.purge_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                flag: "--purge-ttl",
+                message: "must be at least 1s".into(),
+            });
+        }
         if self.clustered() {
             match self.peer_token()? {
                 Some(token) => casserole_limits::check_peer_token(&token).map_err(|message| {
@@ -407,6 +444,23 @@ impl Config {
         };
         let token = std::fs::read_to_string(file).map_err(|e| ConfigError::Invalid {
             flag: "--peer-token-file",
+            message: format!("{}: {e}", file.display()),
+        })?;
+        Ok(Some(token.trim().to_string()))
+    }
+}
+
+impl Config {
+    /// The admin token from `--admin-token` or `--admin-token-file`; `None` turns purging off.
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(token) = &self.admin_token {
+            return Ok(Some(token.trim().to_string()));
+        }
+        let Some(file) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(file).map_err(|e| ConfigError::Invalid {
+            flag: "--admin-token-file",
             message: format!("{}: {e}", file.display()),
         })?;
         Ok(Some(token.trim().to_string()))
@@ -505,6 +559,18 @@ mod tests {
         assert!(Config::try_parse_from(["casserole-node", "--upstream", "ftp://x"]).is_err());
         let err = parse(&["--upstream", "http://x", "--peers", "http://127.0.0.1:1"]).unwrap_err();
         assert!(err.to_string().contains("--peer-token"), "{err}");
+        let err = parse(&["--upstream", "http://x", "--admin-token", "short"]).unwrap_err();
+        assert!(err.to_string().contains("--admin-token"), "{err}");
+        let err = parse(&[
+            "--upstream",
+            "http://x",
+            "--admin-token-file",
+            "/nonexistent/t",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--admin-token-file"), "{err}");
+        let err = parse(&["--upstream", "http://x", "--node-id", ""]).unwrap_err();
+        assert!(err.to_string().contains("--node-id"), "{err}");
         assert!(matches!(
             parse(&["--upstream", "http://x", "--chunk-size", "1"]),
             Err(ConfigError::BadChunkSize(_))

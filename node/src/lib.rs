@@ -1,10 +1,10 @@
 //! Casserole cache node: a chunked, tiered, streaming HTTP cache for large objects.
 //!
 //! Module map (dependencies point down; nothing below calls back up):
-//! `lib` (wiring) → `http` (front, admin) → `fetch` (the walk over chunk sources) → `metadata`
-//! → `peer` (protocol: wire, client, server) / `tier` (memory, disk, upstream source) →
-//! `source` (the `ChunkSource` seam) → `upstream`, `policy` → `cluster`, `object`, `body`,
-//! `config`, `metrics`.
+//! `lib` (wiring) → `http` (front, admin) → `purge` → `fetch` (the walk over chunk sources) →
+//! `metadata` → `peer` (protocol: wire, client, server) / `tier` (memory, disk, upstream source)
+//! → `source` (the `ChunkSource` seam) → `upstream`, `policy` → `cluster`, `object`, `body`,
+//! `target`, `config`, `metrics`.
 
 pub mod body;
 pub mod cluster;
@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod object;
 pub mod peer;
 pub mod policy;
+pub mod purge;
 pub mod source;
 pub mod target;
 pub mod tier;
@@ -44,6 +45,7 @@ use crate::{
         server::PeerApi,
         PeerMetrics,
     },
+    purge::{LocalStores, PurgeEtcdConfig, PurgeMetrics, Purger},
     source::ChunkSource,
     tier::{
         disk::{DiskConfig, DiskMetrics, DiskTier},
@@ -67,6 +69,7 @@ pub fn metric_names() -> Vec<String> {
     PeerMetrics::new(&r);
     DiskMetrics::new(&r);
     ClusterMetrics::new(&r);
+    PurgeMetrics::new(&r);
     r.names()
 }
 
@@ -183,7 +186,42 @@ fn fetcher(
     (fetcher, memory)
 }
 
-async fn build(cfg: &Config) -> anyhow::Result<Parts> {
+/// Purges; with etcd, waits (bounded) until purges recorded while this node was away are applied,
+/// before any listener is bound, so nothing purged meanwhile is served to clients or peers.
+async fn purger(
+    cfg: &Config,
+    registrar: &Registrar,
+    membership: &Membership,
+    stopped: &watch::Receiver<bool>,
+    stores: LocalStores,
+) -> Arc<Purger> {
+    let etcd = (!cfg.etcd.is_empty()).then(|| PurgeEtcdConfig {
+        endpoints: cfg.etcd.clone(),
+        cluster_name: cfg.cluster_name.clone(),
+        node_id: membership.self_member().id.clone(),
+        ttl: cfg.purge_ttl,
+    });
+    let clustered = etcd.is_some();
+    let purger = Purger::start(
+        stores,
+        membership.clone(),
+        etcd,
+        PurgeMetrics::new(registrar),
+        stopped.clone(),
+    )
+    .await;
+    if clustered && !purger.wait_caught_up(PURGE_CATCH_UP).await {
+        tracing::warn!(
+            "purge records not read from etcd within {PURGE_CATCH_UP:?}; serving, and applying them once etcd answers"
+        );
+    }
+    Arc::new(purger)
+}
+
+/// How long a starting node waits to apply the purges recorded in etcd.
+const PURGE_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn build(cfg: &Config, stopped: &watch::Receiver<bool>) -> anyhow::Result<Parts> {
     let registrar = Registrar::new();
     let upstream = Arc::new(Upstream::new(
         UpstreamConfig {
@@ -220,7 +258,13 @@ async fn build(cfg: &Config) -> anyhow::Result<Parts> {
         peers.clone(),
         MetadataMetrics::new(&registrar),
     );
-    let (fetcher, memory) = fetcher(cfg, &registrar, &upstream, disk, peers, &metadata);
+    let (fetcher, memory) = fetcher(cfg, &registrar, &upstream, disk.clone(), peers, &metadata);
+    let stores = LocalStores {
+        metadata: metadata.clone(),
+        fetcher: fetcher.clone(),
+        disk,
+    };
+    let purger = purger(cfg, &registrar, &membership, stopped, stores).await;
     let peer_api = peer_token.map(|token| {
         Arc::new(PeerApi {
             token,
@@ -242,6 +286,8 @@ async fn build(cfg: &Config) -> anyhow::Result<Parts> {
         memory,
         ready: Arc::new(AtomicBool::new(false)),
         membership: membership.clone(),
+        purger,
+        token: cfg.admin_token()?,
     });
     Ok(Parts {
         membership,
@@ -260,7 +306,8 @@ async fn bind(addr: SocketAddr, flag: &'static str) -> anyhow::Result<TcpListene
 impl RunningNode {
     /// Builds the tiers, binds the listeners and starts serving.
     pub async fn start(cfg: Config) -> anyhow::Result<Self> {
-        let parts = build(&cfg).await?;
+        let (stop, stopped) = watch::channel(false);
+        let parts = build(&cfg, &stopped).await?;
         let client_listener = bind(cfg.address, "--address").await?;
         let admin_listener = bind(cfg.admin_address, "--admin-address").await?;
         let peer_listener = match &parts.peer_api {
@@ -270,7 +317,6 @@ impl RunningNode {
         let client_addr = client_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         let peer_addr = peer_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-        let (stop, stopped) = watch::channel(false);
         let limits = || ServerLimits {
             max_header_size: cfg.max_header_size.0 as usize,
             max_connections: cfg.max_connections,

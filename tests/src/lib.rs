@@ -1,6 +1,7 @@
 //! Test infrastructure for Casserole: a generated-content test origin and a harness that runs
 //! the real `casserole-node` (and `etcd`) as processes.
 
+pub mod churn;
 pub mod client;
 pub mod harness;
 pub mod origin;

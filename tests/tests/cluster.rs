@@ -1,5 +1,6 @@
 //! Three nodes as one cache: etcd membership (a real etcd), owner-peer chunk sharing, failover,
-//! and the peer API's authentication.
+//! and the peer API's authentication. Nodes start the way a user starts them: no `--node-id`,
+//! so each one's id is its peering URL.
 
 use std::time::Duration;
 
@@ -34,6 +35,14 @@ async fn wait_members(nodes: &[&NodeProcess], n: usize) {
             all &= node.metric("casserole_cluster_members").await == n as f64;
         }
         if all {
+            for node in nodes {
+                assert_eq!(
+                    node.metric("casserole_cluster_self_missing_total").await,
+                    0.0,
+                    "{} found itself in the member list",
+                    node.url()
+                );
+            }
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -2,7 +2,9 @@
 //!
 //! Three sources: standalone (just this node), a fixed `--peers` list, or etcd.
 //! With etcd each node registers `/casserole/<cluster>/members/<node_id>` =
-//! peering URL under a lease it keeps alive, and watches the prefix. The member
+//! peering URL under a lease it keeps alive, and watches the prefix. The id is
+//! percent-encoded into one key segment (see `member_key`), so any id works,
+//! the default (the peering URL, full of `/`) included. The member
 //! set is published through a `tokio::sync::watch` channel so readers never
 //! block and can subscribe to changes.
 //!
@@ -26,7 +28,9 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
+
+use super::member_key;
 
 pub use super::Member;
 
@@ -46,6 +50,8 @@ pub struct ClusterMetrics {
     pub etcd_errors: prometheus::IntCounter,
     /// Registrations with a new lease after the first one (lease lost).
     pub lease_registrations: prometheus::IntCounter,
+    /// Member lists read from etcd that lacked this node (or listed its id with another URL).
+    pub self_missing: prometheus::IntCounter,
 }
 
 impl ClusterMetrics {
@@ -60,6 +66,10 @@ impl ClusterMetrics {
                 "casserole_lease_registrations_total",
                 "Membership re-registrations after a lost etcd lease",
             ),
+            self_missing: r.counter(
+                "casserole_cluster_self_missing_total",
+                "Member lists read from etcd that did not list this node under its id and URL",
+            ),
         }
     }
 
@@ -73,6 +83,11 @@ impl ClusterMetrics {
             lease_registrations: prometheus::IntCounter::new(
                 "cluster_lease_registrations_total",
                 "re-registrations with a new lease",
+            )
+            .expect("valid counter"),
+            self_missing: prometheus::IntCounter::new(
+                "cluster_self_missing_total",
+                "lists without this node",
             )
             .expect("valid counter"),
         }
@@ -96,6 +111,15 @@ impl EtcdConfig {
     /// from seeing cluster "ab".
     pub fn members_prefix(&self) -> String {
         format!("/casserole/{}/members/", self.cluster_name)
+    }
+
+    /// This node's own key.
+    pub fn self_key(&self) -> String {
+        format!(
+            "{}{}",
+            self.members_prefix(),
+            member_key::encode(&self.node_id)
+        )
     }
 
     fn ttl_secs(&self) -> i64 {
@@ -403,6 +427,7 @@ async fn session(st: &mut State, established: &mut bool) -> Result<(), SessionEr
         }
     }
     st.remote = remote;
+    check_self_listed(st);
     st.shared.publish(&st.remote);
     if !st.shared.loaded.swap(true, Ordering::AcqRel) {
         info!(
@@ -426,7 +451,7 @@ async fn session(st: &mut State, established: &mut bool) -> Result<(), SessionEr
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ka = Instant::now();
     let lease_ttl = Duration::from_secs(ttl as u64);
-    let self_key = format!("{prefix}{}", st.cfg.node_id);
+    let self_key = st.cfg.self_key();
 
     loop {
         tokio::select! {
@@ -470,6 +495,9 @@ async fn session(st: &mut State, established: &mut bool) -> Result<(), SessionEr
                             }
                         }
                     }
+                }
+                if !self_deleted {
+                    check_self_listed(st);
                 }
                 st.shared.publish(&st.remote);
                 if self_deleted {
@@ -520,22 +548,39 @@ async fn register(
 }
 
 async fn put_self(st: &State, client: &mut Client, lease: i64) -> Result<(), SessionError> {
-    let key = format!("{}{}", st.cfg.members_prefix(), st.cfg.node_id);
+    let key = st.cfg.self_key();
     let opts = PutOptions::new().with_lease(lease);
     op(client.put(key, st.cfg.peering_url.as_str(), Some(opts))).await?;
     Ok(())
 }
 
-/// `<prefix><id>` → (id, url). Keys deeper than one level or not UTF-8 are
-/// ignored rather than trusted.
+/// A list that lacks this node right after it registered means its key and
+/// the parser disagree (or another node uses the same id): peers will not
+/// route to it, so say so loudly instead of running as a silent one-member
+/// cluster.
+fn check_self_listed(st: &State) {
+    let listed = st.remote.get(&st.cfg.node_id);
+    if listed == Some(&st.cfg.peering_url) {
+        return;
+    }
+    st.shared.metrics.self_missing.inc();
+    match listed {
+        None => error!(node = %st.cfg.node_id, key = %st.cfg.self_key(), members = st.remote.len(),
+            "this node is missing from the member list it read from etcd; peers will not route to it"),
+        Some(other) => {
+            error!(node = %st.cfg.node_id, url = %st.cfg.peering_url, listed_url = %other,
+            "another URL is registered under this node's id: is --node-id used twice?")
+        }
+    }
+}
+
+/// `<prefix><encoded id>` → (id, url). Keys deeper than one level, not
+/// UTF-8 or not a valid encoding are ignored rather than trusted.
 fn parse_kv(prefix: &str, key: &[u8], value: &[u8]) -> Option<(String, String)> {
     let key = std::str::from_utf8(key).ok()?;
-    let id = key.strip_prefix(prefix)?;
-    if id.is_empty() || id.contains('/') {
-        return None;
-    }
+    let id = member_key::decode(key.strip_prefix(prefix)?)?;
     let url = std::str::from_utf8(value).ok()?;
-    Some((id.to_string(), url.to_string()))
+    Some((id, url.to_string()))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! standalone); `ring` maps a key onto that set by rendezvous hashing. Both
 //! only depend on [`Member`], so the ring can be used with any member source.
 
+pub mod member_key;
 pub mod membership;
 pub mod ring;
 

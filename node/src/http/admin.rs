@@ -1,19 +1,26 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz` (serving).
+//! The admin listener: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz` (serving), and
+//! `POST /purge` (with `--admin-token`).
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
     Arc,
 };
 
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use super::RemoteAddr;
 use crate::{
     body::{self, Body},
     cluster::membership::Membership,
     metrics::Registrar,
+    purge::{Purger, Target},
     tier::memory::MemoryTier,
 };
+
+/// A purge request is one small JSON object.
+const MAX_PURGE_BODY: usize = 16 * 1024;
 
 pub struct Admin {
     pub registrar: Registrar,
@@ -22,6 +29,9 @@ pub struct Admin {
     /// load balancers stop sending new requests while in-flight ones drain.
     pub ready: Arc<AtomicBool>,
     pub membership: Membership,
+    pub purger: Arc<Purger>,
+    /// `None`: the purge API is off.
+    pub token: Option<String>,
 }
 
 impl Admin {
@@ -43,10 +53,99 @@ impl Admin {
             ),
             "/readyz" if self.ready.load(Ordering::Relaxed) => Response::new(body::full("ready\n")),
             "/readyz" => body::error(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+            "/purge" => self.purge(req).await,
             _ => body::error(
                 StatusCode::NOT_FOUND,
-                "admin endpoints are /metrics, /healthz and /readyz",
+                "admin endpoints are /metrics, /healthz, /readyz and /purge",
             ),
         }
+    }
+
+    /// `POST /purge` with `{"path": "/a/b.iso"}` or `{"prefix": "/a/"}` and
+    /// `Authorization: Bearer <admin token>`. 200 when every member confirmed, 202 when some
+    /// did not (yet); the JSON answer says which.
+    async fn purge(&self, req: Request<Incoming>) -> Response<Body> {
+        let Some(token) = &self.token else {
+            return body::error(
+                StatusCode::NOT_FOUND,
+                "the purge API is off: start the node with --admin-token or --admin-token-file",
+            );
+        };
+        // Authentication first: an unauthenticated caller learns nothing else.
+        if !bearer_matches(&req, token) {
+            tracing::warn!(from = %requester(&req), "purge refused: missing or wrong admin token");
+            let mut res = body::error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return res;
+        }
+        if req.method() != Method::POST {
+            return body::error(StatusCode::METHOD_NOT_ALLOWED, "use POST /purge");
+        }
+        let who = requester(&req);
+        let raw = match Limited::new(req.into_body(), MAX_PURGE_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return body::error(StatusCode::BAD_REQUEST, format_args!("body: {e}")),
+        };
+        let target: Target = match serde_json::from_slice(&raw) {
+            Ok(t) => t,
+            Err(e) => {
+                return body::error(
+                    StatusCode::BAD_REQUEST,
+                    format_args!(r#"expected {{"path": "/..."}} or {{"prefix": "/..."}}: {e}"#),
+                )
+            }
+        };
+        if let Err(why) = target.validate() {
+            return body::error(StatusCode::BAD_REQUEST, why);
+        }
+        let outcome = self.purger.purge(target, &who).await;
+        let status = if outcome.pending.is_empty() && outcome.warning.is_none() {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        };
+        let mut json = serde_json::to_vec_pretty(&outcome).expect("outcome serializes");
+        json.push(b'\n');
+        let mut res = Response::new(body::full(json));
+        *res.status_mut() = status;
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        res
+    }
+}
+
+/// Compares in constant time, so the token cannot be guessed byte by byte from response timing.
+fn bearer_matches(req: &Request<Incoming>, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .as_bytes();
+    presented.len() == expected.len() && bool::from(presented.ct_eq(expected.as_bytes()))
+}
+
+/// Who asked, for the log line and the purge record: the client address and its User-Agent.
+fn requester(req: &Request<Incoming>) -> String {
+    let addr = req
+        .extensions()
+        .get::<RemoteAddr>()
+        .map(|a| a.0.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    match req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(ua) => format!("{addr} ({ua})"),
+        None => addr,
     }
 }

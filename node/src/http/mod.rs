@@ -22,6 +22,11 @@ use tokio::{
 
 use crate::body::Body;
 
+/// The address a request came from, put into every request's extensions (for logs that say who
+/// asked).
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteAddr(pub std::net::SocketAddr);
+
 /// Bounds every listener applies to its connections.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
@@ -160,7 +165,8 @@ async fn connection<H, F>(
     let _ = stream.set_nodelay(true);
     let activity = conn::Activity::new();
     let tracker = activity.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(RemoteAddr(peer));
         let (handler, tracker) = (handler.clone(), tracker.clone());
         async move { Ok::<_, Infallible>(tracker.track(call(handler, req).await)) }
     });

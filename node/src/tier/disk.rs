@@ -43,7 +43,8 @@ mod metrics;
 mod open;
 mod source;
 use format::{
-    encode_header, file_len, read_verified, valid_version, Loaded, KIND_CHUNK, KIND_META,
+    encode_header, file_len, read_verified, stored_key, valid_version, Loaded, KIND_CHUNK,
+    KIND_META,
 };
 pub use metrics::DiskMetrics;
 
@@ -216,6 +217,22 @@ impl DiskTier {
             Ok(())
         })
         .await;
+    }
+
+    /// Names of every metadata record, for scans (a prefix purge); reads one header per record.
+    pub async fn meta_names(&self) -> Vec<String> {
+        let dir = self.inner.dir.join("meta");
+        blocking(move || {
+            let mut names = Vec::new();
+            for e in fs::read_dir(&dir)?.flatten() {
+                if let Ok(Some(key)) = stored_key(&e.path(), KIND_META) {
+                    names.extend(String::from_utf8(key).ok());
+                }
+            }
+            Ok(names)
+        })
+        .await
+        .unwrap_or_default()
     }
 
     pub fn used_bytes(&self) -> u64 {

@@ -93,7 +93,7 @@ impl NodeBuilder {
         self.ports = Some(ports);
         self
     }
-    /// `--node-id` (default `node-<http port>`, unique per test run).
+    /// `--node-id` (default: none, so the node uses its peering URL, as a user's would).
     pub fn node_id(mut self, id: impl Into<String>) -> Self {
         self.node_id = Some(id.into());
         self
@@ -124,12 +124,11 @@ impl NodeBuilder {
         default("--admin-address", format!("127.0.0.1:{}", ports.admin));
         default("--peer-address", format!("127.0.0.1:{}", ports.peer));
         default("--peering-address", ports.peer_url());
-        default(
-            "--node-id",
-            self.node_id
-                .clone()
-                .unwrap_or_else(|| format!("node-{}", ports.http)),
-        );
+        // No --node-id unless asked for: a user starting a cluster leaves it out, so the tests
+        // run on the default id (the peering URL).
+        if let Some(id) = &self.node_id {
+            default("--node-id", id.clone());
+        }
         default("--log-format", "text".to_string());
         match &self.disk_dir {
             Some(dir) => {

@@ -55,6 +55,11 @@ fn parse_kv_rejects_foreign_keys() {
     assert_eq!(parse_kv(p, b"/casserole/x/members/", b"u"), None);
     assert_eq!(parse_kv(p, b"/casserole/x/members/a/b", b"u"), None);
     assert_eq!(parse_kv(p, b"/casserole/xy/members/a", b"u"), None);
+    assert_eq!(
+        parse_kv(p, b"/casserole/x/members/http:%2F%2Fh:1", b"http://h:1"),
+        Some(("http://h:1".into(), "http://h:1".into())),
+        "encoded ids decode"
+    );
 }
 
 #[test]
@@ -445,5 +450,68 @@ async fn dropping_every_handle_stops_the_task() {
     drop(b);
     // The task notices the dropped stop sender and revokes its lease.
     wait_until(2, "a drops b", || has_ids(&a, &["a"])).await;
+    a.leave().await;
+}
+
+/// The default node id is the peering URL: ids full of `/` (and `%`) must
+/// form a cluster, and each node must find itself in what it reads.
+#[tokio::test]
+async fn url_shaped_ids_form_a_cluster() {
+    let etcd = Etcd::start().await;
+    let ep = vec![etcd.endpoint()];
+    let ids = ["http://127.0.0.1:18291", "http://127.0.0.1:18292/a%20b"];
+    let metrics: Vec<ClusterMetrics> = ids.iter().map(|_| ClusterMetrics::unregistered()).collect();
+    let nodes: Vec<Membership> = ids
+        .iter()
+        .zip(&metrics)
+        .map(|(id, m)| {
+            let mut c = cfg(&ep, "urls", id);
+            c.peering_url = id.to_string();
+            Membership::etcd(c, m.clone())
+        })
+        .collect();
+    for n in &nodes {
+        wait_until(3, "both listed", || has_ids(n, &ids)).await;
+    }
+    let mut c = etcd.client().await;
+    let r = c
+        .get(
+            "/casserole/urls/members/",
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let keys: Vec<&str> = r.kvs().iter().map(|kv| kv.key_str().unwrap()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "/casserole/urls/members/http:%2F%2F127.0.0.1:18291",
+            "/casserole/urls/members/http:%2F%2F127.0.0.1:18292%2Fa%2520b",
+        ]
+    );
+    for m in &metrics {
+        assert_eq!(m.self_missing.get(), 0);
+        assert_eq!(m.members.get(), 2);
+    }
+    for n in nodes {
+        n.leave().await;
+    }
+}
+
+/// A node whose own key is not in the list it reads (here: another process
+/// overwrote it with a different URL, i.e. a duplicate id) reports it.
+#[tokio::test]
+async fn a_node_missing_from_its_list_is_counted() {
+    let etcd = Etcd::start().await;
+    let ep = vec![etcd.endpoint()];
+    let metrics = ClusterMetrics::unregistered();
+    let a = Membership::etcd(cfg(&ep, "dup", "a"), metrics.clone());
+    wait_until(3, "loaded", || a.is_loaded()).await;
+    assert_eq!(metrics.self_missing.get(), 0);
+    let mut c = etcd.client().await;
+    c.put("/casserole/dup/members/a", "http://impostor:1", None)
+        .await
+        .unwrap();
+    wait_until(2, "counted", || metrics.self_missing.get() >= 1).await;
     a.leave().await;
 }

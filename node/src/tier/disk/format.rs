@@ -23,6 +23,18 @@ pub(super) const KIND_META: u8 = 2;
 /// magic(4) format(1) kind(1) key_len(2) payload_len(8) crc32(4), all little endian.
 pub(super) const HEADER_FIXED: usize = 20;
 
+/// The key a file says it holds, from its header alone (unverified: `read_verified` checks it
+/// together with the payload). `None` for a file too short or of another kind.
+pub(super) fn stored_key(path: &Path, kind: u8) -> io::Result<Option<Vec<u8>>> {
+    let mut f = File::open(path)?;
+    let mut h = [0u8; HEADER_FIXED];
+    if f.read_exact(&mut h).is_err() || h[..4] != MAGIC || h[5] != kind {
+        return Ok(None);
+    }
+    let mut key = vec![0u8; u16::from_le_bytes([h[6], h[7]]) as usize];
+    Ok(f.read_exact(&mut key).is_ok().then_some(key))
+}
+
 pub(super) enum Loaded {
     Good(Bytes, File),
     /// Reason and inode of the bad file.

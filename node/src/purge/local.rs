@@ -1,0 +1,112 @@
+//! Removing a purge target from this node's own stores: metadata (memory and disk) and the
+//! chunks of every version it named (memory tier, hot copies included, and disk tier).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{fetch::ChunkFetcher, metadata::MetadataStore, tier::disk::DiskTier};
+
+/// What a purge removes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// One path (and query), all its versions.
+    Path(String),
+    /// Every path that starts with this.
+    Prefix(String),
+}
+
+impl Target {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Path(_) => "path",
+            Target::Prefix(_) => "prefix",
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        match self {
+            Target::Path(p) | Target::Prefix(p) => p,
+        }
+    }
+
+    /// Paths are matched as the front end sees them: they start with `/`.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.text().starts_with('/') {
+            return Err(format!("{} must start with '/'", self.kind()));
+        }
+        Ok(())
+    }
+}
+
+/// The stores a purge removes data from.
+#[derive(Clone)]
+pub struct LocalStores {
+    pub metadata: Arc<MetadataStore>,
+    pub fetcher: Arc<ChunkFetcher>,
+    pub disk: Option<Arc<DiskTier>>,
+}
+
+/// What one local application removed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Removed {
+    /// Metadata records (objects) dropped.
+    pub objects: usize,
+    /// Versions whose chunks were dropped (this node's own records, plus those given).
+    pub versions: Vec<String>,
+}
+
+impl LocalStores {
+    /// Drops the target's metadata and the chunks of its versions, plus the chunks of `also`
+    /// (versions other members found for the target: a chunk owner need not hold the metadata
+    /// of the objects whose chunks it stores).
+    pub async fn apply(&self, target: &Target, also: &[String]) -> Removed {
+        let found: Vec<String> = match target {
+            Target::Path(path) => self.metadata.purge_path(path).await,
+            Target::Prefix(prefix) => self
+                .metadata
+                .purge_prefix(prefix)
+                .await
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect(),
+        };
+        let objects = found.len();
+        let mut versions = found;
+        versions.extend(also.iter().cloned());
+        versions.sort();
+        versions.dedup();
+        self.drop_chunks(&versions).await;
+        Removed { objects, versions }
+    }
+
+    /// Drops every chunk of `versions`, in memory and on disk.
+    pub async fn drop_chunks(&self, versions: &[String]) {
+        for v in versions {
+            self.fetcher.memory().remove_version(v);
+            if let Some(disk) = &self.disk {
+                disk.remove_version(v).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_body_is_the_target() {
+        let t: Target = serde_json::from_str(r#"{"path": "/a/b.iso?x=1"}"#).unwrap();
+        assert_eq!(t, Target::Path("/a/b.iso?x=1".into()));
+        assert_eq!((t.kind(), t.text()), ("path", "/a/b.iso?x=1"));
+        let t: Target = serde_json::from_str(r#"{"prefix": "/a/"}"#).unwrap();
+        assert_eq!(t, Target::Prefix("/a/".into()));
+        assert!(t.validate().is_ok());
+        assert!(serde_json::from_str::<Target>(r#"{"glob": "/a/*"}"#).is_err());
+        assert!(serde_json::from_str::<Target>(r#"{"path": "/a", "prefix": "/b"}"#).is_err());
+        assert!(Target::Path("a/b".into()).validate().is_err());
+        assert!(Target::Prefix(String::new()).validate().is_err());
+    }
+}
