@@ -6,7 +6,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{parser::ValueSource, ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use regex::RegexSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -251,6 +251,15 @@ pub struct Config {
     /// Lease TTL of this node's membership record in etcd.
     #[arg(long, env = "CASSEROLE_MEMBER_TTL", default_value = "10s", value_parser = parse_duration)]
     pub member_ttl: Duration,
+
+    /// Flags given on the command line (their ids), so legacy environment variables never
+    /// override them; filled by [`Config::load`].
+    #[arg(skip)]
+    pub given_on_command_line: Vec<String>,
+
+    /// The compiled `--pass-through` rules, once `finish` has checked them.
+    #[arg(skip)]
+    pass_through_rules: Option<RegexSet>,
 }
 
 /// Configuration errors found after parsing, each naming the flag at fault.
@@ -274,7 +283,41 @@ impl Config {
     /// Parses flags and environment, then applies the original's fallback variables and checks
     /// the rules that span several flags.
     pub fn load() -> Result<Self, ConfigError> {
-        Self::parse().finish(|name| std::env::var(name).ok())
+        Self::from_matches(Self::command().get_matches(), |name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Like [`Config::load`], from given arguments and environment (tests).
+    pub fn load_from(
+        args: &[&str],
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let matches =
+            Self::command()
+                .try_get_matches_from(args)
+                .map_err(|e| ConfigError::Invalid {
+                    flag: "arguments",
+                    message: e.to_string(),
+                })?;
+        Self::from_matches(matches, env)
+    }
+
+    fn from_matches(
+        matches: clap::ArgMatches,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut cfg = Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        cfg.given_on_command_line = matches
+            .ids()
+            .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+            .map(|id| id.to_string())
+            .collect();
+        cfg.finish(env)
+    }
+
+    fn given(&self, id: &str) -> bool {
+        self.given_on_command_line.iter().any(|g| g == id)
     }
 
     /// Resolves legacy variables through `env` and validates; split out so tests need not touch
@@ -307,12 +350,12 @@ impl Config {
                 })
                 .transpose()
         };
-        if env("CASSEROLE_MAX_MEMORY_USAGE").is_none() && !flag_given("--max-memory-usage") {
+        if env("CASSEROLE_MAX_MEMORY_USAGE").is_none() && !self.given("max_memory_usage") {
             if let Some(size) = legacy_size("MAX_MEMORY")? {
                 self.max_memory_usage = size;
             }
         }
-        if env("CASSEROLE_MAX_DISK_USAGE").is_none() && !flag_given("--max-disk-usage") {
+        if env("CASSEROLE_MAX_DISK_USAGE").is_none() && !self.given("max_disk_usage") {
             if let Some(size) = legacy_size("MAX_DISK")? {
                 self.max_disk_usage = size;
                 // The original cleaned down to 80% of the maximum.
@@ -352,7 +395,15 @@ impl Config {
                 message,
             }
         })?;
-        self.pass_through_set()?;
+        self.pass_through_rules = Some(
+            casserole_limits::compile_pass_through(&self.pass_through)
+                .map_err(ConfigError::BadPassThrough)?,
+        );
+        // Token files are read once, here.
+        self.peer_token = self.peer_token()?;
+        self.peer_token_file = None;
+        self.admin_token = self.admin_token()?;
+        self.admin_token_file = None;
         if let Some(id) = &self.node_id {
             // Any other text works as a member key (it is percent-encoded); an empty id has no
             // key, and the ownership hash separates id and key with a NUL byte.
@@ -416,9 +467,13 @@ impl Config {
         self.upstream.as_ref().expect("validated in finish()")
     }
 
+    /// The compiled `--pass-through` rules (compiled once, by `finish`).
     pub fn pass_through_set(&self) -> Result<RegexSet, ConfigError> {
-        casserole_limits::compile_pass_through(&self.pass_through)
-            .map_err(ConfigError::BadPassThrough)
+        match &self.pass_through_rules {
+            Some(rules) => Ok(rules.clone()),
+            None => casserole_limits::compile_pass_through(&self.pass_through)
+                .map_err(ConfigError::BadPassThrough),
+        }
     }
 
     /// Ownership hashes on member ids, so the default must be unique and stable: the peering URL
@@ -465,11 +520,6 @@ impl Config {
         })?;
         Ok(Some(token.trim().to_string()))
     }
-}
-
-/// Whether a flag was spelled on the command line (legacy env must not override an explicit flag).
-fn flag_given(flag: &str) -> bool {
-    std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")))
 }
 
 #[cfg(test)]
@@ -525,6 +575,32 @@ mod tests {
         assert_eq!(c.max_memory_usage.0, 1_000_000_000);
         assert!(!c.disk_cache_enabled);
         assert_eq!(c.etcd.len(), 2);
+    }
+
+    #[test]
+    fn legacy_sizes_never_override_a_flag() {
+        let env = |k: &str| match k {
+            "MAX_MEMORY" => Some("2G".to_string()),
+            "MAX_DISK" => Some("10G".to_string()),
+            _ => None,
+        };
+        let flagged = Config::load_from(
+            &[
+                "casserole-node",
+                "--upstream",
+                "http://x",
+                "--max-memory-usage",
+                "1G",
+            ],
+            env,
+        )
+        .unwrap();
+        assert_eq!(flagged.max_memory_usage.0, 1_000_000_000, "the flag wins");
+        assert_eq!(
+            flagged.max_disk_usage.0, 10_000_000_000,
+            "the legacy variable fills in"
+        );
+        assert_eq!(flagged.cleaned_disk_usage.0, 8_000_000_000);
     }
 
     #[test]
