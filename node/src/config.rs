@@ -323,6 +323,27 @@ impl Config {
     /// Resolves legacy variables through `env` and validates; split out so tests need not touch
     /// the process environment.
     pub fn finish(mut self, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        self.apply_legacy_environment(env)?;
+        self.check_limits()?;
+        self.pass_through_rules = Some(
+            casserole_limits::compile_pass_through(&self.pass_through)
+                .map_err(ConfigError::BadPassThrough)?,
+        );
+        // Token files are read once, here.
+        self.peer_token = self.peer_token()?;
+        self.peer_token_file = None;
+        self.admin_token = self.admin_token()?;
+        self.admin_token_file = None;
+        self.check_identity()?;
+        Ok(self)
+    }
+
+    /// The original's variables (`UPSTREAM_SERVER`, `ETCD`, `MAX_MEMORY`, `MAX_DISK`), where no
+    /// flag or `CASSEROLE_*` variable set the value.
+    fn apply_legacy_environment(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
         if self.upstream.is_none() {
             if let Some(legacy) = env("UPSTREAM_SERVER") {
                 self.upstream = Some(parse_upstream(&legacy).map_err(ConfigError::BadUpstreamEnv)?);
@@ -362,6 +383,11 @@ impl Config {
                 self.cleaned_disk_usage = ByteSize(size.0 / 10 * 8);
             }
         }
+        Ok(())
+    }
+
+    /// The bounds every value must keep (shared with the operator through `casserole-limits`).
+    fn check_limits(&self) -> Result<(), ConfigError> {
         casserole_limits::check_chunk_size(self.chunk_size.0).map_err(ConfigError::BadChunkSize)?;
         if self.disk_cache_enabled && self.cleaned_disk_usage.0 >= self.max_disk_usage.0 {
             return Err(ConfigError::BadDiskWatermarks {
@@ -395,15 +421,11 @@ impl Config {
                 message,
             }
         })?;
-        self.pass_through_rules = Some(
-            casserole_limits::compile_pass_through(&self.pass_through)
-                .map_err(ConfigError::BadPassThrough)?,
-        );
-        // Token files are read once, here.
-        self.peer_token = self.peer_token()?;
-        self.peer_token_file = None;
-        self.admin_token = self.admin_token()?;
-        self.admin_token_file = None;
+        Ok(())
+    }
+
+    /// Node id, tokens and cluster settings.
+    fn check_identity(&self) -> Result<(), ConfigError> {
         if let Some(id) = &self.node_id {
             // Any other text works as a member key (it is percent-encoded); an empty id has no
             // key, and the ownership hash separates id and key with a NUL byte.
@@ -450,7 +472,7 @@ impl Config {
                 })?;
             }
         }
-        Ok(self)
+        Ok(())
     }
 
     /// The freshness rules the flags set.
