@@ -1,4 +1,5 @@
-//! The cache workload: a StatefulSet (or DaemonSet) of `casserole-node` pods.
+//! The cache: a StatefulSet (or DaemonSet) of `casserole-node` pods, with a headless peer
+//! Service, a client Service, a PodDisruptionBudget and a NetworkPolicy.
 
 use std::collections::BTreeMap;
 
@@ -9,26 +10,34 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Affinity, Container, EmptyDirVolumeSource, EphemeralVolumeSource, Lifecycle, LifecycleHandler,
     PersistentVolumeClaimTemplate, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec,
-    SecretVolumeSource, SleepAction, Volume, VolumeMount, WeightedPodAffinityTerm,
+    SecretVolumeSource, Service, ServiceSpec, SleepAction, Volume, VolumeMount,
+    WeightedPodAffinityTerm,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
+use super::common::{
+    hash_of, labels, namespace, object_meta, selector, selector_labels, Component, IpFamily, Object,
+};
+pub use super::names::cache::{
+    client_service_name, peer_service_name, workload_name, HTTP_PORT, METRICS_PORT, PEER_PORT,
+};
+use super::network::{from_pods, pdb, service_port, tcp};
 use super::pod::{
     claim, container_port, container_security_context, field_env, http_probe, pod_security_context,
 };
 use super::secret::{peer_token_secret_name, TOKEN_KEY};
-use super::validate::DiskPlan;
-use super::{
-    default_node_image, hash_of, labels, namespace, network, object_meta, selector_labels,
-    Component, IpFamily, Object, Plan, CONFIG_HASH_ANNOTATION, PEER_TOKEN_ANNOTATION,
-};
+use super::validate::{DiskPlan, Plan};
 use crate::crd::{CasseroleCache, LogFormat, WorkloadKind};
 
-pub const HTTP_PORT: i32 = 8080;
-pub const PEER_PORT: i32 = 8000;
-pub const METRICS_PORT: i32 = 9090;
+/// Pod-template annotation whose change rolls the cache pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "casserole.io/config-hash";
+/// Pod-template annotation carrying the peer token's fingerprint.
+pub const PEER_TOKEN_ANNOTATION: &str = "casserole.io/peer-token";
 pub const DISK_CACHE_DIR: &str = "/var/cache/casserole";
 pub const PEER_TOKEN_DIR: &str = "/etc/casserole/peer";
 /// Volume (and claim-template) name of the disk tier.
@@ -46,9 +55,98 @@ const STARTUP_PROBE_FAILURES: i32 = 60;
 /// own grace for in-flight responses, and a margin.
 pub const TERMINATION_GRACE_SECONDS: i64 = PRE_STOP_PAUSE_SECONDS + SHUTDOWN_GRACE_SECONDS + 5;
 
-/// Name of the StatefulSet or DaemonSet.
-pub fn workload_name(cache: &CasseroleCache) -> String {
-    cache.name_any()
+/// The node image matching this operator release, used when `spec.image` is unset.
+pub fn default_node_image() -> String {
+    format!(
+        "ghcr.io/casserole-cache/casserole-node:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The cache's objects: its Services, PodDisruptionBudget, NetworkPolicy and workload (its
+/// peer token Secret is created apart, see the `secret` module).
+///
+/// A DaemonSet gets no PodDisruptionBudget: the disruption controller cannot compute
+/// `maxUnavailable` for pods whose controller has no scale subresource, so such a budget
+/// refuses every eviction and blocks node drains; the DaemonSet's own `maxUnavailable: 1`
+/// paces its rolling updates, and a drained node's cache pod is disposable by design.
+pub fn objects(cache: &CasseroleCache, plan: &Plan) -> Vec<Object> {
+    let mut objects = vec![
+        Object::Service(Box::new(peer_service(cache))),
+        Object::Service(Box::new(client_service(cache))),
+    ];
+    if cache.spec.workload == WorkloadKind::StatefulSet {
+        objects.push(Object::PodDisruptionBudget(Box::new(pdb(
+            cache,
+            Component::Cache,
+            workload_name(cache),
+        ))));
+    }
+    objects.push(Object::NetworkPolicy(Box::new(policy(cache))));
+    objects.push(workload(cache, plan));
+    objects
+}
+
+fn peer_service(cache: &CasseroleCache) -> Service {
+    Service {
+        metadata: object_meta(cache, peer_service_name(cache), Component::Cache),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector_labels(cache, Component::Cache)),
+            ports: Some(vec![
+                service_port("peer", PEER_PORT, "peer"),
+                service_port("metrics", METRICS_PORT, "metrics"),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn client_service(cache: &CasseroleCache) -> Service {
+    let svc = &cache.spec.service;
+    let mut metadata = object_meta(cache, client_service_name(cache), Component::Cache);
+    if !svc.annotations.is_empty() {
+        metadata.annotations = Some(svc.annotations.clone());
+    }
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(svc.type_.as_str().into()),
+            selector: Some(selector_labels(cache, Component::Cache)),
+            ports: Some(vec![service_port("http", svc.port, "http")]),
+            // Node-local caching: a client reaches the cache pod on its own node. (A
+            // DaemonSet runs one wherever clients run, given matching tolerations.)
+            internal_traffic_policy: (cache.spec.workload == WorkloadKind::DaemonSet)
+                .then(|| "Local".into()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The peer port (which serves cached chunks to other nodes) admits only this cache's own
+/// pods; the client and metrics ports stay open, since selecting the pods in any policy
+/// isolates them for every port.
+fn policy(cache: &CasseroleCache) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: object_meta(cache, workload_name(cache), Component::Cache),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(selector(cache, Component::Cache)),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(vec![from_pods(cache, Component::Cache)]),
+                    ports: Some(vec![tcp(PEER_PORT)]),
+                },
+                NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(vec![tcp(HTTP_PORT), tcp(METRICS_PORT)]),
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+    }
 }
 
 /// `--cluster-name`: namespaces the etcd prefix, so caches sharing an external etcd never
@@ -224,7 +322,7 @@ fn affinity(cache: &CasseroleCache) -> Option<Affinity> {
                     weight: 100,
                     pod_affinity_term: PodAffinityTerm {
                         topology_key: "kubernetes.io/hostname".into(),
-                        label_selector: Some(pod_selector(cache)),
+                        label_selector: Some(selector(cache, Component::Cache)),
                         ..PodAffinityTerm::default()
                     },
                 },
@@ -233,13 +331,6 @@ fn affinity(cache: &CasseroleCache) -> Option<Affinity> {
         }),
         ..Affinity::default()
     })
-}
-
-fn pod_selector(cache: &CasseroleCache) -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(selector_labels(cache, Component::Cache)),
-        ..LabelSelector::default()
-    }
 }
 
 /// The pod template, with the config-hash annotation: a hash of the template itself, so any
@@ -305,10 +396,10 @@ fn statefulset(cache: &CasseroleCache, plan: &Plan) -> StatefulSet {
         metadata: object_meta(cache, workload_name(cache), Component::Cache),
         spec: StatefulSetSpec {
             replicas: Some(cache.spec.replicas),
-            service_name: Some(network::peer_service_name(cache)),
+            service_name: Some(peer_service_name(cache)),
             // Cache members are independent: start and replace them in parallel.
             pod_management_policy: Some("Parallel".into()),
-            selector: pod_selector(cache),
+            selector: selector(cache, Component::Cache),
             template: pod_template(cache, plan),
             volume_claim_templates: claims,
             // A cache's disk is only worth keeping while its pod may come back.
@@ -328,7 +419,7 @@ fn daemonset(cache: &CasseroleCache, plan: &Plan) -> DaemonSet {
     DaemonSet {
         metadata: object_meta(cache, workload_name(cache), Component::Cache),
         spec: DaemonSetSpec {
-            selector: pod_selector(cache),
+            selector: selector(cache, Component::Cache),
             template: pod_template(cache, plan),
             update_strategy: Some(DaemonSetUpdateStrategy {
                 type_: Some("RollingUpdate".into()),
@@ -344,7 +435,7 @@ fn daemonset(cache: &CasseroleCache, plan: &Plan) -> DaemonSet {
 }
 
 /// The cache workload of the spec's kind.
-pub fn workload(cache: &CasseroleCache, plan: &Plan) -> Object {
+fn workload(cache: &CasseroleCache, plan: &Plan) -> Object {
     match cache.spec.workload {
         WorkloadKind::StatefulSet => Object::StatefulSet(Box::new(statefulset(cache, plan))),
         WorkloadKind::DaemonSet => Object::DaemonSet(Box::new(daemonset(cache, plan))),

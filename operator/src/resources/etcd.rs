@@ -10,39 +10,29 @@ use k8s_openapi::api::core::v1::{
     Affinity, Container, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec,
     ResourceRequirements, Service, ServicePort, ServiceSpec, VolumeMount, WeightedPodAffinityTerm,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
+use super::common::{
+    labels, namespace, object_meta, selector, selector_labels, Component, IpFamily, Object,
+};
+pub use super::names::etcd::{
+    client_service_name, name, peer_service_name, CLIENT_PORT, METRICS_PORT, PEER_PORT,
+};
+use super::network::{self, from_pods, pdb, tcp};
 use super::pod::{
     claim, container_port, container_security_context, field_env, http_probe, pod_security_context,
     tcp_probe,
 };
-use super::{
-    labels, namespace, network, object_meta, selector_labels, Component, IpFamily, Object,
-    DEFAULT_ETCD_IMAGE,
-};
 use crate::crd::{CasseroleCache, ManagedEtcd};
 
-pub const CLIENT_PORT: i32 = 2379;
-pub const PEER_PORT: i32 = 2380;
-pub const METRICS_PORT: i32 = 2381;
+/// Managed etcd image when `spec.etcd.managed.image` is unset (etcd v3 API).
+pub const DEFAULT_ETCD_IMAGE: &str = "quay.io/coreos/etcd:v3.5.17";
 const DATA_DIR: &str = "/var/lib/etcd";
-
-/// Name of the StatefulSet and PodDisruptionBudget.
-pub fn name(cache: &CasseroleCache) -> String {
-    format!("{}-etcd", cache.name_any())
-}
-
-/// The client Service the cache nodes connect to.
-pub fn client_service_name(cache: &CasseroleCache) -> String {
-    name(cache)
-}
-
-/// The headless Service that gives members stable DNS names.
-pub fn peer_service_name(cache: &CasseroleCache) -> String {
-    format!("{}-etcd-peer", cache.name_any())
-}
 
 /// `--initial-cluster`: every member's name and peer URL, derived from the ordinal names the
 /// StatefulSet will give its pods.
@@ -68,8 +58,8 @@ pub fn objects(cache: &CasseroleCache, managed: &ManagedEtcd, family: IpFamily) 
     vec![
         Object::Service(Box::new(peer_service(cache))),
         Object::Service(Box::new(client_service(cache))),
-        Object::PodDisruptionBudget(Box::new(network::pdb(cache, Component::Etcd, name(cache)))),
-        Object::NetworkPolicy(Box::new(network::etcd_policy(cache))),
+        Object::PodDisruptionBudget(Box::new(pdb(cache, Component::Etcd, name(cache)))),
+        Object::NetworkPolicy(Box::new(policy(cache))),
         Object::StatefulSet(Box::new(statefulset(cache, managed, family))),
     ]
 }
@@ -111,6 +101,36 @@ fn client_service(cache: &CasseroleCache) -> Service {
             ..ServiceSpec::default()
         }),
         ..Service::default()
+    }
+}
+
+/// The client port admits the cache pods and the other members, the peer port only the
+/// members; metrics stay open for scraping.
+fn policy(cache: &CasseroleCache) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: object_meta(cache, name(cache), Component::Etcd),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(selector(cache, Component::Etcd)),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(vec![
+                        from_pods(cache, Component::Cache),
+                        from_pods(cache, Component::Etcd),
+                    ]),
+                    ports: Some(vec![tcp(CLIENT_PORT)]),
+                },
+                NetworkPolicyIngressRule {
+                    from: Some(vec![from_pods(cache, Component::Etcd)]),
+                    ports: Some(vec![tcp(PEER_PORT)]),
+                },
+                NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(vec![tcp(METRICS_PORT)]),
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
     }
 }
 
@@ -171,10 +191,7 @@ fn anti_affinity(cache: &CasseroleCache) -> Affinity {
                     weight: 100,
                     pod_affinity_term: PodAffinityTerm {
                         topology_key: "kubernetes.io/hostname".into(),
-                        label_selector: Some(LabelSelector {
-                            match_labels: Some(selector_labels(cache, Component::Etcd)),
-                            ..LabelSelector::default()
-                        }),
+                        label_selector: Some(selector(cache, Component::Etcd)),
                         ..PodAffinityTerm::default()
                     },
                 },
@@ -239,10 +256,7 @@ fn statefulset(cache: &CasseroleCache, managed: &ManagedEtcd, family: IpFamily) 
             service_name: Some(peer_service_name(cache)),
             // All members must start together to form the initial quorum.
             pod_management_policy: Some("Parallel".into()),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(cache, Component::Etcd)),
-                ..LabelSelector::default()
-            },
+            selector: selector(cache, Component::Etcd),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(cache, Component::Etcd)),

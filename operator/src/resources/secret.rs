@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use rand::RngCore;
 
-use super::{object_meta, Component};
+use super::common::{object_meta, Component};
 use crate::crd::CasseroleCache;
 
 /// Key of the token inside the Secret (and file name in the mounted volume).

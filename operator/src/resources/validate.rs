@@ -7,6 +7,8 @@
 
 use kube::ResourceExt;
 
+use super::common::{namespace, Inputs};
+use super::names::etcd;
 use crate::crd::{CasseroleCache, ManagedEtcd};
 pub use crate::schema_rules::MAX_NAME_LEN;
 use crate::schema_rules::{name_message, RESERVED_NAME_SUFFIXES};
@@ -36,7 +38,7 @@ pub struct Plan {
     /// Set when the operator runs etcd itself.
     pub managed_etcd: Option<ManagedEtcd>,
     /// What the cluster and the token Secret say (not the spec).
-    pub inputs: super::Inputs,
+    pub inputs: Inputs,
 }
 
 /// Disk tier sizes, with defaults resolved (strings as the node accepts them).
@@ -99,9 +101,9 @@ pub fn plan(cache: &CasseroleCache) -> Result<Plan, InvalidSpec> {
             positive_quantity("spec.etcd.managed.storage", &managed.storage)?;
             let endpoint = format!(
                 "http://{}.{}.svc:{}",
-                super::etcd::client_service_name(cache),
-                super::namespace(cache),
-                super::etcd::CLIENT_PORT
+                etcd::client_service_name(cache),
+                namespace(cache),
+                etcd::CLIENT_PORT
             );
             (vec![endpoint], Some(managed.clone()))
         }
@@ -129,7 +131,7 @@ pub fn plan(cache: &CasseroleCache) -> Result<Plan, InvalidSpec> {
         disk,
         etcd_endpoints,
         managed_etcd,
-        inputs: super::Inputs::default(),
+        inputs: Inputs::default(),
     })
 }
 
