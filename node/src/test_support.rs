@@ -2,6 +2,8 @@
 
 use http::{header::HeaderName, HeaderMap};
 
+use crate::object::{ObjectMeta, Validator};
+
 /// A header map from name/value pairs (repeated names append).
 pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -25,5 +27,28 @@ pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
         failure_persistence: None,
         max_shrink_iters: 1024,
         ..Config::default()
+    }
+}
+
+/// Metadata of a fresh object `path` on upstream `u` with a strong ETag `"v1"`; tests adjust the
+/// fields they care about.
+pub fn object_meta(path: &str, length: u64, chunk_size: u64) -> ObjectMeta {
+    let validator = Validator::StrongEtag("\"v1\"".into());
+    ObjectMeta {
+        path: path.into(),
+        length,
+        chunk_size,
+        version: ObjectMeta::compute_version("u", path, &validator, length, chunk_size),
+        validator,
+        etag: Some("\"v1\"".into()),
+        last_modified: None,
+        headers: vec![],
+        whole_only: false,
+        fetched_at: 0,
+        initial_age: 0,
+        fresh_until: u64::MAX,
+        no_cache: false,
+        stale_if_error: 0,
+        stale_while_revalidate: 0,
     }
 }

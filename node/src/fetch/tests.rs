@@ -15,7 +15,6 @@ use tokio::sync::Notify;
 
 use super::*;
 use crate::{
-    object::Validator,
     source::{ChunkRequest, Opened},
     upstream::UpstreamError,
 };
@@ -32,24 +31,7 @@ fn object_bytes(range: std::ops::Range<u64>) -> Vec<u8> {
 }
 
 fn meta(length: u64) -> Arc<ObjectMeta> {
-    let validator = Validator::StrongEtag("\"v\"".into());
-    Arc::new(ObjectMeta {
-        path: "/obj".into(),
-        length,
-        chunk_size: CHUNK,
-        version: ObjectMeta::compute_version("http://u", "/obj", &validator, length, CHUNK),
-        validator,
-        etag: Some("\"v\"".into()),
-        last_modified: None,
-        headers: vec![],
-        whole_only: false,
-        fetched_at: 0,
-        initial_age: 0,
-        fresh_until: u64::MAX,
-        no_cache: false,
-        stale_if_error: 0,
-        stale_while_revalidate: 0,
-    })
+    Arc::new(crate::test_support::object_meta("/obj", length, CHUNK))
 }
 
 #[derive(Clone, Copy)]

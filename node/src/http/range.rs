@@ -176,27 +176,12 @@ mod hint_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::object::Validator;
-    use crate::test_support::headers;
+    use crate::test_support::{headers, object_meta};
 
     fn meta() -> ObjectMeta {
-        let validator = Validator::StrongEtag("\"v1\"".into());
         ObjectMeta {
-            path: "/a".into(),
-            length: 1000,
-            chunk_size: 100,
-            version: ObjectMeta::compute_version("u", "/a", &validator, 1000, 100),
-            validator,
-            etag: Some("\"v1\"".into()),
             last_modified: Some("Tue, 15 Nov 1994 12:45:26 GMT".into()),
-            headers: vec![],
-            whole_only: false,
-            fetched_at: 0,
-            initial_age: 0,
-            fresh_until: u64::MAX,
-            no_cache: false,
-            stale_if_error: 0,
-            stale_while_revalidate: 0,
+            ..object_meta("/a", 1000, 100)
         }
     }
 

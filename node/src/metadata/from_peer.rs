@@ -41,29 +41,16 @@ pub fn accept(rules: &FreshnessRules, mut meta: ObjectMeta, now: u64) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::object::Validator;
 
     fn meta(headers: &[(&str, &str)], fresh_for: u64) -> ObjectMeta {
-        let validator = Validator::StrongEtag("\"v\"".into());
         ObjectMeta {
-            path: "/a".into(),
-            length: 10,
-            chunk_size: 4,
-            version: ObjectMeta::compute_version("http://u", "/a", &validator, 10, 4),
-            validator,
-            etag: Some("\"v\"".into()),
-            last_modified: None,
             headers: headers
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            whole_only: false,
             fetched_at: 1_000,
-            initial_age: 0,
             fresh_until: 1_000 + fresh_for,
-            no_cache: false,
-            stale_if_error: 0,
-            stale_while_revalidate: 0,
+            ..crate::test_support::object_meta("/a", 10, 4)
         }
     }
 
