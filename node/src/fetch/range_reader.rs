@@ -1,11 +1,12 @@
-//! Streaming a byte range of one object from its chunks, with a bounded read-ahead window.
+//! Streaming a byte range of one object from its chunks, with a read-ahead window sized by
+//! `window::FetchWindow`.
 
-use std::{collections::VecDeque, ops::RangeInclusive, sync::Arc};
+use std::{collections::VecDeque, ops::RangeInclusive, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use futures::Stream;
 
-use super::{flight::ChunkReader, ChunkFetcher};
+use super::{flight::ChunkReader, window::FetchWindow, ChunkFetcher};
 use crate::{
     object::ObjectMeta,
     source::{FetchError, Route, SourceKind},
@@ -30,6 +31,8 @@ pub struct RangeReader {
     next_to_open: u64,
     last_chunk: u64,
     window: VecDeque<Open>,
+    /// How many chunks `window` may hold.
+    size: FetchWindow,
     failed: bool,
     route: Route,
     /// Origin and collapsing of the chunk the last bytes came from.
@@ -48,6 +51,7 @@ impl RangeReader {
     ) -> Self {
         let chunks = meta.chunks_for(&range);
         RangeReader {
+            size: fetcher.new_window(meta.chunk_size),
             fetcher,
             version: Arc::from(meta.version.as_str()),
             meta,
@@ -74,7 +78,7 @@ impl RangeReader {
         let window = if self.last_origin.is_none() {
             1
         } else {
-            self.fetcher.readahead() + 1
+            self.size.size()
         };
         while self.window.len() < window && self.next_to_open <= self.last_chunk {
             let index = self.next_to_open;
@@ -109,8 +113,10 @@ impl RangeReader {
             let chunk_size = self.meta.chunk_size;
             let open = self.window.front_mut()?;
             let chunk_start = open.index * chunk_size;
+            let asked = Instant::now();
             match open.reader.next().await {
                 Some(Ok(piece)) => {
+                    self.size.took(piece.len(), asked.elapsed());
                     let piece_start = chunk_start + open.offset;
                     open.offset += piece.len() as u64;
                     let piece_end = chunk_start + open.offset; // exclusive
@@ -160,7 +166,10 @@ impl RangeReader {
                         };
                         return Some(Err(self.fail(error)));
                     }
+                    let origin = open.reader.origin();
                     self.window.pop_front();
+                    let link = self.fetcher.links.get(origin);
+                    self.size.chunk_done(chunk_size, link);
                 }
             }
         }

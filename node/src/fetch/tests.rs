@@ -176,7 +176,8 @@ fn fetcher(sources: Vec<Arc<Fake>>, readahead: usize) -> Arc<ChunkFetcher> {
         },
         None,
         FetchConfig {
-            readahead,
+            readahead: Some(readahead),
+            max_upstream_fetches: 32,
             flight_bytes: 64 * CHUNK,
             budget_timeout: Duration::from_secs(5),
         },

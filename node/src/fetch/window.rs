@@ -1,0 +1,240 @@
+//! How many chunks a response keeps in flight.
+//!
+//! One chunk takes `T = latency + chunk_size / per-connection throughput` to fetch. A reader
+//! that takes bytes at rate `D` is kept fed by `D × T` bytes in flight (the bandwidth-delay
+//! product), so the window is `⌈1.5 × D × T / chunk_size⌉ + 1` chunks (half again as margin,
+//! plus the chunk being read). While the reader waits on the fetch its rate is unknown (it takes
+//! all it gets), so the window doubles per chunk until the reader stops waiting or the cap
+//! (`--max-upstream-fetches`, the fetch memory budget) is reached. A slow reader shrinks it
+//! back: its own rate then bounds how far ahead the response fetches.
+//!
+//! Latency and throughput are measured per kind of source (the upstream, owner peers) as chunks
+//! arrive (see `metered`), and shared by every response of the node.
+
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use crate::source::SourceKind;
+
+/// Chunks a response may have in flight once its first bytes arrived, before anything is known
+/// about the reader: enough for a few round trips' worth at once, little enough that a slow
+/// client does not pin much memory before its pace is measured.
+pub const INITIAL_WINDOW: usize = 8;
+/// Never fewer than the chunk being read and the next: with less, every chunk would start a
+/// round trip only once the one before had been read.
+const MIN_WINDOW: usize = 2;
+/// The reader counts as waiting on the fetch (its demand unknown) when it spent more than this
+/// share of a chunk's time waiting for bytes.
+const STARVED_SHARE: f64 = 0.25;
+/// Weight of a new measurement in the moving averages.
+const EWMA_WEIGHT: f64 = 0.25;
+
+/// Moving averages of one kind of source link.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Link {
+    /// Seconds from asking for a chunk to its first bytes.
+    pub latency: Option<f64>,
+    /// Bytes per second of one connection once the bytes flow.
+    pub throughput: Option<f64>,
+}
+
+fn ewma(old: Option<f64>, sample: f64) -> f64 {
+    old.map_or(sample, |old| old + EWMA_WEIGHT * (sample - old))
+}
+
+impl Link {
+    /// Time to fetch `bytes` over one connection: `None` until a latency was measured.
+    pub fn fetch_time(&self, bytes: u64) -> Option<f64> {
+        let transfer = self.throughput.map_or(0.0, |r| bytes as f64 / r);
+        self.latency.map(|l| l + transfer)
+    }
+}
+
+/// The node's estimates of its links, by source kind.
+#[derive(Default)]
+pub struct LinkEstimates {
+    upstream: Mutex<Link>,
+    peer: Mutex<Link>,
+}
+
+impl LinkEstimates {
+    fn slot(&self, kind: SourceKind) -> &Mutex<Link> {
+        match kind {
+            SourceKind::Peer => &self.peer,
+            // Memory and disk are not measured: a response reading them is fed as fast as it
+            // reads, and the chunks it has yet to fetch will come from the upstream.
+            _ => &self.upstream,
+        }
+    }
+
+    pub fn get(&self, kind: SourceKind) -> Link {
+        *self.slot(kind).lock().expect("link lock")
+    }
+
+    /// Returns the updated estimate.
+    pub fn observe_latency(&self, kind: SourceKind, latency: Duration) -> Link {
+        let mut link = self.slot(kind).lock().expect("link lock");
+        link.latency = Some(ewma(link.latency, latency.as_secs_f64()));
+        *link
+    }
+
+    /// `bytes` arrived in `elapsed` after the first ones; returns the updated estimate.
+    pub fn observe_transfer(&self, kind: SourceKind, bytes: u64, elapsed: Duration) -> Link {
+        let mut link = self.slot(kind).lock().expect("link lock");
+        let secs = elapsed.as_secs_f64();
+        if secs > 0.0 {
+            link.throughput = Some(ewma(link.throughput, bytes as f64 / secs));
+        }
+        *link
+    }
+}
+
+/// The window of one response: how many chunks it keeps in flight, from the chunk being read on.
+#[derive(Debug)]
+pub struct FetchWindow {
+    /// `--readahead` given: always this many.
+    fixed: Option<usize>,
+    cap: usize,
+    size: usize,
+    /// When the reader finished the previous chunk (or got its first bytes).
+    since: Option<Instant>,
+    /// Time the reader spent waiting for bytes since then.
+    waited: Duration,
+    /// Bytes handed to the reader since then.
+    taken: u64,
+}
+
+impl FetchWindow {
+    /// `fixed`: chunks in flight set by `--readahead`; `cap`: the most the window may grow to.
+    pub fn new(fixed: Option<usize>, cap: usize) -> Self {
+        let cap = cap.max(MIN_WINDOW);
+        FetchWindow {
+            fixed,
+            cap,
+            size: INITIAL_WINDOW.min(cap),
+            since: None,
+            waited: Duration::ZERO,
+            taken: 0,
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.fixed.unwrap_or(self.size)
+    }
+
+    /// The reader got `bytes` after waiting `waited` for them.
+    pub fn took(&mut self, bytes: usize, waited: Duration) {
+        match self.since {
+            // The wait for the very first bytes is the response's latency, not a sign that the
+            // window is too small: the pace is measured from them on.
+            None => self.since = Some(Instant::now()),
+            Some(_) => {
+                self.waited += waited;
+                self.taken += bytes as u64;
+            }
+        }
+    }
+
+    /// The reader finished a chunk of `chunk_size` bytes; `link` is where its chunks come from.
+    pub fn chunk_done(&mut self, chunk_size: u64, link: Link) {
+        let Some(since) = self.since else { return };
+        let now = Instant::now();
+        let elapsed = now.duration_since(since).as_secs_f64();
+        let (waited, taken) = (self.waited.as_secs_f64(), self.taken);
+        (self.since, self.waited, self.taken) = (Some(now), Duration::ZERO, 0);
+        if elapsed <= 0.0 || taken == 0 {
+            return;
+        }
+        self.size = if waited > STARVED_SHARE * elapsed {
+            self.size * 2
+        } else {
+            match link.fetch_time(chunk_size) {
+                Some(fetch_time) => {
+                    let rate = taken as f64 / elapsed;
+                    let in_flight = 1.5 * rate * fetch_time / chunk_size as f64;
+                    in_flight.ceil() as usize + 1
+                }
+                None => self.size,
+            }
+        }
+        .clamp(MIN_WINDOW, self.cap);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MI: u64 = 1 << 20;
+
+    #[test]
+    fn fetch_time_is_latency_plus_a_chunk_at_connection_speed() {
+        let link = Link {
+            latency: Some(0.05),
+            throughput: Some(100.0 * MI as f64),
+        };
+        let t = link.fetch_time(2 * MI).unwrap();
+        assert!((t - 0.07).abs() < 1e-9, "{t}");
+        assert_eq!(Link::default().fetch_time(MI), None);
+    }
+
+    #[test]
+    fn estimates_are_moving_averages_per_source_kind() {
+        let links = LinkEstimates::default();
+        links.observe_latency(SourceKind::Upstream, Duration::from_millis(100));
+        let l = links.observe_latency(SourceKind::Upstream, Duration::from_millis(20));
+        assert!((l.latency.unwrap() - 0.08).abs() < 1e-9);
+        links.observe_transfer(SourceKind::Peer, MI, Duration::from_millis(10));
+        assert_eq!(links.get(SourceKind::Upstream).throughput, None);
+        assert!(links.get(SourceKind::Peer).throughput.unwrap() > 99.0 * MI as f64);
+        assert_eq!(links.get(SourceKind::Disk), links.get(SourceKind::Upstream));
+    }
+
+    #[test]
+    fn a_waiting_reader_doubles_the_window_up_to_the_cap() {
+        let mut w = FetchWindow::new(None, 20);
+        assert_eq!(w.size(), INITIAL_WINDOW);
+        w.took(1, Duration::from_millis(50));
+        for expected in [16, 20, 20] {
+            std::thread::sleep(Duration::from_millis(1));
+            w.took(MI as usize, Duration::from_secs(10));
+            w.chunk_done(MI, Link::default());
+            assert_eq!(w.size(), expected);
+        }
+    }
+
+    #[test]
+    fn a_slow_reader_shrinks_the_window_to_its_bandwidth_delay_product() {
+        let link = Link {
+            latency: Some(0.01),
+            throughput: Some(1000.0 * MI as f64),
+        };
+        let mut w = FetchWindow::new(None, 32);
+        w.took(1, Duration::ZERO);
+        // A chunk per ~20 ms, never waiting: 50 MiB/s × 11 ms ≈ half a chunk in flight.
+        std::thread::sleep(Duration::from_millis(20));
+        w.took(MI as usize, Duration::ZERO);
+        w.chunk_done(MI, link);
+        assert_eq!(w.size(), MIN_WINDOW);
+        // Far away (1 s), the same reader needs many chunks in flight.
+        let far = Link {
+            latency: Some(1.0),
+            ..link
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        w.took(MI as usize, Duration::ZERO);
+        w.chunk_done(MI, far);
+        assert!(w.size() > INITIAL_WINDOW, "{}", w.size());
+    }
+
+    #[test]
+    fn readahead_fixes_the_window() {
+        let mut w = FetchWindow::new(Some(3), 32);
+        w.took(1, Duration::ZERO);
+        w.took(MI as usize, Duration::from_secs(1));
+        w.chunk_done(MI, Link::default());
+        assert_eq!(w.size(), 3);
+    }
+}
