@@ -59,6 +59,8 @@ pub struct FetchMetrics {
     pub link_throughput: prometheus::GaugeVec,
     /// Bytes of the fetch memory budget held by chunks being fetched.
     pub flight_bytes: prometheus::IntGauge,
+    /// Sum of the fetch windows of the responses being sent, in chunks.
+    pub window_chunks: prometheus::IntGauge,
 }
 
 fn gauge_vec(r: &Registrar, name: &str, help: &str) -> prometheus::GaugeVec {
@@ -103,6 +105,10 @@ impl FetchMetrics {
             flight_bytes: r.gauge(
                 "casserole_fetch_flight_bytes",
                 "Bytes of the fetch memory budget held by chunks being fetched",
+            ),
+            window_chunks: r.gauge(
+                "casserole_fetch_window_chunks",
+                "Chunks the responses being sent may have in flight (sum of their fetch windows)",
             ),
         }
     }
@@ -209,7 +215,8 @@ impl ChunkFetcher {
     fn new_window(&self, chunk_size: u64) -> FetchWindow {
         let fixed = self.cfg.readahead.map(|r| r + 1);
         let budget_chunks = (self.cfg.flight_bytes / chunk_size.max(1)) as usize;
-        FetchWindow::new(fixed, self.cfg.max_upstream_fetches.min(budget_chunks))
+        let cap = self.cfg.max_upstream_fetches.min(budget_chunks);
+        FetchWindow::new(fixed, cap, chunk_size, self.links.get(SourceKind::Upstream))
     }
 
     /// The sources to walk for `key`, in order.

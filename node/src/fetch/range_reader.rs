@@ -33,6 +33,8 @@ pub struct RangeReader {
     window: VecDeque<Open>,
     /// How many chunks `window` may hold.
     size: FetchWindow,
+    /// The window size last added to `casserole_fetch_window_chunks`.
+    reported: usize,
     failed: bool,
     route: Route,
     /// Origin and collapsing of the chunk the last bytes came from.
@@ -52,6 +54,7 @@ impl RangeReader {
         let chunks = meta.chunks_for(&range);
         RangeReader {
             size: fetcher.new_window(meta.chunk_size),
+            reported: 0,
             fetcher,
             version: Arc::from(meta.version.as_str()),
             meta,
@@ -80,6 +83,11 @@ impl RangeReader {
         } else {
             self.size.size()
         };
+        if window != self.reported {
+            let gauge = &self.fetcher.metrics.window_chunks;
+            gauge.add(window as i64 - self.reported as i64);
+            self.reported = window;
+        }
         while self.window.len() < window && self.next_to_open <= self.last_chunk {
             let index = self.next_to_open;
             let fetcher = &self.fetcher;
@@ -185,5 +193,12 @@ impl RangeReader {
         futures::stream::unfold(self, |mut reader| async move {
             reader.next().await.map(|item| (item, reader))
         })
+    }
+}
+
+impl Drop for RangeReader {
+    fn drop(&mut self) {
+        let gauge = &self.fetcher.metrics.window_chunks;
+        gauge.sub(self.reported as i64);
     }
 }

@@ -521,6 +521,7 @@ async fn a_slow_reader_shrinks_the_window_to_a_few_chunks_ahead() {
         opened <= read_chunks + 3,
         "{opened} chunks fetched for a reader at chunk {read_chunks}"
     );
+    assert!(f.metrics.window_chunks.get() <= 3);
     // Still correct to the end.
     let mut rest = Vec::new();
     while let Some(piece) = reader.next().await {

@@ -91,6 +91,19 @@ impl LinkEstimates {
     }
 }
 
+/// Wide enough for the first round trip not to be wasted: at least [`INITIAL_WINDOW`], and when
+/// the link is known, one connection's bandwidth-delay product (so that a distant but fast
+/// upstream streams from the first round trip on as if over one connection without gaps).
+fn initial_size(chunk_size: u64, link: Link) -> usize {
+    match (link.latency, link.throughput) {
+        (Some(latency), Some(rate)) => {
+            let in_flight = (latency * rate / chunk_size.max(1) as f64).ceil();
+            INITIAL_WINDOW.max(in_flight.min(1e6) as usize + 1)
+        }
+        _ => INITIAL_WINDOW,
+    }
+}
+
 /// The window of one response: how many chunks it keeps in flight, from the chunk being read on.
 #[derive(Debug)]
 pub struct FetchWindow {
@@ -107,13 +120,14 @@ pub struct FetchWindow {
 }
 
 impl FetchWindow {
-    /// `fixed`: chunks in flight set by `--readahead`; `cap`: the most the window may grow to.
-    pub fn new(fixed: Option<usize>, cap: usize) -> Self {
+    /// `fixed`: chunks in flight set by `--readahead`; `cap`: the most the window may grow to;
+    /// `link`: what is known of the source so far.
+    pub fn new(fixed: Option<usize>, cap: usize, chunk_size: u64, link: Link) -> Self {
         let cap = cap.max(MIN_WINDOW);
         FetchWindow {
             fixed,
             cap,
-            size: INITIAL_WINDOW.min(cap),
+            size: initial_size(chunk_size, link).min(cap),
             since: None,
             waited: Duration::ZERO,
             taken: 0,
@@ -194,7 +208,7 @@ mod tests {
 
     #[test]
     fn a_waiting_reader_doubles_the_window_up_to_the_cap() {
-        let mut w = FetchWindow::new(None, 20);
+        let mut w = FetchWindow::new(None, 20, MI, Link::default());
         assert_eq!(w.size(), INITIAL_WINDOW);
         w.took(1, Duration::from_millis(50));
         for expected in [16, 20, 20] {
@@ -211,7 +225,7 @@ mod tests {
             latency: Some(0.01),
             throughput: Some(1000.0 * MI as f64),
         };
-        let mut w = FetchWindow::new(None, 32);
+        let mut w = FetchWindow::new(None, 32, MI, Link::default());
         w.took(1, Duration::ZERO);
         // A chunk per ~20 ms, never waiting: 50 MiB/s × 11 ms ≈ half a chunk in flight.
         std::thread::sleep(Duration::from_millis(20));
@@ -230,8 +244,24 @@ mod tests {
     }
 
     #[test]
+    fn a_known_distant_fast_link_starts_with_its_bandwidth_delay_product() {
+        let far = Link {
+            latency: Some(0.05),
+            throughput: Some(200.0 * MI as f64),
+        };
+        // 50 ms × 200 MiB/s = 10 MiB: ten chunks, plus the one being read.
+        assert_eq!(FetchWindow::new(None, 32, MI, far).size(), 11);
+        assert_eq!(FetchWindow::new(None, 6, MI, far).size(), 6);
+        let near = Link {
+            latency: Some(0.001),
+            ..far
+        };
+        assert_eq!(FetchWindow::new(None, 32, MI, near).size(), INITIAL_WINDOW);
+    }
+
+    #[test]
     fn readahead_fixes_the_window() {
-        let mut w = FetchWindow::new(Some(3), 32);
+        let mut w = FetchWindow::new(Some(3), 32, MI, Link::default());
         w.took(1, Duration::ZERO);
         w.took(MI as usize, Duration::from_secs(1));
         w.chunk_done(MI, Link::default());
