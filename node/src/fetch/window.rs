@@ -26,8 +26,11 @@ pub const INITIAL_WINDOW: usize = 8;
 /// round trip only once the one before had been read.
 const MIN_WINDOW: usize = 2;
 /// The reader counts as waiting on the fetch (its demand unknown) when it spent more than this
-/// share of a chunk's time waiting for bytes.
+/// share of its time (averaged over recent chunks) waiting for bytes.
 const STARVED_SHARE: f64 = 0.25;
+/// The reader's pace is measured over at least this long: a response is written in bursts (the
+/// client's socket fills, then drains), so single chunks say little about it.
+const PACE_PERIOD: Duration = Duration::from_millis(250);
 /// Weight of a new measurement in the moving averages.
 const EWMA_WEIGHT: f64 = 0.25;
 
@@ -117,6 +120,17 @@ pub struct FetchWindow {
     waited: Duration,
     /// Bytes handed to the reader since then.
     taken: u64,
+    /// The current pace period: its start, the bytes taken and the time waited in it.
+    period: Option<Period>,
+    /// When the first bytes arrived: the first pace period is a slow start, growing per chunk.
+    first_bytes: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Period {
+    start: Instant,
+    taken: u64,
+    waited: f64,
 }
 
 impl FetchWindow {
@@ -131,6 +145,8 @@ impl FetchWindow {
             since: None,
             waited: Duration::ZERO,
             taken: 0,
+            period: None,
+            first_bytes: None,
         }
     }
 
@@ -143,7 +159,10 @@ impl FetchWindow {
         match self.since {
             // The wait for the very first bytes is the response's latency, not a sign that the
             // window is too small: the pace is measured from them on.
-            None => self.since = Some(Instant::now()),
+            None => {
+                self.since = Some(Instant::now());
+                self.first_bytes = self.since;
+            }
             Some(_) => {
                 self.waited += waited;
                 self.taken += bytes as u64;
@@ -152,28 +171,43 @@ impl FetchWindow {
     }
 
     /// The reader finished a chunk of `chunk_size` bytes; `link` is where its chunks come from.
+    ///
+    /// During the first [`PACE_PERIOD`] (slow start) the window doubles with every chunk the
+    /// reader had to wait for. After that it is decided once per period: a response is written
+    /// in bursts (the client's socket fills, then drains), and a burst of chunks read at once,
+    /// each waited for, does not make a reader the fetch cannot keep up with.
     pub fn chunk_done(&mut self, chunk_size: u64, link: Link) {
-        let Some(since) = self.since else { return };
+        let (Some(since), Some(first_bytes)) = (self.since, self.first_bytes) else {
+            return;
+        };
         let now = Instant::now();
         let elapsed = now.duration_since(since).as_secs_f64();
         let (waited, taken) = (self.waited.as_secs_f64(), self.taken);
         (self.since, self.waited, self.taken) = (Some(now), Duration::ZERO, 0);
-        if elapsed <= 0.0 || taken == 0 {
+        let slow_start = now.duration_since(first_bytes) < PACE_PERIOD;
+        if slow_start && waited > STARVED_SHARE * elapsed {
+            self.size = (self.size * 2).min(self.cap);
+        }
+        let period = self.period.get_or_insert(Period {
+            start: since,
+            taken: 0,
+            waited: 0.0,
+        });
+        period.taken += taken;
+        period.waited += waited;
+        let length = now.duration_since(period.start).as_secs_f64();
+        if length < PACE_PERIOD.as_secs_f64() {
             return;
         }
-        self.size = if waited > STARVED_SHARE * elapsed {
-            self.size * 2
-        } else {
-            match link.fetch_time(chunk_size) {
-                Some(fetch_time) => {
-                    let rate = taken as f64 / elapsed;
-                    let in_flight = 1.5 * rate * fetch_time / chunk_size as f64;
-                    in_flight.ceil() as usize + 1
-                }
-                None => self.size,
-            }
+        let Period { taken, waited, .. } = *period;
+        self.period = None;
+        if waited > STARVED_SHARE * length {
+            self.size = (self.size * 2).min(self.cap);
+        } else if let Some(fetch_time) = link.fetch_time(chunk_size) {
+            let rate = taken as f64 / length;
+            let in_flight = 1.5 * rate * fetch_time / chunk_size as f64;
+            self.size = (in_flight.ceil() as usize + 1).clamp(MIN_WINDOW, self.cap);
         }
-        .clamp(MIN_WINDOW, self.cap);
     }
 }
 
@@ -227,20 +261,41 @@ mod tests {
         };
         let mut w = FetchWindow::new(None, 32, MI, Link::default());
         w.took(1, Duration::ZERO);
-        // A chunk per ~20 ms, never waiting: 50 MiB/s × 11 ms ≈ half a chunk in flight.
-        std::thread::sleep(Duration::from_millis(20));
-        w.took(MI as usize, Duration::ZERO);
-        w.chunk_done(MI, link);
+        // A chunk per ~100 ms, never waiting: 10 MiB/s × 11 ms ≈ a tenth of a chunk in flight.
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(100));
+            w.took(MI as usize, Duration::ZERO);
+            w.chunk_done(MI, link);
+        }
         assert_eq!(w.size(), MIN_WINDOW);
         // Far away (1 s), the same reader needs many chunks in flight.
         let far = Link {
             latency: Some(1.0),
             ..link
         };
-        std::thread::sleep(Duration::from_millis(20));
-        w.took(MI as usize, Duration::ZERO);
-        w.chunk_done(MI, far);
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(100));
+            w.took(MI as usize, Duration::ZERO);
+            w.chunk_done(MI, far);
+        }
         assert!(w.size() > INITIAL_WINDOW, "{}", w.size());
+    }
+
+    #[test]
+    fn a_burst_does_not_pass_for_the_reader_s_pace() {
+        let link = Link {
+            latency: Some(0.01),
+            throughput: Some(1000.0 * MI as f64),
+        };
+        let mut w = FetchWindow::new(None, 32, MI, Link::default());
+        w.took(1, Duration::ZERO);
+        // A socket drained: one chunk after 300 ms, then four at once.
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..5 {
+            w.took(MI as usize, Duration::ZERO);
+            w.chunk_done(MI, link);
+        }
+        assert_eq!(w.size(), MIN_WINDOW);
     }
 
     #[test]
