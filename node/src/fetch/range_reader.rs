@@ -77,8 +77,9 @@ impl RangeReader {
 
     fn fill_window(&mut self) {
         // Until the first bytes arrive only the first chunk is fetched: read-ahead fetches
-        // starting at the same moment would compete with it for the upstream and delay them.
-        let window = if self.last_origin.is_none() {
+        // starting at the same moment would compete with it for the upstream and delay them
+        // (unless the upstream is latency-bound: see `FetchWindow::eager`).
+        let window = if self.last_origin.is_none() && !self.size.eager() {
             1
         } else {
             self.size.size()

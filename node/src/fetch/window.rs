@@ -94,16 +94,12 @@ impl LinkEstimates {
     }
 }
 
-/// Wide enough for the first round trip not to be wasted: at least [`INITIAL_WINDOW`], and when
-/// the link is known, one connection's bandwidth-delay product (so that a distant but fast
-/// upstream streams from the first round trip on as if over one connection without gaps).
-fn initial_size(chunk_size: u64, link: Link) -> usize {
+/// Whether the link is known to be latency-bound: one connection would move at least a chunk
+/// while waiting out one latency (its bandwidth-delay product is a chunk or more).
+fn latency_bound(chunk_size: u64, link: Link) -> bool {
     match (link.latency, link.throughput) {
-        (Some(latency), Some(rate)) => {
-            let in_flight = (latency * rate / chunk_size.max(1) as f64).ceil();
-            INITIAL_WINDOW.max(in_flight.min(1e6) as usize + 1)
-        }
-        _ => INITIAL_WINDOW,
+        (Some(latency), Some(rate)) => latency * rate >= chunk_size as f64,
+        _ => false,
     }
 }
 
@@ -124,6 +120,8 @@ pub struct FetchWindow {
     period: Option<Period>,
     /// When the first bytes arrived: the first pace period is a slow start, growing per chunk.
     first_bytes: Option<Instant>,
+    /// Open the whole window with the first chunk (see [`FetchWindow::eager`]).
+    eager: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -138,16 +136,28 @@ impl FetchWindow {
     /// `link`: what is known of the source so far.
     pub fn new(fixed: Option<usize>, cap: usize, chunk_size: u64, link: Link) -> Self {
         let cap = cap.max(MIN_WINDOW);
+        let eager = fixed.is_none() && latency_bound(chunk_size, link);
         FetchWindow {
             fixed,
             cap,
-            size: initial_size(chunk_size, link).min(cap),
+            // Wide enough for the first round trip not to be wasted; from a latency-bound link
+            // as wide as allowed, since a round trip costs more than the chunks it could carry.
+            size: if eager { cap } else { INITIAL_WINDOW.min(cap) },
+            eager,
             since: None,
             waited: Duration::ZERO,
             taken: 0,
             period: None,
             first_bytes: None,
         }
+    }
+
+    /// Whether the window opens with the first chunk rather than once its first bytes arrived.
+    /// Read-ahead started with the first chunk competes with it for the upstream; over a
+    /// latency-bound link that costs the first chunk little (the connections mostly wait) and
+    /// saves the whole response a round trip.
+    pub fn eager(&self) -> bool {
+        self.eager
     }
 
     pub fn size(&self) -> usize {
@@ -299,19 +309,23 @@ mod tests {
     }
 
     #[test]
-    fn a_known_distant_fast_link_starts_with_its_bandwidth_delay_product() {
+    fn a_known_latency_bound_link_opens_the_whole_window_at_once() {
         let far = Link {
             latency: Some(0.05),
             throughput: Some(200.0 * MI as f64),
         };
-        // 50 ms × 200 MiB/s = 10 MiB: ten chunks, plus the one being read.
-        assert_eq!(FetchWindow::new(None, 32, MI, far).size(), 11);
-        assert_eq!(FetchWindow::new(None, 6, MI, far).size(), 6);
+        // 50 ms × 200 MiB/s = 10 MiB: ten chunks would fit in one round trip.
+        let w = FetchWindow::new(None, 32, MI, far);
+        assert_eq!((w.size(), w.eager()), (32, true));
         let near = Link {
             latency: Some(0.001),
             ..far
         };
-        assert_eq!(FetchWindow::new(None, 32, MI, near).size(), INITIAL_WINDOW);
+        let w = FetchWindow::new(None, 32, MI, near);
+        assert_eq!((w.size(), w.eager()), (INITIAL_WINDOW, false));
+        let unknown = FetchWindow::new(None, 32, MI, Link::default());
+        assert_eq!((unknown.size(), unknown.eager()), (INITIAL_WINDOW, false));
+        assert!(!FetchWindow::new(Some(5), 32, MI, far).eager());
     }
 
     #[test]
