@@ -94,11 +94,16 @@ impl LinkEstimates {
     }
 }
 
-/// Whether the link is known to be latency-bound: one connection would move at least a chunk
-/// while waiting out one latency (its bandwidth-delay product is a chunk or more).
+/// One connection's bandwidth-delay product, in chunks, from which a link counts as
+/// latency-bound. Loopback and LAN upstreams stay well below it (their latency is a few
+/// milliseconds at most); an upstream 20 ms away delivering 1 GB/s per connection is at 10.
+const LATENCY_BOUND_CHUNKS: f64 = 4.0;
+
+/// Whether the link is known to be latency-bound: one connection would move several chunks
+/// while waiting out one latency.
 fn latency_bound(chunk_size: u64, link: Link) -> bool {
     match (link.latency, link.throughput) {
-        (Some(latency), Some(rate)) => latency * rate >= chunk_size as f64,
+        (Some(latency), Some(rate)) => latency * rate >= LATENCY_BOUND_CHUNKS * chunk_size as f64,
         _ => false,
     }
 }
@@ -120,8 +125,6 @@ pub struct FetchWindow {
     period: Option<Period>,
     /// When the first bytes arrived: the first pace period is a slow start, growing per chunk.
     first_bytes: Option<Instant>,
-    /// Open the whole window with the first chunk (see [`FetchWindow::eager`]).
-    eager: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -136,28 +139,22 @@ impl FetchWindow {
     /// `link`: what is known of the source so far.
     pub fn new(fixed: Option<usize>, cap: usize, chunk_size: u64, link: Link) -> Self {
         let cap = cap.max(MIN_WINDOW);
-        let eager = fixed.is_none() && latency_bound(chunk_size, link);
+        // Wide enough for the first round trip not to be wasted; from a latency-bound link as
+        // wide as allowed, since a round trip costs more than the chunks it could carry.
+        let size = match latency_bound(chunk_size, link) {
+            true => cap,
+            false => INITIAL_WINDOW.min(cap),
+        };
         FetchWindow {
             fixed,
             cap,
-            // Wide enough for the first round trip not to be wasted; from a latency-bound link
-            // as wide as allowed, since a round trip costs more than the chunks it could carry.
-            size: if eager { cap } else { INITIAL_WINDOW.min(cap) },
-            eager,
+            size,
             since: None,
             waited: Duration::ZERO,
             taken: 0,
             period: None,
             first_bytes: None,
         }
-    }
-
-    /// Whether the window opens with the first chunk rather than once its first bytes arrived.
-    /// Read-ahead started with the first chunk competes with it for the upstream; over a
-    /// latency-bound link that costs the first chunk little (the connections mostly wait) and
-    /// saves the whole response a round trip.
-    pub fn eager(&self) -> bool {
-        self.eager
     }
 
     pub fn size(&self) -> usize {
@@ -309,23 +306,23 @@ mod tests {
     }
 
     #[test]
-    fn a_known_latency_bound_link_opens_the_whole_window_at_once() {
+    fn a_known_latency_bound_link_starts_with_the_whole_window() {
         let far = Link {
             latency: Some(0.05),
             throughput: Some(200.0 * MI as f64),
         };
         // 50 ms × 200 MiB/s = 10 MiB: ten chunks would fit in one round trip.
-        let w = FetchWindow::new(None, 32, MI, far);
-        assert_eq!((w.size(), w.eager()), (32, true));
+        assert_eq!(FetchWindow::new(None, 32, MI, far).size(), 32);
         let near = Link {
-            latency: Some(0.001),
+            latency: Some(0.002),
             ..far
         };
-        let w = FetchWindow::new(None, 32, MI, near);
-        assert_eq!((w.size(), w.eager()), (INITIAL_WINDOW, false));
-        let unknown = FetchWindow::new(None, 32, MI, Link::default());
-        assert_eq!((unknown.size(), unknown.eager()), (INITIAL_WINDOW, false));
-        assert!(!FetchWindow::new(Some(5), 32, MI, far).eager());
+        assert_eq!(FetchWindow::new(None, 32, MI, near).size(), INITIAL_WINDOW);
+        assert_eq!(
+            FetchWindow::new(None, 32, MI, Link::default()).size(),
+            INITIAL_WINDOW
+        );
+        assert_eq!(FetchWindow::new(Some(5), 32, MI, far).size(), 5);
     }
 
     #[test]
