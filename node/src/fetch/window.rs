@@ -31,6 +31,11 @@ const STARVED_SHARE: f64 = 0.25;
 /// The reader's pace is measured over at least this long: a response is written in bursts (the
 /// client's socket fills, then drains), so single chunks say little about it.
 const PACE_PERIOD: Duration = Duration::from_millis(250);
+/// Slow start (doubling per chunk waited for) only from an upstream at least this far away:
+/// nearer, waiting means the bytes are slow (bandwidth, CPU), not that round trips are.
+const SLOW_START_LATENCY: f64 = 0.010;
+/// A wider window is kept only if it delivered this much more than the narrower one.
+const PROBE_GAIN: f64 = 1.15;
 /// Weight of a new measurement in the moving averages.
 const EWMA_WEIGHT: f64 = 0.25;
 
@@ -125,6 +130,10 @@ pub struct FetchWindow {
     period: Option<Period>,
     /// When the first bytes arrived: the first pace period is a slow start, growing per chunk.
     first_bytes: Option<Instant>,
+    /// The narrower window last tried while the reader waited, and the rate it delivered.
+    probe: Option<(usize, f64)>,
+    /// Widening did not pay: stay until the reader stops waiting.
+    settled: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -154,6 +163,8 @@ impl FetchWindow {
             taken: 0,
             period: None,
             first_bytes: None,
+            probe: None,
+            settled: false,
         }
     }
 
@@ -179,10 +190,11 @@ impl FetchWindow {
 
     /// The reader finished a chunk of `chunk_size` bytes; `link` is where its chunks come from.
     ///
-    /// During the first [`PACE_PERIOD`] (slow start) the window doubles with every chunk the
-    /// reader had to wait for. After that it is decided once per period: a response is written
-    /// in bursts (the client's socket fills, then drains), and a burst of chunks read at once,
-    /// each waited for, does not make a reader the fetch cannot keep up with.
+    /// From a distant upstream, during the first [`PACE_PERIOD`] (slow start) the window doubles
+    /// with every chunk the reader had to wait for. After that it is decided once per period: a
+    /// response is written in bursts (the client's socket fills, then drains), and a burst of
+    /// chunks read at once, each waited for, does not make a reader the fetch cannot keep up
+    /// with.
     pub fn chunk_done(&mut self, chunk_size: u64, link: Link) {
         let (Some(since), Some(first_bytes)) = (self.since, self.first_bytes) else {
             return;
@@ -191,7 +203,8 @@ impl FetchWindow {
         let elapsed = now.duration_since(since).as_secs_f64();
         let (waited, taken) = (self.waited.as_secs_f64(), self.taken);
         (self.since, self.waited, self.taken) = (Some(now), Duration::ZERO, 0);
-        let slow_start = now.duration_since(first_bytes) < PACE_PERIOD;
+        let slow_start = now.duration_since(first_bytes) < PACE_PERIOD
+            && link.latency.is_some_and(|l| l >= SLOW_START_LATENCY);
         if slow_start && waited > STARVED_SHARE * elapsed {
             self.size = (self.size * 2).min(self.cap);
         }
@@ -208,12 +221,30 @@ impl FetchWindow {
         }
         let Period { taken, waited, .. } = *period;
         self.period = None;
+        let rate = taken as f64 / length;
         if waited > STARVED_SHARE * length {
-            self.size = (self.size * 2).min(self.cap);
+            self.probe_wider(rate);
         } else if let Some(fetch_time) = link.fetch_time(chunk_size) {
-            let rate = taken as f64 / length;
+            (self.probe, self.settled) = (None, false);
             let in_flight = 1.5 * rate * fetch_time / chunk_size as f64;
             self.size = (in_flight.ceil() as usize + 1).clamp(MIN_WINDOW, self.cap);
+        }
+    }
+
+    /// The reader waited a period long at `rate`: a wider window is tried, and kept only if it
+    /// delivered more. Where the bytes are limited by bandwidth or CPU rather than round trips
+    /// (a loopback origin on a busy machine), more fetches in parallel only add contention.
+    fn probe_wider(&mut self, rate: f64) {
+        match self.probe {
+            Some((narrower, before)) if self.size > narrower && rate < PROBE_GAIN * before => {
+                self.size = narrower;
+                self.settled = true;
+            }
+            _ if !self.settled && self.size < self.cap => {
+                self.probe = Some((self.size, rate));
+                self.size = (self.size * 2).min(self.cap);
+            }
+            _ => {}
         }
     }
 }
@@ -249,15 +280,56 @@ mod tests {
 
     #[test]
     fn a_waiting_reader_doubles_the_window_up_to_the_cap() {
+        let far = Link {
+            latency: Some(0.05),
+            throughput: None,
+        };
         let mut w = FetchWindow::new(None, 20, MI, Link::default());
         assert_eq!(w.size(), INITIAL_WINDOW);
         w.took(1, Duration::from_millis(50));
         for expected in [16, 20, 20] {
             std::thread::sleep(Duration::from_millis(1));
             w.took(MI as usize, Duration::from_secs(10));
-            w.chunk_done(MI, Link::default());
+            w.chunk_done(MI, far);
             assert_eq!(w.size(), expected);
         }
+    }
+
+    /// One pace period in which the reader took `bytes`, waiting most of the time.
+    fn waiting_period(w: &mut FetchWindow, bytes: usize, link: Link) {
+        std::thread::sleep(PACE_PERIOD + Duration::from_millis(10));
+        w.took(bytes, Duration::from_secs(10));
+        w.chunk_done(MI, link);
+    }
+
+    #[test]
+    fn near_a_wider_window_is_kept_only_if_it_delivers_more() {
+        let near = Link {
+            latency: Some(0.001),
+            throughput: Some(500.0 * MI as f64),
+        };
+        let mut w = FetchWindow::new(None, 32, MI, Link::default());
+        w.took(1, Duration::ZERO);
+        waiting_period(&mut w, 100 * MI as usize, near);
+        assert_eq!(w.size(), 16, "no slow start near, but a probe");
+        // Twice the window, no more bytes: back to the narrower one, and it stays.
+        waiting_period(&mut w, 100 * MI as usize, near);
+        assert_eq!(w.size(), INITIAL_WINDOW);
+        waiting_period(&mut w, 100 * MI as usize, near);
+        assert_eq!(w.size(), INITIAL_WINDOW);
+    }
+
+    #[test]
+    fn a_wider_window_that_delivers_more_grows_on() {
+        let near = Link {
+            latency: Some(0.001),
+            throughput: Some(50.0 * MI as f64),
+        };
+        let mut w = FetchWindow::new(None, 32, MI, Link::default());
+        w.took(1, Duration::ZERO);
+        waiting_period(&mut w, 10 * MI as usize, near);
+        waiting_period(&mut w, 20 * MI as usize, near);
+        assert_eq!(w.size(), 32);
     }
 
     #[test]
