@@ -529,3 +529,38 @@ async fn a_slow_reader_shrinks_the_window_to_a_few_chunks_ahead() {
     }
     assert_eq!(rest, object_bytes(got..m.length));
 }
+
+#[tokio::test]
+async fn from_a_known_distant_upstream_the_read_ahead_starts_before_the_first_bytes() {
+    let upstream = Fake::far(Duration::from_millis(40));
+    let f = adaptive(vec![upstream.clone()], 8, 64);
+    // The first object teaches the fetcher the link: 40 ms away, fast once bytes flow.
+    let first = meta(8 * CHUNK);
+    read_all(&f, &first, 0..=first.length - 1).await.unwrap();
+    let opened_before = upstream.opens();
+    assert_eq!(opened_before, 8);
+
+    let second = Arc::new(ObjectMeta {
+        path: "/second".into(),
+        version: "second-version".into(),
+        ..(*meta(16 * CHUNK)).clone()
+    });
+    let reader_meta = second.clone();
+    let f2 = f.clone();
+    let read =
+        tokio::spawn(async move { read_all(&f2, &reader_meta, 0..=reader_meta.length - 1).await });
+    // Well before the first chunk's 40 ms are up, the rest of the window is on its way.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let early = upstream.opens() - opened_before;
+    assert!(
+        early >= 8,
+        "{early} chunks asked for before the first bytes"
+    );
+    let body = read.await.unwrap().unwrap();
+    assert_eq!(body, object_bytes(0..second.length));
+    assert_eq!(
+        upstream.opens() - opened_before,
+        16,
+        "every chunk fetched once"
+    );
+}

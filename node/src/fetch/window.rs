@@ -168,6 +168,17 @@ impl FetchWindow {
         }
     }
 
+    /// How long after asking for its first chunk a response may start its read-ahead, when
+    /// that is worth it (see `RangeReader::head_start`): the first chunk's transfer time on one
+    /// connection, from a known latency-bound link; never with a fixed window.
+    pub fn head_start(&self, chunk_size: u64, link: Link) -> Option<Duration> {
+        if self.fixed.is_some() || !latency_bound(chunk_size, link) {
+            return None;
+        }
+        let rate = link.throughput?;
+        Some(Duration::from_secs_f64(chunk_size as f64 / rate))
+    }
+
     pub fn size(&self) -> usize {
         self.fixed.unwrap_or(self.size)
     }
@@ -395,6 +406,18 @@ mod tests {
             INITIAL_WINDOW
         );
         assert_eq!(FetchWindow::new(Some(5), 32, MI, far).size(), 5);
+        // The read-ahead starts once the first chunk had time to arrive: 1 MiB at 200 MiB/s.
+        let w = FetchWindow::new(None, 32, MI, far);
+        let head_start = w.head_start(MI, far).unwrap();
+        assert!(
+            (head_start.as_secs_f64() - 0.005).abs() < 1e-6,
+            "{head_start:?}"
+        );
+        assert_eq!(w.head_start(MI, near), None);
+        assert_eq!(
+            FetchWindow::new(Some(5), 32, MI, far).head_start(MI, far),
+            None
+        );
     }
 
     #[test]
