@@ -91,6 +91,9 @@ impl RangeReader {
         // Called once the first chunk is open: `next_to_open` is the one after it.
         let last = self.next_to_open + self.size.size().saturating_sub(2) as u64;
         let ahead = self.next_to_open..=last.min(self.last_chunk);
+        if ahead.is_empty() {
+            return;
+        }
         let alive = Arc::downgrade(&self.alive);
         let (fetcher, meta, version) = (
             self.fetcher.clone(),
