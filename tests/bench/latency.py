@@ -1,20 +1,32 @@
 """Scenario 7: cold misses from a distant origin (the test origin waits before every answer).
 
 Each latency gets its own origin and fresh caches; every object is fetched once per target
-(direct, Casserole with its adaptive window, Casserole with the old fixed `--readahead 4`, nginx,
-Varnish), interleaved, so a load change on the shared machine hits every target alike.
+(direct, Casserole with its adaptive window, Casserole with the old fixed `--readahead 4`, a
+3-node Casserole cluster asked through one node so that most chunks come from their owners,
+nginx, Varnish), interleaved, so a load change on the shared machine hits every target alike.
 """
 
 from __future__ import annotations
 
 import statistics
 
-from procs import Mi, Casserole, Origin, download, log
+from procs import Mi, Casserole, Etcd, Origin, download, log, metric, wait_for
 
 FULL = dict(latencies_ms=[0, 20, 50, 150], sizes=[32 * Mi, 512 * Mi], reps=1)
 QUICK = dict(latencies_ms=[0, 50], sizes=[32 * Mi, 128 * Mi], reps=2)
 SMOKE = dict(latencies_ms=[0, 20], sizes=[4 * Mi], reps=1)
-TARGETS = ["direct", "casserole", "casserole-fixed4", "nginx", "varnish"]
+TARGETS = ["direct", "casserole", "casserole-fixed4", "casserole-cluster3", "nginx", "varnish"]
+
+
+def cluster(bench, origin, lat: int):
+    """Three nodes on one etcd; returns (etcd, nodes). Requests go to the first node."""
+    etcd = Etcd(bench.tmp)
+    nodes = [Casserole(bench.bins, bench.tmp, f"casserole-c{i}-lat{lat}", origin.url,
+                       bench.cfg["node_memory"], cluster=etcd.url) for i in range(3)]
+    for n in nodes:
+        wait_for("cluster of 3", lambda n=n: metric(n.admin_url, "casserole_cluster_members") == 3,
+                 30, n.proc)
+    return etcd, nodes
 
 
 def matrix(bench) -> dict:
@@ -44,6 +56,14 @@ def run(bench) -> dict:
             except Exception as e:
                 log(f"   {target} failed to start: {e!r}")
                 res.setdefault("failed", {})[f"{target}@{lat}ms"] = repr(e)[:300]
+        extra_procs = []
+        try:
+            etcd, nodes = cluster(bench, origin, lat)
+            servers["casserole-cluster3"] = nodes[0]
+            extra_procs = [etcd] + nodes[1:]
+        except Exception as e:
+            log(f"   cluster failed to start: {e!r}")
+            res.setdefault("failed", {})[f"casserole-cluster3@{lat}ms"] = repr(e)[:300]
         for i, size in enumerate(m["sizes"]):
             for rep in range(m["reps"]):
                 for target in ["direct"] + list(servers):
@@ -60,7 +80,7 @@ def run(bench) -> dict:
                     cell.append({"ttfb_ms": d["ttfb"] * 1e3, "total_s": d["total"]})
                     log(f"   {lat:4d} ms {size // Mi:4d} MiB {target:17s} ttfb {d['ttfb'] * 1e3:7.1f} ms "
                         f"total {d['total']:6.2f} s ({size / d['total'] / 1e6:7.1f} MB/s)")
-        for srv in servers.values():
+        for srv in list(servers.values()) + extra_procs:
             srv.stop()
         origin.stop()
     for cell in res["cells"].values():
@@ -107,4 +127,9 @@ def render(s: dict, target) -> list[str]:
         extra = cas["ttfb_ms"] - d["ttfb_ms"]
         target(f"{size // Mi} MiB, origin +{lat} ms: TTFB ≤ origin + 10 ms", "≤ +10 ms",
                f"{cas['ttfb_ms']:.1f} ms vs {d['ttfb_ms']:.1f} ms (+{extra:.1f})", extra <= 10.0)
+        c3 = cell.get("casserole-cluster3")
+        if c3:
+            ratio = c3["total_s"] / cas["total_s"]
+            target(f"{size // Mi} MiB, origin +{lat} ms: 3-node cluster ≤ 1.3× one node", "≤ 1.30×",
+                   f"{ratio:.2f}×", ratio <= 1.3)
     return out
