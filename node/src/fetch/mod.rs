@@ -212,11 +212,11 @@ impl ChunkFetcher {
 
     /// A new response's window: fixed by `--readahead`, else adaptive up to the fetch cap and
     /// what the fetch memory budget holds.
-    fn new_window(&self, chunk_size: u64) -> FetchWindow {
+    fn new_window(&self, chunk_size: u64, route: Route) -> FetchWindow {
         let fixed = self.cfg.readahead.map(|r| r + 1);
         let budget_chunks = (self.cfg.flight_bytes / chunk_size.max(1)) as usize;
         let cap = self.cfg.max_upstream_fetches.min(budget_chunks);
-        FetchWindow::new(fixed, cap, chunk_size, self.links.get(SourceKind::Upstream))
+        FetchWindow::new(fixed, cap, chunk_size, self.links.for_route(route))
     }
 
     /// The sources to walk for `key`, in order.

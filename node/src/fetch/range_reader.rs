@@ -55,7 +55,7 @@ impl RangeReader {
     ) -> Self {
         let chunks = meta.chunks_for(&range);
         RangeReader {
-            size: fetcher.new_window(meta.chunk_size),
+            size: fetcher.new_window(meta.chunk_size, route),
             reported: 0,
             alive: Arc::new(()),
             fetcher,
@@ -84,7 +84,7 @@ impl RangeReader {
     /// still leaves the first chunk's connection to itself. The reader joins these fetches when
     /// its window opens.
     fn head_start(&self) {
-        let link = self.fetcher.links.get(SourceKind::Upstream);
+        let link = self.fetcher.links.for_route(self.route);
         let Some(delay) = self.size.head_start(self.meta.chunk_size, link) else {
             return;
         };

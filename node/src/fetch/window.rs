@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::source::SourceKind;
+use crate::source::{Route, SourceKind};
 
 /// Chunks a response may have in flight once its first bytes arrived, before anything is known
 /// about the reader: enough for a few round trips' worth at once, little enough that a slow
@@ -79,6 +79,19 @@ impl LinkEstimates {
 
     pub fn get(&self, kind: SourceKind) -> Link {
         *self.slot(kind).lock().expect("link lock")
+    }
+
+    /// The link a new response will most likely fetch over: through owner peers (`Route::Cluster`
+    /// in a cluster) the slower of the peers' and the upstream's as far as known, else the
+    /// upstream's.
+    pub fn for_route(&self, route: Route) -> Link {
+        let upstream = self.get(SourceKind::Upstream);
+        let peer = self.get(SourceKind::Peer);
+        match (route, peer.latency, upstream.latency) {
+            (Route::Cluster, Some(p), Some(u)) if p > u => peer,
+            (Route::Cluster, Some(_), None) => peer,
+            _ => upstream,
+        }
     }
 
     /// Returns the updated estimate.
@@ -287,6 +300,13 @@ mod tests {
         assert_eq!(links.get(SourceKind::Upstream).throughput, None);
         assert!(links.get(SourceKind::Peer).throughput.unwrap() > 99.0 * MI as f64);
         assert_eq!(links.get(SourceKind::Disk), links.get(SourceKind::Upstream));
+        // Through the cluster the slower link counts; a peer serving others uses the upstream's.
+        links.observe_latency(SourceKind::Peer, Duration::from_millis(200));
+        assert_eq!(links.for_route(Route::Cluster), links.get(SourceKind::Peer));
+        assert_eq!(
+            links.for_route(Route::LocalOnly),
+            links.get(SourceKind::Upstream)
+        );
     }
 
     #[test]
