@@ -104,9 +104,15 @@ pub struct Config {
     #[arg(long, env = "CASSEROLE_CHUNK_SIZE", default_value = "2Mi")]
     pub chunk_size: ByteSize,
 
-    /// Chunks fetched in parallel ahead of the one being sent to a client.
-    #[arg(long, env = "CASSEROLE_READAHEAD", default_value_t = 4)]
-    pub readahead: usize,
+    /// Chunks fetched in parallel ahead of the one being sent to a client, fixed. Unset (the
+    /// default), the window adapts to the upstream's latency and throughput and the client's pace.
+    #[arg(long, env = "CASSEROLE_READAHEAD")]
+    pub readahead: Option<usize>,
+
+    /// Upstream chunk fetches (connections) running at once, node-wide; an adaptive window
+    /// never grows past it.
+    #[arg(long, env = "CASSEROLE_MAX_UPSTREAM_FETCHES", default_value_t = 32)]
+    pub max_upstream_fetches: usize,
 
     /// Bytes of chunks kept in the local memory tier (falls back to MAX_MEMORY).
     #[arg(long, env = "CASSEROLE_MAX_MEMORY_USAGE", default_value = "100M")]
@@ -415,12 +421,18 @@ impl Config {
                 });
             }
         }
-        casserole_limits::check_readahead(self.readahead).map_err(|message| {
-            ConfigError::Invalid {
+        if !(1..=256).contains(&self.max_upstream_fetches) {
+            return Err(ConfigError::Invalid {
+                flag: "--max-upstream-fetches",
+                message: format!("must be 1 to 256, got {}", self.max_upstream_fetches),
+            });
+        }
+        if let Some(readahead) = self.readahead {
+            casserole_limits::check_readahead(readahead).map_err(|message| ConfigError::Invalid {
                 flag: "--readahead",
                 message,
-            }
-        })?;
+            })?;
+        }
         Ok(())
     }
 
@@ -669,6 +681,10 @@ mod tests {
         assert!(err.to_string().contains("--admin-token-file"), "{err}");
         let err = parse(&["--upstream", "http://x", "--node-id", ""]).unwrap_err();
         assert!(err.to_string().contains("--node-id"), "{err}");
+        let err = parse(&["--upstream", "http://x", "--max-upstream-fetches", "0"]).unwrap_err();
+        assert!(err.to_string().contains("--max-upstream-fetches"), "{err}");
+        let c = parse(&["--upstream", "http://x"]).unwrap();
+        assert_eq!((c.readahead, c.max_upstream_fetches), (None, 32));
         assert!(matches!(
             parse(&["--upstream", "http://x", "--chunk-size", "1"]),
             Err(ConfigError::BadChunkSize(_))

@@ -177,6 +177,7 @@ fn fetcher(
         Some(metadata.clone()),
         FetchConfig {
             readahead: cfg.readahead,
+            max_upstream_fetches: cfg.max_upstream_fetches,
             flight_bytes: budget.flight_bytes,
             budget_timeout: MEMORY_WAIT,
         },

@@ -184,8 +184,18 @@ impl Upstream {
         let client = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
             .read_timeout(cfg.read_timeout)
+            // Connections stay open and warm between chunks: a new one costs a round trip (two
+            // with TLS) that a distant upstream makes expensive. Room for every fetch the window
+            // may run at once (--max-upstream-fetches ≤ 256).
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(256)
+            .tcp_keepalive(Duration::from_secs(30))
+            // HTTP/2 is offered via ALPN on TLS upstreams (reqwest's default). Its default
+            // 64 KiB stream window would cap each chunk at 64 KiB per round trip from afar; the
+            // adaptive window grows with the measured bandwidth-delay product.
+            .http2_adaptive_window(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_while_idle(true)
             // A proxy relays redirects to its client; it must not follow them itself.
             .redirect(reqwest::redirect::Policy::none())
             .tls_danger_accept_invalid_certs(cfg.insecure)

@@ -46,13 +46,15 @@ from procs import (  # noqa: E402
     wrk,
 )
 from report import TARGETS, chart, fmt, human, machine_info, render, update_readme  # noqa: E402
+import latency  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
-# Sizes per mode. Full mode fits in < 10 minutes on 2 cores; smoke mode in seconds.
+# Sizes per mode. Full mode fits in < 12 minutes on 2 cores (the latency scenario last); smoke mode
+# in seconds; --quick runs only the latency scenario's subset.
 
 FULL = dict(
-    deadline=570,
+    deadline=690,
     small=64 * Ki,
     large=64 * Mi,
     conns=[1, 16, 64],
@@ -103,7 +105,8 @@ class Bench:
         self.tmp = tempfile.mkdtemp(prefix="casserole-bench-")
         os.chmod(self.tmp, 0o755)  # varnish's child runs as vcache and must reach its workdir
         self.have = ensure_peers(not args.no_install)
-        self.results: dict = {"mode": "smoke" if args.smoke else "full", "scenarios": {}}
+        mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
+        self.results: dict = {"mode": mode, "scenarios": {}}
         self.t_start = time.monotonic()
 
     def peers(self) -> list[str]:
@@ -420,6 +423,7 @@ class Bench:
         self.section("amplification", self.amplification)
         self.section("memory", self.memory)
         self.section("disk", self.disk)
+        self.section("latency", lambda: latency.run(self))
         self.results["elapsed_s"] = time.monotonic() - self.t_start
         self.results["machine"] = machine_info()
         self.results["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -440,9 +444,15 @@ def main():
                     help="replace the tables between <!-- bench:latest --> markers in FILE "
                          "(e.g. README.md)")
     ap.add_argument("--only", action="append",
-                    choices=["hot", "cold_throttled", "cold_unthrottled", "amplification", "memory", "disk"],
+                    choices=["hot", "cold_throttled", "cold_unthrottled", "amplification", "memory", "disk",
+                             "latency"],
                     help="run only these scenarios (repeatable)")
+    ap.add_argument("--quick", action="store_true",
+                    help="the latency scenario only, on a subset (0 and 50 ms; 32 and 128 MiB; "
+                         "well under a minute), unless --only says otherwise")
     args = ap.parse_args()
+    if args.quick and not args.only:
+        args.only = ["latency"]
 
     cfg = SMOKE if args.smoke else FULL
 

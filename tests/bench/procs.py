@@ -219,10 +219,10 @@ def ensure_peers(allow_install: bool) -> dict[str, bool]:
 
 
 class Origin:
-    def __init__(self, bins: str, tmp: str, name: str, objects: list[str]):
+    def __init__(self, bins: str, tmp: str, name: str, objects: list[str], extra=()):
         port = free_port()
         argv = [os.path.join(bins, "casserole-test-origin"), "--listen", f"127.0.0.1:{port}",
-                "--exit-after", "900"]
+                "--exit-after", "900", *extra]
         for o in objects:
             argv += ["--object", o]
         self.proc = Proc(name, argv, tmp, stdout_pipe=True)

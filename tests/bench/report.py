@@ -6,6 +6,7 @@ import os
 import platform
 
 
+from latency import render as latency_render
 from procs import Ki, Mi, log
 
 TARGETS = ["direct", "casserole", "nginx", "varnish"]
@@ -172,6 +173,8 @@ def render(results: dict) -> tuple[str, list[dict]]:
             out += [f"Failed: {dk['failed']}", ""]
     elif dk:
         out += [f"#### 6. Disk tier: {dk}", ""]
+
+    out += latency_render(S.get("latency", {}), target)
 
     out += ["#### Targets", "", "| target | goal | measured | met | peers |", "|---|---|---|---|---|"]
     for t in targets_rows:

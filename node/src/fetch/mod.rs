@@ -5,9 +5,11 @@
 //!   its bytes as they arrive, so a cold chunk starts streaming before it is complete.
 //! * Failover: a source that fails before or during the chunk is replaced by the next one, which
 //!   continues where the last stopped, so readers never see the switch.
-//! * Read-ahead: a response keeps up to `readahead + 1` chunks in flight, so a cold object
-//!   arrives at the upstream's aggregate rate even when each upstream connection is throttled,
-//!   while a slow client holds at most that many chunks in memory (backpressure).
+//! * Read-ahead: a response keeps a window of chunks in flight sized to the source's latency and
+//!   throughput and to the reader's pace (`window`), so a cold object arrives at the upstream's
+//!   aggregate rate even when the upstream is far away or each of its connections is throttled,
+//!   while a slow client holds only the few chunks its pace needs (backpressure). Upstream
+//!   fetches are capped node-wide (`--max-upstream-fetches`).
 //! * Promotion: a finished chunk is offered to every source of its walk; the stores among them
 //!   (memory, disk) keep what their rules allow.
 
@@ -23,15 +25,19 @@ use tokio::sync::Semaphore;
 
 mod feed;
 mod flight;
+mod metered;
 mod range_reader;
 #[cfg(test)]
 mod tests;
 mod walk;
+pub mod window;
 
 pub use feed::FeedSource;
 pub use flight::ChunkReader;
 use flight::Flight;
+use metered::Metered;
 pub use range_reader::RangeReader;
+use window::{FetchWindow, LinkEstimates};
 
 use crate::{
     metadata::{MetadataStore, ProbeSink},
@@ -51,6 +57,20 @@ pub struct FetchMetrics {
     /// Sources that failed to deliver a chunk, by the failing party.
     pub source_errors: prometheus::IntCounterVec,
     pub objects_changed: prometheus::IntCounter,
+    /// The fetch window's estimates, by source kind.
+    pub link_latency: prometheus::GaugeVec,
+    pub link_throughput: prometheus::GaugeVec,
+    /// Bytes of the fetch memory budget held by chunks being fetched.
+    pub flight_bytes: prometheus::IntGauge,
+    /// Sum of the fetch windows of the responses being sent, in chunks.
+    pub window_chunks: prometheus::IntGauge,
+}
+
+fn gauge_vec(r: &Registrar, name: &str, help: &str) -> prometheus::GaugeVec {
+    let g = prometheus::GaugeVec::new(prometheus::Opts::new(name, help), &["source"])
+        .expect("valid metric");
+    r.register(name, &g);
+    g
 }
 
 impl FetchMetrics {
@@ -75,6 +95,24 @@ impl FetchMetrics {
                 "casserole_objects_changed_total",
                 "Objects found changed upstream while being fetched (response aborted, metadata dropped)",
             ),
+            link_latency: gauge_vec(
+                r,
+                "casserole_fetch_link_latency_seconds",
+                "Estimated time from asking a source for a chunk to its first bytes",
+            ),
+            link_throughput: gauge_vec(
+                r,
+                "casserole_fetch_link_throughput_bytes_per_second",
+                "Estimated throughput of one connection to a source once bytes flow",
+            ),
+            flight_bytes: r.gauge(
+                "casserole_fetch_flight_bytes",
+                "Bytes of the fetch memory budget held by chunks being fetched",
+            ),
+            window_chunks: r.gauge(
+                "casserole_fetch_window_chunks",
+                "Chunks the responses being sent may have in flight (sum of their fetch windows)",
+            ),
         }
     }
 }
@@ -88,9 +126,11 @@ pub struct MemoryBudget {
 
 impl MemoryBudget {
     /// An eighth for fetches in flight, but always enough for one request's whole read-ahead
-    /// window; the rest for the memory tier.
-    pub fn split(max_memory: u64, chunk_size: u64, readahead: usize) -> Self {
-        let window = chunk_size * (readahead as u64 + 1);
+    /// window (`--readahead` + 1 chunks, or [`MIN_BUDGET_CHUNKS`] when the window is adaptive);
+    /// the rest for the memory tier.
+    pub fn split(max_memory: u64, chunk_size: u64, readahead: Option<usize>) -> Self {
+        let chunks = readahead.map_or(MIN_BUDGET_CHUNKS, |r| r as u64 + 1);
+        let window = chunk_size * chunks;
         let flight_bytes = (max_memory / 8).max(window).min(u32::MAX as u64);
         MemoryBudget {
             tier_bytes: max_memory.saturating_sub(flight_bytes).max(chunk_size),
@@ -99,8 +139,15 @@ impl MemoryBudget {
     }
 }
 
+/// The fetch budget holds at least this many chunks (the fixed window of old), so an adaptive
+/// window can always grow past a single round trip's worth.
+pub const MIN_BUDGET_CHUNKS: u64 = 5;
+
 pub struct FetchConfig {
-    pub readahead: usize,
+    /// `--readahead`: a fixed window of this many chunks ahead; `None` sizes it adaptively.
+    pub readahead: Option<usize>,
+    /// Upstream chunk fetches running at once, node-wide; also the most a window grows to.
+    pub max_upstream_fetches: usize,
     pub flight_bytes: u64,
     /// How long a new fetch may wait for memory before the request fails with 503.
     pub budget_timeout: Duration,
@@ -130,6 +177,8 @@ pub struct ChunkFetcher {
     /// Bytes of chunks being fetched, not yet in the memory tier: with the tier's own bound this
     /// keeps all chunk memory within `--max-memory-usage`, however many requests are in flight.
     flight_budget: Arc<Semaphore>,
+    /// Latency and throughput of the upstream and the owner peers, measured by `Metered`.
+    links: Arc<LinkEstimates>,
     cfg: FetchConfig,
     metrics: FetchMetrics,
 }
@@ -142,6 +191,21 @@ impl ChunkFetcher {
         cfg: FetchConfig,
         metrics: FetchMetrics,
     ) -> Arc<Self> {
+        let links = Arc::new(LinkEstimates::default());
+        let cap = Arc::new(Semaphore::new(cfg.max_upstream_fetches.max(1)));
+        let mut sources = sources;
+        // The upstream is measured and capped; disk is neither (local, fast, not a connection).
+        sources.local = (sources.local.into_iter())
+            .map(|source| match source.kind() {
+                SourceKind::Upstream => Arc::new(Metered::new(
+                    source,
+                    links.clone(),
+                    metrics.clone(),
+                    Some(cap.clone()),
+                )) as Arc<dyn ChunkSource>,
+                _ => source,
+            })
+            .collect();
         Arc::new_cyclic(|me| ChunkFetcher {
             feed_source: sources.whole_objects.clone().map(|upstream| {
                 Arc::new(FeedSource::new(me.clone(), upstream)) as Arc<dyn ChunkSource>
@@ -152,6 +216,7 @@ impl ChunkFetcher {
             feeds: Mutex::new(HashMap::new()),
             me: me.clone(),
             flight_budget: Arc::new(Semaphore::new(cfg.flight_bytes as usize)),
+            links,
             cfg,
             metrics,
         })
@@ -161,8 +226,13 @@ impl ChunkFetcher {
         &self.sources.memory
     }
 
-    pub fn readahead(&self) -> usize {
-        self.cfg.readahead
+    /// A new response's window: fixed by `--readahead`, else adaptive up to the fetch cap and
+    /// what the fetch memory budget holds.
+    fn new_window(&self, chunk_size: u64, route: Route) -> FetchWindow {
+        let fixed = self.cfg.readahead.map(|r| r + 1);
+        let budget_chunks = (self.cfg.flight_bytes / chunk_size.max(1)) as usize;
+        let cap = self.cfg.max_upstream_fetches.min(budget_chunks);
+        FetchWindow::new(fixed, cap, chunk_size, self.links.for_route(route))
     }
 
     /// The sources to walk for chunk `key` of `meta`, in order.
@@ -175,7 +245,15 @@ impl ChunkFetcher {
         let mut walk: Vec<Arc<dyn ChunkSource>> = vec![self.sources.memory.clone()];
         if let (Some(peers), Route::Cluster) = (&self.sources.peers, route) {
             for peer in peers.owner_sources(&meta.owner_key(key)) {
-                walk.push(Arc::new(peer));
+                // Measured for the window; each owner caps its own upstream fetches.
+                let peer = Arc::new(peer) as Arc<dyn ChunkSource>;
+                let metrics = self.metrics.clone();
+                walk.push(Arc::new(Metered::new(
+                    peer,
+                    self.links.clone(),
+                    metrics,
+                    None,
+                )));
             }
         }
         let mut feed = self.feed_source.clone();

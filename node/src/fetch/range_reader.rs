@@ -1,11 +1,12 @@
-//! Streaming a byte range of one object from its chunks, with a bounded read-ahead window.
+//! Streaming a byte range of one object from its chunks, with a read-ahead window sized by
+//! `window::FetchWindow`.
 
-use std::{collections::VecDeque, ops::RangeInclusive, sync::Arc};
+use std::{collections::VecDeque, ops::RangeInclusive, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use futures::Stream;
 
-use super::{flight::ChunkReader, ChunkFetcher};
+use super::{flight::ChunkReader, window::FetchWindow, ChunkFetcher};
 use crate::{
     object::ObjectMeta,
     source::{FetchError, Route, SourceKind},
@@ -30,6 +31,12 @@ pub struct RangeReader {
     next_to_open: u64,
     last_chunk: u64,
     window: VecDeque<Open>,
+    /// How many chunks `window` may hold.
+    size: FetchWindow,
+    /// The window size last added to `casserole_fetch_window_chunks`.
+    reported: usize,
+    /// Alive while the reader is: a head start (see `head_start`) is dropped with its response.
+    alive: Arc<()>,
     failed: bool,
     route: Route,
     /// Origin and collapsing of the chunk the last bytes came from.
@@ -48,6 +55,9 @@ impl RangeReader {
     ) -> Self {
         let chunks = meta.chunks_for(&range);
         RangeReader {
+            size: fetcher.new_window(meta.chunk_size, route),
+            reported: 0,
+            alive: Arc::new(()),
             fetcher,
             version: Arc::from(meta.version.as_str()),
             meta,
@@ -68,14 +78,55 @@ impl RangeReader {
         self
     }
 
+    /// From a latency-bound upstream, starts the read-ahead chunks as soon as the first chunk
+    /// has had time to arrive over its connection (its transfer time, a fraction of the
+    /// latency), rather than once its first bytes are here: that saves nearly a round trip and
+    /// still leaves the first chunk's connection to itself. The reader joins these fetches when
+    /// its window opens.
+    fn head_start(&self) {
+        let link = self.fetcher.links.for_route(self.route);
+        let Some(delay) = self.size.head_start(self.meta.chunk_size, link) else {
+            return;
+        };
+        // Called once the first chunk is open: `next_to_open` is the one after it.
+        let last = self.next_to_open + self.size.size().saturating_sub(2) as u64;
+        let ahead = self.next_to_open..=last.min(self.last_chunk);
+        if ahead.is_empty() {
+            return;
+        }
+        let alive = Arc::downgrade(&self.alive);
+        let (fetcher, meta, version) = (
+            self.fetcher.clone(),
+            self.meta.clone(),
+            self.version.clone(),
+        );
+        let route = self.route;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            for index in ahead {
+                if alive.strong_count() == 0 {
+                    return;
+                }
+                // The flight goes on without a reader; the response joins it.
+                drop(fetcher.open_ahead(&meta, &version, index, route));
+            }
+        });
+    }
+
     fn fill_window(&mut self) {
         // Until the first bytes arrive only the first chunk is fetched: read-ahead fetches
-        // starting at the same moment would compete with it for the upstream and delay them.
+        // starting at the same moment would compete with it for the upstream and delay them
+        // (measured: +20 ms of time to first byte from a 50 ms origin on a busy 2-core machine).
         let window = if self.last_origin.is_none() {
             1
         } else {
-            self.fetcher.readahead() + 1
+            self.size.size()
         };
+        if window != self.reported {
+            let gauge = &self.fetcher.metrics.window_chunks;
+            gauge.add(window as i64 - self.reported as i64);
+            self.reported = window;
+        }
         while self.window.len() < window && self.next_to_open <= self.last_chunk {
             let index = self.next_to_open;
             let fetcher = &self.fetcher;
@@ -91,6 +142,9 @@ impl RangeReader {
                 retried: false,
             });
             self.next_to_open += 1;
+            if self.last_origin.is_none() {
+                self.head_start();
+            }
         }
     }
 
@@ -109,8 +163,10 @@ impl RangeReader {
             let chunk_size = self.meta.chunk_size;
             let open = self.window.front_mut()?;
             let chunk_start = open.index * chunk_size;
+            let asked = Instant::now();
             match open.reader.next().await {
                 Some(Ok(piece)) => {
+                    self.size.took(piece.len(), asked.elapsed());
                     let piece_start = chunk_start + open.offset;
                     open.offset += piece.len() as u64;
                     let piece_end = chunk_start + open.offset; // exclusive
@@ -160,7 +216,10 @@ impl RangeReader {
                         };
                         return Some(Err(self.fail(error)));
                     }
+                    let origin = open.reader.origin();
                     self.window.pop_front();
+                    let link = self.fetcher.links.get(origin);
+                    self.size.chunk_done(chunk_size, link);
                 }
             }
         }
@@ -176,5 +235,12 @@ impl RangeReader {
         futures::stream::unfold(self, |mut reader| async move {
             reader.next().await.map(|item| (item, reader))
         })
+    }
+}
+
+impl Drop for RangeReader {
+    fn drop(&mut self) {
+        let gauge = &self.fetcher.metrics.window_chunks;
+        gauge.sub(self.reported as i64);
     }
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use futures::{future::BoxFuture, StreamExt as _};
 use tokio::sync::Notify;
 
 use super::*;
@@ -56,6 +56,20 @@ struct Fake {
     failures: AtomicUsize,
     /// When set, the bytes are sent only once it is notified.
     gate: Option<Arc<Notify>>,
+    /// Wait before answering, like a distant upstream.
+    latency: Duration,
+    /// Chunk fetches open right now (from `open` to the end of the bytes), and the most seen.
+    active: Arc<AtomicUsize>,
+    max_active: Arc<AtomicUsize>,
+}
+
+/// Counts a fetch as active until dropped.
+struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Fake {
@@ -67,7 +81,22 @@ impl Fake {
             offsets: Mutex::new(Vec::new()),
             failures: AtomicUsize::new(0),
             gate: None,
+            latency: Duration::ZERO,
+            active: Arc::new(AtomicUsize::new(0)),
+            max_active: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// An upstream that serves everything after `latency`.
+    fn far(latency: Duration) -> Arc<Self> {
+        Arc::new(Fake {
+            latency,
+            ..Arc::into_inner(Fake::new(SourceKind::Upstream, Behaviour::Serves)).unwrap()
+        })
+    }
+
+    fn max_active(&self) -> usize {
+        self.max_active.load(Ordering::SeqCst)
     }
 
     fn gated(kind: SourceKind, gate: Arc<Notify>) -> Arc<Self> {
@@ -102,6 +131,10 @@ impl ChunkSource for Fake {
         Box::pin(async move {
             self.opens.fetch_add(1, Ordering::SeqCst);
             self.offsets.lock().unwrap().push(request.offset);
+            let now = self.active.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_active.fetch_max(now, Ordering::SeqCst);
+            let active = Active(self.active.clone());
+            tokio::time::sleep(self.latency).await;
             if let Some(gate) = &self.gate {
                 gate.notified().await;
             }
@@ -131,8 +164,13 @@ impl ChunkSource for Fake {
                 }
                 Behaviour::SendsExtra(n) => pieces(object_bytes(start..end + n as u64)),
             };
+            // The fetch stays active until its bytes are consumed (or dropped).
+            let stream = futures::stream::iter(items).map(move |item| {
+                let _ = &active;
+                item
+            });
             Ok(Some(Opened {
-                stream: Box::pin(futures::stream::iter(items)),
+                stream: Box::pin(stream),
                 starts_at: request.offset,
                 origin: self.kind,
             }))
@@ -145,6 +183,31 @@ impl ChunkSource for Fake {
 }
 
 fn fetcher(sources: Vec<Arc<Fake>>, readahead: usize) -> Arc<ChunkFetcher> {
+    fetcher_with(
+        sources,
+        FetchConfig {
+            readahead: Some(readahead),
+            max_upstream_fetches: 32,
+            flight_bytes: 64 * CHUNK,
+            budget_timeout: Duration::from_secs(5),
+        },
+    )
+}
+
+/// An adaptive window, at most `cap` upstream fetches, a budget of `budget_chunks` chunks.
+fn adaptive(sources: Vec<Arc<Fake>>, cap: usize, budget_chunks: u64) -> Arc<ChunkFetcher> {
+    fetcher_with(
+        sources,
+        FetchConfig {
+            readahead: None,
+            max_upstream_fetches: cap,
+            flight_bytes: budget_chunks * CHUNK,
+            budget_timeout: Duration::from_secs(5),
+        },
+    )
+}
+
+fn fetcher_with(sources: Vec<Arc<Fake>>, cfg: FetchConfig) -> Arc<ChunkFetcher> {
     let registrar = Registrar::new();
     let memory = Arc::new(MemoryTier::new(
         64 * CHUNK,
@@ -162,11 +225,7 @@ fn fetcher(sources: Vec<Arc<Fake>>, readahead: usize) -> Arc<ChunkFetcher> {
             whole_objects: None,
         },
         None,
-        FetchConfig {
-            readahead,
-            flight_bytes: 64 * CHUNK,
-            budget_timeout: Duration::from_secs(5),
-        },
+        cfg,
         FetchMetrics::new(&registrar),
     )
 }
@@ -378,4 +437,117 @@ async fn read_ahead_keeps_the_window_in_flight() {
     for _ in 0..4 {
         gate.notify_one();
     }
+}
+
+#[tokio::test]
+async fn the_window_grows_past_the_old_fixed_size_for_a_distant_upstream() {
+    let upstream = Fake::far(Duration::from_millis(20));
+    let f = adaptive(vec![upstream.clone()], 12, 64);
+    let m = meta(40 * CHUNK);
+    let body = read_all(&f, &m, 0..=m.length - 1).await.unwrap();
+    assert_eq!(body, object_bytes(0..m.length));
+    // The old fixed window was 5 chunks; the cap is 12.
+    assert!(upstream.max_active() > 5, "{}", upstream.max_active());
+    assert!(upstream.max_active() <= 12, "{}", upstream.max_active());
+    let link = f.links.get(SourceKind::Upstream);
+    assert!(link.latency.unwrap() >= 0.02, "{link:?}");
+}
+
+#[tokio::test]
+async fn the_upstream_fetch_cap_holds_across_responses() {
+    let upstream = Fake::far(Duration::from_millis(20));
+    let f = adaptive(vec![upstream.clone()], 6, 64);
+    let (a, b) = (meta(24 * CHUNK), meta(24 * CHUNK));
+    let b = Arc::new(ObjectMeta {
+        path: "/other".into(),
+        version: "other-version".into(),
+        ..(*b).clone()
+    });
+    let (ra, rb) = tokio::join!(
+        read_all(&f, &a, 0..=a.length - 1),
+        read_all(&f, &b, 0..=b.length - 1)
+    );
+    assert_eq!(ra.unwrap().len() as u64, a.length);
+    assert_eq!(rb.unwrap().len() as u64, b.length);
+    let max = upstream.max_active();
+    assert!((4..=6).contains(&max), "{max} fetches at once, cap 6");
+}
+
+#[tokio::test]
+async fn the_window_stays_within_the_fetch_memory_budget() {
+    let upstream = Fake::far(Duration::from_millis(20));
+    let f = adaptive(vec![upstream.clone()], 32, 4);
+    let m = meta(24 * CHUNK);
+    let body = read_all(&f, &m, 0..=m.length - 1).await.unwrap();
+    assert_eq!(body, object_bytes(0..m.length));
+    assert!(upstream.max_active() <= 4, "{}", upstream.max_active());
+    assert_eq!(
+        f.metrics.flight_bytes.get(),
+        0,
+        "every budget share given back"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_reader_shrinks_the_window_to_a_few_chunks_ahead() {
+    let upstream = Fake::far(Duration::from_millis(10));
+    let f = adaptive(vec![upstream.clone()], 32, 64);
+    let m = meta(40 * CHUNK);
+    let mut reader = f.stream_range(m.clone(), 0..=m.length - 1, Route::LocalOnly);
+    // About a chunk per 50 ms: far slower than the upstream delivers.
+    let mut got = 0u64;
+    while got < 12 * CHUNK {
+        got += reader.next().await.unwrap().unwrap().len() as u64;
+        tokio::time::sleep(Duration::from_millis(16)).await;
+    }
+    // The client pauses: what is in flight now is all that gets fetched.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let read_chunks = got.div_ceil(CHUNK) as usize;
+    let opened = upstream.opens();
+    assert!(
+        opened <= read_chunks + 3,
+        "{opened} chunks fetched for a reader at chunk {read_chunks}"
+    );
+    assert!(f.metrics.window_chunks.get() <= 3);
+    // Still correct to the end.
+    let mut rest = Vec::new();
+    while let Some(piece) = reader.next().await {
+        rest.extend_from_slice(&piece.unwrap());
+    }
+    assert_eq!(rest, object_bytes(got..m.length));
+}
+
+#[tokio::test]
+async fn from_a_known_distant_upstream_the_read_ahead_starts_before_the_first_bytes() {
+    let upstream = Fake::far(Duration::from_millis(40));
+    let f = adaptive(vec![upstream.clone()], 8, 64);
+    // The first object teaches the fetcher the link: 40 ms away, fast once bytes flow.
+    let first = meta(8 * CHUNK);
+    read_all(&f, &first, 0..=first.length - 1).await.unwrap();
+    let opened_before = upstream.opens();
+    assert_eq!(opened_before, 8);
+
+    let second = Arc::new(ObjectMeta {
+        path: "/second".into(),
+        version: "second-version".into(),
+        ..(*meta(16 * CHUNK)).clone()
+    });
+    let reader_meta = second.clone();
+    let f2 = f.clone();
+    let read =
+        tokio::spawn(async move { read_all(&f2, &reader_meta, 0..=reader_meta.length - 1).await });
+    // Well before the first chunk's 40 ms are up, the rest of the window is on its way.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let early = upstream.opens() - opened_before;
+    assert!(
+        early >= 8,
+        "{early} chunks asked for before the first bytes"
+    );
+    let body = read.await.unwrap().unwrap();
+    assert_eq!(body, object_bytes(0..second.length));
+    assert_eq!(
+        upstream.opens() - opened_before,
+        16,
+        "every chunk fetched once"
+    );
 }

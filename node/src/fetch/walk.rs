@@ -32,6 +32,20 @@ impl Drop for FlightGuard<'_> {
     }
 }
 
+/// A flight's share of the fetch memory budget, shown in `casserole_fetch_flight_bytes` while
+/// held.
+struct Budget {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+    bytes: i64,
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        self.gauge.sub(self.bytes);
+    }
+}
+
 impl ChunkFetcher {
     /// Removes `flight` from the in-flight map unless a newer flight took its place.
     pub(super) fn leave_map(&self, key: &ChunkKey, flight: &Arc<Flight>) {
@@ -62,7 +76,14 @@ impl ChunkFetcher {
         let wait = self.cfg.budget_timeout;
         let acquire = self.flight_budget.clone().acquire_many_owned(chunk_bytes);
         let budget = match tokio::time::timeout(wait, acquire).await {
-            Ok(permit) => permit.expect("the flight budget is never closed"),
+            Ok(permit) => {
+                self.metrics.flight_bytes.add(i64::from(chunk_bytes));
+                Budget {
+                    _permit: permit.expect("the flight budget is never closed"),
+                    gauge: self.metrics.flight_bytes.clone(),
+                    bytes: i64::from(chunk_bytes),
+                }
+            }
             Err(_) => {
                 tracing::warn!(chunk = %key, ?wait, "no memory budget for a chunk fetch");
                 flight.fail(FetchError::Busy(wait));

@@ -4,7 +4,7 @@
 //! ```text
 //! casserole-test-origin --listen 127.0.0.1:9000 \
 //!     --object /big.bin=1Gi,seed=7 --object /small.bin=64Mi,throttle=50M,max-age=60 \
-//!     --throttle 200M
+//!     --throttle 200M --latency 50ms
 //! ```
 //! Prints its URL on the first stdout line, then one line per object (path, size, ETag);
 //! stops on SIGTERM or SIGINT.
@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
 
-    /// `/path=SIZE[,seed=N][,throttle=BYTES_PER_SEC][,max-age=S]`; sizes take K/M/G (powers of
+    /// `/path=SIZE[,seed=N][,throttle=BYTES_PER_SEC][,max-age=S][,latency=DURATION]`; sizes take K/M/G (powers of
     /// 1000) or Ki/Mi/Gi (powers of 1024) suffixes. Repeatable.
     #[arg(long = "object", value_parser = parse_object)]
     objects: Vec<(String, ObjectSpec)>,
@@ -34,6 +34,11 @@ struct Args {
     /// Default per-response rate limit in bytes/s for objects without their own.
     #[arg(long, value_parser = parse_size)]
     throttle: Option<u64>,
+
+    /// Wait this long before answering each request (`50ms`, `0.2s`; a bare number is ms), as a
+    /// distant origin would; objects may set their own.
+    #[arg(long, value_parser = parse_latency)]
+    latency: Option<Duration>,
 
     /// Also print each object's SHA-256 (costs one pass over every object at startup).
     #[arg(long)]
@@ -70,6 +75,26 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64).round() as u64)
 }
 
+/// `50ms`, `0.2s`, `150` (ms). Hand-written: two units do not justify a dependency.
+fn parse_latency(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(ms) = t.strip_suffix("ms") {
+        (ms, 1e-3)
+    } else if let Some(secs) = t.strip_suffix('s') {
+        (secs, 1.0)
+    } else {
+        (t, 1e-3)
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad latency {s:?} (use e.g. 50ms or 0.2s)"))?;
+    if !(n.is_finite() && n >= 0.0) {
+        return Err(format!("bad latency {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(n * scale))
+}
+
 fn parse_object(s: &str) -> Result<(String, ObjectSpec), String> {
     let (path, rest) = s
         .split_once('=')
@@ -87,6 +112,7 @@ fn parse_object(s: &str) -> Result<(String, ObjectSpec), String> {
             "seed" => spec.seed(v.parse().map_err(|_| format!("bad seed {v:?}"))?),
             "throttle" => spec.throttle(parse_size(v)?),
             "max-age" => spec.max_age(v.parse().map_err(|_| format!("bad max-age {v:?}"))?),
+            "latency" => spec.latency(parse_latency(v)?),
             other => return Err(format!("unknown object option {other:?}")),
         };
     }
@@ -124,6 +150,7 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     origin.set_default_throttle(args.throttle);
+    origin.set_default_latency(args.latency);
     println!("{}", origin.url());
     for (path, spec) in args.objects {
         let info = origin.put(&path, spec);
@@ -158,6 +185,12 @@ mod tests {
             (2 << 20, 3, Some(1_000_000))
         );
         assert_eq!(spec.cache_control.as_deref(), Some("public, max-age=60"));
+        assert_eq!(parse_latency("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_latency("0.2s"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_latency("150"), Ok(Duration::from_millis(150)));
+        assert!(parse_latency("soon").is_err());
+        let (_, spec) = parse_object("/l.bin=1Mi,latency=20ms").unwrap();
+        assert_eq!(spec.latency, Some(Duration::from_millis(20)));
         assert!(parse_object("a=1").is_err());
         assert!(parse_object("/a=1,color=red").is_err());
     }

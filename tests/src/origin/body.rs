@@ -134,14 +134,16 @@ impl State {
     }
 }
 
+/// `in_flight` marks the request as being answered until the body ends.
 pub(crate) fn generated(
     plan: BodyPlan,
     stats: Registry,
     path: &str,
     shutdown: watch::Receiver<bool>,
+    in_flight: InFlight,
 ) -> Body {
     let state = State {
-        _in_flight: stats.in_flight(path),
+        _in_flight: in_flight,
         plan,
         sent: 0,
         started: Instant::now(),

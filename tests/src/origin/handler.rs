@@ -255,11 +255,15 @@ pub(crate) async fn handle(
     if applied.fired > 0 {
         stats.update(&key, |s| s.faults_fired += applied.fired);
     }
+    // Counted from arrival, so requests waiting out the latency show as concurrent too.
+    let in_flight = (method == Method::GET).then(|| stats.in_flight(&key));
+    let latency = obj.spec.latency.unwrap_or_else(|| shared.default_latency());
+    let delay = applied.delay + latency;
 
-    if !applied.delay.is_zero() {
+    if !delay.is_zero() {
         let mut rx = shared.shutdown.subscribe();
         tokio::select! {
-            _ = tokio::time::sleep(applied.delay) => {}
+            _ = tokio::time::sleep(delay) => {}
             _ = body::shut_down(&mut rx) => {}
         }
     }
@@ -362,11 +366,13 @@ pub(crate) async fn handle(
         stall_after: applied.stall_after,
         truncate_after: applied.truncate_after,
     };
+    let in_flight = in_flight.expect("only GETs reach the body");
     Ok(builder.body(body::generated(
         plan,
         stats,
         &key,
         shared.shutdown.subscribe(),
+        in_flight,
     ))?)
 }
 

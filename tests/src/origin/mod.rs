@@ -59,11 +59,17 @@ pub(crate) struct Shared {
     shutdown: watch::Sender<bool>,
     /// Bytes/s for objects without their own throttle; 0 = unlimited.
     default_throttle: AtomicU64,
+    /// Microseconds every answer waits for objects without their own latency; 0 = none.
+    default_latency_us: AtomicU64,
 }
 
 impl Shared {
     fn default_throttle(&self) -> Option<u64> {
         Some(self.default_throttle.load(Ordering::Relaxed)).filter(|r| *r > 0)
+    }
+
+    fn default_latency(&self) -> Duration {
+        Duration::from_micros(self.default_latency_us.load(Ordering::Relaxed))
     }
 }
 
@@ -115,6 +121,7 @@ impl Origin {
             stats: stats::Registry::default(),
             shutdown: watch::Sender::new(false),
             default_throttle: AtomicU64::new(0),
+            default_latency_us: AtomicU64::new(0),
         });
         let task = tokio::spawn(serve(listener, shared.clone()));
         let stop = Arc::new(StopOnDrop {
@@ -237,6 +244,15 @@ impl Origin {
         self.shared
             .default_throttle
             .store(bytes_per_sec.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Wait this long before answering every request (headers included) about objects without
+    /// their own latency, like an origin in another region; `None` = answer at once.
+    pub fn set_default_latency(&self, latency: Option<Duration>) {
+        let micros = latency.map_or(0, |l| l.as_micros().min(u64::MAX as u128) as u64);
+        self.shared
+            .default_latency_us
+            .store(micros, Ordering::Relaxed);
     }
 
     /// Counters over all paths (unknown ones included).

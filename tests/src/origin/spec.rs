@@ -39,6 +39,8 @@ pub struct ObjectSpec {
     pub extra_headers: Vec<(String, String)>,
     /// Pace each response body to this many bytes per second.
     pub throttle_bytes_per_sec: Option<u64>,
+    /// Wait this long before answering each request (a distant origin).
+    pub latency: Option<std::time::Duration>,
     /// No `Content-Length` on GET and HEAD (HTTP/1.1 then uses chunked encoding).
     pub chunked: bool,
     /// Requests must carry exactly this `Authorization` value, else 401.
@@ -61,6 +63,7 @@ impl ObjectSpec {
             status: 200,
             extra_headers: Vec::new(),
             throttle_bytes_per_sec: None,
+            latency: None,
             chunked: false,
             require_auth: None,
         }
@@ -118,6 +121,10 @@ impl ObjectSpec {
     }
     pub fn throttle(mut self, bytes_per_sec: u64) -> Self {
         self.throttle_bytes_per_sec = Some(bytes_per_sec);
+        self
+    }
+    pub fn latency(mut self, latency: std::time::Duration) -> Self {
+        self.latency = Some(latency);
         self
     }
     pub fn chunked(mut self) -> Self {

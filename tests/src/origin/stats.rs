@@ -27,7 +27,8 @@ pub struct Stats {
     pub body_bytes_sent: u64,
     /// Every 206 answered, as inclusive `(start, end)`, in arrival order.
     pub ranges: Vec<(u64, u64)>,
-    /// GET bodies being sent right now.
+    /// GETs being answered right now, from their arrival (latency included) to the end of
+    /// the body.
     pub in_flight: u64,
     /// Highest `in_flight` seen: shows whether a client fetched in parallel.
     pub max_in_flight: u64,
@@ -97,7 +98,7 @@ impl Registry {
         }
     }
 
-    /// Marks a GET body as in flight until the guard drops.
+    /// Marks a GET as in flight until the guard drops.
     pub fn in_flight(&self, path: &str) -> InFlight {
         self.update(path, |s| {
             s.in_flight += 1;

@@ -377,3 +377,38 @@ async fn throttle_limits_rate() {
         t.elapsed()
     );
 }
+
+#[tokio::test]
+async fn latency_delays_every_answer_and_waiting_requests_count_as_in_flight() {
+    let (origin, _, url) = origin_with("/far", ObjectSpec::new(MIB)).await;
+    origin.set_default_latency(Some(Duration::from_millis(200)));
+    let t = Instant::now();
+    assert_eq!(
+        get_bytes(&url, &[("range", "bytes=0-9")]).await.unwrap().0,
+        206
+    );
+    assert!(t.elapsed() >= Duration::from_millis(200));
+
+    // Three requests still waiting out the latency are three in flight, bodies or not.
+    origin.reset_stats();
+    let range = [("range", "bytes=0-9")];
+    let (a, b, c) = tokio::join!(
+        get_bytes(&url, &range),
+        get_bytes(&url, &range),
+        get_bytes(&url, &range)
+    );
+    assert!(a.is_ok() && b.is_ok() && c.is_ok());
+    let stats = origin.path_stats("/far");
+    assert_eq!((stats.max_in_flight, stats.in_flight), (3, 0));
+
+    // An object's own latency wins over the default.
+    origin.set_default_latency(None);
+    origin.put(
+        "/near",
+        ObjectSpec::new(10).latency(Duration::from_millis(150)),
+    );
+    let t = Instant::now();
+    let near = format!("{}/near", origin.url());
+    assert_eq!(get_bytes(&near, &[]).await.unwrap().0, 200);
+    assert!(t.elapsed() >= Duration::from_millis(150));
+}
