@@ -428,9 +428,11 @@ impl Config {
             });
         }
         if let Some(readahead) = self.readahead {
-            casserole_limits::check_readahead(readahead).map_err(|message| ConfigError::Invalid {
-                flag: "--readahead",
-                message,
+            casserole_limits::check_readahead(readahead).map_err(|message| {
+                ConfigError::Invalid {
+                    flag: "--readahead",
+                    message,
+                }
             })?;
         }
         Ok(())
