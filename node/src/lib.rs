@@ -281,6 +281,7 @@ async fn build(cfg: &Config, stopped: &watch::Receiver<bool>) -> anyhow::Result<
         fetcher,
         pass_through: cfg.pass_through_set()?,
         metrics: RequestMetrics::new(&registrar),
+        invalidator: Some(purger.clone()),
     });
     let admin = Arc::new(Admin {
         registrar: registrar.clone(),

@@ -67,6 +67,9 @@ pub struct Front {
     pub fetcher: Arc<ChunkFetcher>,
     pub pass_through: RegexSet,
     pub metrics: RequestMetrics,
+    /// Spreads the invalidation of a URI that a successful unsafe request changed to every
+    /// member (a purge of that path).
+    pub invalidator: Option<Arc<crate::purge::Purger>>,
 }
 
 /// Keeps the in-flight gauge honest however a request ends.
@@ -323,7 +326,7 @@ impl Front {
         };
         self.count_status(&status);
         if unsafe_method && (upstream.status().is_success() || upstream.status().is_redirection()) {
-            self.metadata.invalidate_path(path).await;
+            self.invalidate(path).await;
         }
         let mut res = Response::new(body::empty());
         *res.status_mut() = upstream.status();
@@ -342,6 +345,21 @@ impl Front {
         });
         *res.body_mut() = body::streaming(sync_stream(stream));
         Ok(res)
+    }
+}
+
+impl Front {
+    /// RFC 9111 §4.4: here at once, on the other members through a purge of the path.
+    async fn invalidate(&self, path: &str) {
+        self.metadata.invalidate_path(path).await;
+        if let Some(purger) = &self.invalidator {
+            let (purger, target) = (purger.clone(), crate::purge::Target::Path(path.into()));
+            tokio::spawn(async move {
+                purger
+                    .purge(target, "a successful unsafe request (invalidation)")
+                    .await
+            });
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! loopback ports, captured logs shown on failure, readiness waits, signals, restarts and
 //! Prometheus metrics.
 
+pub mod cluster;
 mod etcd;
 pub mod metrics;
 mod node;

@@ -331,6 +331,8 @@ async fn restart_rebuilds_metadata_and_evicts_over_the_bound() {
         t.put_meta(&format!("{i:064}"), record.clone())
             .await
             .unwrap();
+        // File times tick with the kernel's coarse clock (a few ms): keep the order visible.
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     fs::write(d.path().join("meta").join("not-a-hash"), b"x").unwrap();
     drop(t);

@@ -1,0 +1,35 @@
+//! Clusters of real nodes around a real etcd, started the way a user would (no `--node-id`).
+
+use std::time::Duration;
+
+use super::{EtcdProcess, NodeBuilder, NodeProcess};
+
+pub const PEER_TOKEN: &str = "test-peer-token-0123456789";
+
+/// A member of cluster `cluster` in front of `origin_url`: etcd membership, the peer token, a
+/// short lease so departures show quickly.
+pub fn member(origin_url: &str, etcd: &EtcdProcess, cluster: &str) -> NodeBuilder {
+    NodeBuilder::new(origin_url).etcd(etcd.endpoint()).args([
+        "--peer-token",
+        PEER_TOKEN,
+        "--member-ttl",
+        "2s",
+        "--cluster-name",
+        cluster,
+    ])
+}
+
+/// Waits (bounded) until every node reports `n` members.
+pub async fn wait_members(nodes: &[&NodeProcess], n: usize) {
+    for _ in 0..100 {
+        let mut all = true;
+        for node in nodes {
+            all &= node.metric("casserole_cluster_members").await == n as f64;
+        }
+        if all {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("membership did not converge to {n}");
+}
