@@ -47,6 +47,7 @@ from procs import (  # noqa: E402
 )
 from report import TARGETS, chart, fmt, human, machine_info, render, update_readme  # noqa: E402
 import latency  # noqa: E402
+import upstreams  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,6 +424,7 @@ class Bench:
         self.section("amplification", self.amplification)
         self.section("memory", self.memory)
         self.section("disk", self.disk)
+        self.section("upstreams", lambda: upstreams.run(self))
         self.section("latency", lambda: latency.run(self))
         self.results["elapsed_s"] = time.monotonic() - self.t_start
         self.results["machine"] = machine_info()
@@ -445,11 +447,12 @@ def main():
                          "(e.g. README.md)")
     ap.add_argument("--only", action="append",
                     choices=["hot", "cold_throttled", "cold_unthrottled", "amplification", "memory", "disk",
-                             "latency"],
+                             "upstreams", "latency"],
                     help="run only these scenarios (repeatable)")
     ap.add_argument("--quick", action="store_true",
                     help="the latency scenario only, on a subset (0 and 50 ms; 32 and 128 MiB; "
-                         "well under a minute), unless --only says otherwise")
+                         "well under a minute), unless --only says otherwise; with --only upstreams, "
+                         "scenario 8 on its quick sizes (~30 s)")
     args = ap.parse_args()
     if args.quick and not args.only:
         args.only = ["latency"]

@@ -399,7 +399,8 @@ class Casserole:
 
 
 class Nginx:
-    def __init__(self, tmp, name, origin_port):
+    def __init__(self, tmp, name, origin_port, location_extra: str = ""):
+        """`location_extra`: directives added to the one location (e.g. `proxy_cache_use_stale`)."""
         # a fresh directory every time: nginx reloads a cache directory it finds at startup, so
         # reusing one would turn the next scenario's cold miss into a hit
         d = tempfile.mkdtemp(prefix=f"{name}-", dir=tmp)
@@ -431,6 +432,7 @@ http {{
       proxy_cache_valid 200 206 1h;
       proxy_cache_lock on;
       add_header X-Cache-Status $upstream_cache_status always;
+      {location_extra}
       proxy_pass http://origin;
     }}
   }}
@@ -449,7 +451,12 @@ http {{
 
 
 class Varnish:
-    def __init__(self, tmp, name, origin_port, storage_bytes):
+    # the default: every response cached for an hour (the origin's own lifetime is overridden);
+    # the builtin VCL that runs after it still marks no-store/private answers hit-for-miss
+    BACKEND_RESPONSE = "set beresp.do_stream = true;\n  set beresp.ttl = 1h;"
+
+    def __init__(self, tmp, name, origin_port, storage_bytes, backend_response: str | None = None):
+        """`backend_response`: the body of `vcl_backend_response` (default BACKEND_RESPONSE)."""
         d = tempfile.mkdtemp(prefix=f"{name}-", dir=tmp)
         os.chmod(d, 0o755)
         self.port = free_port()
@@ -460,8 +467,7 @@ sub vcl_recv {{
   return (hash);
 }}
 sub vcl_backend_response {{
-  set beresp.do_stream = true;
-  set beresp.ttl = 1h;
+  {backend_response or self.BACKEND_RESPONSE}
 }}
 sub vcl_deliver {{
   if (obj.hits > 0) {{ set resp.http.X-Cache = "HIT"; }} else {{ set resp.http.X-Cache = "MISS"; }}

@@ -7,6 +7,7 @@ import platform
 
 
 from latency import render as latency_render
+from upstreams import render as upstreams_render
 from procs import Ki, Mi, log
 
 TARGETS = ["direct", "casserole", "nginx", "varnish"]
@@ -175,6 +176,7 @@ def render(results: dict) -> tuple[str, list[dict]]:
         out += [f"#### 6. Disk tier: {dk}", ""]
 
     out += latency_render(S.get("latency", {}), target)
+    out += upstreams_render(S.get("upstreams", {}), target)
 
     out += ["#### Targets", "", "| target | goal | measured | met | peers |", "|---|---|---|---|---|"]
     for t in targets_rows:

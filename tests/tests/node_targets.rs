@@ -98,3 +98,54 @@ async fn raw(addr: &str, request: &[u8]) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// The peer API holds peers to the same rule: hostile paths in a metadata lookup or in posted
+/// chunk metadata are refused, and nothing reaches the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_peer_api_refuses_hostile_paths_too() {
+    const TOKEN: &str = "test-peer-token-0123456789";
+    let origin = Origin::start().await;
+    origin.put("/private/obj8m", ObjectSpec::new(8 << 20).seed(33));
+    let ports = casserole_tests::harness::NodePorts::pick();
+    let node = NodeBuilder::new(format!("{}/fast", origin.url()))
+        .ports(ports)
+        .args(["--peer-token", TOKEN])
+        .arg(format!("--peers={}", ports.peer_url()))
+        .spawn()
+        .await;
+    let addr = node.peer_url().trim_start_matches("http://").to_string();
+    let mut checked = 0;
+    for target in HOSTILE.iter().filter(|t| !t.contains('\0')) {
+        let request = format!(
+            "GET /v1/meta HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nx-casserole-path: {target}\r\nConnection: close\r\n\r\n"
+        );
+        let reply = raw(&addr, request.as_bytes()).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 400"),
+            "meta {target:?} → {reply}"
+        );
+        let meta = serde_json::json!({
+            "path": target, "length": 8 << 20, "chunk_size": 2 << 20,
+            "validator": {"StrongEtag": "\"x\""}, "etag": "\"x\"", "last_modified": null,
+            "headers": [], "fetched_at": 0, "initial_age": 0, "fresh_until": u64::MAX,
+            "version": "00".repeat(32),
+        })
+        .to_string();
+        let request = format!(
+            "POST /v1/chunk/0 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{meta}",
+            meta.len()
+        );
+        let reply = raw(&addr, request.as_bytes()).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 409"),
+            "chunk {target:?} → {reply}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 20);
+    assert_eq!(
+        origin.stats().requests,
+        0,
+        "a refused peer path reached the origin"
+    );
+}
