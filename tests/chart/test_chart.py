@@ -126,7 +126,7 @@ def test_image_tags_follow_app_version_and_workspace_version():
     values = chart().values
     assert values["operator"]["image"]["repository"] == "ghcr.io/casserole-cache/casserole-operator"
     assert values["node"]["image"]["repository"] == "ghcr.io/casserole-cache/casserole-node"
-    src = (ROOT / "operator" / "src" / "resources" / "mod.rs").read_text()
+    src = "".join(p.read_text() for p in (ROOT / "operator" / "src" / "resources").glob("*.rs"))
     assert '"ghcr.io/casserole-cache/casserole-node:{}"' in src
 
 
