@@ -471,6 +471,7 @@ sub vcl_backend_response {{
 }}
 sub vcl_deliver {{
   if (obj.hits > 0) {{ set resp.http.X-Cache = "HIT"; }} else {{ set resp.http.X-Cache = "MISS"; }}
+  if (obj.ttl < 0s) {{ set resp.http.X-Cache = resp.http.X-Cache + ", stale (grace)"; }}
 }}
 """
         path = os.path.join(d, "bench.vcl")
