@@ -28,6 +28,18 @@ use crate::{
 
 type Subscriber = mpsc::UnboundedSender<Result<Bytes, FetchError>>;
 
+/// A chunk's flight owned by a feed, and the memory it holds.
+type Claim = (Arc<Flight>, OwnedSemaphorePermit);
+
+/// What cutting one chunk works on.
+struct Cut<'a> {
+    feed: &'a Feed,
+    body: &'a mut ChunkStream,
+    carry: &'a mut Option<Bytes>,
+    /// The chunk's flight, claimed before the feed started.
+    claimed: Option<Claim>,
+}
+
 #[derive(Default)]
 struct FeedState {
     /// The chunk being cut now; earlier chunks have passed.
@@ -146,7 +158,7 @@ impl ChunkFetcher {
             Ok((starts_at, body)) => {
                 let body: ChunkStream = Box::pin(body.map(|piece| piece.map_err(FetchError::from)));
                 let meta = Arc::new(request.meta.clone());
-                tokio::spawn(self.run_feed(meta, feed, body, starts_at));
+                tokio::spawn(self.run_feed(meta, feed, body, starts_at, None));
                 Ok(stream)
             }
             Err(e) => {
@@ -180,7 +192,15 @@ impl ChunkFetcher {
             .lock()
             .expect("feeds lock")
             .insert(Arc::from(meta.version.as_str()), feed.clone());
-        tokio::spawn(self.clone().run_feed(meta, feed, body, 0));
+        // The first chunk is claimed now, for the request that probed: it follows that flight
+        // as its own fetch, not as one it collapsed onto.
+        let version: Arc<str> = Arc::from(meta.version.as_str());
+        let first = self.claim(
+            &meta.chunk_key(&version, 0),
+            meta.chunk_len(0) as u32,
+            Flight::for_probing_request,
+        );
+        tokio::spawn(self.clone().run_feed(meta, feed, body, 0, first));
     }
 
     async fn run_feed(
@@ -189,15 +209,19 @@ impl ChunkFetcher {
         feed: Arc<Feed>,
         mut body: ChunkStream,
         starts_at: u64,
+        mut claimed: Option<Claim>,
     ) {
         let first = starts_at / meta.chunk_size;
         let mut carry: Option<Bytes> = None;
         for index in first..meta.chunk_count() {
             feed.begin_chunk(index);
-            if let Err(e) = self
-                .cut_chunk(&meta, &feed, &mut body, &mut carry, index)
-                .await
-            {
+            let cut = Cut {
+                feed: &feed,
+                body: &mut body,
+                carry: &mut carry,
+                claimed: claimed.take(),
+            };
+            if let Err(e) = self.cut_chunk(&meta, cut, index).await {
                 tracing::warn!(path = %meta.path, chunk = index, error = %e,
                     "whole-object stream failed");
                 feed.fail(&e);
@@ -213,15 +237,19 @@ impl ChunkFetcher {
     async fn cut_chunk(
         &self,
         meta: &Arc<ObjectMeta>,
-        feed: &Feed,
-        body: &mut ChunkStream,
-        carry: &mut Option<Bytes>,
+        cut: Cut<'_>,
         index: u64,
     ) -> Result<(), FetchError> {
+        let Cut {
+            feed,
+            body,
+            carry,
+            claimed,
+        } = cut;
         let expected = meta.chunk_len(index) as usize;
         let version: Arc<str> = Arc::from(meta.version.as_str());
         let key = meta.chunk_key(&version, index);
-        let own = self.claim(&key, expected as u32);
+        let own = claimed.or_else(|| self.claim(&key, expected as u32, Flight::new));
         let mut assembly = own
             .as_ref()
             .map(|(flight, _)| Assembly::new(expected, flight));
@@ -271,7 +299,7 @@ impl ChunkFetcher {
     fn fail_own(
         &self,
         key: &ChunkKey,
-        own: Option<(Arc<Flight>, OwnedSemaphorePermit)>,
+        own: Option<Claim>,
         e: FetchError,
     ) -> Result<(), FetchError> {
         if let Some((flight, _)) = own {
@@ -283,7 +311,7 @@ impl ChunkFetcher {
 
     /// A flight for `key` owned by a feed, unless the chunk is cached, already being fetched, or
     /// no memory is free for it now (then its bytes only reach subscribers).
-    fn claim(&self, key: &ChunkKey, bytes: u32) -> Option<(Arc<Flight>, OwnedSemaphorePermit)> {
+    fn claim(&self, key: &ChunkKey, bytes: u32, new: fn() -> Flight) -> Option<Claim> {
         if self.sources.memory.contains(key) {
             return None;
         }
@@ -296,7 +324,7 @@ impl ChunkFetcher {
         if self.sources.memory.contains(key) || flights.contains_key(key) {
             return None;
         }
-        let flight = Arc::new(Flight::new());
+        let flight = Arc::new(new());
         flights.insert(key.clone(), flight.clone());
         Some((flight, permit))
     }
