@@ -13,12 +13,15 @@ from __future__ import annotations
 import statistics
 import time
 
-from procs import Mi, Casserole, Nginx, Varnish, download, log
+from procs import Mi, Casserole, Nginx, Varnish, download, log, parallel_downloads
 from pyorigin import PyOrigin
 
-FULL = dict(norange_size=128 * Mi, pass_size=8 * Mi, pass_requests=20, stale_size=8 * Mi)
-QUICK = dict(norange_size=32 * Mi, pass_size=8 * Mi, pass_requests=10, stale_size=8 * Mi)
-SMOKE = dict(norange_size=4 * Mi, pass_size=4 * Mi, pass_requests=4, stale_size=4 * Mi)
+FULL = dict(norange_size=128 * Mi, norange_clients=8, pass_size=8 * Mi, pass_requests=20,
+            stale_size=8 * Mi)
+QUICK = dict(norange_size=32 * Mi, norange_clients=8, pass_size=8 * Mi, pass_requests=10,
+             stale_size=8 * Mi)
+SMOKE = dict(norange_size=4 * Mi, norange_clients=3, pass_size=4 * Mi, pass_requests=4,
+             stale_size=4 * Mi)
 TARGETS = ["direct", "casserole", "nginx", "varnish"]
 STALE_MAX_AGE = 2  # seconds; the node gets --min-ttl=1s so that it stores such an object at all
 STALE_CC = f"public, max-age={STALE_MAX_AGE}, stale-if-error=600"
@@ -60,13 +63,16 @@ def base(origin: PyOrigin, servers: dict, target: str) -> str:
 
 
 def no_range(bench, m: dict) -> dict:
-    """A cold then a warm GET of an object whose origin answers every range request with 200."""
+    """A cold then a warm GET of an object whose origin answers every range request with 200; then
+    concurrent cold GETs of another such object (does the cache fetch it once?)."""
     size = m["norange_size"]
     origin = PyOrigin(seed=81)
     servers, failed = start(bench, origin, "norange", size + 64 * Mi)
     targets = ["direct"] + list(servers)
     objs = {t: origin.put(f"/norange-{t}.bin", size, "public, max-age=3600", ignore_range=True)
             for t in targets}
+    for t in targets:
+        origin.put(f"/norange-par-{t}.bin", size, "public, max-age=3600", ignore_range=True)
     res: dict = {"size": size, "failed": failed}
     # one small request through each target first, so that no measured request pays for a process
     # that has never answered (lazy set-up, the first upstream connection)
@@ -93,8 +99,16 @@ def no_range(bench, m: dict) -> dict:
                 log(f"   no-range {phase} {t:9s} ttfb {(d['ttfb'] or 0) * 1e3:7.1f} ms total "
                     f"{d['total']:6.2f} s status {d['status']} {cs}")
             time.sleep(0.5)  # a cache may still be writing what it streamed
+        n = m["norange_clients"]
         for t in targets:
+            rs = parallel_downloads([f"{base(origin, servers, t)}/norange-par-{t}.bin"] * n, timeout=120)
+            good = sum(1 for r in rs if r["status"] == 200 and r["bytes"] == size)
             res[t]["origin"] = origin.count(f"/norange-{t}.bin")
+            res[t]["concurrent"] = {"clients": n, "complete": good,
+                                    "wall_s": max(r.get("total") or 0 for r in rs),
+                                    "origin": origin.count(f"/norange-par-{t}.bin")}
+            log(f"   no-range {n} concurrent cold {t:9s} {good}/{n} complete, origin "
+                f"{res[t]['concurrent']['origin']['body_bytes'] / size:.2f}× object")
     finally:
         for srv in servers.values():
             srv.stop()
@@ -199,19 +213,23 @@ def render(s: dict, target) -> list[str]:
     a = s["no_range"]
     if "size" in a:
         out += [f"#### 8a. Origin that ignores `Range` ({a['size'] // Mi} MiB, 200 to every range "
-                "request; one cold then one warm GET)", "",
+                "request; one cold then one warm GET; then concurrent cold GETs of another such object)", "",
                 "| target | cold TTFB ms | cold total s | warm TTFB ms | warm total s | warm cache header "
-                "| origin requests | origin bytes / object |",
-                "|---|---:|---:|---:|---:|---|---:|---:|"]
+                "| origin requests | origin bytes / object "
+                "| concurrent cold: complete, origin bytes / object |",
+                "|---|---:|---:|---:|---:|---|---:|---:|---|"]
         for t in TARGETS:
             r = a.get(t)
             if not r or "cold" not in r or "warm" not in r:
                 continue
             o = r.get("origin", {})
+            c = r.get("concurrent")
+            par = (f"{c['complete']}/{c['clients']}, {c['origin']['body_bytes'] / a['size']:.2f}"
+                   if c else "n/a")
             out.append(f"| {t} | {r['cold']['ttfb_ms']:.1f} | {r['cold']['total_s']:.2f} | "
                        f"{r['warm']['ttfb_ms']:.1f} | {r['warm']['total_s']:.2f} | "
                        f"{r['warm']['cache_status'] or '—'} | {o.get('requests', 'n/a')} | "
-                       f"{o.get('body_bytes', 0) / a['size']:.2f} |")
+                       f"{o.get('body_bytes', 0) / a['size']:.2f} | {par} |")
         out.append("")
         if a.get("failed"):
             out += [f"Failed: {a['failed']}", ""]
@@ -222,6 +240,14 @@ def render(s: dict, target) -> list[str]:
             target("no-Range origin: cold 200 streamed, warm a hit, object fetched once", "1.00× object",
                    f"{ratio:.2f}× ({cas['origin']['requests']} request(s)), warm "
                    f"{cas['warm']['cache_status'] or 'no header'}", ok and f"{ratio:.2f}" == "1.00")
+            c = cas.get("concurrent")
+            if c:
+                par = c["origin"]["body_bytes"] / a["size"]
+                target(f"no-Range origin: {c['clients']} concurrent cold GETs fetch it once", "1.00× object",
+                       f"{par:.2f}× ({c['complete']}/{c['clients']} complete)",
+                       f"{par:.2f}" == "1.00" and c["complete"] == c["clients"],
+                       ", ".join(f"{p} {a[p]['concurrent']['origin']['body_bytes'] / a['size']:.2f}×"
+                                 for p in ("nginx", "varnish") if a.get(p, {}).get("concurrent")))
     elif a:
         out += [f"#### 8a. Origin that ignores `Range`: {a}", ""]
     b = s.get("pass_through", {})
