@@ -220,6 +220,7 @@ impl MetadataStore {
         };
         // Concurrent lookups collapse into one load; only the loader learns where it looked.
         let loaded_from = Mutex::new(None);
+        let kept = stale.clone();
         let meta = self
             .memory
             .try_get_with(path.to_string(), async {
@@ -238,7 +239,14 @@ impl MetadataStore {
                 }
                 return Err(LookupError::Uncacheable(why));
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                // The upstream failed: keep what was stale, to revalidate (or to serve stale
+                // within its grace) next time.
+                if let Some(stale) = kept {
+                    self.memory.insert(path.to_string(), stale).await;
+                }
+                return Err(e);
+            }
         };
         let source = loaded_from
             .into_inner()
@@ -317,7 +325,11 @@ impl MetadataStore {
         let (meta, source) = match (answer, stale) {
             (Ok(found), _) => found,
             (Err(LookupError::Upstream(e)), Some(old))
-                if old.may_serve_stale_on_error(unix_now()) =>
+                if old.may_serve_stale_on_error(
+                    unix_now(),
+                    e.is_disconnection(),
+                    self.cfg.rules.stale_if_error.as_secs(),
+                ) =>
             {
                 tracing::warn!(path, error = %e, "upstream failed; serving stale within stale-if-error");
                 return Ok((old, MetaSource::StaleIfError));

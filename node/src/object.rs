@@ -73,9 +73,12 @@ pub struct ObjectMeta {
     #[serde(default)]
     pub no_cache: bool,
     /// Seconds past `fresh_until` during which a stale copy may be served when the upstream
-    /// fails (`stale-if-error`, or the node's default; 0 under `must-revalidate`).
+    /// answers with an error (the response's `stale-if-error`).
     #[serde(default)]
     pub stale_if_error: u64,
+    /// Never served stale (`must-revalidate`, `proxy-revalidate`, `s-maxage`).
+    #[serde(default)]
+    pub must_revalidate: bool,
     /// Seconds past `fresh_until` during which a stale copy is served at once while it is
     /// revalidated in the background (`stale-while-revalidate`).
     #[serde(default)]
@@ -86,6 +89,8 @@ pub struct ObjectMeta {
 /// How long stale metadata is kept for a conditional revalidation, which keeps every chunk when
 /// the upstream answers `304`.
 const KEEP_FOR_REVALIDATION: u64 = 24 * 3600;
+/// Longest `--stale-if-error` grace kept for (a week).
+const STALE_IF_DISCONNECTED_MAX: u64 = 7 * 24 * 3600;
 
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -156,11 +161,24 @@ impl ObjectMeta {
     pub fn keep_until(&self) -> u64 {
         self.fresh_until
             .saturating_add(self.stale_if_error.max(self.stale_while_revalidate))
+            .saturating_add(STALE_IF_DISCONNECTED_MAX)
             .saturating_add(KEEP_FOR_REVALIDATION)
     }
 
-    pub fn may_serve_stale_on_error(&self, now: u64) -> bool {
-        now < self.fresh_until.saturating_add(self.stale_if_error)
+    /// Whether a stale copy may stand in for an upstream that failed: within the response's
+    /// `stale-if-error`, or — while the upstream cannot be reached at all — within
+    /// `disconnected_grace` (`--stale-if-error`); never under `must-revalidate`.
+    pub fn may_serve_stale_on_error(
+        &self,
+        now: u64,
+        disconnected: bool,
+        disconnected_grace: u64,
+    ) -> bool {
+        let grace = match disconnected {
+            true => self.stale_if_error.max(disconnected_grace),
+            false => self.stale_if_error,
+        };
+        !self.must_revalidate && now < self.fresh_until.saturating_add(grace)
     }
 
     pub fn may_serve_stale_while_revalidating(&self, now: u64) -> bool {
@@ -221,6 +239,7 @@ mod tests {
             fresh_until: 200,
             no_cache: false,
             stale_if_error: 0,
+            must_revalidate: false,
             stale_while_revalidate: 0,
         }
     }

@@ -49,6 +49,7 @@ pub fn object_meta(path: &str, length: u64, chunk_size: u64) -> ObjectMeta {
         fresh_until: u64::MAX,
         no_cache: false,
         stale_if_error: 0,
+        must_revalidate: false,
         stale_while_revalidate: 0,
     }
 }

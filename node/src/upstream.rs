@@ -83,6 +83,15 @@ impl UpstreamError {
         }
     }
 
+    /// The upstream could not be reached or stopped answering (as opposed to answering with an
+    /// error status).
+    pub fn is_disconnection(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect(_) | UpstreamError::Timeout | UpstreamError::Transfer(_)
+        )
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             UpstreamError::Connect(_) => "connect",

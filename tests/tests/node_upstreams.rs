@@ -343,3 +343,32 @@ async fn a_successful_unsafe_request_invalidates_the_cached_object() {
         assert_eq!(origin.path_stats("/w.bin").get_requests, before + 1);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_is_served_for_a_disconnected_upstream_but_not_over_its_5xx() {
+    let origin = Origin::start().await;
+    let obj = origin.put(
+        "/plain.bin",
+        ObjectSpec::new(2 * MIB).seed(63).cache_control("max-age=2"),
+    );
+    // Default --stale-if-error: it applies while the upstream cannot be reached.
+    let node = NodeBuilder::new(origin.url())
+        .args(["--min-ttl", "1s"])
+        .spawn()
+        .await;
+    let url = format!("{}/plain.bin", node.url());
+    assert_eq!(get_sha256(&url, &[]).await.unwrap().sha256, obj.sha256());
+    wait_stale().await;
+    // Connected, answering 500: RFC 9111 §4.2.4 — no stale without the origin's permission.
+    origin.set_fault("/plain.bin", Fault::Status(500), None);
+    let (status, _, _) = get_bytes(&url, &[]).await.unwrap();
+    assert_eq!(status, 502);
+    // Gone: a disconnected cache may serve what it holds.
+    origin.shutdown().await;
+    let got = get_sha256(&url, &[]).await.unwrap();
+    assert_eq!((got.status.as_u16(), got.sha256), (200, obj.sha256()));
+    assert_eq!(
+        header(&got.headers, "cache-status"),
+        "casserole; fwd=stale; detail=stale-if-error"
+    );
+}

@@ -31,6 +31,7 @@ pub fn accept(rules: &FreshnessRules, mut meta: ObjectMeta, now: u64) -> Option<
     let ours = freshness(rules, &meta.path, &headers, fetched).ok()?;
     meta.fresh_until = meta.fresh_until.min(meta.fetched_at + ours.ttl.as_secs());
     meta.no_cache |= ours.no_cache;
+    meta.must_revalidate |= ours.must_revalidate;
     meta.stale_if_error = meta.stale_if_error.min(ours.stale_if_error.as_secs());
     meta.stale_while_revalidate = meta
         .stale_while_revalidate

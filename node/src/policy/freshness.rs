@@ -20,9 +20,10 @@ pub struct FreshnessRules {
     pub default_ttl: Option<Duration>,
     /// Cap on heuristic freshness (a fraction of the time since `Last-Modified`).
     pub max_heuristic_ttl: Duration,
-    /// Grace period for serving stale when the upstream fails, unless the response says
-    /// otherwise (`stale-if-error`) or forbids it (`must-revalidate`, `proxy-revalidate`,
-    /// `s-maxage`).
+    /// Grace period for serving stale while the upstream cannot be reached (RFC 9111 §4.2.4
+    /// allows a disconnected cache to), unless the response forbids it (`must-revalidate`,
+    /// `proxy-revalidate`, `s-maxage`). An upstream that answers 5xx is connected: stale is then
+    /// served only within the response's own `stale-if-error`.
     pub stale_if_error: Duration,
 }
 
@@ -43,6 +44,9 @@ pub struct Freshness {
     pub ttl: Duration,
     /// Stored, but revalidated before every use.
     pub no_cache: bool,
+    /// `must-revalidate`, `proxy-revalidate` or `s-maxage`: never served stale.
+    pub must_revalidate: bool,
+    /// The response's own `stale-if-error` (RFC 5861).
     pub stale_if_error: Duration,
     pub stale_while_revalidate: Duration,
 }
@@ -134,13 +138,14 @@ pub fn freshness(
         (Duration::ZERO, Duration::ZERO)
     } else {
         (
-            arg("stale-if-error").unwrap_or(rules.stale_if_error),
+            arg("stale-if-error").unwrap_or_default(),
             arg("stale-while-revalidate").unwrap_or_default(),
         )
     };
     Ok(Freshness {
         ttl,
         no_cache,
+        must_revalidate: strict,
         stale_if_error,
         stale_while_revalidate,
     })
@@ -250,7 +255,15 @@ mod tests {
         ] {
             let f = at(&[("cache-control", strict)]).expect(strict);
             assert_eq!(f.stale_if_error, Duration::ZERO, "{strict}");
+            assert!(f.must_revalidate, "{strict}");
         }
+        let plain = at(&[("cache-control", "max-age=600")]).unwrap();
+        assert_eq!(
+            plain.stale_if_error,
+            Duration::ZERO,
+            "only the response grants it"
+        );
+        assert!(!plain.must_revalidate);
         assert!(matches!(
             at(&[("cache-control", "private, max-age=600")]),
             Err(Uncacheable::NotStorable)

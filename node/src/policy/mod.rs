@@ -190,6 +190,7 @@ pub fn evaluate(
         fresh_until: fetched_at + fresh.ttl.as_secs(),
         no_cache: fresh.no_cache,
         stale_if_error: fresh.stale_if_error.as_secs(),
+        must_revalidate: fresh.must_revalidate,
         stale_while_revalidate: fresh.stale_while_revalidate.as_secs(),
     })
 }
@@ -235,6 +236,7 @@ pub fn refresh(
         fresh_until: fetched_at + fresh.ttl.as_secs(),
         no_cache: fresh.no_cache,
         stale_if_error: fresh.stale_if_error.as_secs(),
+        must_revalidate: fresh.must_revalidate,
         stale_while_revalidate: fresh.stale_while_revalidate.as_secs(),
         ..stale.clone()
     })
