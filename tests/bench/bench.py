@@ -52,7 +52,8 @@ import upstreams  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Sizes per mode. Full mode fits in < 12 minutes on 2 cores (the latency scenario last); smoke mode
-# in seconds; --quick runs only the latency scenario's subset.
+# in seconds; --quick runs only the latency scenario's subset (with --only upstreams: scenario 8's
+# quick sizes).
 
 FULL = dict(
     deadline=690,
