@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
-    WatchOptions, WatchStream,
+    Client, ConnectOptions, Event, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, WatchOptions, WatchStream,
 };
 use rand::Rng;
 use tokio::sync::watch;
@@ -404,6 +404,59 @@ fn connect_options() -> ConnectOptions {
         .with_require_leader(true)
 }
 
+/// Reads the member list and publishes it; returns the revision to watch from.
+async fn list_members(
+    st: &mut State,
+    client: &mut Client,
+    prefix: &str,
+) -> Result<i64, SessionError> {
+    let resp = op(client.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let mut remote = BTreeMap::new();
+    for kv in resp.kvs() {
+        if let Some((id, url)) = parse_kv(prefix, kv.key(), kv.value()) {
+            remote.insert(id, url);
+        }
+    }
+    st.remote = remote;
+    check_self_listed(st);
+    st.shared.publish(&st.remote);
+    if !st.shared.loaded.swap(true, Ordering::AcqRel) {
+        info!(
+            members = st.shared.tx.borrow().len(),
+            "cluster member list loaded from etcd"
+        );
+    }
+    Ok(revision)
+}
+
+/// Applies watched member changes; returns whether this node's own key was deleted.
+fn apply_events(st: &mut State, prefix: &str, self_key: &str, events: &[Event]) -> bool {
+    let mut self_deleted = false;
+    for ev in events {
+        let Some(kv) = ev.kv() else { continue };
+        match ev.event_type() {
+            EventType::Put => {
+                if let Some((id, url)) = parse_kv(prefix, kv.key(), kv.value()) {
+                    st.remote.insert(id, url);
+                }
+            }
+            EventType::Delete => {
+                if kv.key() == self_key.as_bytes() {
+                    self_deleted = true;
+                }
+                if let Some((id, _)) = parse_kv(prefix, kv.key(), b"") {
+                    st.remote.remove(&id);
+                }
+            }
+        }
+    }
+    if !self_deleted {
+        check_self_listed(st);
+    }
+    self_deleted
+}
+
 /// One connected session: (re)register, list, then watch and keep the lease
 /// alive until something fails. Only returns with an error; sets
 /// `established` once the list has been read.
@@ -418,23 +471,7 @@ async fn session(st: &mut State, established: &mut bool) -> Result<(), SessionEr
     let (mut keeper, mut ka_stream) = register(st, &mut client, ttl).await?;
 
     let prefix = st.cfg.members_prefix();
-    let resp = op(client.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))).await?;
-    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-    let mut remote = BTreeMap::new();
-    for kv in resp.kvs() {
-        if let Some((id, url)) = parse_kv(&prefix, kv.key(), kv.value()) {
-            remote.insert(id, url);
-        }
-    }
-    st.remote = remote;
-    check_self_listed(st);
-    st.shared.publish(&st.remote);
-    if !st.shared.loaded.swap(true, Ordering::AcqRel) {
-        info!(
-            members = st.shared.tx.borrow().len(),
-            "cluster member list loaded from etcd"
-        );
-    }
+    let revision = list_members(st, &mut client, &prefix).await?;
     *established = true;
     if std::mem::take(&mut st.degraded) {
         info!("etcd reachable again; member list re-read");
@@ -477,28 +514,7 @@ async fn session(st: &mut State, established: &mut bool) -> Result<(), SessionEr
                     warn!(reason = resp.cancel_reason(), compact_revision = resp.compact_revision(), "etcd watch canceled");
                     return Err(SessionError::Stream("watch canceled"));
                 }
-                let mut self_deleted = false;
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    match ev.event_type() {
-                        EventType::Put => {
-                            if let Some((id, url)) = parse_kv(&prefix, kv.key(), kv.value()) {
-                                st.remote.insert(id, url);
-                            }
-                        }
-                        EventType::Delete => {
-                            if kv.key() == self_key.as_bytes() {
-                                self_deleted = true;
-                            }
-                            if let Some((id, _)) = parse_kv(&prefix, kv.key(), b"") {
-                                st.remote.remove(&id);
-                            }
-                        }
-                    }
-                }
-                if !self_deleted {
-                    check_self_listed(st);
-                }
+                let self_deleted = apply_events(st, &prefix, &self_key, resp.events());
                 st.shared.publish(&st.remote);
                 if self_deleted {
                     // Our key vanished: lease revoked or expired elsewhere, or
