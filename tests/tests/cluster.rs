@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use casserole_tests::{
     client::{client, get_sha256, header},
-    harness::{EtcdProcess, NodeBuilder, NodePorts, NodeProcess},
+    harness::{cluster::wait_members, EtcdProcess, NodeBuilder, NodePorts, NodeProcess},
     origin::{ObjectSpec, Origin},
 };
 
@@ -25,36 +25,6 @@ fn member(origin: &Origin, etcd: &EtcdProcess, cluster: &str) -> NodeBuilder {
             cluster,
         ])
         .arg("--max-memory-usage=600Mi")
-}
-
-/// Waits (bounded) until every node reports `n` members.
-async fn wait_members(nodes: &[&NodeProcess], n: usize) {
-    for _ in 0..100 {
-        let mut all = true;
-        for node in nodes {
-            all &= node.metric("casserole_cluster_members").await == n as f64;
-        }
-        if all {
-            for node in nodes {
-                assert_eq!(
-                    node.metric("casserole_cluster_self_missing_total").await,
-                    0.0,
-                    "{} found itself in the member list",
-                    node.url()
-                );
-            }
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for node in nodes {
-        eprintln!(
-            "{} sees {} members",
-            node.url(),
-            node.metric("casserole_cluster_members").await
-        );
-    }
-    panic!("membership did not converge to {n}");
 }
 
 async fn three(origin: &Origin, etcd: &EtcdProcess, cluster: &str) -> Vec<NodeProcess> {

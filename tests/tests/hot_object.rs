@@ -2,31 +2,15 @@
 //! and the hot copies. Prints bytes per node (`--nocapture`) and asserts that no node serves far
 //! more than its share and that hot copies serve later requests locally.
 
-use std::time::Duration;
-
 use casserole_tests::{
     client::get_sha256,
-    harness::{EtcdProcess, NodeBuilder, NodeProcess},
+    harness::{cluster::wait_members, EtcdProcess, NodeBuilder, NodeProcess},
     origin::{ObjectSpec, Origin},
 };
 
 const MIB: u64 = 1 << 20;
 const NODES: usize = 4;
 const CLIENTS_PER_NODE: usize = 2;
-
-async fn wait_members(nodes: &[NodeProcess], n: usize) {
-    for _ in 0..100 {
-        let mut all = true;
-        for node in nodes {
-            all &= node.metric("casserole_cluster_members").await == n as f64;
-        }
-        if all {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("membership did not converge to {n}");
-}
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Bytes {
@@ -103,7 +87,7 @@ async fn a_hot_object_spreads_over_its_owners_and_hot_copies() {
                 .await,
         );
     }
-    wait_members(&nodes, NODES).await;
+    wait_members(&nodes.iter().collect::<Vec<_>>(), NODES).await;
 
     let first = round(&nodes, &obj.sha256()).await;
     print("first round (cold, every node at once)", &first);

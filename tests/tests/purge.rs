@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use casserole_tests::{
     client::{client, get_sha256},
-    harness::{EtcdProcess, NodeBuilder, NodeProcess},
+    harness::{cluster::wait_members, EtcdProcess, NodeBuilder, NodeProcess},
     origin::{ObjectInfo, ObjectSpec, Origin},
 };
 use serde_json::Value;
@@ -32,20 +32,6 @@ fn member(
             cluster,
         ])
         .args(["--admin-token", ADMIN_TOKEN, "--chunk-size=1Mi"])
-}
-
-async fn wait_members(nodes: &[&NodeProcess], n: usize) {
-    for _ in 0..100 {
-        let mut all = true;
-        for node in nodes {
-            all &= node.metric("casserole_cluster_members").await == n as f64;
-        }
-        if all {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("membership did not converge to {n}");
 }
 
 struct Cluster {

@@ -19,7 +19,7 @@ pub fn member(origin_url: &str, etcd: &EtcdProcess, cluster: &str) -> NodeBuilde
     ])
 }
 
-/// Waits (bounded) until every node reports `n` members.
+/// Waits (bounded) until every node reports `n` members, each having found itself in the list.
 pub async fn wait_members(nodes: &[&NodeProcess], n: usize) {
     for _ in 0..100 {
         let mut all = true;
@@ -27,9 +27,24 @@ pub async fn wait_members(nodes: &[&NodeProcess], n: usize) {
             all &= node.metric("casserole_cluster_members").await == n as f64;
         }
         if all {
+            for node in nodes {
+                assert_eq!(
+                    node.metric("casserole_cluster_self_missing_total").await,
+                    0.0,
+                    "{} found itself in the member list",
+                    node.url()
+                );
+            }
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for node in nodes {
+        eprintln!(
+            "{} sees {} members",
+            node.url(),
+            node.metric("casserole_cluster_members").await
+        );
     }
     panic!("membership did not converge to {n}");
 }
