@@ -179,6 +179,7 @@ fn fetcher(
             readahead: cfg.readahead,
             max_upstream_fetches: cfg.max_upstream_fetches,
             flight_bytes: budget.flight_bytes,
+            tier_bytes: budget.tier_bytes,
             budget_timeout: MEMORY_WAIT,
         },
         FetchMetrics::new(registrar),

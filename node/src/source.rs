@@ -126,6 +126,9 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, FetchError>> + Se
 pub struct Chunk {
     parts: Arc<[Bytes]>,
     len: usize,
+    /// The chunk's share of the node's chunk memory (`--max-memory-usage`), held while any copy
+    /// of it lives: in the memory tier, or with a reader that has not let go of it yet.
+    pin: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl Chunk {
@@ -134,7 +137,14 @@ impl Chunk {
         Chunk {
             parts: parts.into(),
             len,
+            pin: None,
         }
+    }
+
+    /// The chunk holding `pin` for as long as it (or a clone) lives.
+    pub fn pinned(mut self, pin: Arc<tokio::sync::OwnedSemaphorePermit>) -> Self {
+        self.pin = Some(pin);
+        self
     }
 
     pub fn len(&self) -> usize {

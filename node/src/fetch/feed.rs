@@ -281,6 +281,9 @@ impl ChunkFetcher {
         }
         let chunk = assembly.map(Assembly::finish);
         if let (Some(chunk), Some((flight, budget))) = (chunk, own) {
+            let pin = Arc::new(budget);
+            let chunk = chunk.pinned(pin.clone());
+            flight.hold(pin);
             self.sources
                 .memory
                 .keep(&key, &chunk, SourceKind::Upstream)
@@ -288,7 +291,6 @@ impl ChunkFetcher {
             self.leave_map(&key, &flight);
             flight.set_origin(SourceKind::Upstream);
             flight.finish();
-            drop(budget);
             for store in &self.sources.local {
                 store.keep(&key, &chunk, SourceKind::Upstream).await;
             }

@@ -30,6 +30,9 @@ pub(super) struct Flight {
     /// Started on behalf of the request whose lookup probed the object: its first follower is
     /// that request, not one that collapsed onto another's fetch.
     awaits_its_request: std::sync::atomic::AtomicBool,
+    /// The chunk's share of the memory account once it is complete: its readers still hold its
+    /// pieces, so the share lives as long as the flight.
+    pin: Mutex<Option<Arc<tokio::sync::OwnedSemaphorePermit>>>,
 }
 
 impl Flight {
@@ -39,7 +42,13 @@ impl Flight {
             pieces: Mutex::new(Vec::new()),
             progress: watch::Sender::new(Progress::Running(0)),
             awaits_its_request: Default::default(),
+            pin: Mutex::new(None),
         }
+    }
+
+    /// Keeps the chunk's memory share for as long as readers follow this flight.
+    pub(super) fn hold(&self, pin: Arc<tokio::sync::OwnedSemaphorePermit>) {
+        *self.pin.lock().expect("flight lock") = Some(pin);
     }
 
     /// A flight started for the request that probed the object (see `awaits_its_request`).

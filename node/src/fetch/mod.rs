@@ -149,6 +149,10 @@ pub struct FetchConfig {
     /// Upstream chunk fetches running at once, node-wide; also the most a window grows to.
     pub max_upstream_fetches: usize,
     pub flight_bytes: u64,
+    /// The memory tier's share. Cached chunks keep their bytes counted in the same account as
+    /// fetches, so it holds `tier_bytes + flight_bytes` in all; chunks readers still hold
+    /// count until they let go.
+    pub tier_bytes: u64,
     /// How long a new fetch may wait for memory before the request fails with 503.
     pub budget_timeout: Duration,
 }
@@ -215,7 +219,9 @@ impl ChunkFetcher {
             flights: Mutex::new(HashMap::new()),
             feeds: Mutex::new(HashMap::new()),
             me: me.clone(),
-            flight_budget: Arc::new(Semaphore::new(cfg.flight_bytes as usize)),
+            flight_budget: Arc::new(Semaphore::new(
+                cfg.flight_bytes.saturating_add(cfg.tier_bytes) as usize,
+            )),
             links,
             cfg,
             metrics,

@@ -189,6 +189,7 @@ fn fetcher(sources: Vec<Arc<Fake>>, readahead: usize) -> Arc<ChunkFetcher> {
             readahead: Some(readahead),
             max_upstream_fetches: 32,
             flight_bytes: 64 * CHUNK,
+            tier_bytes: 64 * CHUNK,
             budget_timeout: Duration::from_secs(5),
         },
     )
@@ -202,6 +203,7 @@ fn adaptive(sources: Vec<Arc<Fake>>, cap: usize, budget_chunks: u64) -> Arc<Chun
             readahead: None,
             max_upstream_fetches: cap,
             flight_bytes: budget_chunks * CHUNK,
+            tier_bytes: 64 * CHUNK,
             budget_timeout: Duration::from_secs(5),
         },
     )
@@ -210,7 +212,7 @@ fn adaptive(sources: Vec<Arc<Fake>>, cap: usize, budget_chunks: u64) -> Arc<Chun
 fn fetcher_with(sources: Vec<Arc<Fake>>, cfg: FetchConfig) -> Arc<ChunkFetcher> {
     let registrar = Registrar::new();
     let memory = Arc::new(MemoryTier::new(
-        64 * CHUNK,
+        cfg.tier_bytes,
         true,
         crate::tier::memory::MemoryMetrics::new(&registrar),
     ));
@@ -549,5 +551,42 @@ async fn from_a_known_distant_upstream_the_read_ahead_starts_before_the_first_by
         upstream.opens() - opened_before,
         16,
         "every chunk fetched once"
+    );
+}
+
+#[tokio::test]
+async fn chunks_held_by_readers_count_against_the_memory_bound() {
+    let upstream = Fake::new(SourceKind::Upstream, Behaviour::Serves);
+    let f = fetcher_with(
+        vec![upstream.clone()],
+        FetchConfig {
+            readahead: Some(0),
+            max_upstream_fetches: 32,
+            flight_bytes: 2 * CHUNK,
+            tier_bytes: 2 * CHUNK,
+            budget_timeout: Duration::from_millis(300),
+        },
+    );
+    let m = meta(8 * CHUNK);
+    let version: Arc<str> = Arc::from(m.version.as_str());
+    // Four readers each take a chunk and hold on to it, as stalled clients would: between the
+    // memory tier and them, they hold all four chunks' worth of the account.
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let mut reader = f.open(&m, &version, i, Route::LocalOnly);
+        let first = reader.next().await.unwrap().unwrap();
+        held.push((reader, first));
+    }
+    // A fifth chunk finds no memory left: a clear 503, not a process past its bound.
+    let err = read_all(&f, &m, 4 * CHUNK..=5 * CHUNK - 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Busy(_)), "{err}");
+    assert_eq!(err.client_status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    // Once they let go, what the tier does not keep is released and the fetch goes ahead.
+    drop(held);
+    assert_eq!(
+        read_all(&f, &m, 4 * CHUNK..=5 * CHUNK - 1).await.unwrap(),
+        object_bytes(4 * CHUNK..5 * CHUNK)
     );
 }

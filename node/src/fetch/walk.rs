@@ -35,9 +35,16 @@ impl Drop for FlightGuard<'_> {
 /// A flight's share of the fetch memory budget, shown in `casserole_fetch_flight_bytes` while
 /// held.
 struct Budget {
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
     gauge: prometheus::IntGauge,
     bytes: i64,
+}
+
+impl Budget {
+    /// The fetch is over: its memory share now goes with the chunk (see `Chunk::pinned`).
+    fn into_pin(mut self) -> Arc<tokio::sync::OwnedSemaphorePermit> {
+        Arc::new(self.permit.take().expect("taken once"))
+    }
 }
 
 impl Drop for Budget {
@@ -70,8 +77,8 @@ impl ChunkFetcher {
             key: &key,
             flight: &flight,
         };
-        // Held until the chunk is in the memory tier (or the fetch failed). The budget always
-        // covers at least a whole read-ahead window, so one chunk always fits.
+        // Held while the chunk's bytes live (see below), or until the fetch fails. The budget
+        // always covers at least a whole read-ahead window, so one chunk always fits.
         let chunk_bytes = meta.chunk_len(key.index).min(u32::MAX as u64) as u32;
         let wait = self.cfg.budget_timeout;
         let acquire = self.flight_budget.clone().acquire_many_owned(chunk_bytes);
@@ -79,7 +86,7 @@ impl ChunkFetcher {
             Ok(permit) => {
                 self.metrics.flight_bytes.add(i64::from(chunk_bytes));
                 Budget {
-                    _permit: permit.expect("the flight budget is never closed"),
+                    permit: Some(permit.expect("the flight budget is never closed")),
                     gauge: self.metrics.flight_bytes.clone(),
                     bytes: i64::from(chunk_bytes),
                 }
@@ -97,6 +104,12 @@ impl ChunkFetcher {
         }
         match self.fill(&meta, &key, &flight, &walk).await {
             Ok((chunk, served_by)) => {
+                // The chunk's bytes stay counted while the tier or any reader holds them, so
+                // chunks pinned by readers (stalled ones included) hold back new fetches
+                // instead of growing the process past --max-memory-usage.
+                let pin = budget.into_pin();
+                let chunk = chunk.pinned(pin.clone());
+                flight.hold(pin);
                 self.metrics
                     .seconds
                     .with_label_values(&[flight.origin().label()])
@@ -109,8 +122,6 @@ impl ChunkFetcher {
                 }
                 self.leave_map(&key, &flight);
                 flight.finish();
-                // A disk write never holds the fetch budget.
-                drop(budget);
                 for store in stores {
                     store.keep(&key, &chunk, served_by).await;
                 }
