@@ -77,3 +77,52 @@ async fn stalled_readers_are_closed_and_others_served_meanwhile() {
         );
     }
 }
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hundred_stalled_readers_stay_within_the_memory_bound() {
+    let origin = Origin::start().await;
+    origin.put("/huge.bin", ObjectSpec::new(1 << 30).seed(73));
+    let node = NodeBuilder::new(origin.url())
+        .args([
+            "--client-idle-timeout",
+            "3s",
+            "--max-memory-usage",
+            "100M",
+            "--disk-cache-enabled",
+            "false",
+        ])
+        .spawn()
+        .await;
+    let pid = node.pid().expect("running");
+    let addr = node.url().trim_start_matches("http://").to_string();
+    let mut peak = rss_mib(pid);
+    let mut readers = Vec::new();
+    let step = (1u64 << 30) / 300;
+    for k in 0..300 {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        let request = format!(
+            "GET /huge.bin HTTP/1.1\r\nHost: x\r\nRange: bytes={}-\r\n\r\n",
+            k * step
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        readers.push(stream);
+        peak = peak.max(rss_mib(pid));
+    }
+    for _ in 0..40 {
+        peak = peak.max(rss_mib(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // 100 MB of chunk memory plus the process itself.
+    assert!(peak <= 95 + 64, "peak RSS {peak} MiB");
+    drop(readers);
+}
