@@ -60,4 +60,45 @@ mod tests {
         }
         assert_eq!(chunk_index("/v1/chunk/99999999999999999999999"), None);
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(crate::test_support::proptest_config(512))]
+
+            #[test]
+            fn chunk_paths_round_trip(index in any::<u64>()) {
+                prop_assert_eq!(chunk_index(&format!("{CHUNK_PREFIX}{index}")), Some(index));
+            }
+
+            #[test]
+            fn any_path_or_answer_decodes_without_panic(
+                path in ".{0,40}",
+                raw in proptest::collection::vec(any::<u8>(), 0..256),
+            ) {
+                let _ = chunk_index(&path);
+                let _ = serde_json::from_slice::<MetaAnswer>(&raw);
+                let _ = serde_json::from_slice::<crate::object::ObjectMeta>(&raw);
+            }
+
+            #[test]
+            fn metadata_answers_round_trip(length in 1u64.., fresh_for in 0u64..1_000_000) {
+                let meta = crate::object::ObjectMeta {
+                    fresh_until: fresh_for,
+                    ..crate::test_support::object_meta("/p", length, 2 << 20)
+                };
+                let json = serde_json::to_vec(&MetaAnswer::Cacheable(meta.clone())).unwrap();
+                match serde_json::from_slice::<MetaAnswer>(&json).unwrap() {
+                    MetaAnswer::Cacheable(back) => {
+                        prop_assert_eq!(back.version, meta.version);
+                        prop_assert_eq!(back.length, meta.length);
+                        prop_assert_eq!(back.fresh_until, meta.fresh_until);
+                    }
+                    MetaAnswer::Uncacheable(_) => prop_assert!(false, "kind changed"),
+                }
+            }
+        }
+    }
 }
