@@ -47,13 +47,14 @@ from procs import (  # noqa: E402
 )
 from report import TARGETS, chart, fmt, human, machine_info, render, update_readme  # noqa: E402
 import latency  # noqa: E402
+import mixed  # noqa: E402
 import upstreams  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
 # Sizes per mode. Full mode fits in < 12 minutes on 2 cores (the latency scenario last); smoke mode
 # in seconds; --quick runs only the latency scenario's subset (with --only upstreams: scenario 8's
-# quick sizes).
+# quick sizes; with --only mixed: scenario 9 for 15 s).
 
 FULL = dict(
     deadline=690,
@@ -427,6 +428,7 @@ class Bench:
         self.section("disk", self.disk)
         self.section("upstreams", lambda: upstreams.run(self))
         self.section("latency", lambda: latency.run(self))
+        self.section("mixed", lambda: mixed.run(self))
         self.results["elapsed_s"] = time.monotonic() - self.t_start
         self.results["machine"] = machine_info()
         self.results["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -448,12 +450,13 @@ def main():
                          "(e.g. README.md)")
     ap.add_argument("--only", action="append",
                     choices=["hot", "cold_throttled", "cold_unthrottled", "amplification", "memory", "disk",
-                             "upstreams", "latency"],
+                             "upstreams", "latency", "mixed"],
                     help="run only these scenarios (repeatable)")
     ap.add_argument("--quick", action="store_true",
                     help="the latency scenario only, on a subset (0 and 50 ms; 32 and 128 MiB; "
                          "well under a minute), unless --only says otherwise; with --only upstreams, "
-                         "scenario 8 on its quick sizes (~30 s)")
+                         "scenario 8 on its quick sizes (~30 s); with --only mixed, "
+                         "scenario 9 for 15 s instead of 60 s")
     args = ap.parse_args()
     if args.quick and not args.only:
         args.only = ["latency"]
