@@ -103,7 +103,14 @@ async fn killing_a_node_mid_download_fails_no_client() {
         "/iso",
         ObjectSpec::new(96 * MIB).seed(42).throttle(48 * MIB),
     );
-    let mut nodes = three(&origin, &etcd, "kill").await;
+    // A small fixed window keeps the download running long after the kill: an adaptive one
+    // could fetch the whole object before it.
+    let mut nodes = vec![];
+    for _ in 0..3 {
+        let node = member(&origin, &etcd, "kill").arg("--readahead=1");
+        nodes.push(node.spawn().await);
+    }
+    wait_members(&nodes.iter().collect::<Vec<_>>(), 3).await;
     let downloads: Vec<_> = (0..30)
         .map(|i| tokio::spawn(get_sha256(&format!("{}/iso", nodes[i % 2].url()), &[])))
         .collect();
