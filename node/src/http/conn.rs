@@ -60,6 +60,9 @@ pub struct Activity {
     /// Milliseconds after `started` of the last body frame taken by the client (or response
     /// start).
     last_progress_ms: AtomicU64,
+    /// Response bodies whose last poll found no bytes ready: the node, not the client, is
+    /// what they wait for, so the connection does not count as stalled meanwhile.
+    waiting_on_node: AtomicUsize,
 }
 
 impl Activity {
@@ -69,6 +72,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_change_ms: AtomicU64::new(0),
             last_progress_ms: AtomicU64::new(0),
+            waiting_on_node: AtomicUsize::new(0),
         })
     }
 
@@ -90,7 +94,9 @@ impl Activity {
     /// When a connection with a response in flight counts as stalled if its client takes no
     /// more bytes meanwhile.
     fn stall_deadline(&self, stalled: Duration) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Relaxed) == 0 {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            || self.waiting_on_node.load(Ordering::Relaxed) > 0
+        {
             return None;
         }
         let ms = self.last_progress_ms.load(Ordering::Relaxed);
@@ -103,9 +109,15 @@ impl Activity {
         self.touch();
         let guard = RequestGuard(self.clone());
         res.map(|inner| {
+            let waiting = Arc::new(NodeWait {
+                activity: self.clone(),
+                waiting: Default::default(),
+                task: Default::default(),
+            });
             http_body_util::BodyExt::boxed(TrackedBody {
                 inner,
                 _guard: guard,
+                waiting,
             })
         })
     }
@@ -136,6 +148,55 @@ impl Drop for RequestGuard {
 struct TrackedBody {
     inner: Body,
     _guard: RequestGuard,
+    /// Whether the body waits for the node (its last poll found nothing ready), shared with
+    /// the waker that ends the wait.
+    waiting: Arc<NodeWait>,
+}
+
+/// A body's wait for the node's bytes. While it lasts the connection does not count as
+/// stalled; when the node's bytes become ready the stall clock starts from that moment, so a
+/// client that then takes nothing is still caught.
+struct NodeWait {
+    activity: Arc<Activity>,
+    waiting: std::sync::atomic::AtomicBool,
+    /// hyper's waker for this body's task.
+    task: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl NodeWait {
+    fn start(&self) {
+        if !self.waiting.swap(true, Ordering::AcqRel) {
+            self.activity
+                .waiting_on_node
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The node has bytes for the client (or the body is done): from now on, it is up to the
+    /// client to take them.
+    fn end(&self) {
+        if self.waiting.swap(false, Ordering::AcqRel) {
+            self.activity.progressed();
+            self.activity
+                .waiting_on_node
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl futures::task::ArcWake for NodeWait {
+    fn wake_by_ref(this: &Arc<Self>) {
+        this.end();
+        if let Some(task) = this.task.lock().expect("waker lock").as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        self.waiting.end();
+    }
 }
 
 impl HttpBody for TrackedBody {
@@ -146,9 +207,17 @@ impl HttpBody for TrackedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(_))) = &polled {
-            self._guard.0.progressed();
+        *self.waiting.task.lock().expect("waker lock") = Some(cx.waker().clone());
+        let waker = futures::task::waker(self.waiting.clone());
+        let polled = Pin::new(&mut self.inner).poll_frame(&mut Context::from_waker(&waker));
+        match &polled {
+            Poll::Pending => self.waiting.start(),
+            Poll::Ready(item) => {
+                self.waiting.end();
+                if matches!(item, Some(Ok(_))) {
+                    self._guard.0.progressed();
+                }
+            }
         }
         polled
     }
