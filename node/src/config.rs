@@ -527,35 +527,38 @@ impl Config {
 
     /// The shared peer secret from `--peer-token` or `--peer-token-file`.
     pub fn peer_token(&self) -> Result<Option<String>, ConfigError> {
-        if let Some(token) = &self.peer_token {
-            return Ok(Some(token.trim().to_string()));
-        }
-        let Some(file) = &self.peer_token_file else {
-            return Ok(None);
-        };
-        let token = std::fs::read_to_string(file).map_err(|e| ConfigError::Invalid {
-            flag: "--peer-token-file",
-            message: format!("{}: {e}", file.display()),
-        })?;
-        Ok(Some(token.trim().to_string()))
+        read_token(&self.peer_token, &self.peer_token_file, "--peer-token-file")
     }
 }
 
 impl Config {
     /// The admin token from `--admin-token` or `--admin-token-file`; `None` turns purging off.
     pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
-        if let Some(token) = &self.admin_token {
-            return Ok(Some(token.trim().to_string()));
-        }
-        let Some(file) = &self.admin_token_file else {
-            return Ok(None);
-        };
-        let token = std::fs::read_to_string(file).map_err(|e| ConfigError::Invalid {
-            flag: "--admin-token-file",
-            message: format!("{}: {e}", file.display()),
-        })?;
-        Ok(Some(token.trim().to_string()))
+        read_token(
+            &self.admin_token,
+            &self.admin_token_file,
+            "--admin-token-file",
+        )
     }
+}
+
+/// A secret given inline, else read from a file (e.g. a mounted Kubernetes Secret), trimmed.
+fn read_token(
+    inline: &Option<String>,
+    file: &Option<PathBuf>,
+    file_flag: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    if let Some(token) = inline {
+        return Ok(Some(token.trim().to_string()));
+    }
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(file).map_err(|e| ConfigError::Invalid {
+        flag: file_flag,
+        message: format!("{}: {e}", file.display()),
+    })?;
+    Ok(Some(token.trim().to_string()))
 }
 
 #[cfg(test)]

@@ -427,17 +427,6 @@ impl MetadataStore {
                 )
     }
 
-    /// Forgets whatever is known of `path` (RFC 9111 §4.4: a successful unsafe request
-    /// invalidates the URI): metadata in memory and on disk and a remembered verdict. Its chunks
-    /// are unreachable without the metadata and age out.
-    pub async fn invalidate_path(&self, path: &str) {
-        self.memory.invalidate(path).await;
-        self.uncacheable.invalidate(path).await;
-        if let Some(disk) = &self.disk {
-            disk.remove_meta(&ObjectMeta::meta_key(path)).await;
-        }
-    }
-
     /// Forgets every record of `path`, in memory and on disk, whatever its version (a purge);
     /// returns the versions those records named, so their chunks can be dropped too.
     pub async fn purge_path(&self, path: &str) -> Vec<String> {

@@ -117,6 +117,12 @@ impl FetchError {
 
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, FetchError>> + Send>>;
 
+/// An upstream body as a chunk source's stream.
+pub fn from_upstream(stream: crate::upstream::UpstreamStream) -> ChunkStream {
+    use futures::StreamExt;
+    Box::pin(stream.map(|piece| piece.map_err(FetchError::from)))
+}
+
 /// The bytes of one chunk as consecutive parts.
 ///
 /// A chunk arriving from a source is assembled into one allocation and handed out in parts as

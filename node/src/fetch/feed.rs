@@ -156,7 +156,7 @@ impl ChunkFetcher {
         let from = *request.meta.chunk_range(request.key.index).start();
         match upstream.fetch_whole(request.meta, from).await {
             Ok((starts_at, body)) => {
-                let body: ChunkStream = Box::pin(body.map(|piece| piece.map_err(FetchError::from)));
+                let body = crate::source::from_upstream(body);
                 let meta = Arc::new(request.meta.clone());
                 tokio::spawn(self.run_feed(meta, feed, body, starts_at, None));
                 Ok(stream)

@@ -355,8 +355,7 @@ impl ChunkFetcher {
                 let flight = Arc::new(Flight::for_probing_request());
                 flights.insert(key.clone(), flight.clone());
                 drop(flights);
-                let stream: ChunkStream =
-                    Box::pin(stream.map(|piece| piece.map_err(FetchError::from)));
+                let stream = crate::source::from_upstream(stream);
                 let first = Arc::new(Prefetched(Mutex::new(Some(stream))));
                 tokio::spawn(self.clone().fly(
                     meta.clone(),
@@ -367,8 +366,7 @@ impl ChunkFetcher {
                 ));
             }
             ProbeBody::Whole { len, stream } if len == meta.length && meta.whole_only => {
-                let stream: ChunkStream =
-                    Box::pin(stream.map(|piece| piece.map_err(FetchError::from)));
+                let stream = crate::source::from_upstream(stream);
                 self.start_feed(meta.clone(), stream);
             }
             _ => {}

@@ -117,6 +117,7 @@ impl Activity {
             http_body_util::BodyExt::boxed(TrackedBody {
                 inner,
                 _guard: guard,
+                node_waker: futures::task::waker(waiting.clone()),
                 waiting,
             })
         })
@@ -151,6 +152,8 @@ struct TrackedBody {
     /// Whether the body waits for the node (its last poll found nothing ready), shared with
     /// the waker that ends the wait.
     waiting: Arc<NodeWait>,
+    /// The waker the body is polled with: ends the wait, then wakes hyper's task.
+    node_waker: std::task::Waker,
 }
 
 /// A body's wait for the node's bytes. While it lasts the connection does not count as
@@ -207,9 +210,15 @@ impl HttpBody for TrackedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        *self.waiting.task.lock().expect("waker lock") = Some(cx.waker().clone());
-        let waker = futures::task::waker(self.waiting.clone());
-        let polled = Pin::new(&mut self.inner).poll_frame(&mut Context::from_waker(&waker));
+        {
+            let mut task = self.waiting.task.lock().expect("waker lock");
+            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        let this = &mut *self;
+        let polled =
+            Pin::new(&mut this.inner).poll_frame(&mut Context::from_waker(&this.node_waker));
         match &polled {
             Poll::Pending => self.waiting.start(),
             Poll::Ready(item) => {

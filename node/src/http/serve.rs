@@ -349,9 +349,10 @@ impl Front {
 }
 
 impl Front {
-    /// RFC 9111 §4.4: here at once, on the other members through a purge of the path.
+    /// RFC 9111 §4.4: the metadata here at once (the next request looks the object up
+    /// afresh), then chunks and the other members through a purge of the path.
     async fn invalidate(&self, path: &str) {
-        self.metadata.invalidate_path(path).await;
+        self.metadata.purge_path(path).await;
         if let Some(purger) = &self.invalidator {
             let (purger, target) = (purger.clone(), crate::purge::Target::Path(path.into()));
             tokio::spawn(async move {

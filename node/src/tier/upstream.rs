@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use futures::{future::BoxFuture, StreamExt};
+use futures::future::BoxFuture;
 
 use crate::{
-    source::{ChunkRequest, ChunkSource, FetchError, Opened, SourceKind},
+    source::{from_upstream, ChunkRequest, ChunkSource, FetchError, Opened, SourceKind},
     upstream::Upstream,
 };
 
@@ -31,7 +31,7 @@ impl ChunkSource for UpstreamSource {
                 .fetch_chunk(request.meta, request.key.index, request.offset)
                 .await?;
             Ok(Some(Opened {
-                stream: Box::pin(stream.map(|piece| piece.map_err(FetchError::from))),
+                stream: from_upstream(stream),
                 starts_at: request.offset,
                 origin: SourceKind::Upstream,
             }))
