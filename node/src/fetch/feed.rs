@@ -274,13 +274,20 @@ impl ChunkFetcher {
                 *carry = Some(piece.split_off(expected - received));
             }
             received += piece.len();
-            feed.push(index, &piece);
             if let Some(assembly) = &mut assembly {
                 assembly.add(&piece);
             }
-        }
-        let chunk = assembly.map(Assembly::finish);
-        if let (Some(chunk), Some((flight, budget))) = (chunk, own) {
+            if received < expected {
+                feed.push(index, &piece);
+                continue;
+            }
+            // The chunk's last bytes reach the stream's readers once the chunk is in memory,
+            // like a flight's (see `Flight::finish`).
+            let Some(((chunk, tail), (flight, budget))) = assembly.map(Assembly::finish).zip(own)
+            else {
+                feed.push(index, &piece);
+                break;
+            };
             let pin = Arc::new(budget);
             let chunk = chunk.pinned(pin.clone());
             flight.hold(pin);
@@ -290,10 +297,12 @@ impl ChunkFetcher {
                 .await;
             self.leave_map(&key, &flight);
             flight.set_origin(SourceKind::Upstream);
-            flight.finish();
+            flight.finish(tail);
+            feed.push(index, &piece);
             for store in &self.sources.local {
                 store.keep(&key, &chunk, SourceKind::Upstream).await;
             }
+            break;
         }
         Ok(())
     }

@@ -88,8 +88,17 @@ impl Flight {
         matches!(*self.progress.borrow(), Progress::Running(_))
     }
 
-    pub(super) fn finish(&self) {
-        let count = self.pieces.lock().expect("flight lock").len();
+    /// Hands readers the chunk's last bytes, held back until the chunk was kept in memory and
+    /// the flight left the map: a client that has every byte and asks again finds a hit, never
+    /// this flight still running.
+    pub(super) fn finish(&self, tail: Bytes) {
+        let count = {
+            let mut pieces = self.pieces.lock().expect("flight lock");
+            if !tail.is_empty() {
+                pieces.push(tail);
+            }
+            pieces.len()
+        };
         self.progress.send_replace(Progress::Done(count));
     }
 
@@ -249,7 +258,14 @@ impl<'a> Assembly<'a> {
         self.received() == self.expected
     }
 
+    /// Appends bytes; a part is handed out once it is large enough, except the chunk's last
+    /// bytes, which wait for `finish`.
     pub(super) fn add(&mut self, bytes: &[u8]) {
+        if self.received() + bytes.len() == self.expected {
+            self.flush();
+            self.buf.extend_from_slice(bytes);
+            return;
+        }
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= self.flush_at {
             self.flush();
@@ -303,12 +319,8 @@ impl<'a> Assembly<'a> {
                     expected: self.expected as u64,
                 });
             }
-            if fresh.len() == room {
-                // The chunk's last bytes are held back until the source ends cleanly.
-                self.buf.extend_from_slice(fresh);
-            } else {
-                self.add(fresh);
-            }
+            // The chunk's last bytes are held back until the source ends cleanly.
+            self.add(fresh);
         }
         if !self.is_complete() {
             self.flush();
@@ -321,8 +333,14 @@ impl<'a> Assembly<'a> {
         Ok(())
     }
 
-    pub(super) fn finish(mut self) -> Chunk {
-        self.flush();
-        Chunk::new(self.flight.pieces.lock().expect("flight lock").clone())
+    /// The complete chunk, and its last bytes, which the flight's readers get from
+    /// `Flight::finish`.
+    pub(super) fn finish(mut self) -> (Chunk, Bytes) {
+        let tail = self.buf.split().freeze();
+        let mut pieces = self.flight.pieces.lock().expect("flight lock").clone();
+        if !tail.is_empty() {
+            pieces.push(tail.clone());
+        }
+        (Chunk::new(pieces), tail)
     }
 }

@@ -590,3 +590,40 @@ async fn chunks_held_by_readers_count_against_the_memory_bound() {
         object_bytes(4 * CHUNK..5 * CHUNK)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_holding_every_byte_finds_the_chunk_in_memory() {
+    // The last bytes reach readers only after the chunk is in memory and its flight is gone,
+    // so a client that got the whole body and asks again is a hit, not a collapsed miss.
+    let upstream = Fake::new(SourceKind::Upstream, Behaviour::Serves);
+    let f = fetcher_with(
+        vec![upstream.clone()],
+        FetchConfig {
+            readahead: Some(0),
+            max_upstream_fetches: 32,
+            flight_bytes: 4 * CHUNK,
+            // Room for every round's chunk: admission never turns one away.
+            tier_bytes: 400 * CHUNK,
+            budget_timeout: Duration::from_secs(5),
+        },
+    );
+    for i in 0..200 {
+        let m = Arc::new(crate::test_support::object_meta(
+            &format!("/obj{i}"),
+            CHUNK,
+            CHUNK,
+        ));
+        let version: Arc<str> = Arc::from(m.version.as_str());
+        let mut reader = f.open(&m, &version, 0, Route::LocalOnly);
+        let mut received = 0;
+        while let Some(piece) = reader.next().await {
+            received += piece.unwrap().len() as u64;
+            if received == CHUNK {
+                let again = f.open(&m, &version, 0, Route::LocalOnly);
+                assert!(!again.collapsed, "round {i}: joined a finished flight");
+                assert_eq!(again.origin(), SourceKind::Memory, "round {i}");
+            }
+        }
+    }
+    assert_eq!(upstream.opens(), 200);
+}

@@ -2,6 +2,7 @@
 
 use std::{panic::AssertUnwindSafe, sync::Arc, time::Instant};
 
+use bytes::Bytes;
 use futures::FutureExt;
 
 use super::{
@@ -103,7 +104,7 @@ impl ChunkFetcher {
             walk.insert(1, first);
         }
         match self.fill(&meta, &key, &flight, &walk).await {
-            Ok((chunk, served_by)) => {
+            Ok(((chunk, tail), served_by)) => {
                 // The chunk's bytes stay counted while the tier or any reader holds them, so
                 // chunks pinned by readers (stalled ones included) hold back new fetches
                 // instead of growing the process past --max-memory-usage.
@@ -121,7 +122,7 @@ impl ChunkFetcher {
                     store.keep(&key, &chunk, served_by).await;
                 }
                 self.leave_map(&key, &flight);
-                flight.finish();
+                flight.finish(tail);
                 for store in stores {
                     store.keep(&key, &chunk, served_by).await;
                 }
@@ -142,7 +143,7 @@ impl ChunkFetcher {
         key: &ChunkKey,
         flight: &Flight,
         walk: &[Arc<dyn ChunkSource>],
-    ) -> Result<(Chunk, SourceKind), FetchError> {
+    ) -> Result<((Chunk, Bytes), SourceKind), FetchError> {
         let expected = meta.chunk_len(key.index) as usize;
         let mut assembly = Assembly::new(expected, flight);
         let mut last_error = None;

@@ -223,7 +223,12 @@ impl Front {
         self.metrics
             .first_byte_seconds
             .observe(started.elapsed().as_secs_f64());
-        let (origin, collapsed) = first.origin().unwrap_or((SourceKind::Upstream, false));
+        let (mut origin, collapsed) = first.origin().unwrap_or((SourceKind::Upstream, false));
+        if meta_source == MetaSource::Upstream {
+            // This request's own lookup went upstream and its probe fetched the first bytes;
+            // they may have reached memory before this reader looked, but they were not a hit.
+            origin = SourceKind::Upstream;
+        }
         let status = CacheStatus::Chunks {
             origin,
             collapsed,
