@@ -44,6 +44,7 @@ pub enum LookupError {
 }
 
 mod from_peer;
+mod on_request;
 mod revalidate;
 
 /// Where the metadata of a lookup came from.
@@ -55,6 +56,9 @@ pub enum MetaSource {
     Upstream,
     /// Stale, and confirmed by the upstream with a `304`.
     Revalidated,
+    /// Confirmed by the upstream with a `304` because the request asked for it (`no-cache`,
+    /// `max-age`, `min-fresh`).
+    RevalidatedOnRequest,
     /// Stale, served because the upstream failed (within `stale-if-error`).
     StaleIfError,
     /// Stale, served at once while it is revalidated in the background.
@@ -69,6 +73,7 @@ impl MetaSource {
             MetaSource::Disk => "disk",
             MetaSource::Upstream => "upstream",
             MetaSource::Revalidated => "revalidated",
+            MetaSource::RevalidatedOnRequest => "revalidated_on_request",
             MetaSource::StaleIfError => "stale_if_error",
             MetaSource::StaleWhileRevalidate => "stale_while_revalidate",
         }
@@ -184,12 +189,9 @@ impl MetadataStore {
         let _ = self.sink.set(sink);
     }
 
-    /// Metadata of `path` if it is cacheable, and where it came from. With `Route::Cluster`, a
-    /// miss asks the owner of the path's metadata first, so every node agrees on one version.
-    /// `probe`: a miss is looked up with a `GET` of the chunk holding this byte (the first one
-    /// the client wants), whose body becomes that chunk; `None`: with a `HEAD`, for requests
-    /// that want no body.
-    pub async fn lookup(
+    /// Metadata of `path` if it is cacheable, and where it came from (see `lookup`), whatever
+    /// the request asks of it.
+    async fn find(
         &self,
         path: &str,
         route: Route,
@@ -294,26 +296,11 @@ impl MetadataStore {
                 }
             }
         }
-        if let Some(disk) = &self.disk {
-            if let Some(raw) = disk.get_meta(&key).await {
-                match serde_json::from_slice::<ObjectMeta>(&raw) {
-                    Ok(meta) if meta.path == path && meta.chunk_size == self.cfg.chunk_size => {
-                        if meta.is_fresh(unix_now()) {
-                            return Ok((Arc::new(meta), MetaSource::Disk));
-                        }
-                        if unix_now() < meta.keep_until() {
-                            stale = stale.or(Some(Arc::new(meta)));
-                        } else {
-                            disk.remove_meta(&key).await;
-                        }
-                    }
-                    Ok(_) => disk.remove_meta(&key).await,
-                    Err(e) => {
-                        tracing::warn!(path, error = %e, "unreadable metadata record on disk, dropped");
-                        disk.remove_meta(&key).await;
-                    }
-                }
+        if let Some(meta) = self.stored_on_disk(path).await {
+            if meta.is_fresh(unix_now()) {
+                return Ok((meta, MetaSource::Disk));
             }
+            stale = stale.or(Some(meta));
         }
         let answer = match &stale {
             Some(old) => self.revalidate(path, old, probe.unwrap_or(0)).await,
@@ -336,13 +323,46 @@ impl MetadataStore {
             }
             (Err(e), _) => return Err(e),
         };
+        self.persist(path, &meta).await;
+        Ok((meta, source))
+    }
+
+    /// This node's disk record of `path`, fresh or still worth revalidating; records that are
+    /// unreadable, for another path or chunk size, or past keeping are dropped.
+    async fn stored_on_disk(&self, path: &str) -> Option<Arc<ObjectMeta>> {
+        let disk = self.disk.as_ref()?;
+        let key = ObjectMeta::meta_key(path);
+        let raw = disk.get_meta(&key).await?;
+        match serde_json::from_slice::<ObjectMeta>(&raw) {
+            Ok(meta)
+                if meta.path == path
+                    && meta.chunk_size == self.cfg.chunk_size
+                    && unix_now() < meta.keep_until() =>
+            {
+                return Some(Arc::new(meta));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(path, error = %e, "unreadable metadata record on disk, dropped")
+            }
+        }
+        disk.remove_meta(&key).await;
+        None
+    }
+
+    /// Keeps metadata the upstream just gave or confirmed, in memory and on disk.
+    async fn remember(&self, path: &str, meta: &Arc<ObjectMeta>) {
+        self.memory.insert(path.to_string(), meta.clone()).await;
+        self.persist(path, meta).await;
+    }
+
+    async fn persist(&self, path: &str, meta: &ObjectMeta) {
         if let Some(disk) = &self.disk {
-            let record = Bytes::from(serde_json::to_vec(&*meta).expect("metadata serializes"));
-            if let Err(e) = disk.put_meta(&key, record).await {
+            let record = Bytes::from(serde_json::to_vec(meta).expect("metadata serializes"));
+            if let Err(e) = disk.put_meta(&ObjectMeta::meta_key(path), record).await {
                 tracing::warn!(path, error = %e, "could not persist metadata; it stays in memory only");
             }
         }
-        Ok((meta, source))
     }
 
     /// A fresh lookup: the probe, or a `HEAD` for requests that want no body.
@@ -512,7 +532,7 @@ impl LocalMetadata for MetadataStore {
         path: &'a str,
     ) -> BoxFuture<'a, Result<MetaAnswer, UpstreamError>> {
         Box::pin(async move {
-            match self.lookup(path, Route::LocalOnly, Some(0)).await {
+            match self.find(path, Route::LocalOnly, Some(0)).await {
                 Ok((meta, _)) => Ok(MetaAnswer::Cacheable((*meta).clone())),
                 Err(LookupError::Uncacheable(why)) => Ok(MetaAnswer::Uncacheable(why)),
                 Err(LookupError::Upstream(e)) => Err(e),

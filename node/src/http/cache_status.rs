@@ -67,6 +67,9 @@ impl CacheStatus {
         };
         match meta {
             MetaSource::Revalidated => Some(("revalidated", "fwd=stale; fwd-status=304")),
+            MetaSource::RevalidatedOnRequest => {
+                Some(("revalidated", "fwd=request; fwd-status=304"))
+            }
             MetaSource::StaleIfError => Some(("stale", "fwd=stale; detail=stale-if-error")),
             MetaSource::StaleWhileRevalidate => {
                 Some(("stale", "hit; detail=stale-while-revalidate"))
@@ -107,6 +110,7 @@ impl fmt::Display for CacheStatus {
                 f.write_str("fwd=request; detail=credentials")
             }
             CacheStatus::Bypassed(Bypass::PassThroughRule) => f.write_str("fwd=uri-miss"),
+            CacheStatus::Bypassed(Bypass::NoStore) => f.write_str("fwd=request; detail=no-store"),
             CacheStatus::Uncacheable(why) => write!(f, "fwd=uri-miss; detail={}", why.detail()),
         }
     }
@@ -188,6 +192,20 @@ mod tests {
                 CacheStatus::Bypassed(Bypass::Credentials),
                 "casserole; fwd=request; detail=credentials",
                 ("pass", "credentials"),
+            ),
+            (
+                CacheStatus::Chunks {
+                    origin: SourceKind::Memory,
+                    collapsed: false,
+                    meta: MetaSource::RevalidatedOnRequest,
+                },
+                "casserole; fwd=request; fwd-status=304",
+                ("revalidated", "memory"),
+            ),
+            (
+                CacheStatus::Bypassed(Bypass::NoStore),
+                "casserole; fwd=request; detail=no-store",
+                ("pass", "no_store"),
             ),
             (
                 CacheStatus::Uncacheable(Uncacheable::SetCookie),

@@ -18,8 +18,8 @@ use crate::{
     metadata::{LookupError, MetaSource, MetadataStore},
     metrics::Registrar,
     object::{unix_now, ObjectMeta},
-    policy::classify_request,
     policy::headers::is_hop_by_hop,
+    policy::{classify_request, ClientDemands},
     source::{FetchError, Route, SourceKind},
     upstream::Upstream,
 };
@@ -127,11 +127,31 @@ impl Front {
         // Only the path and query are used: an absolute-form target or a Host header never
         // chooses where the request goes.
         let path = validated_path(&req).map_err(|why| self.refuse(why.status(), why))?;
-        if let Some(bypass) = classify_request(&method, req.headers(), &path, &self.pass_through) {
+        let demands = ClientDemands::from_headers(req.headers());
+        let bypass = classify_request(&method, req.headers(), &path, &self.pass_through);
+        if demands.only_if_cached {
+            // Never goes upstream: a stored copy this node holds, or 504 (RFC 9111 §5.2.1.7).
+            let stored = match bypass {
+                Some(_) => None,
+                None => self.metadata.lookup_stored(&path, &demands).await,
+            };
+            let Some((meta, meta_source)) = stored else {
+                return Err(self.refuse(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "not stored here, and the request says only-if-cached",
+                ));
+            };
+            return self.serve_stored(req, meta, meta_source).await;
+        }
+        if let Some(bypass) = bypass {
             return self.pass(req, &path, CacheStatus::Bypassed(bypass)).await;
         }
         let probe = (method == Method::GET).then(|| range::first_wanted_byte(req.headers()));
-        let (meta, meta_source) = match self.metadata.lookup(&path, Route::Cluster, probe).await {
+        let lookup = self
+            .metadata
+            .lookup(&path, Route::Cluster, probe, &demands)
+            .await;
+        let (meta, meta_source) = match lookup {
             Ok(found) => found,
             Err(LookupError::Uncacheable(why)) => {
                 tracing::debug!(path, reason = %why, "not cacheable, passing through");
@@ -143,6 +163,16 @@ impl Front {
                 return Err(body::error(e.client_status(), e));
             }
         };
+        self.serve_stored(req, meta, meta_source).await
+    }
+
+    /// Answers from the object's metadata alone, or with the ranges it wants of its chunks.
+    async fn serve_stored(
+        &self,
+        req: Request<Incoming>,
+        meta: Arc<ObjectMeta>,
+        meta_source: MetaSource,
+    ) -> Answer {
         if let Some(res) = self.answer_from_metadata(&req, &meta, meta_source) {
             return Ok(res);
         }
@@ -151,6 +181,7 @@ impl Front {
             RangeRequest::Partial(ranges) => Some(ranges),
             RangeRequest::Unsatisfiable => return Err(self.unsatisfiable(&meta)),
         };
+        drop(req);
         self.serve_chunks(meta, meta_source, ranges).await
     }
 

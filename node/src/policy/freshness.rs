@@ -52,7 +52,7 @@ pub struct Freshness {
 }
 
 /// Cache-Control directives, lowercased, with their arguments.
-fn directives(headers: &HeaderMap) -> Vec<(String, Option<String>)> {
+pub(super) fn directives(headers: &HeaderMap) -> Vec<(String, Option<String>)> {
     headers
         .get_all(header::CACHE_CONTROL)
         .iter()

@@ -8,8 +8,10 @@ use regex::RegexSet;
 
 pub mod freshness;
 pub mod headers;
+pub mod request;
 
 pub use freshness::FreshnessRules;
+pub use request::ClientDemands;
 
 use crate::object::{ObjectMeta, Validator};
 
@@ -22,6 +24,8 @@ pub enum Bypass {
     Credentials,
     /// Matches a `--pass-through` pattern.
     PassThroughRule,
+    /// `Cache-Control: no-store` in the request: nothing of the exchange may be stored.
+    NoStore,
 }
 
 impl Bypass {
@@ -30,6 +34,7 @@ impl Bypass {
             Bypass::Method => "method",
             Bypass::Credentials => "credentials",
             Bypass::PassThroughRule => "pass_through",
+            Bypass::NoStore => "no_store",
         }
     }
 }
@@ -49,6 +54,9 @@ pub fn classify_request(
     }
     if rules.is_match(path_and_query) {
         return Some(Bypass::PassThroughRule);
+    }
+    if ClientDemands::from_headers(headers).no_store {
+        return Some(Bypass::NoStore);
     }
     None
 }
@@ -446,6 +454,11 @@ mod tests {
         assert_eq!(
             classify_request(&Method::GET, &cookie, "/a.bin", &rules),
             Some(Bypass::Credentials)
+        );
+        let no_store = headers(&[("cache-control", "max-age=5, No-Store")]);
+        assert_eq!(
+            classify_request(&Method::GET, &no_store, "/a.bin", &rules),
+            Some(Bypass::NoStore)
         );
     }
 }

@@ -1,0 +1,72 @@
+//! Lookups constrained by the client's own `Cache-Control` (RFC 9111 §5.2.1): a stored copy the
+//! request does not accept is confirmed with the upstream first, and `only-if-cached` is
+//! answered from what this node holds, or not at all.
+
+use std::sync::Arc;
+
+use super::{unix_now, LookupError, MetaSource, MetadataStore};
+use crate::{object::ObjectMeta, policy::ClientDemands, source::Route};
+
+impl MetadataStore {
+    /// Metadata of `path` if it is cacheable, and where it came from. With `Route::Cluster`, a
+    /// miss asks the owner of the path's metadata first, so every node agrees on one version.
+    /// `probe`: a miss is looked up with a `GET` of the chunk holding this byte (the first one
+    /// the client wants), whose body becomes that chunk; `None`: with a `HEAD`, for requests
+    /// that want no body. A stored copy that does not satisfy `demands` is revalidated first.
+    pub async fn lookup(
+        &self,
+        path: &str,
+        route: Route,
+        probe: Option<u64>,
+        demands: &ClientDemands,
+    ) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
+        let (meta, source) = self.find(path, route, probe).await?;
+        let asked_upstream = matches!(
+            source,
+            MetaSource::Upstream | MetaSource::Revalidated | MetaSource::StaleIfError
+        );
+        if asked_upstream || demands.accepts(&meta, unix_now()) {
+            return Ok((meta, source));
+        }
+        self.revalidate_on_request(path, &meta, probe.unwrap_or(0))
+            .await
+    }
+
+    /// `only-if-cached`: what this node holds (memory, then disk) if it satisfies `demands`.
+    /// Never asks a peer (whose lookup may go upstream) or the upstream.
+    pub async fn lookup_stored(
+        &self,
+        path: &str,
+        demands: &ClientDemands,
+    ) -> Option<(Arc<ObjectMeta>, MetaSource)> {
+        let now = unix_now();
+        let usable = |meta: &ObjectMeta| meta.is_fresh(now) && demands.accepts(meta, now);
+        if let Some(meta) = self.memory.get(path).await.filter(|m| usable(m)) {
+            self.count(MetaSource::Memory);
+            return Some((meta, MetaSource::Memory));
+        }
+        let meta = self.stored_on_disk(path).await.filter(|m| usable(m))?;
+        self.memory.insert(path.to_string(), meta.clone()).await;
+        self.count(MetaSource::Disk);
+        Some((meta, MetaSource::Disk))
+    }
+
+    /// Confirms `stored` with a conditional request because the client asked to: a `304` keeps
+    /// its version and every chunk; a new version replaces it. An upstream that cannot answer
+    /// fails the request: the client asked not to be served without confirmation.
+    async fn revalidate_on_request(
+        &self,
+        path: &str,
+        stored: &Arc<ObjectMeta>,
+        byte: u64,
+    ) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
+        let (meta, source) = self.revalidate(path, stored, byte).await?;
+        self.remember(path, &meta).await;
+        let source = match source {
+            MetaSource::Revalidated => MetaSource::RevalidatedOnRequest,
+            other => other,
+        };
+        self.count(source);
+        Ok((meta, source))
+    }
+}

@@ -1,0 +1,140 @@
+//! What a client's own `Cache-Control` asks of a stored response (RFC 9111 §5.2.1): `no-cache`,
+//! `max-age` and `min-fresh` make the cache confirm its copy with the upstream first (a
+//! conditional request: a `304` keeps every chunk), `only-if-cached` forbids going upstream at
+//! all, and `no-store` keeps the exchange out of the cache. `Pragma: no-cache` counts as
+//! `no-cache` when the request has no `Cache-Control` (RFC 9111 §5.4).
+//!
+//! `max-stale` and `no-transform` are accepted and change nothing: the cache serves stale
+//! copies only under its own rules, and never transforms bodies.
+
+use http::{header, HeaderMap};
+
+use super::freshness::directives;
+use crate::object::ObjectMeta;
+
+/// The request directives that constrain which stored response may answer it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientDemands {
+    /// `no-cache` (or `max-age=0` on a copy with any age): confirm with the upstream first.
+    pub no_cache: bool,
+    /// `max-age=N`: the stored copy may be at most this old.
+    pub max_age: Option<u64>,
+    /// `min-fresh=N`: the stored copy must stay fresh for this long.
+    pub min_fresh: u64,
+    /// Answer from what is stored, or `504`.
+    pub only_if_cached: bool,
+    /// Neither the request nor its response may be stored.
+    pub no_store: bool,
+}
+
+impl ClientDemands {
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let mut demands = ClientDemands::default();
+        if !headers.contains_key(header::CACHE_CONTROL) {
+            demands.no_cache = headers
+                .get_all(header::PRAGMA)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|d| d.trim().eq_ignore_ascii_case("no-cache"));
+            return demands;
+        }
+        for (name, arg) in directives(headers) {
+            // An argument that is not a number of seconds makes the directive void: it then
+            // constrains nothing rather than failing the request.
+            let secs = arg.as_deref().and_then(|v| v.parse::<u64>().ok());
+            match name.as_str() {
+                "no-cache" => demands.no_cache = true,
+                "no-store" => demands.no_store = true,
+                "only-if-cached" => demands.only_if_cached = true,
+                "max-age" => {
+                    if let Some(secs) = secs {
+                        demands.max_age = Some(demands.max_age.map_or(secs, |m| m.min(secs)));
+                    }
+                }
+                "min-fresh" => demands.min_fresh = demands.min_fresh.max(secs.unwrap_or(0)),
+                _ => {}
+            }
+        }
+        demands
+    }
+
+    /// Whether `meta`, as stored, satisfies the request at `now` without asking the upstream.
+    pub fn accepts(&self, meta: &ObjectMeta, now: u64) -> bool {
+        !self.no_cache
+            && self.max_age.is_none_or(|max| meta.age(now) <= max)
+            && meta.fresh_until.saturating_sub(now) >= self.min_fresh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demands(pairs: &[(&str, &str)]) -> ClientDemands {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        ClientDemands::from_headers(&headers)
+    }
+
+    /// Stored at t=1000 with Age 5, fresh until t=1100.
+    fn meta() -> ObjectMeta {
+        let mut m = crate::test_support::object_meta("/a", 10, 10);
+        m.fetched_at = 1000;
+        m.initial_age = 5;
+        m.fresh_until = 1100;
+        m
+    }
+
+    #[test]
+    fn directives_are_read_per_rfc_9111() {
+        assert_eq!(demands(&[]), ClientDemands::default());
+        assert!(demands(&[("cache-control", "no-cache")]).no_cache);
+        assert!(demands(&[("cache-control", "No-Cache")]).no_cache);
+        assert!(demands(&[("pragma", "no-cache")]).no_cache);
+        assert!(
+            !demands(&[("pragma", "no-cache"), ("cache-control", "max-stale")]).no_cache,
+            "Pragma counts only without Cache-Control"
+        );
+        assert!(demands(&[("cache-control", "only-if-cached")]).only_if_cached);
+        assert!(demands(&[("cache-control", "no-store, max-age=5")]).no_store);
+        assert_eq!(
+            demands(&[
+                ("cache-control", "max-age=60"),
+                ("cache-control", "max-age=30")
+            ])
+            .max_age,
+            Some(30),
+            "the stricter of two"
+        );
+        assert_eq!(
+            demands(&[("cache-control", "max-age=\"7\"")]).max_age,
+            Some(7)
+        );
+        assert_eq!(demands(&[("cache-control", "max-age=soon")]).max_age, None);
+        assert_eq!(demands(&[("cache-control", "min-fresh=20")]).min_fresh, 20);
+        assert_eq!(
+            demands(&[("cache-control", "max-stale, no-transform")]),
+            ClientDemands::default()
+        );
+    }
+
+    #[test]
+    fn a_stored_copy_satisfies_only_what_it_can() {
+        let m = meta();
+        assert!(ClientDemands::default().accepts(&m, 1050));
+        assert!(!demands(&[("cache-control", "no-cache")]).accepts(&m, 1050));
+        // Age at t=1050 is 55.
+        assert!(demands(&[("cache-control", "max-age=55")]).accepts(&m, 1050));
+        assert!(!demands(&[("cache-control", "max-age=54")]).accepts(&m, 1050));
+        assert!(!demands(&[("cache-control", "max-age=0")]).accepts(&m, 1000));
+        // Fresh for 50 more seconds at t=1050.
+        assert!(demands(&[("cache-control", "min-fresh=50")]).accepts(&m, 1050));
+        assert!(!demands(&[("cache-control", "min-fresh=51")]).accepts(&m, 1050));
+    }
+}
