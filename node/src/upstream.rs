@@ -15,7 +15,7 @@ use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use crate::{
     metrics::Registrar,
     object::{ObjectMeta, Validator},
-    policy::headers::is_hop_by_hop,
+    policy::headers::{end_to_end, max_forwards, VIA},
     target,
 };
 
@@ -209,6 +209,10 @@ impl Upstream {
             .redirect(reqwest::redirect::Policy::none())
             .tls_danger_accept_invalid_certs(cfg.insecure)
             .tcp_nodelay(true)
+            .default_headers(HeaderMap::from_iter([(
+                header::VIA,
+                HeaderValue::from_static(VIA),
+            )]))
             .build()?;
         Ok(Upstream {
             client,
@@ -356,10 +360,12 @@ impl Upstream {
         body: Option<reqwest::Body>,
     ) -> Result<reqwest::Response, UpstreamError> {
         self.metrics.requests.with_label_values(&["pass"]).inc();
-        let mut out = HeaderMap::with_capacity(headers.len());
-        for (name, value) in headers {
-            if !is_hop_by_hop(name) {
-                out.append(name.clone(), value.clone());
+        let mut out = end_to_end(headers);
+        out.append(header::VIA, HeaderValue::from_static(VIA));
+        if method == Method::OPTIONS {
+            // RFC 9110 §7.6.2; the front answers a Max-Forwards of 0 itself.
+            if let Some(hops) = max_forwards(&out) {
+                out.insert(header::MAX_FORWARDS, hops.saturating_sub(1).into());
             }
         }
         let mut request = self

@@ -18,7 +18,7 @@ use crate::{
     metadata::{LookupError, MetaSource, MetadataStore},
     metrics::Registrar,
     object::{unix_now, ObjectMeta},
-    policy::headers::is_hop_by_hop,
+    policy::headers::{end_to_end, max_forwards},
     policy::{classify_request, ClientDemands},
     source::{FetchError, Route, SourceKind},
     upstream::Upstream,
@@ -83,6 +83,9 @@ impl Drop for InFlight {
 
 type Answer = Result<Response<Body>, Response<Body>>;
 
+/// The methods a node serves or relays; others get `501`.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
+
 impl Front {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         self.metrics.inflight.inc();
@@ -109,20 +112,18 @@ impl Front {
 
     async fn route(&self, req: Request<Incoming>) -> Answer {
         let method = req.method().clone();
-        if !matches!(
-            method,
-            Method::GET
-                | Method::HEAD
-                | Method::POST
-                | Method::PUT
-                | Method::DELETE
-                | Method::PATCH
-                | Method::OPTIONS
-        ) {
+        if !ALLOWED_METHODS.split(", ").any(|m| m == method.as_str()) {
             return Err(self.refuse(
                 StatusCode::NOT_IMPLEMENTED,
                 format_args!("method {method} is not supported"),
             ));
+        }
+        if method == Method::OPTIONS && max_forwards(req.headers()) == Some(0) {
+            // The last hop the client allowed (RFC 9110 §7.6.2): answered here, not forwarded.
+            let mut res = Response::new(body::empty());
+            res.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+            return Ok(res);
         }
         // Only the path and query are used: an absolute-form target or a Host header never
         // chooses where the request goes.
@@ -366,11 +367,7 @@ impl Front {
         }
         let mut res = Response::new(body::empty());
         *res.status_mut() = upstream.status();
-        for (name, v) in upstream.headers() {
-            if !is_hop_by_hop(name) {
-                res.headers_mut().append(name.clone(), v.clone());
-            }
-        }
+        *res.headers_mut() = end_to_end(upstream.headers());
         res.headers_mut()
             .insert(cache_status::HEADER, status.header_value());
         let served = self.metrics.bytes_served.with_label_values(&["pass"]);

@@ -31,6 +31,39 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// What this node adds to `Via` in every request it sends upstream (RFC 9110 §7.6.3: a gateway
+/// MUST).
+pub const VIA: &str = "1.1 casserole";
+
+/// `headers` minus hop-by-hop headers and the headers named in `Connection` (RFC 9110 §7.6.1):
+/// what an intermediary forwards, in either direction.
+pub fn end_to_end(headers: &HeaderMap) -> HeaderMap {
+    let listed = listed_names(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if !is_hop_by_hop(name) && !listed.iter().any(|l| l == name.as_str()) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// The `Max-Forwards` of an `OPTIONS` or `TRACE` request, when it has a valid one.
+pub fn max_forwards(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get(header::MAX_FORWARDS)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Field names listed in a comma-separated header, lowercased.
 fn listed_names<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
     values
@@ -168,6 +201,38 @@ mod tests {
                 ("etag".into(), "\"v1\"".into()),
             ]
         );
+    }
+
+    #[test]
+    fn forwarding_drops_hop_by_hop_and_connection_listed_headers() {
+        let h = headers(&[
+            ("connection", "keep-alive, X-Trace-Hop"),
+            ("x-trace-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("host", "client.example"),
+            ("via", "1.1 edge"),
+            ("accept", "*/*"),
+            ("x-end", "a"),
+            ("x-end", "b"),
+        ]);
+        let out = end_to_end(&h);
+        let names: Vec<_> = out
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("via", "1.1 edge"),
+                ("accept", "*/*"),
+                ("x-end", "a"),
+                ("x-end", "b")
+            ]
+        );
+        assert_eq!(max_forwards(&headers(&[("max-forwards", " 3 ")])), Some(3));
+        assert_eq!(max_forwards(&headers(&[("max-forwards", "-1")])), None);
+        assert_eq!(max_forwards(&HeaderMap::new()), None);
     }
 
     #[test]

@@ -213,7 +213,18 @@ pub(crate) async fn handle(
             req.uri().path()
         }
         .to_string();
+        let request_headers: Vec<(String, String)> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
         stats.update(&key, |s| {
+            s.last_request_headers = request_headers.clone();
             s.requests += 1;
             s.head_requests += u64::from(is_head);
             s.get_requests += u64::from(method == Method::GET);

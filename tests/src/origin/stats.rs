@@ -32,6 +32,8 @@ pub struct Stats {
     pub in_flight: u64,
     /// Highest `in_flight` seen: shows whether a client fetched in parallel.
     pub max_in_flight: u64,
+    /// The headers of the latest request, in order, names lowercase.
+    pub last_request_headers: Vec<(String, String)>,
 }
 
 impl Stats {

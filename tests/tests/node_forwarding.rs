@@ -1,0 +1,92 @@
+//! What a node forwards, as RFC 9110 §7.6 asks of a gateway: its own `Via` on every upstream
+//! request, no hop-by-hop headers or headers named in `Connection` in either direction, and
+//! `Max-Forwards` honoured on `OPTIONS`.
+
+use casserole_tests::{
+    client::{client, get_sha256, header},
+    harness::NodeBuilder,
+    origin::{ObjectSpec, Origin},
+};
+
+fn values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_requests_carry_via_and_only_end_to_end_headers() {
+    let origin = Origin::start().await;
+    origin.put("/c.bin", ObjectSpec::new(100_000).seed(1).max_age(3600));
+    origin.put(
+        "/p.bin",
+        ObjectSpec::new(1000)
+            .seed(2)
+            .cache_control("no-store")
+            .header("connection", "X-Hop-Reply")
+            .header("x-hop-reply", "secret")
+            .header("x-end-reply", "kept"),
+    );
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+
+    // The cache's own fetches.
+    get_sha256(&format!("{}/c.bin", node.url()), &[])
+        .await
+        .unwrap();
+    let seen = origin.path_stats("/c.bin").last_request_headers;
+    assert_eq!(values(&seen, "via"), ["1.1 casserole"]);
+
+    // A relayed request: the client's Via first, then ours; Connection-listed headers stay here.
+    let res = client()
+        .get(format!("{}/p.bin", node.url()))
+        .header("connection", "X-Hop")
+        .header("x-hop", "1")
+        .header("via", "1.1 edge")
+        .header("x-end", "a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(res.headers(), "x-end-reply"), "kept");
+    assert!(
+        res.headers().get("x-hop-reply").is_none(),
+        "named in the upstream's Connection"
+    );
+    let seen = origin.path_stats("/p.bin").last_request_headers;
+    assert_eq!(values(&seen, "via"), ["1.1 edge", "1.1 casserole"]);
+    assert_eq!(values(&seen, "x-end"), ["a"]);
+    assert!(values(&seen, "x-hop").is_empty(), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn options_honours_max_forwards() {
+    let origin = Origin::start().await;
+    origin.put("/o", ObjectSpec::new(10).seed(3));
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    let url = format!("{}/o", node.url());
+
+    let res = client()
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("max-forwards", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "answered by the node itself");
+    let allow = header(res.headers(), "allow");
+    assert!(
+        allow.contains("GET") && allow.contains("OPTIONS"),
+        "{allow}"
+    );
+    assert_eq!(origin.path_stats("/o").requests, 0);
+
+    client()
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("max-forwards", "3")
+        .send()
+        .await
+        .unwrap();
+    let seen = origin.path_stats("/o").last_request_headers;
+    assert_eq!(values(&seen, "max-forwards"), ["2"]);
+}
