@@ -187,6 +187,21 @@ async fn conditionals_and_head_come_from_metadata() {
         .await
         .unwrap();
     assert_eq!(status, 200);
+    let (status, _, _) = get_bytes(&url, &[("if-none-match", "*")]).await.unwrap();
+    assert_eq!(status, 304, "the object exists");
+    // If-Match and If-Unmodified-Since are evaluated first (RFC 9110 §13.2.2).
+    let (status, _, body) = get_bytes(&url, &[("if-match", &etag)]).await.unwrap();
+    assert_eq!((status.as_u16(), body.len() as u64), (200, obj.len));
+    let failing: [&[(&str, &str)]; 2] = [
+        &[("if-match", "\"other\""), ("if-none-match", "\"x\"")],
+        &[("if-unmodified-since", "Thu, 01 Jan 1970 00:00:01 GMT")],
+    ];
+    for failing in failing {
+        let (status, headers, body) = get_bytes(&url, failing).await.unwrap();
+        assert_eq!(status, 412, "{failing:?}");
+        assert!(!header(&headers, "cache-status").is_empty());
+        assert!(String::from_utf8_lossy(&body).contains("does not hold"));
+    }
 
     // If-Range: a matching validator honours the range, another one gets the whole object.
     let got = get_sha256(&url, &[("range", "bytes=10-19"), ("if-range", &etag)])

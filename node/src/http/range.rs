@@ -61,7 +61,6 @@ fn if_range_matches(if_range: &str, meta: &ObjectMeta) -> bool {
     meta.last_modified.as_deref() == Some(if_range)
 }
 
-/// Whether a conditional GET/HEAD can be answered 304 Not Modified.
 /// Where the bytes a request wants start, as far as the `Range` header alone tells (the
 /// object's length is not known yet): the start of its first `bytes=N-…` range, else 0. Lets a
 /// cold lookup's probe fetch the chunk the client wants first.
@@ -84,34 +83,77 @@ pub fn first_wanted_byte(headers: &HeaderMap) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn not_modified(headers: &HeaderMap, meta: &ObjectMeta) -> bool {
-    if let Some(inm) = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
+/// What the preconditions of a `GET`/`HEAD` say about the stored representation.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Precondition {
+    Proceed,
+    /// `304 Not Modified` (`If-None-Match`, or `If-Modified-Since` without it).
+    NotModified,
+    /// `412 Precondition Failed`, naming the header that failed.
+    Failed(&'static str),
+}
+
+/// The entity tags listed in every line of `name`, or `None` when the header is absent.
+fn listed_tags(headers: &HeaderMap, name: header::HeaderName) -> Option<Vec<String>> {
+    let mut values = headers.get_all(name).iter().peekable();
+    values.peek()?;
+    Some(
+        values
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
+    )
+}
+
+fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<std::time::SystemTime> {
+    httpdate::parse_http_date(headers.get(name)?.to_str().ok()?.trim()).ok()
+}
+
+/// RFC 9110 §13.2.2, in its order: `If-Match`, else `If-Unmodified-Since`; then `If-None-Match`,
+/// else `If-Modified-Since`. A date that does not parse, or a representation without a
+/// `Last-Modified`, makes a date condition void.
+pub fn preconditions(headers: &HeaderMap, meta: &ObjectMeta) -> Precondition {
+    let modified = meta
+        .last_modified
+        .as_deref()
+        .and_then(|lm| httpdate::parse_http_date(lm).ok());
+    if let Some(tags) = listed_tags(headers, header::IF_MATCH) {
+        // Strong comparison: only a strong tag equal to a strong ETag matches.
+        let strong = meta.etag.as_deref().filter(|e| !e.starts_with("W/"));
+        let holds = tags
+            .iter()
+            .any(|t| t == "*" || strong.is_some_and(|e| e == t));
+        if !holds {
+            return Precondition::Failed("If-Match");
+        }
+    } else if let (Some(since), Some(modified)) =
+        (http_date(headers, header::IF_UNMODIFIED_SINCE), modified)
     {
-        let Some(etag) = meta.etag.as_deref() else {
-            return false;
-        };
+        if modified > since {
+            return Precondition::Failed("If-Unmodified-Since");
+        }
+    }
+    if let Some(tags) = listed_tags(headers, header::IF_NONE_MATCH) {
         // Weak comparison: W/"x" and "x" match.
-        let opaque = |t: &str| t.trim().trim_start_matches("W/").to_string();
-        return inm.trim() == "*"
-            || inm
-                .split(',')
-                .any(|candidate| opaque(candidate) == opaque(etag));
-    }
-    if let Some(ims) = headers
-        .get(header::IF_MODIFIED_SINCE)
-        .and_then(|v| v.to_str().ok())
-    {
-        let (Some(lm), Ok(since)) = (
-            meta.last_modified.as_deref(),
-            httpdate::parse_http_date(ims),
-        ) else {
-            return false;
+        let opaque = |t: &str| t.trim_start_matches("W/").to_string();
+        let etag = meta.etag.as_deref().map(opaque);
+        let matched = tags
+            .iter()
+            .any(|t| t == "*" || etag.as_deref() == Some(opaque(t).as_str()));
+        return match matched {
+            true => Precondition::NotModified,
+            false => Precondition::Proceed,
         };
-        return httpdate::parse_http_date(lm).is_ok_and(|modified| modified <= since);
     }
-    false
+    if let (Some(since), Some(modified)) = (http_date(headers, header::IF_MODIFIED_SINCE), modified)
+    {
+        if modified <= since {
+            return Precondition::NotModified;
+        }
+    }
+    Precondition::Proceed
 }
 
 /// The framing of a multipart/byteranges body, computed up front so Content-Length is exact.
@@ -247,29 +289,54 @@ mod tests {
 
     #[test]
     fn conditional_requests() {
+        use Precondition::*;
         let m = meta();
-        assert!(not_modified(&headers(&[("if-none-match", "\"v1\"")]), &m));
-        assert!(not_modified(
-            &headers(&[("if-none-match", "\"x\", W/\"v1\"")]),
-            &m
-        ));
-        assert!(!not_modified(&headers(&[("if-none-match", "\"v2\"")]), &m));
-        assert!(not_modified(
-            &headers(&[("if-modified-since", "Tue, 15 Nov 1994 12:45:26 GMT")]),
-            &m
-        ));
-        assert!(!not_modified(
-            &headers(&[("if-modified-since", "Mon, 14 Nov 1994 12:45:26 GMT")]),
-            &m
-        ));
+        let p = |pairs: &[(&str, &str)]| preconditions(&headers(pairs), &m);
+        assert_eq!(p(&[]), Proceed);
+        assert_eq!(p(&[("if-none-match", "\"v1\"")]), NotModified);
+        assert_eq!(p(&[("if-none-match", "\"x\", W/\"v1\"")]), NotModified);
+        assert_eq!(
+            p(&[("if-none-match", "\"x\""), ("if-none-match", "\"v1\"")]),
+            NotModified,
+            "every line counts"
+        );
+        assert_eq!(p(&[("if-none-match", "*")]), NotModified);
+        assert_eq!(p(&[("if-none-match", "\"v2\"")]), Proceed);
+        let lm = "Tue, 15 Nov 1994 12:45:26 GMT";
+        let before = "Mon, 14 Nov 1994 12:45:26 GMT";
+        assert_eq!(p(&[("if-modified-since", lm)]), NotModified);
+        assert_eq!(p(&[("if-modified-since", before)]), Proceed);
+        assert_eq!(p(&[("if-modified-since", "yesterday")]), Proceed);
         // If-None-Match wins over If-Modified-Since.
-        assert!(!not_modified(
-            &headers(&[
-                ("if-none-match", "\"v2\""),
-                ("if-modified-since", "Tue, 15 Nov 1994 12:45:26 GMT")
-            ]),
-            &m
-        ));
+        assert_eq!(
+            p(&[("if-none-match", "\"v2\""), ("if-modified-since", lm)]),
+            Proceed
+        );
+        // If-Match: strong comparison, evaluated first.
+        assert_eq!(p(&[("if-match", "\"v1\"")]), Proceed);
+        assert_eq!(p(&[("if-match", "*")]), Proceed);
+        assert_eq!(p(&[("if-match", "\"v2\"")]), Failed("If-Match"));
+        assert_eq!(p(&[("if-match", "W/\"v1\"")]), Failed("If-Match"));
+        assert_eq!(
+            p(&[("if-match", "\"v2\""), ("if-none-match", "\"v1\"")]),
+            Failed("If-Match")
+        );
+        assert_eq!(p(&[("if-unmodified-since", lm)]), Proceed);
+        assert_eq!(
+            p(&[("if-unmodified-since", before)]),
+            Failed("If-Unmodified-Since")
+        );
+        assert_eq!(
+            p(&[("if-match", "\"v1\""), ("if-unmodified-since", before)]),
+            Proceed,
+            "If-Unmodified-Since only without If-Match"
+        );
+        let mut weak = meta();
+        weak.etag = Some("W/\"v1\"".into());
+        let h = headers(&[("if-match", "W/\"v1\"")]);
+        assert_eq!(preconditions(&h, &weak), Failed("If-Match"));
+        let h = headers(&[("if-none-match", "\"v1\"")]);
+        assert_eq!(preconditions(&h, &weak), NotModified);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use regex::RegexSet;
 
 use super::{
     cache_status::{self, CacheStatus},
-    range::{self, Multipart, RangeRequest},
+    range::{self, Multipart, Precondition, RangeRequest},
 };
 use crate::{
     body::{self, sync_stream, Body},
@@ -186,7 +186,8 @@ impl Front {
         self.serve_chunks(meta, meta_source, ranges).await
     }
 
-    /// `304 Not Modified` and `HEAD` need no body bytes: metadata answers them.
+    /// `304 Not Modified`, `412 Precondition Failed` and `HEAD` need no body bytes: metadata
+    /// answers them.
     fn answer_from_metadata(
         &self,
         req: &Request<Incoming>,
@@ -194,11 +195,25 @@ impl Front {
         source: MetaSource,
     ) -> Option<Response<Body>> {
         let status = CacheStatus::Metadata(source);
-        if range::not_modified(req.headers(), meta) {
-            self.count("not_modified", status.tier());
-            let mut res = cached_response(StatusCode::NOT_MODIFIED, meta, &status, body::empty());
-            res.headers_mut().remove(header::CONTENT_TYPE);
-            return Some(res);
+        match range::preconditions(req.headers(), meta) {
+            Precondition::Proceed => {}
+            Precondition::NotModified => {
+                self.count("not_modified", status.tier());
+                let mut res =
+                    cached_response(StatusCode::NOT_MODIFIED, meta, &status, body::empty());
+                res.headers_mut().remove(header::CONTENT_TYPE);
+                return Some(res);
+            }
+            Precondition::Failed(which) => {
+                self.count("precondition_failed", status.tier());
+                let mut res = body::error(
+                    StatusCode::PRECONDITION_FAILED,
+                    format_args!("{which} does not hold for the stored representation"),
+                );
+                res.headers_mut()
+                    .insert(cache_status::HEADER, status.header_value());
+                return Some(res);
+            }
         }
         if req.method() == Method::HEAD {
             self.count_status(&status);
