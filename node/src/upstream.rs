@@ -240,6 +240,22 @@ impl Upstream {
         Ok(url)
     }
 
+    /// The node path a URI reference in an upstream response (`Location`, `Content-Location`)
+    /// names, resolved against the request for `path_and_query`; `None` when it points outside
+    /// the upstream base (another host, another prefix) or is not a clean target.
+    pub fn path_of(&self, path_and_query: &str, reference: &str) -> Option<String> {
+        let url = self.url_for(path_and_query).ok()?.join(reference).ok()?;
+        if !self.is_under_base(&url) {
+            return None;
+        }
+        let prefix = self.base_url.path().trim_end_matches('/');
+        let mut path = url.path()[prefix.len()..].to_string();
+        if let Some(query) = url.query() {
+            path = format!("{path}?{query}");
+        }
+        target::validate(&path).ok().map(str::to_string)
+    }
+
     fn is_under_base(&self, url: &reqwest::Url) -> bool {
         let base = &self.base_url;
         let prefix = base.path().trim_end_matches('/');
@@ -394,6 +410,22 @@ mod tests {
             insecure: false,
         };
         Upstream::new(cfg, UpstreamMetrics::new(&crate::metrics::Registrar::new())).unwrap()
+    }
+
+    #[test]
+    fn response_references_map_to_node_paths_under_the_base() {
+        let u = upstream("http://origin.test:8080/mirror/");
+        let of = |r: &str| u.path_of("/pkgs/a.deb?x=1", r);
+        assert_eq!(of("/mirror/pkgs/b.deb").as_deref(), Some("/pkgs/b.deb"));
+        assert_eq!(of("b.deb?v=2").as_deref(), Some("/pkgs/b.deb?v=2"));
+        assert_eq!(of("../c").as_deref(), Some("/c"));
+        assert_eq!(
+            of("http://origin.test:8080/mirror/d").as_deref(),
+            Some("/d")
+        );
+        assert_eq!(of("/elsewhere/d"), None);
+        assert_eq!(of("http://other.test/mirror/d"), None);
+        assert_eq!(of("https://origin.test:8080/mirror/d"), None);
     }
 
     #[test]

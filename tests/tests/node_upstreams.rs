@@ -345,6 +345,57 @@ async fn a_successful_unsafe_request_invalidates_the_cached_object() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_also_invalidates_its_location_and_content_location_on_this_upstream() {
+    let origin = Origin::start().await;
+    let a = origin.put("/a.bin", ObjectSpec::new(MIB).seed(64));
+    let b = origin.put("/b.bin", ObjectSpec::new(MIB).seed(65));
+    let kept = origin.put("/kept.bin", ObjectSpec::new(MIB).seed(66));
+    origin.put(
+        "/form",
+        ObjectSpec::new(10)
+            .seed(67)
+            .write_header("location", "/a.bin")
+            .write_header("content-location", "b.bin"),
+    );
+    origin.put(
+        "/elsewhere",
+        ObjectSpec::new(10)
+            .seed(68)
+            .write_header("location", "http://other.test/kept.bin"),
+    );
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    for (path, obj) in [("/a.bin", &a), ("/b.bin", &b), ("/kept.bin", &kept)] {
+        let url = format!("{}{path}", node.url());
+        assert_eq!(get_sha256(&url, &[]).await.unwrap().sha256, obj.sha256());
+    }
+    for path in ["/form", "/elsewhere"] {
+        let res = client()
+            .post(format!("{}{path}", node.url()))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 204);
+    }
+    for (path, looked_up_again) in [("/a.bin", true), ("/b.bin", true), ("/kept.bin", false)] {
+        let got = get_sha256(&format!("{}{path}", node.url()), &[])
+            .await
+            .unwrap();
+        let status = header(&got.headers, "cache-status");
+        assert_eq!(
+            status.contains("hit; detail=memory"),
+            !looked_up_again,
+            "{path}: {status}"
+        );
+        assert_eq!(
+            origin.path_stats(path).get_requests,
+            1 + u64::from(looked_up_again),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_is_served_for_a_disconnected_upstream_but_not_over_its_5xx() {
     let origin = Origin::start().await;
     let obj = origin.put(

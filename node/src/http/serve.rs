@@ -379,6 +379,16 @@ impl Front {
         self.count_status(&status);
         if unsafe_method && (upstream.status().is_success() || upstream.status().is_redirection()) {
             self.invalidate(path).await;
+            // RFC 9111 §4.4: the URIs in Location and Content-Location too, when they are this
+            // upstream's (never another host's).
+            for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                let named = upstream.headers().get(name).and_then(|v| v.to_str().ok());
+                if let Some(other) = named.and_then(|r| self.upstream.path_of(path, r)) {
+                    if other != path {
+                        self.invalidate(&other).await;
+                    }
+                }
+            }
         }
         let mut res = Response::new(body::empty());
         *res.status_mut() = upstream.status();

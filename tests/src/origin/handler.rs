@@ -237,7 +237,14 @@ pub(crate) async fn handle(
         ) && state.objects.contains_key(&key)
         {
             // A write the origin accepts (the object itself stays as configured).
-            return plain(204, "");
+            let mut res = plain(204, "")?;
+            for (name, value) in &state.objects[&key].spec.write_headers {
+                res.headers_mut().append(
+                    header::HeaderName::from_bytes(name.as_bytes())?,
+                    header::HeaderValue::from_str(value)?,
+                );
+            }
+            return Ok(res);
         }
         if method != Method::GET && !is_head {
             return plain(405, "only GET and HEAD\n");

@@ -45,6 +45,8 @@ pub struct ObjectSpec {
     pub chunked: bool,
     /// Requests must carry exactly this `Authorization` value, else 401.
     pub require_auth: Option<String>,
+    /// Headers of the `204` that answers a write (`POST`, `PUT`, `PATCH`, `DELETE`).
+    pub write_headers: Vec<(String, String)>,
 }
 
 impl ObjectSpec {
@@ -66,6 +68,7 @@ impl ObjectSpec {
             latency: None,
             chunked: false,
             require_auth: None,
+            write_headers: Vec::new(),
         }
     }
     pub fn seed(mut self, seed: u64) -> Self {
@@ -117,6 +120,11 @@ impl ObjectSpec {
     }
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.extra_headers.push((name.into(), value.into()));
+        self
+    }
+    /// A header of the answer to writes of this path (e.g. `Location`).
+    pub fn write_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.write_headers.push((name.into(), value.into()));
         self
     }
     pub fn throttle(mut self, bytes_per_sec: u64) -> Self {
