@@ -87,6 +87,17 @@ async fn a_client_that_asks_for_confirmation_gets_a_revalidated_copy() {
         header(&after.headers, "cache-status"),
         "casserole; hit; detail=memory"
     );
+
+    // An upstream that cannot confirm: the fresh stored copy is served, not an error.
+    origin.shutdown().await;
+    let got = get_sha256(&url, &[("cache-control", "no-cache")])
+        .await
+        .unwrap();
+    assert_eq!((got.status.as_u16(), got.sha256), (200, new.sha256()));
+    assert_eq!(
+        header(&got.headers, "cache-status"),
+        "casserole; hit; detail=memory"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

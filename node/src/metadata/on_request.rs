@@ -28,7 +28,7 @@ impl MetadataStore {
         if asked_upstream || demands.accepts(&meta, unix_now()) {
             return Ok((meta, source));
         }
-        self.revalidate_on_request(path, &meta, probe.unwrap_or(0))
+        self.revalidate_on_request(path, (meta, source), probe.unwrap_or(0))
             .await
     }
 
@@ -52,15 +52,25 @@ impl MetadataStore {
     }
 
     /// Confirms `stored` with a conditional request because the client asked to: a `304` keeps
-    /// its version and every chunk; a new version replaces it. An upstream that cannot answer
-    /// fails the request: the client asked not to be served without confirmation.
+    /// its version and every chunk; a new version replaces it. When the upstream cannot answer,
+    /// the stored copy (which the cache's own rules allow) is served: the request directives
+    /// state a preference (RFC 9111 §5.2.1), and an outage should not fail clients that merely
+    /// asked for a reload.
     async fn revalidate_on_request(
         &self,
         path: &str,
-        stored: &Arc<ObjectMeta>,
+        stored: (Arc<ObjectMeta>, MetaSource),
         byte: u64,
     ) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
-        let (meta, source) = self.revalidate(path, stored, byte).await?;
+        let (meta, source) = match self.revalidate(path, &stored.0, byte).await {
+            Ok(found) => found,
+            Err(LookupError::Upstream(e)) => {
+                tracing::warn!(path, error = %e,
+                    "the upstream could not confirm the stored copy the client asked to confirm; serving it");
+                return Ok(stored);
+            }
+            Err(e) => return Err(e),
+        };
         self.remember(path, &meta).await;
         let source = match source {
             MetaSource::Revalidated => MetaSource::RevalidatedOnRequest,
