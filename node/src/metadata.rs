@@ -328,16 +328,15 @@ impl MetadataStore {
     }
 
     /// This node's disk record of `path`, fresh or still worth revalidating; records that are
-    /// unreadable, for another path or chunk size, or past keeping are dropped.
+    /// unreadable, for another path, upstream or chunk size, or past keeping are dropped.
     async fn stored_on_disk(&self, path: &str) -> Option<Arc<ObjectMeta>> {
         let disk = self.disk.as_ref()?;
         let key = ObjectMeta::meta_key(path);
         let raw = disk.get_meta(&key).await?;
         match serde_json::from_slice::<ObjectMeta>(&raw) {
-            Ok(meta)
-                if meta.path == path
-                    && meta.chunk_size == self.cfg.chunk_size
-                    && unix_now() < meta.keep_until() =>
+            // Another upstream's record (the data directory outlived a change of --upstream)
+            // names another object: never served for this one.
+            Ok(meta) if self.is_consistent(&meta, path) && unix_now() < meta.keep_until() =>
             {
                 return Some(Arc::new(meta));
             }

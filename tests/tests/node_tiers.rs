@@ -73,6 +73,39 @@ async fn a_restarted_node_serves_from_disk_without_upstream_bytes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disk_tier_kept_across_a_change_of_upstream_never_serves_the_old_upstreams_objects() {
+    let (old, new) = (Origin::start().await, Origin::start().await);
+    let before = old.put("/same/path.bin", ObjectSpec::new(3 * MIB).seed(36));
+    let after = new.put("/same/path.bin", ObjectSpec::new(3 * MIB).seed(37));
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = NodeBuilder::new(old.url())
+        .disk_dir(dir.path())
+        .spawn()
+        .await;
+    let url = format!("{}/same/path.bin", node.url());
+    assert_eq!(get_sha256(&url, &[]).await.unwrap().sha256, before.sha256());
+    let head = client().head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    node.sigterm();
+    assert!(node.wait_exit(Duration::from_secs(10)).await.success());
+
+    let node = NodeBuilder::new(new.url())
+        .disk_dir(dir.path())
+        .spawn()
+        .await;
+    let url = format!("{}/same/path.bin", node.url());
+    let head = client().head(&url).send().await.unwrap();
+    assert_eq!(
+        header(head.headers(), "cache-status"),
+        "casserole; fwd=miss; detail=metadata",
+        "the old upstream's metadata record is not this upstream's"
+    );
+    let got = get_sha256(&url, &[]).await.unwrap();
+    assert_eq!(got.sha256, after.sha256());
+    assert_eq!(new.path_stats("/same/path.bin").body_bytes_sent, 3 * MIB);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_head_after_a_restart_is_a_hit_from_disk_metadata() {
     let origin = Origin::start().await;
     origin.put("/h.bin", ObjectSpec::new(3 * MIB).seed(33));
