@@ -336,8 +336,7 @@ impl MetadataStore {
         match serde_json::from_slice::<ObjectMeta>(&raw) {
             // Another upstream's record (the data directory outlived a change of --upstream)
             // names another object: never served for this one.
-            Ok(meta) if self.is_consistent(&meta, path) && unix_now() < meta.keep_until() =>
-            {
+            Ok(meta) if self.is_consistent(&meta, path) && unix_now() < meta.keep_until() => {
                 return Some(Arc::new(meta));
             }
             Ok(_) => {}

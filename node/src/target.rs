@@ -144,5 +144,31 @@ fn hex_value(b: u8) -> Option<u8> {
     char::from(b).to_digit(16).map(|d| d as u8)
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host` line, with a valid value (empty
+/// is valid); HTTP/1.0 may omit it and HTTP/2 names the authority itself. The value never
+/// chooses where a request goes: this only refuses malformed requests with a 400, as the RFC
+/// asks.
+pub fn check_host(version: http::Version, headers: &http::HeaderMap) -> Result<(), &'static str> {
+    let mut lines = headers.get_all(http::header::HOST).iter();
+    match (lines.next(), lines.next()) {
+        (None, _) if version == http::Version::HTTP_11 => {
+            Err("an HTTP/1.1 request needs a Host header")
+        }
+        (Some(_), Some(_)) => Err("more than one Host header"),
+        (Some(value), None) if !is_valid_host(value.as_bytes()) => Err("invalid Host header"),
+        _ => Ok(()),
+    }
+}
+
+fn is_valid_host(value: &[u8]) -> bool {
+    value.is_empty()
+        || (!value.contains(&b'@')
+            && std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse::<http::uri::Authority>().ok())
+                // A port, when there is one, is a number.
+                .is_some_and(|a| a.as_str() == a.host() || a.port_u16().is_some()))
+}
+
 #[cfg(test)]
 mod tests;

@@ -91,6 +91,35 @@ async fn hostile_targets_are_refused_before_reaching_the_origin() {
     assert_eq!(got.sha256, obj.sha256());
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request with no Host, several, or an invalid one is a 400; HTTP/1.0
+/// may omit it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn host_headers_are_checked_as_rfc_9112_asks() {
+    let origin = Origin::start().await;
+    origin.put("/obj", ObjectSpec::new(1000).seed(34));
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    let addr = node.url().trim_start_matches("http://").to_string();
+    for (head, want) in [
+        ("HTTP/1.1\r\n", "HTTP/1.1 400"),
+        ("HTTP/1.1\r\nHost: a\r\nHost: b\r\n", "HTTP/1.1 400"),
+        ("HTTP/1.1\r\nHost: a b\r\n", "HTTP/1.1 400"),
+        ("HTTP/1.1\r\nHost: user@a\r\n", "HTTP/1.1 400"),
+        ("HTTP/1.1\r\nHost: a:http\r\n", "HTTP/1.1 400"),
+        ("HTTP/1.1\r\nHost: a:8080\r\n", "HTTP/1.1 200"),
+        ("HTTP/1.1\r\nHost: \r\n", "HTTP/1.1 200"),
+        ("HTTP/1.0\r\n", "HTTP/1.0 200"),
+    ] {
+        let request = format!("GET /obj {head}Connection: close\r\n\r\n");
+        let reply = raw(&addr, request.as_bytes()).await;
+        assert!(reply.starts_with(want), "{head:?} → {reply}");
+    }
+    assert_eq!(
+        origin.path_stats("/obj").requests,
+        1,
+        "only valid requests reached it"
+    );
+}
+
 async fn raw(addr: &str, request: &[u8]) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();

@@ -127,6 +127,8 @@ impl Front {
         }
         // Only the path and query are used: an absolute-form target or a Host header never
         // chooses where the request goes.
+        crate::target::check_host(req.version(), req.headers())
+            .map_err(|why| self.refuse(StatusCode::BAD_REQUEST, why))?;
         let path = validated_path(&req).map_err(|why| self.refuse(why.status(), why))?;
         let demands = ClientDemands::from_headers(req.headers());
         let bypass = classify_request(&method, req.headers(), &path, &self.pass_through);

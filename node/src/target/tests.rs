@@ -139,3 +139,35 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn host_headers_follow_rfc_9112() {
+    use http::{HeaderMap, Version};
+    let with = |values: &[&str]| {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(http::header::HOST, v.parse().unwrap());
+        }
+        h
+    };
+    for ok in [
+        "example.test",
+        "example.test:8080",
+        "127.0.0.1",
+        "[::1]:80",
+        "",
+    ] {
+        assert_eq!(check_host(Version::HTTP_11, &with(&[ok])), Ok(()), "{ok:?}");
+    }
+    assert!(check_host(Version::HTTP_11, &with(&[])).is_err());
+    assert_eq!(check_host(Version::HTTP_10, &with(&[])), Ok(()));
+    assert_eq!(check_host(Version::HTTP_2, &with(&[])), Ok(()));
+    assert!(check_host(Version::HTTP_11, &with(&["a", "b"])).is_err());
+    assert!(check_host(Version::HTTP_10, &with(&["a", "a"])).is_err());
+    for bad in ["a b", "user@host", "host/path", "[::1", "host:port"] {
+        assert!(
+            check_host(Version::HTTP_11, &with(&[bad])).is_err(),
+            "{bad:?}"
+        );
+    }
+}
