@@ -124,6 +124,20 @@ impl ObjectMeta {
         hex::encode(h.finalize())
     }
 
+    /// The request headers this response varies on (RFC 9111 §4.1), lowercased, from its stored
+    /// `Vary` lines. The response was selected for a request that carried none of them (the
+    /// node's own), so it answers only requests that carry none either. `Accept-Encoding` is
+    /// left out: every chunk is fetched as `identity`, which every client accepts.
+    pub fn varies_on(&self) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("vary"))
+            .flat_map(|(_, value)| value.split(','))
+            .map(|name| name.trim().to_ascii_lowercase())
+            .filter(|name| !name.is_empty() && name != "accept-encoding")
+            .collect()
+    }
+
     pub fn chunk_count(&self) -> u64 {
         self.length.div_ceil(self.chunk_size)
     }

@@ -326,7 +326,7 @@ async fn uncacheable_requests_pass_through_untouched() {
             .no_last_modified(),
     );
     origin.put("/cookie", ObjectSpec::new(1000).seed(10).set_cookie());
-    origin.put("/vary", ObjectSpec::new(1000).seed(11).vary("User-Agent"));
+    origin.put("/vary", ObjectSpec::new(1000).seed(11).vary("*"));
     origin.put(
         "/norange",
         ObjectSpec::new(1000).seed(12).accept_ranges_none(),
@@ -520,4 +520,52 @@ async fn a_slow_client_holds_back_the_fetching() {
     }
     assert_eq!(sha256_hex(&body), obj.sha256());
     assert_eq!(origin.path_stats("/long.bin").range_requests, 32);
+}
+
+/// RFC 9111 §4.1: a response that varies on a request header was selected for the node's own
+/// request, which carried none: it answers requests without that header, and requests with it
+/// go to the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_response_that_varies_answers_only_requests_it_was_selected_for() {
+    let origin = Origin::start().await;
+    let obj = origin.put(
+        "/cors.bin",
+        ObjectSpec::new(3 * MIB)
+            .seed(16)
+            .vary("Origin, Access-Control-Request-Method")
+            .header("vary", "Accept-Encoding"),
+    );
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    let url = format!("{}/cors.bin", node.url());
+    for want in ["casserole; fwd=miss", "casserole; hit; detail=memory"] {
+        let got = get_sha256(&url, &[("accept-encoding", "gzip")])
+            .await
+            .unwrap();
+        assert_eq!(got.sha256, obj.sha256());
+        assert_eq!(header(&got.headers, "cache-status"), want);
+        let vary: Vec<_> = got.headers.get_all("vary").iter().collect();
+        assert_eq!(vary.len(), 2, "the Vary lines are replayed: {vary:?}");
+    }
+    let before = origin.path_stats("/cors.bin").full_gets;
+    for _ in 0..2 {
+        let got = get_sha256(&url, &[("origin", "https://app.example")])
+            .await
+            .unwrap();
+        assert_eq!((got.status.as_u16(), got.sha256), (200, obj.sha256()));
+        assert_eq!(
+            header(&got.headers, "cache-status"),
+            "casserole; fwd=vary-miss"
+        );
+    }
+    assert_eq!(
+        origin.path_stats("/cors.bin").full_gets,
+        before + 2,
+        "each request with Origin went to the upstream"
+    );
+    let only = [
+        ("origin", "https://app.example"),
+        ("cache-control", "only-if-cached"),
+    ];
+    let (status, _, _) = get_bytes(&url, &only).await.unwrap();
+    assert_eq!(status, 504, "nothing stored matches it");
 }

@@ -30,6 +30,8 @@ pub enum CacheStatus {
     Bypassed(Bypass),
     /// The upstream's answer said it cannot be cached.
     Uncacheable(Uncacheable),
+    /// A stored response exists, but this request differs in a header it varies on.
+    VaryMiss,
 }
 
 impl CacheStatus {
@@ -45,7 +47,9 @@ impl CacheStatus {
             }
             | CacheStatus::Metadata(MetaSource::Upstream) => "miss",
             CacheStatus::Chunks { .. } | CacheStatus::Metadata(_) => "hit",
-            CacheStatus::Bypassed(_) | CacheStatus::Uncacheable(_) => "pass",
+            CacheStatus::Bypassed(_) | CacheStatus::Uncacheable(_) | CacheStatus::VaryMiss => {
+                "pass"
+            }
         }
     }
 
@@ -56,6 +60,7 @@ impl CacheStatus {
             CacheStatus::Metadata(_) => "metadata",
             CacheStatus::Bypassed(bypass) => bypass.label(),
             CacheStatus::Uncacheable(_) => "uncacheable",
+            CacheStatus::VaryMiss => "vary_miss",
         }
     }
 
@@ -112,6 +117,7 @@ impl fmt::Display for CacheStatus {
             CacheStatus::Bypassed(Bypass::PassThroughRule) => f.write_str("fwd=uri-miss"),
             CacheStatus::Bypassed(Bypass::NoStore) => f.write_str("fwd=request; detail=no-store"),
             CacheStatus::Uncacheable(why) => write!(f, "fwd=uri-miss; detail={}", why.detail()),
+            CacheStatus::VaryMiss => f.write_str("fwd=vary-miss"),
         }
     }
 }
@@ -206,6 +212,11 @@ mod tests {
                 CacheStatus::Bypassed(Bypass::NoStore),
                 "casserole; fwd=request; detail=no-store",
                 ("pass", "no_store"),
+            ),
+            (
+                CacheStatus::VaryMiss,
+                "casserole; fwd=vary-miss",
+                ("pass", "vary_miss"),
             ),
             (
                 CacheStatus::Uncacheable(Uncacheable::SetCookie),

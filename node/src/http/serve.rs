@@ -137,7 +137,8 @@ impl Front {
             let stored = match bypass {
                 Some(_) => None,
                 None => self.metadata.lookup_stored(&path, &demands).await,
-            };
+            }
+            .filter(|(meta, _)| varied_header(&req, meta).is_none());
             let Some((meta, meta_source)) = stored else {
                 return Err(self.refuse(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -166,6 +167,14 @@ impl Front {
                 return Err(body::error(e.client_status(), e));
             }
         };
+        if let Some(name) = varied_header(&req, &meta) {
+            tracing::debug!(
+                path,
+                header = name,
+                "the request carries a header the stored response varies on; passing through"
+            );
+            return self.pass(req, &path, CacheStatus::VaryMiss).await;
+        }
         self.serve_stored(req, meta, meta_source).await
     }
 
@@ -478,6 +487,14 @@ fn value(s: &str) -> HeaderValue {
 fn set_len(res: &mut Response<Body>, len: u64) {
     res.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+/// A header of `req` that the stored response varies on: the response was selected for a
+/// request without it, so it cannot answer this one (RFC 9111 §4.1).
+fn varied_header(req: &Request<Incoming>, meta: &ObjectMeta) -> Option<String> {
+    meta.varies_on()
+        .into_iter()
+        .find(|name| req.headers().contains_key(name.as_str()))
 }
 
 /// The path and query to ask the upstream for, or a 400/414 saying what is wrong with it.
