@@ -176,7 +176,7 @@ pub fn evaluate(
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let initial_age = age(headers);
+    let initial_age = initial_age(headers, ctx.response_time);
     Ok(ObjectMeta {
         path: ctx.path.to_string(),
         length,
@@ -240,7 +240,7 @@ pub fn refresh(
     Ok(ObjectMeta {
         headers: headers::stored_headers(&merged),
         fetched_at,
-        initial_age: age(not_modified),
+        initial_age: initial_age(not_modified, ctx.response_time),
         fresh_until: fetched_at + fresh.ttl.as_secs(),
         no_cache: fresh.no_cache,
         stale_if_error: fresh.stale_if_error.as_secs(),
@@ -273,13 +273,21 @@ fn accepts_byte_ranges(headers: &HeaderMap) -> bool {
         .any(|unit| unit.trim().eq_ignore_ascii_case("bytes"))
 }
 
-/// The `Age` the response already had when it arrived (RFC 9111 §5.1).
-fn age(headers: &HeaderMap) -> u64 {
-    headers
+/// The age the response already had when it arrived (RFC 9111 §4.2.3): its `Age`, or the time
+/// since its `Date` when that is longer (apparent age; a `Date` ahead of this clock counts 0).
+fn initial_age(headers: &HeaderMap, response_time: SystemTime) -> u64 {
+    let age_value = headers
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let apparent = headers
+        .get(header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+        .and_then(|date| response_time.duration_since(date).ok())
+        .map_or(0, |d| d.as_secs());
+    age_value.max(apparent)
 }
 
 #[cfg(test)]
@@ -398,6 +406,29 @@ mod tests {
         assert_eq!(m.header("x-checksum-sha256"), Some("00ff"));
         let links: Vec<_> = m.headers.iter().filter(|(k, _)| k == "link").collect();
         assert_eq!(links.len(), 2);
+    }
+
+    #[test]
+    fn the_initial_age_is_the_longer_of_age_and_the_time_since_date() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let date =
+            |secs_before: u64| httpdate::fmt_http_date(now - Duration::from_secs(secs_before));
+        assert_eq!(initial_age(&headers(&[]), now), 0);
+        assert_eq!(initial_age(&headers(&[("age", "30")]), now), 30);
+        assert_eq!(initial_age(&headers(&[("date", &date(100))]), now), 100);
+        assert_eq!(
+            initial_age(&headers(&[("date", &date(100)), ("age", "300")]), now),
+            300
+        );
+        let ahead = httpdate::fmt_http_date(now + Duration::from_secs(50));
+        assert_eq!(
+            initial_age(&headers(&[("date", &ahead), ("age", "7")]), now),
+            7
+        );
+        assert_eq!(
+            initial_age(&headers(&[("date", "garbage"), ("age", "x")]), now),
+            0
+        );
     }
 
     #[test]
