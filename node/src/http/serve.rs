@@ -133,19 +133,9 @@ impl Front {
         let demands = ClientDemands::from_headers(req.headers());
         let bypass = classify_request(&method, req.headers(), &path, &self.pass_through);
         if demands.only_if_cached {
-            // Never goes upstream: a stored copy this node holds, or 504 (RFC 9111 §5.2.1.7).
-            let stored = match bypass {
-                Some(_) => None,
-                None => self.metadata.lookup_stored(&path, &demands).await,
-            }
-            .filter(|(meta, _)| varied_header(&req, meta).is_none());
-            let Some((meta, meta_source)) = stored else {
-                return Err(self.refuse(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "not stored here, and the request says only-if-cached",
-                ));
-            };
-            return self.serve_stored(req, meta, meta_source).await;
+            return self
+                .serve_only_if_cached(req, &path, &demands, bypass.is_some())
+                .await;
         }
         if let Some(bypass) = bypass {
             return self.pass(req, &path, CacheStatus::Bypassed(bypass)).await;
@@ -176,6 +166,28 @@ impl Front {
             return self.pass(req, &path, CacheStatus::VaryMiss).await;
         }
         self.serve_stored(req, meta, meta_source).await
+    }
+
+    /// `only-if-cached` never goes upstream: a stored copy this node holds that fits the
+    /// request, or 504 (RFC 9111 §5.2.1.7).
+    async fn serve_only_if_cached(
+        &self,
+        req: Request<Incoming>,
+        path: &str,
+        demands: &ClientDemands,
+        bypassed: bool,
+    ) -> Answer {
+        let stored = match bypassed {
+            true => None,
+            false => self.metadata.lookup_stored(path, demands).await,
+        };
+        match stored.filter(|(meta, _)| varied_header(&req, meta).is_none()) {
+            Some((meta, meta_source)) => self.serve_stored(req, meta, meta_source).await,
+            None => Err(self.refuse(
+                StatusCode::GATEWAY_TIMEOUT,
+                "not stored here, and the request says only-if-cached",
+            )),
+        }
     }
 
     /// Answers from the object's metadata alone, or with the ranges it wants of its chunks.
