@@ -85,7 +85,8 @@ pub fn plan(cache: &CasseroleCache) -> Result<Plan, InvalidSpec> {
     let chunk = positive_quantity("spec.chunkSize", &spec.chunk_size)?;
     casserole_limits::check_chunk_size(chunk as u64)
         .map_err(|message| invalid("spec.chunkSize", message))?;
-    positive_quantity("spec.memory.maxUsage", &spec.memory.max_usage)?;
+    let max_memory = positive_quantity("spec.memory.maxUsage", &spec.memory.max_usage)?;
+    check_memory_limit(cache, max_memory)?;
 
     let disk = if spec.disk.enabled {
         Some(disk_plan(cache)?)
@@ -133,6 +134,36 @@ pub fn plan(cache: &CasseroleCache) -> Result<Plan, InvalidSpec> {
         managed_etcd,
         inputs: Inputs::default(),
     })
+}
+
+/// What a node needs beyond its chunk cache (`--max-memory-usage`): code, connections, metadata
+/// and allocator slack. The node's own memory tests hold it within this (README, "Limits").
+const NODE_MEMORY_OVERHEAD: u128 = 64 << 20;
+
+/// A memory limit below what the chunk cache may use would pass the schema and then get the pod
+/// OOM-killed under load; refuse it up front. Limits spelled in forms the size grammar does not
+/// read (milli-units, exponents) are left to Kubernetes.
+fn check_memory_limit(cache: &CasseroleCache, max_memory: u128) -> Result<(), InvalidSpec> {
+    let limit = cache
+        .spec
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|limits| limits.get("memory"));
+    let Some(limit) = limit else { return Ok(()) };
+    let Ok(bytes) = casserole_limits::parse_size(&limit.0) else {
+        return Ok(());
+    };
+    if u128::from(bytes) < max_memory + NODE_MEMORY_OVERHEAD {
+        return Err(invalid(
+            "spec.resources.limits.memory",
+            format!(
+                "{} is less than memory.maxUsage ({}) plus the 64Mi a node needs beyond its chunk cache: the pod would be OOM-killed under load",
+                limit.0, cache.spec.memory.max_usage
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Resolves the disk watermarks. Defaults are fractions of the level above (80% of the

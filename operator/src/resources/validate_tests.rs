@@ -22,6 +22,19 @@ fn invalid_specs_name_the_field() {
         invalid_field("upstream: http://u\nmemory: {maxUsage: lots}\n"),
         "spec.memory.maxUsage"
     );
+    // A limit the chunk cache cannot fit in: OOM-killed under load.
+    assert_eq!(
+        invalid_field(
+            "upstream: http://u\nmemory: {maxUsage: 1Gi}\nresources: {limits: {memory: 1Gi}}\n"
+        ),
+        "spec.resources.limits.memory"
+    );
+    for fits in ["1088Mi", "2Gi", "1500M", "2e9", "1100000000000m"] {
+        let spec = format!(
+            "upstream: http://u\nmemory: {{maxUsage: 1Gi}}\nresources: {{limits: {{memory: {fits}}}}}\n"
+        );
+        assert!(desired(&cache_from_spec(&spec)).is_ok(), "{fits}");
+    }
     assert_eq!(
         invalid_field("upstream: http://u\ndisk: {size: 10Gi, maxUsage: 10Gi}\n"),
         "spec.disk.maxUsage"
