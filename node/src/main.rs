@@ -8,8 +8,10 @@ use tracing_subscriber::EnvFilter;
 fn init_logging(format: LogFormat) {
     let filter =
         EnvFilter::try_from_env("CASSEROLE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: `kubectl logs` and log collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

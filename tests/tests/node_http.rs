@@ -41,6 +41,10 @@ async fn cold_then_warm_large_object_costs_its_size_once() {
         header(&warm.headers, "cache-status"),
         "casserole; hit; detail=memory"
     );
+    // Logs written to a file (as under Kubernetes) are plain text, without colour codes.
+    let log = std::fs::read_to_string(node.log_path()).unwrap();
+    assert!(log.contains("casserole node serving"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in the log: {log:?}");
 
     let stats = origin.path_stats("/big.bin");
     assert_eq!(
