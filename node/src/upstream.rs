@@ -5,11 +5,12 @@
 
 use std::{
     pin::Pin,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::{future::BoxFuture, Stream, StreamExt, TryStreamExt};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::{
@@ -186,6 +187,10 @@ pub struct Upstream {
     metrics: UpstreamMetrics,
 }
 
+/// Answers one chunk may come in: an upstream that caps range answers below a chunk's
+/// thirty-second part is refused rather than asked thousands of times.
+const MAX_RANGE_PARTS: usize = 32;
+
 impl Upstream {
     pub fn new(cfg: UpstreamConfig, metrics: UpstreamMetrics) -> anyhow::Result<Self> {
         // reqwest is built without a bundled crypto provider; ring is ours. Installing twice is harmless.
@@ -292,16 +297,69 @@ impl Upstream {
 
     /// Fetches chunk `index` of `meta` from byte `offset` of the chunk on with a conditional range
     /// request, returning its bytes as they arrive. The stream ends with an error rather than
-    /// short or foreign bytes.
+    /// short or foreign bytes. An upstream that answers a valid but shorter range (gateways that
+    /// cap how much one answer carries) is asked for the rest, each answer checked the same way.
     pub async fn fetch_chunk(
-        &self,
+        self: &Arc<Self>,
         meta: &ObjectMeta,
         index: u64,
         offset: u64,
     ) -> Result<UpstreamStream, UpstreamError> {
         let chunk = meta.chunk_range(index);
-        let range = (chunk.start() + offset)..=*chunk.end();
-        let expected = meta.chunk_len(index) - offset;
+        let start = chunk.start() + offset;
+        let (first, covered) = self.fetch_range(meta, start..=*chunk.end()).await?;
+        if covered == *chunk.end() {
+            return Ok(first);
+        }
+        // Refused before a byte is handed out, so the client gets a clean error status.
+        let (answered, asked) = (covered + 1 - start, chunk.end() + 1 - start);
+        if answered * (MAX_RANGE_PARTS as u64) < asked {
+            return Err(self.failed(UpstreamError::BadRange(format!(
+                "the upstream answers {answered} of {asked} bytes per range request; \
+                 a chunk would take more than {MAX_RANGE_PARTS} requests"
+            ))));
+        }
+        let rest = self
+            .clone()
+            .rest_of(Arc::new(meta.clone()), covered + 1, *chunk.end(), 1);
+        Ok(Box::pin(
+            first.chain(futures::stream::once(rest).try_flatten()),
+        ))
+    }
+
+    /// Bytes `from..=to` of `meta`, in as many answers as the upstream cuts them into (at most
+    /// `MAX_RANGE_PARTS` per chunk).
+    fn rest_of(
+        self: Arc<Self>,
+        meta: Arc<ObjectMeta>,
+        from: u64,
+        to: u64,
+        parts: usize,
+    ) -> BoxFuture<'static, Result<UpstreamStream, UpstreamError>> {
+        Box::pin(async move {
+            if parts >= MAX_RANGE_PARTS {
+                return Err(self.failed(UpstreamError::BadRange(format!(
+                    "the upstream cut one chunk into more than {MAX_RANGE_PARTS} range answers"
+                ))));
+            }
+            let (part, covered) = self.fetch_range(&meta, from..=to).await?;
+            if covered == to {
+                return Ok(part);
+            }
+            let rest = self.rest_of(meta, covered + 1, to, parts + 1);
+            let stream: UpstreamStream =
+                Box::pin(part.chain(futures::stream::once(rest).try_flatten()));
+            Ok(stream)
+        })
+    }
+
+    /// One conditional range request for `range` of `meta`: its validated body and the last byte
+    /// it covers (the end of `range`, or earlier when the upstream answered less).
+    async fn fetch_range(
+        &self,
+        meta: &ObjectMeta,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<(UpstreamStream, u64), UpstreamError> {
         self.metrics.requests.with_label_values(&["range"]).inc();
         let mut req = self
             .client
@@ -316,36 +374,52 @@ impl Upstream {
             .send()
             .await
             .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
-        self.check_range_response(meta, &range, expected, res.status(), res.headers())
+        let covered = self
+            .check_range_response(meta, &range, res.status(), res.headers())
             .map_err(|e| self.failed(e))?;
-        Ok(self.validated_body(res, expected))
+        let expected = covered - range.start() + 1;
+        Ok((self.validated_body(res, expected), covered))
     }
 
+    /// Checks the answer to a range request for `range` and returns the last byte it covers: the
+    /// range's own end, or an earlier one when a `206` says so (its start and the object's length
+    /// must still be exactly the ones asked for).
     fn check_range_response(
         &self,
         meta: &ObjectMeta,
         range: &std::ops::RangeInclusive<u64>,
-        expected: u64,
         status: StatusCode,
         headers: &HeaderMap,
-    ) -> Result<(), UpstreamError> {
+    ) -> Result<u64, UpstreamError> {
         let text = |name| {
             headers
                 .get(name)
                 .and_then(|v: &HeaderValue| v.to_str().ok())
         };
-        match status {
+        let covered = match status {
             StatusCode::PARTIAL_CONTENT => {
-                let want = format!("bytes {}-{}/{}", range.start(), range.end(), meta.length);
                 let got = text(header::CONTENT_RANGE).unwrap_or("");
-                if got.trim() != want {
-                    return Err(UpstreamError::BadRange(format!(
-                        "Content-Range {got:?}, expected {want:?}"
-                    )));
+                match probe::content_range(headers) {
+                    Some((start, end, total))
+                        if start == *range.start()
+                            && end <= *range.end()
+                            && total == meta.length =>
+                    {
+                        end
+                    }
+                    _ => {
+                        let want =
+                            format!("bytes {}-{}/{}", range.start(), range.end(), meta.length);
+                        return Err(UpstreamError::BadRange(format!(
+                            "Content-Range {got:?}, expected {want:?}"
+                        )));
+                    }
                 }
             }
             // A 200 is only acceptable when the "range" is the whole object anyway.
-            StatusCode::OK if *range.start() == 0 && *range.end() + 1 == meta.length => {}
+            StatusCode::OK if *range.start() == 0 && *range.end() + 1 == meta.length => {
+                *range.end()
+            }
             StatusCode::OK => {
                 return Err(UpstreamError::BadRange(
                     "200 with the whole body to a range request".into(),
@@ -355,8 +429,9 @@ impl Upstream {
                 return Err(UpstreamError::Changed("412 to a conditional range".into()))
             }
             other => return Err(UpstreamError::Status(other.as_u16())),
-        }
+        };
         check_validator(&meta.validator, headers)?;
+        let expected = covered - range.start() + 1;
         if let Some(len) = text(header::CONTENT_LENGTH) {
             if len.trim().parse::<u64>().ok() != Some(expected) {
                 return Err(UpstreamError::BadRange(format!(
@@ -364,7 +439,7 @@ impl Upstream {
                 )));
             }
         }
-        Ok(())
+        Ok(covered)
     }
 
     /// Forwards a request the cache does not take part in, streaming both bodies.

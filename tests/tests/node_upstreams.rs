@@ -423,3 +423,42 @@ async fn stale_is_served_for_a_disconnected_upstream_but_not_over_its_5xx() {
         "casserole; fwd=stale; detail=stale-if-error"
     );
 }
+
+/// Some gateways answer a range request with fewer bytes than asked (a valid, shorter `206`):
+/// the node asks for the rest, and refuses an upstream that cuts a chunk into too many parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_that_caps_range_answers_is_asked_for_the_rest() {
+    let origin = Origin::start().await;
+    let obj = origin.put("/capped.bin", ObjectSpec::new(5 * MIB + 123).seed(70));
+    origin.set_fault("/capped.bin", Fault::CapRange(700_000), None);
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    let url = format!("{}/capped.bin", node.url());
+    let got = get_sha256(&url, &[]).await.unwrap();
+    assert_eq!((got.status.as_u16(), got.sha256), (200, obj.sha256()));
+    let stats = origin.path_stats("/capped.bin");
+    // 5 MiB in 700,000-byte answers: at least 8 of them, and no byte fetched twice beyond the
+    // probe's first answer (which the chunk's own fetch repeats).
+    assert!(stats.ranges.len() >= 8, "{:?}", stats.ranges);
+    assert!(
+        stats.body_bytes_sent <= obj.len + 700_000,
+        "{} bytes for a {}-byte object",
+        stats.body_bytes_sent,
+        obj.len
+    );
+    let warm = get_sha256(&url, &[("range", "bytes=3000000-3999999")])
+        .await
+        .unwrap();
+    assert_eq!(warm.sha256, obj.range_sha256(3_000_000, 3_999_999));
+    assert!(header(&warm.headers, "cache-status").contains("hit"));
+
+    // A chunk cut into thousands of answers is refused with a clear error, and nothing is kept.
+    let tiny = origin.put("/tiny-parts.bin", ObjectSpec::new(3 * MIB).seed(71));
+    origin.set_fault("/tiny-parts.bin", Fault::CapRange(1000), None);
+    let url = format!("{}/tiny-parts.bin", node.url());
+    let (status, _, body) = get_bytes(&url, &[]).await.unwrap();
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    assert!(origin.path_stats("/tiny-parts.bin").ranges.len() <= 40);
+    origin.clear_faults("/tiny-parts.bin");
+    let got = get_sha256(&url, &[]).await.unwrap();
+    assert_eq!((got.status.as_u16(), got.sha256), (200, tiny.sha256()));
+}

@@ -50,7 +50,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// `bytes <first>-<last>/<total>` with a known total.
-fn content_range(headers: &HeaderMap) -> Option<(u64, u64, u64)> {
+pub(super) fn content_range(headers: &HeaderMap) -> Option<(u64, u64, u64)> {
     let text = headers.get(header::CONTENT_RANGE)?.to_str().ok()?.trim();
     let (range, total) = text.strip_prefix("bytes ")?.split_once('/')?;
     let (first, last) = range.split_once('-')?;

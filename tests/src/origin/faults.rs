@@ -23,6 +23,9 @@ pub enum Fault {
     /// 206 with a `Content-Range` shifted by [`WRONG_CONTENT_RANGE_SHIFT`] bytes; the body is the
     /// requested range.
     WrongContentRange,
+    /// Answer a `Range` request with at most this many bytes from its start (a valid, shorter
+    /// 206, as gateways that cap range sizes send).
+    CapRange(u64),
     /// Answer 200 with the full body to a `Range` request.
     IgnoreRange,
     /// After n more range GETs (served from the current version), the object's version changes:
@@ -58,9 +61,10 @@ impl Fault {
         match self {
             Fault::HeadStatus(_) => FaultScope::Heads,
             Fault::ContentLengthLie => FaultScope::All,
-            Fault::ChangeVersionAfter(_) | Fault::WrongContentRange | Fault::IgnoreRange => {
-                FaultScope::RangeGets
-            }
+            Fault::ChangeVersionAfter(_)
+            | Fault::WrongContentRange
+            | Fault::IgnoreRange
+            | Fault::CapRange(_) => FaultScope::RangeGets,
             _ => FaultScope::Gets,
         }
     }
@@ -108,6 +112,7 @@ pub(crate) struct Applied {
     pub truncate_after: Option<u64>,
     pub wrong_content_range: bool,
     pub ignore_range: bool,
+    pub cap_range: Option<u64>,
     pub content_length_lie: bool,
     pub delay: Duration,
     /// Change the version once this request has taken its snapshot.
@@ -138,6 +143,7 @@ pub(crate) fn take(rules: &mut Vec<FaultRule>, kind: RequestKind) -> Applied {
             Fault::TruncateAfter(n) => applied.truncate_after = Some(*n),
             Fault::WrongContentRange => applied.wrong_content_range = true,
             Fault::IgnoreRange => applied.ignore_range = true,
+            Fault::CapRange(n) => applied.cap_range = Some((*n).max(1)),
             Fault::ContentLengthLie => applied.content_length_lie = true,
             Fault::Delay(d) => applied.delay += *d,
             Fault::ChangeVersionAfter(_) => unreachable!("handled above"),

@@ -337,7 +337,10 @@ pub(crate) async fn handle(
                 .header(header::CONTENT_RANGE, format!("bytes */{len}"))
                 .body(body::empty())?);
         }
-        RangeReq::Single(s, e) => (StatusCode::PARTIAL_CONTENT, s, e + 1),
+        RangeReq::Single(s, e) => {
+            let end = applied.cap_range.map_or(e + 1, |cap| (e + 1).min(s + cap));
+            (StatusCode::PARTIAL_CONTENT, s, end)
+        }
         RangeReq::Ignore => (StatusCode::from_u16(obj.spec.status)?, 0, len),
     };
     let no_body = matches!(status.as_u16(), 204 | 304);
