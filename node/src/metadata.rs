@@ -59,6 +59,9 @@ pub enum MetaSource {
     /// Confirmed by the upstream with a `304` because the request asked for it (`no-cache`,
     /// `max-age`, `min-fresh`).
     RevalidatedOnRequest,
+    /// The request asked for confirmation and the upstream answered with another version: the
+    /// copies other members hold are now outdated.
+    ReplacedOnRequest,
     /// Stale, served because the upstream failed (within `stale-if-error`).
     StaleIfError,
     /// Stale, served at once while it is revalidated in the background.
@@ -66,6 +69,11 @@ pub enum MetaSource {
 }
 
 impl MetaSource {
+    /// The upstream answered this lookup with the object (a probe or `HEAD`), not a `304`.
+    pub fn is_fresh_from_upstream(self) -> bool {
+        matches!(self, MetaSource::Upstream | MetaSource::ReplacedOnRequest)
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             MetaSource::Memory => "memory",
@@ -74,6 +82,7 @@ impl MetaSource {
             MetaSource::Upstream => "upstream",
             MetaSource::Revalidated => "revalidated",
             MetaSource::RevalidatedOnRequest => "revalidated_on_request",
+            MetaSource::ReplacedOnRequest => "replaced_on_request",
             MetaSource::StaleIfError => "stale_if_error",
             MetaSource::StaleWhileRevalidate => "stale_while_revalidate",
         }

@@ -105,3 +105,38 @@ async fn revalidation_stale_serving_and_invalidation_hold_cluster_wide() {
         );
     }
 }
+
+/// A client's reload (`Cache-Control: no-cache`) that finds a new version on one member reaches
+/// the others: none of them keeps serving the old version as fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_that_finds_a_new_version_reaches_every_member() {
+    let etcd = EtcdProcess::start().await;
+    let origin = Origin::start().await;
+    let old = origin.put("/v.bin", ObjectSpec::new(3 * MIB).seed(84).max_age(3600));
+    let nodes = three(&origin, &etcd, "reload").await;
+    let url = |i: usize| format!("{}/v.bin", nodes[i].url());
+    for i in 0..3 {
+        assert_eq!(get_sha256(&url(i), &[]).await.unwrap().sha256, old.sha256());
+    }
+    let new = origin.bump_version("/v.bin");
+    let reload = get_sha256(&url(1), &[("cache-control", "no-cache")])
+        .await
+        .unwrap();
+    assert_eq!(reload.sha256, new.sha256());
+    // The purge travels through etcd: every member serves the new version within 10 s.
+    for i in [0, 2, 1] {
+        let mut latest = String::new();
+        for _ in 0..100 {
+            latest = get_sha256(&url(i), &[]).await.unwrap().sha256;
+            if latest == new.sha256() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            latest,
+            new.sha256(),
+            "member {i} still serves the old version"
+        );
+    }
+}

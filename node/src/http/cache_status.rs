@@ -45,7 +45,7 @@ impl CacheStatus {
                 origin: SourceKind::Upstream,
                 ..
             }
-            | CacheStatus::Metadata(MetaSource::Upstream) => "miss",
+            | CacheStatus::Metadata(MetaSource::Upstream | MetaSource::ReplacedOnRequest) => "miss",
             CacheStatus::Chunks { .. } | CacheStatus::Metadata(_) => "hit",
             CacheStatus::Bypassed(_) | CacheStatus::Uncacheable(_) | CacheStatus::VaryMiss => {
                 "pass"
@@ -107,7 +107,9 @@ impl fmt::Display for CacheStatus {
                 Ok(())
             }
             CacheStatus::Chunks { origin, .. } => write!(f, "hit; detail={origin}"),
-            CacheStatus::Metadata(MetaSource::Upstream) => f.write_str("fwd=miss; detail=metadata"),
+            CacheStatus::Metadata(MetaSource::Upstream | MetaSource::ReplacedOnRequest) => {
+                f.write_str("fwd=miss; detail=metadata")
+            }
             CacheStatus::Metadata(MetaSource::Memory) => f.write_str("hit; detail=metadata"),
             CacheStatus::Metadata(source) => write!(f, "hit; detail=metadata-{}", source.label()),
             CacheStatus::Bypassed(Bypass::Method) => f.write_str("fwd=method"),

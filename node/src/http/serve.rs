@@ -157,6 +157,9 @@ impl Front {
                 return Err(body::error(e.client_status(), e));
             }
         };
+        if meta_source == MetaSource::ReplacedOnRequest {
+            self.announce_new_version(&path);
+        }
         if let Some(name) = varied_header(&req, &meta) {
             tracing::debug!(
                 path,
@@ -294,7 +297,7 @@ impl Front {
             .first_byte_seconds
             .observe(started.elapsed().as_secs_f64());
         let (mut origin, collapsed) = first.origin().unwrap_or((SourceKind::Upstream, false));
-        if meta_source == MetaSource::Upstream {
+        if meta_source.is_fresh_from_upstream() {
             // This request's own lookup went upstream and its probe fetched the first bytes;
             // they may have reached memory before this reader looked, but they were not a hit.
             origin = SourceKind::Upstream;
@@ -434,13 +437,22 @@ impl Front {
     /// afresh), then chunks and the other members through a purge of the path.
     async fn invalidate(&self, path: &str) {
         self.metadata.purge_path(path).await;
+        self.purge_cluster_wide(path, "a successful unsafe request (invalidation)");
+    }
+
+    /// A client's reload found a new version here; the members (the metadata owner among them)
+    /// still hold the old one as fresh. Purging the path everywhere makes every member look it
+    /// up afresh — here too, once the purge comes round: one more lookup, never the old bytes.
+    fn announce_new_version(&self, path: &str) {
+        if self.invalidator.as_ref().is_some_and(|p| p.is_clustered()) {
+            self.purge_cluster_wide(path, "a client's reload found a new version");
+        }
+    }
+
+    fn purge_cluster_wide(&self, path: &str, why: &'static str) {
         if let Some(purger) = &self.invalidator {
             let (purger, target) = (purger.clone(), crate::purge::Target::Path(path.into()));
-            tokio::spawn(async move {
-                purger
-                    .purge(target, "a successful unsafe request (invalidation)")
-                    .await
-            });
+            tokio::spawn(async move { purger.purge(target, why).await });
         }
     }
 }

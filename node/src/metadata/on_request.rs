@@ -74,6 +74,9 @@ impl MetadataStore {
         self.remember(path, &meta).await;
         let source = match source {
             MetaSource::Revalidated => MetaSource::RevalidatedOnRequest,
+            MetaSource::Upstream if meta.version != stored.0.version => {
+                MetaSource::ReplacedOnRequest
+            }
             other => other,
         };
         self.count(source);

@@ -113,6 +113,11 @@ impl Purger {
         }
     }
 
+    /// Whether purges reach other members (through etcd).
+    pub fn is_clustered(&self) -> bool {
+        self.cluster.is_some()
+    }
+
     /// Applies `target` here and on every member; `requested_by` is logged and recorded.
     pub async fn purge(&self, target: Target, requested_by: &str) -> Outcome {
         let id = purge_id();
