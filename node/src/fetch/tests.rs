@@ -232,6 +232,25 @@ fn fetcher_with(sources: Vec<Arc<Fake>>, cfg: FetchConfig) -> Arc<ChunkFetcher> 
     )
 }
 
+/// No read-ahead; memory for `flight_chunks` chunks in flight and `tier_chunks` in the tier.
+fn without_readahead(
+    upstream: Arc<Fake>,
+    flight_chunks: u64,
+    tier_chunks: u64,
+    budget_timeout: Duration,
+) -> Arc<ChunkFetcher> {
+    fetcher_with(
+        vec![upstream],
+        FetchConfig {
+            readahead: Some(0),
+            max_upstream_fetches: 32,
+            flight_bytes: flight_chunks * CHUNK,
+            tier_bytes: tier_chunks * CHUNK,
+            budget_timeout,
+        },
+    )
+}
+
 async fn read_all(
     fetcher: &Arc<ChunkFetcher>,
     meta: &Arc<ObjectMeta>,
@@ -557,16 +576,7 @@ async fn from_a_known_distant_upstream_the_read_ahead_starts_before_the_first_by
 #[tokio::test]
 async fn chunks_held_by_readers_count_against_the_memory_bound() {
     let upstream = Fake::new(SourceKind::Upstream, Behaviour::Serves);
-    let f = fetcher_with(
-        vec![upstream.clone()],
-        FetchConfig {
-            readahead: Some(0),
-            max_upstream_fetches: 32,
-            flight_bytes: 2 * CHUNK,
-            tier_bytes: 2 * CHUNK,
-            budget_timeout: Duration::from_millis(300),
-        },
-    );
+    let f = without_readahead(upstream.clone(), 2, 2, Duration::from_millis(300));
     let m = meta(8 * CHUNK);
     let version: Arc<str> = Arc::from(m.version.as_str());
     // Four readers each take a chunk and hold on to it, as stalled clients would: between the
@@ -596,17 +606,8 @@ async fn a_reader_holding_every_byte_finds_the_chunk_in_memory() {
     // The last bytes reach readers only after the chunk is in memory and its flight is gone,
     // so a client that got the whole body and asks again is a hit, not a collapsed miss.
     let upstream = Fake::new(SourceKind::Upstream, Behaviour::Serves);
-    let f = fetcher_with(
-        vec![upstream.clone()],
-        FetchConfig {
-            readahead: Some(0),
-            max_upstream_fetches: 32,
-            flight_bytes: 4 * CHUNK,
-            // Room for every round's chunk: admission never turns one away.
-            tier_bytes: 400 * CHUNK,
-            budget_timeout: Duration::from_secs(5),
-        },
-    );
+    // Room in memory for every round's chunk: admission never turns one away.
+    let f = without_readahead(upstream.clone(), 4, 400, Duration::from_secs(5));
     for i in 0..200 {
         let m = Arc::new(crate::test_support::object_meta(
             &format!("/obj{i}"),
