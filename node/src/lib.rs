@@ -157,6 +157,17 @@ fn fetcher(
     metadata: &Arc<MetadataStore>,
 ) -> (Arc<ChunkFetcher>, Arc<MemoryTier>) {
     let budget = MemoryBudget::split(cfg.max_memory_usage.0, cfg.chunk_size.0, cfg.readahead);
+    let working_set = budget.tier_bytes + budget.flight_bytes;
+    if working_set > cfg.max_memory_usage.0 {
+        // Refusing would break the contract that every size the operator's schema admits
+        // starts a node; say plainly what the node will really use instead.
+        tracing::warn!(
+            max_memory_usage = cfg.max_memory_usage.0,
+            uses = working_set,
+            "--max-memory-usage is below the smallest working set (one read-ahead window and one \
+             cached chunk of --chunk-size); chunk memory will reach the larger figure"
+        );
+    }
     let memory = Arc::new(MemoryTier::new(
         budget.tier_bytes,
         cfg.peer_hot_copy,

@@ -491,6 +491,21 @@ async fn memory_tier_respects_its_bound() {
     assert!(
         node.metric("casserole_memory_evictions_total").await > 0.0 || used < (16 * MIB) as f64
     );
+    let log = std::fs::read_to_string(node.log_path()).unwrap();
+    assert!(!log.contains("smallest working set"), "16Mi holds a window");
+
+    // A bound below one read-ahead window and one chunk still starts (every size the operator
+    // admits must), serves, and says what it will really use.
+    let tiny = NodeBuilder::new(origin.url())
+        .arg("--max-memory-usage=1")
+        .spawn()
+        .await;
+    let got = get_sha256(&format!("{}/m.bin", tiny.url()), &[])
+        .await
+        .unwrap();
+    assert_eq!(got.sha256, obj.sha256());
+    let log = std::fs::read_to_string(tiny.log_path()).unwrap();
+    assert!(log.contains("below the smallest working set"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
