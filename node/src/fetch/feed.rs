@@ -23,7 +23,7 @@ use super::{
 use crate::{
     object::{ChunkKey, ObjectMeta},
     source::{ChunkRequest, ChunkSource, ChunkStream, FetchError, Opened, SourceKind},
-    upstream::Upstream,
+    upstream::{Upstream, UpstreamError},
 };
 
 type Subscriber = mpsc::UnboundedSender<Result<Bytes, FetchError>>;
@@ -153,6 +153,10 @@ impl ChunkFetcher {
             Joined::Running(stream) => return Ok(stream),
             Joined::New(feed, stream) => (feed, stream),
         };
+        if let Err(e) = self.may_start_feed(request.meta, request.key.index) {
+            self.abandon_feed(request.meta, &feed, &e);
+            return Err(e);
+        }
         let from = *request.meta.chunk_range(request.key.index).start();
         match upstream.fetch_whole(request.meta, from).await {
             Ok((starts_at, body)) => {
@@ -167,6 +171,30 @@ impl ChunkFetcher {
                 Err(e)
             }
         }
+    }
+
+    /// Without a validator, nothing proves two responses carry the same bytes, so every chunk of
+    /// such a version must come from one response: a feed may start only at the object's start,
+    /// and only while no chunk of the version is held here. Otherwise the version is given up
+    /// (`Changed`: its metadata and chunks are dropped) and the next request looks the object up
+    /// afresh, as a new version.
+    fn may_start_feed(&self, meta: &ObjectMeta, index: u64) -> Result<(), FetchError> {
+        if meta.validator.validates_ranges() {
+            return Ok(());
+        }
+        let version: Arc<str> = Arc::from(meta.version.as_str());
+        let held = (0..meta.chunk_count()).any(|i| {
+            let key = meta.chunk_key(&version, i);
+            self.sources.memory.contains(&key) || self.sources.local.iter().any(|s| s.holds(&key))
+        });
+        if index == 0 && !held {
+            return Ok(());
+        }
+        Err(FetchError::Upstream(UpstreamError::Changed(
+            "no validator, and part of this version is gone: its bytes cannot be completed from \
+             another response"
+                .into(),
+        )))
     }
 
     /// A registered feed whose body could not be had.

@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{future::BoxFuture, StreamExt};
+use futures::{future::BoxFuture, StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
 mod feed;
@@ -344,7 +344,11 @@ impl ChunkFetcher {
             ProbeBody::Range { start, len, stream }
                 if start % meta.chunk_size == 0
                     && start < meta.length
-                    && len == meta.chunk_len(start / meta.chunk_size) =>
+                    && len > 0
+                    && len <= meta.chunk_len(start / meta.chunk_size)
+                    // Without a validator, only a probe that carries the whole object is kept:
+                    // the rest could not be proven to belong with it.
+                    && (meta.validator.validates_ranges() || (start == 0 && len == meta.length)) =>
             {
                 let version: Arc<str> = Arc::from(meta.version.as_str());
                 let key = meta.chunk_key(&version, start / meta.chunk_size);
@@ -355,8 +359,22 @@ impl ChunkFetcher {
                 let flight = Arc::new(Flight::for_probing_request());
                 flights.insert(key.clone(), flight.clone());
                 drop(flights);
-                let stream = crate::source::from_upstream(stream);
-                let first = Arc::new(Prefetched(Mutex::new(Some(stream))));
+                // An upstream that answered less than the chunk (it caps range answers) is
+                // asked for the rest right behind the probe's bytes.
+                let rest = (len < meta.chunk_len(start / meta.chunk_size))
+                    .then(|| {
+                        self.sources
+                            .local
+                            .iter()
+                            .find(|s| s.kind() == SourceKind::Upstream)
+                            .cloned()
+                    })
+                    .flatten();
+                let first = Arc::new(Prefetched {
+                    stream: Mutex::new(Some(crate::source::from_upstream(stream))),
+                    len,
+                    rest,
+                });
                 tokio::spawn(self.clone().fly(
                     meta.clone(),
                     key,
@@ -393,7 +411,13 @@ impl ProbeSink for ChunkFetcher {
 }
 
 /// The body of the probe that looked the object up: the first source of its first chunk.
-struct Prefetched(Mutex<Option<ChunkStream>>);
+struct Prefetched {
+    stream: Mutex<Option<ChunkStream>>,
+    /// How many bytes of the chunk the probe carries.
+    len: u64,
+    /// Where the rest of the chunk comes from when the probe carried less than all of it.
+    rest: Option<Arc<dyn ChunkSource>>,
+}
 
 impl ChunkSource for Prefetched {
     fn kind(&self) -> SourceKind {
@@ -402,11 +426,37 @@ impl ChunkSource for Prefetched {
 
     fn open<'a>(
         &'a self,
-        _request: ChunkRequest<'a>,
+        request: ChunkRequest<'a>,
     ) -> BoxFuture<'a, Result<Option<Opened>, FetchError>> {
-        let stream = self.0.lock().expect("probe body lock").take();
+        let stream = self.stream.lock().expect("probe body lock").take();
+        let Some(stream) = stream else {
+            return Box::pin(async { Ok(None) });
+        };
+        let stream = match self.rest.clone() {
+            Some(rest) => {
+                let (meta, key, len) = (request.meta.clone(), request.key.clone(), self.len);
+                let tail = futures::stream::once(async move {
+                    let request = ChunkRequest {
+                        meta: &meta,
+                        key: &key,
+                        offset: len,
+                    };
+                    match rest.open(request).await? {
+                        Some(opened) if opened.starts_at == len => Ok(opened.stream),
+                        _ => Err(FetchError::Short {
+                            from: SourceKind::Upstream,
+                            expected: meta.chunk_len(key.index),
+                            got: len,
+                        }),
+                    }
+                })
+                .try_flatten();
+                Box::pin(stream.chain(tail)) as ChunkStream
+            }
+            None => stream,
+        };
         Box::pin(async move {
-            Ok(stream.map(|stream| Opened {
+            Ok(Some(Opened {
                 stream,
                 starts_at: 0,
                 origin: SourceKind::Upstream,
