@@ -74,6 +74,17 @@ impl MetaSource {
         matches!(self, MetaSource::Upstream | MetaSource::ReplacedOnRequest)
     }
 
+    /// This lookup already asked the upstream (whatever it answered, or failing to).
+    pub fn asked_upstream(self) -> bool {
+        self.is_fresh_from_upstream()
+            || matches!(
+                self,
+                MetaSource::Revalidated
+                    | MetaSource::RevalidatedOnRequest
+                    | MetaSource::StaleIfError
+            )
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             MetaSource::Memory => "memory",

@@ -189,7 +189,7 @@ pub struct Upstream {
 
 /// Answers one chunk may come in: an upstream that caps range answers below a chunk's
 /// thirty-second part is refused rather than asked thousands of times.
-const MAX_RANGE_PARTS: usize = 32;
+pub const MAX_RANGE_PARTS: usize = 32;
 
 impl Upstream {
     pub fn new(cfg: UpstreamConfig, metrics: UpstreamMetrics) -> anyhow::Result<Self> {
@@ -319,12 +319,24 @@ impl Upstream {
                  a chunk would take more than {MAX_RANGE_PARTS} requests"
             ))));
         }
-        let rest = self
-            .clone()
-            .rest_of(Arc::new(meta.clone()), covered + 1, *chunk.end(), 1);
-        Ok(Box::pin(
-            first.chain(futures::stream::once(rest).try_flatten()),
-        ))
+        Ok(self.followed_by_rest(first, Arc::new(meta.clone()), covered, *chunk.end(), 1))
+    }
+
+    /// `part` (ending at byte `covered`), then the bytes after it up to `to`, fetched when the
+    /// reader gets there; `parts` answers made it so far.
+    fn followed_by_rest(
+        self: &Arc<Self>,
+        part: UpstreamStream,
+        meta: Arc<ObjectMeta>,
+        covered: u64,
+        to: u64,
+        parts: usize,
+    ) -> UpstreamStream {
+        if covered == to {
+            return part;
+        }
+        let rest = self.clone().rest_of(meta, covered + 1, to, parts);
+        Box::pin(part.chain(futures::stream::once(rest).try_flatten()))
     }
 
     /// Bytes `from..=to` of `meta`, in as many answers as the upstream cuts them into (at most
@@ -343,13 +355,7 @@ impl Upstream {
                 ))));
             }
             let (part, covered) = self.fetch_range(&meta, from..=to).await?;
-            if covered == to {
-                return Ok(part);
-            }
-            let rest = self.rest_of(meta, covered + 1, to, parts + 1);
-            let stream: UpstreamStream =
-                Box::pin(part.chain(futures::stream::once(rest).try_flatten()));
-            Ok(stream)
+            Ok(self.followed_by_rest(part, meta, covered, to, parts + 1))
         })
     }
 

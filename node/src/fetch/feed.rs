@@ -282,6 +282,7 @@ impl ChunkFetcher {
             .as_ref()
             .map(|(flight, _)| Assembly::new(expected, flight));
         let mut received = 0;
+        let mut last = Bytes::new();
         while received < expected {
             let mut piece = match carry.take() {
                 Some(piece) => piece,
@@ -307,30 +308,35 @@ impl ChunkFetcher {
             }
             if received < expected {
                 feed.push(index, &piece);
-                continue;
+            } else {
+                last = piece;
             }
-            // The chunk's last bytes reach the stream's readers once the chunk is in memory,
-            // like a flight's (see `Flight::finish`).
-            let Some(((chunk, tail), (flight, budget))) = assembly.map(Assembly::finish).zip(own)
-            else {
-                feed.push(index, &piece);
-                break;
-            };
-            let pin = Arc::new(budget);
-            let chunk = chunk.pinned(pin.clone());
-            flight.hold(pin);
-            self.sources
-                .memory
-                .keep(&key, &chunk, SourceKind::Upstream)
-                .await;
-            self.leave_map(&key, &flight);
-            flight.set_origin(SourceKind::Upstream);
-            flight.finish(tail);
-            feed.push(index, &piece);
+        }
+        // The chunk's last bytes reach the stream's readers once the chunk is in memory and its
+        // flight has left the map, like a flight's own readers (see `Flight::finish`).
+        let kept = match (assembly.map(Assembly::finish), own) {
+            (Some((chunk, tail)), Some((flight, budget))) => {
+                let pin = Arc::new(budget);
+                let chunk = chunk.pinned(pin.clone());
+                flight.hold(pin);
+                self.sources
+                    .memory
+                    .keep(&key, &chunk, SourceKind::Upstream)
+                    .await;
+                self.leave_map(&key, &flight);
+                flight.set_origin(SourceKind::Upstream);
+                flight.finish(tail);
+                Some(chunk)
+            }
+            _ => None,
+        };
+        if !last.is_empty() {
+            feed.push(index, &last);
+        }
+        if let Some(chunk) = kept {
             for store in &self.sources.local {
                 store.keep(&key, &chunk, SourceKind::Upstream).await;
             }
-            break;
         }
         Ok(())
     }

@@ -46,7 +46,7 @@ use crate::{
     peer::{client::PeerClient, server::LocalChunks},
     source::{ChunkRequest, ChunkSource, ChunkStream, FetchError, Opened, Route, SourceKind},
     tier::memory::MemoryTier,
-    upstream::{ProbeBody, Upstream},
+    upstream::{ProbeBody, Upstream, MAX_RANGE_PARTS},
 };
 
 #[derive(Clone)]
@@ -344,8 +344,10 @@ impl ChunkFetcher {
             ProbeBody::Range { start, len, stream }
                 if start % meta.chunk_size == 0
                     && start < meta.length
-                    && len > 0
                     && len <= meta.chunk_len(start / meta.chunk_size)
+                    // A probe too short to be continued within the bound is not kept, so the
+                    // chunk's own fetch refuses the upstream before a byte is handed out.
+                    && len * MAX_RANGE_PARTS as u64 >= meta.chunk_len(start / meta.chunk_size)
                     // Without a validator, only a probe that carries the whole object is kept:
                     // the rest could not be proven to belong with it.
                     && (meta.validator.validates_ranges() || (start == 0 && len == meta.length)) =>
@@ -360,7 +362,9 @@ impl ChunkFetcher {
                 flights.insert(key.clone(), flight.clone());
                 drop(flights);
                 // An upstream that answered less than the chunk (it caps range answers) is
-                // asked for the rest right behind the probe's bytes.
+                // asked for the rest right behind the probe's bytes, within this one source:
+                // the walk would resume there too, but only after handing out what the probe
+                // carried, and a refusal of the rest must come before the first byte.
                 let rest = (len < meta.chunk_len(start / meta.chunk_size))
                     .then(|| {
                         self.sources

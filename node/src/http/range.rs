@@ -6,7 +6,7 @@ use std::ops::RangeInclusive;
 use http::{header, HeaderMap};
 use http_range_header::RangeUnsatisfiableError;
 
-use crate::object::ObjectMeta;
+use crate::{object::ObjectMeta, policy::headers::http_date};
 
 /// More ranges than this in one request are ignored (answered with the whole object): cheap
 /// insurance against requests that fan one GET out into thousands of parts.
@@ -105,10 +105,6 @@ fn listed_tags(headers: &HeaderMap, name: header::HeaderName) -> Option<Vec<Stri
             .filter(|t| !t.is_empty())
             .collect(),
     )
-}
-
-fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<std::time::SystemTime> {
-    httpdate::parse_http_date(headers.get(name)?.to_str().ok()?.trim()).ok()
 }
 
 /// RFC 9110 §13.2.2, in its order: `If-Match`, else `If-Unmodified-Since`; then `If-None-Match`,

@@ -131,7 +131,7 @@ impl Front {
             .map_err(|why| self.refuse(StatusCode::BAD_REQUEST, why))?;
         let path = validated_path(&req).map_err(|why| self.refuse(why.status(), why))?;
         let demands = ClientDemands::from_headers(req.headers());
-        let bypass = classify_request(&method, req.headers(), &path, &self.pass_through);
+        let bypass = classify_request(&method, req.headers(), &demands, &path, &self.pass_through);
         if demands.only_if_cached {
             return self
                 .serve_only_if_cached(req, &path, &demands, bypass.is_some())

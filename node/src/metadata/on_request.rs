@@ -21,11 +21,7 @@ impl MetadataStore {
         demands: &ClientDemands,
     ) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
         let (meta, source) = self.find(path, route, probe).await?;
-        let asked_upstream = matches!(
-            source,
-            MetaSource::Upstream | MetaSource::Revalidated | MetaSource::StaleIfError
-        );
-        if asked_upstream || demands.accepts(&meta, unix_now()) {
+        if source.asked_upstream() || demands.accepts(&meta, unix_now()) {
             return Ok((meta, source));
         }
         self.revalidate_on_request(path, (meta, source), probe.unwrap_or(0))

@@ -53,6 +53,11 @@ pub fn end_to_end(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// The HTTP date in header `name`, when there is one that parses.
+pub fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<std::time::SystemTime> {
+    httpdate::parse_http_date(headers.get(name)?.to_str().ok()?.trim()).ok()
+}
+
 /// The `Max-Forwards` of an `OPTIONS` or `TRACE` request, when it has a valid one.
 pub fn max_forwards(headers: &HeaderMap) -> Option<u32> {
     headers

@@ -39,10 +39,12 @@ impl Bypass {
     }
 }
 
-/// Decides from the request alone whether the cache may take part.
+/// Decides from the request alone (its `demands` already read from its headers) whether the
+/// cache may take part.
 pub fn classify_request(
     method: &Method,
     headers: &HeaderMap,
+    demands: &ClientDemands,
     path_and_query: &str,
     rules: &RegexSet,
 ) -> Option<Bypass> {
@@ -55,7 +57,7 @@ pub fn classify_request(
     if rules.is_match(path_and_query) {
         return Some(Bypass::PassThroughRule);
     }
-    if ClientDemands::from_headers(headers).no_store {
+    if demands.no_store {
         return Some(Bypass::NoStore);
     }
     None
@@ -281,10 +283,7 @@ fn initial_age(headers: &HeaderMap, response_time: SystemTime) -> u64 {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    let apparent = headers
-        .get(header::DATE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+    let apparent = headers::http_date(headers, header::DATE)
         .and_then(|date| response_time.duration_since(date).ok())
         .map_or(0, |d| d.as_secs());
     age_value.max(apparent)
@@ -451,43 +450,52 @@ mod tests {
         );
     }
 
+    fn classify(
+        method: &Method,
+        headers: &HeaderMap,
+        path: &str,
+        rules: &RegexSet,
+    ) -> Option<Bypass> {
+        classify_request(
+            method,
+            headers,
+            &ClientDemands::from_headers(headers),
+            path,
+            rules,
+        )
+    }
+
     #[test]
     fn requests_with_credentials_other_methods_or_rules_bypass() {
         let rules = RegexSet::new([r"^/private/", r"\.json$"]).unwrap();
         let none = HeaderMap::new();
+        assert_eq!(classify(&Method::GET, &none, "/a.bin", &rules), None);
+        assert_eq!(classify(&Method::HEAD, &none, "/a.bin", &rules), None);
         assert_eq!(
-            classify_request(&Method::GET, &none, "/a.bin", &rules),
-            None
-        );
-        assert_eq!(
-            classify_request(&Method::HEAD, &none, "/a.bin", &rules),
-            None
-        );
-        assert_eq!(
-            classify_request(&Method::POST, &none, "/a.bin", &rules),
+            classify(&Method::POST, &none, "/a.bin", &rules),
             Some(Bypass::Method)
         );
         assert_eq!(
-            classify_request(&Method::GET, &none, "/private/x", &rules),
+            classify(&Method::GET, &none, "/private/x", &rules),
             Some(Bypass::PassThroughRule)
         );
         assert_eq!(
-            classify_request(&Method::GET, &none, "/x.json", &rules),
+            classify(&Method::GET, &none, "/x.json", &rules),
             Some(Bypass::PassThroughRule)
         );
         let auth = headers(&[("authorization", "Bearer x")]);
         assert_eq!(
-            classify_request(&Method::GET, &auth, "/a.bin", &rules),
+            classify(&Method::GET, &auth, "/a.bin", &rules),
             Some(Bypass::Credentials)
         );
         let cookie = headers(&[("cookie", "s=1")]);
         assert_eq!(
-            classify_request(&Method::GET, &cookie, "/a.bin", &rules),
+            classify(&Method::GET, &cookie, "/a.bin", &rules),
             Some(Bypass::Credentials)
         );
         let no_store = headers(&[("cache-control", "max-age=5, No-Store")]);
         assert_eq!(
-            classify_request(&Method::GET, &no_store, "/a.bin", &rules),
+            classify(&Method::GET, &no_store, "/a.bin", &rules),
             Some(Bypass::NoStore)
         );
     }
