@@ -9,6 +9,14 @@ command -v etcd >/dev/null || missing+=(etcd-server)            # cluster tests 
 command -v nginx >/dev/null || missing+=(nginx)                 # benchmark peers (smoke mode runs in CI)
 command -v varnishd >/dev/null || missing+=(varnish)
 command -v wrk >/dev/null || missing+=(wrk)
+# Real clients and servers of the ecosystem tests (tests/tests/clients_*.rs, docs/clients.md).
+command -v dpkg-scanpackages >/dev/null || missing+=(dpkg-dev)     # flat and mirror apt repos
+command -v apt-ftparchive >/dev/null || missing+=(apt-utils)       # the mirror's Release file
+command -v docker-registry >/dev/null || missing+=(docker-registry)  # the registry origin
+command -v skopeo >/dev/null || missing+=(skopeo)
+command -v aria2c >/dev/null || missing+=(aria2)
+command -v wget >/dev/null || missing+=(wget)
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
@@ -21,7 +29,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     made_policy=1
   fi
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq "${missing[@]}"
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
   if [ -n "$made_policy" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
 fi
 
@@ -33,4 +41,15 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 if [ -f requirements-dev.txt ]; then
   python3 -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+fi
+
+# verdaccio, the npm registry the npm client tests publish to, in a project-local, gitignored
+# .tools/ (6.8: later releases want Node 22). tests/src/ecosystem finds it there.
+verdaccio_version=6.8.0
+if [ "$(cat .tools/node_modules/verdaccio/package.json 2>/dev/null \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])' 2>/dev/null)" \
+   != "$verdaccio_version" ]; then
+  mkdir -p .tools
+  npm install --prefix .tools --no-save --no-audit --no-fund --loglevel=error \
+    "verdaccio@$verdaccio_version"
 fi
