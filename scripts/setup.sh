@@ -39,6 +39,24 @@ if ! command -v cargo >/dev/null; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+# Optional, for benchmarks only (`scripts/setup.sh --bench`): Squid and the public HTTP caching
+# test suite that tests/bench/cache_tests.py runs (it installs both itself when they are missing).
+if [ "${1:-}" = "--bench" ]; then
+  if ! command -v squid >/dev/null; then
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    made_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+      $SUDO chmod 755 /usr/sbin/policy-rc.d
+      made_policy=1
+    fi
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq squid
+    if [ -n "$made_policy" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
+  fi
+  python3 -c 'import sys; sys.path.insert(0, "tests/bench"); import cache_tests; cache_tests.ensure_suite(True)'
+fi
+
 if [ -f requirements-dev.txt ]; then
   python3 -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 fi

@@ -185,8 +185,9 @@ def find_binaries(smoke: bool, bin_dir: str | None) -> str:
     raise SystemExit(f"casserole-node / casserole-test-origin not found in {cands}: run `{hint}`")
 
 
-def ensure_peers(allow_install: bool) -> dict[str, bool]:
-    want = {"nginx": "nginx", "varnishd": "varnish", "wrk": "wrk"}
+def ensure_peers(allow_install: bool, want: dict[str, str] | None = None) -> dict[str, bool]:
+    """`want`: executable -> Debian package (default: the side-by-side benchmark's peers)."""
+    want = want or {"nginx": "nginx", "varnishd": "varnish", "wrk": "wrk"}
     missing = [pkg for exe, pkg in want.items() if not shutil.which(exe)]
     if missing and allow_install and os.geteuid() == 0 and shutil.which("apt-get"):
         log(f"installing {' '.join(missing)} (apt-get; services are not started)")
