@@ -247,34 +247,54 @@ def cause(t: dict, r, state: list) -> tuple[str, str]:
     msg = r[1] if isinstance(r, list) and len(r) > 1 else str(r)
     nums = Counter(s.get("request_num") for s in state)
     dups = sorted(n for n, c in nums.items() if c > 1 and n is not None)
-    if dups:
-        return "a1", (f"client request {', '.join(map(str, dups))} reached the origin "
-                      f"{max(nums[n] for n in dups)} times; {msg}")
-    if "does not come from cache" in msg or (isinstance(r, list) and r[0] == "Setup" and msg == "retry"):
+    if dups or len(state) > len(t["requests"]):
+        what = (f"client request {', '.join(map(str, dups))} reached the origin more than once"
+                if dups else f"the origin saw {len(state)} requests for {len(t['requests'])} client requests")
+        return "a1", f"{what}; suite: {msg}"
+    if "does not come from cache" in msg:
         return "a2", msg
     m = STATUS_RE.search(msg)
     if m:
         n, got, want = map(int, m.groups())
         req = t["requests"][n - 1] if n - 1 < len(t["requests"]) else {}
-        if origin_status(req) == want and n in nums:
+        if origin_status(req) == want and not req.get("expected_status"):
             return "b", msg
     return "c", msg
 
 
 CAUSES = {
-    "a1": "(a) more upstream requests than expected: one client request reached the origin twice",
-    "a2": "(a) more upstream requests than expected: a response the test expects reused went upstream",
+    "a1": "(a) more upstream requests than expected: one client request cost more than one upstream request",
+    "a2": "(a) more upstream requests than expected: a stored response the test expects reused went upstream",
     "b": "(b) the client got another status than the origin's",
     "c": "(c) other",
 }
 
+# (c) by what the suite's message says the cache did
+OTHER = [
+    ("retry", lambda msg, nums: msg == "retry" and None in nums,
+     "the node's upstream request lacks the client's request headers (the suite's `Req-Num`): "
+     "the suite reads two such requests as one retried"),
+    ("reused", lambda msg, nums: "comes from cache" in msg,
+     "a response reused (or stale served) where the test expects the origin asked"),
+    ("not-conditional", lambda msg, nums: "should have been conditional" in msg,
+     "revalidation without a validator: the upstream request carries no If-None-Match/If-Modified-Since"),
+    ("no-304", lambda msg, nums: re.search(r"status is \d+, not 304", msg),
+     "the client's conditional request not answered 304"),
+    ("req-header", lambda msg, nums: re.match(r"Request \d+ header", msg),
+     "a client request header not forwarded upstream"),
+    ("resp-header", lambda msg, nums: re.search(r"Response \d+ (header|includes)", msg),
+     "a response header missing, not stored, not updated, or not removed"),
+    ("status", lambda msg, nums: "status is" in msg, "another status than the test expects"),
+    ("body", lambda msg, nums: msg.startswith("Response body"), "another body"),
+    ("other", lambda msg, nums: True, "anything else"),
+]
 
-def normalise(msg: str) -> str:
-    """The message with its values blanked, to group failures of one kind."""
-    msg = re.sub(r'"[^"]*"', '"…"', msg)
-    msg = re.sub(r"\(\d+ on server\)", "(N on server)", msg)
-    msg = re.sub(r"\b\d+\b", "N", msg)
-    return msg[:160]
+
+def other_kind(row: dict) -> str:
+    for key, match, _ in OTHER:
+        if match(row["detail"], row["upstream_request_nums"]):
+            return key
+    return "other"
 
 
 def analyse(name: str, run: dict, server: SuiteServer) -> dict:
@@ -363,7 +383,9 @@ def render_node(doc: dict, baseline: dict | None) -> list[str]:
     meta = doc["tests"]
     node = doc["caches"]["node"]["tests"]
     on_purpose = load_on_purpose()
-    others = [c for c in ("varnish", "nginx", "squid") if c in doc["caches"]]
+    # peers: this run's, else the baseline's (a node-only run)
+    peer_doc = doc if any(c in doc["caches"] for c in ("varnish", "nginx", "squid")) else (baseline or doc)
+    others = [c for c in ("varnish", "nginx", "squid") if c in peer_doc.get("caches", {})]
     out = []
     # what changed since the baseline
     if baseline and "node" in baseline.get("caches", {}):
@@ -381,8 +403,9 @@ def render_node(doc: dict, baseline: dict | None) -> list[str]:
     purposely = {t: on_purpose[t] for t in fails if t in on_purpose}
     out += [f"#### The node's failures by cause ({len(fails)} tests not passed)", "",
             "Kinds: ⛔ required, ⚠ optimal, ● check (informational, still counted in the score). "
-            "`peers` = which of Varnish/nginx/Squid pass it. "
-            "Upstream = requests the origin saw / client requests.", ""]
+            "`peers` = which of Varnish/nginx/Squid pass it (V, N, S). `origin saw A for B (…)`: "
+            "A requests reached the suite's server for B client requests, with the client's "
+            "`Req-Num` on each (`-`: the node's own request, without the client's headers).", ""]
     by_cause: dict[str, list[str]] = defaultdict(list)
     for t, row in fails.items():
         if t not in purposely:
@@ -401,21 +424,32 @@ def render_node(doc: dict, baseline: dict | None) -> list[str]:
         if not ids:
             continue
         out += [f"##### {CAUSES[k]}: {len(ids)}", ""]
+        groups = [(None, ids)]
         if k == "c":
-            groups = Counter(normalise(node[t]["detail"]) for t in ids)
-            out += ["Most frequent messages: " + "; ".join(f"{n}× `{m}`" for m, n in groups.most_common(8)), ""]
-        by_suite: dict[str, list[str]] = defaultdict(list)
-        for t in ids:
-            by_suite[meta[t]["suite_name"]].append(t)
-        for s, tids in by_suite.items():
-            out.append(f"- **{s}** ({len(tids)})")
-            for t in sorted(tids):
-                row = node[t]
-                peers = "".join(c[0].upper() for c in others
-                                if doc["caches"][c]["tests"].get(t, {}).get("result") is True) or "-"
-                out.append(f"  - {mark[meta[t]['kind']]} `{t}` [peers {peers}; upstream "
-                           f"{row['upstream_requests']}/{row['client_requests']}]: {row['detail'][:220]}")
-        out.append("")
+            sub: dict[str, list[str]] = defaultdict(list)
+            for t in ids:
+                sub[other_kind(node[t])].append(t)
+            groups = [(f"{label} ({len(sub[key])})", sub[key]) for key, _, label in OTHER if sub.get(key)]
+            out += ["| what the node did | tests |", "|---|---|"]
+            out += [f"| {label.rsplit(' (', 1)[0]} | {len(tids)} |" for label, tids in groups]
+            out.append("")
+        for label, gids in groups:
+            if label:
+                out += [f"###### {label}", ""]
+            by_suite: dict[str, list[str]] = defaultdict(list)
+            for t in gids:
+                by_suite[meta[t]["suite_name"]].append(t)
+            for s, tids in by_suite.items():
+                out.append(f"- **{s}** ({len(tids)})")
+                for t in sorted(tids):
+                    row = node[t]
+                    peers = "".join(c[0].upper() for c in others if (
+                        peer_doc["caches"][c]["tests"].get(t) or {}).get("result") is True) or "-"
+                    seen = ",".join("-" if n is None else str(n) for n in row["upstream_request_nums"])
+                    out.append(f"  - {mark[meta[t]['kind']]} `{t}` [peers {peers}; origin saw "
+                               f"{row['upstream_requests']} for {row['client_requests']} ({seen or 'none'})]: "
+                               f"{row['detail'][:220]}")
+            out.append("")
     if purposely:
         out += ["##### Failed on purpose", ""]
         out += [f"- `{t}`: {why}" for t, why in sorted(purposely.items())]
@@ -522,7 +556,10 @@ def main() -> int:
             t = time.monotonic()
             try:
                 if c == "node":
-                    srv = Node(node_bin, tmp, server.url, args.node_arg)
+                    # a copy: a cargo build finishing during the run must not change the binary
+                    copy = os.path.join(tmp, "casserole-node")
+                    shutil.copy2(node_bin, copy)
+                    srv = Node(copy, tmp, server.url, args.node_arg)
                 elif c == "varnish":
                     srv = VarnishDefault(tmp, server.port)
                 elif c == "nginx":
