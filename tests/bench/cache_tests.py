@@ -329,6 +329,10 @@ def load_on_purpose() -> dict[str, str]:
         return {}
 
 
+def rel(path: str) -> str:
+    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
+
+
 def render(doc: dict, baseline: dict | None) -> str:
     caches = [c for c in TARGETS + ["origin"] if c in doc["caches"]]
     C = doc["caches"]
@@ -336,7 +340,10 @@ def render(doc: dict, baseline: dict | None) -> str:
     out = [f"### HTTP caching test suite ({HCT_PACKAGE} {HCT_VERSION}, {doc['date']})", "",
            f"Each cache in front of the suite's own server, one after the other in one run; "
            f"score = tests passed / tests run (the suite's `true`, as cache-tests.fyi counts). "
-           f"Node: `{doc.get('node_bin', '')}` on defaults. Machine: {doc.get('machine', '')}.", ""]
+           f"Node: `{rel(doc.get('node_bin') or '')}` built {doc.get('node_bin_mtime', '?')} "
+           f"(work tree at {doc.get('commit', '?')}), on defaults"
+           f"{' plus ' + ' '.join(doc['node_args']) if doc.get('node_args') else ''}. "
+           f"Machine: {doc.get('machine', '')}.", ""]
     failed_runs = {c: v for c, v in doc.get("failed", {}).items()}
     out += ["| cache | score | required passed | optimal passed | check: yes | fail ⛔ | "
             "not optimal ⚠ | setup/retry | dependency ⚪ |", "|---|---|---|---|---|---|---|---|---|"]
@@ -481,6 +488,27 @@ def update_doc(path: str, md: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def write_json(doc: dict, f) -> None:
+    """JSON with one test per line (the file is committed: small diffs, ~1/3 the indented size)."""
+    def rows(d: dict, indent: str) -> str:
+        return "{\n" + ",\n".join(f"{indent}{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}"
+                                   for k, v in d.items()) + "}"
+
+    parts = []
+    for k, v in doc.items():
+        if k == "tests":
+            parts.append(f' "tests": {rows(v, "  ")}')
+        elif k == "caches":
+            cs = []
+            for c, a in v.items():
+                head = ", ".join(f"{json.dumps(x)}: {json.dumps(y)}" for x, y in a.items() if x != "tests")
+                cs.append(f'  {json.dumps(c)}: {{{head}, "tests": {rows(a["tests"], "   ")}}}')
+            parts.append(' "caches": {\n' + ",\n".join(cs) + "}")
+        else:
+            parts.append(f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}")
+    f.write("{\n" + ",\n".join(parts) + "\n}\n")
+
+
 def find_node(explicit: str | None) -> str:
     if explicit:
         if not os.access(explicit, os.X_OK):
@@ -540,7 +568,8 @@ def main() -> int:
         st = os.stat(node_bin)
         doc["node_bin_mtime"] = datetime.datetime.fromtimestamp(st.st_mtime).isoformat(timespec="seconds")
         try:
-            doc["commit"] = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+            # -dirty: the binary may hold uncommitted changes of the work tree
+            doc["commit"] = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
                                            capture_output=True, text=True).stdout.strip()
         except OSError:
             pass
@@ -602,7 +631,7 @@ def main() -> int:
         pass
     md = render(doc, baseline)
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=False)
+        write_json(doc, f)
     with open(os.path.join(args.out, stem + ".md"), "w") as f:
         f.write(md)
     if args.update_docs and not subset:
