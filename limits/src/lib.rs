@@ -6,11 +6,21 @@
 
 mod duration;
 mod pass_through;
+mod rules;
 mod size;
+mod url;
 
 pub use duration::{parse_duration, DURATION_PATTERN};
 pub use pass_through::{compile_pass_through, PassThroughError, PASS_THROUGH_ENV_SEPARATOR};
+pub use rules::{
+    check_dns1035_label, check_routes, parse_route, parse_ttl_rule, route, ttl_rule, Route,
+    TtlRule, DNS1035_PATTERN, ROUTES_MAX, TTL_RULES_MAX,
+};
 pub use size::{parse_size, QUANTITY_PATTERN};
+pub use url::{
+    check_etcd_endpoint, parse_http_url, HttpUrl, ETCD_ENDPOINT_PATTERN, HTTP_URL_PATTERN,
+    URL_MAX_LEN,
+};
 
 /// Smallest `--chunk-size`, in bytes and as a quantity (for CEL's `quantity()`).
 pub const CHUNK_SIZE_MIN: u64 = 64 << 10;
@@ -24,6 +34,18 @@ pub const READAHEAD_MAX: usize = 64;
 
 /// Shortest peer token the node accepts.
 pub const PEER_TOKEN_MIN_LEN: usize = 16;
+
+/// Shortest admin token the node accepts (`--admin-token`).
+pub const ADMIN_TOKEN_MIN_LEN: usize = 16;
+
+/// Checks an admin token's length against the node's minimum.
+pub fn check_admin_token(token: &str) -> Result<(), String> {
+    if token.trim().len() >= ADMIN_TOKEN_MIN_LEN {
+        Ok(())
+    } else {
+        Err(format!("must be at least {ADMIN_TOKEN_MIN_LEN} characters"))
+    }
+}
 
 /// Checks a chunk size in bytes against the node's bounds.
 pub fn check_chunk_size(bytes: u64) -> Result<(), String> {

@@ -46,7 +46,12 @@ pub const QUANTITY_PATTERN: &str = casserole_limits::QUANTITY_PATTERN;
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Upstream", type_ = "string", json_path = ".spec.upstream"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(name = "Upstream", type_ = "string", json_path = ".status.upstream"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
     printcolumn(name = "Pods Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(
@@ -58,9 +63,28 @@ pub const QUANTITY_PATTERN: &str = casserole_limits::QUANTITY_PATTERN;
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = crate::schema_rules::disk_transitions)]
 pub struct CasseroleCacheSpec {
-    /// Base URL of the origin server every request is forwarded to (http or https).
-    #[schemars(regex(pattern = r"^https?://[^\s/?#]+[^\s]*$"), length(max = 2048))]
+    /// Base URL of the origin server every request is forwarded to (http or https, an
+    /// optional port and path, no query or fragment).
+    #[schemars(regex(pattern = casserole_limits::HTTP_URL_PATTERN), length(max = 2048))]
     pub upstream: String,
+
+    /// Paths routed to another origin: a request whose path starts with `prefix` is fetched
+    /// from `url` (node flag `--route PREFIX=URL`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["prefix"]))]
+    pub routes: Vec<RouteSpec>,
+
+    /// Freshness lifetimes by URL: objects whose path and query match `pattern` (Rust `regex`
+    /// syntax) are fresh for `ttl` (node flag `--ttl-rule REGEX=DURATION`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub ttl_rules: Vec<TtlRuleSpec>,
+
+    /// Secret holding the bearer token of the nodes' purge API (`--admin-token-file`); without
+    /// it the purge API is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<SecretKeyRef>,
 
     /// URL regexes (Rust `regex` syntax, matched against the request path and query) that are
     /// always proxied to the upstream without caching.
@@ -376,10 +400,11 @@ fn default_etcd_storage() -> String {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalEtcd {
-    /// Client URLs, e.g. `http://etcd.infra.svc:2379`.
+    /// Client URLs, e.g. `http://etcd.infra.svc:2379`. Plain http only: the nodes' etcd
+    /// client has no TLS (reach a TLS etcd through a proxy on the cluster network).
     #[schemars(
         length(min = 1, max = 16),
-        inner(regex(pattern = r"^https?://[^\s,]+$"))
+        inner(regex(pattern = casserole_limits::ETCD_ENDPOINT_PATTERN))
     )]
     pub endpoints: Vec<String>,
 }
@@ -434,6 +459,50 @@ impl ServiceType {
     }
 }
 
+/// One `--route`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteSpec {
+    /// Path prefix, starting with `/`.
+    #[schemars(regex(pattern = r"^/[^\s=?#]*$"), length(min = 1, max = 1024))]
+    pub prefix: String,
+    /// Origin base URL for those paths (http or https, no query or fragment).
+    #[schemars(regex(pattern = casserole_limits::HTTP_URL_PATTERN), length(max = 2048))]
+    pub url: String,
+}
+
+/// One `--ttl-rule`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TtlRuleSpec {
+    /// Regex on the request's path and query.
+    #[schemars(length(min = 1, max = 1024))]
+    pub pattern: String,
+    /// Freshness lifetime, e.g. `30s`, `5m`, `1h`.
+    #[schemars(regex(pattern = casserole_limits::DURATION_PATTERN), length(max = 32))]
+    pub ttl: String,
+}
+
+/// A key of a Secret in the cache's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(
+        regex(pattern = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(min = 1, max = 253)
+    )]
+    pub name: String,
+    /// Key within the Secret.
+    #[serde(default = "default_token_key")]
+    #[schemars(regex(pattern = "^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_token_key() -> String {
+    "token".into()
+}
+
 /// Observed state, written by the operator only.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -449,6 +518,10 @@ pub struct CasseroleCacheStatus {
     /// Cache pods that are ready.
     #[serde(default)]
     pub ready_replicas: i32,
+
+    /// The upstream without credentials (the `Upstream` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
 
     /// Label selector of the cache pods (scale subresource `labelSelectorPath`, used by HPAs).
     #[serde(default, skip_serializing_if = "Option::is_none")]

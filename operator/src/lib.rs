@@ -5,6 +5,7 @@ pub mod crd;
 pub mod crd_upgrade;
 pub mod health;
 pub mod leader;
+pub mod live;
 pub mod metrics;
 pub mod reconcile;
 pub mod render;
@@ -13,6 +14,7 @@ pub mod run;
 pub mod schema_rules;
 pub mod server;
 pub mod status;
+pub mod tokens;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -17,6 +17,9 @@ pub struct Metrics {
     pub invalid_specs: IntCounter,
     pub duration: HistogramVec,
     pub leader: IntGauge,
+    /// 1 when the installed CRD is this release's (or newer), 0 when not.
+    pub crd_current: IntGauge,
+    pub crd_apply_failures: IntCounter,
 }
 
 impl Default for Metrics {
@@ -54,12 +57,24 @@ impl Default for Metrics {
             "1 while this replica holds the leader Lease"
         ))
         .unwrap();
+        let crd_current = IntGauge::with_opts(opts!(
+            "casserole_operator_crd_current",
+            "1 when the installed CasseroleCache CRD is this release's or newer, 0 when it is older or unreadable"
+        ))
+        .unwrap();
+        let crd_apply_failures = IntCounter::with_opts(opts!(
+            "casserole_operator_crd_apply_failures_total",
+            "Failed attempts to apply the CRD at start"
+        ))
+        .unwrap();
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
             Box::new(invalid_specs.clone()),
             Box::new(duration.clone()),
             Box::new(leader.clone()),
+            Box::new(crd_current.clone()),
+            Box::new(crd_apply_failures.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -70,6 +85,8 @@ impl Default for Metrics {
             invalid_specs,
             duration,
             leader,
+            crd_current,
+            crd_apply_failures,
         }
     }
 }

@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
@@ -15,9 +15,11 @@ use serde_json::json;
 use tracing::{field, info, instrument, warn, Span};
 
 use crate::crd::{CasseroleCache, CasseroleCacheStatus};
+use crate::crd_upgrade::CrdState;
 use crate::health::Liveness;
+use crate::live;
 use crate::metrics::Metrics;
-use crate::resources::{self, cache, etcd, secret, IpFamily, Object, FIELD_MANAGER};
+use crate::resources::{self, cache, etcd, InvalidSpec, IpFamily, Object, FIELD_MANAGER};
 use crate::status::{self, Rollout};
 
 /// Requeue interval once everything is ready (a safety net: watches trigger the real work).
@@ -94,6 +96,8 @@ pub struct Context {
     pub ip_family: IpFamily,
     /// Running reconciles, for `/healthz`.
     pub liveness: Liveness,
+    /// What the operator found of its CRD at start (`None`: not checked, e.g. in tests).
+    pub crd_state: Option<CrdState>,
 }
 
 impl Context {
@@ -109,7 +113,13 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             ip_family: IpFamily::default(),
             liveness: Liveness::default(),
+            crd_state: None,
         }
+    }
+
+    pub fn with_crd_state(mut self, state: CrdState) -> Context {
+        self.crd_state = Some(state);
+        self
     }
 
     pub fn with_liveness(mut self, liveness: Liveness) -> Context {
@@ -155,7 +165,8 @@ pub fn error_policy(cache: Arc<CasseroleCache>, error: &Error, ctx: Arc<Context>
     Action::requeue(backoff(n))
 }
 
-/// One reconcile of one cache.
+/// One reconcile of one cache. A failure anywhere is also reported on the cache (`Degraded`
+/// with reason `ReconcileFailed`, unless applying already said `ApplyFailed`), best effort.
 #[instrument(skip(cache, ctx), fields(cache = %key(&cache), generation = field::Empty))]
 pub async fn reconcile(cache: Arc<CasseroleCache>, ctx: Arc<Context>) -> Result<Action, Error> {
     let mut timer = ctx.metrics.start_reconcile();
@@ -168,41 +179,106 @@ pub async fn reconcile(cache: Arc<CasseroleCache>, ctx: Arc<Context>) -> Result<
         timer.set_result("deleting");
         return Ok(Action::await_change());
     }
-    if let Err(invalid) = resources::validate::plan(&cache) {
-        refuse(&ctx, &cache, &invalid).await?;
-        timer.set_result("invalid");
-        return Ok(Action::await_change());
+    let result = reconcile_spec(&cache, &ctx, &mut timer).await;
+    if let Err(error) = &result {
+        if !matches!(error, Error::Apply(_)) {
+            let new = status::reconcile_failed(&cache, &error.to_string(), Timestamp::now());
+            if let Err(e) = patch_status(&ctx.client, &cache, new).await {
+                warn!(error = %e, "could not report the failure on the cache");
+            }
+        }
     }
+    result
+}
 
-    let token = ensure_peer_token(&ctx, &cache).await?;
+/// The desired objects once everything the operator checks passed, after carrying out the
+/// volume changes the spec asks for; `Err(InvalidSpec)` when it must not act.
+async fn prepare(
+    ctx: &Context,
+    cache: &CasseroleCache,
+) -> Result<Result<Vec<Object>, InvalidSpec>, Error> {
+    if let Err(invalid) = resources::validate::plan(cache) {
+        return Ok(Err(invalid));
+    }
+    let tokens = match crate::tokens::ensure(ctx, cache).await? {
+        Ok(tokens) => tokens,
+        Err(invalid) => return Ok(Err(invalid)),
+    };
     let inputs = resources::Inputs {
         ip_family: ctx.ip_family,
-        peer_token_fingerprint: Some(secret::token_fingerprint(&token)),
+        peer_token_fingerprint: Some(tokens.peer_fingerprint),
+        peer_token_previous: tokens.peer_previous,
+        admin_token_fingerprint: tokens.admin_fingerprint,
     };
-    let objects = match resources::desired_for(&cache, &inputs) {
+    let objects = match resources::desired_for(cache, &inputs) {
         Ok(objects) => objects,
         Err(invalid) => unreachable!("validated above: {invalid}"),
     };
-    let (rollouts, failures) = apply_all(&ctx.client, &cache, &objects).await?;
+    // What the CRD's transition rules refuse, refused here too (the live CRD may lack them).
+    let live = live::fetch(&ctx.client, cache).await?;
+    let recreates = match live::check(cache, &objects, &live) {
+        Ok(recreates) => recreates,
+        Err(invalid) => return Ok(Err(invalid)),
+    };
+    if !recreates.is_empty() {
+        if let Err(invalid) = live::carry_out(&ctx.client, cache, &recreates).await? {
+            return Ok(Err(invalid));
+        }
+        for r in &recreates {
+            let note = format!(
+                "re-created StatefulSet {} with new volume claim templates (pods kept){}",
+                r.statefulset,
+                if r.grow.is_empty() {
+                    ""
+                } else {
+                    "; its volume claims were grown"
+                }
+            );
+            publish(
+                ctx,
+                cache,
+                event(EventType::Normal, "VolumesChanged", "Resize", note),
+            )
+            .await;
+        }
+    }
+    Ok(Ok(objects))
+}
 
+async fn reconcile_spec(
+    cache: &CasseroleCache,
+    ctx: &Context,
+    timer: &mut crate::metrics::ReconcileTimer,
+) -> Result<Action, Error> {
+    let objects = match prepare(ctx, cache).await? {
+        Ok(objects) => objects,
+        Err(invalid) => {
+            refuse(ctx, cache, &invalid).await?;
+            timer.set_result("invalid");
+            return Ok(Action::await_change());
+        }
+    };
+    let (rollouts, failures) = apply_all(&ctx.client, cache, &objects).await?;
+    if !failures.is_empty() {
+        // Nothing is pruned while a desired object is refused: the StatefulSet a refused
+        // DaemonSet would replace keeps serving (with its volumes).
+        report_apply_failures(ctx, cache, &failures).await?;
+        return Err(Error::Apply(failures));
+    }
     // Leftovers can only appear when the spec changed, so steady-state reconciles skip the
     // lookups.
     if cache.status.as_ref().and_then(|s| s.observed_generation) != cache.metadata.generation {
-        prune(&ctx, &cache, &objects).await?;
-    }
-
-    if !failures.is_empty() {
-        report_apply_failures(&ctx, &cache, &failures).await?;
-        return Err(Error::Apply(failures));
+        prune(ctx, cache, &objects).await?;
     }
     let now = Timestamp::now();
-    let mut new = status::compute(&cache, rollouts.cache, rollouts.etcd, now);
-    status::set_members(&mut new, &cache, members(&ctx.client, &cache).await?, now);
+    let mut new = status::compute(cache, rollouts.cache, rollouts.etcd, now);
+    status::set_members(&mut new, cache, members(&ctx.client, cache).await?, now);
+    status::set_crd(&mut new, cache, ctx.crd_state.as_ref(), now);
     let ready = new
         .conditions
         .iter()
         .any(|c| c.type_ == status::READY && c.status == "True");
-    let mut news = status::notable_changes(&cache, &new, rollouts.cache.desired);
+    let mut news = status::notable_changes(cache, &new, rollouts.cache.desired);
     if cache.status.is_none() {
         let names: Vec<String> = objects
             .iter()
@@ -211,18 +287,18 @@ pub async fn reconcile(cache: Arc<CasseroleCache>, ctx: Arc<Context>) -> Result<
         news.insert(0, ("Created", format!("created {}", names.join(", "))));
     }
     if cache.status.as_ref() != Some(&new) {
-        patch_status(&ctx.client, &cache, new).await?;
+        patch_status(&ctx.client, cache, new).await?;
     }
     for (reason, note) in news {
         publish(
-            &ctx,
-            &cache,
+            ctx,
+            cache,
             event(EventType::Normal, reason, "Reconcile", note),
         )
         .await;
     }
     info!(objects = objects.len(), ready, "reconciled");
-    ctx.clear_failures(&key(&cache));
+    ctx.clear_failures(&key(cache));
     timer.set_result("ok");
     Ok(Action::requeue(if ready {
         REQUEUE_READY
@@ -275,22 +351,23 @@ async fn refuse(
     // for events) must not hide it.
     let new = status::invalid(cache, invalid, Timestamp::now());
     patch_status(&ctx.client, cache, new).await?;
-    ctx.recorder
-        .publish(
-            &event(
-                EventType::Warning,
-                "InvalidSpec",
-                "Reconcile",
-                invalid.to_string(),
-            ),
-            &cache.object_ref(&()),
-        )
-        .await?;
+    // Best effort, like every Event: the status already says it.
+    publish(
+        ctx,
+        cache,
+        event(
+            EventType::Warning,
+            "InvalidSpec",
+            "Reconcile",
+            invalid.to_string(),
+        ),
+    )
+    .await;
     ctx.clear_failures(&key(cache));
     Ok(())
 }
 
-fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
+pub(crate) fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
     Event {
         type_,
         reason: reason.into(),
@@ -302,7 +379,7 @@ fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
 
 /// Publishes an Event about the cache; a failure is logged, never fatal (Events are best
 /// effort, the status carries the same facts).
-async fn publish(ctx: &Context, cache: &CasseroleCache, event: Event) {
+pub(crate) async fn publish(ctx: &Context, cache: &CasseroleCache, event: Event) {
     if let Err(error) = ctx.recorder.publish(&event, &cache.object_ref(&())).await {
         warn!(%error, reason = %event.reason, "could not publish an event");
     }
@@ -436,45 +513,6 @@ async fn prune(ctx: &Context, cache: &CasseroleCache, desired: &[Object]) -> Res
         }
     }
     Ok(())
-}
-
-/// Creates the peer token Secret if it does not exist yet, and returns the token. An existing
-/// one (ours, or one the user provided under the same name) is never written, so a reconcile
-/// never rotates the token; a deleted one is made again (and the pods roll onto it, through
-/// the fingerprint annotation).
-async fn ensure_peer_token(ctx: &Context, cache: &CasseroleCache) -> Result<Vec<u8>, Error> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &resources::namespace(cache));
-    let name = secret::peer_token_secret_name(cache);
-    if let Some(existing) = api.get_opt(&name).await? {
-        return Ok(token_of(&existing));
-    }
-    let token = secret::generate_token();
-    let new = secret::peer_token_secret(cache, &token);
-    match api.create(&PostParams::default(), &new).await {
-        Ok(_) => {
-            info!(secret = %name, "created peer token");
-            let note = format!("created the peer token Secret {name}");
-            publish(
-                ctx,
-                cache,
-                event(EventType::Normal, "Created", "Create", note),
-            )
-            .await;
-            Ok(token.into_bytes())
-        }
-        // Lost a race with another writer: theirs is as good as ours.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(token_of(&api.get(&name).await?)),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn token_of(secret: &Secret) -> Vec<u8> {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(secret::TOKEN_KEY))
-        .map(|b| b.0.clone())
-        .unwrap_or_default()
 }
 
 /// Writes the status subresource by server-side apply.

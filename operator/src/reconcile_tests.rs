@@ -72,16 +72,16 @@ fn workload_answer(seen: &Seen, ready: i32) -> (StatusCode, Value) {
     (StatusCode::OK, body)
 }
 
-/// The existing peer token Secret the fake API server hands out: token "secret".
+/// The existing peer token Secret the fake API server hands out.
 fn existing_secret() -> (StatusCode, Value) {
     (
         StatusCode::OK,
         json!({"apiVersion": "v1", "kind": "Secret",
                "metadata": {"name": "web-peer-token", "namespace": "cdn"},
-               "data": {"token": "c2VjcmV0"}}),
+               "data": {"token": "ZXhpc3RpbmctcGVlci10b2tlbi0wMDAx"}}),
     )
 }
-const EXISTING_TOKEN: &str = "secret";
+const EXISTING_TOKEN: &str = "existing-peer-token-0001";
 
 /// The desired objects for pods on the given token.
 fn desired_with_token(cache: &CasseroleCache, token: &str) -> Vec<Object> {
@@ -90,6 +90,27 @@ fn desired_with_token(cache: &CasseroleCache, token: &str) -> Vec<Object> {
         ..Inputs::default()
     };
     desired_for(cache, &inputs).unwrap()
+}
+
+const STS_PATH: &str = "/apis/apps/v1/namespaces/cdn/statefulsets";
+
+/// Expects the reads of the live StatefulSets (managed etcd, cache StatefulSet) the transition
+/// checks compare with; none exists yet.
+async fn expect_live(server: &mut ApiServer, cache: &CasseroleCache) {
+    if cache.spec.etcd.managed.is_some() {
+        server
+            .expect(Method::GET, &format!("{STS_PATH}/web-etcd"), |_| {
+                status_error(404, "NotFound")
+            })
+            .await;
+    }
+    if cache.spec.workload == crate::crd::WorkloadKind::StatefulSet {
+        server
+            .expect(Method::GET, &format!("{STS_PATH}/web"), |_| {
+                status_error(404, "NotFound")
+            })
+            .await;
+    }
 }
 
 /// Expects one forced apply per desired object, in order, each carrying exactly the desired
@@ -189,6 +210,7 @@ async fn first_reconcile_with_prune_answer(
     assert_eq!(event.body["reason"], "Created");
     assert_eq!(event.body["type"], "Normal");
     let token = created.body["stringData"]["token"].as_str().unwrap();
+    expect_live(server, cache).await;
     let applies = expect_applies(server, cache, token, 3).await;
     // A new spec: look for leftovers of another workload kind (none).
     server
@@ -276,6 +298,7 @@ async fn second_reconcile_is_idempotent() {
         server
             .expect(Method::GET, SECRET_PATH, |_| existing_secret())
             .await;
+        expect_live(&mut server, &cache).await;
         let applies = expect_applies(&mut server, &cache, EXISTING_TOKEN, 3).await;
         expect_members(&mut server, 3, 3).await;
         applies
@@ -341,6 +364,7 @@ async fn a_refused_apply_degrades_the_cache_warns_and_still_applies_the_rest() {
         server
             .expect(Method::GET, SECRET_PATH, |_| existing_secret())
             .await;
+        expect_live(&mut server, &cache).await;
         let mut applied = Vec::new();
         for (i, object) in objects.iter().enumerate() {
             let seen = server
@@ -359,13 +383,7 @@ async fn a_refused_apply_degrades_the_cache_warns_and_still_applies_the_rest() {
                 .await;
             applied.push(seen.body["kind"].clone());
         }
-        server
-            .expect(
-                Method::GET,
-                "/apis/apps/v1/namespaces/cdn/daemonsets/web",
-                |_| status_error(404, "NotFound"),
-            )
-            .await;
+        // No look for leftovers: nothing is pruned while an object is refused.
         let status = server
             .expect(Method::PATCH, STATUS_PATH, |s| status_answer(&cache, s))
             .await;
@@ -445,6 +463,7 @@ async fn a_deleted_peer_token_is_made_again_and_the_pods_roll_onto_it() {
             .as_str()
             .unwrap()
             .to_string();
+        expect_live(&mut server, &cache).await;
         let applies = expect_applies(&mut server, &cache, &token, 3).await;
         expect_members(&mut server, 3, 3).await;
         server

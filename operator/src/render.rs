@@ -79,6 +79,7 @@ pub fn render_objects(input: &str, opts: &RenderOptions) -> Result<Vec<Object>, 
             peer_token_fingerprint: token
                 .as_deref()
                 .map(|t| secret::token_fingerprint(t.as_bytes())),
+            ..resources::Inputs::default()
         };
         let objects =
             resources::desired_for(&cache, &inputs).map_err(|source| RenderError::Invalid {

@@ -10,7 +10,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::runtime::{watcher, Controller};
+use kube::core::PartialObjectMeta;
+use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client};
 use tracing::{error, info, warn};
 
@@ -152,9 +153,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(serve);
     info!(%addr, "serving /metrics and /healthz");
 
-    if args.apply_crd {
-        crate::crd_upgrade::apply(client.clone()).await;
-    }
+    let crd_state = crate::crd_upgrade::ensure(client.clone(), args.apply_crd, &metrics).await;
 
     let identity = args
         .identity
@@ -194,7 +193,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(
         Context::new(client.clone(), metrics.clone(), Some(identity))
             .with_ip_family(ip_family)
-            .with_liveness(liveness),
+            .with_liveness(liveness)
+            .with_crd_state(crd_state),
     );
     let controller = Controller::new(
         owned::<CasseroleCache>(&watch_client, ns),
@@ -209,7 +209,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     )
     .owns(owned::<NetworkPolicy>(&watch_client, ns), selector.clone())
     // The peer token: deleting it makes the operator create a new one and roll the pods.
-    .owns(owned::<Secret>(&watch_client, ns), selector)
+    // Metadata only, and only the operator's own (label-selected): the operator never holds
+    // the cluster's Secrets in memory.
+    .owns_stream(
+        watcher(
+            owned::<PartialObjectMeta<Secret>>(&watch_client, ns),
+            selector,
+        )
+        .default_backoff()
+        .touched_objects(),
+    )
     .shutdown_on_signal()
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {

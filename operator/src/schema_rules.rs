@@ -28,14 +28,15 @@ pub fn name_rule() -> Rule {
         .collect::<Vec<_>>()
         .join(" && ");
     Rule::new(format!(
-        "size(self.metadata.name) <= {MAX_NAME_LEN} && {ends}"
+        "size(self.metadata.name) <= {MAX_NAME_LEN} && self.metadata.name.matches('{}') && {ends}",
+        casserole_limits::DNS1035_PATTERN
     ))
     .message(name_message().as_str())
 }
 
 pub fn name_message() -> String {
     format!(
-        "metadata.name must be at most {MAX_NAME_LEN} characters and must not end with {} (those are the names of another cache's objects)",
+        "metadata.name must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter: it names Services) of at most {MAX_NAME_LEN} characters, and must not end with {} (those are the names of another cache's objects)",
         RESERVED_NAME_SUFFIXES.join(" or ")
     )
 }
@@ -62,8 +63,9 @@ pub fn chunk_size(schema: &mut Schema) {
     );
 }
 
-/// A managed etcd's membership and volumes are fixed at creation: new members would bootstrap
-/// a second cluster beside the old one, and `volumeClaimTemplates` are immutable.
+/// A managed etcd's membership and storage class are fixed at creation: new members would
+/// bootstrap a second cluster beside the old one, and a claim's class cannot change. Its
+/// storage may grow (the operator expands the claims where the class allows it), never shrink.
 pub fn managed_etcd_transitions(schema: &mut Schema) {
     add(
         schema,
@@ -72,23 +74,24 @@ pub fn managed_etcd_transitions(schema: &mut Schema) {
     );
     add(
         schema,
-        "self.storage == oldSelf.storage",
-        "etcd.managed.storage cannot change after creation (StatefulSet volumeClaimTemplates are immutable)",
+        "!quantity(self.storage).isLessThan(quantity(oldSelf.storage))",
+        "etcd.managed.storage cannot shrink (a volume can only grow)",
     );
     add(
         schema,
         "has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
-        "etcd.managed.storageClassName cannot change after creation (StatefulSet volumeClaimTemplates are immutable)",
+        "etcd.managed.storageClassName cannot change after creation (a claim's class is immutable)",
     );
 }
 
-/// A StatefulSet cache keeps its volume claim template: `disk.enabled`, `disk.size` and
-/// `disk.storageClassName` are fixed while the workload stays a StatefulSet (a DaemonSet's
-/// ephemeral volumes are part of its pod template and may change).
+/// A StatefulSet cache keeps its volume claims: `disk.enabled` and `disk.storageClassName` are
+/// fixed and `disk.size` may only grow while the workload stays a StatefulSet (the operator
+/// expands the claims; a DaemonSet's ephemeral volumes are part of its pod template and may
+/// change).
 pub fn disk_transitions(schema: &mut Schema) {
     let both_statefulsets = "self.workload != 'StatefulSet' || oldSelf.workload != 'StatefulSet'";
     let both_enabled = "!self.disk.enabled || !oldSelf.disk.enabled";
-    let hint = "on a StatefulSet cache (its volumeClaimTemplates are immutable): delete and recreate the cache, or switch workload";
+    let hint = "on a StatefulSet cache (its volume claims keep their class and never shrink): delete and recreate the cache, or switch workload";
     add(
         schema,
         &format!("{both_statefulsets} || self.disk.enabled == oldSelf.disk.enabled"),
@@ -96,8 +99,8 @@ pub fn disk_transitions(schema: &mut Schema) {
     );
     add(
         schema,
-        &format!("{both_statefulsets} || {both_enabled} || self.disk.size == oldSelf.disk.size"),
-        &format!("disk.size cannot change {hint}"),
+        &format!("{both_statefulsets} || {both_enabled} || !quantity(self.disk.size).isLessThan(quantity(oldSelf.disk.size))"),
+        &format!("disk.size cannot shrink {hint}"),
     );
     add(
         schema,

@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::crd::{CasseroleCache, CasseroleCacheStatus};
+use crate::crd_upgrade::CrdState;
 use crate::resources::{selector_string, InvalidSpec};
 
 pub const READY: &str = "Ready";
@@ -16,6 +17,8 @@ pub const ETCD_READY: &str = "EtcdReady";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const MEMBERS_READY: &str = "MembersReady";
+/// Whether the installed CRD is this release's (see `crd_upgrade::CrdState`).
+pub const CRD_CURRENT: &str = "CRDCurrent";
 
 /// What a StatefulSet or DaemonSet reports about its pods.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -149,6 +152,7 @@ pub fn compute(
         observed_generation: cache.metadata.generation,
         replicas: cache_pods.current,
         ready_replicas: cache_pods.ready,
+        upstream: upstream_shown(cache),
         selector: Some(selector_string(cache)),
         members: Vec::new(),
         conditions: vec![
@@ -176,6 +180,60 @@ pub fn compute(
             ),
         ],
     }
+}
+
+/// The upstream as the `Upstream` column shows it: without credentials.
+pub fn upstream_shown(cache: &CasseroleCache) -> Option<String> {
+    casserole_limits::parse_http_url(&cache.spec.upstream)
+        .ok()
+        .map(|u| u.redacted())
+}
+
+/// Records whether the installed CRD is current (`None`: not checked, no condition).
+pub fn set_crd(
+    status: &mut CasseroleCacheStatus,
+    cache: &CasseroleCache,
+    state: Option<&CrdState>,
+    now: Timestamp,
+) {
+    let new = match state {
+        None => return,
+        Some(CrdState::Current) => condition(
+            cache,
+            now,
+            CRD_CURRENT,
+            true,
+            "Current",
+            "the installed CRD is this operator release's or newer".into(),
+        ),
+        Some(CrdState::Problem { reason, message }) => {
+            condition(cache, now, CRD_CURRENT, false, reason, message.clone())
+        }
+    };
+    upsert(status, new);
+}
+
+/// The status after a reconcile failed before or after applying (an API error, a decoding
+/// error): `Degraded=True` with reason `ReconcileFailed`; the rest stays as it was.
+pub fn reconcile_failed(
+    cache: &CasseroleCache,
+    message: &str,
+    now: Timestamp,
+) -> CasseroleCacheStatus {
+    let mut status = cache.status.clone().unwrap_or_default();
+    status.selector = Some(selector_string(cache));
+    upsert(
+        &mut status,
+        condition(
+            cache,
+            now,
+            DEGRADED,
+            true,
+            "ReconcileFailed",
+            message.into(),
+        ),
+    );
+    status
 }
 
 /// The status for a spec the operator refuses: Ready=False and Degraded=True with reason
@@ -270,10 +328,10 @@ pub fn notable_changes(
 
 /// The status after some objects could not be applied: `Degraded=True` with reason
 /// `ApplyFailed` and the API's messages; counts and the other conditions stay as they were,
-/// since the workloads may be serving with their previous spec.
+/// since the workloads may be serving with their previous spec. `observedGeneration` stays too:
+/// this generation is not applied yet (and its leftovers are pruned once it is).
 pub fn apply_failed(cache: &CasseroleCache, message: &str, now: Timestamp) -> CasseroleCacheStatus {
     let mut status = cache.status.clone().unwrap_or_default();
-    status.observed_generation = cache.metadata.generation;
     status.selector = Some(selector_string(cache));
     upsert(
         &mut status,

@@ -121,6 +121,18 @@ fn names_that_collide_with_another_caches_objects_are_refused() {
 }
 
 #[test]
+fn names_must_be_dns1035_labels_like_the_operator_says() {
+    for name in ["my.cache", "1cache", "web-"] {
+        let errors = rejected(validate_cel(&cache_named(name, serde_json::json!({}))));
+        assert!(errors.contains("DNS-1035"), "{name}: {errors}");
+        let mut c = cache_named(name, serde_json::json!({}));
+        c.metadata.namespace = Some("ns".into());
+        let refused = casserole_operator::resources::validate::plan(&c).unwrap_err();
+        assert_eq!(refused.field, "metadata.name", "{name}");
+    }
+}
+
+#[test]
 fn etcd_membership_and_volumes_are_fixed_after_creation() {
     let old = cache(serde_json::json!({"etcd": {"managed": {"replicas": 1}}}));
     let new = cache(serde_json::json!({"etcd": {"managed": {"replicas": 3}}}));
@@ -134,10 +146,12 @@ fn etcd_membership_and_volumes_are_fixed_after_creation() {
         errors.contains("etcd.managed.replicas cannot change"),
         "{errors}"
     );
+    // Storage may grow (the operator expands the claims), never shrink.
     let bigger = cache(serde_json::json!({"etcd": {"managed": {"replicas": 1, "storage": "2Gi"}}}));
-    let errors = rejected(validate_cel_update(&bigger, &old));
+    validate_cel_update(&bigger, &old).unwrap();
+    let errors = rejected(validate_cel_update(&old, &bigger));
     assert!(
-        errors.contains("etcd.managed.storage cannot change"),
+        errors.contains("etcd.managed.storage cannot shrink"),
         "{errors}"
     );
     // Unrelated changes pass, and so does switching to an external etcd.
@@ -151,8 +165,14 @@ fn etcd_membership_and_volumes_are_fixed_after_creation() {
 #[test]
 fn statefulset_volume_claims_are_fixed_but_daemonset_volumes_may_change() {
     let old = cache(serde_json::json!({"disk": {"size": "10Gi"}}));
+    // Growing is allowed (the operator expands the claims), shrinking is not.
+    validate_cel_update(&cache(serde_json::json!({"disk": {"size": "20Gi"}})), &old).unwrap();
+    let errors = rejected(validate_cel_update(
+        &cache(serde_json::json!({"disk": {"size": "5Gi"}})),
+        &old,
+    ));
+    assert!(errors.contains("disk.size cannot shrink"), "{errors}");
     for (new, field) in [
-        (serde_json::json!({"disk": {"size": "20Gi"}}), "disk.size"),
         (
             serde_json::json!({"disk": {"size": "10Gi", "storageClassName": "fast"}}),
             "disk.storageClassName",

@@ -8,9 +8,9 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, EmptyDirVolumeSource, EphemeralVolumeSource, Lifecycle, LifecycleHandler,
-    PersistentVolumeClaimTemplate, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec,
-    SecretVolumeSource, Service, ServiceSpec, SleepAction, Volume, VolumeMount,
+    Affinity, Container, EmptyDirVolumeSource, EphemeralVolumeSource, KeyToPath, Lifecycle,
+    LifecycleHandler, PersistentVolumeClaimTemplate, PodAffinityTerm, PodAntiAffinity, PodSpec,
+    PodTemplateSpec, SecretVolumeSource, Service, ServiceSpec, SleepAction, Volume, VolumeMount,
     WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::networking::v1::{
@@ -30,7 +30,7 @@ use super::network::{from_pods, pdb, service_port, tcp};
 use super::pod::{
     claim, container_port, container_security_context, field_env, http_probe, pod_security_context,
 };
-use super::secret::{peer_token_secret_name, TOKEN_KEY};
+use super::secret::{peer_token_secret_name, PREVIOUS_TOKEN_KEY, TOKEN_KEY};
 use super::validate::{DiskPlan, Plan};
 use crate::crd::{CasseroleCache, LogFormat, WorkloadKind};
 
@@ -40,6 +40,9 @@ pub const CONFIG_HASH_ANNOTATION: &str = "casserole.io/config-hash";
 pub const PEER_TOKEN_ANNOTATION: &str = "casserole.io/peer-token";
 pub const DISK_CACHE_DIR: &str = "/var/cache/casserole";
 pub const PEER_TOKEN_DIR: &str = "/etc/casserole/peer";
+pub const ADMIN_TOKEN_DIR: &str = "/etc/casserole/admin";
+/// Pod-template annotation carrying the admin token's fingerprint (the node reads it at start).
+pub const ADMIN_TOKEN_ANNOTATION: &str = "casserole.io/admin-token";
 /// Volume (and claim-template) name of the disk tier.
 pub const CACHE_VOLUME: &str = "cache";
 /// How long a node drains in-flight requests; the pod gets a few seconds more before SIGKILL.
@@ -150,9 +153,11 @@ fn policy(cache: &CasseroleCache) -> NetworkPolicy {
 }
 
 /// `--cluster-name`: namespaces the etcd prefix, so caches sharing an external etcd never
-/// see each other's members.
+/// see each other's members. `<namespace>.<name>`: neither a namespace (DNS-1123 label) nor a
+/// cache name (DNS-1035 label) holds a '.', so two caches never share a prefix (`team-a`/`web`
+/// and `team`/`a-web` did with a '-').
 pub fn cluster_name(cache: &CasseroleCache) -> String {
-    format!("{}-{}", namespace(cache), cache.name_any())
+    format!("{}.{}", namespace(cache), cache.name_any())
 }
 
 /// The URL peers reach a pod at; an IPv6 literal in a URL needs brackets.
@@ -180,6 +185,16 @@ pub fn node_args(cache: &CasseroleCache, plan: &Plan) -> Vec<String> {
             .iter()
             .map(|p| format!("--pass-through={p}")),
     );
+    args.extend(
+        spec.routes
+            .iter()
+            .map(|r| format!("--route={}={}", r.prefix, r.url)),
+    );
+    args.extend(
+        spec.ttl_rules
+            .iter()
+            .map(|r| format!("--ttl-rule={}={}", r.pattern, r.ttl)),
+    );
     args.push(format!("--min-ttl={}s", spec.min_ttl_seconds));
     args.push(format!("--chunk-size={}", spec.chunk_size));
     args.push(format!("--max-memory-usage={}", spec.memory.max_usage));
@@ -195,6 +210,14 @@ pub fn node_args(cache: &CasseroleCache, plan: &Plan) -> Vec<String> {
     args.push(format!("--etcd={}", plan.etcd_endpoints.join(",")));
     args.push(format!("--cluster-name={}", cluster_name(cache)));
     args.push(format!("--peer-token-file={PEER_TOKEN_DIR}/{TOKEN_KEY}"));
+    if plan.inputs.peer_token_previous {
+        args.push(format!(
+            "--peer-token-previous-file={PEER_TOKEN_DIR}/{PREVIOUS_TOKEN_KEY}"
+        ));
+    }
+    if spec.admin_token.is_some() {
+        args.push(format!("--admin-token-file={ADMIN_TOKEN_DIR}/{TOKEN_KEY}"));
+    }
     args.push(format!(
         "--log-format={}",
         match spec.log_format {
@@ -223,6 +246,9 @@ fn container(cache: &CasseroleCache, plan: &Plan) -> Container {
     ];
     if plan.disk.is_some() {
         mounts.push(mount(CACHE_VOLUME, DISK_CACHE_DIR, false));
+    }
+    if spec.admin_token.is_some() {
+        mounts.push(mount("admin-token", ADMIN_TOKEN_DIR, true));
     }
     Container {
         name: "casserole-node".into(),
@@ -257,7 +283,7 @@ fn container(cache: &CasseroleCache, plan: &Plan) -> Container {
             ..Lifecycle::default()
         }),
         readiness_probe: Some(http_probe("/readyz", "metrics", 5, 2)),
-        resources: spec.resources.clone(),
+        resources: Some(plan.resources.clone()),
         volume_mounts: Some(mounts),
         security_context: Some(container_security_context()),
         ..Container::default()
@@ -287,6 +313,22 @@ fn volumes(cache: &CasseroleCache, plan: &Plan) -> Vec<Volume> {
             ..Volume::default()
         },
     ];
+    if let Some(admin) = &cache.spec.admin_token {
+        volumes.push(Volume {
+            name: "admin-token".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(admin.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: admin.key.clone(),
+                    path: TOKEN_KEY.into(),
+                    ..KeyToPath::default()
+                }]),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     // A DaemonSet has no volumeClaimTemplates: its pods get a generic ephemeral volume,
     // created and deleted with each pod (a node-local cache is disposable by design).
     if let (WorkloadKind::DaemonSet, Some(disk)) = (cache.spec.workload, &plan.disk) {
@@ -350,6 +392,9 @@ pub fn pod_template(cache: &CasseroleCache, plan: &Plan) -> PodTemplateSpec {
     if let Some(fingerprint) = &plan.inputs.peer_token_fingerprint {
         annotations.insert(PEER_TOKEN_ANNOTATION.into(), fingerprint.clone());
     }
+    if let Some(fingerprint) = &plan.inputs.admin_token_fingerprint {
+        annotations.insert(ADMIN_TOKEN_ANNOTATION.into(), fingerprint.clone());
+    }
     let mut template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(cache, Component::Cache)),
@@ -385,9 +430,10 @@ pub fn pod_template(cache: &CasseroleCache, plan: &Plan) -> PodTemplateSpec {
 
 fn statefulset(cache: &CasseroleCache, plan: &Plan) -> StatefulSet {
     let claims = plan.disk.as_ref().map(|disk: &DiskPlan| {
+        // Selector labels only: they never change, and a claim template is immutable.
         vec![claim(
             Some(CACHE_VOLUME.into()),
-            Some(labels(cache, Component::Cache)),
+            Some(selector_labels(cache, Component::Cache)),
             &disk.size,
             disk.storage_class_name.clone(),
         )]
@@ -423,9 +469,11 @@ fn daemonset(cache: &CasseroleCache, plan: &Plan) -> DaemonSet {
             template: pod_template(cache, plan),
             update_strategy: Some(DaemonSetUpdateStrategy {
                 type_: Some("RollingUpdate".into()),
+                // Surge: a node's new pod starts (and passes readiness) before its old one
+                // stops, so node-local clients (internalTrafficPolicy: Local) always have one.
                 rolling_update: Some(RollingUpdateDaemonSet {
-                    max_unavailable: Some(IntOrString::Int(1)),
-                    ..RollingUpdateDaemonSet::default()
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
                 }),
             }),
             ..DaemonSetSpec::default()

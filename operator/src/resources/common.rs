@@ -136,6 +136,12 @@ pub struct Inputs {
     /// a pod-template annotation, so a new token (the Secret was deleted and made again) rolls
     /// the pods onto it.
     pub peer_token_fingerprint: Option<String>,
+    /// The peer token Secret also holds a `previous` token (a rotation in progress): the
+    /// nodes accept it too.
+    pub peer_token_previous: bool,
+    /// Fingerprint of the admin token (`spec.adminToken`), when known: a new one rolls the
+    /// pods (the node reads its token file at start).
+    pub admin_token_fingerprint: Option<String>,
 }
 
 /// Namespace of the cache (and of everything it owns).

@@ -268,9 +268,10 @@ fn statefulset(cache: &CasseroleCache, managed: &ManagedEtcd, family: IpFamily) 
                 }),
                 spec: Some(pod_spec(cache, managed, container)),
             },
+            // Selector labels only: they never change, and a claim template is immutable.
             volume_claim_templates: Some(vec![claim(
                 Some("data".into()),
-                Some(labels(cache, Component::Etcd)),
+                Some(selector_labels(cache, Component::Etcd)),
                 &managed.storage,
                 managed.storage_class_name.clone(),
             )]),

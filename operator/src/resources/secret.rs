@@ -15,6 +15,8 @@ use crate::crd::CasseroleCache;
 
 /// Key of the token inside the Secret (and file name in the mounted volume).
 pub const TOKEN_KEY: &str = "token";
+/// Optional second key during a rotation: a token the nodes also accept (never send).
+pub const PREVIOUS_TOKEN_KEY: &str = "previous";
 
 pub fn peer_token_secret_name(cache: &CasseroleCache) -> String {
     format!("{}-peer-token", cache.name_any())

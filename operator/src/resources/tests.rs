@@ -159,7 +159,7 @@ logFormat: text
         "--max-disk-usage=90Gi",
         "--cleaned-disk-usage=70Gi",
         "--etcd=http://web-etcd.cdn.svc:2379",
-        "--cluster-name=cdn-web",
+        "--cluster-name=cdn.web",
         "--peer-token-file=/etc/casserole/peer/token",
         "--log-format=text",
         "--shutdown-grace=30s",
@@ -250,7 +250,7 @@ fn daemonset_with_external_etcd_uses_an_ephemeral_volume_and_no_etcd_objects() {
 upstream: https://u.example
 workload: DaemonSet
 disk: {size: 20Gi, storageClassName: local-nvme}
-etcd: {external: {endpoints: ["http://etcd-a:2379", "https://etcd-b:2379"]}}
+etcd: {external: {endpoints: ["http://etcd-a:2379", "http://etcd-b:2379"]}}
 "#,
     );
     let objects = desired(&cache).unwrap();
@@ -258,7 +258,7 @@ etcd: {external: {endpoints: ["http://etcd-a:2379", "https://etcd-b:2379"]}}
     assert!(!objects.iter().any(|o| o.name().contains("etcd")));
     let d = daemonset(&objects);
     let t = &d.spec.template;
-    assert!(has_arg(t, "--etcd=http://etcd-a:2379,https://etcd-b:2379"));
+    assert!(has_arg(t, "--etcd=http://etcd-a:2379,http://etcd-b:2379"));
     let volume = pod_spec(t)
         .volumes
         .as_ref()

@@ -5,6 +5,10 @@
 //! clusters, so everything the builders rely on is re-checked here and reported with the
 //! field's path.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 
 use super::common::{namespace, Inputs};
@@ -37,6 +41,9 @@ pub struct Plan {
     pub etcd_endpoints: Vec<String>,
     /// Set when the operator runs etcd itself.
     pub managed_etcd: Option<ManagedEtcd>,
+    /// Compute resources of the cache container: the spec's, with memory and CPU requests
+    /// filled in where it sets none ([`node_resources`]).
+    pub resources: ResourceRequirements,
     /// What the cluster and the token Secret say (not the spec).
     pub inputs: Inputs,
 }
@@ -59,14 +66,41 @@ fn positive_quantity(field: &str, value: &str) -> Result<u128, InvalidSpec> {
     }
 }
 
+/// A URL the node can fetch from, by the parser the node's flags are checked with.
 fn http_url(field: &str, value: &str) -> Result<(), InvalidSpec> {
-    let rest = value
-        .strip_prefix("http://")
-        .or_else(|| value.strip_prefix("https://"))
-        .ok_or_else(|| invalid(field, format!("{value:?} is not an http or https URL")))?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if host.is_empty() || value.chars().any(|c| c.is_whitespace() || c == ',') {
-        return Err(invalid(field, format!("{value:?} is not a valid URL")));
+    casserole_limits::parse_http_url(value)
+        .map(drop)
+        .map_err(|message| invalid(field, message))
+}
+
+/// The name names Services (DNS-1035 labels) and every derived object.
+fn check_name(name: &str) -> Result<(), InvalidSpec> {
+    casserole_limits::check_dns1035_label(name, MAX_NAME_LEN)
+        .map_err(|message| invalid("metadata.name", format!("{message}; {}", name_message())))?;
+    if RESERVED_NAME_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+        return Err(invalid("metadata.name", name_message()));
+    }
+    Ok(())
+}
+
+/// `spec.routes` and `spec.ttlRules`, by the parsers of the node's `--route` and `--ttl-rule`.
+fn check_rules(cache: &CasseroleCache) -> Result<(), InvalidSpec> {
+    let spec = &cache.spec;
+    casserole_limits::check_routes(
+        spec.routes
+            .iter()
+            .map(|r| (r.prefix.as_str(), r.url.as_str())),
+    )
+    .map_err(|(i, message)| invalid(format!("spec.routes[{i}]"), message))?;
+    if spec.ttl_rules.len() > casserole_limits::TTL_RULES_MAX {
+        return Err(invalid(
+            "spec.ttlRules",
+            format!("at most {} rules", casserole_limits::TTL_RULES_MAX),
+        ));
+    }
+    for (i, rule) in spec.ttl_rules.iter().enumerate() {
+        casserole_limits::ttl_rule(&rule.pattern, &rule.ttl)
+            .map_err(|message| invalid(format!("spec.ttlRules[{i}]"), message))?;
     }
     Ok(())
 }
@@ -74,11 +108,9 @@ fn http_url(field: &str, value: &str) -> Result<(), InvalidSpec> {
 /// Validates the spec and resolves defaults that depend on other fields.
 pub fn plan(cache: &CasseroleCache) -> Result<Plan, InvalidSpec> {
     let spec = &cache.spec;
-    let name = cache.name_any();
-    if name.len() > MAX_NAME_LEN || RESERVED_NAME_SUFFIXES.iter().any(|s| name.ends_with(s)) {
-        return Err(invalid("metadata.name", name_message()));
-    }
+    check_name(&cache.name_any())?;
     http_url("spec.upstream", &spec.upstream)?;
+    check_rules(cache)?;
     // The node's own compiler, so what passes here compiles there.
     casserole_limits::compile_pass_through(&spec.pass_through)
         .map_err(|e| invalid(format!("spec.passThrough[{}]", e.index), e.message))?;
@@ -116,7 +148,9 @@ pub fn plan(cache: &CasseroleCache) -> Result<Plan, InvalidSpec> {
                 ));
             }
             for (i, e) in external.endpoints.iter().enumerate() {
-                http_url(&format!("spec.etcd.external.endpoints[{i}]"), e)?;
+                casserole_limits::check_etcd_endpoint(e).map_err(|message| {
+                    invalid(format!("spec.etcd.external.endpoints[{i}]"), message)
+                })?;
             }
             (external.endpoints.clone(), None)
         }
@@ -132,6 +166,7 @@ pub fn plan(cache: &CasseroleCache) -> Result<Plan, InvalidSpec> {
         disk,
         etcd_endpoints,
         managed_etcd,
+        resources: node_resources(cache, max_memory),
         inputs: Inputs::default(),
     })
 }
@@ -139,6 +174,39 @@ pub fn plan(cache: &CasseroleCache) -> Result<Plan, InvalidSpec> {
 /// What a node needs beyond its chunk cache (`--max-memory-usage`): code, connections, metadata
 /// and allocator slack. The node's own memory tests hold it within this (README, "Limits").
 const NODE_MEMORY_OVERHEAD: u128 = 64 << 20;
+
+/// CPU a cache pod requests when the spec sets no CPU request.
+pub const DEFAULT_CPU_REQUEST: &str = "100m";
+
+/// The cache container's resources. Where the spec sets neither a memory request nor a memory
+/// limit, both become `memory.maxUsage` plus the node's overhead (a pod the scheduler places
+/// by what it really uses, and the last one evicted under memory pressure); where it sets no
+/// CPU request, [`DEFAULT_CPU_REQUEST`] (no CPU limit: throttling a cache only slows clients).
+/// What the spec sets is kept as it is.
+pub fn node_resources(cache: &CasseroleCache, max_memory: u128) -> ResourceRequirements {
+    let mut resources = cache.spec.resources.clone().unwrap_or_default();
+    let has = |m: &Option<BTreeMap<String, Quantity>>, key: &str| {
+        m.as_ref().is_some_and(|m| m.contains_key(key))
+    };
+    if !has(&resources.requests, "memory") && !has(&resources.limits, "memory") {
+        let memory = Quantity((max_memory + NODE_MEMORY_OVERHEAD).to_string());
+        resources
+            .requests
+            .get_or_insert_with(BTreeMap::new)
+            .insert("memory".into(), memory.clone());
+        resources
+            .limits
+            .get_or_insert_with(BTreeMap::new)
+            .insert("memory".into(), memory);
+    }
+    if !has(&resources.requests, "cpu") && !has(&resources.limits, "cpu") {
+        resources
+            .requests
+            .get_or_insert_with(BTreeMap::new)
+            .insert("cpu".into(), Quantity(DEFAULT_CPU_REQUEST.into()));
+    }
+    resources
+}
 
 /// A memory limit below what the chunk cache may use would pass the schema and then get the pod
 /// OOM-killed under load; refuse it up front. Limits spelled in forms the size grammar does not
