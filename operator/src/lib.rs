@@ -23,9 +23,21 @@ use kube::CustomResourceExt;
 /// avoids downgrading it, and how tests check that the chart's CRD and app version agree.
 pub const CRD_VERSION_ANNOTATION: &str = "casserole.io/operator-version";
 
+/// The version the operator reads and writes, and the one the API server stores.
+pub const STORAGE_VERSION: &str = "v1alpha1";
+/// A second served version with the same schema: the API server converts between the two
+/// without a webhook (`conversion.strategy: None` only rewrites `apiVersion`), so manifests
+/// can move to it now; see docs/operator-runbook.md for the storage-version migration plan.
+pub const NEXT_VERSION: &str = "v1beta1";
+
 /// The CustomResourceDefinition, annotated with this release's version.
 pub fn crd_object() -> CustomResourceDefinition {
     let mut crd = crd::CasseroleCache::crd();
+    let mut next = crd.spec.versions[0].clone();
+    next.name = NEXT_VERSION.into();
+    next.storage = false;
+    next.served = true;
+    crd.spec.versions.push(next);
     crd.metadata
         .annotations
         .get_or_insert_with(Default::default)
@@ -44,5 +56,7 @@ pub fn crd_yaml() -> String {
 
 #[cfg(test)]
 mod mock;
+#[cfg(test)]
+mod reconcile_day2_tests;
 #[cfg(test)]
 mod reconcile_tests;

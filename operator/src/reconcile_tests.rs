@@ -15,11 +15,12 @@ use crate::reconcile::{error_policy, reconcile, Context, Error, REQUEUE_PENDING,
 use crate::resources::testing::{cache_from_spec, default_cache};
 use crate::resources::{desired_for, secret, Inputs, Object};
 
-const SECRET_PATH: &str = "/api/v1/namespaces/cdn/secrets/web-peer-token";
-const STATUS_PATH: &str = "/apis/casserole.io/v1alpha1/namespaces/cdn/casserolecaches/web/status";
-const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/cdn/events";
+pub(crate) const SECRET_PATH: &str = "/api/v1/namespaces/cdn/secrets/web-peer-token";
+pub(crate) const STATUS_PATH: &str =
+    "/apis/casserole.io/v1alpha1/namespaces/cdn/casserolecaches/web/status";
+pub(crate) const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/cdn/events";
 
-fn context() -> (Arc<Context>, ApiServer) {
+pub(crate) fn context() -> (Arc<Context>, ApiServer) {
     let (client, server) = mock::client();
     (
         Arc::new(Context::new(
@@ -33,13 +34,13 @@ fn context() -> (Arc<Context>, ApiServer) {
 
 /// One reconcile, bounded: a request the script does not answer fails the test instead of
 /// hanging it.
-async fn run(cache: Arc<CasseroleCache>, ctx: &Arc<Context>) -> Result<Action, Error> {
+pub(crate) async fn run(cache: Arc<CasseroleCache>, ctx: &Arc<Context>) -> Result<Action, Error> {
     tokio::time::timeout(Duration::from_secs(10), reconcile(cache, ctx.clone()))
         .await
         .expect("reconcile finished (an unanswered request would hang it)")
 }
 
-fn object_path(o: &Object) -> String {
+pub(crate) fn object_path(o: &Object) -> String {
     let ar = o.api_resource();
     let prefix = if ar.group.is_empty() {
         format!("/api/{}", ar.version)
@@ -50,7 +51,7 @@ fn object_path(o: &Object) -> String {
 }
 
 /// An apply answer: the object echoed back, with a workload status showing `ready` pods.
-fn workload_answer(seen: &Seen, ready: i32) -> (StatusCode, Value) {
+pub(crate) fn workload_answer(seen: &Seen, ready: i32) -> (StatusCode, Value) {
     let mut body = seen.body.clone();
     body["metadata"]["generation"] = json!(1);
     match body["kind"].as_str() {
@@ -73,7 +74,7 @@ fn workload_answer(seen: &Seen, ready: i32) -> (StatusCode, Value) {
 }
 
 /// The existing peer token Secret the fake API server hands out.
-fn existing_secret() -> (StatusCode, Value) {
+pub(crate) fn existing_secret() -> (StatusCode, Value) {
     (
         StatusCode::OK,
         json!({"apiVersion": "v1", "kind": "Secret",
@@ -81,10 +82,10 @@ fn existing_secret() -> (StatusCode, Value) {
                "data": {"token": "ZXhpc3RpbmctcGVlci10b2tlbi0wMDAx"}}),
     )
 }
-const EXISTING_TOKEN: &str = "existing-peer-token-0001";
+pub(crate) const EXISTING_TOKEN: &str = "existing-peer-token-0001";
 
 /// The desired objects for pods on the given token.
-fn desired_with_token(cache: &CasseroleCache, token: &str) -> Vec<Object> {
+pub(crate) fn desired_with_token(cache: &CasseroleCache, token: &str) -> Vec<Object> {
     let inputs = Inputs {
         peer_token_fingerprint: Some(secret::token_fingerprint(token.as_bytes())),
         ..Inputs::default()
@@ -92,11 +93,11 @@ fn desired_with_token(cache: &CasseroleCache, token: &str) -> Vec<Object> {
     desired_for(cache, &inputs).unwrap()
 }
 
-const STS_PATH: &str = "/apis/apps/v1/namespaces/cdn/statefulsets";
+pub(crate) const STS_PATH: &str = "/apis/apps/v1/namespaces/cdn/statefulsets";
 
 /// Expects the reads of the live StatefulSets (managed etcd, cache StatefulSet) the transition
 /// checks compare with; none exists yet.
-async fn expect_live(server: &mut ApiServer, cache: &CasseroleCache) {
+pub(crate) async fn expect_live(server: &mut ApiServer, cache: &CasseroleCache) {
     if cache.spec.etcd.managed.is_some() {
         server
             .expect(Method::GET, &format!("{STS_PATH}/web-etcd"), |_| {
@@ -115,7 +116,7 @@ async fn expect_live(server: &mut ApiServer, cache: &CasseroleCache) {
 
 /// Expects one forced apply per desired object, in order, each carrying exactly the desired
 /// object for pods on `token`; returns the bodies.
-async fn expect_applies(
+pub(crate) async fn expect_applies(
     server: &mut ApiServer,
     cache: &CasseroleCache,
     token: &str,
@@ -141,7 +142,7 @@ async fn expect_applies(
 }
 
 /// The answer to a status patch: the cache with the status that was sent.
-fn status_answer(cache: &CasseroleCache, seen: &Seen) -> (StatusCode, Value) {
+pub(crate) fn status_answer(cache: &CasseroleCache, seen: &Seen) -> (StatusCode, Value) {
     let mut c = serde_json::to_value(cache).unwrap();
     c["status"] = seen.body["status"].clone();
     (StatusCode::OK, c)
@@ -164,7 +165,7 @@ fn pods_answer(total: usize, ready: usize) -> (StatusCode, Value) {
 }
 
 /// Expects the pod list the members come from.
-async fn expect_members(server: &mut ApiServer, total: usize, ready: usize) {
+pub(crate) async fn expect_members(server: &mut ApiServer, total: usize, ready: usize) {
     let seen = server
         .expect(Method::GET, PODS_PATH, |_| pods_answer(total, ready))
         .await;
@@ -176,7 +177,7 @@ async fn expect_members(server: &mut ApiServer, total: usize, ready: usize) {
     );
 }
 
-fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+pub(crate) fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
     status["conditions"]
         .as_array()
         .unwrap()

@@ -14,7 +14,7 @@ pub enum RenderError {
         index: usize,
         source: serde_yaml::Error,
     },
-    #[error("document {index}: expected apiVersion casserole.io/v1alpha1, kind CasseroleCache")]
+    #[error("document {index}: expected apiVersion casserole.io/v1alpha1 or v1beta1, kind CasseroleCache")]
     WrongKind { index: usize },
     #[error("{name}: invalid spec: {source}")]
     Invalid {
@@ -48,11 +48,16 @@ pub fn parse_caches(
         if value.is_null() {
             continue; // an empty document, e.g. a trailing `---`
         }
-        if value.get("apiVersion").and_then(|v| v.as_str()) != Some("casserole.io/v1alpha1")
+        let api_version = value.get("apiVersion").and_then(|v| v.as_str());
+        let served =
+            [crate::STORAGE_VERSION, crate::NEXT_VERSION].map(|v| format!("casserole.io/{v}"));
+        if !served.iter().any(|v| Some(v.as_str()) == api_version)
             || value.get("kind").and_then(|v| v.as_str()) != Some("CasseroleCache")
         {
             return Err(RenderError::WrongKind { index });
         }
+        let mut value = value;
+        value["apiVersion"] = format!("casserole.io/{}", crate::STORAGE_VERSION).into();
         let mut cache: CasseroleCache =
             serde_yaml::from_value(value).map_err(|source| RenderError::Parse { index, source })?;
         if let Some(ns) = namespace {

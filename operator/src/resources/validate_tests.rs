@@ -123,3 +123,94 @@ fn leftovers_are_what_another_variant_would_own() {
         ]
     );
 }
+
+#[test]
+fn urls_the_node_would_crash_loop_on_are_refused() {
+    for bad in [
+        "http://u?x=1",
+        "http://u/#top",
+        "http://u:99999",
+        "http://u:0",
+        "http://u:port",
+    ] {
+        let spec = format!("upstream: '{bad}'\n");
+        assert_eq!(invalid_field(&spec), "spec.upstream", "{bad}");
+    }
+    assert_eq!(
+        invalid_field("upstream: http://u\nroutes: [{prefix: /m/, url: 'http://hub?x'}]\n"),
+        "spec.routes[0]"
+    );
+    assert_eq!(
+        invalid_field("upstream: http://u\nroutes: [{prefix: m/, url: 'http://hub'}]\n"),
+        "spec.routes[0]"
+    );
+    assert_eq!(
+        invalid_field("upstream: http://u\nttlRules: [{pattern: '(', ttl: 1h}]\n"),
+        "spec.ttlRules[0]"
+    );
+    assert_eq!(
+        invalid_field("upstream: http://u\nttlRules: [{pattern: '^/x', ttl: 1d}]\n"),
+        "spec.ttlRules[0]"
+    );
+}
+
+#[test]
+fn tls_etcd_endpoints_are_refused_with_the_reason() {
+    let err = desired(&cache_from_spec(
+        "upstream: http://u\netcd: {external: {endpoints: ['https://etcd:2379']}}\n",
+    ))
+    .unwrap_err();
+    assert_eq!(err.field, "spec.etcd.external.endpoints[0]");
+    assert!(err.message.contains("no TLS"), "{err}");
+}
+
+#[test]
+fn names_must_be_dns1035_labels() {
+    for bad in ["my.cache", "1cache", "Web"] {
+        let mut cache = default_cache();
+        cache.metadata.name = Some(bad.into());
+        assert_eq!(desired(&cache).unwrap_err().field, "metadata.name", "{bad}");
+    }
+}
+
+#[test]
+fn routes_and_ttl_rules_become_node_flags() {
+    let cache = cache_from_spec(
+        "upstream: http://u\nroutes: [{prefix: /models/, url: 'http://hub.ml:8080/base'}]\nttlRules: [{pattern: '\\.iso$', ttl: 1h}]\n",
+    );
+    let plan = validate::plan(&cache).unwrap();
+    let args = cache::node_args(&cache, &plan);
+    assert!(args.contains(&"--route=/models/=http://hub.ml:8080/base".to_string()));
+    assert!(args.contains(&"--ttl-rule=\\.iso$=1h".to_string()));
+}
+
+#[test]
+fn cluster_names_of_different_caches_never_collide() {
+    let named = |ns: &str, name: &str| {
+        let mut c = default_cache();
+        c.metadata.namespace = Some(ns.into());
+        c.metadata.name = Some(name.into());
+        cache::cluster_name(&c)
+    };
+    assert_ne!(named("team-a", "web"), named("team", "a-web"));
+    assert_eq!(named("team-a", "web"), "team-a.web");
+}
+
+#[test]
+fn cache_pods_request_what_they_use_unless_the_spec_says() {
+    let plan = validate::plan(&default_cache()).unwrap();
+    let memory = (100_000_000u64 + (64 << 20)).to_string();
+    let r = &plan.resources;
+    assert_eq!(r.requests.as_ref().unwrap()["memory"].0, memory);
+    assert_eq!(r.limits.as_ref().unwrap()["memory"].0, memory);
+    assert_eq!(
+        r.requests.as_ref().unwrap()["cpu"].0,
+        validate::DEFAULT_CPU_REQUEST
+    );
+    // What the user sets is kept.
+    let own =
+        cache_from_spec("upstream: http://u\nresources: {requests: {memory: 1Gi, cpu: '2'}}\n");
+    let r = validate::plan(&own).unwrap().resources;
+    assert_eq!(r.requests.as_ref().unwrap()["memory"].0, "1Gi");
+    assert!(r.limits.is_none());
+}

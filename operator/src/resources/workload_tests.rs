@@ -170,3 +170,73 @@ fn etcd_members_have_resources_spread_over_nodes_and_follow_their_scheduling() {
         Some("infra")
     );
 }
+
+#[test]
+fn daemonset_rolls_by_surge_so_a_node_never_lacks_its_cache_pod() {
+    let cache = cache_from_spec("upstream: http://u\nworkload: DaemonSet\n");
+    let objects = desired(&cache).unwrap();
+    let Some(Object::DaemonSet(d)) = find(&objects, "DaemonSet", "web") else {
+        panic!("no DaemonSet");
+    };
+    let rolling = d
+        .spec
+        .update_strategy
+        .as_ref()
+        .unwrap()
+        .rolling_update
+        .as_ref()
+        .unwrap();
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+}
+
+#[test]
+fn claim_templates_carry_only_the_immutable_selector_labels() {
+    let objects = desired(&default_cache()).unwrap();
+    let cache = default_cache();
+    for (name, component) in [("web", Component::Cache), ("web-etcd", Component::Etcd)] {
+        let sts = statefulset(&objects, name);
+        let templates = sts.spec.volume_claim_templates.as_ref().unwrap();
+        assert_eq!(
+            templates[0].metadata.labels.as_ref(),
+            Some(&selector_labels(&cache, component)),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn the_crd_serves_a_second_version_and_shows_no_credentials() {
+    let crd = crate::crd_object();
+    let versions: Vec<_> = crd
+        .spec
+        .versions
+        .iter()
+        .map(|v| (v.name.as_str(), v.served, v.storage))
+        .collect();
+    assert_eq!(
+        versions,
+        [("v1alpha1", true, true), ("v1beta1", true, false)]
+    );
+    assert_eq!(crd.spec.versions[0].schema, crd.spec.versions[1].schema);
+    assert!(crd.spec.conversion.is_none(), "identity conversion (None)");
+    let columns = crd.spec.versions[0]
+        .additional_printer_columns
+        .as_ref()
+        .unwrap();
+    let path = |name: &str| {
+        columns
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.json_path.clone())
+    };
+    assert_eq!(path("Upstream").as_deref(), Some(".status.upstream"));
+    assert!(path("Reason").unwrap().contains("reason"));
+    let mut cache = cache_from_spec("upstream: 'https://user:secret@host:8443/p'\n");
+    cache.metadata.generation = Some(1);
+    assert_eq!(
+        crate::status::upstream_shown(&cache).as_deref(),
+        Some("https://host:8443/p")
+    );
+}
