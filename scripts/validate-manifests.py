@@ -77,9 +77,10 @@ CEL_RULES = {
         lambda s: is_integer(s) and quantity(s) > 0,
     "!quantity(self).isLessThan(quantity('64Ki')) && !quantity(self).isGreaterThan(quantity('64Mi'))":
         lambda s: quantity("64Ki") <= quantity(s) <= quantity("64Mi"),
-    "size(self.metadata.name) <= 42 && !self.metadata.name.endsWith('-etcd') && "
-    "!self.metadata.name.endsWith('-peer')":
+    "size(self.metadata.name) <= 42 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && "
+    "!self.metadata.name.endsWith('-etcd') && !self.metadata.name.endsWith('-peer')":
         lambda doc: len(doc["metadata"]["name"]) <= 42
+        and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", doc["metadata"]["name"]) is not None
         and not doc["metadata"]["name"].endswith(("-etcd", "-peer")),
 }
 
@@ -158,6 +159,10 @@ def cel_errors(schema, value, path="spec"):
 class CrdValidator:
     def __init__(self, crd):
         version = crd["spec"]["versions"][0]
+        # Every served version (they share one schema: the conversion is the identity).
+        self.api_versions = {f"{crd['spec']['group']}/{v['name']}"
+                             for v in crd["spec"]["versions"] if v["served"]}
+        assert all(v["schema"] == version["schema"] for v in crd["spec"]["versions"])
         self.api_version = f"{crd['spec']['group']}/{version['name']}"
         self.kind = crd["spec"]["names"]["kind"]
         self.schema = version["schema"]["openAPIV3Schema"]
@@ -169,7 +174,7 @@ class CrdValidator:
             raise SystemExit(f"CEL rules without a Python twin in {__file__}: {unknown}")
 
     def errors(self, doc):
-        if doc.get("apiVersion") != self.api_version or doc.get("kind") != self.kind:
+        if doc.get("apiVersion") not in self.api_versions or doc.get("kind") != self.kind:
             return [f"not a {self.api_version} {self.kind}"]
         spec = apply_defaults(self.spec_schema, copy.deepcopy(doc.get("spec", {})))
         errors = [f"spec{''.join(f'.{p}' for p in e.absolute_path)}: {e.message}"

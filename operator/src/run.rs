@@ -57,6 +57,15 @@ pub struct RunArgs {
     /// CRDs); needs `get` and `patch` on the CRD.
     #[arg(long, env = "APPLY_CRD")]
     pub apply_crd: bool,
+    /// Namespaces whose Secrets the operator may use, when it watches every namespace
+    /// (repeatable or comma-separated; default: all, or the watched one): the peer token
+    /// Secrets are watched there only, matching RBAC granted per namespace.
+    #[arg(
+        long = "secret-namespace",
+        env = "SECRET_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub secret_namespaces: Vec<String>,
     /// /healthz fails once a reconcile has run this long (its requests time out far sooner).
     #[arg(long, env = "STUCK_RECONCILE_SECONDS", default_value_t = 300)]
     pub stuck_reconcile_seconds: u64,
@@ -112,6 +121,29 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
+}
+
+/// Changes of the operator's own Secrets (label-selected, metadata only), in the watched
+/// namespace, or in each of `--secret-namespace`, or everywhere.
+fn secret_triggers(
+    client: &Client,
+    ns: Option<&str>,
+    secret_namespaces: &[String],
+    selector: watcher::Config,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send {
+    let apis: Vec<Api<PartialObjectMeta<Secret>>> = match (ns, secret_namespaces) {
+        (None, list) if !list.is_empty() => list
+            .iter()
+            .map(|n| Api::namespaced(client.clone(), n))
+            .collect(),
+        _ => vec![owned::<PartialObjectMeta<Secret>>(client, ns)],
+    };
+    futures::stream::select_all(apis.into_iter().map(|api| {
+        watcher(api, selector.clone())
+            .default_backoff()
+            .touched_objects()
+            .boxed()
+    }))
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -211,14 +243,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // The peer token: deleting it makes the operator create a new one and roll the pods.
     // Metadata only, and only the operator's own (label-selected): the operator never holds
     // the cluster's Secrets in memory.
-    .owns_stream(
-        watcher(
-            owned::<PartialObjectMeta<Secret>>(&watch_client, ns),
-            selector,
-        )
-        .default_backoff()
-        .touched_objects(),
-    )
+    .owns_stream(secret_triggers(
+        &watch_client,
+        ns,
+        &args.secret_namespaces,
+        selector,
+    ))
     .shutdown_on_signal()
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {

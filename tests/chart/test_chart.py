@@ -69,6 +69,10 @@ def test_default_objects():
         ("ServiceAccount", OPERATOR),
         ("ClusterRole", OPERATOR),
         ("ClusterRoleBinding", OPERATOR),
+        ("ClusterRole", f"{OPERATOR}-secrets"),
+        ("ClusterRoleBinding", f"{OPERATOR}-secrets"),
+        ("ClusterRole", f"{OPERATOR}-cluster"),
+        ("ClusterRoleBinding", f"{OPERATOR}-cluster"),
         ("Role", f"{OPERATOR}-leader-election"),
         ("RoleBinding", f"{OPERATOR}-leader-election"),
         ("ClusterRole", "casserole-edit"),
@@ -183,10 +187,14 @@ EXPECTED_OPERATOR_RULES = sorted([
     (("",), ("services",), ("create", "delete", "get", "list", "patch", "watch")),
     (("policy",), ("poddisruptionbudgets",), ("create", "delete", "get", "list", "patch", "watch")),
     (("networking.k8s.io",), ("networkpolicies",), ("create", "delete", "get", "list", "patch", "watch")),
-    (("",), ("secrets",), ("create", "get", "list", "watch")),
     (("",), ("pods",), ("list",)),
+    (("",), ("persistentvolumeclaims",), ("list", "patch")),
     (("events.k8s.io",), ("events",), ("create", "patch")),
+])
+EXPECTED_SECRET_RULES = [(("",), ("secrets",), ("create", "get", "list", "watch"))]
+EXPECTED_CLUSTER_RULES = sorted([
     (("apiextensions.k8s.io",), ("customresourcedefinitions",), ("get", "patch")),
+    (("storage.k8s.io",), ("storageclasses",), ("get", "list")),
 ])
 
 
@@ -197,23 +205,31 @@ def test_operator_cluster_role_is_exactly_least_privilege():
     docs = render()
     role = one(docs, "ClusterRole", OPERATOR)
     assert rules_of(role) == EXPECTED_OPERATOR_RULES
-    (crd_rule,) = [r for r in role["rules"] if r["apiGroups"] == ["apiextensions.k8s.io"]]
+    assert rules_of(one(docs, "ClusterRole", f"{OPERATOR}-secrets")) == EXPECTED_SECRET_RULES
+    cluster = one(docs, "ClusterRole", f"{OPERATOR}-cluster")
+    assert rules_of(cluster) == EXPECTED_CLUSTER_RULES
+    (crd_rule,) = [r for r in cluster["rules"] if r["apiGroups"] == ["apiextensions.k8s.io"]]
     assert crd_rule["resourceNames"] == ["casserolecaches.casserole.io"], "its own CRD only"
-    for rule in role["rules"]:
-        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
-        assert "deletecollection" not in rule["verbs"]
-        if "delete" in rule["verbs"]:
-            # Only pruning of the operator's own workload objects deletes anything.
-            assert set(rule["resources"]) <= PRUNED, rule
-    binding = one(docs, "ClusterRoleBinding", OPERATOR)
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}]
+    for r in (role, cluster, one(docs, "ClusterRole", f"{OPERATOR}-secrets")):
+        for rule in r["rules"]:
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+            assert "deletecollection" not in rule["verbs"]
+            if "delete" in rule["verbs"]:
+                # Only pruning of the operator's own workload objects deletes anything.
+                assert set(rule["resources"]) <= PRUNED, rule
+    for name in (OPERATOR, f"{OPERATOR}-secrets", f"{OPERATOR}-cluster"):
+        binding = one(docs, "ClusterRoleBinding", name)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}]
 
 
 def test_crd_self_upgrade_can_be_turned_off():
     docs = render({"crds": {"applyOnStart": False}})
-    role = one(docs, "ClusterRole", OPERATOR)
-    assert not [r for r in role["rules"] if "customresourcedefinitions" in r["resources"]]
+    assert not [r for r in one(docs, "ClusterRole", OPERATOR)["rules"] if "customresourcedefinitions" in r["resources"]]
+    # Still read (an outdated CRD is reported as the CRDCurrent condition), never patched.
+    (crd_rule,) = [r for r in one(docs, "ClusterRole", f"{OPERATOR}-cluster")["rules"]
+                   if "customresourcedefinitions" in r["resources"]]
+    assert crd_rule["verbs"] == ["get"]
     args = one(docs, "Deployment", OPERATOR)["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--apply-crd" not in args
     args = one(render(), "Deployment", OPERATOR)["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -262,28 +278,66 @@ def allowed(role, group, resource):
 def test_rbac_covers_what_the_operator_code_does():
     """Cross-check with operator/src: every watched kind can be listed and watched, every
     rendered (server-side applied) kind can be created and patched."""
-    role = one(render(), "ClusterRole", OPERATOR)
+    docs = render()
+    role = one(docs, "ClusterRole", OPERATOR)
+    secrets = one(docs, "ClusterRole", f"{OPERATOR}-secrets")
+    merged = {"rules": role["rules"] + secrets["rules"]}
     run_rs = (ROOT / "operator" / "src" / "run.rs").read_text()
-    watched = set(re.findall(r"owned::<(\w+)>", run_rs))
-    assert "CasseroleCache" in watched, "run.rs no longer builds the controller as expected"
+    watched = set(re.findall(r"owned::<(?:PartialObjectMeta<)?(\w+)>", run_rs))
+    assert "CasseroleCache" in watched and "Secret" in watched, "run.rs no longer builds the controller as expected"
     for kind in watched:
-        assert {"list", "watch"} <= allowed(role, *KIND_RESOURCE[kind]), kind
+        assert {"list", "watch"} <= allowed(merged, *KIND_RESOURCE[kind]), kind
     applied = {d["kind"] for d in __import__("conftest").operator_render(
         (ROOT / "examples" / "basic.yaml").read_text(), namespace="cdn")}
     applied |= {"DaemonSet"}  # workload: DaemonSet renders one instead of the StatefulSet
     for kind in applied - {"Secret"}:
         assert {"create", "patch"} <= allowed(role, *KIND_RESOURCE[kind]), kind
-    # Secrets: created once and watched, never patched (the token is never rewritten).
-    assert allowed(role, *KIND_RESOURCE["Secret"]) == {"get", "list", "watch", "create"}
+    # Secrets: created once and watched, never patched (the token is never rewritten), and only
+    # through their own role.
+    assert allowed(secrets, *KIND_RESOURCE["Secret"]) == {"get", "list", "watch", "create"}
+    assert not allowed(role, *KIND_RESOURCE["Secret"])
 
 
 def test_watch_namespace_binds_only_that_namespace():
     docs = render(VALUE_SETS["everything"])
-    assert not find(docs, "ClusterRoleBinding")
-    binding = one(docs, "RoleBinding", OPERATOR)
-    assert binding["metadata"]["namespace"] == "cdn"
-    assert binding["roleRef"]["kind"] == "ClusterRole"
+    for name in (OPERATOR, f"{OPERATOR}-secrets"):
+        binding = one(docs, "RoleBinding", name)
+        assert binding["metadata"]["namespace"] == "cdn"
+        assert binding["roleRef"]["kind"] == "ClusterRole"
     assert "--watch-namespace=cdn" in operator_container(docs)["args"]
+    # Secrets only in the watched namespace.
+    assert [b["metadata"]["name"] for b in find(docs, "ClusterRoleBinding")] == [f"{OPERATOR}-cluster"]
+
+
+def test_secret_namespaces_bind_secrets_per_namespace_only():
+    docs = render({"rbac": {"secretNamespaces": ["cdn", "ml"]}})
+    assert not find(docs, "ClusterRoleBinding", f"{OPERATOR}-secrets")
+    bindings = [b for b in find(docs, "RoleBinding") if b["metadata"]["name"] == f"{OPERATOR}-secrets"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["cdn", "ml"]
+    assert "--secret-namespace=cdn,ml" in operator_container(docs)["args"]
+    # The rest stays cluster-wide.
+    assert one(docs, "ClusterRoleBinding", OPERATOR)
+    # The default (cluster-wide) binding says why it reaches every Secret.
+    binding = one(render(), "ClusterRoleBinding", f"{OPERATOR}-secrets")
+    assert "secretNamespaces" in binding["metadata"]["annotations"]["checkov.io/skip1"]
+
+
+@pytest.mark.parametrize("values", [
+    {"operator": {"watchNamespace": "cdn"}},
+    {"crds": {"applyOnStart": False}},
+    {"operator": {"watchNamespace": "cdn"}, "crds": {"applyOnStart": False}},
+])
+def test_crd_permission_is_cluster_wide_in_every_mode(values):
+    """A RoleBinding cannot grant a cluster-scoped resource: the CRD (and StorageClass) rules
+    are bound by a ClusterRoleBinding whatever the install mode."""
+    docs = render(values)
+    binding = one(docs, "ClusterRoleBinding", f"{OPERATOR}-cluster")
+    assert binding["roleRef"]["name"] == f"{OPERATOR}-cluster"
+    cluster = one(docs, "ClusterRole", f"{OPERATOR}-cluster")
+    assert "get" in allowed(cluster, "apiextensions.k8s.io", "customresourcedefinitions")
+    assert {"get", "list"} <= allowed(cluster, "storage.k8s.io", "storageclasses")
+    apply = values.get("crds", {}).get("applyOnStart", True)
+    assert ("patch" in allowed(cluster, "apiextensions.k8s.io", "customresourcedefinitions")) == apply
 
 
 def test_aggregated_user_roles_allow_kubectl_scale():
@@ -297,7 +351,8 @@ def test_aggregated_user_roles_allow_kubectl_scale():
     for rule in view["rules"]:
         assert set(rule["verbs"]) == {"get", "list", "watch"}
     docs = render({"rbac": {"aggregateToDefaultRoles": False}})
-    assert [d["metadata"]["name"] for d in find(docs, "ClusterRole")] == [OPERATOR]
+    assert sorted(d["metadata"]["name"] for d in find(docs, "ClusterRole")) == [
+        OPERATOR, f"{OPERATOR}-cluster", f"{OPERATOR}-secrets"]
 
 
 # --- Prometheus ---------------------------------------------------------------------------
