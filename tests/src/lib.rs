@@ -3,5 +3,6 @@
 
 pub mod churn;
 pub mod client;
+pub mod ecosystem;
 pub mod harness;
 pub mod origin;
