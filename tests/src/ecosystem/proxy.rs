@@ -147,6 +147,9 @@ impl CountingProxy {
 impl Drop for CountingProxy {
     fn drop(&mut self) {
         self.task.abort();
+        if std::thread::panicking() {
+            eprintln!("--- what the origin saw ---\n{}--- end ---", self.report());
+        }
     }
 }
 
