@@ -232,6 +232,15 @@ pub struct Config {
     #[arg(long, env = "CASSEROLE_PEER_TOKEN_FILE")]
     pub peer_token_file: Option<PathBuf>,
 
+    /// File holding a second peer token this node accepts (never sends) during a token
+    /// rotation: nodes on the old and the new token then keep answering each other.
+    #[arg(long, env = "CASSEROLE_PEER_TOKEN_PREVIOUS_FILE")]
+    pub peer_token_previous_file: Option<PathBuf>,
+
+    /// The token read from `--peer-token-previous-file` (set by `finish`).
+    #[arg(skip)]
+    pub peer_token_previous: Option<String>,
+
     /// Give up on a peer that has not answered within this time and fail over.
     #[arg(long, env = "CASSEROLE_PEER_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub peer_timeout: Duration,
@@ -338,9 +347,18 @@ impl Config {
         // Token files are read once, here.
         self.peer_token = self.peer_token()?;
         self.peer_token_file = None;
+        self.peer_token_previous = read_token(
+            &self.peer_token_previous,
+            &self.peer_token_previous_file,
+            "--peer-token-previous-file",
+        )?;
+        self.peer_token_previous_file = None;
         self.admin_token = self.admin_token()?;
         self.admin_token_file = None;
         self.check_identity()?;
+        if let (Some(current), Some(previous)) = (&self.peer_token, &self.peer_token_previous) {
+            crate::peer::server::accept_previous_token(current, previous);
+        }
         Ok(self)
     }
 
@@ -479,6 +497,14 @@ impl Config {
                             .into(),
                 }),
             }
+            if let Some(previous) = &self.peer_token_previous {
+                casserole_limits::check_peer_token(previous).map_err(|message| {
+                    ConfigError::Invalid {
+                        flag: "--peer-token-previous-file",
+                        message,
+                    }
+                })?;
+            }
             for url in std::iter::once(&self.peering_address).chain(&self.peers) {
                 parse_upstream(url).map_err(|message| ConfigError::Invalid {
                     flag: "--peering-address/--peers",
@@ -569,6 +595,40 @@ mod tests {
         let mut all = vec!["casserole-node"];
         all.extend_from_slice(args);
         Config::try_parse_from(all).unwrap().finish(|_| None)
+    }
+
+    #[test]
+    fn a_previous_peer_token_is_read_checked_and_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (current, previous) = (dir.path().join("token"), dir.path().join("previous"));
+        std::fs::write(&current, "current-token-0123456789\n").unwrap();
+        std::fs::write(&previous, "previous-token-0123456789\n").unwrap();
+        let args = |prev: &std::path::Path| {
+            vec![
+                "--upstream".to_string(),
+                "http://x".into(),
+                "--peers".into(),
+                "http://127.0.0.1:1".into(),
+                format!("--peer-token-file={}", current.display()),
+                format!("--peer-token-previous-file={}", prev.display()),
+            ]
+        };
+        let a = args(&previous);
+        let c = parse(&a.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        assert_eq!(
+            c.peer_token_previous.as_deref(),
+            Some("previous-token-0123456789")
+        );
+        assert!(crate::peer::server::token_accepted(
+            "current-token-0123456789",
+            b"previous-token-0123456789"
+        ));
+        std::fs::write(&previous, "short").unwrap();
+        let err = parse(&a.iter().map(String::as_str).collect::<Vec<_>>()).unwrap_err();
+        assert!(
+            err.to_string().contains("--peer-token-previous-file"),
+            "{err}"
+        );
     }
 
     #[test]
