@@ -172,3 +172,19 @@ pub fn age_tree(dir: &Path, days: u64) {
         age_file(&dir.join(rel), days);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "run `bash scripts/setup.sh`")]
+    fn a_missing_tool_fails_the_test_and_names_the_setup_script() {
+        tool("casserole-no-such-client", &[]);
+    }
+
+    #[test]
+    fn tools_are_found_on_the_path() {
+        assert!(tool("sh", &[]).is_file());
+    }
+}

@@ -13,7 +13,9 @@ const TIMEOUT: Duration = Duration::from_secs(180);
 /// The `verdaccio` executable: `$VERDACCIO_BIN`, `.tools/node_modules/.bin`, or the PATH.
 fn verdaccio_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("VERDACCIO_BIN") {
-        return PathBuf::from(p);
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "VERDACCIO_BIN={} does not exist", p.display());
+        return p;
     }
     tool("verdaccio", &[super::tools_dir().join("node_modules/.bin")])
 }
