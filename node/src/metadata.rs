@@ -21,7 +21,7 @@ use crate::{
     policy::{evaluate, evaluate_head, FreshnessRules, HeadContext, LookupAnswer, Uncacheable},
     source::Route,
     tier::disk::DiskTier,
-    upstream::{Probe, ProbeBody, Upstream, UpstreamError},
+    upstream::{Probe, ProbeBody, Relayed, Upstream, UpstreamError},
 };
 
 /// Takes over the body of a probe whose answer made an object cacheable (the fetcher).
@@ -41,6 +41,34 @@ pub enum LookupError {
     Uncacheable(Uncacheable),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+}
+
+/// A lookup that produced no metadata: why, and the upstream's own answer when this lookup is
+/// the one that asked (relayed to the request that caused it instead of asking again).
+pub struct Missed {
+    pub error: LookupError,
+    pub relay: Option<Box<Relayed>>,
+}
+
+impl From<LookupError> for Missed {
+    fn from(error: LookupError) -> Self {
+        Missed { error, relay: None }
+    }
+}
+
+impl From<UpstreamError> for Missed {
+    fn from(e: UpstreamError) -> Self {
+        LookupError::Upstream(e).into()
+    }
+}
+
+/// What the request that looks an object up brings to the lookup: the byte it wants first (a
+/// miss is probed with a `GET` of the chunk holding it; `None`: with a `HEAD`, for requests that
+/// want no body), and its own headers, which that upstream request forwards.
+#[derive(Clone, Copy)]
+pub struct Asker<'a> {
+    pub first_byte: Option<u64>,
+    pub headers: &'a http::HeaderMap,
 }
 
 mod from_peer;
@@ -215,14 +243,14 @@ impl MetadataStore {
         &self,
         path: &str,
         route: Route,
-        probe: Option<u64>,
-    ) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
+        ask: Asker<'_>,
+    ) -> Result<(Arc<ObjectMeta>, MetaSource), Missed> {
         if let Some(why) = self.uncacheable.get(path).await {
             self.metrics
                 .lookups
                 .with_label_values(&["pass_verdict"])
                 .inc();
-            return Err(LookupError::Uncacheable(why));
+            return Err(LookupError::Uncacheable(why).into());
         }
         let stale = match self.memory.get(path).await {
             Some(meta) if meta.is_fresh(unix_now()) => {
@@ -240,18 +268,28 @@ impl MetadataStore {
             }
             None => None,
         };
-        // Concurrent lookups collapse into one load; only the loader learns where it looked.
+        // Concurrent lookups collapse into one load; only the loader learns where it looked,
+        // and only its request gets the upstream's answer to relay.
         let loaded_from = Mutex::new(None);
+        let relay = Mutex::new(None);
         let kept = stale.clone();
         let meta = self
             .memory
             .try_get_with(path.to_string(), async {
-                let (meta, source) = self.load(path, route, probe, stale).await?;
-                *loaded_from.lock().expect("lookup lock") = Some(source);
-                Ok(meta)
+                match self.load(path, route, ask, stale).await {
+                    Ok((meta, source)) => {
+                        *loaded_from.lock().expect("lookup lock") = Some(source);
+                        Ok(meta)
+                    }
+                    Err(missed) => {
+                        *relay.lock().expect("lookup lock") = missed.relay;
+                        Err(missed.error)
+                    }
+                }
             })
             .await
             .map_err(|e: Arc<LookupError>| (*e).clone());
+        let relay = relay.into_inner().expect("lookup lock");
         let meta = match meta {
             Ok(meta) => meta,
             Err(LookupError::Uncacheable(why)) => {
@@ -259,15 +297,16 @@ impl MetadataStore {
                 if !matches!(why, Uncacheable::Status(s) if s >= 500) {
                     self.uncacheable.insert(path.to_string(), why.clone()).await;
                 }
-                return Err(LookupError::Uncacheable(why));
+                let error = LookupError::Uncacheable(why);
+                return Err(Missed { error, relay });
             }
-            Err(e) => {
+            Err(error) => {
                 // The upstream failed: keep what was stale, to revalidate (or to serve stale
                 // within its grace) next time.
                 if let Some(stale) = kept {
                     self.memory.insert(path.to_string(), stale).await;
                 }
-                return Err(e);
+                return Err(Missed { error, relay });
             }
         };
         let source = loaded_from
@@ -289,15 +328,15 @@ impl MetadataStore {
         &self,
         path: &str,
         route: Route,
-        probe: Option<u64>,
+        ask: Asker<'_>,
         mut stale: Option<Arc<ObjectMeta>>,
-    ) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
+    ) -> Result<(Arc<ObjectMeta>, MetaSource), Missed> {
         let key = ObjectMeta::meta_key(path);
         if let (Some(peers), Route::Cluster) = (&self.peers, route) {
             for peer in peers.remote_owners(&key) {
                 match peers.fetch_meta(&peer, path).await {
                     Ok(MetaAnswer::Cacheable(meta)) if self.is_consistent(&meta, path) => {
-                        match from_peer::accept(&self.cfg.rules, meta, unix_now()) {
+                        match from_peer::accept(&self.cfg.rules, *meta, unix_now()) {
                             Some(meta) => return Ok((Arc::new(meta), MetaSource::Peer)),
                             None => peers.mark_suspect(&peer, &"implausible metadata"),
                         }
@@ -311,7 +350,9 @@ impl MetadataStore {
                         ),
                         );
                     }
-                    Ok(MetaAnswer::Uncacheable(why)) => return Err(LookupError::Uncacheable(why)),
+                    Ok(MetaAnswer::Uncacheable(why)) => {
+                        return Err(LookupError::Uncacheable(why).into())
+                    }
                     Err(e) => peers.mark_suspect(&peer, &e),
                 }
             }
@@ -323,20 +364,25 @@ impl MetadataStore {
             stale = stale.or(Some(meta));
         }
         let answer = match &stale {
-            Some(old) => self.revalidate(path, old, probe.unwrap_or(0)).await,
+            Some(old) => self.revalidate(path, old, ask).await,
             None => self
-                .ask_upstream(path, probe)
+                .ask_upstream(path, ask)
                 .await
                 .map(|meta| (Arc::new(meta), MetaSource::Upstream)),
         };
         let (meta, source) = match (answer, stale) {
             (Ok(found), _) => found,
-            (Err(LookupError::Upstream(e)), Some(old))
-                if old.may_serve_stale_on_error(
-                    unix_now(),
-                    e.is_disconnection(),
-                    self.cfg.rules.stale_if_error.as_secs(),
-                ) =>
+            (
+                Err(Missed {
+                    error: LookupError::Upstream(e),
+                    ..
+                }),
+                Some(old),
+            ) if old.may_serve_stale_on_error(
+                unix_now(),
+                e.is_disconnection(),
+                self.cfg.rules.stale_if_error.as_secs(),
+            ) =>
             {
                 tracing::warn!(path, error = %e, "upstream failed; serving stale within stale-if-error");
                 return Ok((old, MetaSource::StaleIfError));
@@ -384,17 +430,24 @@ impl MetadataStore {
     }
 
     /// A fresh lookup: the probe, or a `HEAD` for requests that want no body.
-    async fn ask_upstream(
-        &self,
-        path: &str,
-        probe: Option<u64>,
-    ) -> Result<ObjectMeta, LookupError> {
-        match probe {
-            Some(byte) => self.probe(path, byte).await,
+    async fn ask_upstream(&self, path: &str, ask: Asker<'_>) -> Result<ObjectMeta, Missed> {
+        match ask.first_byte {
+            Some(byte) => self.probe(path, byte, ask.headers).await,
             None => {
-                let (status, headers, response_time) = self.upstream.head(path).await?;
-                evaluate_head(&self.context(path, response_time), status, &headers)
-                    .map_err(LookupError::Uncacheable)
+                let (status, headers, response_time) =
+                    self.upstream.head(path, ask.headers).await?;
+                let verdict = match status.as_u16() {
+                    other @ 500.. => Err(LookupError::Upstream(UpstreamError::Status(other))),
+                    _ => evaluate_head(&self.context(path, response_time), status, &headers)
+                        .map_err(LookupError::Uncacheable),
+                };
+                match verdict {
+                    Ok(meta) => Ok(meta.selected_by(ask.headers)),
+                    Err(error) => Err(Missed {
+                        error,
+                        relay: Some(Box::new(Relayed::bodiless(status, headers))),
+                    }),
+                }
             }
         }
     }
@@ -415,23 +468,44 @@ impl MetadataStore {
 
     /// Looks `path` up with a `GET` of the chunk holding `byte` and hands the body to the
     /// fetcher, so the first byte costs one round trip.
-    async fn probe(&self, path: &str, byte: u64) -> Result<ObjectMeta, LookupError> {
+    async fn probe(
+        &self,
+        path: &str,
+        byte: u64,
+        client: &http::HeaderMap,
+    ) -> Result<ObjectMeta, Missed> {
         let chunk_size = self.cfg.chunk_size;
         let start = byte / chunk_size * chunk_size;
-        let probe = self.upstream.probe(path, start, chunk_size, None).await?;
-        self.take_probe(path, probe)
+        let probe = self
+            .upstream
+            .probe(path, start, chunk_size, None, client)
+            .await?;
+        self.take_probe(path, probe, client)
     }
 
-    /// Metadata from a probe's answer; its body goes to the fetcher.
-    fn take_probe(&self, path: &str, probe: Probe) -> Result<ObjectMeta, LookupError> {
-        let Probe {
-            status,
-            headers,
-            response_time,
-            length,
-            body,
-        } = probe;
-        let answer = match (status.as_u16(), length) {
+    /// Metadata from a probe's answer; its body goes to the fetcher. An answer that makes no
+    /// metadata is handed back to be relayed.
+    fn take_probe(
+        &self,
+        path: &str,
+        probe: Probe,
+        client: &http::HeaderMap,
+    ) -> Result<ObjectMeta, Missed> {
+        let meta = match self.judge_probe(path, &probe) {
+            Ok(meta) => meta.selected_by(client),
+            Err(error) => {
+                let relay = probe.into_relay().map(Box::new);
+                return Err(Missed { error, relay });
+            }
+        };
+        if let Some(sink) = self.sink.get().and_then(|s| s.upgrade()) {
+            sink.adopt(&Arc::new(meta.clone()), probe.body);
+        }
+        Ok(meta)
+    }
+
+    fn judge_probe(&self, path: &str, probe: &Probe) -> Result<ObjectMeta, LookupError> {
+        let answer = match (probe.status.as_u16(), probe.length) {
             (206, Some(length)) => LookupAnswer::Ranged { length },
             (200, Some(length)) => LookupAnswer::Whole { length },
             (200 | 206, None) => return Err(LookupError::Uncacheable(Uncacheable::UnknownLength)),
@@ -442,12 +516,8 @@ impl MetadataStore {
             }
             (other, _) => return Err(LookupError::Uncacheable(Uncacheable::Status(other))),
         };
-        let meta = evaluate(&self.context(path, response_time), answer, &headers)
-            .map_err(LookupError::Uncacheable)?;
-        if let Some(sink) = self.sink.get().and_then(|s| s.upgrade()) {
-            sink.adopt(&Arc::new(meta.clone()), body);
-        }
-        Ok(meta)
+        let ctx = self.context(path, probe.response_time);
+        evaluate(&ctx, answer, &probe.headers).map_err(LookupError::Uncacheable)
     }
 
     /// Whether metadata from a peer describes `path` on this node's upstream, cut in this node's
@@ -550,10 +620,16 @@ impl LocalMetadata for MetadataStore {
         path: &'a str,
     ) -> BoxFuture<'a, Result<MetaAnswer, UpstreamError>> {
         Box::pin(async move {
-            match self.find(path, Route::LocalOnly, Some(0)).await {
-                Ok((meta, _)) => Ok(MetaAnswer::Cacheable((*meta).clone())),
-                Err(LookupError::Uncacheable(why)) => Ok(MetaAnswer::Uncacheable(why)),
-                Err(LookupError::Upstream(e)) => Err(e),
+            let ask = Asker {
+                first_byte: Some(0),
+                headers: &http::HeaderMap::new(),
+            };
+            match self.find(path, Route::LocalOnly, ask).await {
+                Ok((meta, _)) => Ok(MetaAnswer::Cacheable(Box::new((*meta).clone()))),
+                Err(missed) => match missed.error {
+                    LookupError::Uncacheable(why) => Ok(MetaAnswer::Uncacheable(why)),
+                    LookupError::Upstream(e) => Err(e),
+                },
             }
         })
     }

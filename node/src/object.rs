@@ -83,7 +83,26 @@ pub struct ObjectMeta {
     /// revalidated in the background (`stale-while-revalidate`).
     #[serde(default)]
     pub stale_while_revalidate: u64,
+    /// The values of the request headers the response varies on, in the request that it
+    /// answered (RFC 9111 §4.1: its selecting header fields); absent headers are not listed.
+    #[serde(default)]
+    pub selecting: Vec<(String, String)>,
     pub version: String,
+}
+
+/// The value of a selecting header: its field lines combined, each list member trimmed.
+fn selecting_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    let mut lines = headers.get_all(name).iter().peekable();
+    lines.peek()?;
+    let members: Vec<String> = lines
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .flat_map(|v| {
+            v.split(',')
+                .map(|m| m.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Some(members.join(","))
 }
 
 /// How long stale metadata is kept for a conditional revalidation, which keeps every chunk when
@@ -136,6 +155,44 @@ impl ObjectMeta {
             .map(|name| name.trim().to_ascii_lowercase())
             .filter(|name| !name.is_empty() && name != "accept-encoding")
             .collect()
+    }
+
+    /// This metadata as the answer to a request with `headers`: the values it varies on noted.
+    pub fn selected_by(mut self, headers: &http::HeaderMap) -> Self {
+        self.selecting = self
+            .varies_on()
+            .into_iter()
+            .filter_map(|name| Some((selecting_value(headers, &name)?, name)))
+            .map(|(value, name)| (name, value))
+            .collect();
+        self
+    }
+
+    /// The selecting header fields as a request carries them (to ask for the same variant).
+    pub fn selecting_headers(&self) -> http::HeaderMap {
+        self.selecting
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((
+                    http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    http::HeaderValue::from_str(value).ok()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// A header the response varies on whose value in `headers` is not the one it was selected
+    /// by (a header absent from both matches), after combining field lines and normalising the
+    /// whitespace around commas (RFC 9111 §4.1).
+    pub fn mismatched_selecting_header(&self, headers: &http::HeaderMap) -> Option<String> {
+        self.varies_on().into_iter().find(|name| {
+            let stored = self
+                .selecting
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str());
+            selecting_value(headers, name).as_deref() != stored
+        })
     }
 
     pub fn chunk_count(&self) -> u64 {
@@ -255,6 +312,7 @@ mod tests {
             stale_if_error: 0,
             must_revalidate: false,
             stale_while_revalidate: 0,
+            selecting: vec![],
         }
     }
 

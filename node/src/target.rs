@@ -1,14 +1,27 @@
-//! Request-target validation: only clean absolute paths ever reach the upstream.
+//! Request targets: normalised once (RFC 3986), refused only when they could escape.
 //!
 //! The upstream URL is the upstream base with the client's path and query appended, so anything
-//! a URL library or the origin server would *normalise* (backslashes turned into slashes, dot
-//! segments resolved, `;` path parameters dropped, percent-encoding decoded once more) could
-//! climb out of the base path. Rather than normalising ourselves and hoping to agree with every
-//! origin, targets that need normalisation are refused with a 400 (414 when too long).
+//! a URL library or the origin server might still *reinterpret* (backslashes turned into
+//! slashes, encoded dot segments resolved, `;` path parameters dropped before dots are resolved,
+//! double encodings decoded once more) could climb out of the base path. Those are refused with a
+//! 400 (414 when too long). What every URL library and origin agree on is normalised here
+//! instead, so real clients work (`apt` asks for `/deb/./InRelease` in flat repositories):
+//!
+//! - literal `.` and `..` segments are removed as RFC 3986 §5.2.4 says; a `..` that would climb
+//!   above the root is refused;
+//! - escapes of unreserved characters are decoded (RFC 3986 §6.2.2.2: `/%73ecret` is
+//!   `/secret`), so one object has one key and one purge target;
+//! - every other escape is kept as the client sent it (`@types%2fnode` reaches the origin with
+//!   its `%2f`, `%253a` as `%253a`): decoding is only for the checks.
+//!
+//! The normalised form is the cache key, the purge target and what is forwarded.
 //!
 //! Hand-written rather than a crate: the rules are a deny-list specific to this proxy (what an
-//! origin might reinterpret), which no URL crate offers; `percent-encoding` would only save the
+//! origin might reinterpret), which no URL crate offers (`url` resolves encoded dots and
+//! backslashes silently, the very thing to refuse); `percent-encoding` would only save the
 //! two-hex-digit decode.
+
+use std::borrow::Cow;
 
 use http::StatusCode;
 
@@ -30,12 +43,14 @@ pub enum TargetError {
     Fragment,
     #[error("path must not contain a backslash, encoded or not")]
     Backslash,
-    #[error("path must not contain an encoded '/'")]
-    EncodedSlash,
-    #[error("path must not contain '.' or '..' segments, encoded or not")]
+    #[error("path must not contain encoded dot segments, or dot segments with parameters")]
     DotSegment,
-    #[error("path contains a malformed or double percent-encoding")]
+    #[error("path climbs above the root with '..'")]
+    AboveRoot,
+    #[error("path contains a malformed percent-encoding")]
     BadPercent,
+    #[error("path contains a double percent-encoding of '.', '/' or '\\'")]
+    DoubleEncoding,
     #[error("percent-encoded bytes in the path must be UTF-8")]
     NotUtf8,
 }
@@ -49,14 +64,16 @@ impl TargetError {
     }
 }
 
-/// Checks a request's path and query (`/a/b?x=1`) and returns it unchanged if it is clean.
-/// Used for the client listener and for paths named by peers (`x-casserole-path`).
-/// Whether `path_and_query` passes [`validate`] (the peer API holds peers to the same rule).
+/// Whether `path_and_query` is already in the normalised form [`validate`] gives (the peer API
+/// holds peers to it: they only ever name keys).
 pub fn is_valid(path_and_query: &str) -> bool {
-    validate(path_and_query).is_ok()
+    validate(path_and_query).is_ok_and(|clean| clean == path_and_query)
 }
 
-pub fn validate(path_and_query: &str) -> Result<&str, TargetError> {
+/// Checks a request's path and query (`/a/./b?x=1`) and returns its normalised form
+/// (`/a/b?x=1`), borrowed when nothing changed. Used for the client listener, for references in
+/// upstream responses and again before any upstream URL is built.
+pub fn validate(path_and_query: &str) -> Result<Cow<'_, str>, TargetError> {
     if path_and_query.len() > MAX_TARGET_LEN {
         return Err(TargetError::TooLong {
             len: path_and_query.len(),
@@ -73,25 +90,56 @@ pub fn validate(path_and_query: &str) -> Result<&str, TargetError> {
             _ => {}
         }
     }
-    let path = path_and_query
-        .split_once('?')
-        .map_or(path_and_query, |(path, _)| path);
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    };
     if !path.starts_with('/') {
         return Err(TargetError::NotAbsolute);
     }
     if path.starts_with("//") {
         return Err(TargetError::NetworkPath);
     }
-    path[1..].split('/').try_for_each(check_segment)?;
-    Ok(path_and_query)
+    let clean = normalise_path(path)?;
+    if clean == path {
+        return Ok(Cow::Borrowed(path_and_query));
+    }
+    Ok(Cow::Owned(match query {
+        Some(query) => format!("{clean}?{query}"),
+        None => clean,
+    }))
 }
 
-/// One path segment (between slashes), still percent-encoded.
-fn check_segment(raw: &str) -> Result<(), TargetError> {
-    let decoded = percent_decode(raw)?;
-    if decoded.contains(&b'/') {
-        return Err(TargetError::EncodedSlash);
+/// RFC 3986 §5.2.4 on literal dot segments, after every segment passed [`check_segment`].
+fn normalise_path(path: &str) -> Result<String, TargetError> {
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let mut out: Vec<Cow<'_, str>> = Vec::with_capacity(segments.len());
+    let last = segments.len() - 1;
+    for (i, raw) in segments.into_iter().enumerate() {
+        match raw {
+            // A dot segment that ends the path leaves a directory: `/a/b/..` is `/a/`.
+            "." | ".." => {
+                if raw == ".." && out.pop().is_none() {
+                    return Err(TargetError::AboveRoot);
+                }
+                if i == last {
+                    out.push(Cow::Borrowed(""));
+                }
+            }
+            _ => out.push(check_segment(raw)?),
+        }
     }
+    Ok(format!("/{}", out.join("/")))
+}
+
+/// One path segment (between slashes, not a literal dot segment), still percent-encoded:
+/// refused if an origin could read it as something that climbs, else returned with escapes of
+/// unreserved characters decoded.
+fn check_segment(raw: &str) -> Result<Cow<'_, str>, TargetError> {
+    if !raw.contains('%') && !raw.contains(';') && !raw.ends_with('.') {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let decoded = percent_decode(raw.as_bytes()).ok_or(TargetError::BadPercent)?;
     if decoded.contains(&b'\\') {
         return Err(TargetError::Backslash);
     }
@@ -99,49 +147,91 @@ fn check_segment(raw: &str) -> Result<(), TargetError> {
         return Err(TargetError::ControlByte);
     }
     let text = std::str::from_utf8(&decoded).map_err(|_| TargetError::NotUtf8)?;
-    // Servlet containers drop `;params` before resolving dots (`/..;/x` climbs); Windows servers
-    // ignore trailing dots and spaces (`... ` is `..`); some normalise fullwidth dots.
-    let name = text.split(';').next().unwrap_or("");
-    let name = name.trim_end_matches(' ');
-    let only_dots = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| matches!(c, '.' | '\u{FF0E}' | '\u{2024}' | '\u{FE52}'));
-    if only_dots {
+    // An encoded '/' is harmless (npm's `@scope%2fname`) unless it hides a dot segment.
+    if text.split('/').any(is_dot_name) {
         return Err(TargetError::DotSegment);
     }
-    Ok(())
+    if hides_separator(text) {
+        return Err(TargetError::DoubleEncoding);
+    }
+    Ok(Cow::Owned(decode_unreserved(raw)))
 }
 
-/// Decodes `%XX` escapes. A malformed escape, or an escaped `%` followed by two hex digits (a
-/// double encoding an origin might decode again), is an error.
-fn percent_decode(raw: &str) -> Result<Vec<u8>, TargetError> {
-    let bytes = raw.as_bytes();
+/// What some origin might take for `.` or `..`: servlet containers drop `;params` before
+/// resolving dots (`/..;/x` climbs); Windows servers ignore trailing dots and spaces (`... ` is
+/// `..`); some normalise fullwidth dots.
+fn is_dot_name(piece: &str) -> bool {
+    let name = piece.split(';').next().unwrap_or("").trim_end_matches(' ');
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| matches!(c, '.' | '\u{FF0E}' | '\u{2024}' | '\u{FE52}'))
+}
+
+/// Whether decoding `text` again (and again) reveals an escaped `.`, `/` or `\`: an origin that
+/// decodes twice would see a separator the checks above never saw.
+fn hides_separator(text: &str) -> bool {
+    let mut level = text.as_bytes().to_vec();
+    for _ in 0..4 {
+        let lower = level.to_ascii_lowercase();
+        if [b"%2e", b"%2f", b"%5c"]
+            .iter()
+            .any(|esc| lower.windows(3).any(|w| w == *esc))
+        {
+            return true;
+        }
+        match percent_decode(&level) {
+            Some(next) if next != level => level = next,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Decodes `%XX` escapes; `None` when one is malformed.
+fn percent_decode(bytes: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] != b'%' {
+        if bytes[i] == b'%' {
+            out.push(escaped_byte(bytes.get(i + 1..i + 3)?)?);
+            i += 3;
+        } else {
             out.push(bytes[i]);
             i += 1;
-            continue;
         }
-        let hex = bytes.get(i + 1..i + 3).ok_or(TargetError::BadPercent)?;
-        let value = (hex_value(hex[0]).ok_or(TargetError::BadPercent)? << 4)
-            | hex_value(hex[1]).ok_or(TargetError::BadPercent)?;
-        let next_is_escape = bytes
-            .get(i + 3..i + 5)
-            .is_some_and(|h| h.iter().all(|&b| hex_value(b).is_some()));
-        if value == b'%' && next_is_escape {
-            return Err(TargetError::BadPercent);
-        }
-        out.push(value);
-        i += 3;
     }
-    Ok(out)
+    Some(out)
 }
 
-fn hex_value(b: u8) -> Option<u8> {
-    char::from(b).to_digit(16).map(|d| d as u8)
+fn escaped_byte(hex: &[u8]) -> Option<u8> {
+    let digit = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
+    Some(digit(hex[0])? << 4 | digit(hex[1])?)
+}
+
+/// RFC 3986 §6.2.2.2: escapes of unreserved characters are the characters themselves; every
+/// other escape is kept exactly as sent. Only called on segments [`percent_decode`] accepted.
+fn decode_unreserved(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let unreserved = (bytes[i] == b'%')
+            .then(|| escaped_byte(&bytes[i + 1..i + 3]))
+            .flatten()
+            .filter(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+        match unreserved {
+            Some(b) => {
+                out.push(char::from(b));
+                i += 3;
+            }
+            None => {
+                out.push(char::from(bytes[i]));
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host` line, with a valid value (empty

@@ -51,5 +51,6 @@ pub fn object_meta(path: &str, length: u64, chunk_size: u64) -> ObjectMeta {
         stale_if_error: 0,
         must_revalidate: false,
         stale_while_revalidate: 0,
+        selecting: vec![],
     }
 }

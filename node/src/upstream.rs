@@ -107,7 +107,7 @@ impl UpstreamError {
         }
     }
 
-    fn from_reqwest(e: reqwest::Error) -> Self {
+    pub(crate) fn from_reqwest(e: reqwest::Error) -> Self {
         if e.is_timeout() {
             UpstreamError::Timeout
         } else if e.is_connect() {
@@ -131,9 +131,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 mod probe;
-pub use probe::{Probe, ProbeBody};
+pub use probe::{Probe, ProbeBody, Relayed};
 
 /// Makes a request for bytes of one version conditional on that version.
+/// The client's headers on the node's own lookup of an object (its probe or `HEAD`): every
+/// end-to-end header, as a gateway forwards them (the origin may select the representation by
+/// them, and it sees who asks), but the ones the node sets itself: the range (the chunk), the
+/// preconditions (the node revalidates its own copy and answers the client's itself), and the
+/// coding (one identity representation for every client).
+pub fn for_lookup(client: &HeaderMap) -> HeaderMap {
+    let mut out = end_to_end(client);
+    for name in [
+        header::RANGE,
+        header::IF_RANGE,
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+        header::ACCEPT_ENCODING,
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+    ] {
+        out.remove(name);
+    }
+    out.append(header::VIA, HeaderValue::from_static(VIA));
+    out
+}
+
 fn conditional(req: reqwest::RequestBuilder, validator: &Validator) -> reqwest::RequestBuilder {
     match validator {
         Validator::StrongEtag(etag) => req.header(header::IF_MATCH, etag.as_str()),
@@ -258,7 +283,9 @@ impl Upstream {
         if let Some(query) = url.query() {
             path = format!("{path}?{query}");
         }
-        target::validate(&path).ok().map(str::to_string)
+        target::validate(&path)
+            .ok()
+            .map(std::borrow::Cow::into_owned)
     }
 
     fn is_under_base(&self, url: &reqwest::Url) -> bool {
@@ -279,15 +306,17 @@ impl Upstream {
         e
     }
 
-    /// `HEAD` of an object, for the cacheability verdict.
+    /// `HEAD` of an object, for the cacheability verdict, with the client's own headers.
     pub async fn head(
         &self,
         path: &str,
+        client: &HeaderMap,
     ) -> Result<(StatusCode, HeaderMap, SystemTime), UpstreamError> {
         self.metrics.requests.with_label_values(&["head"]).inc();
         let res = self
             .client
             .head(self.url_for(path)?)
+            .headers(for_lookup(client))
             .header(header::ACCEPT_ENCODING, "identity")
             .send()
             .await

@@ -361,10 +361,15 @@ async fn uncacheable_requests_pass_through_untouched() {
             assert_eq!(header(&got.headers, "cache-status"), detail, "{path}");
         }
         let stats = origin.path_stats(path);
-        assert_eq!(stats.full_gets, 2, "{path}: never served from cache");
-        // The first lookup's probe, then the verdict is remembered: one request per request.
+        assert_eq!(
+            stats.requests, 2,
+            "{path}: never served from cache, one request each"
+        );
+        // The first lookup's probe is the first response (its answer is relayed), then the
+        // verdict is remembered and requests are relayed whole.
         let probes = u64::from(path != "/logs/today");
         assert_eq!(stats.range_requests, probes, "{path}");
+        assert_eq!(stats.full_gets, 2 - probes, "{path}");
     }
     // A weak validator, no ranges, no Content-Length: one response carries the whole object,
     // so it is cached from that.
@@ -437,6 +442,10 @@ async fn request_targets_never_leave_the_upstream() {
     for (request, want) in [
         (
             "GET /a/../obj HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 200",
+        ),
+        (
+            "GET /../obj HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
             "HTTP/1.1 400",
         ),
         (
@@ -444,7 +453,7 @@ async fn request_targets_never_leave_the_upstream() {
             "HTTP/1.1 400",
         ),
         (
-            "BREW /obj HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "CONNECT /obj HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
             "HTTP/1.1 501",
         ),
         (
@@ -455,6 +464,20 @@ async fn request_targets_never_leave_the_upstream() {
         let reply = raw(&addr, request).await;
         assert!(reply.starts_with(want), "{request:?} → {reply}");
     }
+    // Extension methods are relayed (RFC 9110 §9.1): the origin answers them.
+    let before = origin.path_stats("/obj").requests;
+    let reply = raw(
+        &addr,
+        "BREW /obj HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 "), "{reply}");
+    assert!(!reply.starts_with("HTTP/1.1 501"), "{reply}");
+    assert_eq!(
+        origin.path_stats("/obj").requests,
+        before + 1,
+        "relayed once"
+    );
     let huge = format!(
         "GET /obj HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
         "a".repeat(100_000)

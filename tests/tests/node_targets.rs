@@ -21,7 +21,9 @@ const HOSTILE: &[&str] = &[
     "//other-host/x",
     "//127.0.0.1:1/private/obj8m",
     "/x/../../private/obj8m",
-    "/x/./obj",
+    "/x/./../../private/obj8m",
+    "/x/..%252f..%252fprivate/obj8m",
+    "/x/%255c..%255c../private/obj8m",
     "/x/%2e%2e/%2e%2e/private/obj8m",
     "/x/%2E%2E/%2E%2E/private/obj8m",
     "/x/.%2E/.%2e/private/obj8m",
@@ -29,6 +31,7 @@ const HOSTILE: &[&str] = &[
     "/x/%2e%2e%5c%2e%2e%5cprivate/obj8m",
     "/x/%2e%2e%2f%2e%2e%2fprivate/obj8m",
     "/x%2f..%2f..%2fprivate/obj8m",
+    "/x/..%2f..%2fprivate/obj8m",
     "/x/%252e%252e/%252e%252e/private/obj8m",
     "/x/%c0%ae%c0%ae/private/obj8m",
     "/x/%00/obj",
@@ -89,6 +92,65 @@ async fn hostile_targets_are_refused_before_reaching_the_origin() {
         .unwrap();
     assert_eq!(got.status, 200);
     assert_eq!(got.sha256, obj.sha256());
+}
+
+/// Targets real clients send that need no refusal: dot segments are removed (RFC 3986 §5.2.4;
+/// apt's flat repositories ask for `/deb/./InRelease`), and escapes are kept as sent (npm's
+/// scoped packages, apt's epoch file names encoded once more). Each spelling of one object is one
+/// key: the origin is asked once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn harmless_targets_of_real_clients_reach_the_origin_as_one_object() {
+    let origin = Origin::start().await;
+    let flat = origin.put("/repo/deb/Packages", ObjectSpec::new(3000).seed(35));
+    let scoped = origin.put("/repo/@types%2fnode", ObjectSpec::new(2000).seed(36));
+    let epoch = origin.put(
+        "/repo/pool/l_1%253a14_amd64.deb",
+        ObjectSpec::new(5000).seed(37),
+    );
+    let node = NodeBuilder::new(format!("{}/repo", origin.url()))
+        .spawn()
+        .await;
+    let addr = node.url().trim_start_matches("http://").to_string();
+    for (spellings, obj, origin_path) in [
+        (
+            &[
+                "/deb/./Packages",
+                "/deb/Packages",
+                "/x/../deb/Packages",
+                "/%64eb/Packages",
+            ][..],
+            &flat,
+            "/repo/deb/Packages",
+        ),
+        (&["/@types%2fnode"][..], &scoped, "/repo/@types%2fnode"),
+        (
+            &["/pool/l_1%253a14_amd64.deb", "/pool/./l_1%253a14_amd64.deb"][..],
+            &epoch,
+            "/repo/pool/l_1%253a14_amd64.deb",
+        ),
+    ] {
+        for target in spellings {
+            let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let reply = raw(&addr, request.as_bytes()).await;
+            assert!(
+                reply.starts_with("HTTP/1.1 200"),
+                "{target:?} → {reply:.200}"
+            );
+        }
+        let got = get_sha256(&format!("{}{}", node.url(), spellings[0]), &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            (got.status.as_u16(), got.sha256),
+            (200, obj.sha256()),
+            "{spellings:?}"
+        );
+        assert_eq!(
+            origin.path_stats(origin_path).requests,
+            1,
+            "{spellings:?}: one object, one key, asked for as sent"
+        );
+    }
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request with no Host, several, or an invalid one is a 400; HTTP/1.0

@@ -99,9 +99,10 @@ impl Admin {
                 )
             }
         };
-        if let Err(why) = target.validate() {
-            return body::error(StatusCode::BAD_REQUEST, why);
-        }
+        let target = match target.canonical() {
+            Ok(target) => target,
+            Err(why) => return body::error(StatusCode::BAD_REQUEST, why),
+        };
         let outcome = self.purger.purge(target, &who).await;
         let status = if outcome.pending.is_empty() && outcome.warning.is_none() {
             StatusCode::OK

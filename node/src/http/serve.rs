@@ -15,13 +15,13 @@ use super::{
 use crate::{
     body::{self, sync_stream, Body},
     fetch::ChunkFetcher,
-    metadata::{LookupError, MetaSource, MetadataStore},
+    metadata::{Asker, LookupError, MetaSource, MetadataStore, Missed},
     metrics::Registrar,
     object::{unix_now, ObjectMeta},
     policy::headers::{end_to_end, max_forwards},
     policy::{classify_request, ClientDemands},
     source::{FetchError, Route, SourceKind},
-    upstream::Upstream,
+    upstream::{Relayed, Upstream},
 };
 
 /// Client-facing request metrics, registered by this module.
@@ -83,7 +83,10 @@ impl Drop for InFlight {
 
 type Answer = Result<Response<Body>, Response<Body>>;
 
-/// The methods a node serves or relays; others get `501`.
+/// The methods a node answers `OPTIONS` with at the last hop. Every method but `CONNECT` and
+/// `TRACE` is relayed, extension methods included (RFC 9110 §9.1: a proxy forwards methods it
+/// does not know); those two get `501`: `CONNECT` makes tunnels, which a reverse proxy does not,
+/// and `TRACE` would reflect the node's own request headers to the client.
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
 
 impl Front {
@@ -112,7 +115,7 @@ impl Front {
 
     async fn route(&self, req: Request<Incoming>) -> Answer {
         let method = req.method().clone();
-        if !ALLOWED_METHODS.split(", ").any(|m| m == method.as_str()) {
+        if method == Method::CONNECT || method == Method::TRACE {
             return Err(self.refuse(
                 StatusCode::NOT_IMPLEMENTED,
                 format_args!("method {method} is not supported"),
@@ -140,22 +143,17 @@ impl Front {
         if let Some(bypass) = bypass {
             return self.pass(req, &path, CacheStatus::Bypassed(bypass)).await;
         }
-        let probe = (method == Method::GET).then(|| range::first_wanted_byte(req.headers()));
+        let ask = Asker {
+            first_byte: (method == Method::GET).then(|| range::first_wanted_byte(req.headers())),
+            headers: req.headers(),
+        };
         let lookup = self
             .metadata
-            .lookup(&path, Route::Cluster, probe, &demands)
+            .lookup(&path, Route::Cluster, ask, &demands)
             .await;
         let (meta, meta_source) = match lookup {
             Ok(found) => found,
-            Err(LookupError::Uncacheable(why)) => {
-                tracing::debug!(path, reason = %why, "not cacheable, passing through");
-                return self.pass(req, &path, CacheStatus::Uncacheable(why)).await;
-            }
-            Err(LookupError::Upstream(e)) => {
-                self.count("error", "upstream");
-                tracing::warn!(path, error = %e, "metadata lookup failed");
-                return Err(body::error(e.client_status(), e));
-            }
+            Err(missed) => return self.missed(req, &path, missed).await,
         };
         if meta_source == MetaSource::ReplacedOnRequest {
             self.announce_new_version(&path);
@@ -169,6 +167,33 @@ impl Front {
             return self.pass(req, &path, CacheStatus::VaryMiss).await;
         }
         self.serve_stored(req, meta, meta_source).await
+    }
+
+    /// A lookup that made no metadata: the upstream's own answer when the lookup has one for
+    /// this request (one upstream request in all), else a request of its own; `502`/`504` only
+    /// when the upstream did not answer.
+    async fn missed(&self, req: Request<Incoming>, path: &str, missed: Missed) -> Answer {
+        let status = match missed.error {
+            LookupError::Uncacheable(why) => {
+                tracing::debug!(path, reason = %why, "not cacheable, passing through");
+                CacheStatus::Uncacheable(why)
+            }
+            LookupError::Upstream(crate::upstream::UpstreamError::Status(code))
+                if missed.relay.is_some() =>
+            {
+                tracing::debug!(path, status = code, "relaying the upstream's error");
+                CacheStatus::Uncacheable(crate::policy::Uncacheable::Status(code))
+            }
+            LookupError::Upstream(e) => {
+                self.count("error", "upstream");
+                tracing::warn!(path, error = %e, "metadata lookup failed");
+                return Err(body::error(e.client_status(), e));
+            }
+        };
+        match missed.relay {
+            Some(relayed) => Ok(self.relay(*relayed, status)),
+            None => self.pass(req, path, status).await,
+        }
     }
 
     /// `only-if-cached` never goes upstream: a stored copy this node holds that fits the
@@ -402,7 +427,6 @@ impl Front {
                 return Err(body::error(e.client_status(), e));
             }
         };
-        self.count_status(&status);
         if unsafe_method && (upstream.status().is_success() || upstream.status().is_redirection()) {
             self.invalidate(path).await;
             // RFC 9111 §4.4: the URIs in Location and Content-Location too, when they are this
@@ -416,19 +440,33 @@ impl Front {
                 }
             }
         }
+        let relayed = Relayed {
+            status: upstream.status(),
+            headers: upstream.headers().clone(),
+            body: Box::pin(futures::TryStreamExt::map_err(
+                upstream.bytes_stream(),
+                crate::upstream::UpstreamError::from_reqwest,
+            )),
+        };
+        Ok(self.relay(relayed, status))
+    }
+
+    /// An upstream answer the cache does not keep, to the client as the upstream sent it.
+    fn relay(&self, relayed: Relayed, status: CacheStatus) -> Response<Body> {
+        self.count_status(&status);
         let mut res = Response::new(body::empty());
-        *res.status_mut() = upstream.status();
-        *res.headers_mut() = end_to_end(upstream.headers());
+        *res.status_mut() = relayed.status;
+        *res.headers_mut() = end_to_end(&relayed.headers);
         res.headers_mut()
             .insert(cache_status::HEADER, status.header_value());
         let served = self.metrics.bytes_served.with_label_values(&["pass"]);
-        let stream = upstream.bytes_stream().inspect(move |piece| {
+        let stream = relayed.body.inspect(move |piece| {
             if let Ok(p) = piece {
                 served.inc_by(p.len() as u64);
             }
         });
         *res.body_mut() = body::streaming(sync_stream(stream));
-        Ok(res)
+        res
     }
 }
 
@@ -513,16 +551,14 @@ fn set_len(res: &mut Response<Body>, len: u64) {
         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }
 
-/// A header of `req` that the stored response varies on: the response was selected for a
-/// request without it, so it cannot answer this one (RFC 9111 §4.1).
+/// A header the stored response varies on whose value in `req` differs from the request that
+/// selected it: then it cannot answer this one (RFC 9111 §4.1).
 fn varied_header(req: &Request<Incoming>, meta: &ObjectMeta) -> Option<String> {
-    meta.varies_on()
-        .into_iter()
-        .find(|name| req.headers().contains_key(name.as_str()))
+    meta.mismatched_selecting_header(req.headers())
 }
 
 /// The path and query to ask the upstream for, or a 400/414 saying what is wrong with it.
 fn validated_path(req: &Request<Incoming>) -> Result<String, crate::target::TargetError> {
     let pq = req.uri().path_and_query().map_or("", |pq| pq.as_str());
-    crate::target::validate(pq).map(str::to_string)
+    crate::target::validate(pq).map(std::borrow::Cow::into_owned)
 }

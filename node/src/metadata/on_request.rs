@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{unix_now, LookupError, MetaSource, MetadataStore};
+use super::{unix_now, Asker, LookupError, MetaSource, MetadataStore, Missed};
 use crate::{object::ObjectMeta, policy::ClientDemands, source::Route};
 
 impl MetadataStore {
@@ -17,15 +17,14 @@ impl MetadataStore {
         &self,
         path: &str,
         route: Route,
-        probe: Option<u64>,
+        ask: Asker<'_>,
         demands: &ClientDemands,
-    ) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
-        let (meta, source) = self.find(path, route, probe).await?;
+    ) -> Result<(Arc<ObjectMeta>, MetaSource), Missed> {
+        let (meta, source) = self.find(path, route, ask).await?;
         if source.asked_upstream() || demands.accepts(&meta, unix_now()) {
             return Ok((meta, source));
         }
-        self.revalidate_on_request(path, (meta, source), probe.unwrap_or(0))
-            .await
+        self.revalidate_on_request(path, (meta, source), ask).await
     }
 
     /// `only-if-cached`: what this node holds (memory, then disk) if it satisfies `demands`.
@@ -56,11 +55,14 @@ impl MetadataStore {
         &self,
         path: &str,
         stored: (Arc<ObjectMeta>, MetaSource),
-        byte: u64,
-    ) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
-        let (meta, source) = match self.revalidate(path, &stored.0, byte).await {
+        ask: Asker<'_>,
+    ) -> Result<(Arc<ObjectMeta>, MetaSource), Missed> {
+        let (meta, source) = match self.revalidate(path, &stored.0, ask).await {
             Ok(found) => found,
-            Err(LookupError::Upstream(e)) => {
+            Err(Missed {
+                error: LookupError::Upstream(e),
+                ..
+            }) => {
                 tracing::warn!(path, error = %e,
                     "the upstream could not confirm the stored copy the client asked to confirm; serving it");
                 return Ok(stored);

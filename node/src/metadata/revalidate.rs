@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{LookupError, MetaSource, MetadataStore};
+use super::{Asker, LookupError, MetaSource, MetadataStore, Missed};
 use crate::{object::ObjectMeta, policy::refresh, source::Route};
 
 impl MetadataStore {
@@ -14,13 +14,13 @@ impl MetadataStore {
         &self,
         path: &str,
         stale: &Arc<ObjectMeta>,
-        byte: u64,
-    ) -> Result<(Arc<ObjectMeta>, MetaSource), LookupError> {
+        ask: Asker<'_>,
+    ) -> Result<(Arc<ObjectMeta>, MetaSource), Missed> {
         let chunk_size = self.cfg.chunk_size;
-        let start = byte / chunk_size * chunk_size;
+        let start = ask.first_byte.unwrap_or(0) / chunk_size * chunk_size;
         let probe = self
             .upstream
-            .probe(path, start, chunk_size, Some(stale))
+            .probe(path, start, chunk_size, Some(stale), ask.headers)
             .await?;
         if probe.status == http::StatusCode::NOT_MODIFIED {
             let ctx = self.context(path, probe.response_time);
@@ -28,7 +28,7 @@ impl MetadataStore {
             tracing::debug!(path, "revalidated: not modified");
             return Ok((Arc::new(meta), MetaSource::Revalidated));
         }
-        let meta = self.take_probe(path, probe)?;
+        let meta = self.take_probe(path, probe, ask.headers)?;
         Ok((Arc::new(meta), MetaSource::Upstream))
     }
 
@@ -51,9 +51,17 @@ impl MetadataStore {
         }
         let path = path.to_string();
         tokio::spawn(async move {
-            match me.load(&path, route, Some(0), Some(stale)).await {
+            // Asked as the stored response was selected: the same variant comes back.
+            let headers = stale.selecting_headers();
+            let ask = Asker {
+                first_byte: Some(0),
+                headers: &headers,
+            };
+            match me.load(&path, route, ask, Some(stale)).await {
                 Ok((meta, _)) => me.memory.insert(path.clone(), meta).await,
-                Err(e) => tracing::warn!(path, error = %e, "background revalidation failed"),
+                Err(missed) => {
+                    tracing::warn!(path, error = %missed.error, "background revalidation failed")
+                }
             }
             me.revalidating
                 .lock()

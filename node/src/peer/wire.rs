@@ -14,7 +14,7 @@ pub const MAX_META_BODY: usize = 64 * 1024;
 /// A metadata answer from an owner peer.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum MetaAnswer {
-    Cacheable(ObjectMeta),
+    Cacheable(Box<ObjectMeta>),
     Uncacheable(Uncacheable),
 }
 
@@ -89,7 +89,7 @@ mod tests {
                     fresh_until: fresh_for,
                     ..crate::test_support::object_meta("/p", length, 2 << 20)
                 };
-                let json = serde_json::to_vec(&MetaAnswer::Cacheable(meta.clone())).unwrap();
+                let json = serde_json::to_vec(&MetaAnswer::Cacheable(Box::new(meta.clone()))).unwrap();
                 match serde_json::from_slice::<MetaAnswer>(&json).unwrap() {
                     MetaAnswer::Cacheable(back) => {
                         prop_assert_eq!(back.version, meta.version);

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_cache_semantics::{CacheOptions, CachePolicy};
 
-use super::Uncacheable;
+use super::{cache_control::CacheControl, Uncacheable};
 
 /// The node's own freshness rules (flags).
 #[derive(Debug, Clone)]
@@ -51,36 +51,6 @@ pub struct Freshness {
     pub stale_while_revalidate: Duration,
 }
 
-/// Cache-Control directives, lowercased, with their arguments.
-pub(super) fn directives(headers: &HeaderMap) -> Vec<(String, Option<String>)> {
-    headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|d| {
-            let d = d.trim();
-            if d.is_empty() {
-                return None;
-            }
-            Some(match d.split_once('=') {
-                Some((k, v)) => (
-                    k.trim().to_ascii_lowercase(),
-                    Some(v.trim().trim_matches('"').to_string()),
-                ),
-                None => (d.to_ascii_lowercase(), None),
-            })
-        })
-        .collect()
-}
-
-fn seconds(value: &Option<String>) -> Option<Duration> {
-    value
-        .as_deref()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_secs)
-}
-
 /// The lifetime of a `200` response to `GET path` with `headers`, from a shared cache's view.
 pub fn freshness(
     rules: &FreshnessRules,
@@ -99,17 +69,13 @@ pub fn freshness(
         ..CacheOptions::default()
     };
     let policy = CachePolicy::new_options(&req, &res, response_time, options);
-    let cc = directives(headers);
-    let has = |name: &str| cc.iter().any(|(k, _)| k == name);
-    let arg = |name: &str| {
-        cc.iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| seconds(v))
-    };
+    let cc = CacheControl::parse(headers);
+    let has = |name: &str| cc.has(name);
+    let arg = |name: &str| cc.valid_seconds(name).map(Duration::from_secs);
     // A qualified `no-cache="field"` only keeps fields out; the unqualified one means
     // "revalidate every time".
-    let no_cache = cc.iter().any(|(k, v)| k == "no-cache" && v.is_none());
-    if has("no-store") || cc.iter().any(|(k, v)| k == "private" && v.is_none()) {
+    let no_cache = cc.has_bare("no-cache");
+    if has("no-store") || cc.has_bare("private") {
         return Err(Uncacheable::NotStorable);
     }
     let explicit = has("max-age") || has("s-maxage") || headers.contains_key(header::EXPIRES);

@@ -3,6 +3,8 @@
 
 use http::{header, HeaderMap, HeaderName};
 
+use super::cache_control::CacheControl;
+
 /// Headers the cache itself sets on every cached response (length, ranges, age, its own status);
 /// the upstream's copies would be wrong for a range or a later hit.
 const SET_BY_THE_CACHE: [&str; 6] = [
@@ -78,42 +80,6 @@ fn listed_names<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
         .collect()
 }
 
-/// Field names that `no-cache="…"` and `private="…"` say must not be sent from the cache
-/// (RFC 9111 §5.2.2.4, §5.2.2.7).
-fn qualified_cache_control_names(headers: &HeaderMap) -> Vec<String> {
-    let mut names = Vec::new();
-    for value in headers.get_all(header::CACHE_CONTROL) {
-        let Ok(text) = value.to_str() else { continue };
-        // Split on commas outside quotes: a qualified directive lists names inside quotes.
-        let mut rest = text;
-        while !rest.is_empty() {
-            let (directive, tail) = split_directive(rest);
-            rest = tail;
-            let Some((name, arg)) = directive.split_once('=') else {
-                continue;
-            };
-            let name = name.trim().to_ascii_lowercase();
-            if name == "no-cache" || name == "private" {
-                names.extend(listed_names(std::iter::once(arg.trim().trim_matches('"'))));
-            }
-        }
-    }
-    names
-}
-
-/// The first directive of a Cache-Control value and the rest after its comma.
-pub(super) fn split_directive(text: &str) -> (&str, &str) {
-    let mut quoted = false;
-    for (i, c) in text.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            ',' if !quoted => return (&text[..i], &text[i + 1..]),
-            _ => {}
-        }
-    }
-    (text, "")
-}
-
 /// `headers` as a freshness calculator should read them: the qualified `no-cache="…"` and
 /// `private="…"` directives only keep the named fields out of the cache (done by
 /// `stored_headers`), and `proxy-revalidate` only forbids serving stale (RFC 9111 §5.2.2.8;
@@ -122,28 +88,14 @@ pub(super) fn split_directive(text: &str) -> (&str, &str) {
 pub fn for_lifetime(headers: &HeaderMap) -> HeaderMap {
     let mut out = headers.clone();
     out.remove(header::CACHE_CONTROL);
-    for value in headers.get_all(header::CACHE_CONTROL) {
-        let Ok(text) = value.to_str() else { continue };
-        let mut kept = Vec::new();
-        let mut rest = text;
-        while !rest.is_empty() {
-            let (directive, tail) = split_directive(rest);
-            rest = tail;
-            let name = directive
-                .split('=')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            let qualified = directive.contains('=');
-            let dropped = (qualified && (name == "no-cache" || name == "private"))
-                || name == "proxy-revalidate";
-            if !dropped && !directive.trim().is_empty() {
-                kept.push(directive.trim());
-            }
-        }
-        if let Ok(v) = http::HeaderValue::from_str(&kept.join(", ")) {
-            out.append(header::CACHE_CONTROL, v);
+    let cc = CacheControl::parse(headers);
+    let kept = cc.render_without(|d| {
+        (d.arg.is_some() && (d.name == "no-cache" || d.name == "private"))
+            || d.name == "proxy-revalidate"
+    });
+    if let Ok(v) = http::HeaderValue::from_str(&kept) {
+        if !kept.is_empty() {
+            out.insert(header::CACHE_CONTROL, v);
         }
     }
     out
@@ -160,7 +112,7 @@ pub fn stored_headers(headers: &HeaderMap) -> Vec<(String, String)> {
             .iter()
             .filter_map(|v| v.to_str().ok()),
     );
-    excluded.extend(qualified_cache_control_names(headers));
+    excluded.extend(CacheControl::parse(headers).qualified_names());
     excluded.extend(SET_BY_THE_CACHE.iter().map(|s| s.to_string()));
     headers
         .iter()

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{header, HeaderMap, Method, StatusCode};
 use regex::RegexSet;
 
+pub mod cache_control;
 pub mod freshness;
 pub mod headers;
 pub mod request;
@@ -202,6 +203,7 @@ pub fn evaluate(
         stale_if_error: fresh.stale_if_error.as_secs(),
         must_revalidate: fresh.must_revalidate,
         stale_while_revalidate: fresh.stale_while_revalidate.as_secs(),
+        selecting: Vec::new(),
     })
 }
 

@@ -9,7 +9,7 @@
 
 use http::{header, HeaderMap};
 
-use super::freshness::directives;
+use super::cache_control::CacheControl;
 use crate::object::ObjectMeta;
 
 /// The request directives that constrain which stored response may answer it.
@@ -39,11 +39,11 @@ impl ClientDemands {
                 .any(|d| d.trim().eq_ignore_ascii_case("no-cache"));
             return demands;
         }
-        for (name, arg) in directives(headers) {
+        for directive in CacheControl::parse(headers).directives() {
             // An argument that is not a number of seconds makes the directive void: it then
             // constrains nothing rather than failing the request.
-            let secs = arg.as_deref().and_then(|v| v.parse::<u64>().ok());
-            match name.as_str() {
+            let secs = directive.arg.as_deref().and_then(|v| v.parse::<u64>().ok());
+            match directive.name.as_str() {
                 "no-cache" => demands.no_cache = true,
                 "no-store" => demands.no_store = true,
                 "only-if-cached" => demands.only_if_cached = true,

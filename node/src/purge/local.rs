@@ -38,6 +38,18 @@ impl Target {
         }
         Ok(())
     }
+
+    /// The target as the front end keys objects: a path in its normalised form
+    /// (`/a/./%73` purges `/a/s`), so no spelling of a path escapes its purge.
+    pub fn canonical(self) -> Result<Target, String> {
+        self.validate()?;
+        match self {
+            Target::Path(p) => crate::target::validate(&p)
+                .map(|clean| Target::Path(clean.into_owned()))
+                .map_err(|e| format!("path: {e}")),
+            prefix => Ok(prefix),
+        }
+    }
 }
 
 /// The stores a purge removes data from.
@@ -108,5 +120,10 @@ mod tests {
         assert!(serde_json::from_str::<Target>(r#"{"path": "/a", "prefix": "/b"}"#).is_err());
         assert!(Target::Path("a/b".into()).validate().is_err());
         assert!(Target::Prefix(String::new()).validate().is_err());
+        assert_eq!(
+            Target::Path("/a/./%73ecret.iso".into()).canonical(),
+            Ok(Target::Path("/a/secret.iso".into()))
+        );
+        assert!(Target::Path("/a/%2e%2e/x".into()).canonical().is_err());
     }
 }

@@ -9,7 +9,7 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use http::{header, HeaderMap, StatusCode};
 
 use super::{check_validator, conditional, Upstream, UpstreamError, UpstreamStream};
@@ -25,8 +25,71 @@ pub enum ProbeBody {
     },
     /// `200`: the whole object, `Content-Length` bytes long.
     Whole { len: u64, stream: UpstreamStream },
-    /// No usable body (an error status, unknown length, or a range other than the one asked).
+    /// Not object bytes the cache can use (another status, or no length): the response itself,
+    /// unread, so it can be relayed to the client as it is.
+    Other(reqwest::Response),
+    /// No usable body (a range other than the one asked).
     None,
+}
+
+/// An upstream answer the cache does not keep, relayed to the client whose request caused it:
+/// its status, headers and body as the upstream sent them, so the first request for an
+/// uncacheable object costs the upstream one request (RFC 9111 §3: a cache forwards what it
+/// cannot store).
+pub struct Relayed {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: UpstreamStream,
+}
+
+impl Relayed {
+    /// The upstream's answer to a `HEAD`.
+    pub fn bodiless(status: StatusCode, headers: HeaderMap) -> Self {
+        let body: UpstreamStream = Box::pin(futures::stream::empty());
+        Relayed {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+impl Probe {
+    /// This answer as the response to a client that wanted the whole object, or `None` when
+    /// its body is only a part of it (the client then needs a request of its own). A `206` that
+    /// carries every byte is the whole object (RFC 9110 §15.3.7: a cache may answer `200`).
+    pub fn into_relay(self) -> Option<Relayed> {
+        let Probe {
+            status,
+            mut headers,
+            length,
+            body,
+            ..
+        } = self;
+        let (status, body) = match body {
+            ProbeBody::Whole { stream, .. } => (status, stream),
+            ProbeBody::Range {
+                start: 0,
+                len,
+                stream,
+            } if Some(len) == length => {
+                headers.remove(header::CONTENT_RANGE);
+                headers.insert(header::CONTENT_LENGTH, len.into());
+                (StatusCode::OK, stream)
+            }
+            ProbeBody::Other(res) => {
+                let stream: UpstreamStream =
+                    Box::pin(res.bytes_stream().map_err(UpstreamError::from_reqwest));
+                (status, stream)
+            }
+            ProbeBody::Range { .. } | ProbeBody::None => return None,
+        };
+        Some(Relayed {
+            status,
+            headers,
+            body,
+        })
+    }
 }
 
 /// The upstream's answer to a probe.
@@ -72,10 +135,11 @@ impl Upstream {
         start: u64,
         len: u64,
         stale: Option<&ObjectMeta>,
+        client: &HeaderMap,
     ) -> Result<Probe, UpstreamError> {
-        let probe = self.probe_at(path, start, len, stale).await?;
+        let probe = self.probe_at(path, start, len, stale, client).await?;
         if probe.status == StatusCode::RANGE_NOT_SATISFIABLE && start > 0 {
-            return self.probe_at(path, 0, len, stale).await;
+            return self.probe_at(path, 0, len, stale, client).await;
         }
         Ok(probe)
     }
@@ -86,6 +150,7 @@ impl Upstream {
         start: u64,
         len: u64,
         stale: Option<&ObjectMeta>,
+        client: &HeaderMap,
     ) -> Result<Probe, UpstreamError> {
         let kind = if stale.is_some() {
             "revalidate"
@@ -96,6 +161,7 @@ impl Upstream {
         let mut req = self
             .client
             .get(self.url_for(path)?)
+            .headers(super::for_lookup(client))
             .header(header::RANGE, format!("bytes={start}-{}", start + len - 1))
             .header(header::ACCEPT_ENCODING, "identity");
         if let Some(stale) = stale {
@@ -132,9 +198,9 @@ impl Upstream {
                     let stream = self.validated_body(res, len);
                     (Some(len), ProbeBody::Whole { len, stream })
                 }
-                None => (None, ProbeBody::None),
+                None => (None, ProbeBody::Other(res)),
             },
-            _ => (None, ProbeBody::None),
+            _ => (None, ProbeBody::Other(res)),
         };
         Ok(Probe {
             status,
