@@ -244,7 +244,7 @@ def main():
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
         check(f"{rel}: accepted by the CRD schema",
               [e for d in docs for e in crd_check.errors(d)])
-        render = subprocess.run([operator, "render", "-f", str(path), "--peer-token", "test"],
+        render = subprocess.run([operator, "render", "-f", str(path), "--peer-token", "manifest-test-token-0123"],
                                 capture_output=True, text=True)
         if render.returncode != 0:
             check(f"{rel}: renders", [render.stderr.strip()])

@@ -61,7 +61,7 @@ pub const QUANTITY_PATTERN: &str = casserole_limits::QUANTITY_PATTERN;
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[schemars(transform = crate::schema_rules::disk_transitions)]
+#[schemars(transform = crate::schema_rules::spec_transitions)]
 pub struct CasseroleCacheSpec {
     /// Base URL of the origin server every request is forwarded to (http or https, an
     /// optional port and path, no query or fragment).

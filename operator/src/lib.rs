@@ -3,10 +3,13 @@
 
 pub mod crd;
 pub mod crd_upgrade;
+pub mod etcd_members;
 pub mod health;
+pub mod http_client;
 pub mod leader;
 pub mod live;
 pub mod metrics;
+pub mod node_views;
 pub mod reconcile;
 pub mod render;
 pub mod resources;

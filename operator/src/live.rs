@@ -35,6 +35,26 @@ pub async fn fetch(client: &Client, cache: &CasseroleCache) -> Result<Live, kube
     Ok(live)
 }
 
+/// Whether the managed etcd has formed its cluster: its live StatefulSet already says
+/// `existing`, or a member is ready (its readiness needs a quorum, so the members agreed on
+/// one cluster).
+pub fn etcd_bootstrapped(live: &Live) -> bool {
+    let Some(sts) = &live.etcd else { return false };
+    let says_existing = sts
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.args.as_ref())
+        .is_some_and(|a| a.iter().any(|a| a == "--initial-cluster-state=existing"));
+    let quorum_seen = sts
+        .status
+        .as_ref()
+        .is_some_and(|s| s.ready_replicas.unwrap_or(0) > 0);
+    says_existing || quorum_seen
+}
+
 /// A StatefulSet whose claim templates must change: its claims grow to `grow` (template name,
 /// new size, storage class) first, then it is deleted with its pods orphaned and applied anew.
 #[derive(Clone, Debug, PartialEq, Eq)]

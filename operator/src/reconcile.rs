@@ -98,6 +98,12 @@ pub struct Context {
     pub liveness: Liveness,
     /// What the operator found of its CRD at start (`None`: not checked, e.g. in tests).
     pub crd_state: Option<CrdState>,
+    /// The operator's own namespace (admitted to managed etcd's client port).
+    pub operator_namespace: Option<String>,
+    /// How the operator reads each cache node's own view of its cluster.
+    pub node_probe: Arc<dyn crate::node_views::NodeProbe>,
+    /// How the operator reaches a managed etcd's membership API.
+    pub etcd_members: Arc<dyn crate::etcd_members::Connect>,
 }
 
 impl Context {
@@ -114,7 +120,15 @@ impl Context {
             ip_family: IpFamily::default(),
             liveness: Liveness::default(),
             crd_state: None,
+            operator_namespace: None,
+            etcd_members: Arc::new(crate::etcd_members::Gateway),
+            node_probe: Arc::new(crate::node_views::MetricsProbe),
         }
+    }
+
+    pub fn with_operator_namespace(mut self, ns: String) -> Context {
+        self.operator_namespace = Some(ns);
+        self
     }
 
     pub fn with_crd_state(mut self, state: CrdState) -> Context {
@@ -204,18 +218,20 @@ async fn prepare(
         Ok(tokens) => tokens,
         Err(invalid) => return Ok(Err(invalid)),
     };
+    // What the CRD's transition rules refuse, refused here too (the live CRD may lack them).
+    let live = live::fetch(&ctx.client, cache).await?;
     let inputs = resources::Inputs {
         ip_family: ctx.ip_family,
         peer_token_fingerprint: Some(tokens.peer_fingerprint),
         peer_token_previous: tokens.peer_previous,
         admin_token_fingerprint: tokens.admin_fingerprint,
+        etcd_bootstrapped: live::etcd_bootstrapped(&live),
+        operator_namespace: ctx.operator_namespace.clone(),
     };
     let objects = match resources::desired_for(cache, &inputs) {
         Ok(objects) => objects,
         Err(invalid) => unreachable!("validated above: {invalid}"),
     };
-    // What the CRD's transition rules refuse, refused here too (the live CRD may lack them).
-    let live = live::fetch(&ctx.client, cache).await?;
     let recreates = match live::check(cache, &objects, &live) {
         Ok(recreates) => recreates,
         Err(invalid) => return Ok(Err(invalid)),
@@ -265,6 +281,9 @@ async fn reconcile_spec(
         report_apply_failures(ctx, cache, &failures).await?;
         return Err(Error::Apply(failures));
     }
+    if rollouts.etcd.is_some_and(|e| e.ready < e.desired) {
+        crate::etcd_members::heal(ctx, cache).await?;
+    }
     // Leftovers can only appear when the spec changed, so steady-state reconciles skip the
     // lookups.
     if cache.status.as_ref().and_then(|s| s.observed_generation) != cache.metadata.generation {
@@ -272,7 +291,13 @@ async fn reconcile_spec(
     }
     let now = Timestamp::now();
     let mut new = status::compute(cache, rollouts.cache, rollouts.etcd, now);
-    status::set_members(&mut new, cache, members(&ctx.client, cache).await?, now);
+    let ready_pods = members(&ctx.client, cache).await?;
+    let views = match &ready_pods {
+        Some(pods) => crate::node_views::views(&*ctx.node_probe, pods).await,
+        None => Vec::new(),
+    };
+    let names = ready_pods.map(|p| p.into_iter().map(|(name, _)| name).collect());
+    status::set_members(&mut new, cache, names, &views, now);
     status::set_crd(&mut new, cache, ctx.crd_state.as_ref(), now);
     let ready = new
         .conditions
@@ -307,9 +332,12 @@ async fn reconcile_spec(
     }))
 }
 
-/// Names of the cache pods that are ready (their `/readyz` needs the etcd membership loaded),
-/// sorted; `None` when listing pods is not allowed.
-async fn members(client: &Client, cache: &CasseroleCache) -> Result<Option<Vec<String>>, Error> {
+/// Names (and addresses) of the cache pods that are ready (their `/readyz` needs the etcd
+/// membership loaded), sorted; `None` when listing pods is not allowed.
+async fn members(
+    client: &Client,
+    cache: &CasseroleCache,
+) -> Result<Option<Vec<(String, Option<String>)>>, Error> {
     let api: Api<Pod> = Api::namespaced(client.clone(), &resources::namespace(cache));
     let params = ListParams::default().labels(&resources::selector_string(cache));
     let pods = match api.list(&params).await {
@@ -328,14 +356,19 @@ async fn members(client: &Client, cache: &CasseroleCache) -> Result<Option<Vec<S
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     };
-    let mut names: Vec<String> = pods
+    let mut found: Vec<(String, Option<String>)> = pods
         .items
         .iter()
         .filter(|p| ready(p))
-        .map(|p| p.name_any())
+        .map(|p| {
+            (
+                p.name_any(),
+                p.status.as_ref().and_then(|s| s.pod_ip.clone()),
+            )
+        })
         .collect();
-    names.sort();
-    Ok(Some(names))
+    found.sort();
+    Ok(Some(found))
 }
 
 /// A spec the operator will not act on: status and a Warning Event say why; nothing else is

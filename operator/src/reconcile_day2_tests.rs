@@ -12,7 +12,7 @@ use crate::crd::CasseroleCacheStatus;
 use crate::crd_upgrade::{ensure, CrdState};
 use crate::metrics::Metrics;
 use crate::mock::{self, echo, status_error};
-use crate::reconcile::Error;
+use crate::reconcile::{Error, REQUEUE_READY};
 use crate::reconcile_tests::*;
 use crate::resources::testing::{cache_from_spec, default_cache};
 use crate::resources::{desired_for, Inputs};
@@ -315,5 +315,19 @@ async fn an_outdated_crd_is_reported_when_the_operator_may_not_apply_it() {
     assert_eq!((own, newer), (CrdState::Current, CrdState::Current));
     assert_eq!(metrics.crd_current.get(), 1);
     drop(client);
+    server.done().await;
+}
+
+#[tokio::test]
+async fn pruning_forbidden_by_rbac_does_not_block_the_reconcile() {
+    let (ctx, mut server) = context();
+    let cache = Arc::new(default_cache());
+    let (result, (_, _, status)) = tokio::join!(
+        run(cache.clone(), &ctx),
+        first_reconcile_with_prune_answer(&mut server, &cache, 403)
+    );
+    assert_eq!(result.unwrap(), Action::requeue(REQUEUE_READY));
+    assert_eq!(condition(&status, "Ready")["status"], "True");
+    drop(ctx);
     server.done().await;
 }

@@ -16,6 +16,8 @@ pub enum RenderError {
     },
     #[error("document {index}: expected apiVersion casserole.io/v1alpha1 or v1beta1, kind CasseroleCache")]
     WrongKind { index: usize },
+    #[error("--peer-token: {0} (the node refuses a shorter one)")]
+    PeerToken(String),
     #[error("{name}: invalid spec: {source}")]
     Invalid {
         name: String,
@@ -72,6 +74,9 @@ pub fn parse_caches(
 
 /// The objects of every cache in `input`, in apply order.
 pub fn render_objects(input: &str, opts: &RenderOptions) -> Result<Vec<Object>, RenderError> {
+    if let Some(token) = &opts.peer_token {
+        casserole_limits::check_peer_token(token.trim()).map_err(RenderError::PeerToken)?;
+    }
     let mut out = Vec::new();
     for cache in parse_caches(input, opts.namespace.as_deref())? {
         let token = (!opts.without_secret).then(|| {

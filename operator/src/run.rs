@@ -123,6 +123,46 @@ where
     }
 }
 
+/// The controller: caches, their owned objects, and the operator's own Secrets.
+fn controller(
+    args: &RunArgs,
+    watch_client: &Client,
+    ctx: Arc<Context>,
+) -> impl std::future::Future<Output = ()> {
+    let ns = args.watch_namespace.as_deref();
+    let selector =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    info!(ip_family = ?ctx.ip_family, "pod IP family");
+    Controller::new(
+        owned::<CasseroleCache>(watch_client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(owned::<StatefulSet>(watch_client, ns), selector.clone())
+    .owns(owned::<DaemonSet>(watch_client, ns), selector.clone())
+    .owns(owned::<Service>(watch_client, ns), selector.clone())
+    .owns(
+        owned::<PodDisruptionBudget>(watch_client, ns),
+        selector.clone(),
+    )
+    .owns(owned::<NetworkPolicy>(watch_client, ns), selector.clone())
+    // The peer token: deleting it makes the operator create a new one and roll the pods.
+    // Metadata only, and only the operator's own (label-selected): the operator never holds
+    // the cluster's Secrets in memory.
+    .owns_stream(secret_triggers(
+        watch_client,
+        ns,
+        &args.secret_namespaces,
+        selector,
+    ))
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            warn!(error = %e, "reconcile trigger failed");
+        }
+    })
+}
+
 /// Changes of the operator's own Secrets (label-selected, metadata only), in the watched
 /// namespace, or in each of `--secret-namespace`, or everywhere.
 fn secret_triggers(
@@ -210,52 +250,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(%identity, lease = %args.lease_name, namespace = %lease_ns, "waiting for leadership");
     // A standby runs as PID 1 in its container, where SIGTERM without a handler is ignored:
     // without this it would wait out the whole termination grace period.
-    if !lock.acquire_unless(shutdown_signal()).await {
+    let Some(acquired) = lock.acquire_unless(shutdown_signal()).await else {
         info!("shutting down while standing by");
         return Ok(());
-    }
+    };
     metrics.leader.set(1);
     info!(%identity, "leading");
 
-    let ns = args.watch_namespace.as_deref();
-    let selector =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
-    let ip_family = args.ip_family();
-    info!(?ip_family, "pod IP family");
     let ctx = Arc::new(
         Context::new(client.clone(), metrics.clone(), Some(identity))
-            .with_ip_family(ip_family)
+            .with_ip_family(args.ip_family())
             .with_liveness(liveness)
-            .with_crd_state(crd_state),
+            .with_crd_state(crd_state)
+            .with_operator_namespace(lease_ns.clone()),
     );
-    let controller = Controller::new(
-        owned::<CasseroleCache>(&watch_client, ns),
-        watcher::Config::default().any_semantic(),
-    )
-    .owns(owned::<StatefulSet>(&watch_client, ns), selector.clone())
-    .owns(owned::<DaemonSet>(&watch_client, ns), selector.clone())
-    .owns(owned::<Service>(&watch_client, ns), selector.clone())
-    .owns(
-        owned::<PodDisruptionBudget>(&watch_client, ns),
-        selector.clone(),
-    )
-    .owns(owned::<NetworkPolicy>(&watch_client, ns), selector.clone())
-    // The peer token: deleting it makes the operator create a new one and roll the pods.
-    // Metadata only, and only the operator's own (label-selected): the operator never holds
-    // the cluster's Secrets in memory.
-    .owns_stream(secret_triggers(
-        &watch_client,
-        ns,
-        &args.secret_namespaces,
-        selector,
-    ))
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            warn!(error = %e, "reconcile trigger failed");
-        }
-    });
+    let controller = controller(&args, &watch_client, ctx);
 
     tokio::select! {
         () = controller => {
@@ -266,7 +275,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics.leader.set(0);
             Ok(())
         }
-        lost = lock.hold() => {
+        lost = lock.hold(acquired) => {
             // Another replica may already be reconciling: stop at once. The pod restarts
             // and rejoins the election as a standby.
             metrics.leader.set(0);

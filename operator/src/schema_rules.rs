@@ -87,8 +87,14 @@ pub fn managed_etcd_transitions(schema: &mut Schema) {
 /// A StatefulSet cache keeps its volume claims: `disk.enabled` and `disk.storageClassName` are
 /// fixed and `disk.size` may only grow while the workload stays a StatefulSet (the operator
 /// expands the claims; a DaemonSet's ephemeral volumes are part of its pod template and may
-/// change).
-pub fn disk_transitions(schema: &mut Schema) {
+/// change). A DaemonSet cache's `replicas` cannot change (it would be ignored).
+pub fn spec_transitions(schema: &mut Schema) {
+    // Not a silent no-op: `kubectl scale` of a DaemonSet cache is refused with the reason.
+    add(
+        schema,
+        "self.workload != 'DaemonSet' || oldSelf.workload != 'DaemonSet' || self.replicas == oldSelf.replicas",
+        "replicas has no effect on a DaemonSet cache (one pod per eligible node): choose the nodes with nodeSelector and tolerations",
+    );
     let both_statefulsets = "self.workload != 'StatefulSet' || oldSelf.workload != 'StatefulSet'";
     let both_enabled = "!self.disk.enabled || !oldSelf.disk.enabled";
     let hint = "on a StatefulSet cache (its volume claims keep their class and never shrink): delete and recreate the cache, or switch workload";

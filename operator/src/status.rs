@@ -254,12 +254,14 @@ pub fn invalid(cache: &CasseroleCache, err: &InvalidSpec, now: Timestamp) -> Cas
 }
 
 /// Records the cluster members (cache pods whose `/readyz` passes, which needs their etcd
-/// membership loaded) and `MembersReady`: True when there are as many as ready replicas.
+/// membership loaded) and `MembersReady`: True when there are as many as ready replicas and
+/// every node that was asked counts them all itself (`views`: each node's own member count).
 /// `None`: the pods could not be read, so the condition says Unknown.
 pub fn set_members(
     status: &mut CasseroleCacheStatus,
     cache: &CasseroleCache,
     members: Option<Vec<String>>,
+    views: &[(String, Result<i64, String>)],
     now: Timestamp,
 ) {
     let Some(members) = members else {
@@ -276,13 +278,30 @@ pub fn set_members(
         return;
     };
     let n = members.len() as i32;
-    let ok = n > 0 && n == status.ready_replicas;
-    let message = format!("{n} members, {} ready replicas", status.ready_replicas);
-    let reason = if ok {
-        "AllMembersReady"
+    let mut message = format!("{n} members, {} ready replicas", status.ready_replicas);
+    let disagree: Vec<String> = views
+        .iter()
+        .filter_map(|(pod, seen)| match seen {
+            Ok(k) if *k == i64::from(n) => None,
+            Ok(k) => Some(format!("{pod} sees {k}")),
+            Err(e) => Some(format!("{pod}: {e}")),
+        })
+        .collect();
+    let (ok, reason) = if n == 0 || n != status.ready_replicas {
+        (false, "MembersMissing")
+    } else if views
+        .iter()
+        .any(|(_, v)| v.is_ok() && *v != Ok(i64::from(n)))
+    {
+        (false, "MembershipDiffers")
+    } else if views.iter().any(|(_, v)| v.is_err()) {
+        (false, "MembershipUnknown")
     } else {
-        "MembersMissing"
+        (true, "AllMembersReady")
     };
+    if !disagree.is_empty() {
+        message = format!("{message}; {}", disagree.join(", "));
+    }
     status.members = members;
     upsert(
         status,
@@ -480,17 +499,29 @@ mod tests {
         let cache = default_cache();
         let mut s = compute(&cache, done(3), None, at(100));
         let names = |n: usize| Some((0..n).map(|i| format!("web-{i}")).collect());
-        set_members(&mut s, &cache, names(3), at(100));
+        set_members(&mut s, &cache, names(3), &[], at(100));
         assert_eq!(s.members, ["web-0", "web-1", "web-2"]);
         assert_eq!(cond(&s, MEMBERS_READY).status, "True");
-        set_members(&mut s, &cache, names(2), at(100));
+        // Every node's own view counts: one that sees fewer members is a split.
+        let views = [
+            ("web-0".to_string(), Ok(3)),
+            ("web-1".to_string(), Ok(2)),
+            ("web-2".to_string(), Ok(3)),
+        ];
+        set_members(&mut s, &cache, names(3), &views, at(100));
+        assert_eq!(cond(&s, MEMBERS_READY).reason, "MembershipDiffers");
+        assert!(cond(&s, MEMBERS_READY).message.ends_with("web-1 sees 2"));
+        let unreachable = [("web-0".to_string(), Err("timed out".to_string()))];
+        set_members(&mut s, &cache, names(3), &unreachable, at(100));
+        assert_eq!(cond(&s, MEMBERS_READY).reason, "MembershipUnknown");
+        set_members(&mut s, &cache, names(2), &[], at(100));
         assert_eq!(cond(&s, MEMBERS_READY).status, "False");
         assert_eq!(cond(&s, MEMBERS_READY).reason, "MembersMissing");
         assert_eq!(
             cond(&s, MEMBERS_READY).message,
             "2 members, 3 ready replicas"
         );
-        set_members(&mut s, &cache, None, at(100));
+        set_members(&mut s, &cache, None, &[], at(100));
         assert_eq!(cond(&s, MEMBERS_READY).status, "Unknown");
     }
 

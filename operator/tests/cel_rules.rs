@@ -121,6 +121,20 @@ fn names_that_collide_with_another_caches_objects_are_refused() {
 }
 
 #[test]
+fn scaling_a_daemonset_cache_is_refused_not_ignored() {
+    let ds = |n: i32| cache(serde_json::json!({"workload": "DaemonSet", "replicas": n}));
+    let errors = rejected(validate_cel_update(&ds(5), &ds(3)));
+    assert!(
+        errors.contains("no effect on a DaemonSet cache"),
+        "{errors}"
+    );
+    validate_cel_update(&ds(3), &ds(3)).unwrap();
+    // Switching workload while changing replicas is fine.
+    let sts = cache(serde_json::json!({"workload": "StatefulSet", "replicas": 5}));
+    validate_cel_update(&sts, &ds(3)).unwrap();
+}
+
+#[test]
 fn names_must_be_dns1035_labels_like_the_operator_says() {
     for name in ["my.cache", "1cache", "web-"] {
         let errors = rejected(validate_cel(&cache_named(name, serde_json::json!({}))));

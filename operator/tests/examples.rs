@@ -20,7 +20,7 @@ fn render(path: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_casserole-operator"))
         .args(["render", "-f"])
         .arg(path)
-        .args(["--peer-token", "t"])
+        .args(["--peer-token", "render-test-token-0123"])
         .output()
         .expect("binary runs")
 }

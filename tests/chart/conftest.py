@@ -151,7 +151,7 @@ def run_binary(binary: Path, *args: str, stdin: str | None = None) -> str:
 
 def operator_render(caches_yaml: str, namespace: str | None = None) -> list[dict]:
     """`casserole-operator render`: the objects the operator would apply for these caches."""
-    args = ["render", "-f", "-", "--peer-token", "chart-test-token"]
+    args = ["render", "-f", "-", "--peer-token", "chart-test-token-0123"]
     if namespace:
         args += ["-n", namespace]
     out = run_binary(OPERATOR_BIN, *args, stdin=caches_yaml)

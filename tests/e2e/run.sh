@@ -2,9 +2,10 @@
 # End-to-end test of casserole-operator on a throwaway kind cluster:
 # install the CRD and operator, apply a cache, check what it became, fetch through it, change,
 # scale up and down, have the API server refuse changes a cluster cannot carry out (etcd
-# replicas, volume size, a chunk size the node refuses), delete and re-create the peer token,
-# break and fix its spec, fail the leader over, delete it (foreground) and check garbage
-# collection.
+# replicas, a shrinking volume, a chunk size the node refuses), delete and re-create the peer
+# token, break and fix its spec, the day-2 steps (grow the disk, rotate the peer token in three
+# patches, add an admin token, replace an etcd member whose volume is gone, upgrade the
+# operator), fail the leader over, delete it (foreground) and check garbage collection.
 #
 # Needs: docker, kind (>= 0.24, for NetworkPolicy support in kindnet), kubectl.
 # Usage:  tests/e2e/run.sh            (KEEP_CLUSTER=1 keeps the cluster afterwards;
@@ -100,9 +101,9 @@ step "changes a cluster cannot carry out are refused by the API server, with a m
 out=$(kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"etcd":{"managed":{"replicas":3}}}}' 2>&1) \
   && fail "etcd replica change accepted"
 echo "$out" | grep -q "etcd.managed.replicas cannot change" || fail "no clear message: $out"
-out=$(kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"disk":{"size":"2Gi"}}}' 2>&1) \
-  && fail "disk.size change accepted"
-echo "$out" | grep -q "disk.size cannot change" || fail "no clear message: $out"
+out=$(kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"disk":{"size":"512Mi"}}}' 2>&1) \
+  && fail "disk.size shrink accepted"
+echo "$out" | grep -q "disk.size cannot shrink" || fail "no clear message: $out"
 out=$(kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"chunkSize":"128Mi"}}' 2>&1) \
   && fail "a chunk size the node refuses was accepted"
 echo "$out" | grep -q "between 64Ki and 64Mi" || fail "no clear message: $out"
@@ -127,6 +128,77 @@ kubectl -n "$NS" get events --field-selector reason=InvalidSpec -o name | grep -
 [ "$(jp statefulset/e2e '{.metadata.generation}')" = "$GEN" ] || fail "the workload changed"
 kubectl -n "$NS" patch casserole e2e --type=json -p '[{"op":"remove","path":"/spec/passThrough"}]'
 kubectl -n "$NS" wait casserole/e2e --for=condition=Ready --timeout=120s
+
+step "resize: growing the disk is carried out where the class allows it, refused clearly where not"
+CLASS=$(kubectl get storageclass -o jsonpath='{.items[?(@.metadata.annotations.storageclass\.kubernetes\.io/is-default-class=="true")].metadata.name}')
+EXPANDS=$(kubectl get storageclass "$CLASS" -o jsonpath='{.allowVolumeExpansion}')
+kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"disk":{"size":"2Gi"}}}'
+if [ "$EXPANDS" = true ]; then
+  until_ok 180 "claims grown to 2Gi" \
+    sh -c "kubectl -n $NS get pvc cache-e2e-0 -o jsonpath='{.spec.resources.requests.storage}' | grep -qx 2Gi"
+  [ "$(jp statefulset/e2e '{.spec.volumeClaimTemplates[0].spec.resources.requests.storage}')" = 2Gi ] \
+    || fail "StatefulSet not re-created with the new template"
+  kubectl -n "$NS" wait casserole/e2e --for=condition=Ready --timeout=180s
+else
+  until_ok 60 "Ready=False InvalidSpec naming the class" \
+    sh -c "kubectl -n $NS get casserole e2e -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].message}' | grep -q 'does not allow volume expansion'"
+  kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"disk":{"size":"1Gi"}}}'
+  kubectl -n "$NS" wait casserole/e2e --for=condition=Ready --timeout=120s
+fi
+
+step "rotate the peer token without a split: accept both, then switch (docs/operator-runbook.md)"
+# A Secret made by an older release is immutable: delete it once (one roll) to get a mutable one.
+if [ "$(jp secret/e2e-peer-token '{.immutable}')" = true ]; then
+  kubectl -n "$NS" delete secret e2e-peer-token
+  until_ok 60 "a mutable peer token" sh -c "kubectl -n $NS get secret e2e-peer-token -o jsonpath='{.data.token}' | grep -q ."
+  kubectl -n "$NS" rollout status statefulset/e2e --timeout=300s
+fi
+OLD=$(jp secret/e2e-peer-token '{.data.token}' | base64 -d)
+NEW=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+roll() {  # roll WHAT: wait for the pods to pick up a Secret change
+  until_ok 60 "$1" sh -c "[ \"\$(kubectl -n $NS get sts e2e -o jsonpath='{.spec.template.metadata.annotations.casserole\.io/peer-token}')\" != '$FP' ]"
+  FP=$(jp statefulset/e2e '{.spec.template.metadata.annotations.casserole\.io/peer-token}')
+  kubectl -n "$NS" rollout status statefulset/e2e --timeout=300s
+  kubectl -n "$NS" wait casserole/e2e --for=condition=Ready --timeout=180s
+}
+FP=$(jp statefulset/e2e '{.spec.template.metadata.annotations.casserole\.io/peer-token}')
+kubectl -n "$NS" patch secret e2e-peer-token -p "{\"stringData\":{\"previous\":\"$NEW\"}}"
+roll "phase 1: send the old token, accept both"
+jp statefulset/e2e '{.spec.template.spec.containers[0].args}' | grep -q -- --peer-token-previous-file || fail "no previous token flag"
+kubectl -n "$NS" patch secret e2e-peer-token -p "{\"stringData\":{\"token\":\"$NEW\",\"previous\":\"$OLD\"}}"
+roll "phase 2: send the new token, accept both"
+kubectl -n "$NS" patch secret e2e-peer-token --type=json -p '[{"op":"remove","path":"/data/previous"}]'
+roll "phase 3: the new token only"
+[ "$(fetch 3 | head -1)" = 25165824 ] || fail "fetch after the rotation"
+
+step "add an admin token: the purge API answers"
+kubectl -n "$NS" create secret generic e2e-admin --from-literal=token=e2e-admin-token-0123456789
+kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"adminToken":{"name":"e2e-admin"}}}'
+until_ok 60 "the pods get --admin-token-file" \
+  sh -c "kubectl -n $NS get sts e2e -o jsonpath='{.spec.template.spec.containers[0].args}' | grep -q -- --admin-token-file"
+kubectl -n "$NS" rollout status statefulset/e2e --timeout=300s
+kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"adminToken":{"name":"missing"}}}'
+until_ok 60 "a missing admin Secret is InvalidSpec" \
+  sh -c "kubectl -n $NS get casserole e2e -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].message}' | grep -q 'spec.adminToken'"
+kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"adminToken":{"name":"e2e-admin"}}}'
+kubectl -n "$NS" wait casserole/e2e --for=condition=Ready --timeout=120s
+
+step "etcd member replacement: a member whose volume is gone rejoins"
+kubectl -n "$NS" scale casserole/e2e --replicas=2
+kubectl -n "$NS" delete pvc data-e2e-etcd-0 --wait=false
+kubectl -n "$NS" delete pod e2e-etcd-0
+until_ok 300 "EtcdReady again" \
+  sh -c "kubectl -n $NS get casserole e2e -o jsonpath='{.status.conditions[?(@.type==\"EtcdReady\")].status}' | grep -qx True"
+
+step "upgrade the operator: caches keep their pods, the CRD is current"
+HASH=$(jp statefulset/e2e '{.spec.template.metadata.annotations.casserole\.io/config-hash}')
+kubectl -n "$OPS" rollout restart deploy/casserole-operator
+kubectl -n "$OPS" rollout status deploy/casserole-operator --timeout=180s
+sleep 20
+[ "$(jp statefulset/e2e '{.spec.template.metadata.annotations.casserole\.io/config-hash}')" = "$HASH" ] \
+  || fail "an operator restart rolled the cache pods"
+[ "$(jp casserole/e2e "{.status.conditions[?(@.type==\"CRDCurrent\")].status}")" = True ] || fail "CRDCurrent"
+LEADER=$(kubectl -n "$OPS" get lease casserole-operator -o jsonpath='{.spec.holderIdentity}')
 
 step "leader failover"
 kubectl -n "$OPS" delete pod "$LEADER" --wait=false

@@ -270,3 +270,135 @@ fn ipv6_pods_advertise_a_bracketed_peering_url() {
     );
     assert!(node_config(&unbracketed).is_err());
 }
+
+/// A cache with the given upstream and extra spec lines, named `name`.
+fn cache_with(name: &str, upstream: &str, spec_lines: &str) -> String {
+    format!(
+        "apiVersion: casserole.io/v1alpha1\nkind: CasseroleCache\nmetadata: {{name: '{name}', namespace: ns}}\nspec:\n  upstream: '{upstream}'\n{spec_lines}"
+    )
+}
+
+fn renders(input: &str) -> bool {
+    render_objects(input, &RenderOptions::default()).is_ok()
+}
+
+/// Every rendered node flag starting with `prefix`, for the one cache in `input`.
+fn rendered_flags(input: &str, prefix: &str) -> Vec<String> {
+    let (_dir, token_file) = token_file();
+    node_argv(input, IpFamily::IPv4, "10.1.2.3", &token_file)
+        .into_iter()
+        .filter(|a| a.starts_with(prefix))
+        .collect()
+}
+
+#[test]
+fn render_refuses_every_upstream_the_node_cannot_run() {
+    let cases = [
+        ("http://u.example", true),
+        ("https://u.example:8443/base/", true),
+        ("http://[fd00::1]:8080", true),
+        ("https://user:pw@u.example/p", true),
+        ("http://u.example?x=1", false),
+        ("http://u.example/#top", false),
+        ("http://u.example:99999", false),
+        ("http://u.example:port", false),
+        ("ftp://u.example", false),
+        ("http://", false),
+        ("http://a b", false),
+    ];
+    for (url, ok) in cases {
+        let operator = renders(&cache_with("web", url, ""));
+        assert_eq!(operator, ok, "operator, upstream {url}");
+        // Whatever the operator renders, the node starts with (the operator may be stricter).
+        if operator {
+            assert!(node_accepts("--upstream", url), "node, upstream {url}");
+        }
+    }
+}
+
+#[test]
+fn render_refuses_names_etcd_endpoints_and_tokens_the_cluster_cannot_run() {
+    for name in ["my.cache", "1cache", "Web", "web-"] {
+        assert!(!renders(&cache_with(name, "http://u", "")), "name {name}");
+    }
+    assert!(renders(&cache_with("web-2", "http://u", "")));
+    // The node's etcd client has no TLS: an https endpoint is refused up front.
+    let etcd = |e: &str| format!("  etcd: {{external: {{endpoints: ['{e}']}}}}\n");
+    assert!(!renders(&cache_with(
+        "web",
+        "http://u",
+        &etcd("https://etcd:2379")
+    )));
+    let ok = cache_with("web", "http://u", &etcd("http://etcd.infra.svc:2379"));
+    assert!(renders(&ok));
+    let (_dir, token_file) = token_file();
+    let argv = node_argv(&ok, IpFamily::IPv4, "10.1.2.3", &token_file);
+    assert_eq!(
+        node_config(&argv).unwrap().etcd,
+        ["http://etcd.infra.svc:2379"]
+    );
+    // A peer token the node would refuse is refused by render too.
+    let short = RenderOptions {
+        peer_token: Some("short".into()),
+        ..RenderOptions::default()
+    };
+    assert!(render_objects(&cache_yaml(""), &short).is_err());
+}
+
+#[test]
+fn routes_and_ttl_rules_render_flags_the_shared_parsers_accept() {
+    let spec = "  routes: [{prefix: /models/, url: 'http://hub.ml:8080/base'}]\n  ttlRules: [{pattern: 'a=b\\.iso$', ttl: 1h}]\n";
+    let input = cache_with("web", "http://u", spec);
+    let routes = rendered_flags(&input, "--route=");
+    assert_eq!(routes, ["--route=/models/=http://hub.ml:8080/base"]);
+    let route = casserole_limits::parse_route(routes[0].strip_prefix("--route=").unwrap());
+    assert_eq!(route.unwrap().url, "http://hub.ml:8080/base");
+    let rules = rendered_flags(&input, "--ttl-rule=");
+    let rule = casserole_limits::parse_ttl_rule(rules[0].strip_prefix("--ttl-rule=").unwrap());
+    assert_eq!(rule.unwrap().ttl.as_secs(), 3600);
+    // What the parsers refuse, render refuses.
+    for bad in [
+        "  routes: [{prefix: /m/, url: 'http://hub?x=1'}]\n",
+        "  routes: [{prefix: m/, url: 'http://hub'}]\n",
+        "  routes: [{prefix: /m/, url: 'http://a'}, {prefix: /m/, url: 'http://b'}]\n",
+        "  ttlRules: [{pattern: '(', ttl: 1h}]\n",
+        "  ttlRules: [{pattern: '^/x', ttl: 1d}]\n",
+    ] {
+        assert!(!renders(&cache_with("web", "http://u", bad)), "{bad}");
+    }
+    // Once the node has the flags, it must accept what the operator renders.
+    let (_dir, token_file) = token_file();
+    let argv = node_argv(&input, IpFamily::IPv4, "10.1.2.3", &token_file);
+    if let Err(e) = node_config(&argv) {
+        assert!(
+            e.contains("unexpected argument '--route'")
+                || e.contains("unexpected argument '--ttl-rule'"),
+            "the node refuses the rendered routes/ttl rules: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_rotation_renders_the_previous_token_file_the_node_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (current, previous) = (dir.path().join("token"), dir.path().join("previous"));
+    std::fs::write(&current, "current-token-0123456789").unwrap();
+    std::fs::write(&previous, "previous-token-0123456789").unwrap();
+    let mut argv = node_argv(&cache_yaml(""), IpFamily::IPv4, "10.1.2.3", &current);
+    argv.push(format!("--peer-token-previous-file={}", previous.display()));
+    let cfg = node_config(&argv).unwrap();
+    assert_eq!(
+        cfg.peer_token_previous.as_deref(),
+        Some("previous-token-0123456789")
+    );
+    // The operator renders exactly that flag (its value is the pod's mount path) when the
+    // Secret holds a `previous` key.
+    let cache = casserole_operator::render::parse_caches(&cache_yaml(""), None).unwrap();
+    let inputs = casserole_operator::resources::Inputs {
+        peer_token_previous: true,
+        ..Default::default()
+    };
+    let objects = casserole_operator::resources::desired_for(&cache[0], &inputs).unwrap();
+    let rendered = serde_json::to_string(&objects.last().unwrap().to_value()).unwrap();
+    assert!(rendered.contains("--peer-token-previous-file=/etc/casserole/peer/previous"));
+}

@@ -142,6 +142,11 @@ pub struct Inputs {
     /// Fingerprint of the admin token (`spec.adminToken`), when known: a new one rolls the
     /// pods (the node reads its token file at start).
     pub admin_token_fingerprint: Option<String>,
+    /// The managed etcd has formed its cluster (see `etcd::initial_cluster_state`).
+    pub etcd_bootstrapped: bool,
+    /// Namespace of the operator, admitted to the managed etcd's client port (member
+    /// replacement); `None` when rendering outside a cluster.
+    pub operator_namespace: Option<String>,
 }
 
 /// Namespace of the cache (and of everything it owns).

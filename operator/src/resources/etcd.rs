@@ -11,14 +11,15 @@ use k8s_openapi::api::core::v1::{
     ResourceRequirements, Service, ServicePort, ServiceSpec, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicySpec,
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
 use super::common::{
-    labels, namespace, object_meta, selector, selector_labels, Component, IpFamily, Object,
+    labels, namespace, object_meta, selector, selector_labels, Component, Inputs, Object,
 };
 pub use super::names::etcd::{
     client_service_name, name, peer_service_name, CLIENT_PORT, METRICS_PORT, PEER_PORT,
@@ -54,14 +55,28 @@ fn peer_url(cache: &CasseroleCache, member: &str) -> String {
     )
 }
 
-pub fn objects(cache: &CasseroleCache, managed: &ManagedEtcd, family: IpFamily) -> Vec<Object> {
+pub fn objects(cache: &CasseroleCache, managed: &ManagedEtcd, inputs: &Inputs) -> Vec<Object> {
     vec![
         Object::Service(Box::new(peer_service(cache))),
         Object::Service(Box::new(client_service(cache))),
         Object::PodDisruptionBudget(Box::new(pdb(cache, Component::Etcd, name(cache)))),
-        Object::NetworkPolicy(Box::new(policy(cache))),
-        Object::StatefulSet(Box::new(statefulset(cache, managed, family))),
+        Object::NetworkPolicy(Box::new(policy(cache, inputs))),
+        Object::StatefulSet(Box::new(statefulset(cache, managed, inputs))),
     ]
+}
+
+/// The client URL of the managed etcd (what the nodes and the operator connect to).
+pub fn client_url(cache: &CasseroleCache) -> String {
+    format!(
+        "http://{}.{}.svc:{CLIENT_PORT}",
+        client_service_name(cache),
+        namespace(cache)
+    )
+}
+
+/// A member's peer URL, by its pod name.
+pub fn member_peer_url(cache: &CasseroleCache, member: &str) -> String {
+    peer_url(cache, member)
 }
 
 fn ports() -> Vec<ServicePort> {
@@ -104,9 +119,26 @@ fn client_service(cache: &CasseroleCache) -> Service {
     }
 }
 
-/// The client port admits the cache pods and the other members, the peer port only the
-/// members; metrics stay open for scraping.
-fn policy(cache: &CasseroleCache) -> NetworkPolicy {
+/// The client port admits the cache pods, the other members and (when known) the operator's
+/// namespace, which replaces members whose data is gone; the peer port only the members;
+/// metrics stay open for scraping.
+fn policy(cache: &CasseroleCache, inputs: &Inputs) -> NetworkPolicy {
+    let mut clients = vec![
+        from_pods(cache, Component::Cache),
+        from_pods(cache, Component::Etcd),
+    ];
+    if let Some(ns) = &inputs.operator_namespace {
+        clients.push(NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_string(),
+                    ns.clone(),
+                )])),
+                ..LabelSelector::default()
+            }),
+            ..NetworkPolicyPeer::default()
+        });
+    }
     NetworkPolicy {
         metadata: object_meta(cache, name(cache), Component::Etcd),
         spec: Some(NetworkPolicySpec {
@@ -114,10 +146,7 @@ fn policy(cache: &CasseroleCache) -> NetworkPolicy {
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![
                 NetworkPolicyIngressRule {
-                    from: Some(vec![
-                        from_pods(cache, Component::Cache),
-                        from_pods(cache, Component::Etcd),
-                    ]),
+                    from: Some(clients),
                     ports: Some(vec![tcp(CLIENT_PORT)]),
                 },
                 NetworkPolicyIngressRule {
@@ -134,8 +163,19 @@ fn policy(cache: &CasseroleCache) -> NetworkPolicy {
     }
 }
 
-fn args(cache: &CasseroleCache, managed: &ManagedEtcd, family: IpFamily) -> Vec<String> {
-    let any = family.any_address();
+/// `--initial-cluster-state`: `new` until a cluster of several members has formed, then
+/// `existing` (ignored by members that have data, and what a member whose data is gone needs
+/// to rejoin once the operator re-added it). A single member always bootstraps anew.
+pub fn initial_cluster_state(managed: &ManagedEtcd, bootstrapped: bool) -> &'static str {
+    if bootstrapped && managed.replicas > 1 {
+        "existing"
+    } else {
+        "new"
+    }
+}
+
+fn args(cache: &CasseroleCache, managed: &ManagedEtcd, inputs: &Inputs) -> Vec<String> {
+    let any = inputs.ip_family.any_address();
     let own_host = format!(
         "$(POD_NAME).{}.{}.svc",
         peer_service_name(cache),
@@ -153,7 +193,10 @@ fn args(cache: &CasseroleCache, managed: &ManagedEtcd, family: IpFamily) -> Vec<
             "--initial-cluster={}",
             initial_cluster(cache, managed.replicas)
         ),
-        "--initial-cluster-state=new".into(),
+        format!(
+            "--initial-cluster-state={}",
+            initial_cluster_state(managed, inputs.etcd_bootstrapped)
+        ),
         // Distinct per cache so two caches' members can never join each other.
         format!(
             "--initial-cluster-token={}-{}",
@@ -219,7 +262,7 @@ fn pod_spec(cache: &CasseroleCache, managed: &ManagedEtcd, container: Container)
     }
 }
 
-fn statefulset(cache: &CasseroleCache, managed: &ManagedEtcd, family: IpFamily) -> StatefulSet {
+fn statefulset(cache: &CasseroleCache, managed: &ManagedEtcd, inputs: &Inputs) -> StatefulSet {
     let container = Container {
         name: "etcd".into(),
         image: Some(
@@ -229,7 +272,10 @@ fn statefulset(cache: &CasseroleCache, managed: &ManagedEtcd, family: IpFamily) 
                 .unwrap_or_else(|| DEFAULT_ETCD_IMAGE.into()),
         ),
         command: Some(vec!["/usr/local/bin/etcd".into()]),
-        args: Some(args(cache, managed, family)),
+        args: Some(args(cache, managed, inputs)),
+        // A crash's last log lines land in the pod status, where the operator recognises a
+        // member whose data is gone.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         env: Some(vec![field_env("POD_NAME", "metadata.name")]),
         ports: Some(vec![
             container_port("client", CLIENT_PORT),

@@ -49,7 +49,7 @@ pub fn desired_for(cache: &CasseroleCache, inputs: &Inputs) -> Result<Vec<Object
     plan.inputs = inputs.clone();
     let mut objects = Vec::new();
     if let Some(managed) = &plan.managed_etcd {
-        objects.extend(etcd::objects(cache, managed, inputs.ip_family));
+        objects.extend(etcd::objects(cache, managed, inputs));
     }
     objects.extend(cache::objects(cache, &plan));
     Ok(objects)

@@ -2,7 +2,7 @@
 //!
 //! Unlike every other owned object it is not part of [`super::desired`]: its content is random,
 //! so applying it on every reconcile would rotate it. The reconciler creates it once when it is
-//! missing and never writes it again.
+//! missing and never writes it again; users rotate it (see [`PREVIOUS_TOKEN_KEY`]).
 
 use std::collections::BTreeMap;
 
@@ -42,8 +42,10 @@ pub fn peer_token_secret(cache: &CasseroleCache, token: &str) -> Secret {
         metadata: object_meta(cache, peer_token_secret_name(cache), Component::Cache),
         type_: Some("Opaque".into()),
         string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token.to_string())])),
-        // Immutable: an accidental edit or apply cannot rotate it under running nodes.
-        immutable: Some(true),
+        // Mutable, so a rotation is two patches (docs/operator-runbook.md): add the new token as
+        // `previous` (accepted by every node), then swap. Any change rolls the pods through the
+        // fingerprint annotation; the operator itself never writes it again.
+        immutable: None,
         ..Secret::default()
     }
 }

@@ -1,0 +1,207 @@
+//! Replacing a managed etcd member whose data is gone (its volume was lost or deleted).
+//!
+//! Such a member crash-loops for ever: started `new` it finds itself "already bootstrapped",
+//! started `existing` its empty log is behind what the leader committed. The operator
+//! recognises either in the crashed container's last words (`FallbackToLogsOnError`), removes
+//! the member from the cluster and adds it again under the same peer URL through etcd's
+//! HTTP/JSON gateway (`/v3/cluster/member/*`), then deletes the pod so it restarts at once and
+//! joins as a new member (the template says `existing` once the cluster has formed).
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::runtime::events::EventType;
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::crd::CasseroleCache;
+use crate::reconcile::{event, publish, Context, Error};
+use crate::resources::{self, etcd, selector_labels, Component};
+
+/// What a crashed member says when its data is gone.
+pub const LOST_DATA_MARKERS: [&str; 2] = [
+    "has already been bootstrapped",
+    "raft log corrupted, truncated, or lost",
+];
+
+/// Names of the etcd pods whose last crash says their data is gone.
+pub fn lost_members(pods: &[Pod]) -> Vec<String> {
+    let said = |pod: &Pod| {
+        let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+        let etcd = statuses.iter().find(|c| c.name == "etcd")?;
+        let terminated = [etcd.last_state.as_ref(), etcd.state.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.terminated.as_ref()?.message.clone())
+            .collect::<Vec<_>>()
+            .join("\n");
+        Some(terminated)
+    };
+    let mut names: Vec<String> = pods
+        .iter()
+        .filter(|p| {
+            said(p).is_some_and(|m| LOST_DATA_MARKERS.iter().any(|marker| m.contains(marker)))
+        })
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+/// One etcd member, as the membership API lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The member ID (a uint64, kept as the gateway spells it).
+    pub id: String,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+/// etcd's membership API.
+pub trait Members: Send + Sync {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Member>, String>>;
+    fn remove(&self, id: &str) -> BoxFuture<'_, Result<(), String>>;
+    fn add(&self, peer_url: &str) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// Opens the membership API of the etcd at a client URL.
+pub trait Connect: Send + Sync {
+    fn connect(&self, client_url: &str) -> Box<dyn Members>;
+}
+
+/// Removes the member of `name` (or of `peer_url`, for a re-added member that never started)
+/// and adds it again under `peer_url`.
+pub async fn replace(members: &dyn Members, name: &str, peer_url: &str) -> Result<(), String> {
+    let listed = members.list().await?;
+    let found = listed
+        .iter()
+        .find(|m| m.name == name || m.peer_urls.iter().any(|u| u == peer_url));
+    if let Some(old) = found {
+        if old.name.is_empty() {
+            return Ok(()); // already re-added, not started yet: nothing to do
+        }
+        members.remove(&old.id).await?;
+    }
+    members.add(peer_url).await
+}
+
+/// Replaces every member of the cache's managed etcd whose data is gone (a cluster of one
+/// member bootstraps anew on its own). Called while some member is not ready.
+pub async fn heal(ctx: &Context, cache: &CasseroleCache) -> Result<(), Error> {
+    let Some(managed) = &cache.spec.etcd.managed else {
+        return Ok(());
+    };
+    if managed.replicas < 2 {
+        return Ok(());
+    }
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &resources::namespace(cache));
+    let selector = selector_labels(cache, Component::Etcd)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods = match api.list(&ListParams::default().labels(&selector)).await {
+        Ok(pods) => pods.items,
+        Err(kube::Error::Api(e)) if e.code == 403 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let lost = lost_members(&pods);
+    if lost.is_empty() {
+        return Ok(());
+    }
+    let members = ctx.etcd_members.connect(&etcd::client_url(cache));
+    for name in lost {
+        let peer_url = etcd::member_peer_url(cache, &name);
+        let (type_, reason, note) = match replace(&*members, &name, &peer_url).await {
+            Ok(()) => {
+                info!(member = %name, "re-added an etcd member whose data was gone");
+                match api.delete(&name, &Default::default()).await {
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    other => drop(other?),
+                }
+                let note = format!("etcd member {name} lost its data: removed and re-added it, restarting its pod to rejoin");
+                (EventType::Normal, "EtcdMemberReplaced", note)
+            }
+            Err(error) => {
+                warn!(member = %name, %error, "could not replace an etcd member");
+                let note = format!("etcd member {name} lost its data and could not be replaced: {error} (see docs/operator-runbook.md)");
+                (EventType::Warning, "EtcdMemberReplaceFailed", note)
+            }
+        };
+        publish(ctx, cache, event(type_, reason, "Replace", note)).await;
+    }
+    Ok(())
+}
+
+/// The real membership API: etcd's gRPC gateway, JSON over plain HTTP (the managed etcd has
+/// no TLS).
+pub struct Gateway;
+
+impl Connect for Gateway {
+    fn connect(&self, client_url: &str) -> Box<dyn Members> {
+        Box::new(GatewayClient {
+            base: client_url.trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+struct GatewayClient {
+    base: String,
+}
+
+impl GatewayClient {
+    async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
+        let url = format!("{}{path}", self.base);
+        let (status, bytes) = crate::http_client::request(&url, Some(body.to_string())).await?;
+        if !(200..300).contains(&status) {
+            return Err(format!(
+                "{path}: {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect()
+}
+
+impl Members for GatewayClient {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Member>, String>> {
+        Box::pin(async move {
+            let answer = self.post("/v3/cluster/member/list", json!({})).await?;
+            Ok(answer["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| Member {
+                    id: match &m["ID"] {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    },
+                    name: m["name"].as_str().unwrap_or_default().into(),
+                    peer_urls: strings(&m["peerURLs"]),
+                })
+                .collect())
+        })
+    }
+
+    fn remove(&self, id: &str) -> BoxFuture<'_, Result<(), String>> {
+        let body = json!({ "ID": id });
+        Box::pin(async move { self.post("/v3/cluster/member/remove", body).await.map(drop) })
+    }
+
+    fn add(&self, peer_url: &str) -> BoxFuture<'_, Result<(), String>> {
+        let body = json!({ "peerURLs": [peer_url] });
+        Box::pin(async move { self.post("/v3/cluster/member/add", body).await.map(drop) })
+    }
+}
+
+#[cfg(test)]
+#[path = "etcd_members_tests.rs"]
+mod tests;
