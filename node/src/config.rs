@@ -80,8 +80,10 @@ pub struct Config {
     )]
     pub pass_through: Vec<String>,
 
-    /// Objects whose freshness lifetime is shorter than this are not cached.
-    #[arg(long, env = "CASSEROLE_MIN_TTL", default_value = "60s", value_parser = parse_duration)]
+    /// Objects whose freshness lifetime is shorter than this are not cached. By default every
+    /// storable response is kept (RFC 9111 §3), however short-lived: a stale object with a
+    /// validator is revalidated, and a `304` keeps every chunk.
+    #[arg(long, env = "CASSEROLE_MIN_TTL", default_value = "0s", value_parser = parse_duration)]
     pub min_ttl: Duration,
 
     /// Lifetime of responses that carry no freshness information at all (no Cache-Control

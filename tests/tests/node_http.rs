@@ -343,6 +343,7 @@ async fn uncacheable_requests_pass_through_untouched() {
     origin.put("/chunked", ObjectSpec::new(100_000).seed(15).chunked());
     let node = NodeBuilder::new(origin.url())
         .arg("--pass-through=^/logs/")
+        .args(["--min-ttl", "60s"])
         .spawn()
         .await;
     for (path, detail) in [

@@ -6,7 +6,7 @@
 use casserole_tests::{
     client::{get_bytes, head, header, sha256_hex},
     harness::NodeBuilder,
-    origin::{ObjectSpec, Origin},
+    origin::{EtagMode, ObjectSpec, Origin},
 };
 
 /// Uncacheable for several reasons, whole in the first answer: one upstream request for the
@@ -30,8 +30,12 @@ async fn an_uncacheable_answer_is_the_response_one_upstream_request_each() {
             ObjectSpec::new(5000).seed(3).max_age(600).set_cookie(),
         ),
         (
-            "/short",
-            ObjectSpec::new(5000).seed(4).cache_control("max-age=1"),
+            "/stale-no-validator",
+            ObjectSpec::new(5000)
+                .seed(4)
+                .cache_control("max-age=0")
+                .etag(EtagMode::None)
+                .no_last_modified(),
         ),
         (
             "/vary-star",

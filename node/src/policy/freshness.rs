@@ -8,7 +8,10 @@ use std::time::{Duration, SystemTime};
 use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_cache_semantics::{CacheOptions, CachePolicy};
 
-use super::{cache_control::CacheControl, Uncacheable};
+use super::{
+    cache_control::{CacheControl, Seconds},
+    Uncacheable,
+};
 
 /// The node's own freshness rules (flags).
 #[derive(Debug, Clone)]
@@ -30,7 +33,7 @@ pub struct FreshnessRules {
 impl Default for FreshnessRules {
     fn default() -> Self {
         FreshnessRules {
-            min_ttl: Duration::from_secs(60),
+            min_ttl: Duration::ZERO,
             default_ttl: None,
             max_heuristic_ttl: Duration::from_secs(24 * 3600),
             stale_if_error: Duration::ZERO,
@@ -49,6 +52,63 @@ pub struct Freshness {
     /// The response's own `stale-if-error` (RFC 5861).
     pub stale_if_error: Duration,
     pub stale_while_revalidate: Duration,
+}
+
+/// The freshness lifetime the response states (RFC 9111 §4.2.1): `s-maxage`, else `max-age`,
+/// else `Expires` less `Date`. A malformed or repeated value states a lifetime of zero (stale at
+/// once, §1.2.2, §5.3); `None` when nothing is stated (heuristics may apply).
+fn explicit_lifetime(
+    cc: &CacheControl,
+    headers: &HeaderMap,
+    response_time: SystemTime,
+) -> Option<Duration> {
+    for name in ["s-maxage", "max-age"] {
+        match cc.seconds(name) {
+            Seconds::Valid(secs) => return Some(Duration::from_secs(secs)),
+            Seconds::Invalid => return Some(Duration::ZERO),
+            Seconds::Absent => {}
+        }
+    }
+    let mut lines = headers.get_all(header::EXPIRES).iter();
+    let expires = lines.next()?;
+    let expires = match lines.next() {
+        Some(_) => None,
+        None => expires.to_str().ok().and_then(super::headers::parse_date),
+    };
+    let date = super::headers::http_date(headers, header::DATE).unwrap_or(response_time);
+    Some(expires.map_or(Duration::ZERO, |e| {
+        e.duration_since(date).unwrap_or_default()
+    }))
+}
+
+/// RFC 9111 §4.2.2: a tenth of the time since `Last-Modified`, as of `Date`.
+fn heuristic_lifetime(headers: &HeaderMap, response_time: SystemTime) -> Option<Duration> {
+    let modified = super::headers::http_date(headers, header::LAST_MODIFIED)?;
+    let date = super::headers::http_date(headers, header::DATE).unwrap_or(response_time);
+    Some(date.duration_since(modified).unwrap_or_default() / 10)
+}
+
+/// The age the response already had when it arrived (RFC 9111 §4.2.3): its `Age`, or the time
+/// since its `Date` when that is longer (apparent age; a `Date` ahead of this clock counts 0).
+/// An `Age` that is not one non-negative integer (a fraction, a list, two field lines) says the
+/// response is of unknown age: it is taken as stale (§5.1).
+pub fn initial_age(headers: &HeaderMap, response_time: SystemTime) -> u64 {
+    const UNKNOWN: u64 = u32::MAX as u64;
+    let mut lines = headers.get_all(header::AGE).iter();
+    let age_value = match (lines.next(), lines.next()) {
+        (None, _) => 0,
+        (Some(_), Some(_)) => UNKNOWN,
+        (Some(v), None) => v
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(UNKNOWN, |v| v.parse().unwrap_or(UNKNOWN)),
+    };
+    let apparent = super::headers::http_date(headers, header::DATE)
+        .and_then(|date| response_time.duration_since(date).ok())
+        .map_or(0, |d| d.as_secs());
+    age_value.max(apparent)
 }
 
 /// The lifetime of a `200` response to `GET path` with `headers`, from a shared cache's view.
@@ -71,6 +131,12 @@ pub fn freshness(
     let policy = CachePolicy::new_options(&req, &res, response_time, options);
     let cc = CacheControl::parse(headers);
     let has = |name: &str| cc.has(name);
+    // `policy` judges storability; the lifetime is computed here (RFC 9111 §4.2.1), because the
+    // crate reads a malformed `Age`, `max-age` or `Expires` as absent where the RFC says the
+    // response is then stale, and does not read every date format §5.6.7 of RFC 9110 allows.
+    let lifetime = explicit_lifetime(&cc, headers, response_time);
+    let validated = headers.contains_key(header::ETAG)
+        || super::headers::http_date(headers, header::LAST_MODIFIED).is_some();
     let arg = |name: &str| cc.valid_seconds(name).map(Duration::from_secs);
     // A qualified `no-cache="field"` only keeps fields out; the unqualified one means
     // "revalidate every time".
@@ -78,14 +144,18 @@ pub fn freshness(
     if has("no-store") || cc.has_bare("private") {
         return Err(Uncacheable::NotStorable);
     }
-    let explicit = has("max-age") || has("s-maxage") || headers.contains_key(header::EXPIRES);
-    let mut ttl = policy.time_to_live(response_time);
-    if !explicit && !no_cache {
-        if headers.contains_key(header::LAST_MODIFIED) {
-            ttl = ttl.min(rules.max_heuristic_ttl);
-        } else if let Some(default) = rules.default_ttl {
-            ttl = default;
-        }
+    let explicit = lifetime.is_some();
+    let heuristic =
+        heuristic_lifetime(headers, response_time).map(|h| h.min(rules.max_heuristic_ttl));
+    let lifetime = lifetime
+        .or(heuristic)
+        .or(rules.default_ttl)
+        .unwrap_or_default();
+    let age = Duration::from_secs(initial_age(headers, response_time));
+    let mut ttl = lifetime.saturating_sub(age);
+    // Stale at once and nothing to revalidate it with: storing it would serve no request.
+    if ttl.is_zero() && !validated {
+        return Err(Uncacheable::NotStorable);
     }
     if no_cache {
         ttl = Duration::ZERO;
@@ -141,6 +211,87 @@ mod tests {
     }
 
     #[test]
+    fn the_initial_age_is_the_longer_of_age_and_the_time_since_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let date =
+            |secs_before: u64| httpdate::fmt_http_date(now - Duration::from_secs(secs_before));
+        assert_eq!(initial_age(&headers(&[]), now), 0);
+        assert_eq!(initial_age(&headers(&[("age", "30")]), now), 30);
+        assert_eq!(initial_age(&headers(&[("date", &date(100))]), now), 100);
+        assert_eq!(
+            initial_age(&headers(&[("date", &date(100)), ("age", "300")]), now),
+            300
+        );
+        let ahead = httpdate::fmt_http_date(now + Duration::from_secs(50));
+        assert_eq!(
+            initial_age(&headers(&[("date", &ahead), ("age", "7")]), now),
+            7
+        );
+        assert_eq!(initial_age(&headers(&[("date", "garbage")]), now), 0);
+        // RFC 9111 §5.1: an Age that is not one non-negative integer: of unknown age, stale.
+        for bad in ["x", "7200.0", "-5", "0, 0", "1 ;a=b", "old, 0"] {
+            assert!(
+                initial_age(&headers(&[("age", bad)]), now) >= u64::from(u32::MAX),
+                "{bad}"
+            );
+        }
+        let two_lines = headers(&[("age", "0"), ("age", "0")]);
+        assert!(initial_age(&two_lines, now) >= u64::from(u32::MAX));
+    }
+
+    #[test]
+    fn stated_lifetimes_follow_rfc_9111_parsing() {
+        let now = SystemTime::now();
+        let lifetime = |pairs: &[(&str, &str)]| {
+            let h = headers(pairs);
+            explicit_lifetime(&CacheControl::parse(&h), &h, now).map(|d| d.as_secs())
+        };
+        assert_eq!(lifetime(&[]), None);
+        assert_eq!(
+            lifetime(&[("cache-control", "max-age=60, s-maxage=5")]),
+            Some(5)
+        );
+        assert_eq!(
+            lifetime(&[("cache-control", "max-age=1.5")]),
+            Some(0),
+            "malformed: stale"
+        );
+        // Every date format RFC 9110 §5.6.7 allows, and invalid or repeated ones (stale).
+        for expires in [
+            "Thursday, 18-Aug-50 02:01:18 GMT",
+            "Thu Aug  8 02:01:18 2050",
+            "Thu, 18 Aug 2050 02:01:18 GMT",
+        ] {
+            let secs = lifetime(&[("date", &date(0)), ("expires", expires)]).unwrap();
+            assert!(secs > 20 * 365 * 86400, "{expires}: {secs}");
+        }
+        assert_eq!(lifetime(&[("expires", "0")]), Some(0));
+        assert_eq!(
+            lifetime(&[("expires", &date(600)), ("expires", &date(600))]),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn every_storable_response_with_a_validator_is_kept_however_short_lived() {
+        let short = at(&[("cache-control", "max-age=2"), ("etag", "\"a\"")]).unwrap();
+        assert_eq!(short.ttl.as_secs(), 2);
+        let stale = at(&[("cache-control", "max-age=0"), ("etag", "\"a\"")]).unwrap();
+        assert_eq!(stale.ttl, Duration::ZERO);
+        assert_eq!(
+            at(&[("cache-control", "max-age=0")]),
+            Err(Uncacheable::NotStorable),
+            "nothing to revalidate with"
+        );
+        let old = at(&[
+            ("cache-control", "max-age=3600"),
+            ("age", "7200.0"),
+            ("etag", "\"a\""),
+        ]);
+        assert_eq!(old.unwrap().ttl, Duration::ZERO, "an invalid Age is stale");
+    }
+
+    #[test]
     fn explicit_lifetimes() {
         assert_eq!(
             at(&[("cache-control", "max-age=600")])
@@ -158,8 +309,13 @@ mod tests {
             (3598..=3600).contains(&expires.ttl.as_secs()),
             "{expires:?}"
         );
+        let min_ttl = FreshnessRules {
+            min_ttl: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let h = headers(&[("date", &date(0)), ("expires", &date(30))]);
         assert!(matches!(
-            at(&[("date", &date(0)), ("expires", &date(30))]),
+            freshness(&min_ttl, "/x", &h, SystemTime::now()),
             Err(Uncacheable::TooShortLived(_))
         ));
     }

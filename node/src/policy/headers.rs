@@ -57,7 +57,37 @@ pub fn end_to_end(headers: &HeaderMap) -> HeaderMap {
 
 /// The HTTP date in header `name`, when there is one that parses.
 pub fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<std::time::SystemTime> {
-    httpdate::parse_http_date(headers.get(name)?.to_str().ok()?.trim()).ok()
+    parse_date(headers.get(name)?.to_str().ok()?)
+}
+
+/// An HTTP date in any of the three formats RFC 9110 §5.6.7 has recipients accept. `httpdate`
+/// also insists that the day of the week matches the date; a recipient has no use for that
+/// check (the date is what counts), so a mismatched day name is read past.
+pub fn parse_date(text: &str) -> Option<std::time::SystemTime> {
+    let text = text.trim();
+    if let Ok(t) = httpdate::parse_http_date(text) {
+        return Some(t);
+    }
+    let (day, rest) = text.split_at(text.find([',', ' '])?);
+    if !day.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return None;
+    }
+    let names: &[&str] = if rest.starts_with(',') && day.len() > 3 {
+        &[
+            "Monday",
+            "Tuesday",
+            "Wednesday",
+            "Thursday",
+            "Friday",
+            "Saturday",
+            "Sunday",
+        ]
+    } else {
+        &["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+    };
+    names
+        .iter()
+        .find_map(|name| httpdate::parse_http_date(&format!("{name}{rest}")).ok())
 }
 
 /// The `Max-Forwards` of an `OPTIONS` or `TRACE` request, when it has a valid one.

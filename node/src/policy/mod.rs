@@ -179,7 +179,7 @@ pub fn evaluate(
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let initial_age = initial_age(headers, ctx.response_time);
+    let initial_age = freshness::initial_age(headers, ctx.response_time);
     Ok(ObjectMeta {
         path: ctx.path.to_string(),
         length,
@@ -244,7 +244,7 @@ pub fn refresh(
     Ok(ObjectMeta {
         headers: headers::stored_headers(&merged),
         fetched_at,
-        initial_age: initial_age(not_modified, ctx.response_time),
+        initial_age: freshness::initial_age(not_modified, ctx.response_time),
         fresh_until: fetched_at + fresh.ttl.as_secs(),
         no_cache: fresh.no_cache,
         stale_if_error: fresh.stale_if_error.as_secs(),
@@ -275,20 +275,6 @@ fn accepts_byte_ranges(headers: &HeaderMap) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|unit| unit.trim().eq_ignore_ascii_case("bytes"))
-}
-
-/// The age the response already had when it arrived (RFC 9111 §4.2.3): its `Age`, or the time
-/// since its `Date` when that is longer (apparent age; a `Date` ahead of this clock counts 0).
-fn initial_age(headers: &HeaderMap, response_time: SystemTime) -> u64 {
-    let age_value = headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let apparent = headers::http_date(headers, header::DATE)
-        .and_then(|date| response_time.duration_since(date).ok())
-        .map_or(0, |d| d.as_secs());
-    age_value.max(apparent)
 }
 
 #[cfg(test)]
@@ -354,9 +340,21 @@ mod tests {
             verdict(&with(&[("cache-control", "private, max-age=3600")])).unwrap_err(),
             Uncacheable::NotStorable
         );
+        let min_ttl = FreshnessRules {
+            min_ttl: Duration::from_secs(60),
+            ..FreshnessRules::default()
+        };
+        let short = HeadContext {
+            rules: &min_ttl,
+            ..ctx()
+        };
         assert!(matches!(
-            verdict(&with(&[("cache-control", "max-age=30")])).unwrap_err(),
-            Uncacheable::TooShortLived(_)
+            evaluate(
+                &short,
+                LookupAnswer::Head,
+                &headers(&with(&[("cache-control", "max-age=30")]))
+            ),
+            Err(Uncacheable::TooShortLived(_))
         ));
         assert_eq!(
             verdict(&with(&[("set-cookie", "a=b")])).unwrap_err(),
@@ -407,29 +405,6 @@ mod tests {
         assert_eq!(m.header("x-checksum-sha256"), Some("00ff"));
         let links: Vec<_> = m.headers.iter().filter(|(k, _)| k == "link").collect();
         assert_eq!(links.len(), 2);
-    }
-
-    #[test]
-    fn the_initial_age_is_the_longer_of_age_and_the_time_since_date() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let date =
-            |secs_before: u64| httpdate::fmt_http_date(now - Duration::from_secs(secs_before));
-        assert_eq!(initial_age(&headers(&[]), now), 0);
-        assert_eq!(initial_age(&headers(&[("age", "30")]), now), 30);
-        assert_eq!(initial_age(&headers(&[("date", &date(100))]), now), 100);
-        assert_eq!(
-            initial_age(&headers(&[("date", &date(100)), ("age", "300")]), now),
-            300
-        );
-        let ahead = httpdate::fmt_http_date(now + Duration::from_secs(50));
-        assert_eq!(
-            initial_age(&headers(&[("date", &ahead), ("age", "7")]), now),
-            7
-        );
-        assert_eq!(
-            initial_age(&headers(&[("date", "garbage"), ("age", "x")]), now),
-            0
-        );
     }
 
     #[test]
