@@ -82,8 +82,24 @@ pub async fn replace(members: &dyn Members, name: &str, peer_url: &str) -> Resul
         }
         members.remove(&old.id).await?;
     }
-    members.add(peer_url).await
+    // etcd refuses a new voting member until every remaining member has been connected for
+    // its health interval (5 s), which a removal just reset ("unhealthy cluster").
+    let mut tries = 0;
+    loop {
+        match members.add(peer_url).await {
+            Err(e) if e.contains("unhealthy cluster") && tries < ADD_RETRIES => {
+                tries += 1;
+                tokio::time::sleep(ADD_RETRY_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
 }
+
+/// How often, and how far apart, an add refused as "unhealthy cluster" is retried (the next
+/// reconcile retries again: the member is found by neither name nor URL, so it is only added).
+const ADD_RETRIES: u32 = 8;
+const ADD_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Replaces every member of the cache's managed etcd whose data is gone (a cluster of one
 /// member bootstraps anew on its own). Called while some member is not ready.
