@@ -29,6 +29,13 @@ pub trait ProbeSink: Send + Sync {
     fn adopt(&self, meta: &Arc<ObjectMeta>, body: ProbeBody);
 }
 
+/// An answer that says the upstream is failing now (an error to report, or to serve stale
+/// through), not a verdict on the object: a `5xx`, but `501 Not Implemented`, which is as lasting
+/// as a `404` (RFC 9110 §15.6.2).
+fn is_failure(status: u16) -> bool {
+    status >= 500 && status != 501
+}
+
 /// How many uncacheable verdicts are remembered ("hit-for-pass"), and for how long: later
 /// requests for such a path go straight through, one upstream request each.
 const PASS_VERDICTS: u64 = 10_000;
@@ -437,8 +444,10 @@ impl MetadataStore {
                 let (status, headers, response_time) =
                     self.upstream.head(path, ask.headers).await?;
                 let verdict = match status.as_u16() {
-                    other @ 500.. => Err(LookupError::Upstream(UpstreamError::Status(other))),
-                    _ => evaluate_head(&self.context(path, response_time), status, &headers)
+                    other if is_failure(other) => {
+                        Err(LookupError::Upstream(UpstreamError::Status(other)))
+                    }
+                    _ => evaluate_head(&self.context(path, status, response_time), &headers)
                         .map_err(LookupError::Uncacheable),
                 };
                 match verdict {
@@ -455,11 +464,13 @@ impl MetadataStore {
     fn context<'a>(
         &'a self,
         path: &'a str,
+        status: http::StatusCode,
         response_time: std::time::SystemTime,
     ) -> HeadContext<'a> {
         HeadContext {
             upstream: self.upstream.base(),
             path,
+            status: status.as_u16(),
             rules: &self.cfg.rules,
             chunk_size: self.cfg.chunk_size,
             response_time,
@@ -499,7 +510,9 @@ impl MetadataStore {
             }
         };
         if let Some(sink) = self.sink.get().and_then(|s| s.upgrade()) {
-            sink.adopt(&Arc::new(meta.clone()), probe.body);
+            if meta.length > 0 {
+                sink.adopt(&Arc::new(meta.clone()), probe.body);
+            }
         }
         Ok(meta)
     }
@@ -507,16 +520,23 @@ impl MetadataStore {
     fn judge_probe(&self, path: &str, probe: &Probe) -> Result<ObjectMeta, LookupError> {
         let answer = match (probe.status.as_u16(), probe.length) {
             (206, Some(length)) => LookupAnswer::Ranged { length },
-            (200, Some(length)) => LookupAnswer::Whole { length },
-            (200 | 206, None) => return Err(LookupError::Uncacheable(Uncacheable::UnknownLength)),
             // An upstream failing now is an error to report (or to serve stale through), not a
             // verdict on the object.
-            (other, _) if other >= 500 => {
+            (other, _) if is_failure(other) => {
                 return Err(LookupError::Upstream(UpstreamError::Status(other)))
             }
+            (other, Some(length)) if crate::policy::is_storable_status(other) => {
+                LookupAnswer::Whole { length }
+            }
+            (200 | 206, None) => return Err(LookupError::Uncacheable(Uncacheable::UnknownLength)),
             (other, _) => return Err(LookupError::Uncacheable(Uncacheable::Status(other))),
         };
-        let ctx = self.context(path, probe.response_time);
+        // A `206` is a part of the `200` the object is.
+        let status = match answer {
+            LookupAnswer::Ranged { .. } => http::StatusCode::OK,
+            _ => probe.status,
+        };
+        let ctx = self.context(path, status, probe.response_time);
         evaluate(&ctx, answer, &probe.headers).map_err(LookupError::Uncacheable)
     }
 

@@ -87,7 +87,14 @@ pub struct ObjectMeta {
     /// answered (RFC 9111 §4.1: its selecting header fields); absent headers are not listed.
     #[serde(default)]
     pub selecting: Vec<(String, String)>,
+    /// The upstream's status (a `404` or `301` is stored as readily as a `200`, RFC 9111 §3).
+    #[serde(default = "ok_status")]
+    pub status: u16,
     pub version: String,
+}
+
+fn ok_status() -> u16 {
+    200
 }
 
 /// The value of a selecting header: its field lines combined, each list member trimmed.
@@ -193,6 +200,11 @@ impl ObjectMeta {
                 .map(|(_, v)| v.as_str());
             selecting_value(headers, name).as_deref() != stored
         })
+    }
+
+    /// The stored status as a status code (`200` if the record holds an invalid one).
+    pub fn status_code(&self) -> http::StatusCode {
+        http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::OK)
     }
 
     pub fn chunk_count(&self) -> u64 {
@@ -313,6 +325,7 @@ mod tests {
             must_revalidate: false,
             stale_while_revalidate: 0,
             selecting: vec![],
+            status: 200,
         }
     }
 

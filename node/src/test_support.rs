@@ -52,5 +52,6 @@ pub fn object_meta(path: &str, length: u64, chunk_size: u64) -> ObjectMeta {
         must_revalidate: false,
         stale_while_revalidate: 0,
         selecting: vec![],
+        status: 200,
     }
 }

@@ -228,7 +228,12 @@ impl Front {
         if let Some(res) = self.answer_from_metadata(&req, &meta, meta_source) {
             return Ok(res);
         }
-        let ranges = match range::resolve(req.headers(), &meta) {
+        // Ranges select from a `200`'s representation; another status is answered whole.
+        let wants = match meta.status {
+            200 => range::resolve(req.headers(), &meta),
+            _ => RangeRequest::Whole,
+        };
+        let ranges = match wants {
             RangeRequest::Whole => None,
             RangeRequest::Partial(ranges) => Some(ranges),
             RangeRequest::Unsatisfiable => return Err(self.unsatisfiable(&meta)),
@@ -246,7 +251,12 @@ impl Front {
         source: MetaSource,
     ) -> Option<Response<Body>> {
         let status = CacheStatus::Metadata(source);
-        match range::preconditions(req.headers(), meta) {
+        // RFC 9110 §13.2.1: preconditions apply only where the answer would be a 2xx.
+        let preconditions = match meta.status {
+            200..=299 => range::preconditions(req.headers(), meta),
+            _ => Precondition::Proceed,
+        };
+        match preconditions {
             Precondition::Proceed => {}
             Precondition::NotModified => {
                 self.count("not_modified", status.tier());
@@ -266,9 +276,9 @@ impl Front {
                 return Some(res);
             }
         }
-        if req.method() == Method::HEAD {
+        if req.method() == Method::HEAD || meta.length == 0 {
             self.count_status(&status);
-            let mut res = cached_response(StatusCode::OK, meta, &status, body::empty());
+            let mut res = cached_response(meta.status_code(), meta, &status, body::empty());
             set_len(&mut res, meta.length);
             return Some(res);
         }
@@ -340,7 +350,7 @@ impl Front {
             let code = if partial {
                 StatusCode::PARTIAL_CONTENT
             } else {
-                StatusCode::OK
+                meta.status_code()
             };
             let mut res = cached_response(code, &meta, &status, body::streaming(sync_stream(head)));
             set_len(&mut res, first_range.end() - first_range.start() + 1);

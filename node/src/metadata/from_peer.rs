@@ -28,7 +28,7 @@ pub fn accept(rules: &FreshnessRules, mut meta: ObjectMeta, now: u64) -> Option<
     }
     meta.headers = stored_headers(&headers);
     let fetched = UNIX_EPOCH + Duration::from_secs(meta.fetched_at);
-    let ours = freshness(rules, &meta.path, &headers, fetched).ok()?;
+    let ours = freshness(rules, &meta.path, meta.status, &headers, fetched).ok()?;
     meta.fresh_until = meta.fresh_until.min(meta.fetched_at + ours.ttl.as_secs());
     meta.no_cache |= ours.no_cache;
     meta.must_revalidate |= ours.must_revalidate;

@@ -23,7 +23,8 @@ impl MetadataStore {
             .probe(path, start, chunk_size, Some(stale), ask.headers)
             .await?;
         if probe.status == http::StatusCode::NOT_MODIFIED {
-            let ctx = self.context(path, probe.response_time);
+            let status = http::StatusCode::from_u16(stale.status).unwrap_or(http::StatusCode::OK);
+            let ctx = self.context(path, status, probe.response_time);
             let meta = refresh(&ctx, stale, &probe.headers).map_err(LookupError::Uncacheable)?;
             tracing::debug!(path, "revalidated: not modified");
             return Ok((Arc::new(meta), MetaSource::Revalidated));

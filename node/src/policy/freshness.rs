@@ -54,6 +54,10 @@ pub struct Freshness {
     pub stale_while_revalidate: Duration,
 }
 
+/// RFC 9110 §15.1: the statuses heuristically cacheable by default (`206` aside: parts are not
+/// stored as such).
+const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
 /// The freshness lifetime the response states (RFC 9111 §4.2.1): `s-maxage`, else `max-age`,
 /// else `Expires` less `Date`. A malformed or repeated value states a lifetime of zero (stale at
 /// once, §1.2.2, §5.3); `None` when nothing is stated (heuristics may apply).
@@ -115,6 +119,7 @@ pub fn initial_age(headers: &HeaderMap, response_time: SystemTime) -> u64 {
 pub fn freshness(
     rules: &FreshnessRules,
     path: &str,
+    status: u16,
     headers: &HeaderMap,
     response_time: SystemTime,
 ) -> Result<Freshness, Uncacheable> {
@@ -122,7 +127,7 @@ pub fn freshness(
         .body(())
         .expect("path was parsed from a request");
     let mut res = Response::new(());
-    *res.status_mut() = StatusCode::OK;
+    *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     *res.headers_mut() = super::headers::for_lifetime(headers);
     let options = CacheOptions {
         shared: true,
@@ -145,8 +150,11 @@ pub fn freshness(
         return Err(Uncacheable::NotStorable);
     }
     let explicit = lifetime.is_some();
-    let heuristic =
-        heuristic_lifetime(headers, response_time).map(|h| h.min(rules.max_heuristic_ttl));
+    // RFC 9111 §4.2.2: heuristics only for statuses defined as heuristically cacheable, or
+    // responses marked `public`.
+    let heuristic = heuristic_lifetime(headers, response_time)
+        .filter(|_| HEURISTIC_STATUSES.contains(&status) || cc.has("public"))
+        .map(|h| h.min(rules.max_heuristic_ttl));
     let lifetime = lifetime
         .or(heuristic)
         .or(rules.default_ttl)
@@ -161,7 +169,10 @@ pub fn freshness(
         ttl = Duration::ZERO;
     } else {
         let defaulted = rules.default_ttl.is_some() && !explicit;
-        if !policy.is_storable() && !defaulted {
+        // The crate only stores the statuses it knows; RFC 9111 §3 stores any final status
+        // whose response states a lifetime or says `public`.
+        let stated = explicit || cc.has("public");
+        if !policy.is_storable() && !defaulted && !stated {
             return Err(Uncacheable::NotStorable);
         }
         if ttl < rules.min_ttl {
@@ -196,6 +207,7 @@ mod tests {
         freshness(
             &FreshnessRules::default(),
             "/x",
+            200,
             &headers(pairs),
             SystemTime::now(),
         )
@@ -315,7 +327,7 @@ mod tests {
         };
         let h = headers(&[("date", &date(0)), ("expires", &date(30))]);
         assert!(matches!(
-            freshness(&min_ttl, "/x", &h, SystemTime::now()),
+            freshness(&min_ttl, "/x", 200, &h, SystemTime::now()),
             Err(Uncacheable::TooShortLived(_))
         ));
     }
@@ -331,6 +343,7 @@ mod tests {
                 ..Default::default()
             },
             "/x",
+            200,
             &headers(&[("date", &date(0)), ("last-modified", &date(-10 * 86400))]),
             SystemTime::now(),
         )
@@ -346,6 +359,7 @@ mod tests {
                 ..Default::default()
             },
             "/x",
+            200,
             &headers(&[("content-type", "text/plain")]),
             SystemTime::now(),
         )

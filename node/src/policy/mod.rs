@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{header, HeaderMap, Method, StatusCode};
+use http::{header, HeaderMap, Method};
 use regex::RegexSet;
 
 pub mod cache_control;
@@ -104,6 +104,8 @@ pub struct HeadContext<'a> {
     pub rules: &'a FreshnessRules,
     pub chunk_size: u64,
     pub response_time: SystemTime,
+    /// The upstream's status.
+    pub status: u16,
 }
 
 /// How the upstream answered a lookup.
@@ -120,13 +122,20 @@ pub enum LookupAnswer {
 /// Turns the upstream's answer to `HEAD path` into metadata, or says why it can't be cached.
 pub fn evaluate_head(
     ctx: &HeadContext<'_>,
-    status: StatusCode,
     headers: &HeaderMap,
 ) -> Result<ObjectMeta, Uncacheable> {
-    if status != StatusCode::OK {
-        return Err(Uncacheable::Status(status.as_u16()));
+    if !is_storable_status(ctx.status) {
+        return Err(Uncacheable::Status(ctx.status));
     }
     evaluate(ctx, LookupAnswer::Head, headers)
+}
+
+/// Final statuses a response may be stored with (RFC 9111 §3): all but partial and
+/// not-modified answers (a `206` is a part of a `200`, a `304` refreshes one) and upstream
+/// failures. Whether one is stored then depends on its freshness: the statuses that are not
+/// heuristically cacheable need an explicit lifetime (`freshness`).
+pub fn is_storable_status(status: u16) -> bool {
+    (200..600).contains(&status) && !matches!(status, 206 | 304) && (status < 500 || status == 501)
 }
 
 /// Turns an upstream answer to a lookup (a `200` to `HEAD`, or the probe's `206`/`200`) into
@@ -137,7 +146,7 @@ pub fn evaluate(
     headers: &HeaderMap,
 ) -> Result<ObjectMeta, Uncacheable> {
     check_vary(headers)?;
-    let fresh = freshness::freshness(ctx.rules, ctx.path, headers, ctx.response_time)?;
+    let fresh = freshness::freshness(ctx.rules, ctx.path, ctx.status, headers, ctx.response_time)?;
     if headers.contains_key(header::SET_COOKIE) {
         return Err(Uncacheable::SetCookie);
     }
@@ -149,9 +158,6 @@ pub fn evaluate(
             .ok_or(Uncacheable::UnknownLength)?,
         LookupAnswer::Ranged { length } | LookupAnswer::Whole { length } => length,
     };
-    if length == 0 {
-        return Err(Uncacheable::Empty);
-    }
     let text = |name: header::HeaderName| {
         headers
             .get(name)
@@ -168,6 +174,7 @@ pub fn evaluate(
         _ => Validator::Unvalidated(format!("{:016x}", rand::random::<u64>())),
     };
     let whole_only = !validator.validates_ranges()
+        || ctx.status != 200
         || match answer {
             LookupAnswer::Whole { .. } => true,
             LookupAnswer::Ranged { .. } => false,
@@ -204,6 +211,7 @@ pub fn evaluate(
         must_revalidate: fresh.must_revalidate,
         stale_while_revalidate: fresh.stale_while_revalidate.as_secs(),
         selecting: Vec::new(),
+        status: ctx.status,
     })
 }
 
@@ -235,7 +243,7 @@ pub fn refresh(
             merged.append(name, value);
         }
     }
-    let fresh = freshness::freshness(ctx.rules, ctx.path, &merged, ctx.response_time)?;
+    let fresh = freshness::freshness(ctx.rules, ctx.path, ctx.status, &merged, ctx.response_time)?;
     let fetched_at = ctx
         .response_time
         .duration_since(UNIX_EPOCH)
@@ -292,6 +300,7 @@ mod tests {
             rules: &RULES,
             chunk_size: 4,
             response_time: SystemTime::now(),
+            status: 200,
         }
     }
 
@@ -305,7 +314,7 @@ mod tests {
     }
 
     fn verdict(pairs: &[(&str, &str)]) -> Result<ObjectMeta, Uncacheable> {
-        evaluate_head(&ctx(), StatusCode::OK, &headers(pairs))
+        evaluate_head(&ctx(), &headers(pairs))
     }
 
     fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
@@ -328,9 +337,38 @@ mod tests {
 
     #[test]
     fn each_rule_refuses() {
+        let partial = HeadContext {
+            status: 206,
+            ..ctx()
+        };
         assert_eq!(
-            evaluate_head(&ctx(), StatusCode::NOT_FOUND, &headers(&good())).unwrap_err(),
-            Uncacheable::Status(404)
+            evaluate_head(&partial, &headers(&good())).unwrap_err(),
+            Uncacheable::Status(206)
+        );
+        // Statuses that are not heuristically cacheable need a stated lifetime (RFC 9111 §4.2.2).
+        let found = HeadContext {
+            status: 302,
+            ..ctx()
+        };
+        let heuristic_only = [
+            ("content-length", "10"),
+            ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+            ("etag", "\"a\""),
+        ];
+        assert!(evaluate_head(&found, &headers(&heuristic_only)).is_err());
+        assert_eq!(
+            evaluate_head(&found, &headers(&good())).unwrap().status,
+            302
+        );
+        let gone = HeadContext {
+            status: 410,
+            ..ctx()
+        };
+        assert_eq!(
+            evaluate_head(&gone, &headers(&heuristic_only))
+                .unwrap()
+                .status,
+            410
         );
         assert_eq!(
             verdict(&with(&[("cache-control", "no-store, max-age=3600")])).unwrap_err(),

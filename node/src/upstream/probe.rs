@@ -200,6 +200,21 @@ impl Upstream {
                 }
                 None => (None, ProbeBody::Other(res)),
             },
+            // Another status the cache may store (`404`, `301`, …): its body is the object.
+            other if crate::policy::is_storable_status(other.as_u16()) => {
+                // A `204` has no body, whatever it says (RFC 9110 §15.3.5).
+                let no_body = other == StatusCode::NO_CONTENT;
+                match content_length(&headers)
+                    .filter(|_| !no_body)
+                    .or(no_body.then_some(0))
+                {
+                    Some(len) => {
+                        let stream = self.validated_body(res, len);
+                        (Some(len), ProbeBody::Whole { len, stream })
+                    }
+                    None => (None, ProbeBody::Other(res)),
+                }
+            }
             _ => (None, ProbeBody::Other(res)),
         };
         Ok(Probe {
@@ -234,6 +249,8 @@ impl Upstream {
         let headers = res.headers().clone();
         let starts_at = match res.status() {
             StatusCode::OK => 0,
+            // An object stored with another status (a `404`, a `301`) is that status again.
+            status if status.as_u16() == meta.status => 0,
             StatusCode::PARTIAL_CONTENT => match content_range(&headers) {
                 Some((first, last, total))
                     if first == from && last + 1 == meta.length && total == meta.length =>
