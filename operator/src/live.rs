@@ -22,15 +22,19 @@ pub struct Live {
     pub cache: Option<StatefulSet>,
 }
 
-/// Reads the StatefulSets the spec's transition rules are about.
+/// Reads the StatefulSets the spec's transition rules are about. One being deleted (a
+/// re-creation with orphaned pods in progress) counts as absent: the apply that follows goes
+/// to it harmlessly, and its deletion triggers the reconcile that creates it anew.
 pub async fn fetch(client: &Client, cache: &CasseroleCache) -> Result<Live, kube::Error> {
     let api: Api<StatefulSet> = Api::namespaced(client.clone(), &resources::namespace(cache));
+    let present =
+        |sts: Option<StatefulSet>| sts.filter(|s| s.metadata.deletion_timestamp.is_none());
     let mut live = Live::default();
     if cache.spec.etcd.managed.is_some() {
-        live.etcd = api.get_opt(&etcd::name(cache)).await?;
+        live.etcd = present(api.get_opt(&etcd::name(cache)).await?);
     }
     if cache.spec.workload == WorkloadKind::StatefulSet {
-        live.cache = api.get_opt(&cache::workload_name(cache)).await?;
+        live.cache = present(api.get_opt(&cache::workload_name(cache)).await?);
     }
     Ok(live)
 }

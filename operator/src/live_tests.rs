@@ -215,5 +215,32 @@ async fn a_class_that_cannot_expand_refuses_before_touching_anything() {
     );
     drop(client);
     server.done().await;
-    let _ = status_error(404, "NotFound");
+}
+
+#[tokio::test]
+async fn a_statefulset_being_recreated_is_not_compared_again() {
+    let (client, mut server) = mock::client();
+    let cache = cache_from_spec("upstream: http://u\ndisk: {size: 20Gi}\n");
+    let mut old = serde_json::to_value(live_from("upstream: http://u\n").cache.unwrap()).unwrap();
+    old["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let scenario = async {
+        server
+            .expect(
+                Method::GET,
+                "/apis/apps/v1/namespaces/cdn/statefulsets/web-etcd",
+                |_| status_error(404, "NotFound"),
+            )
+            .await;
+        server
+            .expect(
+                Method::GET,
+                "/apis/apps/v1/namespaces/cdn/statefulsets/web",
+                |_| (StatusCode::OK, old.clone()),
+            )
+            .await;
+    };
+    let (live, ()) = tokio::join!(fetch(&client, &cache), scenario);
+    let live = live.unwrap();
+    assert!(live.cache.is_none() && live.etcd.is_none());
+    assert_eq!(check(&cache, &desired(&cache).unwrap(), &live), Ok(vec![]));
 }
