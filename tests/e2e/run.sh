@@ -183,7 +183,10 @@ until_ok 60 "a missing admin Secret is InvalidSpec" \
 kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"adminToken":{"name":"e2e-admin"}}}'
 kubectl -n "$NS" wait casserole/e2e --for=condition=Ready --timeout=120s
 
-step "etcd member replacement: a member whose volume is gone rejoins"
+# This cache runs one etcd member, which re-bootstraps on its own; the 3-member replacement
+# (remove, re-add, restart as `existing`) runs against real etcd in
+# operator/tests/etcd_member_replacement.rs.
+step "an etcd member whose volume is gone comes back (single member: a new, empty cluster)"
 kubectl -n "$NS" scale casserole/e2e --replicas=2
 kubectl -n "$NS" delete pvc data-e2e-etcd-0 --wait=false
 kubectl -n "$NS" delete pod e2e-etcd-0
