@@ -7,7 +7,7 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
@@ -441,23 +441,31 @@ impl MetadataStore {
         match ask.first_byte {
             Some(byte) => self.probe(path, byte, ask.headers).await,
             None => {
-                let (status, headers, response_time) =
-                    self.upstream.head(path, ask.headers).await?;
-                let verdict = match status.as_u16() {
-                    other if is_failure(other) => {
-                        Err(LookupError::Upstream(UpstreamError::Status(other)))
-                    }
-                    _ => evaluate_head(&self.context(path, status, response_time), &headers)
-                        .map_err(LookupError::Uncacheable),
-                };
-                match verdict {
-                    Ok(meta) => Ok(meta.selected_by(ask.headers)),
-                    Err(error) => Err(Missed {
-                        error,
-                        relay: Some(Box::new(Relayed::bodiless(status, headers))),
-                    }),
-                }
+                let answer = self.upstream.head(path, ask.headers, None).await?;
+                self.take_head(path, answer, ask.headers)
             }
+        }
+    }
+
+    /// Metadata from the upstream's answer to a `HEAD`; an answer that makes none is handed
+    /// back to be relayed.
+    fn take_head(
+        &self,
+        path: &str,
+        (status, headers, response_time): (http::StatusCode, http::HeaderMap, SystemTime),
+        client: &http::HeaderMap,
+    ) -> Result<ObjectMeta, Missed> {
+        let verdict = match status.as_u16() {
+            other if is_failure(other) => Err(LookupError::Upstream(UpstreamError::Status(other))),
+            _ => evaluate_head(&self.context(path, status, response_time), &headers)
+                .map_err(LookupError::Uncacheable),
+        };
+        match verdict {
+            Ok(meta) => Ok(meta.selected_by(client)),
+            Err(error) => Err(Missed {
+                error,
+                relay: Some(Box::new(Relayed::bodiless(status, headers))),
+            }),
         }
     }
 

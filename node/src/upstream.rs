@@ -159,6 +159,17 @@ pub fn for_lookup(client: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// A request made conditional on `stale`'s validator: `304` if it still holds.
+fn if_changed(req: reqwest::RequestBuilder, stale: &ObjectMeta) -> reqwest::RequestBuilder {
+    if let Some(etag) = &stale.etag {
+        req.header(header::IF_NONE_MATCH, etag.as_str())
+    } else if let Some(lm) = &stale.last_modified {
+        req.header(header::IF_MODIFIED_SINCE, lm.as_str())
+    } else {
+        req
+    }
+}
+
 fn conditional(req: reqwest::RequestBuilder, validator: &Validator) -> reqwest::RequestBuilder {
     match validator {
         Validator::StrongEtag(etag) => req.header(header::IF_MATCH, etag.as_str()),
@@ -306,18 +317,24 @@ impl Upstream {
         e
     }
 
-    /// `HEAD` of an object, for the cacheability verdict, with the client's own headers.
+    /// `HEAD` of an object, for the cacheability verdict, with the client's own headers; with
+    /// `stale`, conditional on its validator (a client's `HEAD` revalidates with a `HEAD`).
     pub async fn head(
         &self,
         path: &str,
         client: &HeaderMap,
+        stale: Option<&ObjectMeta>,
     ) -> Result<(StatusCode, HeaderMap, SystemTime), UpstreamError> {
         self.metrics.requests.with_label_values(&["head"]).inc();
-        let res = self
+        let mut req = self
             .client
             .head(self.url_for(path)?)
             .headers(for_lookup(client))
-            .header(header::ACCEPT_ENCODING, "identity")
+            .header(header::ACCEPT_ENCODING, "identity");
+        if let Some(stale) = stale {
+            req = if_changed(req, stale);
+        }
+        let res = req
             .send()
             .await
             .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;

@@ -44,3 +44,24 @@ async fn responses_are_stored_with_their_status() {
         }
     }
 }
+
+/// A client's `HEAD` of a stale stored object is confirmed with a conditional `HEAD`, not a `GET`
+/// (RFC 9110 §9.3.2: no body is wanted); the `304` keeps the stored copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_head_of_a_stale_object_revalidates_with_a_head() {
+    let origin = Origin::start().await;
+    let obj = origin.put("/h.bin", ObjectSpec::new(5000).seed(7).max_age(1));
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    let url = format!("{}/h.bin", node.url());
+    let (_, _, body) = get_bytes(&url, &[]).await.unwrap();
+    assert_eq!(sha256_hex(&body), obj.sha256());
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    let (status, headers) = casserole_tests::client::head(&url, &[]).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        header(&headers, "cache-status").contains("fwd-status=304"),
+        "{headers:?}"
+    );
+    let stats = origin.path_stats("/h.bin");
+    assert_eq!((stats.requests, stats.head_requests), (2, 1), "{stats:?}");
+}

@@ -16,21 +16,51 @@ impl MetadataStore {
         stale: &Arc<ObjectMeta>,
         ask: Asker<'_>,
     ) -> Result<(Arc<ObjectMeta>, MetaSource), Missed> {
+        let Some(byte) = ask.first_byte else {
+            return self.revalidate_by_head(path, stale, ask).await;
+        };
         let chunk_size = self.cfg.chunk_size;
-        let start = ask.first_byte.unwrap_or(0) / chunk_size * chunk_size;
+        let start = byte / chunk_size * chunk_size;
         let probe = self
             .upstream
             .probe(path, start, chunk_size, Some(stale), ask.headers)
             .await?;
         if probe.status == http::StatusCode::NOT_MODIFIED {
-            let status = http::StatusCode::from_u16(stale.status).unwrap_or(http::StatusCode::OK);
-            let ctx = self.context(path, status, probe.response_time);
-            let meta = refresh(&ctx, stale, &probe.headers).map_err(LookupError::Uncacheable)?;
-            tracing::debug!(path, "revalidated: not modified");
-            return Ok((Arc::new(meta), MetaSource::Revalidated));
+            return self.refreshed(path, stale, &probe.headers, probe.response_time);
         }
         let meta = self.take_probe(path, probe, ask.headers)?;
         Ok((Arc::new(meta), MetaSource::Upstream))
+    }
+
+    /// A client's `HEAD` wants no body: the stored copy is confirmed with a conditional `HEAD`
+    /// (RFC 9110 §9.3.2), and a changed object is looked up from that `HEAD`'s answer.
+    async fn revalidate_by_head(
+        &self,
+        path: &str,
+        stale: &Arc<ObjectMeta>,
+        ask: Asker<'_>,
+    ) -> Result<(Arc<ObjectMeta>, MetaSource), Missed> {
+        let answer = self.upstream.head(path, ask.headers, Some(stale)).await?;
+        if answer.0 == http::StatusCode::NOT_MODIFIED {
+            return self.refreshed(path, stale, &answer.1, answer.2);
+        }
+        let meta = self.take_head(path, answer, ask.headers)?;
+        Ok((Arc::new(meta), MetaSource::Upstream))
+    }
+
+    /// `stale` confirmed by a `304` with `headers`: its lifetime and headers updated.
+    fn refreshed(
+        &self,
+        path: &str,
+        stale: &ObjectMeta,
+        headers: &http::HeaderMap,
+        response_time: std::time::SystemTime,
+    ) -> Result<(Arc<ObjectMeta>, MetaSource), Missed> {
+        let status = stale.status_code();
+        let ctx = self.context(path, status, response_time);
+        let meta = refresh(&ctx, stale, headers).map_err(LookupError::Uncacheable)?;
+        tracing::debug!(path, "revalidated: not modified");
+        Ok((Arc::new(meta), MetaSource::Revalidated))
     }
 
     /// Revalidates `stale` off the request path (one at a time per path); the request that

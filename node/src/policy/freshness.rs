@@ -94,8 +94,9 @@ fn heuristic_lifetime(headers: &HeaderMap, response_time: SystemTime) -> Option<
 
 /// The age the response already had when it arrived (RFC 9111 §4.2.3): its `Age`, or the time
 /// since its `Date` when that is longer (apparent age; a `Date` ahead of this clock counts 0).
-/// An `Age` that is not one non-negative integer (a fraction, a list, two field lines) says the
-/// response is of unknown age: it is taken as stale (§5.1).
+/// A list in one field line counts by its first member (§5.1); an `Age` that is then not a
+/// non-negative integer (a fraction, a parameter), or two field lines, says the response is of
+/// unknown age: it is taken as stale, the safe reading of "invalid".
 pub fn initial_age(headers: &HeaderMap, response_time: SystemTime) -> u64 {
     const UNKNOWN: u64 = u32::MAX as u64;
     let mut lines = headers.get_all(header::AGE).iter();
@@ -105,7 +106,7 @@ pub fn initial_age(headers: &HeaderMap, response_time: SystemTime) -> u64 {
         (Some(v), None) => v
             .to_str()
             .ok()
-            .map(str::trim)
+            .map(|v| v.split(',').next().unwrap_or("").trim())
             .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
             .map_or(UNKNOWN, |v| v.parse().unwrap_or(UNKNOWN)),
     };
@@ -241,7 +242,13 @@ mod tests {
         );
         assert_eq!(initial_age(&headers(&[("date", "garbage")]), now), 0);
         // RFC 9111 §5.1: an Age that is not one non-negative integer: of unknown age, stale.
-        for bad in ["x", "7200.0", "-5", "0, 0", "1 ;a=b", "old, 0"] {
+        assert_eq!(
+            initial_age(&headers(&[("age", "0,7200")]), now),
+            0,
+            "first member"
+        );
+        assert_eq!(initial_age(&headers(&[("age", "7200, 0")]), now), 7200);
+        for bad in ["x", "7200.0", "-5", "1 ;a=b", "old, 0"] {
             assert!(
                 initial_age(&headers(&[("age", bad)]), now) >= u64::from(u32::MAX),
                 "{bad}"

@@ -165,11 +165,7 @@ impl Upstream {
             .header(header::RANGE, format!("bytes={start}-{}", start + len - 1))
             .header(header::ACCEPT_ENCODING, "identity");
         if let Some(stale) = stale {
-            if let Some(etag) = &stale.etag {
-                req = req.header(header::IF_NONE_MATCH, etag.as_str());
-            } else if let Some(lm) = &stale.last_modified {
-                req = req.header(header::IF_MODIFIED_SINCE, lm.as_str());
-            }
+            req = super::if_changed(req, stale);
         }
         let res = req
             .send()
