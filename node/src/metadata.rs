@@ -360,7 +360,7 @@ impl MetadataStore {
                     Ok(MetaAnswer::Uncacheable(why)) => {
                         return Err(LookupError::Uncacheable(why).into())
                     }
-                    Err(e) => peers.mark_suspect(&peer, &e),
+                    Err(e) => peers.failed(&peer, &e),
                 }
             }
         }

@@ -12,6 +12,16 @@ use crate::{object::ObjectMeta, policy::headers::http_date};
 /// insurance against requests that fan one GET out into thousands of parts.
 const MAX_RANGES: usize = 64;
 
+/// At most this many distinct chunks may hold the first or last byte of a range of one
+/// multi-range request. Those are the chunks fetched for fewer bytes than they hold (the chunks
+/// inside a range are all sent to the client), so this bounds what a request can cost upstream
+/// beyond what it receives: without it, 64 one-byte ranges in 64 chunks cost 64 whole chunks.
+pub const MAX_EDGE_CHUNKS: usize = 16;
+
+/// Why a [`RangeRequest::Scattered`] request is refused.
+pub const SCATTERED: &str =
+    "too many ranges scattered over the object (at most 16 chunks may hold a range's ends)";
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum RangeRequest {
     /// No usable Range header: the whole representation, 200.
@@ -20,6 +30,8 @@ pub enum RangeRequest {
     Partial(Vec<RangeInclusive<u64>>),
     /// 416: no range overlaps the representation.
     Unsatisfiable,
+    /// 416: several ranges scattered over more than [`MAX_EDGE_CHUNKS`] chunks.
+    Scattered,
 }
 
 /// Decides what a GET with these headers gets. A malformed `Range` is ignored (RFC 9110 §14.2),
@@ -41,11 +53,31 @@ pub fn resolve(headers: &HeaderMap, meta: &ObjectMeta) -> RangeRequest {
         return RangeRequest::Whole;
     }
     match parsed.validate(meta.length) {
+        // RFC 9110 §14.2: a server MAY ignore or reject a Range of many small ranges (a denial
+        // of service, §17.15). Rejected with a 416 rather than ignored: a whole answer would
+        // cost the whole object upstream, a 416 costs nothing.
+        Ok(ranges)
+            if ranges.len() > 1 && edge_chunks(&ranges, meta.chunk_size) > MAX_EDGE_CHUNKS =>
+        {
+            RangeRequest::Scattered
+        }
         Ok(ranges) if !ranges.is_empty() => RangeRequest::Partial(ranges),
         Ok(_) | Err(RangeUnsatisfiableError::Unsatisfiable) => RangeRequest::Unsatisfiable,
         // Overlapping or otherwise rejected sets: the server may ignore the header.
         Err(_) => RangeRequest::Whole,
     }
+}
+
+/// How many distinct chunks hold the first or last byte of one of `ranges`.
+fn edge_chunks(ranges: &[RangeInclusive<u64>], chunk_size: u64) -> usize {
+    let chunk_size = chunk_size.max(1);
+    let mut edges: Vec<u64> = ranges
+        .iter()
+        .flat_map(|r| [r.start() / chunk_size, r.end() / chunk_size])
+        .collect();
+    edges.sort_unstable();
+    edges.dedup();
+    edges.len()
 }
 
 /// If-Range holds either an entity tag (strong comparison) or an HTTP date (exact match with a
@@ -185,10 +217,15 @@ impl Multipart {
         }
     }
 
+    /// Saturating: ranges of a (claimed) huge object never overflow.
     pub fn content_length(&self, ranges: &[RangeInclusive<u64>]) -> u64 {
         let heads: usize = self.part_heads.iter().map(String::len).sum();
-        let bodies: u64 = ranges.iter().map(|r| r.end() - r.start() + 1).sum();
-        heads as u64 + bodies + self.tail.len() as u64
+        let bodies = ranges.iter().fold(0u64, |sum, r| {
+            sum.saturating_add((r.end() - r.start()).saturating_add(1))
+        });
+        (heads as u64)
+            .saturating_add(bodies)
+            .saturating_add(self.tail.len() as u64)
     }
 }
 
@@ -208,6 +245,8 @@ mod hint_tests {
         assert_eq!(first_wanted_byte(&headers(&[])), 0);
         let with_if_range = headers(&[("range", "bytes=700-"), ("if-range", "\"x\"")]);
         assert_eq!(first_wanted_byte(&with_if_range), 0);
+        assert_eq!(at("bytes=18446744073709551615-"), u64::MAX);
+        assert_eq!(at("bytes=18446744073709551616-"), 0, "past u64: no hint");
     }
 }
 
@@ -267,6 +306,65 @@ mod tests {
             resolve(&headers(&[("range", many.as_str())]), &m),
             RangeRequest::Whole
         );
+    }
+
+    #[test]
+    fn ranges_at_the_limits_of_u64_resolve_without_overflow() {
+        let m = meta();
+        let max = u64::MAX;
+        for (range, want) in [
+            (format!("bytes={max}-"), RangeRequest::Unsatisfiable),
+            (format!("bytes={max}-{max}"), RangeRequest::Unsatisfiable),
+            (
+                format!("bytes=0-{max}"),
+                RangeRequest::Partial(vec![0..=999]),
+            ),
+            (
+                format!("bytes=-{max}"),
+                RangeRequest::Partial(vec![0..=999]),
+            ),
+            (
+                format!("bytes=5-9,{max}-"),
+                RangeRequest::Partial(vec![5..=9]),
+            ),
+            (
+                "bytes=18446744073709551616-".into(),
+                RangeRequest::Unsatisfiable,
+            ),
+        ] {
+            assert_eq!(resolve(&headers(&[("range", &range)]), &m), want, "{range}");
+        }
+        let huge = ObjectMeta {
+            length: max,
+            ..meta()
+        };
+        let ranges = vec![0..=max - 1, 0..=max - 1];
+        assert_eq!(Multipart::new(&ranges, &huge).content_length(&ranges), max);
+    }
+
+    #[test]
+    fn many_ranges_in_many_chunks_are_refused() {
+        // 100-byte chunks.
+        let m = ObjectMeta {
+            length: 10_000,
+            ..meta()
+        };
+        let one_byte_each = |n: u64| {
+            let list: Vec<String> = (0..n).map(|i| format!("{0}-{0}", i * 50)).collect();
+            resolve(
+                &headers(&[("range", &format!("bytes={}", list.join(",")))]),
+                &m,
+            )
+        };
+        // 32 ranges, two per chunk: 16 chunks.
+        assert!(matches!(one_byte_each(32), RangeRequest::Partial(r) if r.len() == 32));
+        assert_eq!(one_byte_each(34), RangeRequest::Scattered);
+        // Big ranges cost what they send: only their edges count.
+        let wide = headers(&[("range", "bytes=0-4499,5000-9999")]);
+        assert!(matches!(resolve(&wide, &m), RangeRequest::Partial(r) if r.len() == 2));
+        // One range is never refused.
+        let one = headers(&[("range", "bytes=1-9998")]);
+        assert_eq!(resolve(&one, &m), RangeRequest::Partial(vec![1..=9998]));
     }
 
     #[test]

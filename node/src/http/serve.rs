@@ -236,7 +236,12 @@ impl Front {
         let ranges = match wants {
             RangeRequest::Whole => None,
             RangeRequest::Partial(ranges) => Some(ranges),
-            RangeRequest::Unsatisfiable => return Err(self.unsatisfiable(&meta)),
+            RangeRequest::Unsatisfiable => {
+                return Err(self.unsatisfiable(&meta, "no requested range overlaps the object"))
+            }
+            RangeRequest::Scattered => {
+                return Err(self.unsatisfiable(&meta, range::SCATTERED));
+            }
         };
         drop(req);
         self.serve_chunks(meta, meta_source, ranges).await
@@ -285,11 +290,8 @@ impl Front {
         None
     }
 
-    fn unsatisfiable(&self, meta: &ObjectMeta) -> Response<Body> {
-        let mut res = self.refuse(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "no requested range overlaps the object",
-        );
+    fn unsatisfiable(&self, meta: &ObjectMeta, why: &str) -> Response<Body> {
+        let mut res = self.refuse(StatusCode::RANGE_NOT_SATISFIABLE, why);
         res.headers_mut().insert(
             header::CONTENT_RANGE,
             value(&format!("bytes */{}", meta.length)),

@@ -3,7 +3,8 @@
 //! The owner answers from its own memory, disk or upstream with single flight, so across the
 //! cluster a chunk is fetched from the upstream once while its owner lives. A peer that refuses,
 //! times out or breaks is marked suspect for a while and the next owner in rendezvous order is
-//! tried; the fetcher's last resorts are its own disk and the upstream.
+//! tried; the fetcher's last resorts are its own disk and the upstream. An owner that relays its
+//! upstream's failure worked: it is not suspect (the next source is still tried).
 
 use std::{
     collections::HashMap,
@@ -15,13 +16,14 @@ use futures::{future::BoxFuture, StreamExt};
 use http::{header, StatusCode};
 
 use super::{
-    wire::{MetaAnswer, CHUNK_PREFIX, META_PATH, PATH_HEADER, SOURCE_HEADER},
+    wire::{MetaAnswer, CHUNK_PREFIX, META_PATH, PATH_HEADER, RELAYED_HEADER, SOURCE_HEADER},
     PeerMetrics,
 };
 use crate::{
     cluster::{membership::Member, membership::Membership, ring},
     object::ObjectMeta,
     source::{ChunkRequest, ChunkSource, ChunkStream, FetchError, Opened, SourceKind},
+    upstream::UpstreamError,
 };
 
 /// How long a failed peer is skipped before it is tried again.
@@ -37,11 +39,22 @@ pub enum PeerError {
         status: u16,
         message: String,
     },
+    /// The peer answered with its upstream's failure ([`RELAYED_HEADER`]).
+    #[error("peer {peer} relayed its upstream's failure ({status}): {message}")]
+    Relayed {
+        peer: String,
+        status: u16,
+        message: String,
+    },
 }
 
 impl From<PeerError> for FetchError {
     fn from(e: PeerError) -> Self {
         let peer = match &e {
+            // The upstream failed, not the peer: blamed on the upstream, as if asked directly.
+            PeerError::Relayed { status, .. } => {
+                return FetchError::Upstream(UpstreamError::Status(*status))
+            }
             PeerError::Unreachable { peer, .. } | PeerError::Refused { peer, .. } => peer.clone(),
         };
         FetchError::Peer {
@@ -115,6 +128,21 @@ impl PeerClient {
             .collect()
     }
 
+    /// `peer` failed to answer with `error`: suspect, unless it only relayed its upstream's
+    /// failure (transport failures, timeouts and broken or refused answers are the peer's).
+    pub fn failed(&self, peer: &Member, error: &PeerError) {
+        match error {
+            PeerError::Relayed { .. } => self.relayed(peer, error),
+            _ => self.mark_suspect(peer, error),
+        }
+    }
+
+    /// Counts an upstream failure `peer` relayed; the peer stays in use.
+    fn relayed(&self, peer: &Member, why: &dyn std::fmt::Display) {
+        self.metrics.relayed_errors.inc();
+        tracing::debug!(peer = %peer.id, error = %why, "peer relayed its upstream's failure");
+    }
+
     pub fn mark_suspect(&self, peer: &Member, why: &dyn std::fmt::Display) {
         self.metrics.failovers.inc();
         let newly = self
@@ -130,6 +158,7 @@ impl PeerClient {
 
     async fn refused(peer: &Member, res: reqwest::Response) -> PeerError {
         let status = res.status().as_u16();
+        let relayed = res.headers().contains_key(RELAYED_HEADER);
         let message = res
             .text()
             .await
@@ -138,10 +167,18 @@ impl PeerClient {
             .chars()
             .take(200)
             .collect();
-        PeerError::Refused {
-            peer: peer.id.clone(),
-            status,
-            message,
+        let peer = peer.id.clone();
+        match relayed {
+            true => PeerError::Relayed {
+                peer,
+                status,
+                message,
+            },
+            false => PeerError::Refused {
+                peer,
+                status,
+                message,
+            },
         }
     }
 
@@ -164,8 +201,12 @@ impl PeerClient {
                 Ok(res)
             }
             Ok(res) => {
-                count("refused");
-                Err(Self::refused(peer, res).await)
+                let error = Self::refused(peer, res).await;
+                count(match error {
+                    PeerError::Relayed { .. } => "relayed",
+                    _ => "refused",
+                });
+                Err(error)
             }
             Err(e) => {
                 count("unreachable");
@@ -262,6 +303,41 @@ impl ChunkSource for PeerSource {
     }
 
     fn failed(&self, error: &FetchError) {
-        self.client.mark_suspect(&self.member, error);
+        match error {
+            // Only a relayed answer makes an upstream error out of a peer's (`From<PeerError>`).
+            FetchError::Upstream(_) => self.client.relayed(&self.member, error),
+            _ => self.client.mark_suspect(&self.member, error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relayed_upstream_failure_is_blamed_on_the_upstream() {
+        let relayed = PeerError::Relayed {
+            peer: "p".into(),
+            status: 502,
+            message: "upstream answered 503".into(),
+        };
+        assert!(matches!(
+            FetchError::from(relayed),
+            FetchError::Upstream(UpstreamError::Status(502))
+        ));
+        for own in [
+            PeerError::Refused {
+                peer: "p".into(),
+                status: 409,
+                message: String::new(),
+            },
+            PeerError::Unreachable {
+                peer: "p".into(),
+                message: String::new(),
+            },
+        ] {
+            assert!(matches!(FetchError::from(own), FetchError::Peer { .. }));
+        }
     }
 }

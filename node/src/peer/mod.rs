@@ -26,6 +26,9 @@ pub struct PeerMetrics {
     /// Chunk bytes exchanged with peers (direction = received, sent).
     pub bytes: prometheus::IntCounterVec,
     pub failovers: prometheus::IntCounter,
+    /// Error answers in which a peer relayed its upstream's failure; the peer was not marked
+    /// suspect for them.
+    pub relayed_errors: prometheus::IntCounter,
 }
 
 impl PeerMetrics {
@@ -49,6 +52,10 @@ impl PeerMetrics {
             failovers: r.counter(
                 "casserole_peer_failovers_total",
                 "Peer requests that failed and went to the next owner or the upstream",
+            ),
+            relayed_errors: r.counter(
+                "casserole_peer_relayed_errors_total",
+                "Peer answers relaying an upstream's failure (the peer was not marked suspect)",
             ),
         }
     }

@@ -15,7 +15,9 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::{
-    wire::{self, MetaAnswer, MAX_META_BODY, META_PATH, PATH_HEADER, SOURCE_HEADER},
+    wire::{
+        self, MetaAnswer, MAX_META_BODY, META_PATH, PATH_HEADER, RELAYED_HEADER, SOURCE_HEADER,
+    },
     PeerMetrics,
 };
 use crate::{
@@ -134,7 +136,7 @@ impl PeerApi {
             Ok(answer) => answer,
             Err(e) => {
                 self.count("meta", "upstream_error");
-                return body::error(e.client_status(), e);
+                return relayed(body::error(e.client_status(), e));
             }
         };
         self.count("meta", "ok");
@@ -180,7 +182,11 @@ impl PeerApi {
             Ok(opened) => opened,
             Err(e) => {
                 self.count("chunk", e.party());
-                return body::error(e.client_status(), e);
+                let res = body::error(e.client_status(), &e);
+                return match e.party() {
+                    "upstream" => relayed(res),
+                    _ => res,
+                };
             }
         };
         self.count("chunk", "ok");
@@ -197,4 +203,11 @@ impl PeerApi {
             .insert(SOURCE_HEADER, HeaderValue::from_static(source.label()));
         res
     }
+}
+
+/// `res` marked as the upstream's failure, relayed by a working owner.
+fn relayed(mut res: Response<Body>) -> Response<Body> {
+    res.headers_mut()
+        .insert(RELAYED_HEADER, HeaderValue::from_static("upstream"));
+    res
 }

@@ -6,6 +6,9 @@ use crate::{object::ObjectMeta, policy::Uncacheable};
 pub const SOURCE_HEADER: &str = "x-casserole-source";
 /// Request header of a metadata lookup: the path (and query) on the upstream.
 pub const PATH_HEADER: &str = "x-casserole-path";
+/// Response header of an error answer that relays what the owner's upstream did (an error
+/// status, a timeout, a broken transfer): the owner itself worked and is not suspect.
+pub const RELAYED_HEADER: &str = "x-casserole-relayed";
 pub const CHUNK_PREFIX: &str = "/v1/chunk/";
 pub const META_PATH: &str = "/v1/meta";
 /// Metadata records are small; anything bigger is not one.

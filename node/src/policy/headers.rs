@@ -168,8 +168,8 @@ pub fn for_lifetime(headers: &HeaderMap) -> HeaderMap {
 
 /// The end-to-end headers of `headers` to store with an object and replay on hits: all of them,
 /// in order, minus hop-by-hop headers, headers named in `Connection`, names qualified by
-/// `no-cache="…"`/`private="…"`, and the headers the cache sets itself. Values that are not
-/// visible ASCII/UTF-8 are dropped (the metadata record is text).
+/// `no-cache="…"`/`private="…"`, `Set-Cookie` and the headers the cache sets itself. Values
+/// that are not visible ASCII/UTF-8 are dropped (the metadata record is text).
 pub fn stored_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     let mut excluded = listed_names(
         headers
@@ -179,6 +179,8 @@ pub fn stored_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     );
     excluded.extend(CacheControl::parse(headers).qualified_names());
     excluded.extend(SET_BY_THE_CACHE.iter().map(|s| s.to_string()));
+    // A cookie is one client's: never stored, whatever let the response get this far.
+    excluded.push(header::SET_COOKIE.as_str().to_string());
     headers
         .iter()
         .filter(|(name, _)| !is_hop_by_hop(name) && !excluded.iter().any(|e| e == name.as_str()))
@@ -298,6 +300,7 @@ mod tests {
             ("content-length", "10"),
             ("age", "5"),
             ("x-kept", "yes"),
+            ("set-cookie", "s=1"),
         ]);
         let kept: Vec<String> = stored_headers(&h).into_iter().map(|(n, _)| n).collect();
         assert_eq!(kept, vec!["cache-control", "x-kept"]);

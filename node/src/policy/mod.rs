@@ -222,6 +222,12 @@ pub fn refresh(
     stale: &ObjectMeta,
     not_modified: &HeaderMap,
 ) -> Result<ObjectMeta, Uncacheable> {
+    // The refusals of a first store (`evaluate`): a 304 that sets a cookie or varies on `*`
+    // makes the stored response unusable rather than updating it.
+    check_vary(not_modified)?;
+    if not_modified.contains_key(header::SET_COOKIE) {
+        return Err(Uncacheable::SetCookie);
+    }
     let mut merged = HeaderMap::new();
     for (name, value) in &stale.headers {
         if let (Ok(name), Ok(value)) = (
@@ -513,5 +519,26 @@ mod tests {
             classify(&Method::GET, &no_store, "/a.bin", &rules),
             Some(Bypass::NoStore)
         );
+    }
+
+    #[test]
+    fn a_304_that_sets_a_cookie_or_varies_on_star_is_refused_like_a_first_store() {
+        let stale = verdict(&good()).unwrap();
+        let plain = headers(&[("cache-control", "public, max-age=60"), ("x-new", "1")]);
+        let refreshed = refresh(&ctx(), &stale, &plain).unwrap();
+        assert_eq!(refreshed.version, stale.version);
+        assert!(refreshed.headers.iter().any(|(n, _)| n == "x-new"));
+        let cookie = headers(&[("cache-control", "max-age=60"), ("set-cookie", "s=1")]);
+        assert_eq!(
+            refresh(&ctx(), &stale, &cookie).unwrap_err(),
+            Uncacheable::SetCookie
+        );
+        for vary in ["*", "accept, *"] {
+            let star = headers(&[("cache-control", "max-age=60"), ("vary", vary)]);
+            assert_eq!(
+                refresh(&ctx(), &stale, &star).unwrap_err(),
+                Uncacheable::Vary("*".into())
+            );
+        }
     }
 }

@@ -125,6 +125,14 @@ pub(super) fn content_range(headers: &HeaderMap) -> Option<(u64, u64, u64)> {
     (first <= last && last < total).then_some((first, last, total))
 }
 
+/// `Range` of a probe of `len` bytes from `start`. `start` comes from a client's `Range`
+/// (`bytes=18446744073709551615-`): the last byte saturates instead of overflowing, and the
+/// upstream's `416` sends the probe back to the first chunk.
+fn probe_range(start: u64, len: u64) -> String {
+    let last = start.saturating_add(len.saturating_sub(1));
+    format!("bytes={start}-{last}")
+}
+
 impl Upstream {
     /// Looks `path` up with a `GET` of bytes `start..start + len` (the chunk a client wants
     /// first); past the end of the object, of its first `len` bytes instead. With `stale`, the
@@ -162,7 +170,7 @@ impl Upstream {
             .client
             .get(self.url_for(path)?)
             .headers(super::for_lookup(client))
-            .header(header::RANGE, format!("bytes={start}-{}", start + len - 1))
+            .header(header::RANGE, probe_range(start, len))
             .header(header::ACCEPT_ENCODING, "identity");
         if let Some(stale) = stale {
             req = super::if_changed(req, stale);
@@ -318,6 +326,20 @@ impl Upstream {
 mod tests {
     use super::*;
     use crate::test_support::headers;
+
+    #[test]
+    fn probe_ranges_never_overflow() {
+        assert_eq!(probe_range(0, 4), "bytes=0-3");
+        assert_eq!(probe_range(4, 4), "bytes=4-7");
+        let max = u64::MAX;
+        assert_eq!(probe_range(max, 4), format!("bytes={max}-{max}"));
+        let last_chunk = max / (2 << 20) * (2 << 20);
+        assert_eq!(
+            probe_range(last_chunk, 2 << 20),
+            format!("bytes={last_chunk}-{max}")
+        );
+        assert_eq!(probe_range(7, 0), "bytes=7-7");
+    }
 
     #[test]
     fn content_ranges_parse_strictly() {
