@@ -14,7 +14,7 @@ pub use duration::{parse_duration, DURATION_PATTERN};
 pub use pass_through::{compile_pass_through, PassThroughError, PASS_THROUGH_ENV_SEPARATOR};
 pub use rules::{
     check_dns1035_label, check_routes, parse_route, parse_ttl_rule, route, ttl_rule, Route,
-    TtlRule, DNS1035_PATTERN, ROUTES_MAX, TTL_RULES_MAX,
+    TtlRule, DNS1035_PATTERN, IMMUTABLE_TTL, ROUTES_MAX, TTL_RULES_MAX, TTL_RULE_TTL_PATTERN,
 };
 pub use size::{parse_size, QUANTITY_PATTERN};
 pub use url::{

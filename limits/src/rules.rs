@@ -17,7 +17,16 @@ pub const ROUTES_MAX: usize = 64;
 pub struct TtlRule {
     pub pattern: Regex,
     pub ttl: Duration,
+    /// `REGEX=immutable`: never revalidated while stored, not even on a client's reload.
+    pub immutable: bool,
 }
+
+/// What the lifetime of a rule may be: a duration, or `immutable` (for the CRD's schema).
+pub const TTL_RULE_TTL_PATTERN: &str = r"^(immutable|[0-9]+(\.[0-9]+)?(ms|s|m|h)?)$";
+
+/// The lifetime of an `immutable` rule: a year, the longest RFC 9111 §5.3 asks senders to
+/// state.
+pub const IMMUTABLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parses `REGEX=DURATION`. The duration follows the last `=` (a duration never holds one,
 /// a regex may).
@@ -34,8 +43,16 @@ pub fn ttl_rule(pattern: &str, ttl: &str) -> Result<TtlRule, String> {
         return Err("the pattern is empty".into());
     }
     let pattern = Regex::new(pattern).map_err(|e| format!("pattern {pattern:?}: {e}"))?;
-    let ttl = parse_duration(ttl)?;
-    Ok(TtlRule { pattern, ttl })
+    let immutable = ttl == "immutable";
+    let ttl = match immutable {
+        true => IMMUTABLE_TTL,
+        false => parse_duration(ttl).map_err(|e| format!("{e}, or immutable"))?,
+    };
+    Ok(TtlRule {
+        pattern,
+        ttl,
+        immutable,
+    })
 }
 
 /// One `--route`: requests whose path starts with `prefix` go to `url` instead of the upstream.
@@ -115,7 +132,10 @@ mod tests {
 
     #[test]
     fn ttl_rules_split_at_the_last_equals() {
+        let i = parse_ttl_rule(r"/-/[^/]+\.tgz$=immutable").unwrap();
+        assert!(i.immutable && i.ttl == IMMUTABLE_TTL);
         let r = parse_ttl_rule(r"^/a=b/.*\.iso$=1h").unwrap();
+        assert!(!r.immutable);
         assert_eq!(r.ttl, Duration::from_secs(3600));
         assert!(r.pattern.is_match("/a=b/x.iso"));
         for bad in ["^/x", "(=1h", "^/x=1d", "=1h"] {

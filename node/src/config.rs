@@ -55,6 +55,17 @@ fn parse_upstream(s: &str) -> Result<reqwest::Url, String> {
     Ok(url)
 }
 
+/// The `--ttl-rule`s used when none is given: files whose names carry their version (or their
+/// digest) in package ecosystems, which never change once published, though registries and
+/// mirrors often serve them with no validator and no lifetime (verdaccio's npm tarballs).
+const DEFAULT_TTL_RULES: [&str; 5] = [
+    r"/-/[^/?]+\.tgz$=immutable",
+    r"\.(deb|udeb|ddeb)$=immutable",
+    r"\.rpm$=immutable",
+    r"\.whl$=immutable",
+    r"/blobs/sha256:[0-9a-f]{64}$=immutable",
+];
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "casserole-node",
@@ -79,6 +90,22 @@ pub struct Config {
         value_delimiter = casserole_limits::PASS_THROUGH_ENV_SEPARATOR
     )]
     pub pass_through: Vec<String>,
+
+    /// Freshness by path, `REGEX=DURATION` or `REGEX=immutable` (repeatable; in
+    /// CASSEROLE_TTL_RULES one per line): a response for a matching path and query is fresh for
+    /// at least DURATION, the first match counting, unless it says `no-store`, `private` or
+    /// `no-cache`. `immutable`: never revalidated while stored, not even on a reload. Giving
+    /// any rule replaces the defaults, which make the versioned files of package ecosystems
+    /// immutable (npm tarballs, .deb, .rpm, wheels, OCI blobs by digest); `--ttl-rule '^$=0s'`
+    /// turns them off.
+    #[arg(
+        long = "ttl-rule",
+        env = "CASSEROLE_TTL_RULES",
+        value_delimiter = '\n',
+        default_values = DEFAULT_TTL_RULES,
+        value_parser = casserole_limits::parse_ttl_rule
+    )]
+    pub ttl_rules: Vec<casserole_limits::TtlRule>,
 
     /// Objects whose freshness lifetime is shorter than this are not cached. By default every
     /// storable response is kept (RFC 9111 §3), however short-lived: a stale object with a
@@ -524,6 +551,7 @@ impl Config {
             default_ttl: self.default_ttl,
             max_heuristic_ttl: self.max_heuristic_ttl,
             stale_if_error: self.stale_if_error,
+            ttl_rules: self.ttl_rules.clone(),
         }
     }
 

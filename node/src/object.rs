@@ -90,6 +90,10 @@ pub struct ObjectMeta {
     /// The upstream's status (a `404` or `301` is stored as readily as a `200`, RFC 9111 §3).
     #[serde(default = "ok_status")]
     pub status: u16,
+    /// Never revalidated while fresh, not even when a client asks (RFC 8246 `immutable`, or an
+    /// `immutable` `--ttl-rule`).
+    #[serde(default)]
+    pub immutable: bool,
     pub version: String,
 }
 
@@ -326,6 +330,7 @@ mod tests {
             stale_while_revalidate: 0,
             selecting: vec![],
             status: 200,
+            immutable: false,
         }
     }
 

@@ -53,5 +53,6 @@ pub fn object_meta(path: &str, length: u64, chunk_size: u64) -> ObjectMeta {
         stale_while_revalidate: 0,
         selecting: vec![],
         status: 200,
+        immutable: false,
     }
 }

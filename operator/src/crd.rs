@@ -478,8 +478,9 @@ pub struct TtlRuleSpec {
     /// Regex on the request's path and query.
     #[schemars(length(min = 1, max = 1024))]
     pub pattern: String,
-    /// Freshness lifetime, e.g. `30s`, `5m`, `1h`.
-    #[schemars(regex(pattern = casserole_limits::DURATION_PATTERN), length(max = 32))]
+    /// Freshness lifetime, e.g. `30s`, `5m`, `1h`, or `immutable` (never revalidated while
+    /// stored).
+    #[schemars(regex(pattern = casserole_limits::TTL_RULE_TTL_PATTERN), length(max = 32))]
     pub ttl: String,
 }
 

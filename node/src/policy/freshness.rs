@@ -28,6 +28,9 @@ pub struct FreshnessRules {
     /// `proxy-revalidate`, `s-maxage`). An upstream that answers 5xx is connected: stale is then
     /// served only within the response's own `stale-if-error`.
     pub stale_if_error: Duration,
+    /// `--ttl-rule`s: a matching path is fresh for at least the rule's lifetime (the first match
+    /// counts), unless the response forbids storing it or asks for revalidation on every use.
+    pub ttl_rules: Vec<casserole_limits::TtlRule>,
 }
 
 impl Default for FreshnessRules {
@@ -37,6 +40,7 @@ impl Default for FreshnessRules {
             default_ttl: None,
             max_heuristic_ttl: Duration::from_secs(24 * 3600),
             stale_if_error: Duration::ZERO,
+            ttl_rules: Vec::new(),
         }
     }
 }
@@ -52,6 +56,9 @@ pub struct Freshness {
     /// The response's own `stale-if-error` (RFC 5861).
     pub stale_if_error: Duration,
     pub stale_while_revalidate: Duration,
+    /// Never revalidated while fresh, not even on a client's reload: `immutable` (RFC 8246) or
+    /// an `immutable` `--ttl-rule`.
+    pub immutable: bool,
 }
 
 /// RFC 9110 §15.1: the statuses heuristically cacheable by default (`206` aside: parts are not
@@ -162,6 +169,17 @@ pub fn freshness(
         .unwrap_or_default();
     let age = Duration::from_secs(initial_age(headers, response_time));
     let mut ttl = lifetime.saturating_sub(age);
+    // A `--ttl-rule` is the operator's word on how long such paths stay the same (Squid's
+    // refresh_pattern, nginx's proxy_cache_valid); a response's `no-cache` still wins.
+    let rule = rules
+        .ttl_rules
+        .iter()
+        .find(|r| r.pattern.is_match(path))
+        .filter(|_| !no_cache);
+    if let Some(rule) = rule {
+        ttl = ttl.max(rule.ttl);
+    }
+    let immutable = rule.is_some_and(|r| r.immutable) || (cc.has("immutable") && !no_cache);
     // Stale at once and nothing to revalidate it with: storing it would serve no request.
     if ttl.is_zero() && !validated {
         return Err(Uncacheable::NotStorable);
@@ -172,7 +190,7 @@ pub fn freshness(
         let defaulted = rules.default_ttl.is_some() && !explicit;
         // The crate only stores the statuses it knows; RFC 9111 §3 stores any final status
         // whose response states a lifetime or says `public`.
-        let stated = explicit || cc.has("public");
+        let stated = explicit || cc.has("public") || rule.is_some();
         if !policy.is_storable() && !defaulted && !stated {
             return Err(Uncacheable::NotStorable);
         }
@@ -196,6 +214,7 @@ pub fn freshness(
         must_revalidate: strict,
         stale_if_error,
         stale_while_revalidate,
+        immutable,
     })
 }
 
@@ -308,6 +327,51 @@ mod tests {
             ("etag", "\"a\""),
         ]);
         assert_eq!(old.unwrap().ttl, Duration::ZERO, "an invalid Age is stale");
+    }
+
+    #[test]
+    fn ttl_rules_extend_what_the_response_allows() {
+        let rules = FreshnessRules {
+            ttl_rules: vec![
+                casserole_limits::parse_ttl_rule(r"\.tgz$=immutable").unwrap(),
+                casserole_limits::parse_ttl_rule(r"\.iso$=1h").unwrap(),
+            ],
+            ..Default::default()
+        };
+        let at = |path: &str, pairs: &[(&str, &str)]| {
+            freshness(&rules, path, 200, &headers(pairs), SystemTime::now())
+        };
+        let bare = at("/-/p-1.0.0.tgz", &[]).unwrap();
+        assert!(bare.immutable && bare.ttl == casserole_limits::IMMUTABLE_TTL);
+        let iso = |cc: &str| {
+            at("/a.iso", &[("cache-control", cc)])
+                .unwrap()
+                .ttl
+                .as_secs()
+        };
+        assert_eq!(iso("max-age=60"), 3600, "at least the rule's lifetime");
+        assert_eq!(iso("max-age=7200"), 7200, "a longer stated one stays");
+        assert_eq!(at("/a.iso", &[]).unwrap().ttl.as_secs(), 3600);
+        assert!(
+            at("/a.tar", &[]).is_err(),
+            "no rule, no freshness, no validator"
+        );
+        assert_eq!(
+            at("/p.tgz", &[("cache-control", "no-store")]),
+            Err(Uncacheable::NotStorable)
+        );
+        assert_eq!(
+            at("/p.tgz", &[("cache-control", "private")]),
+            Err(Uncacheable::NotStorable)
+        );
+        let nc = at(
+            "/p.tgz",
+            &[("cache-control", "no-cache"), ("etag", "\"e\"")],
+        )
+        .unwrap();
+        assert!(nc.no_cache && nc.ttl.is_zero() && !nc.immutable);
+        let stated = at("/x", &[("cache-control", "max-age=60, immutable")]).unwrap();
+        assert!(stated.immutable, "RFC 8246");
     }
 
     #[test]

@@ -212,6 +212,7 @@ pub fn evaluate(
         stale_while_revalidate: fresh.stale_while_revalidate.as_secs(),
         selecting: Vec::new(),
         status: ctx.status,
+        immutable: fresh.immutable,
     })
 }
 
@@ -264,6 +265,7 @@ pub fn refresh(
         stale_if_error: fresh.stale_if_error.as_secs(),
         must_revalidate: fresh.must_revalidate,
         stale_while_revalidate: fresh.stale_while_revalidate.as_secs(),
+        immutable: fresh.immutable,
         ..stale.clone()
     })
 }

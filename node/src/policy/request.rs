@@ -61,6 +61,10 @@ impl ClientDemands {
 
     /// Whether `meta`, as stored, satisfies the request at `now` without asking the upstream.
     pub fn accepts(&self, meta: &ObjectMeta, now: u64) -> bool {
+        // An immutable object has nothing to confirm while fresh (RFC 8246 §2.1).
+        if meta.immutable && meta.is_fresh(now) {
+            return true;
+        }
         !self.no_cache
             && self.max_age.is_none_or(|max| meta.age(now) <= max)
             && meta.fresh_until.saturating_sub(now) >= self.min_fresh
@@ -136,5 +140,14 @@ mod tests {
         // Fresh for 50 more seconds at t=1050.
         assert!(demands(&[("cache-control", "min-fresh=50")]).accepts(&m, 1050));
         assert!(!demands(&[("cache-control", "min-fresh=51")]).accepts(&m, 1050));
+        let immutable = ObjectMeta {
+            immutable: true,
+            ..meta()
+        };
+        assert!(demands(&[("cache-control", "no-cache")]).accepts(&immutable, 1050));
+        assert!(
+            !demands(&[("cache-control", "no-cache")]).accepts(&immutable, 1200),
+            "stale"
+        );
     }
 }
