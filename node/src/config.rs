@@ -168,8 +168,13 @@ pub struct Config {
     #[arg(long, env = "CASSEROLE_CLEANED_DISK_USAGE", default_value = "800M")]
     pub cleaned_disk_usage: ByteSize,
 
-    /// Address of the admin listener: /metrics, /healthz, /readyz.
-    #[arg(long, env = "CASSEROLE_ADMIN_ADDRESS", default_value = "0.0.0.0:9090")]
+    /// Address of the admin listener: /metrics, /healthz, /readyz, /purge. Loopback unless set
+    /// (the operator sets the pod's address).
+    #[arg(
+        long,
+        env = "CASSEROLE_ADMIN_ADDRESS",
+        default_value = "127.0.0.1:9090"
+    )]
     pub admin_address: SocketAddr,
 
     /// Timeout for connecting to the upstream.
@@ -192,6 +197,20 @@ pub struct Config {
     /// accept backlog until one closes.
     #[arg(long, env = "CASSEROLE_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+
+    /// Open connections per client address and listener; further ones are closed at once
+    /// (0: no cap). Raise it behind a proxy that connects from few addresses.
+    #[arg(
+        long,
+        env = "CASSEROLE_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 256
+    )]
+    pub max_connections_per_client: usize,
+
+    /// Do not invalidate a path when a `POST`/`PUT`/`PATCH`/`DELETE` of it succeeds (RFC 9111
+    /// §4.4), for upstreams that take writes on cached paths without changing them.
+    #[arg(long, env = "CASSEROLE_NO_WRITE_INVALIDATION", default_value_t = false)]
+    pub no_write_invalidation: bool,
 
     /// A connection that sends no request bytes within this is closed.
     #[arg(long, env = "CASSEROLE_FIRST_BYTE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -245,8 +264,8 @@ pub struct Config {
     )]
     pub peering_address: String,
 
-    /// Address the peer listener binds.
-    #[arg(long, env = "CASSEROLE_PEER_ADDRESS", default_value = "0.0.0.0:8000")]
+    /// Address the peer listener binds. Loopback unless set (the operator sets the pod's).
+    #[arg(long, env = "CASSEROLE_PEER_ADDRESS", default_value = "127.0.0.1:8000")]
     pub peer_address: SocketAddr,
 
     /// Static peer list (peering URLs, this node's own included), an alternative to etcd.
@@ -814,6 +833,11 @@ mod tests {
     fn connection_bounds_have_defaults_and_refuse_zero() {
         let c = parse(&["--upstream", "http://x"]).unwrap();
         assert_eq!(c.max_connections, 4096);
+        assert_eq!(c.max_connections_per_client, 256);
+        assert!(!c.no_write_invalidation);
+        assert!(c.admin_address.ip().is_loopback() && c.peer_address.ip().is_loopback());
+        let off = parse(&["--upstream", "http://x", "--no-write-invalidation"]).unwrap();
+        assert!(off.no_write_invalidation);
         assert_eq!(c.first_byte_timeout, Duration::from_secs(10));
         assert_eq!(c.request_head_timeout, Duration::from_secs(30));
         assert_eq!(c.idle_timeout, Duration::from_secs(90));

@@ -294,6 +294,7 @@ async fn build(cfg: &Config, stopped: &watch::Receiver<bool>) -> anyhow::Result<
         pass_through: cfg.pass_through_set()?,
         metrics: RequestMetrics::new(&registrar),
         invalidator: Some(purger.clone()),
+        write_invalidation: !cfg.no_write_invalidation,
     });
     let admin = Arc::new(Admin {
         registrar: registrar.clone(),
@@ -334,6 +335,7 @@ impl RunningNode {
         let limits = || ServerLimits {
             max_header_size: cfg.max_header_size.0 as usize,
             max_connections: cfg.max_connections,
+            max_connections_per_client: cfg.max_connections_per_client,
             first_byte_timeout: cfg.first_byte_timeout,
             request_head_timeout: cfg.request_head_timeout,
             idle_timeout: cfg.idle_timeout,

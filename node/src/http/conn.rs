@@ -32,11 +32,20 @@ use crate::body::{Body, BoxError};
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// An idle connection asked to close gracefully gets this long to do so before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// A client that started the HTTP/2 preface has this long to finish it (24 bytes, sent in one
+/// packet by every real client), rather than holding its slot for the whole first-byte timeout.
+const PREFACE_REST: Duration = Duration::from_secs(1);
 
 /// Waits until the client has sent enough to tell HTTP/2 from HTTP/1 (the whole preface, or a
-/// byte that rules it out). Returns false on EOF. Peeking leaves the bytes for hyper.
+/// byte that rules it out). Returns false on EOF, or when a started preface does not complete
+/// within [`PREFACE_REST`]. Peeking leaves the bytes for hyper.
 pub async fn first_bytes(stream: &TcpStream) -> std::io::Result<bool> {
+    first_bytes_within(stream, PREFACE_REST).await
+}
+
+async fn first_bytes_within(stream: &TcpStream, rest: Duration) -> std::io::Result<bool> {
     let mut buf = [0u8; H2_PREFACE.len()];
+    let mut partial_since: Option<Instant> = None;
     loop {
         let n = stream.peek(&mut buf).await?;
         if n == 0 {
@@ -44,6 +53,10 @@ pub async fn first_bytes(stream: &TcpStream) -> std::io::Result<bool> {
         }
         if n == buf.len() || buf[..n] != H2_PREFACE[..n] {
             return Ok(true);
+        }
+        if partial_since.get_or_insert_with(Instant::now).elapsed() > rest {
+            tracing::debug!("HTTP/2 preface not completed within {rest:?}; closing");
+            return Ok(false);
         }
         // A partial preface: peek would return the same bytes at once, so wait a little.
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -311,5 +324,28 @@ where
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::{io::AsyncWriteExt, net::TcpListener};
+
+    #[tokio::test]
+    async fn a_preface_left_half_sent_is_given_up_on() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        let started = std::time::Instant::now();
+        let rest = Duration::from_millis(200);
+        assert!(!first_bytes_within(&server, rest).await.unwrap());
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // A whole preface, or HTTP/1, is told at once.
+        client.write_all(&H2_PREFACE[10..]).await.unwrap();
+        assert!(first_bytes_within(&server, rest).await.unwrap());
     }
 }

@@ -4,6 +4,8 @@
 pub mod admin;
 pub mod cache_status;
 mod conn;
+mod invalidation;
+mod per_client;
 pub mod range;
 pub mod serve;
 
@@ -33,6 +35,8 @@ pub struct ServerLimits {
     pub max_header_size: usize,
     /// Open connections per listener; further clients wait in the accept backlog.
     pub max_connections: usize,
+    /// Open connections per client address (0: no cap); further ones are closed at once.
+    pub max_connections_per_client: usize,
     /// A connection that sends no request bytes within this is closed.
     pub first_byte_timeout: Duration,
     /// A connection that sends no complete request head within this of opening is closed.
@@ -67,6 +71,7 @@ where
 {
     let builder = Arc::new(connection_builder(&limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_client = per_client::PerClient::new(limits.max_connections_per_client);
     let for_connections = shutdown.clone();
     let mut warned_full: Option<tokio::time::Instant> = None;
     loop {
@@ -93,6 +98,11 @@ where
                         continue;
                     }
                 };
+                let Some(client_slot) = per_client.admit(peer.ip()) else {
+                    tracing::debug!(listener = name, %peer, max = limits.max_connections_per_client,
+                        "client has too many connections open; closing (--max-connections-per-client)");
+                    continue;
+                };
                 tokio::spawn(connection(
                     name,
                     (stream, peer),
@@ -100,7 +110,7 @@ where
                     limits.clone(),
                     (handler.clone(), call),
                     for_connections.clone(),
-                    permit,
+                    (permit, client_slot),
                 ));
             }
             _ = conn::stopped(&mut shutdown) => break,
@@ -141,7 +151,7 @@ fn connection_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
 /// A listener's handler and the function that calls it.
 type Handler<H, F> = (Arc<H>, fn(Arc<H>, Request<Incoming>) -> F);
 
-/// Serves one connection, holding its listener slot (`_permit`) until it ends.
+/// Serves one connection, holding its listener and client slots (`_slots`) until it ends.
 async fn connection<H, F>(
     name: &'static str,
     (stream, peer): (TcpStream, std::net::SocketAddr),
@@ -149,7 +159,7 @@ async fn connection<H, F>(
     limits: ServerLimits,
     (handler, call): Handler<H, F>,
     shutdown: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, per_client::ClientSlot),
 ) where
     H: Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,

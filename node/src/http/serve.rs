@@ -70,6 +70,8 @@ pub struct Front {
     /// Spreads the invalidation of a URI that a successful unsafe request changed to every
     /// member (a purge of that path).
     pub invalidator: Option<Arc<crate::purge::Purger>>,
+    /// Invalidate what a successful unsafe request changed (off: `--no-write-invalidation`).
+    pub write_invalidation: bool,
 }
 
 /// Keeps the in-flight gauge honest however a request ends.
@@ -156,7 +158,7 @@ impl Front {
             Err(missed) => return self.missed(req, &path, missed).await,
         };
         if meta_source == MetaSource::ReplacedOnRequest {
-            self.announce_new_version(&path);
+            self.announce_new_version(&path, &meta);
         }
         if let Some(name) = varied_header(&req, &meta) {
             tracing::debug!(
@@ -439,18 +441,9 @@ impl Front {
                 return Err(body::error(e.client_status(), e));
             }
         };
-        if unsafe_method && (upstream.status().is_success() || upstream.status().is_redirection()) {
-            self.invalidate(path).await;
-            // RFC 9111 §4.4: the URIs in Location and Content-Location too, when they are this
-            // upstream's (never another host's).
-            for name in [header::LOCATION, header::CONTENT_LOCATION] {
-                let named = upstream.headers().get(name).and_then(|v| v.to_str().ok());
-                if let Some(other) = named.and_then(|r| self.upstream.path_of(path, r)) {
-                    if other != path {
-                        self.invalidate(&other).await;
-                    }
-                }
-            }
+        if unsafe_method {
+            self.after_write(path, upstream.status(), upstream.headers())
+                .await;
         }
         let relayed = Relayed {
             status: upstream.status(),
@@ -479,31 +472,6 @@ impl Front {
         });
         *res.body_mut() = body::streaming(sync_stream(stream));
         res
-    }
-}
-
-impl Front {
-    /// RFC 9111 §4.4: the metadata here at once (the next request looks the object up
-    /// afresh), then chunks and the other members through a purge of the path.
-    async fn invalidate(&self, path: &str) {
-        self.metadata.purge_path(path).await;
-        self.purge_cluster_wide(path, "a successful unsafe request (invalidation)");
-    }
-
-    /// A client's reload found a new version here; the members (the metadata owner among them)
-    /// still hold the old one as fresh. Purging the path everywhere makes every member look it
-    /// up afresh — here too, once the purge comes round: one more lookup, never the old bytes.
-    fn announce_new_version(&self, path: &str) {
-        if self.invalidator.as_ref().is_some_and(|p| p.is_clustered()) {
-            self.purge_cluster_wide(path, "a client's reload found a new version");
-        }
-    }
-
-    fn purge_cluster_wide(&self, path: &str, why: &'static str) {
-        if let Some(purger) = &self.invalidator {
-            let (purger, target) = (purger.clone(), crate::purge::Target::Path(path.into()));
-            tokio::spawn(async move { purger.purge(target, why).await });
-        }
     }
 }
 

@@ -237,8 +237,9 @@ pub(crate) async fn handle(
         ) && state.objects.contains_key(&key)
         {
             // A write the origin accepts (the object itself stays as configured).
-            let mut res = plain(204, "")?;
-            for (name, value) in &state.objects[&key].spec.write_headers {
+            let spec = &state.objects[&key].spec;
+            let mut res = plain(spec.write_status, "")?;
+            for (name, value) in &spec.write_headers {
                 res.headers_mut().append(
                     header::HeaderName::from_bytes(name.as_bytes())?,
                     header::HeaderValue::from_str(value)?,

@@ -47,6 +47,8 @@ pub struct ObjectSpec {
     pub require_auth: Option<String>,
     /// Headers of the `204` that answers a write (`POST`, `PUT`, `PATCH`, `DELETE`).
     pub write_headers: Vec<(String, String)>,
+    /// Status of the answer to a write (`204` unless set).
+    pub write_status: u16,
 }
 
 impl ObjectSpec {
@@ -69,6 +71,7 @@ impl ObjectSpec {
             chunked: false,
             require_auth: None,
             write_headers: Vec::new(),
+            write_status: 204,
         }
     }
     pub fn seed(mut self, seed: u64) -> Self {
@@ -125,6 +128,11 @@ impl ObjectSpec {
     /// A header of the answer to writes of this path (e.g. `Location`).
     pub fn write_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.write_headers.push((name.into(), value.into()));
+        self
+    }
+    /// The status writes of this path are answered with (e.g. a `303` to a result page).
+    pub fn write_status(mut self, status: u16) -> Self {
+        self.write_status = status;
         self
     }
     pub fn throttle(mut self, bytes_per_sec: u64) -> Self {
