@@ -301,7 +301,10 @@ impl MetadataStore {
             Ok(meta) => meta,
             Err(LookupError::Uncacheable(why)) => {
                 // An upstream error status may be gone soon: only lasting verdicts are kept.
-                if !matches!(why, Uncacheable::Status(s) if s >= 500) {
+                // Nor is a verdict on one client's credentials a verdict on the object.
+                let lasting =
+                    !matches!(why, Uncacheable::Status(500..) | Uncacheable::Authenticated);
+                if lasting {
                     self.uncacheable.insert(path.to_string(), why.clone()).await;
                 }
                 let error = LookupError::Uncacheable(why);
@@ -458,6 +461,9 @@ impl MetadataStore {
         let verdict = match status.as_u16() {
             other if is_failure(other) => Err(LookupError::Upstream(UpstreamError::Status(other))),
             _ => evaluate_head(&self.context(path, status, response_time), &headers)
+                .and_then(|meta| {
+                    crate::policy::shareable_with_credentials(client, &headers).map(|()| meta)
+                })
                 .map_err(LookupError::Uncacheable),
         };
         match verdict {
@@ -510,7 +516,12 @@ impl MetadataStore {
         probe: Probe,
         client: &http::HeaderMap,
     ) -> Result<ObjectMeta, Missed> {
-        let meta = match self.judge_probe(path, &probe) {
+        let verdict = self.judge_probe(path, &probe).and_then(|meta| {
+            crate::policy::shareable_with_credentials(client, &probe.headers)
+                .map_err(LookupError::Uncacheable)
+                .map(|()| meta)
+        });
+        let meta = match verdict {
             Ok(meta) => meta.selected_by(client),
             Err(error) => {
                 let relay = probe.into_relay().map(Box::new);

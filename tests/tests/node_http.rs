@@ -337,7 +337,17 @@ async fn uncacheable_requests_pass_through_untouched() {
     );
     origin.put(
         "/auth",
-        ObjectSpec::new(1000).seed(13).require_auth("Bearer t"),
+        ObjectSpec::new(1000)
+            .seed(13)
+            .cache_control("max-age=600")
+            .require_auth("Bearer t"),
+    );
+    origin.put(
+        "/auth-public",
+        ObjectSpec::new(1000)
+            .seed(16)
+            .cache_control("public, max-age=600")
+            .require_auth("Bearer t"),
     );
     origin.put("/logs/today", ObjectSpec::new(1000).seed(14));
     origin.put("/chunked", ObjectSpec::new(100_000).seed(15).chunked());
@@ -395,7 +405,8 @@ async fn uncacheable_requests_pass_through_untouched() {
         !header(&cookie_headers, "set-cookie").is_empty(),
         "Set-Cookie is relayed"
     );
-    // Credentials: passed through with the header, never cached.
+    // Credentials (RFC 9111 §3.5): forwarded, and the answer is not stored unless it says it may
+    // be shared.
     let url = format!("{}/auth", node.url());
     let (status, headers, _) = get_bytes(&url, &[("authorization", "Bearer t")])
         .await
@@ -403,10 +414,22 @@ async fn uncacheable_requests_pass_through_untouched() {
     assert_eq!(status, 200);
     assert_eq!(
         header(&headers, "cache-status"),
-        "casserole; fwd=request; detail=credentials"
+        "casserole; fwd=uri-miss; detail=authorization"
     );
     let (status, _, _) = get_bytes(&url, &[]).await.unwrap();
     assert_eq!(status, 401, "the upstream's answer is relayed");
+    let url = format!("{}/auth-public", node.url());
+    let (status, _, _) = get_bytes(&url, &[("authorization", "Bearer t")])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, headers, _) = get_bytes(&url, &[]).await.unwrap();
+    assert_eq!(status, 200, "public: stored, and shared");
+    assert!(
+        header(&headers, "cache-status").contains("hit"),
+        "{headers:?}"
+    );
+    assert_eq!(origin.path_stats("/auth-public").requests, 1);
     // Other methods: relayed with their body.
     let res = casserole_tests::client::client()
         .post(format!("{}/short", node.url()))

@@ -52,7 +52,9 @@ pub fn classify_request(
     if method != Method::GET && method != Method::HEAD {
         return Some(Bypass::Method);
     }
-    if headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE) {
+    // `Authorization` is not a reason to stand aside: the response may say it can be shared
+    // (`shareable_with_credentials`). A `Cookie` says the answer is the client's own.
+    if headers.contains_key(header::COOKIE) {
         return Some(Bypass::Credentials);
     }
     if rules.is_match(path_and_query) {
@@ -79,8 +81,8 @@ pub enum Uncacheable {
     UnknownLength,
     #[error("Vary on {0}")]
     Vary(String),
-    #[error("empty object")]
-    Empty,
+    #[error("answers a request with Authorization and says neither public, s-maxage nor must-revalidate")]
+    Authenticated,
 }
 
 impl Uncacheable {
@@ -92,8 +94,24 @@ impl Uncacheable {
             Uncacheable::SetCookie => "set-cookie",
             Uncacheable::UnknownLength => "no-length",
             Uncacheable::Vary(_) => "vary",
-            Uncacheable::Empty => "empty",
+            Uncacheable::Authenticated => "authorization",
         }
+    }
+}
+
+/// RFC 9111 §3.5: a response to a request with `Authorization` is stored (and shared) only when
+/// it says so: `public`, `s-maxage` or `must-revalidate`.
+pub fn shareable_with_credentials(
+    request: &HeaderMap,
+    response: &HeaderMap,
+) -> Result<(), Uncacheable> {
+    if !request.contains_key(header::AUTHORIZATION) {
+        return Ok(());
+    }
+    let cc = cache_control::CacheControl::parse(response);
+    match cc.has("public") || cc.has("s-maxage") || cc.has("must-revalidate") {
+        true => Ok(()),
+        false => Err(Uncacheable::Authenticated),
     }
 }
 
@@ -507,10 +525,22 @@ mod tests {
             Some(Bypass::PassThroughRule)
         );
         let auth = headers(&[("authorization", "Bearer x")]);
-        assert_eq!(
-            classify(&Method::GET, &auth, "/a.bin", &rules),
-            Some(Bypass::Credentials)
-        );
+        assert_eq!(classify(&Method::GET, &auth, "/a.bin", &rules), None);
+        for (cc, ok) in [
+            ("public, max-age=60", true),
+            ("s-maxage=60", true),
+            ("max-age=60, must-revalidate", true),
+            ("max-age=60", false),
+            ("private, max-age=60", false),
+        ] {
+            let response = headers(&[("cache-control", cc)]);
+            assert_eq!(
+                shareable_with_credentials(&auth, &response).is_ok(),
+                ok,
+                "{cc}"
+            );
+            assert!(shareable_with_credentials(&none, &response).is_ok(), "{cc}");
+        }
         let cookie = headers(&[("cookie", "s=1")]);
         assert_eq!(
             classify(&Method::GET, &cookie, "/a.bin", &rules),
