@@ -404,9 +404,6 @@ impl Config {
         self.admin_token = self.admin_token()?;
         self.admin_token_file = None;
         self.check_identity()?;
-        if let (Some(current), Some(previous)) = (&self.peer_token, &self.peer_token_previous) {
-            crate::peer::server::accept_previous_token(current, previous);
-        }
         Ok(self)
     }
 
@@ -668,10 +665,6 @@ mod tests {
             c.peer_token_previous.as_deref(),
             Some("previous-token-0123456789")
         );
-        assert!(crate::peer::server::token_accepted(
-            "current-token-0123456789",
-            b"previous-token-0123456789"
-        ));
         std::fs::write(&previous, "short").unwrap();
         let err = parse(&a.iter().map(String::as_str).collect::<Vec<_>>()).unwrap_err();
         assert!(

@@ -6,6 +6,7 @@
 //! → `source` (the `ChunkSource` seam) → `upstream`, `policy` → `cluster`, `object`, `body`,
 //! `target`, `config`, `metrics`.
 
+pub mod bearer;
 pub mod body;
 pub mod cluster;
 pub mod config;
@@ -281,6 +282,7 @@ async fn build(cfg: &Config, stopped: &watch::Receiver<bool>) -> anyhow::Result<
     let peer_api = peer_token.map(|token| {
         Arc::new(PeerApi {
             token,
+            previous_token: cfg.peer_token_previous.clone(),
             chunks: Arc::new(PeerChunks(fetcher.clone())),
             metadata: metadata.clone(),
             path_is_valid: target::is_valid,

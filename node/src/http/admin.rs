@@ -72,7 +72,7 @@ impl Admin {
             );
         };
         // Authentication first: an unauthenticated caller learns nothing else.
-        if !bearer_matches(&req, token) {
+        if !crate::bearer::accepts(req.headers(), [token.as_str()]) {
             tracing::warn!(from = %requester(&req), "purge refused: missing or wrong admin token");
             let mut res = body::error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
             res.headers_mut()
@@ -119,19 +119,6 @@ impl Admin {
         );
         res
     }
-}
-
-/// Compares in constant time, so the token cannot be guessed byte by byte from response timing.
-fn bearer_matches(req: &Request<Incoming>, expected: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("")
-        .as_bytes();
-    presented.len() == expected.len() && bool::from(presented.ct_eq(expected.as_bytes()))
 }
 
 /// Who asked, for the log line and the purge record: the client address and its User-Agent.

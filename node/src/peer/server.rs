@@ -5,7 +5,6 @@
 //! The server sees this node's tiers through two small traits, so the protocol does not depend
 //! on the fetcher (which depends on the protocol's client side).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -48,35 +47,10 @@ pub trait LocalMetadata: Send + Sync {
     fn is_own(&self, meta: &ObjectMeta) -> bool;
 }
 
-/// Tokens accepted besides a node's own during a rotation (`--peer-token-previous-file`),
-/// keyed by that own token: registered once by the configuration, so nodes of one process
-/// with different tokens (tests) never accept each other's.
-static PREVIOUS_TOKENS: std::sync::LazyLock<std::sync::RwLock<HashMap<String, String>>> =
-    std::sync::LazyLock::new(Default::default);
-
-/// Makes nodes whose token is `current` also accept `previous`.
-pub fn accept_previous_token(current: &str, previous: &str) {
-    PREVIOUS_TOKENS
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(current.to_string(), previous.to_string());
-}
-
-/// Whether a node whose token is `own` accepts `presented`: its own token, or the previous one
-/// during a rotation (both compared in constant time).
-pub fn token_accepted(own: &str, presented: &[u8]) -> bool {
-    let previous = PREVIOUS_TOKENS
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(own)
-        .cloned();
-    let own_matches = wire::token_matches(presented, own.as_bytes());
-    let previous_matches = previous.is_some_and(|p| wire::token_matches(presented, p.as_bytes()));
-    own_matches | previous_matches
-}
-
 pub struct PeerApi {
     pub token: String,
+    /// Accepted too (never sent) during a rotation: `--peer-token-previous-file`.
+    pub previous_token: Option<String>,
     pub chunks: Arc<dyn LocalChunks>,
     pub metadata: Arc<dyn LocalMetadata>,
     /// Whether a path is a request target this node would accept from a client.
@@ -86,13 +60,8 @@ pub struct PeerApi {
 
 impl PeerApi {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !token_accepted(&self.token, presented.as_bytes()) {
+        let tokens = std::iter::once(self.token.as_str()).chain(self.previous_token.as_deref());
+        if !crate::bearer::accepts(req.headers(), tokens) {
             self.count("any", "unauthorized");
             let mut res = body::error(StatusCode::UNAUTHORIZED, "missing or wrong peer token");
             res.headers_mut()

@@ -30,23 +30,9 @@ pub fn chunk_index(path: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Compares in constant time, so the token cannot be guessed byte by byte from response timing.
-pub fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    presented.len() == expected.len() && bool::from(presented.ct_eq(expected))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_must_match_exactly() {
-        assert!(token_matches(b"s3cret", b"s3cret"));
-        assert!(!token_matches(b"s3cre", b"s3cret"));
-        assert!(!token_matches(b"s3creT", b"s3cret"));
-        assert!(!token_matches(b"", b"s3cret"));
-    }
 
     #[test]
     fn chunk_paths_parse_strictly() {
