@@ -91,6 +91,23 @@ pub struct Config {
     )]
     pub pass_through: Vec<String>,
 
+    /// Further origins by path prefix, `PREFIX=URL` (repeatable; in CASSEROLE_ROUTES one per
+    /// line): `/_cdn/hf/x` with `--route /_cdn/hf/=https://cdn.example/` is
+    /// `https://cdn.example/x`. Each route is its own origin for keys, validation and purge, and
+    /// an upstream's redirect to a URL under a route is answered with that route on this node.
+    #[arg(
+        long = "route",
+        env = "CASSEROLE_ROUTES",
+        value_delimiter = '\n',
+        value_parser = casserole_limits::parse_route
+    )]
+    pub routes: Vec<casserole_limits::Route>,
+
+    /// The scheme and host clients reach this node by (`https://cache.example`), for the
+    /// redirects it rewrites; unset: `http://` and the request's own `Host`.
+    #[arg(long, env = "CASSEROLE_PUBLIC_URL", value_parser = parse_upstream)]
+    pub public_url: Option<reqwest::Url>,
+
     /// Freshness by path, `REGEX=DURATION` or `REGEX=immutable` (repeatable; in
     /// CASSEROLE_TTL_RULES one per line): a response for a matching path and query is fresh for
     /// at least DURATION, the first match counting, unless it says `no-store`, `private` or

@@ -240,6 +240,7 @@ async fn build(cfg: &Config, stopped: &watch::Receiver<bool>) -> anyhow::Result<
     let upstream = Arc::new(Upstream::new(
         UpstreamConfig {
             base: cfg.upstream().clone(),
+            routes: cfg.routes.clone(),
             connect_timeout: cfg.upstream_connect_timeout,
             read_timeout: cfg.upstream_read_timeout,
             insecure: cfg.upstream_insecure,
@@ -297,6 +298,7 @@ async fn build(cfg: &Config, stopped: &watch::Receiver<bool>) -> anyhow::Result<
         metrics: RequestMetrics::new(&registrar),
         invalidator: Some(purger.clone()),
         write_invalidation: !cfg.no_write_invalidation,
+        public_url: cfg.public_url.clone(),
     });
     let admin = Arc::new(Admin {
         registrar: registrar.clone(),

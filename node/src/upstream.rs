@@ -133,6 +133,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod probe;
 pub use probe::{Probe, ProbeBody, Relayed};
 
+mod routes;
+
 /// Makes a request for bytes of one version conditional on that version.
 /// The client's headers on the node's own lookup of an object (its probe or `HEAD`): every
 /// end-to-end header, as a gateway forwards them (the origin may select the representation by
@@ -209,6 +211,8 @@ fn check_validator(validator: &Validator, headers: &HeaderMap) -> Result<(), Ups
 
 pub struct UpstreamConfig {
     pub base: reqwest::Url,
+    /// `--route PREFIX=URL`s: further origins, by node path prefix.
+    pub routes: Vec<casserole_limits::Route>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub insecure: bool,
@@ -216,10 +220,8 @@ pub struct UpstreamConfig {
 
 pub struct Upstream {
     client: reqwest::Client,
-    /// Base URL without a trailing slash; request paths (which start with '/') are appended.
-    base: String,
-    /// The same, parsed: every URL built is checked to stay under it.
-    base_url: reqwest::Url,
+    /// `--upstream` and the `--route`s: where each node path goes.
+    routes: routes::Routes,
     metrics: UpstreamMetrics,
 }
 
@@ -257,59 +259,37 @@ impl Upstream {
             .build()?;
         Ok(Upstream {
             client,
-            base: cfg.base.as_str().trim_end_matches('/').to_string(),
-            base_url: cfg.base,
+            routes: routes::Routes::new(cfg.base, &cfg.routes).map_err(anyhow::Error::msg)?,
             metrics,
         })
     }
 
+    /// `--upstream`'s base URL (no trailing slash), which names object versions.
     pub fn base(&self) -> &str {
-        &self.base
+        self.routes.default_base()
     }
 
     /// Only the path and query of a client request ever reach the upstream: the host is ours.
     /// The target is validated again here (metadata can come from disk or a peer) and the
-    /// parsed result must still lie under the base URL: same scheme, host, port and path prefix.
+    /// parsed result must still lie under its route's base URL: same scheme, host, port and path
+    /// prefix.
     pub fn url_for(&self, path_and_query: &str) -> Result<reqwest::Url, UpstreamError> {
-        let refuse = |why: String| self.failed(UpstreamError::BadTarget(why));
-        let clean = target::validate(path_and_query).map_err(|e| refuse(e.to_string()))?;
-        let url = reqwest::Url::parse(&format!("{}{}", self.base, clean))
-            .map_err(|e| refuse(format!("{clean:?}: {e}")))?;
-        if !self.is_under_base(&url) {
-            return Err(refuse(format!("{clean:?} leaves the upstream base URL")));
-        }
-        Ok(url)
+        self.routes
+            .url_for(path_and_query)
+            .map_err(|why| self.failed(UpstreamError::BadTarget(why)))
+    }
+
+    /// The node path that serves an absolute `url` under one of the node's origins.
+    pub fn node_path_of(&self, url: &reqwest::Url) -> Option<String> {
+        self.routes.node_path(url)
     }
 
     /// The node path a URI reference in an upstream response (`Location`, `Content-Location`)
     /// names, resolved against the request for `path_and_query`; `None` when it points outside
-    /// the upstream base (another host, another prefix) or is not a clean target.
+    /// every route's base (another host, another prefix) or is not a clean target.
     pub fn path_of(&self, path_and_query: &str, reference: &str) -> Option<String> {
         let url = self.url_for(path_and_query).ok()?.join(reference).ok()?;
-        if !self.is_under_base(&url) {
-            return None;
-        }
-        let prefix = self.base_url.path().trim_end_matches('/');
-        let mut path = url.path()[prefix.len()..].to_string();
-        if let Some(query) = url.query() {
-            path = format!("{path}?{query}");
-        }
-        target::validate(&path)
-            .ok()
-            .map(std::borrow::Cow::into_owned)
-    }
-
-    fn is_under_base(&self, url: &reqwest::Url) -> bool {
-        let base = &self.base_url;
-        let prefix = base.path().trim_end_matches('/');
-        let path = url.path();
-        url.scheme() == base.scheme()
-            && url.host_str() == base.host_str()
-            && url.port_or_known_default() == base.port_or_known_default()
-            && url.username() == base.username()
-            && url.password() == base.password()
-            && path.starts_with(prefix)
-            && path[prefix.len()..].starts_with('/')
+        self.routes.node_path(&url)
     }
 
     fn failed(&self, e: UpstreamError) -> UpstreamError {
@@ -531,6 +511,7 @@ mod tests {
 
     fn upstream(base: &str) -> Upstream {
         let cfg = UpstreamConfig {
+            routes: vec![],
             base: reqwest::Url::parse(base).unwrap(),
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),

@@ -7,6 +7,7 @@ mod conn;
 mod invalidation;
 mod per_client;
 pub mod range;
+mod redirect;
 pub mod serve;
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};

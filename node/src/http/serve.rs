@@ -72,6 +72,8 @@ pub struct Front {
     pub invalidator: Option<Arc<crate::purge::Purger>>,
     /// Invalidate what a successful unsafe request changed (off: `--no-write-invalidation`).
     pub write_invalidation: bool,
+    /// `--public-url`: how clients reach this node, for the redirects it rewrites.
+    pub public_url: Option<reqwest::Url>,
 }
 
 /// Keeps the in-flight gauge honest however a request ends.
@@ -95,7 +97,10 @@ impl Front {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         self.metrics.inflight.inc();
         let _inflight = InFlight(self.metrics.inflight.clone());
-        self.route(req).await.unwrap_or_else(|res| res)
+        let public = self.public_origin(&req);
+        let mut res = self.route(req).await.unwrap_or_else(|res| res);
+        self.redirect_into_cache(&mut res, public.as_deref());
+        res
     }
 
     fn count(&self, result: &str, tier: &str) {

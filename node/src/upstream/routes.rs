@@ -1,0 +1,168 @@
+//! Where a node path goes: `--route PREFIX=URL`s by longest prefix, else `--upstream`.
+//!
+//! Each route is its own origin: the node path keeps its prefix, so keys, versions and purges of
+//! one route never meet another's, and every URL built must stay under its route's base (the
+//! path checks apply per route). A model hub's resolve endpoint on `--upstream` and its CDN on
+//! `--route /_cdn/hf/=https://cdn-lfs.example/` are then one cache for the client.
+
+use super::target;
+
+/// One origin and the node paths it serves.
+#[derive(Debug, Clone)]
+struct Origin {
+    /// Node path prefix without a trailing slash (`/_cdn/hf`); empty for `--upstream`.
+    prefix: String,
+    /// Base URL without a trailing slash; the rest of the node path is appended.
+    base: String,
+    base_url: reqwest::Url,
+}
+
+impl Origin {
+    fn new(prefix: &str, base_url: reqwest::Url) -> Self {
+        Origin {
+            prefix: prefix.trim_end_matches('/').to_string(),
+            base: base_url.as_str().trim_end_matches('/').to_string(),
+            base_url,
+        }
+    }
+
+    /// The part of `path_and_query` after this origin's prefix, when it is this origin's.
+    fn rest<'a>(&self, path_and_query: &'a str) -> Option<std::borrow::Cow<'a, str>> {
+        let rest = path_and_query.strip_prefix(self.prefix.as_str())?;
+        match rest.as_bytes().first() {
+            Some(b'/') => Some(rest.into()),
+            None | Some(b'?') => Some(format!("/{rest}").into()),
+            Some(_) => None,
+        }
+    }
+
+    fn contains(&self, url: &reqwest::Url) -> bool {
+        let base = &self.base_url;
+        let prefix = base.path().trim_end_matches('/');
+        let path = url.path();
+        url.scheme() == base.scheme()
+            && url.host_str() == base.host_str()
+            && url.port_or_known_default() == base.port_or_known_default()
+            && url.username() == base.username()
+            && url.password() == base.password()
+            && path.starts_with(prefix)
+            && path[prefix.len()..].starts_with('/')
+    }
+}
+
+/// The origins of a node, longest prefix first, `--upstream` last.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    origins: Vec<Origin>,
+}
+
+impl Routes {
+    pub fn new(upstream: reqwest::Url, routes: &[casserole_limits::Route]) -> Result<Self, String> {
+        let mut origins = Vec::with_capacity(routes.len() + 1);
+        for route in routes {
+            let url = reqwest::Url::parse(&route.url).map_err(|e| format!("{}: {e}", route.url))?;
+            origins.push(Origin::new(&route.prefix, url));
+        }
+        origins.sort_by_key(|o| std::cmp::Reverse(o.prefix.len()));
+        origins.push(Origin::new("", upstream));
+        Ok(Routes { origins })
+    }
+
+    /// The default origin's base URL (`--upstream`, no trailing slash).
+    pub fn default_base(&self) -> &str {
+        &self.origins.last().expect("the default origin").base
+    }
+
+    /// The URL of a normalised node target: its route's base with the rest appended, checked to
+    /// stay under that base.
+    pub fn url_for(&self, path_and_query: &str) -> Result<reqwest::Url, String> {
+        let clean = target::validate(path_and_query).map_err(|e| e.to_string())?;
+        let (origin, rest) = self
+            .origins
+            .iter()
+            .find_map(|o| Some((o, o.rest(&clean)?)))
+            .ok_or_else(|| format!("{clean:?} matches no route"))?;
+        let url = reqwest::Url::parse(&format!("{}{}", origin.base, rest))
+            .map_err(|e| format!("{clean:?}: {e}"))?;
+        if !origin.contains(&url) {
+            return Err(format!("{clean:?} leaves the base URL of its route"));
+        }
+        Ok(url)
+    }
+
+    /// The node target that serves `url` (an absolute URL under one of the routes' bases, or
+    /// `--upstream`'s), the longest base first; `None` for any other URL.
+    pub fn node_path(&self, url: &reqwest::Url) -> Option<String> {
+        let origin = self
+            .origins
+            .iter()
+            .filter(|o| o.contains(url))
+            .max_by_key(|o| o.base_url.path().len())?;
+        let base_path = origin.base_url.path().trim_end_matches('/');
+        let mut path = format!("{}{}", origin.prefix, &url.path()[base_path.len()..]);
+        if let Some(query) = url.query() {
+            path = format!("{path}?{query}");
+        }
+        target::validate(&path)
+            .ok()
+            .map(std::borrow::Cow::into_owned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes() -> Routes {
+        let route = |s| casserole_limits::parse_route(s).unwrap();
+        Routes::new(
+            "http://hub.test/api/".parse().unwrap(),
+            &[
+                route("/_cdn/hf/=https://cdn.test/"),
+                route("/_cdn=https://other.test/base"),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn paths_go_to_their_longest_route() {
+        let r = routes();
+        let url = |p| r.url_for(p).map(|u| u.to_string());
+        assert_eq!(
+            url("/_cdn/hf/repos/a?sig=1").unwrap(),
+            "https://cdn.test/repos/a?sig=1"
+        );
+        assert_eq!(url("/_cdn/x").unwrap(), "https://other.test/base/x");
+        assert_eq!(url("/_cdn").unwrap(), "https://other.test/base/");
+        assert_eq!(url("/_cdnx").unwrap(), "http://hub.test/api/_cdnx");
+        assert_eq!(url("/models/a").unwrap(), "http://hub.test/api/models/a");
+        assert_eq!(url("/_cdn/hf/../../x").unwrap(), "http://hub.test/api/x");
+        assert_eq!(r.default_base(), "http://hub.test/api");
+    }
+
+    #[test]
+    fn urls_under_a_route_map_back_to_node_paths() {
+        let r = routes();
+        let path = |u: &str| r.node_path(&u.parse().unwrap());
+        assert_eq!(
+            path("https://cdn.test/repos/a?sig=1").as_deref(),
+            Some("/_cdn/hf/repos/a?sig=1")
+        );
+        assert_eq!(
+            path("https://other.test/base/x").as_deref(),
+            Some("/_cdn/x")
+        );
+        assert_eq!(
+            path("http://hub.test/api/models/a").as_deref(),
+            Some("/models/a")
+        );
+        assert_eq!(path("https://cdn.test:8443/repos/a"), None, "another port");
+        assert_eq!(path("https://elsewhere.test/x"), None);
+        assert_eq!(
+            path("http://hub.test/other/a"),
+            None,
+            "outside the base path"
+        );
+    }
+}
