@@ -17,20 +17,22 @@ command -v skopeo >/dev/null || missing+=(skopeo)
 command -v aria2c >/dev/null || missing+=(aria2)
 command -v wget >/dev/null || missing+=(wget)
 command -v npm >/dev/null || missing+=(npm)
-if [ ${#missing[@]} -gt 0 ]; then
+# apt-get install of "$@", without letting packages start their services (nginx would bind
+# 0.0.0.0:80): tests and benchmarks start their own instances on 127.0.0.1.
+apt_install() {
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  # Packages must not start their services (nginx would bind 0.0.0.0:80): tests and benchmarks
-  # start their own instances on 127.0.0.1.
-  made_policy=""
+  local made_policy=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
     $SUDO chmod 755 /usr/sbin/policy-rc.d
     made_policy=1
   fi
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
   if [ -n "$made_policy" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
+}
+if [ ${#missing[@]} -gt 0 ]; then
+  apt_install "${missing[@]}"
 fi
 
 if ! command -v cargo >/dev/null; then
@@ -42,18 +44,7 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # Optional, for benchmarks only (`scripts/setup.sh --bench`): Squid and the public HTTP caching
 # test suite that tests/bench/cache_tests.py runs (it installs both itself when they are missing).
 if [ "${1:-}" = "--bench" ]; then
-  if ! command -v squid >/dev/null; then
-    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    made_policy=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-      printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-      $SUDO chmod 755 /usr/sbin/policy-rc.d
-      made_policy=1
-    fi
-    $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq squid
-    if [ -n "$made_policy" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
-  fi
+  command -v squid >/dev/null || apt_install squid
   python3 -c 'import sys; sys.path.insert(0, "tests/bench"); import cache_tests; cache_tests.ensure_suite(True)'
 fi
 
