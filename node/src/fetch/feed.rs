@@ -312,8 +312,9 @@ impl ChunkFetcher {
                 last = piece;
             }
         }
-        // The chunk's last bytes reach the stream's readers once the chunk is in memory and its
-        // flight has left the map, like a flight's own readers (see `Flight::finish`).
+        // The chunk's last bytes reach the stream's readers once the chunk is in memory (or its
+        // finished flight answers for it), like a flight's own readers (see `Flight::finish`);
+        // the flight leaves the map once the stores have the chunk (see `fly`).
         let kept = match (assembly.map(Assembly::finish), own) {
             (Some((chunk, tail)), Some((flight, budget))) => {
                 let pin = Arc::new(budget);
@@ -323,20 +324,20 @@ impl ChunkFetcher {
                     .memory
                     .keep(&key, &chunk, SourceKind::Upstream)
                     .await;
-                self.leave_map(&key, &flight);
                 flight.set_origin(SourceKind::Upstream);
-                flight.finish(tail);
-                Some(chunk)
+                flight.finish(chunk.clone(), tail);
+                Some((chunk, flight))
             }
             _ => None,
         };
         if !last.is_empty() {
             feed.push(index, &last);
         }
-        if let Some(chunk) = kept {
+        if let Some((chunk, flight)) = kept {
             for store in &self.sources.local {
                 store.keep(&key, &chunk, SourceKind::Upstream).await;
             }
+            self.leave_map(&key, &flight);
         }
         Ok(())
     }

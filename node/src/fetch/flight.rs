@@ -33,6 +33,8 @@ pub(super) struct Flight {
     /// The chunk's share of the memory account once it is complete: its readers still hold its
     /// pieces, so the share lives as long as the flight.
     pin: Mutex<Option<Arc<tokio::sync::OwnedSemaphorePermit>>>,
+    /// The complete chunk, once finished: a finished flight still in the map answers as a hit.
+    done: Mutex<Option<Chunk>>,
 }
 
 impl Flight {
@@ -43,6 +45,7 @@ impl Flight {
             progress: watch::Sender::new(Progress::Running(0)),
             awaits_its_request: Default::default(),
             pin: Mutex::new(None),
+            done: Mutex::new(None),
         }
     }
 
@@ -88,10 +91,11 @@ impl Flight {
         matches!(*self.progress.borrow(), Progress::Running(_))
     }
 
-    /// Hands readers the chunk's last bytes, held back until the chunk was kept in memory and
-    /// the flight left the map: a client that has every byte and asks again finds a hit, never
-    /// this flight still running.
-    pub(super) fn finish(&self, tail: Bytes) {
+    /// Hands readers the chunk's last bytes, held back until the chunk was kept in memory: a
+    /// client that has every byte and asks again finds a hit (the memory tier, or this flight,
+    /// which stays in the map as the finished chunk until the other stores have it).
+    pub(super) fn finish(&self, chunk: Chunk, tail: Bytes) {
+        *self.done.lock().expect("flight lock") = Some(chunk);
         let count = {
             let mut pieces = self.pieces.lock().expect("flight lock");
             if !tail.is_empty() {
@@ -100,6 +104,11 @@ impl Flight {
             pieces.len()
         };
         self.progress.send_replace(Progress::Done(count));
+    }
+
+    /// The complete chunk, once the flight finished.
+    pub(super) fn finished(&self) -> Option<Chunk> {
+        self.done.lock().expect("flight lock").clone()
     }
 
     pub(super) fn fail(&self, error: FetchError) {

@@ -316,6 +316,11 @@ impl ChunkFetcher {
         }
         let mut flights = self.flights.lock().expect("flights lock");
         if let Some(flight) = flights.get(&key) {
+            // Finished, its stores still writing (see `fly`): the chunk is in this node's memory.
+            if let Some(chunk) = flight.finished() {
+                self.count_lookup(SourceKind::Memory.label());
+                return ChunkReader::ready(chunk);
+            }
             let collapsed = flight.join_collapses();
             if collapsed {
                 self.count_lookup("collapsed");
@@ -323,7 +328,8 @@ impl ChunkFetcher {
             return flight.follow(collapsed);
         }
         // A flight finishes by filling memory and then leaving the map, both before we took the
-        // lock or both after: checking memory again here means a chunk is never fetched twice.
+        // lock or both after: checking memory again here means a chunk is never fetched twice
+        // (and one memory turned away stays in the map until the disk has it).
         if let Some(chunk) = self.sources.memory.ready(&key) {
             self.count_lookup(SourceKind::Memory.label());
             return ChunkReader::ready(chunk);

@@ -19,6 +19,8 @@ use crate::{
     upstream::UpstreamError,
 };
 
+mod finished;
+
 const CHUNK: u64 = 64 * 1024;
 
 /// Byte `i` of the test object.
@@ -571,60 +573,4 @@ async fn from_a_known_distant_upstream_the_read_ahead_starts_before_the_first_by
         16,
         "every chunk fetched once"
     );
-}
-
-#[tokio::test]
-async fn chunks_held_by_readers_count_against_the_memory_bound() {
-    let upstream = Fake::new(SourceKind::Upstream, Behaviour::Serves);
-    let f = without_readahead(upstream.clone(), 2, 2, Duration::from_millis(300));
-    let m = meta(8 * CHUNK);
-    let version: Arc<str> = Arc::from(m.version.as_str());
-    // Four readers each take a chunk and hold on to it, as stalled clients would: between the
-    // memory tier and them, they hold all four chunks' worth of the account.
-    let mut held = Vec::new();
-    for i in 0..4 {
-        let mut reader = f.open(&m, &version, i, Route::LocalOnly);
-        let first = reader.next().await.unwrap().unwrap();
-        held.push((reader, first));
-    }
-    // A fifth chunk finds no memory left: a clear 503, not a process past its bound.
-    let err = read_all(&f, &m, 4 * CHUNK..=5 * CHUNK - 1)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, FetchError::Busy(_)), "{err}");
-    assert_eq!(err.client_status(), http::StatusCode::SERVICE_UNAVAILABLE);
-    // Once they let go, what the tier does not keep is released and the fetch goes ahead.
-    drop(held);
-    assert_eq!(
-        read_all(&f, &m, 4 * CHUNK..=5 * CHUNK - 1).await.unwrap(),
-        object_bytes(4 * CHUNK..5 * CHUNK)
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_holding_every_byte_finds_the_chunk_in_memory() {
-    // The last bytes reach readers only after the chunk is in memory and its flight is gone,
-    // so a client that got the whole body and asks again is a hit, not a collapsed miss.
-    let upstream = Fake::new(SourceKind::Upstream, Behaviour::Serves);
-    // Room in memory for every round's chunk: admission never turns one away.
-    let f = without_readahead(upstream.clone(), 4, 400, Duration::from_secs(5));
-    for i in 0..200 {
-        let m = Arc::new(crate::test_support::object_meta(
-            &format!("/obj{i}"),
-            CHUNK,
-            CHUNK,
-        ));
-        let version: Arc<str> = Arc::from(m.version.as_str());
-        let mut reader = f.open(&m, &version, 0, Route::LocalOnly);
-        let mut received = 0;
-        while let Some(piece) = reader.next().await {
-            received += piece.unwrap().len() as u64;
-            if received == CHUNK {
-                let again = f.open(&m, &version, 0, Route::LocalOnly);
-                assert!(!again.collapsed, "round {i}: joined a finished flight");
-                assert_eq!(again.origin(), SourceKind::Memory, "round {i}");
-            }
-        }
-    }
-    assert_eq!(upstream.opens(), 200);
 }

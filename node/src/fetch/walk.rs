@@ -115,17 +115,23 @@ impl ChunkFetcher {
                     .seconds
                     .with_label_values(&[flight.origin().label()])
                     .observe(started.elapsed().as_secs_f64());
-                // Memory first, then leave the map: a chunk is never fetched twice.
                 let (memory, stores): (Vec<_>, Vec<_>) =
                     walk.iter().partition(|s| s.kind() == SourceKind::Memory);
                 for store in memory {
                     store.keep(&key, &chunk, served_by).await;
                 }
-                self.leave_map(&key, &flight);
-                flight.finish(tail);
+                flight.finish(chunk.clone(), tail);
                 for store in stores {
                     store.keep(&key, &chunk, served_by).await;
                 }
+                // The flight leaves the map only now that every store has kept the chunk (or
+                // refused it); until then it answers as a hit (`open`). Leaving right after the
+                // memory tier was wrong: the tier may turn the chunk away (its admission favours
+                // chunks read more often, so a tier full of a large object refuses a new one's
+                // chunks) and the disk write takes a while (fsync), so a request arriving in
+                // between (the probing request's own first chunk, `wget -c` resuming inside the
+                // chunk it was cut in) found the chunk nowhere and fetched it upstream again.
+                self.leave_map(&key, &flight);
             }
             Err(e) => {
                 self.leave_map(&key, &flight);
