@@ -4,6 +4,9 @@
 use crate::harness::cluster::{member, wait_members};
 use crate::harness::{EtcdProcess, NodeBuilder, NodePorts, NodeProcess};
 
+/// Further arguments of a node, given its ports.
+pub type NodeArgs<'a> = &'a dyn Fn(&NodePorts) -> Vec<String>;
+
 #[derive(Debug)]
 pub struct Cache {
     nodes: Vec<NodeProcess>,
@@ -21,9 +24,16 @@ impl Cache {
     /// Like [`Cache::single`] on ports picked beforehand (for an origin that must know the
     /// node's URL).
     pub async fn single_on(upstream: &str, ports: NodePorts) -> Cache {
+        Self::single_with(upstream, ports, &|_| Vec::new()).await
+    }
+
+    /// Like [`Cache::single_on`] with further node arguments (`--route …`), given the node's
+    /// ports.
+    pub async fn single_with(upstream: &str, ports: NodePorts, args: NodeArgs<'_>) -> Cache {
         let disk = super::temp_dir("node-disk");
         let node = NodeBuilder::new(upstream)
             .ports(ports)
+            .args(args(&ports))
             .disk_dir(disk.path())
             .spawn()
             .await;
@@ -36,13 +46,22 @@ impl Cache {
 
     /// Three members of one cluster (a real etcd) in front of `upstream`.
     pub async fn cluster(upstream: &str) -> Cache {
+        Self::cluster_with(upstream, &|_| Vec::new()).await
+    }
+
+    /// Like [`Cache::cluster`] with further arguments for each member (`--route …`), given its
+    /// ports.
+    pub async fn cluster_with(upstream: &str, args: NodeArgs<'_>) -> Cache {
         let etcd = EtcdProcess::start().await;
         let mut nodes = Vec::new();
         let mut disks = Vec::new();
         for _ in 0..3 {
             let disk = super::temp_dir("node-disk");
+            let ports = NodePorts::pick();
             nodes.push(
                 member(upstream, &etcd, "clients")
+                    .ports(ports)
+                    .args(args(&ports))
                     .disk_dir(disk.path())
                     .spawn()
                     .await,
@@ -59,10 +78,15 @@ impl Cache {
 
     /// `single` or `cluster`, as a test parameter.
     pub async fn start(clustered: bool, upstream: &str) -> Cache {
+        Self::start_with(clustered, upstream, &|_| Vec::new()).await
+    }
+
+    /// [`Cache::start`] with further arguments for each node (`--route …`), given its ports.
+    pub async fn start_with(clustered: bool, upstream: &str, args: NodeArgs<'_>) -> Cache {
         if clustered {
-            Self::cluster(upstream).await
+            Self::cluster_with(upstream, args).await
         } else {
-            Self::single(upstream).await
+            Self::single_with(upstream, NodePorts::pick(), args).await
         }
     }
 

@@ -1,13 +1,16 @@
 //! The real clients and servers of package and artifact ecosystems (apt + nginx, npm +
-//! verdaccio, pip + pypiserver, skopeo + docker-registry, aria2c and wget), run by the
-//! `clients_*` tests against a node or a cluster on loopback.
+//! verdaccio, pip + pypiserver, huggingface_hub + a hub-shaped origin, skopeo +
+//! docker-registry, aria2c and wget), run by the `clients_*` tests against a node or a cluster
+//! on loopback.
 //!
 //! Every tool is installed by `scripts/setup.sh`; a test whose tool is missing fails and says
 //! so ([`tool`]). Every origin sits behind a [`CountingProxy`], which counts the body bytes it
-//! passes per path: that is what the origin served, whatever its own logs say.
+//! passes per path: that is what the origin served, whatever its own logs say (the hub-shaped
+//! origin, a test script, counts the bytes it writes itself).
 
 pub mod apt;
 mod cache;
+pub mod hub;
 pub mod npm;
 pub mod pip;
 mod proxy;

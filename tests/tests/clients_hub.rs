@@ -1,0 +1,122 @@
+//! huggingface_hub through the cache: a hub-shaped origin whose resolve endpoints redirect LFS
+//! files to a CDN on another host name (`localhost`, another port), a node with
+//! `--route /_cdn/=CDN` (so the redirects are rewritten to the node), and two real clients
+//! (`snapshot_download`, separate `HF_HOME`s) plus a third (`hf_hub_download`), each through
+//! another member in a cluster: every snapshot
+//! equals the repository, the CDN sends each LFS file once (1.00×) and sees no request but the
+//! node's own.
+
+use std::path::Path;
+
+use casserole_tests::ecosystem::hub::{self, Hub, HubRequest};
+use casserole_tests::ecosystem::{filler, temp_dir, tree_digest, Cache};
+use casserole_tests::harness::NodePorts;
+
+const REPO: &str = "casserole/demo-model";
+const WEIGHTS: &str = "model.safetensors";
+const WEIGHTS_SIZE: usize = 64 << 20;
+
+/// The repository: 64 MiB of weights and a 3 MiB tokenizer in a folder (LFS files, redirected
+/// to the CDN) and two small files the hub answers itself.
+fn write_repo(root: &Path) {
+    std::fs::create_dir_all(root.join("tokenizer")).unwrap();
+    std::fs::write(root.join(WEIGHTS), filler(2100, WEIGHTS_SIZE)).unwrap();
+    std::fs::write(root.join("tokenizer/tokenizer.bin"), filler(2101, 3 << 20)).unwrap();
+    std::fs::write(
+        root.join("config.json"),
+        b"{\"model_type\": \"casserole\"}\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("README.md"), b"# demo model\n").unwrap();
+}
+
+/// The CDN's log: every request carries the node's `Via` and the LFS files left it once.
+fn assert_cdn_once(requests: &[HubRequest], repo: &Path) {
+    let report = Hub::report(requests);
+    let cdn: Vec<&HubRequest> = requests.iter().filter(|r| r.server == "cdn").collect();
+    assert!(
+        !cdn.is_empty(),
+        "the CDN was never asked; requests:\n{report}"
+    );
+    for r in &cdn {
+        assert!(
+            r.via.as_deref().unwrap_or("").contains("casserole"),
+            "a request reached the CDN other than the node's own: {r:?}; requests:\n{report}"
+        );
+    }
+    let lfs_bytes: u64 = [WEIGHTS, "tokenizer/tokenizer.bin"]
+        .iter()
+        .map(|f| std::fs::metadata(repo.join(f)).unwrap().len())
+        .sum();
+    let sent: u64 = cdn.iter().map(|r| r.bytes).sum();
+    let revalidations = cdn.iter().filter(|r| r.status == 304).count();
+    eprintln!(
+        "CDN sent {sent} B for {lfs_bytes} B of LFS files ({:.2}×) in {} requests ({revalidations} \
+         answered 304)",
+        sent as f64 / lfs_bytes as f64,
+        cdn.len()
+    );
+    assert_eq!(
+        sent, lfs_bytes,
+        "the CDN sent every LFS file exactly once for three clients (1.00×); requests:\n{report}"
+    );
+}
+
+async fn through_the_cache(clustered: bool) {
+    hub::require_client().await;
+    let repo = temp_dir("hub-repo");
+    write_repo(repo.path());
+    let hub = Hub::start(repo.path(), REPO).await;
+    let route = format!("--route=/_cdn/={}/", hub.cdn_url());
+    // Redirects into the cache name the node by another host than `HF_ENDPOINT` does: the
+    // client follows a `HEAD` redirect whose target has the endpoint's own origin (scheme, host,
+    // port) and would then read the CDN's answer, which has no `X-Repo-Commit`, and fail.
+    let args = |ports: &NodePorts| {
+        vec![
+            route.clone(),
+            format!("--public-url=http://localhost:{}", ports.http),
+        ]
+    };
+    let cache = Cache::start_with(clustered, &hub.url(), &args).await;
+    let expected = tree_digest(repo.path());
+
+    let mut snapshots = Vec::new();
+    for i in 0..2 {
+        let home = temp_dir("hf-home");
+        let snapshot = hub::snapshot_download(&cache.url(i), home.path(), REPO).await;
+        assert!(
+            snapshot.ends_with(hub::COMMIT),
+            "client {i}: snapshot {} is not at the hub's commit",
+            snapshot.display()
+        );
+        assert_eq!(
+            tree_digest(&snapshot),
+            expected,
+            "client {i}: the snapshot differs from the repository"
+        );
+        snapshots.push((home, snapshot));
+    }
+    assert_eq!(tree_digest(&snapshots[0].1), tree_digest(&snapshots[1].1));
+
+    let home = temp_dir("hf-home");
+    let weights = hub::hf_hub_download(&cache.url(2), home.path(), REPO, WEIGHTS).await;
+    assert_eq!(
+        casserole_tests::ecosystem::sha256_file(&weights),
+        casserole_tests::ecosystem::sha256_file(&repo.path().join(WEIGHTS)),
+        "hf_hub_download: the weights differ from the repository's"
+    );
+
+    let requests = hub.requests().await;
+    eprintln!("hub and CDN log:\n{}", Hub::report(&requests));
+    assert_cdn_once(&requests, repo.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_downloads_through_one_node() {
+    through_the_cache(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_downloads_through_a_cluster() {
+    through_the_cache(true).await;
+}
