@@ -7,6 +7,8 @@ use http::{Method, StatusCode};
 use serde_json::json;
 
 use super::*;
+use crate::context::Context;
+use crate::etcd_heal::heal;
 use crate::metrics::Metrics;
 use crate::mock::{self, echo};
 use crate::resources::testing::default_cache;

@@ -1,8 +1,10 @@
 //! `casserole-operator`: reconciles `CasseroleCache` resources into etcd, cache workloads,
 //! volumes, Services and policies.
 
+pub mod context;
 pub mod crd;
 pub mod crd_upgrade;
+pub mod etcd_heal;
 pub mod etcd_members;
 pub mod health;
 pub mod http_client;

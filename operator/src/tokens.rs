@@ -7,8 +7,8 @@ use kube::api::{Api, PostParams};
 use kube::runtime::events::EventType;
 use tracing::info;
 
+use crate::context::{event, publish, Context, Error};
 use crate::crd::CasseroleCache;
-use crate::reconcile::{event, publish, Context, Error};
 use crate::resources::{self, secret, InvalidSpec};
 
 /// What the pods' template needs to know of the tokens.
