@@ -101,6 +101,8 @@ pub enum MetaSource {
     StaleIfError,
     /// Stale, served at once while it is revalidated in the background.
     StaleWhileRevalidate,
+    /// Stale, and accepted so by the client's `max-stale`.
+    StaleOnRequest,
 }
 
 impl MetaSource {
@@ -131,6 +133,7 @@ impl MetaSource {
             MetaSource::ReplacedOnRequest => "replaced_on_request",
             MetaSource::StaleIfError => "stale_if_error",
             MetaSource::StaleWhileRevalidate => "stale_while_revalidate",
+            MetaSource::StaleOnRequest => "stale_on_request",
         }
     }
 }

@@ -268,6 +268,12 @@ impl ObjectMeta {
         !self.must_revalidate && now < self.fresh_until.saturating_add(grace)
     }
 
+    /// RFC 9111 §5.2.1.1: a client's `max-stale` accepts this copy stale by up to `max_stale`
+    /// seconds, unless the response forbids serving it stale (§4.2.4).
+    pub fn may_serve_stale_on_request(&self, now: u64, max_stale: u64) -> bool {
+        !self.no_cache && !self.must_revalidate && now.saturating_sub(self.fresh_until) <= max_stale
+    }
+
     pub fn may_serve_stale_while_revalidating(&self, now: u64) -> bool {
         !self.no_cache && now < self.fresh_until.saturating_add(self.stale_while_revalidate)
     }

@@ -171,3 +171,51 @@ async fn only_if_cached_never_goes_upstream_and_no_store_stores_nothing() {
         .unwrap();
     assert_eq!(res.status(), 504, "no-store left nothing behind");
 }
+
+/// `max-stale` (RFC 9111 §5.2.1.1): a stale copy is served as it is when the client accepts it
+/// that stale, unless the response forbids serving it stale (`must-revalidate`, §4.2.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_stale_accepts_a_stale_copy_the_response_allows() {
+    let origin = Origin::start().await;
+    let loose = origin.put("/loose.bin", ObjectSpec::new(5000).seed(95).max_age(1));
+    origin.put(
+        "/strict.bin",
+        ObjectSpec::new(5000)
+            .seed(96)
+            .cache_control("max-age=1, must-revalidate"),
+    );
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    for path in ["/loose.bin", "/strict.bin"] {
+        get_sha256(&format!("{}{path}", node.url()), &[])
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    let url = format!("{}/loose.bin", node.url());
+    for ask in ["max-stale", "max-stale=60"] {
+        let got = get_sha256(&url, &[("cache-control", ask)]).await.unwrap();
+        assert_eq!(got.sha256, loose.sha256());
+        assert_eq!(
+            header(&got.headers, "cache-status"),
+            "casserole; hit; detail=max-stale",
+            "{ask}"
+        );
+    }
+    assert_eq!(
+        origin.path_stats("/loose.bin").requests,
+        1,
+        "served stale, as asked"
+    );
+    // Not that stale: confirmed with the upstream first.
+    get_sha256(&url, &[("cache-control", "max-stale=0")])
+        .await
+        .unwrap();
+    assert_eq!(origin.path_stats("/loose.bin").requests, 2);
+    // must-revalidate: never served stale, whatever the client accepts.
+    let strict = format!("{}/strict.bin", node.url());
+    let got = get_sha256(&strict, &[("cache-control", "max-stale")])
+        .await
+        .unwrap();
+    assert!(!header(&got.headers, "cache-status").contains("max-stale"));
+    assert_eq!(origin.path_stats("/strict.bin").requests, 2);
+}

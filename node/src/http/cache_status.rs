@@ -76,6 +76,7 @@ impl CacheStatus {
                 Some(("revalidated", "fwd=request; fwd-status=304"))
             }
             MetaSource::StaleIfError => Some(("stale", "fwd=stale; detail=stale-if-error")),
+            MetaSource::StaleOnRequest => Some(("stale", "hit; detail=max-stale")),
             MetaSource::StaleWhileRevalidate => {
                 Some(("stale", "hit; detail=stale-while-revalidate"))
             }

@@ -20,11 +20,37 @@ impl MetadataStore {
         ask: Asker<'_>,
         demands: &ClientDemands,
     ) -> Result<(Arc<ObjectMeta>, MetaSource), Missed> {
+        if let Some(stale) = self.stale_on_request(path, demands).await {
+            return Ok(stale);
+        }
         let (meta, source) = self.find(path, route, ask).await?;
         if source.asked_upstream() || demands.accepts(&meta, unix_now()) {
             return Ok((meta, source));
         }
         self.revalidate_on_request(path, (meta, source), ask).await
+    }
+
+    /// A stale copy in memory that the client's `max-stale` accepts: served as it is, without
+    /// asking the upstream.
+    async fn stale_on_request(
+        &self,
+        path: &str,
+        demands: &ClientDemands,
+    ) -> Option<(Arc<ObjectMeta>, MetaSource)> {
+        let max_stale = demands.max_stale?;
+        let now = unix_now();
+        let meta = self.memory.get(path).await?;
+        let other_demands_hold = !demands.no_cache
+            && demands.min_fresh == 0
+            && demands.max_age.is_none_or(|max| meta.age(now) <= max);
+        if meta.is_fresh(now)
+            || !other_demands_hold
+            || !meta.may_serve_stale_on_request(now, max_stale)
+        {
+            return None;
+        }
+        self.count(MetaSource::StaleOnRequest);
+        Some((meta, MetaSource::StaleOnRequest))
     }
 
     /// `only-if-cached`: what this node holds (memory, then disk) if it satisfies `demands`.

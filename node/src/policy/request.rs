@@ -4,8 +4,8 @@
 //! all, and `no-store` keeps the exchange out of the cache. `Pragma: no-cache` counts as
 //! `no-cache` when the request has no `Cache-Control` (RFC 9111 §5.4).
 //!
-//! `max-stale` and `no-transform` are accepted and change nothing: the cache serves stale
-//! copies only under its own rules, and never transforms bodies.
+//! `max-stale[=N]` accepts a stale copy by up to N seconds (any, without N) unless the response
+//! forbids serving it stale; `no-transform` changes nothing: the cache never transforms bodies.
 
 use http::{header, HeaderMap};
 
@@ -25,6 +25,8 @@ pub struct ClientDemands {
     pub only_if_cached: bool,
     /// Neither the request nor its response may be stored.
     pub no_store: bool,
+    /// `max-stale[=N]`: a stale copy is accepted, by up to N seconds (any, without N).
+    pub max_stale: Option<u64>,
 }
 
 impl ClientDemands {
@@ -53,6 +55,9 @@ impl ClientDemands {
                     }
                 }
                 "min-fresh" => demands.min_fresh = demands.min_fresh.max(secs.unwrap_or(0)),
+                // A malformed argument makes it void, like max-age's.
+                "max-stale" if directive.arg.is_none() => demands.max_stale = Some(u64::MAX),
+                "max-stale" => demands.max_stale = secs.or(demands.max_stale),
                 _ => {}
             }
         }
@@ -123,9 +128,18 @@ mod tests {
         assert_eq!(demands(&[("cache-control", "max-age=soon")]).max_age, None);
         assert_eq!(demands(&[("cache-control", "min-fresh=20")]).min_fresh, 20);
         assert_eq!(
-            demands(&[("cache-control", "max-stale, no-transform")]),
+            demands(&[("cache-control", "no-transform")]),
             ClientDemands::default()
         );
+        assert_eq!(
+            demands(&[("cache-control", "max-stale")]).max_stale,
+            Some(u64::MAX)
+        );
+        assert_eq!(
+            demands(&[("cache-control", "max-stale=30")]).max_stale,
+            Some(30)
+        );
+        assert_eq!(demands(&[("cache-control", "max-stale=x")]).max_stale, None);
     }
 
     #[test]
