@@ -29,11 +29,18 @@ pub trait ProbeSink: Send + Sync {
     fn adopt(&self, meta: &Arc<ObjectMeta>, body: ProbeBody);
 }
 
-/// An answer that says the upstream is failing now (an error to report, or to serve stale
-/// through), not a verdict on the object: a `5xx`, but `501 Not Implemented`, which is as lasting
-/// as a `404` (RFC 9110 §15.6.2).
-fn is_failure(status: u16) -> bool {
-    status >= 500 && status != 501
+/// An upstream answer's verdict as it holds for the request that asked: shared only as the answer
+/// allows when the request carried credentials (RFC 9111 §3.5), and noting the values of the
+/// headers it varies on (its selecting header fields).
+fn for_asker(
+    verdict: Result<ObjectMeta, LookupError>,
+    response: &http::HeaderMap,
+    client: &http::HeaderMap,
+) -> Result<ObjectMeta, LookupError> {
+    let meta = verdict?;
+    crate::policy::shareable_with_credentials(client, response)
+        .map_err(LookupError::Uncacheable)?;
+    Ok(meta.selected_by(client))
 }
 
 /// How many uncacheable verdicts are remembered ("hit-for-pass"), and for how long: later
@@ -462,15 +469,14 @@ impl MetadataStore {
         client: &http::HeaderMap,
     ) -> Result<ObjectMeta, Missed> {
         let verdict = match status.as_u16() {
-            other if is_failure(other) => Err(LookupError::Upstream(UpstreamError::Status(other))),
+            other if crate::policy::is_upstream_failure(other) => {
+                Err(LookupError::Upstream(UpstreamError::Status(other)))
+            }
             _ => evaluate_head(&self.context(path, status, response_time), &headers)
-                .and_then(|meta| {
-                    crate::policy::shareable_with_credentials(client, &headers).map(|()| meta)
-                })
                 .map_err(LookupError::Uncacheable),
         };
-        match verdict {
-            Ok(meta) => Ok(meta.selected_by(client)),
+        match for_asker(verdict, &headers, client) {
+            Ok(meta) => Ok(meta),
             Err(error) => Err(Missed {
                 error,
                 relay: Some(Box::new(Relayed::bodiless(status, headers))),
@@ -519,13 +525,9 @@ impl MetadataStore {
         probe: Probe,
         client: &http::HeaderMap,
     ) -> Result<ObjectMeta, Missed> {
-        let verdict = self.judge_probe(path, &probe).and_then(|meta| {
-            crate::policy::shareable_with_credentials(client, &probe.headers)
-                .map_err(LookupError::Uncacheable)
-                .map(|()| meta)
-        });
-        let meta = match verdict {
-            Ok(meta) => meta.selected_by(client),
+        let verdict = self.judge_probe(path, &probe);
+        let meta = match for_asker(verdict, &probe.headers, client) {
+            Ok(meta) => meta,
             Err(error) => {
                 let relay = probe.into_relay().map(Box::new);
                 return Err(Missed { error, relay });
@@ -544,7 +546,7 @@ impl MetadataStore {
             (206, Some(length)) => LookupAnswer::Ranged { length },
             // An upstream failing now is an error to report (or to serve stale through), not a
             // verdict on the object.
-            (other, _) if is_failure(other) => {
+            (other, _) if crate::policy::is_upstream_failure(other) => {
                 return Err(LookupError::Upstream(UpstreamError::Status(other)))
             }
             (other, Some(length)) if crate::policy::is_storable_status(other) => {

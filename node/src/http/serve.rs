@@ -450,15 +450,7 @@ impl Front {
             self.after_write(path, upstream.status(), upstream.headers())
                 .await;
         }
-        let relayed = Relayed {
-            status: upstream.status(),
-            headers: upstream.headers().clone(),
-            body: Box::pin(futures::TryStreamExt::map_err(
-                upstream.bytes_stream(),
-                crate::upstream::UpstreamError::from_reqwest,
-            )),
-        };
-        Ok(self.relay(relayed, status))
+        Ok(self.relay(Relayed::of(upstream), status))
     }
 
     /// An upstream answer the cache does not keep, to the client as the upstream sent it.

@@ -92,6 +92,47 @@ fn explicit_lifetime(
     }))
 }
 
+/// How long the response stays fresh from now, and whether it states its lifetime: the stated
+/// lifetime, else a heuristic one (RFC 9111 §4.2.2: only for the statuses defined as
+/// heuristically cacheable, or `public`), else `--default-ttl`, less the age it arrived with.
+/// Computed here rather than by `http-cache-semantics`, which reads a malformed `Age`, `max-age`
+/// or `Expires` as absent where the RFC says the response is then stale, and does not read every
+/// date format §5.6.7 of RFC 9110 allows.
+fn time_to_live(
+    rules: &FreshnessRules,
+    status: u16,
+    cc: &CacheControl,
+    headers: &HeaderMap,
+    response_time: SystemTime,
+) -> (Duration, bool) {
+    let stated = explicit_lifetime(cc, headers, response_time);
+    let heuristic = heuristic_lifetime(headers, response_time)
+        .filter(|_| HEURISTIC_STATUSES.contains(&status) || cc.has("public"))
+        .map(|h| h.min(rules.max_heuristic_ttl));
+    let lifetime = stated
+        .or(heuristic)
+        .or(rules.default_ttl)
+        .unwrap_or_default();
+    let age = Duration::from_secs(initial_age(headers, response_time));
+    (lifetime.saturating_sub(age), stated.is_some())
+}
+
+/// Whether `http-cache-semantics` would store the response, as a shared cache (it judges the
+/// statuses it knows, and credentials and qualified directives the way RFC 9111 §3 does).
+fn crate_stores(path: &str, status: u16, headers: &HeaderMap, response_time: SystemTime) -> bool {
+    let req = Request::get(path)
+        .body(())
+        .expect("path was parsed from a request");
+    let mut res = Response::new(());
+    *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    *res.headers_mut() = super::headers::for_lifetime(headers);
+    let options = CacheOptions {
+        shared: true,
+        ..CacheOptions::default()
+    };
+    CachePolicy::new_options(&req, &res, response_time, options).is_storable()
+}
+
 /// RFC 9111 §4.2.2: a tenth of the time since `Last-Modified`, as of `Date`.
 fn heuristic_lifetime(headers: &HeaderMap, response_time: SystemTime) -> Option<Duration> {
     let modified = super::headers::http_date(headers, header::LAST_MODIFIED)?;
@@ -131,23 +172,8 @@ pub fn freshness(
     headers: &HeaderMap,
     response_time: SystemTime,
 ) -> Result<Freshness, Uncacheable> {
-    let req = Request::get(path)
-        .body(())
-        .expect("path was parsed from a request");
-    let mut res = Response::new(());
-    *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    *res.headers_mut() = super::headers::for_lifetime(headers);
-    let options = CacheOptions {
-        shared: true,
-        ..CacheOptions::default()
-    };
-    let policy = CachePolicy::new_options(&req, &res, response_time, options);
     let cc = CacheControl::parse(headers);
     let has = |name: &str| cc.has(name);
-    // `policy` judges storability; the lifetime is computed here (RFC 9111 §4.2.1), because the
-    // crate reads a malformed `Age`, `max-age` or `Expires` as absent where the RFC says the
-    // response is then stale, and does not read every date format §5.6.7 of RFC 9110 allows.
-    let lifetime = explicit_lifetime(&cc, headers, response_time);
     let validated = headers.contains_key(header::ETAG)
         || super::headers::http_date(headers, header::LAST_MODIFIED).is_some();
     let arg = |name: &str| cc.valid_seconds(name).map(Duration::from_secs);
@@ -157,18 +183,7 @@ pub fn freshness(
     if has("no-store") || cc.has_bare("private") {
         return Err(Uncacheable::NotStorable);
     }
-    let explicit = lifetime.is_some();
-    // RFC 9111 §4.2.2: heuristics only for statuses defined as heuristically cacheable, or
-    // responses marked `public`.
-    let heuristic = heuristic_lifetime(headers, response_time)
-        .filter(|_| HEURISTIC_STATUSES.contains(&status) || cc.has("public"))
-        .map(|h| h.min(rules.max_heuristic_ttl));
-    let lifetime = lifetime
-        .or(heuristic)
-        .or(rules.default_ttl)
-        .unwrap_or_default();
-    let age = Duration::from_secs(initial_age(headers, response_time));
-    let mut ttl = lifetime.saturating_sub(age);
+    let (mut ttl, explicit) = time_to_live(rules, status, &cc, headers, response_time);
     // A `--ttl-rule` is the operator's word on how long such paths stay the same (Squid's
     // refresh_pattern, nginx's proxy_cache_valid); a response's `no-cache` still wins.
     let rule = rules
@@ -191,7 +206,7 @@ pub fn freshness(
         // The crate only stores the statuses it knows; RFC 9111 §3 stores any final status
         // whose response states a lifetime or says `public`.
         let stated = explicit || cc.has("public") || rule.is_some();
-        if !policy.is_storable() && !defaulted && !stated {
+        if !defaulted && !stated && !crate_stores(path, status, headers, response_time) {
             return Err(Uncacheable::NotStorable);
         }
         if ttl < rules.min_ttl {

@@ -153,7 +153,14 @@ pub fn evaluate_head(
 /// failures. Whether one is stored then depends on its freshness: the statuses that are not
 /// heuristically cacheable need an explicit lifetime (`freshness`).
 pub fn is_storable_status(status: u16) -> bool {
-    (200..600).contains(&status) && !matches!(status, 206 | 304) && (status < 500 || status == 501)
+    (200..600).contains(&status) && !matches!(status, 206 | 304) && !is_upstream_failure(status)
+}
+
+/// An answer that says the upstream is failing now (an error to report, or to serve stale
+/// through), not a verdict on the object: a `5xx`, but `501 Not Implemented`, which is as lasting
+/// as a `404` (RFC 9110 §15.6.2).
+pub fn is_upstream_failure(status: u16) -> bool {
+    status >= 500 && status != 501
 }
 
 /// Turns an upstream answer to a lookup (a `200` to `HEAD`, or the probe's `206`/`200`) into

@@ -43,6 +43,18 @@ pub struct Relayed {
 }
 
 impl Relayed {
+    /// `res` as it came, its body streamed.
+    pub fn of(res: reqwest::Response) -> Self {
+        let (status, headers) = (res.status(), res.headers().clone());
+        let body: UpstreamStream =
+            Box::pin(res.bytes_stream().map_err(UpstreamError::from_reqwest));
+        Relayed {
+            status,
+            headers,
+            body,
+        }
+    }
+
     /// The upstream's answer to a `HEAD`.
     pub fn bodiless(status: StatusCode, headers: HeaderMap) -> Self {
         let body: UpstreamStream = Box::pin(futures::stream::empty());
@@ -77,11 +89,7 @@ impl Probe {
                 headers.insert(header::CONTENT_LENGTH, len.into());
                 (StatusCode::OK, stream)
             }
-            ProbeBody::Other(res) => {
-                let stream: UpstreamStream =
-                    Box::pin(res.bytes_stream().map_err(UpstreamError::from_reqwest));
-                (status, stream)
-            }
+            ProbeBody::Other(res) => return Some(Relayed::of(res)),
             ProbeBody::Range { .. } | ProbeBody::None => return None,
         };
         Some(Relayed {
@@ -197,14 +205,8 @@ impl Upstream {
                 Some((_, _, total)) => (Some(total), ProbeBody::None),
                 None => (None, ProbeBody::None),
             },
-            StatusCode::OK => match content_length(&headers) {
-                Some(len) => {
-                    let stream = self.validated_body(res, len);
-                    (Some(len), ProbeBody::Whole { len, stream })
-                }
-                None => (None, ProbeBody::Other(res)),
-            },
-            // Another status the cache may store (`404`, `301`, …): its body is the object.
+            // A `200` (the upstream ignores `Range`), or another status the cache may store
+            // (`404`, `301`, …): its body is the whole object.
             other if crate::policy::is_storable_status(other.as_u16()) => {
                 // A `204` has no body, whatever it says (RFC 9110 §15.3.5).
                 let no_body = other == StatusCode::NO_CONTENT;
