@@ -10,9 +10,11 @@ pub mod cache_control;
 pub mod freshness;
 pub mod headers;
 pub mod request;
+pub mod usable;
 
 pub use freshness::FreshnessRules;
 pub use request::ClientDemands;
+pub use usable::{usable, Usable};
 
 use crate::object::{ObjectMeta, Validator};
 
