@@ -3,6 +3,10 @@
 //! Flag names of the original Go Casserole (`--address`, `--mirror-url`, `--max-memory-usage`, …)
 //! are kept so existing deployments translate one to one; its environment names
 //! (`UPSTREAM_SERVER`, `ETCD`, `MAX_MEMORY`, `MAX_DISK`) are honoured as fallbacks.
+//!
+//! Longer than 600 lines on purpose: `Config` is the one flat struct clap derives `--help` and
+//! the environment names from, each flag documented where it is declared; split over files, the
+//! reference a user reads would be split too. The checks between flags follow it.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
