@@ -7,6 +7,7 @@ use crate::crd_upgrade::CrdState;
 use crate::health::Liveness;
 use crate::metrics::Metrics;
 use crate::resources::{IpFamily, Object, FIELD_MANAGER};
+use crate::secret_scope::SecretsGrant;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use std::collections::HashMap;
@@ -25,6 +26,13 @@ pub enum Error {
     },
     #[error("{}", ApplyFailure::summary(.0))]
     Apply(Vec<ApplyFailure>),
+    /// RBAC does not let the operator use Secrets in the cache's namespace.
+    #[error("the operator may not use Secrets in namespace {namespace} ({message}): {remedy}")]
+    SecretsForbidden {
+        namespace: String,
+        message: String,
+        remedy: String,
+    },
 }
 
 /// One object the API server refused to apply.
@@ -67,6 +75,16 @@ impl Error {
             Error::Kube(_) => "client",
             Error::Decode { .. } => "decode",
             Error::Apply(_) => "apply",
+            Error::SecretsForbidden { .. } => "secrets_forbidden",
+        }
+    }
+
+    /// The reason of the `Degraded` condition a failure sets.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Apply(_) => "ApplyFailed",
+            Error::SecretsForbidden { .. } => "SecretAccessDenied",
+            _ => "ReconcileFailed",
         }
     }
 }
@@ -90,6 +108,8 @@ pub struct Context {
     pub node_probe: Arc<dyn crate::node_views::NodeProbe>,
     /// How the operator reaches a managed etcd's membership API.
     pub etcd_members: Arc<dyn crate::etcd_members::Connect>,
+    /// Who to grant Secrets to, told on a cache in a namespace where the operator has none.
+    pub secrets_grant: SecretsGrant,
 }
 
 impl Context {
@@ -109,7 +129,13 @@ impl Context {
             operator_namespace: None,
             etcd_members: Arc::new(crate::etcd_members::Gateway),
             node_probe: Arc::new(crate::node_views::MetricsProbe),
+            secrets_grant: SecretsGrant::default(),
         }
+    }
+
+    pub fn with_secrets_grant(mut self, grant: SecretsGrant) -> Context {
+        self.secrets_grant = grant;
+        self
     }
 
     pub fn with_operator_namespace(mut self, ns: String) -> Context {

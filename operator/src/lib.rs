@@ -17,6 +17,7 @@ pub mod render;
 pub mod resources;
 pub mod run;
 pub mod schema_rules;
+pub mod secret_scope;
 pub mod server;
 pub mod status;
 pub mod tokens;
@@ -63,5 +64,7 @@ pub fn crd_yaml() -> String {
 mod mock;
 #[cfg(test)]
 mod reconcile_day2_tests;
+#[cfg(test)]
+mod reconcile_secrets_tests;
 #[cfg(test)]
 mod reconcile_tests;

@@ -63,13 +63,33 @@ pub async fn reconcile(cache: Arc<CasseroleCache>, ctx: Arc<Context>) -> Result<
     let result = reconcile_spec(&cache, &ctx, &mut timer).await;
     if let Err(error) = &result {
         if !matches!(error, Error::Apply(_)) {
-            let new = status::reconcile_failed(&cache, &error.to_string(), Timestamp::now());
-            if let Err(e) = patch_status(&ctx.client, &cache, new).await {
-                warn!(error = %e, "could not report the failure on the cache");
-            }
+            report_failure(&ctx, &cache, error).await;
         }
     }
     result
+}
+
+/// `Degraded=True` with the failure's reason and message, best effort; a Warning Event too
+/// when the operator may not use Secrets in the cache's namespace (someone must grant them),
+/// once, not on every retry.
+async fn report_failure(ctx: &Context, cache: &CasseroleCache, error: &Error) {
+    let reason = error.reason();
+    let told = cache
+        .condition(status::DEGRADED)
+        .is_some_and(|c| c.status == "True" && c.reason == reason);
+    let new = status::reconcile_failed(cache, reason, &error.to_string(), Timestamp::now());
+    if let Err(e) = patch_status(&ctx.client, cache, new).await {
+        warn!(error = %e, "could not report the failure on the cache");
+    }
+    if matches!(error, Error::SecretsForbidden { .. }) && !told {
+        let note = error.to_string();
+        publish(
+            ctx,
+            cache,
+            event(EventType::Warning, reason, "Reconcile", note),
+        )
+        .await;
+    }
 }
 
 /// The desired objects once everything the operator checks passed, after carrying out the

@@ -7,11 +7,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::core::PartialObjectMeta;
-use kube::runtime::{watcher, Controller, WatchStreamExt};
+use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use tracing::{error, info, warn};
 
@@ -21,6 +20,7 @@ use crate::leader::{LeaseLock, Timing};
 use crate::metrics::Metrics;
 use crate::reconcile::{error_policy, reconcile, Context};
 use crate::resources::{IpFamily, FIELD_MANAGER};
+use crate::secret_scope::{self, SecretScope, SecretsGrant};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -58,14 +58,26 @@ pub struct RunArgs {
     #[arg(long, env = "APPLY_CRD")]
     pub apply_crd: bool,
     /// Namespaces whose Secrets the operator may use, when it watches every namespace
-    /// (repeatable or comma-separated; default: all, or the watched one): the peer token
-    /// Secrets are watched there only, matching RBAC granted per namespace.
+    /// (repeatable or comma-separated; `*`: every namespace, which needs a cluster-wide Secret
+    /// permission): its own Secrets are watched there only, matching RBAC granted per
+    /// namespace. Default: the operator's own namespace. Ignored with --watch-namespace.
     #[arg(
         long = "secret-namespace",
         env = "SECRET_NAMESPACES",
         value_delimiter = ','
     )]
     pub secret_namespaces: Vec<String>,
+    /// The ClusterRole of the operator's Secret permissions, named in the remedy a cache in a
+    /// namespace without them is told.
+    #[arg(
+        long,
+        env = "SECRETS_CLUSTER_ROLE",
+        default_value = "casserole-operator-secrets"
+    )]
+    pub secrets_cluster_role: String,
+    /// The operator's ServiceAccount (in POD_NAMESPACE), named in that remedy too.
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "casserole-operator")]
+    pub service_account: String,
     /// /healthz fails once a reconcile has run this long (its requests time out far sooner).
     #[arg(long, env = "STUCK_RECONCILE_SECONDS", default_value_t = 300)]
     pub stuck_reconcile_seconds: u64,
@@ -127,12 +139,13 @@ where
 fn controller(
     args: &RunArgs,
     watch_client: &Client,
+    secrets: &SecretScope,
     ctx: Arc<Context>,
 ) -> impl std::future::Future<Output = ()> {
     let ns = args.watch_namespace.as_deref();
     let selector =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
-    info!(ip_family = ?ctx.ip_family, "pod IP family");
+    info!(ip_family = ?ctx.ip_family, ?secrets, "pod IP family, Secrets watched");
     Controller::new(
         owned::<CasseroleCache>(watch_client, ns),
         watcher::Config::default().any_semantic(),
@@ -146,14 +159,9 @@ fn controller(
     )
     .owns(owned::<NetworkPolicy>(watch_client, ns), selector.clone())
     // The peer token: deleting it makes the operator create a new one and roll the pods.
-    // Metadata only, and only the operator's own (label-selected): the operator never holds
-    // the cluster's Secrets in memory.
-    .owns_stream(secret_triggers(
-        watch_client,
-        ns,
-        &args.secret_namespaces,
-        selector,
-    ))
+    // Metadata only, only the operator's own (label-selected), and only where it may use
+    // Secrets: elsewhere the periodic requeue notices a change.
+    .owns_stream(secret_scope::triggers(watch_client, secrets, selector))
     .shutdown_on_signal()
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
@@ -161,29 +169,6 @@ fn controller(
             warn!(error = %e, "reconcile trigger failed");
         }
     })
-}
-
-/// Changes of the operator's own Secrets (label-selected, metadata only), in the watched
-/// namespace, or in each of `--secret-namespace`, or everywhere.
-fn secret_triggers(
-    client: &Client,
-    ns: Option<&str>,
-    secret_namespaces: &[String],
-    selector: watcher::Config,
-) -> impl futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send {
-    let apis: Vec<Api<PartialObjectMeta<Secret>>> = match (ns, secret_namespaces) {
-        (None, list) if !list.is_empty() => list
-            .iter()
-            .map(|n| Api::namespaced(client.clone(), n))
-            .collect(),
-        _ => vec![owned::<PartialObjectMeta<Secret>>(client, ns)],
-    };
-    futures::stream::select_all(apis.into_iter().map(|api| {
-        watcher(api, selector.clone())
-            .default_backoff()
-            .touched_objects()
-            .boxed()
-    }))
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -262,9 +247,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_ip_family(args.ip_family())
             .with_liveness(liveness)
             .with_crd_state(crd_state)
-            .with_operator_namespace(lease_ns.clone()),
+            .with_operator_namespace(lease_ns.clone())
+            .with_secrets_grant(SecretsGrant {
+                cluster_role: args.secrets_cluster_role.clone(),
+                service_account: format!("{lease_ns}:{}", args.service_account),
+            }),
     );
-    let controller = controller(&args, &watch_client, ctx);
+    let secrets = SecretScope::resolve(
+        args.watch_namespace.as_deref(),
+        &args.secret_namespaces,
+        &lease_ns,
+    );
+    let controller = controller(&args, &watch_client, &secrets, ctx);
 
     tokio::select! {
         () = controller => {

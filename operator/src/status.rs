@@ -214,9 +214,11 @@ pub fn set_crd(
 }
 
 /// The status after a reconcile failed before or after applying (an API error, a decoding
-/// error): `Degraded=True` with reason `ReconcileFailed`; the rest stays as it was.
+/// error, Secrets the operator may not use there): `Degraded=True` with `reason`
+/// (`ReconcileFailed`, `SecretAccessDenied`); the rest stays as it was.
 pub fn reconcile_failed(
     cache: &CasseroleCache,
+    reason: &str,
     message: &str,
     now: Timestamp,
 ) -> CasseroleCacheStatus {
@@ -224,14 +226,7 @@ pub fn reconcile_failed(
     status.selector = Some(selector_string(cache));
     upsert(
         &mut status,
-        condition(
-            cache,
-            now,
-            DEGRADED,
-            true,
-            "ReconcileFailed",
-            message.into(),
-        ),
+        condition(cache, now, DEGRADED, true, reason, message.into()),
     );
     status
 }

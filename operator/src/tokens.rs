@@ -60,7 +60,11 @@ pub async fn ensure(
 ) -> Result<Result<Tokens, InvalidSpec>, Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &resources::namespace(cache));
     let name = secret::peer_token_secret_name(cache);
-    let existing = match api.get_opt(&name).await? {
+    let existing = match api
+        .get_opt(&name)
+        .await
+        .map_err(|e| access(ctx, cache, e))?
+    {
         Some(existing) => existing,
         None => create_peer_token(ctx, cache, &api).await?,
     };
@@ -71,7 +75,10 @@ pub async fn ensure(
     let admin_fingerprint = match &cache.spec.admin_token {
         None => None,
         Some(admin) => {
-            let s = api.get_opt(&admin.name).await?;
+            let s = api
+                .get_opt(&admin.name)
+                .await
+                .map_err(|e| access(ctx, cache, e))?;
             let token = s.as_ref().and_then(|s| value(s, &admin.key));
             let checked = match token {
                 None => Err(format!("Secret {} has no key {}", admin.name, admin.key)),
@@ -118,7 +125,25 @@ async fn create_peer_token(
             Ok(made)
         }
         // Lost a race with another writer: theirs is as good as ours.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get(&name).await?),
-        Err(e) => Err(e.into()),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            api.get(&name).await.map_err(|e| access(ctx, cache, e))
+        }
+        Err(e) => Err(access(ctx, cache, e)),
+    }
+}
+
+/// A refusal to read or create a Secret is the install's RBAC (Secrets are granted per
+/// namespace): an error that names the namespace and how to grant them there.
+fn access(ctx: &Context, cache: &CasseroleCache, error: kube::Error) -> Error {
+    match error {
+        kube::Error::Api(e) if e.code == 403 => {
+            let namespace = resources::namespace(cache);
+            Error::SecretsForbidden {
+                remedy: ctx.secrets_grant.remedy(&namespace),
+                namespace,
+                message: e.message,
+            }
+        }
+        other => other.into(),
     }
 }

@@ -70,7 +70,7 @@ def test_default_objects():
         ("ClusterRole", OPERATOR),
         ("ClusterRoleBinding", OPERATOR),
         ("ClusterRole", f"{OPERATOR}-secrets"),
-        ("ClusterRoleBinding", f"{OPERATOR}-secrets"),
+        ("RoleBinding", f"{OPERATOR}-secrets"),  # the release namespace only
         ("ClusterRole", f"{OPERATOR}-cluster"),
         ("ClusterRoleBinding", f"{OPERATOR}-cluster"),
         ("Role", f"{OPERATOR}-leader-election"),
@@ -218,8 +218,9 @@ def test_operator_cluster_role_is_exactly_least_privilege():
             if "delete" in rule["verbs"]:
                 # Only pruning of the operator's own workload objects deletes anything.
                 assert set(rule["resources"]) <= PRUNED, rule
-    for name in (OPERATOR, f"{OPERATOR}-secrets", f"{OPERATOR}-cluster"):
-        binding = one(docs, "ClusterRoleBinding", name)
+    for kind, name in (("ClusterRoleBinding", OPERATOR), ("RoleBinding", f"{OPERATOR}-secrets"),
+                       ("ClusterRoleBinding", f"{OPERATOR}-cluster")):
+        binding = one(docs, kind, name)
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name}
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}]
 
@@ -285,6 +286,10 @@ def test_rbac_covers_what_the_operator_code_does():
     merged = {"rules": role["rules"] + secrets["rules"]}
     run_rs = (ROOT / "operator" / "src" / "run.rs").read_text()
     watched = set(re.findall(r"owned::<(?:PartialObjectMeta<)?(\w+)>", run_rs))
+    # The operator's own Secrets are watched (metadata only) where its Secrets role is bound.
+    secret_scope_rs = (ROOT / "operator" / "src" / "secret_scope.rs").read_text()
+    if "secret_scope::triggers" in run_rs:
+        watched |= set(re.findall(r"Api<PartialObjectMeta<(\w+)>>", secret_scope_rs))
     assert "CasseroleCache" in watched and "Secret" in watched, "run.rs no longer builds the controller as expected"
     for kind in watched:
         assert {"list", "watch"} <= allowed(merged, *KIND_RESOURCE[kind]), kind
@@ -310,17 +315,53 @@ def test_watch_namespace_binds_only_that_namespace():
     assert [b["metadata"]["name"] for b in find(docs, "ClusterRoleBinding")] == [f"{OPERATOR}-cluster"]
 
 
-def test_secret_namespaces_bind_secrets_per_namespace_only():
-    docs = render({"rbac": {"secretNamespaces": ["cdn", "ml"]}})
-    assert not find(docs, "ClusterRoleBinding", f"{OPERATOR}-secrets")
-    bindings = [b for b in find(docs, "RoleBinding") if b["metadata"]["name"] == f"{OPERATOR}-secrets"]
-    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["cdn", "ml"]
-    assert "--secret-namespace=cdn,ml" in operator_container(docs)["args"]
-    # The rest stays cluster-wide.
+def secret_bindings(docs):
+    """Namespaces of the Secrets role's RoleBindings, and whether it is bound cluster-wide."""
+    namespaces = sorted(b["metadata"]["namespace"] for b in find(docs, "RoleBinding")
+                        if b["metadata"]["name"] == f"{OPERATOR}-secrets")
+    return namespaces, bool(find(docs, "ClusterRoleBinding", f"{OPERATOR}-secrets"))
+
+
+def test_default_install_reads_no_secret_outside_its_own_namespace():
+    """Issue 22 M8: a cluster-wide install must not be able to read every Secret."""
+    docs = render()
+    assert secret_bindings(docs) == ([NAMESPACE], False)
+    args = operator_container(docs)["args"]
+    assert f"--secret-namespace={NAMESPACE}" in args
+    # What a cache elsewhere is told to bind: this role, for this ServiceAccount.
+    assert f"--secrets-cluster-role={OPERATOR}-secrets" in args
+    assert f"--service-account={OPERATOR}" in args
+    # No other role reaches Secrets, and caches are still watched in every namespace.
+    for role in find(docs, "ClusterRole") + find(docs, "Role"):
+        if role["metadata"]["name"] != f"{OPERATOR}-secrets":
+            assert not allowed(role, "", "secrets"), role["metadata"]["name"]
     assert one(docs, "ClusterRoleBinding", OPERATOR)
-    # The default (cluster-wide) binding says why it reaches every Secret.
-    binding = one(render(), "ClusterRoleBinding", f"{OPERATOR}-secrets")
-    assert "secretNamespaces" in binding["metadata"]["annotations"]["checkov.io/skip1"]
+
+
+def test_secret_namespaces_and_cache_namespaces_bind_secrets_per_namespace_only():
+    docs = render({"rbac": {"secretNamespaces": ["cdn", "ml"]}})
+    assert secret_bindings(docs) == (sorted([NAMESPACE, "cdn", "ml"]), False)
+    assert f"--secret-namespace={NAMESPACE},cdn,ml" in operator_container(docs)["args"]
+    # The namespaces of the chart's own caches are granted without being listed.
+    docs = render(dict(VALUE_SETS["caches"], rbac={"secretNamespaces": ["ml", "cdn"]}))
+    assert secret_bindings(docs) == (sorted([NAMESPACE, "cdn", "ml"]), False)
+    assert f"--secret-namespace={NAMESPACE},ml,cdn" in operator_container(docs)["args"]
+    for binding in find(docs, "RoleBinding"):
+        if binding["metadata"]["name"] == f"{OPERATOR}-secrets":
+            assert "CKV2_K8S_5" in binding["metadata"]["annotations"]["checkov.io/skip1"]
+
+
+def test_cluster_wide_secrets_only_when_asked_and_never_with_watch_namespace():
+    docs = render({"rbac": {"clusterWideSecrets": True}})
+    assert secret_bindings(docs) == ([], True)
+    assert "--secret-namespace=*" in operator_container(docs)["args"]
+    binding = one(docs, "ClusterRoleBinding", f"{OPERATOR}-secrets")
+    assert "clusterWideSecrets" in binding["metadata"]["annotations"]["checkov.io/skip1"]
+    # A namespaced install stays namespaced.
+    docs = render({"operator": {"watchNamespace": "cdn"},
+                   "rbac": {"clusterWideSecrets": True, "secretNamespaces": ["ml"]}})
+    assert secret_bindings(docs) == (["cdn"], False)
+    assert not any(a.startswith("--secret-namespace") for a in operator_container(docs)["args"])
 
 
 @pytest.mark.parametrize("values", [

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end test of casserole-operator on a throwaway kind cluster:
-# install the CRD and operator, apply a cache, check what it became, fetch through it, change,
+# install the CRD and operator, apply a cache (refused until its namespace grants the operator
+# Secrets), check what it became, fetch through it, change,
 # scale up and down, have the API server refuse changes a cluster cannot carry out (etcd
 # replicas, a shrinking volume, a chunk size the node refuses), delete and re-create the peer
 # token, break and fix its spec, the day-2 steps (grow the disk, rotate the peer token in three
@@ -46,14 +47,27 @@ step "install the CRD and the operator (two replicas, one leader)"
 kubectl apply --server-side -f crds/casserolecaches.casserole.io.yaml
 kubectl wait --for=condition=Established crd/casserolecaches.casserole.io --timeout=60s
 kubectl apply -f operator/deploy/operator.yaml
+# Secrets are granted per namespace: watch the operator's own in the test namespace as well.
+kubectl -n "$OPS" set env deploy/casserole-operator "SECRET_NAMESPACES=$OPS,$NS"
 kubectl -n "$OPS" rollout status deploy/casserole-operator --timeout=180s
 until_ok 60 "a leader holds the lease" \
   sh -c "kubectl -n $OPS get lease casserole-operator -o jsonpath='{.spec.holderIdentity}' | grep -q casserole-operator"
 LEADER=$(kubectl -n "$OPS" get lease casserole-operator -o jsonpath='{.spec.holderIdentity}')
 
-step "apply a cache"
+step "apply a cache where the operator has no Secrets: it says how to grant them, then runs"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
+kubectl auth can-i get secrets -n kube-system --as="system:serviceaccount:$OPS:casserole-operator" \
+  && fail "the operator can read kube-system's Secrets"
 kubectl apply -f tests/e2e/cache.yaml
+until_ok 120 "Degraded reason SecretAccessDenied" \
+  sh -c "kubectl -n $NS get casserole e2e -o jsonpath='{.status.conditions[?(@.type==\"Degraded\")].reason}' | grep -qx SecretAccessDenied"
+jp casserole/e2e '{.status.conditions[?(@.type=="Degraded")].message}' \
+  | grep -q "create rolebinding casserole-operator-secrets" || fail "no remedy in the message"
+kubectl -n "$NS" get events --field-selector reason=SecretAccessDenied -o name | grep -q . \
+  || fail "no SecretAccessDenied event"
+kubectl -n "$NS" get statefulset e2e >/dev/null 2>&1 && fail "applied without the peer token"
+kubectl -n "$NS" create rolebinding casserole-operator-secrets \
+  --clusterrole=casserole-operator-secrets --serviceaccount="$OPS:casserole-operator"
 kubectl -n "$NS" wait casserole/e2e --for=condition=Ready --timeout=300s
 for obj in statefulset/e2e statefulset/e2e-etcd service/e2e service/e2e-peer service/e2e-etcd \
            service/e2e-etcd-peer pdb/e2e pdb/e2e-etcd networkpolicy/e2e secret/e2e-peer-token; do

@@ -68,3 +68,23 @@ app.kubernetes.io/component: operator
 {{- define "casserole.node.image" -}}
 {{- printf "%s:%s" .Values.node.image.repository (default .Chart.AppVersion .Values.node.image.tag) -}}
 {{- end -}}
+
+{{/*
+The namespaces whose Secrets the operator may use, comma-separated, or "*" for every namespace.
+The watched namespace when there is one; "*" only with rbac.clusterWideSecrets; otherwise the
+release namespace, rbac.secretNamespaces and the namespaces of the chart's own caches:
+Kubernetes RBAC cannot grant "only the Secrets with this label", so a cluster-wide grant would
+reach every Secret of the cluster.
+*/}}
+{{- define "casserole.secretNamespaces" -}}
+{{- if .Values.operator.watchNamespace -}}
+{{- .Values.operator.watchNamespace -}}
+{{- else if .Values.rbac.clusterWideSecrets -}}
+*
+{{- else -}}
+{{- $namespaces := list .Release.Namespace -}}
+{{- range .Values.rbac.secretNamespaces }}{{ $namespaces = append $namespaces . }}{{ end -}}
+{{- range .Values.caches }}{{ $namespaces = append $namespaces (default $.Release.Namespace .namespace) }}{{ end -}}
+{{- $namespaces | uniq | join "," -}}
+{{- end -}}
+{{- end -}}
