@@ -15,6 +15,7 @@ pub mod node_views;
 pub mod reconcile;
 pub mod render;
 pub mod resources;
+pub mod rollout_news;
 pub mod run;
 pub mod schema_rules;
 pub mod secret_scope;
@@ -64,6 +65,8 @@ pub fn crd_yaml() -> String {
 mod mock;
 #[cfg(test)]
 mod reconcile_day2_tests;
+#[cfg(test)]
+mod reconcile_rollout_tests;
 #[cfg(test)]
 mod reconcile_secrets_tests;
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! allows it and re-creating a StatefulSet whose claim templates changed, its pods orphaned
 //! (kept running) and adopted by the new one.
 
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimSpec};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -15,16 +15,20 @@ use tracing::info;
 use crate::crd::{CasseroleCache, WorkloadKind};
 use crate::resources::{self, cache, etcd, InvalidSpec, Object, FIELD_MANAGER};
 
-/// The StatefulSets a cache has now (`None`: none of that name).
+/// The workloads a cache has now (`None`: none of that name).
 #[derive(Clone, Debug, Default)]
 pub struct Live {
     pub etcd: Option<StatefulSet>,
     pub cache: Option<StatefulSet>,
+    /// The cache DaemonSet, in DaemonSet mode: what its pods run before this reconcile
+    /// changes it (a roll of every node is announced, see `rollout_news`).
+    pub daemonset: Option<DaemonSet>,
 }
 
-/// Reads the StatefulSets the spec's transition rules are about. One being deleted (a
-/// re-creation with orphaned pods in progress) counts as absent: the apply that follows goes
-/// to it harmlessly, and its deletion triggers the reconcile that creates it anew.
+/// Reads the StatefulSets the spec's transition rules are about, and the cache DaemonSet. One
+/// being deleted (a re-creation with orphaned pods in progress) counts as absent: the apply
+/// that follows goes to it harmlessly, and its deletion triggers the reconcile that creates it
+/// anew.
 pub async fn fetch(client: &Client, cache: &CasseroleCache) -> Result<Live, kube::Error> {
     let api: Api<StatefulSet> = Api::namespaced(client.clone(), &resources::namespace(cache));
     let present =
@@ -33,8 +37,20 @@ pub async fn fetch(client: &Client, cache: &CasseroleCache) -> Result<Live, kube
     if cache.spec.etcd.managed.is_some() {
         live.etcd = present(api.get_opt(&etcd::name(cache)).await?);
     }
-    if cache.spec.workload == WorkloadKind::StatefulSet {
-        live.cache = present(api.get_opt(&cache::workload_name(cache)).await?);
+    match cache.spec.workload {
+        WorkloadKind::StatefulSet => {
+            live.cache = present(api.get_opt(&cache::workload_name(cache)).await?);
+        }
+        WorkloadKind::DaemonSet => {
+            let api: Api<DaemonSet> = Api::namespaced(client.clone(), &resources::namespace(cache));
+            live.daemonset = match api.get_opt(&cache::workload_name(cache)).await {
+                Ok(daemonset) => daemonset,
+                // Read only to announce a roll: an older install's RBAC without `get` on
+                // DaemonSets must not block reconciling.
+                Err(kube::Error::Api(e)) if e.code == 403 => None,
+                Err(e) => return Err(e),
+            };
+        }
     }
     Ok(live)
 }

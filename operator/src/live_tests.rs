@@ -27,6 +27,7 @@ fn live_from(spec: &str) -> Live {
     Live {
         etcd: Some(sts_of(&objects, "web-etcd")),
         cache: Some(sts_of(&objects, "web")),
+        daemonset: None,
     }
 }
 

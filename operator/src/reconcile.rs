@@ -92,12 +92,19 @@ async fn report_failure(ctx: &Context, cache: &CasseroleCache, error: &Error) {
     }
 }
 
+/// What a reconcile applies, and what it announces once that is applied.
+struct Prepared {
+    objects: Vec<Object>,
+    /// A new node image, a scale that cannot apply (see `rollout_news`).
+    news: Vec<kube::runtime::events::Event>,
+}
+
 /// The desired objects once everything the operator checks passed, after carrying out the
 /// volume changes the spec asks for; `Err(InvalidSpec)` when it must not act.
 async fn prepare(
     ctx: &Context,
     cache: &CasseroleCache,
-) -> Result<Result<Vec<Object>, InvalidSpec>, Error> {
+) -> Result<Result<Prepared, InvalidSpec>, Error> {
     if let Err(invalid) = resources::validate::plan(cache) {
         return Ok(Err(invalid));
     }
@@ -119,6 +126,7 @@ async fn prepare(
         Ok(objects) => objects,
         Err(invalid) => unreachable!("validated above: {invalid}"),
     };
+    let news = crate::rollout_news::news(cache, &live, &objects);
     let recreates = match live::check(cache, &objects, &live) {
         Ok(recreates) => recreates,
         Err(invalid) => return Ok(Err(invalid)),
@@ -145,7 +153,7 @@ async fn prepare(
             .await;
         }
     }
-    Ok(Ok(objects))
+    Ok(Ok(Prepared { objects, news }))
 }
 
 async fn reconcile_spec(
@@ -153,8 +161,11 @@ async fn reconcile_spec(
     ctx: &Context,
     timer: &mut crate::metrics::ReconcileTimer,
 ) -> Result<Action, Error> {
-    let objects = match prepare(ctx, cache).await? {
-        Ok(objects) => objects,
+    let Prepared {
+        objects,
+        news: rollout_news,
+    } = match prepare(ctx, cache).await? {
+        Ok(prepared) => prepared,
         Err(invalid) => {
             refuse(ctx, cache, &invalid).await?;
             timer.set_result("invalid");
@@ -200,6 +211,9 @@ async fn reconcile_spec(
     }
     if cache.status.as_ref() != Some(&new) {
         patch_status(&ctx.client, cache, new).await?;
+    }
+    for announced in rollout_news {
+        publish(ctx, cache, announced).await;
     }
     for (reason, note) in news {
         publish(

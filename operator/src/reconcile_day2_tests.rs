@@ -39,6 +39,7 @@ async fn a_refused_daemonset_never_prunes_the_working_statefulset() {
         server
             .expect(Method::GET, SECRET_PATH, |_| existing_secret())
             .await;
+        expect_live(&mut server, &cache).await;
         for object in &objects {
             server
                 .expect(Method::PATCH, &object_path(object), |s| {

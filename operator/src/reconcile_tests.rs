@@ -96,7 +96,7 @@ pub(crate) fn desired_with_token(cache: &CasseroleCache, token: &str) -> Vec<Obj
 pub(crate) const STS_PATH: &str = "/apis/apps/v1/namespaces/cdn/statefulsets";
 
 /// Expects the reads of the live StatefulSets (managed etcd, cache StatefulSet) the transition
-/// checks compare with; none exists yet.
+/// checks compare with, or of the cache DaemonSet; none exists yet.
 pub(crate) async fn expect_live(server: &mut ApiServer, cache: &CasseroleCache) {
     if cache.spec.etcd.managed.is_some() {
         server
@@ -105,14 +105,16 @@ pub(crate) async fn expect_live(server: &mut ApiServer, cache: &CasseroleCache) 
             })
             .await;
     }
-    if cache.spec.workload == crate::crd::WorkloadKind::StatefulSet {
-        server
-            .expect(Method::GET, &format!("{STS_PATH}/web"), |_| {
-                status_error(404, "NotFound")
-            })
-            .await;
-    }
+    let path = match cache.spec.workload {
+        crate::crd::WorkloadKind::StatefulSet => format!("{STS_PATH}/web"),
+        crate::crd::WorkloadKind::DaemonSet => DS_PATH.to_string(),
+    };
+    server
+        .expect(Method::GET, &path, |_| status_error(404, "NotFound"))
+        .await;
 }
+
+pub(crate) const DS_PATH: &str = "/apis/apps/v1/namespaces/cdn/daemonsets/web";
 
 /// Expects one forced apply per desired object, in order, each carrying exactly the desired
 /// object for pods on `token`; returns the bodies.
@@ -513,6 +515,7 @@ async fn daemonset_with_external_etcd_reports_pods_not_ready_and_requeues_soon()
         server
             .expect(Method::GET, SECRET_PATH, |_| existing_secret())
             .await;
+        expect_live(&mut server, &cache).await;
         let applies = expect_applies(&mut server, &cache, EXISTING_TOKEN, 1).await;
         // Leftovers of a StatefulSet/managed-etcd past: ours are deleted, others' kept.
         let owned_by = |uid: &str| {

@@ -2,7 +2,8 @@
 # End-to-end test of casserole-operator on a throwaway kind cluster:
 # install the CRD and operator, apply a cache (refused until its namespace grants the operator
 # Secrets), check what it became, fetch through it, change,
-# scale up and down, have the API server refuse changes a cluster cannot carry out (etcd
+# scale up and down, a DaemonSet cache (scale refused, a new image announced and rolled by
+# surge), have the API server refuse changes a cluster cannot carry out (etcd
 # replicas, a shrinking volume, a chunk size the node refuses), delete and re-create the peer
 # token, break and fix its spec, the day-2 steps (grow the disk, rotate the peer token in three
 # patches, add an admin token, replace an etcd member whose volume is gone, upgrade the
@@ -111,6 +112,38 @@ until_ok 300 "2 cache pods" sh -c "[ \"\$(kubectl -n $NS get sts e2e -o jsonpath
 [ "$(jp statefulset/e2e '{.spec.template.metadata.annotations.casserole\.io/config-hash}')" = "$HASH" ] \
   || fail "scaling down rolled the pods"
 
+step "a DaemonSet cache: kubectl scale refused, a new image announced and rolled by surge"
+kubectl apply -f - <<EOF
+apiVersion: casserole.io/v1alpha1
+kind: CasseroleCache
+metadata: {name: e2e-ds, namespace: $NS}
+spec:
+  upstream: http://origin.$NS.svc.cluster.local
+  workload: DaemonSet
+  memory: {maxUsage: 64Mi}
+  disk: {enabled: false}
+  etcd: {managed: {replicas: 1, storage: 256Mi}}
+EOF
+kubectl -n "$NS" wait casserole/e2e-ds --for=condition=Ready --timeout=300s
+[ "$(jp daemonset/e2e-ds '{.spec.updateStrategy.rollingUpdate.maxSurge} {.spec.updateStrategy.rollingUpdate.maxUnavailable}')" = "1 0" ] \
+  || fail "DaemonSet does not roll by surge"
+out=$(kubectl -n "$NS" scale casserole/e2e-ds --replicas=5 2>&1) && fail "scaling a DaemonSet cache was accepted"
+echo "$out" | grep -q "no effect on a DaemonSet cache" || fail "no clear message: $out"
+NEXT_IMAGE=${NODE_IMAGE%:*}:e2e-next
+docker tag "$NODE_IMAGE" "$NEXT_IMAGE"
+kind load docker-image --name "$CLUSTER" "$NEXT_IMAGE"
+kubectl -n "$NS" patch casserole e2e-ds --type=merge -p "{\"spec\":{\"image\":\"$NEXT_IMAGE\"}}"
+until_ok 60 "a NodeImageChanged event naming both images" sh -c \
+  "kubectl -n $NS get events --field-selector reason=NodeImageChanged -o jsonpath='{.items[*].note}' | grep -q 'to $NEXT_IMAGE (spec.image)'"
+deadline=$(( $(date +%s) + 300 ))
+until kubectl -n "$NS" rollout status daemonset/e2e-ds --timeout=2s >/dev/null 2>&1; do
+  [ "$(jp daemonset/e2e-ds '{.status.numberUnavailable}')" -gt 0 ] 2>/dev/null \
+    && fail "a node had no ready cache pod during the roll"
+  [ "$(date +%s)" -lt "$deadline" ] || fail "timed out: the DaemonSet roll"
+done
+[ "$(jp daemonset/e2e-ds '{.spec.template.spec.containers[0].image}')" = "$NEXT_IMAGE" ] || fail "image not rolled"
+kubectl -n "$NS" delete casserole e2e-ds --wait=true
+
 step "changes a cluster cannot carry out are refused by the API server, with a message"
 out=$(kubectl -n "$NS" patch casserole e2e --type=merge -p '{"spec":{"etcd":{"managed":{"replicas":3}}}}' 2>&1) \
   && fail "etcd replica change accepted"
@@ -215,6 +248,9 @@ sleep 20
 [ "$(jp statefulset/e2e '{.spec.template.metadata.annotations.casserole\.io/config-hash}')" = "$HASH" ] \
   || fail "an operator restart rolled the cache pods"
 [ "$(jp casserole/e2e "{.status.conditions[?(@.type==\"CRDCurrent\")].status}")" = True ] || fail "CRDCurrent"
+# Same release: the default node image did not change, so no roll was announced.
+[ -z "$(kubectl -n "$NS" get events --field-selector reason=NodeImageChanged,involvedObject.name=e2e -o name)" ] \
+  || fail "a NodeImageChanged event without an image change"
 LEADER=$(kubectl -n "$OPS" get lease casserole-operator -o jsonpath='{.spec.holderIdentity}')
 
 step "leader failover"

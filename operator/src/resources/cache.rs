@@ -71,8 +71,9 @@ pub fn default_node_image() -> String {
 ///
 /// A DaemonSet gets no PodDisruptionBudget: the disruption controller cannot compute
 /// `maxUnavailable` for pods whose controller has no scale subresource, so such a budget
-/// refuses every eviction and blocks node drains; the DaemonSet's own `maxUnavailable: 1`
-/// paces its rolling updates, and a drained node's cache pod is disposable by design.
+/// refuses every eviction and blocks node drains; the DaemonSet's own surge roll
+/// (`maxSurge: 1`, `maxUnavailable: 0`) paces its updates, and a drained node's cache pod is
+/// disposable by design.
 pub fn objects(cache: &CasseroleCache, plan: &Plan) -> Vec<Object> {
     let mut objects = vec![
         Object::Service(Box::new(peer_service(cache))),
