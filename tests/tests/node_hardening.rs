@@ -12,7 +12,7 @@ use casserole_node::{
 use casserole_tests::{
     client::{get_bytes, get_sha256, header},
     harness::{cluster::member, EtcdProcess, NodeBuilder, NodePorts},
-    origin::{EtagMode, Fault, ObjectSpec, Origin},
+    origin::{EtagMode, Fault, FaultScope, ObjectSpec, Origin},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -108,6 +108,58 @@ async fn an_owner_relaying_its_upstream_s_5xx_is_not_suspect() {
             .await
             >= 1.0
     );
+}
+
+/// The chunk path: metadata is known, and the owners of the object's chunks get `503`s from the
+/// upstream for them. The asker's clients see a failure, but no owner becomes suspect: the
+/// owners answered, with their upstream's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn owners_relaying_their_upstream_s_5xx_for_chunks_are_not_suspect() {
+    let origin = Origin::start().await;
+    let ports = [NodePorts::pick(), NodePorts::pick(), NodePorts::pick()];
+    let urls: Vec<String> = ports.iter().map(NodePorts::peer_url).collect();
+    let mut nodes = Vec::new();
+    for p in ports {
+        let node = NodeBuilder::new(origin.url())
+            .ports(p)
+            .args(["--peer-token", TOKEN, "--readahead", "1"])
+            .arg(format!("--peers={}", urls.join(",")))
+            .spawn()
+            .await;
+        nodes.push(node);
+    }
+    let asker = &nodes[0];
+    let url = format!("{}/chunks.bin", asker.url());
+    // Eight chunks: with three members, the chance that this node owns all of chunks 1..7 is
+    // (1/3)^7; the peer-request metric below proves owners were asked.
+    origin.put("/chunks.bin", ObjectSpec::new(8 * CHUNK).seed(9));
+    let (status, _, _) = get_bytes(&url, &[("range", "bytes=0-0")]).await.unwrap();
+    assert_eq!(status, 206, "the lookup and chunk 0 succeed");
+    origin.set_fault_scoped(
+        "/chunks.bin",
+        Fault::Status(503),
+        FaultScope::RangeGets,
+        None,
+    );
+    for index in 1..8 {
+        let range = format!("bytes={0}-{0}", index * CHUNK + 1);
+        let (status, _, _) = get_bytes(&url, &[("range", &range)]).await.unwrap();
+        assert!(status.is_server_error(), "chunk {index}: status {status}");
+    }
+    let asked_owners = asker
+        .metric(r#"casserole_peer_requests_total{kind="chunk"}"#)
+        .await;
+    assert!(asked_owners >= 1.0, "some chunk had a remote owner");
+    assert_eq!(
+        asker.metric("casserole_peer_failovers_total").await,
+        0.0,
+        "no owner was marked suspect"
+    );
+    assert!(asker.metric("casserole_peer_relayed_errors_total").await >= 1.0);
+    // Once the upstream recovers, the same owners serve the chunks.
+    origin.clear_faults("/chunks.bin");
+    let got = get_sha256(&url, &[]).await.unwrap();
+    assert_eq!(got.sha256, origin.info("/chunks.bin").sha256());
 }
 
 fn one_byte_per_chunk(chunks: u64) -> String {
