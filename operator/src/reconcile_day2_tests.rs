@@ -214,7 +214,15 @@ async fn admin_token_and_previous_peer_token_reach_the_pods() {
         args.contains("--peer-token-previous-file=/etc/casserole/peer/previous"),
         "{args}"
     );
-    assert!(pod["metadata"]["annotations"]["casserole.io/admin-token"].is_string());
+    // Keyed with the peer token: not a plain hash of the admin token a reader could test
+    // guesses against.
+    let admin = &pod["metadata"]["annotations"]["casserole.io/admin-token"];
+    let peer = format!("{EXISTING_TOKEN}\nprevious-peer-token-1");
+    let keyed =
+        crate::resources::secret::keyed_fingerprint(peer.as_bytes(), b"admin-token-of-16-chars");
+    assert_eq!(admin.as_str(), Some(keyed.as_str()));
+    let plain = crate::resources::secret::token_fingerprint(b"admin-token-of-16-chars");
+    assert_ne!(admin.as_str(), Some(plain.as_str()));
     let volumes = pod["spec"]["volumes"].to_string();
     assert!(volumes.contains(r#""secretName":"purge""#), "{volumes}");
 }

@@ -85,7 +85,7 @@ pub async fn ensure(
                 Some(token) => casserole_limits::check_admin_token(&token).map(|()| token),
             };
             match checked {
-                Ok(token) => Some(secret::token_fingerprint(token.as_bytes())),
+                Ok(token) => Some(secret::keyed_fingerprint(peer.as_bytes(), token.as_bytes())),
                 Err(m) => return Ok(Err(invalid("spec.adminToken".into(), m))),
             }
         }

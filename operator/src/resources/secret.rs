@@ -36,6 +36,20 @@ pub fn token_fingerprint(token: &[u8]) -> String {
     hex::encode(&Sha256::digest(token)[..8])
 }
 
+/// A fingerprint of a token the user chose (the admin token, from any Secret a spec names),
+/// keyed with the peer token: pod annotations are readable by anyone who may read workloads,
+/// who must not get an unsalted hash of a possibly guessable Secret value to test guesses
+/// against. It still changes with the token (and with the peer token, which rolls the pods
+/// anyway).
+pub fn keyed_fingerprint(key: &[u8], token: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update((key.len() as u64).to_be_bytes());
+    hash.update(key);
+    hash.update(token);
+    hex::encode(&hash.finalize()[..8])
+}
+
 /// The Secret with the given token.
 pub fn peer_token_secret(cache: &CasseroleCache, token: &str) -> Secret {
     Secret {
