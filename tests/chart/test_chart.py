@@ -530,6 +530,16 @@ def test_notes_tell_what_to_apply_next():
     assert "kubectl -n ml get casserole models" in notes
 
 
+def test_notes_tell_how_to_grant_secrets_in_another_namespace():
+    notes = render_raw()["casserole/templates/NOTES.txt"]
+    assert f"Secrets (each cache's peer token) only in: {NAMESPACE}." in notes
+    grant = (f"kubectl -n NS create rolebinding {OPERATOR}-secrets \\\n"
+             f"    --clusterrole={OPERATOR}-secrets --serviceaccount={NAMESPACE}:{OPERATOR}")
+    assert grant in notes, notes
+    for values in ({"rbac": {"clusterWideSecrets": True}}, {"operator": {"watchNamespace": "cdn"}}):
+        assert "create rolebinding" not in render_raw(values)["casserole/templates/NOTES.txt"]
+
+
 # --- CRD --------------------------------------------------------------------------------------
 
 def test_chart_crd_is_the_top_level_crd():
