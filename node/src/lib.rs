@@ -1,13 +1,15 @@
 //! Casserole cache node: a chunked, tiered, streaming HTTP cache for large objects.
 //!
 //! Module map (dependencies point down; nothing below calls back up):
-//! `lib` (wiring) → `http` (front, admin) → `purge` → `fetch` (the walk over chunk sources) →
-//! `metadata` → `peer` (protocol: wire, client, server) / `tier` (memory, disk, upstream source)
-//! → `source` (the `ChunkSource` seam) → `upstream`, `policy` → `cluster`, `object`, `body`,
-//! `target`, `config`, `metrics`.
+//! `lib` (wiring) → `http` (front, admin) → `purge` → `cache` (opens an object for a request:
+//! the lookup, and its probe's body handed to the fetcher) → `fetch` (the walk over chunk
+//! sources) → `metadata` → `peer` (protocol: wire, client, server) / `tier` (memory, disk,
+//! upstream source) → `source` (the `ChunkSource` seam) → `upstream`, `policy` → `cluster`,
+//! `object`, `body`, `target`, `config`, `metrics`.
 
 pub mod bearer;
 pub mod body;
+pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod fetch;
@@ -35,6 +37,7 @@ use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
+    cache::Cache,
     cluster::membership::{ClusterMetrics, EtcdConfig, Member, Membership},
     config::Config,
     fetch::{ChunkFetcher, FetchConfig, FetchMetrics, MemoryBudget, PeerChunks, Sources},
@@ -196,7 +199,6 @@ fn fetcher(
         },
         FetchMetrics::new(registrar),
     );
-    metadata.set_probe_sink(Arc::downgrade(&fetcher) as _);
     (fetcher, memory)
 }
 
@@ -280,20 +282,21 @@ async fn build(cfg: &Config, stopped: &watch::Receiver<bool>) -> anyhow::Result<
         disk,
     };
     let purger = purger(cfg, &registrar, &membership, stopped, stores).await;
+    let cache = Cache::new(metadata.clone(), fetcher.clone());
     let peer_api = peer_token.map(|token| {
         Arc::new(PeerApi {
             token,
             previous_token: cfg.peer_token_previous.clone(),
             chunks: Arc::new(PeerChunks(fetcher.clone())),
-            metadata: metadata.clone(),
+            metadata: cache.clone(),
             path_is_valid: target::is_valid,
             metrics: peer_metrics,
         })
     });
     let front = Arc::new(Front {
         upstream,
+        cache,
         metadata,
-        fetcher,
         pass_through: cfg.pass_through_set()?,
         metrics: RequestMetrics::new(&registrar),
         invalidator: Some(purger.clone()),

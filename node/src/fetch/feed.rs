@@ -213,8 +213,13 @@ impl ChunkFetcher {
         }
     }
 
-    /// Cuts `body` (the whole object, from byte 0) into chunks: the probe's whole answer.
-    pub(super) fn start_feed(self: &Arc<Self>, meta: Arc<ObjectMeta>, body: ChunkStream) {
+    /// Cuts `body` (the whole object, from byte 0) into chunks: the probe's whole answer. Returns
+    /// the probing request's reader of the first chunk, when the feed could claim it.
+    pub(super) fn start_feed(
+        self: &Arc<Self>,
+        meta: Arc<ObjectMeta>,
+        body: ChunkStream,
+    ) -> Option<super::LeadingChunk> {
         let feed = Arc::new(Feed::default());
         self.feeds
             .lock()
@@ -223,12 +228,13 @@ impl ChunkFetcher {
         // The first chunk is claimed now, for the request that probed: it follows that flight
         // as its own fetch, not as one it collapsed onto.
         let version: Arc<str> = Arc::from(meta.version.as_str());
-        let first = self.claim(
-            &meta.chunk_key(&version, 0),
-            meta.chunk_len(0) as u32,
-            Flight::for_probing_request,
-        );
+        let first = self.claim(&meta.chunk_key(&version, 0), meta.chunk_len(0) as u32);
+        let leading = first.as_ref().map(|(flight, _)| super::LeadingChunk {
+            index: 0,
+            reader: flight.follow(false),
+        });
         tokio::spawn(self.clone().run_feed(meta, feed, body, 0, first));
+        leading
     }
 
     async fn run_feed(
@@ -277,7 +283,7 @@ impl ChunkFetcher {
         let expected = meta.chunk_len(index) as usize;
         let version: Arc<str> = Arc::from(meta.version.as_str());
         let key = meta.chunk_key(&version, index);
-        let own = claimed.or_else(|| self.claim(&key, expected as u32, Flight::new));
+        let own = claimed.or_else(|| self.claim(&key, expected as u32));
         let mut assembly = own
             .as_ref()
             .map(|(flight, _)| Assembly::new(expected, flight));
@@ -357,7 +363,7 @@ impl ChunkFetcher {
 
     /// A flight for `key` owned by a feed, unless the chunk is cached, already being fetched, or
     /// no memory is free for it now (then its bytes only reach subscribers).
-    fn claim(&self, key: &ChunkKey, bytes: u32, new: fn() -> Flight) -> Option<Claim> {
+    fn claim(&self, key: &ChunkKey, bytes: u32) -> Option<Claim> {
         if self.sources.memory.contains(key) {
             return None;
         }
@@ -370,7 +376,7 @@ impl ChunkFetcher {
         if self.sources.memory.contains(key) || flights.contains_key(key) {
             return None;
         }
-        let flight = Arc::new(new());
+        let flight = Arc::new(Flight::new());
         flights.insert(key.clone(), flight.clone());
         Some((flight, permit))
     }

@@ -27,9 +27,6 @@ pub(super) struct Flight {
     origin: Mutex<SourceKind>,
     pieces: Mutex<Vec<Bytes>>,
     progress: watch::Sender<Progress>,
-    /// Started on behalf of the request whose lookup probed the object: its first follower is
-    /// that request, not one that collapsed onto another's fetch.
-    awaits_its_request: std::sync::atomic::AtomicBool,
     /// The chunk's share of the memory account once it is complete: its readers still hold its
     /// pieces, so the share lives as long as the flight.
     pin: Mutex<Option<Arc<tokio::sync::OwnedSemaphorePermit>>>,
@@ -43,7 +40,6 @@ impl Flight {
             origin: Mutex::new(SourceKind::Upstream),
             pieces: Mutex::new(Vec::new()),
             progress: watch::Sender::new(Progress::Running(0)),
-            awaits_its_request: Default::default(),
             pin: Mutex::new(None),
             done: Mutex::new(None),
         }
@@ -52,22 +48,6 @@ impl Flight {
     /// Keeps the chunk's memory share for as long as readers follow this flight.
     pub(super) fn hold(&self, pin: Arc<tokio::sync::OwnedSemaphorePermit>) {
         *self.pin.lock().expect("flight lock") = Some(pin);
-    }
-
-    /// A flight started for the request that probed the object (see `awaits_its_request`).
-    pub(super) fn for_probing_request() -> Self {
-        let flight = Self::new();
-        flight
-            .awaits_its_request
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        flight
-    }
-
-    /// Whether a reader joining now collapses onto another request's fetch.
-    pub(super) fn join_collapses(&self) -> bool {
-        !self
-            .awaits_its_request
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(super) fn origin(&self) -> SourceKind {

@@ -40,7 +40,7 @@ pub use range_reader::RangeReader;
 use window::{FetchWindow, LinkEstimates};
 
 use crate::{
-    metadata::{MetadataStore, ProbeSink},
+    metadata::MetadataStore,
     metrics::Registrar,
     object::{ChunkKey, ObjectMeta},
     peer::{client::PeerClient, server::LocalChunks},
@@ -321,11 +321,8 @@ impl ChunkFetcher {
                 self.count_lookup(SourceKind::Memory.label());
                 return ChunkReader::ready(chunk);
             }
-            let collapsed = flight.join_collapses();
-            if collapsed {
-                self.count_lookup("collapsed");
-            }
-            return flight.follow(collapsed);
+            self.count_lookup("collapsed");
+            return flight.follow(true);
         }
         // A flight finishes by filling memory and then leaving the map, both before we took the
         // lock or both after: checking memory again here means a chunk is never fetched twice
@@ -344,8 +341,14 @@ impl ChunkFetcher {
     }
 
     /// Takes over the body of the probe that looked `meta` up: the chunk it carries becomes
-    /// that chunk's flight, a whole body becomes the object's whole-object stream.
-    fn adopt_probe(self: &Arc<Self>, meta: &Arc<ObjectMeta>, body: ProbeBody) {
+    /// that chunk's flight, a whole body becomes the object's whole-object stream. Returns the
+    /// request's own reader of that chunk (it leads the fetch; readers joining later collapse
+    /// onto it), unless the body cannot be used or the chunk is had already.
+    pub fn adopt_probe(
+        self: &Arc<Self>,
+        meta: &Arc<ObjectMeta>,
+        body: ProbeBody,
+    ) -> Option<LeadingChunk> {
         match body {
             ProbeBody::Range { start, len, stream }
                 if start % meta.chunk_size == 0
@@ -362,11 +365,15 @@ impl ChunkFetcher {
                 let key = meta.chunk_key(&version, start / meta.chunk_size);
                 let mut flights = self.flights.lock().expect("flights lock");
                 if flights.contains_key(&key) || self.sources.memory.contains(&key) {
-                    return;
+                    return None;
                 }
-                let flight = Arc::new(Flight::for_probing_request());
+                let flight = Arc::new(Flight::new());
                 flights.insert(key.clone(), flight.clone());
                 drop(flights);
+                let leading = LeadingChunk {
+                    index: key.index,
+                    reader: flight.follow(false),
+                };
                 // An upstream that answered less than the chunk (it caps range answers) is
                 // asked for the rest right behind the probe's bytes, within this one source:
                 // the walk would resume there too, but only after handing out what the probe
@@ -392,12 +399,13 @@ impl ChunkFetcher {
                     Route::LocalOnly,
                     Some(first),
                 ));
+                Some(leading)
             }
             ProbeBody::Whole { len, stream } if len == meta.length && meta.whole_only => {
                 let stream = crate::source::from_upstream(stream);
-                self.start_feed(meta.clone(), stream);
+                self.start_feed(meta.clone(), stream)
             }
-            _ => {}
+            _ => None,
         }
     }
 
@@ -412,12 +420,12 @@ impl ChunkFetcher {
     }
 }
 
-impl ProbeSink for ChunkFetcher {
-    fn adopt(&self, meta: &Arc<ObjectMeta>, body: ProbeBody) {
-        if let Some(me) = self.me.upgrade() {
-            me.adopt_probe(meta, body);
-        }
-    }
+/// The chunk a request's own lookup fetched with its probe, and the request's reader of it: the
+/// reader that started the fetch, so its bytes count as fetched for this request (never as a
+/// hit, nor as collapsed onto another request's fetch), however early they arrived.
+pub struct LeadingChunk {
+    index: u64,
+    reader: ChunkReader,
 }
 
 /// The body of the probe that looked the object up: the first source of its first chunk.

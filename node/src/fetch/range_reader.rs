@@ -6,7 +6,7 @@ use std::{collections::VecDeque, ops::RangeInclusive, sync::Arc, time::Instant};
 use bytes::Bytes;
 use futures::Stream;
 
-use super::{flight::ChunkReader, window::FetchWindow, ChunkFetcher};
+use super::{flight::ChunkReader, window::FetchWindow, ChunkFetcher, LeadingChunk};
 use crate::{
     object::ObjectMeta,
     source::{FetchError, Route, SourceKind},
@@ -75,6 +75,22 @@ impl RangeReader {
     /// Counts every byte this reader hands out in `counter`, labelled by its origin.
     pub fn counting(mut self, counter: prometheus::IntCounterVec) -> Self {
         self.served = Some(counter);
+        self
+    }
+
+    /// Reads the range's first chunk through the reader that leads its fetch when this
+    /// request's own lookup fetched it (see `LeadingChunk`).
+    pub fn led_by(mut self, first: Option<LeadingChunk>) -> Self {
+        if let Some(first) = first.filter(|f| f.index == self.next_to_open) {
+            self.window.push_back(Open {
+                index: first.index,
+                offset: 0,
+                reader: first.reader,
+                retried: false,
+            });
+            self.next_to_open += 1;
+            self.head_start();
+        }
         self
     }
 

@@ -14,7 +14,8 @@ use super::{
 };
 use crate::{
     body::{self, sync_stream, Body},
-    fetch::ChunkFetcher,
+    cache::{Cache, Opened},
+    fetch::LeadingChunk,
     metadata::{Asker, LookupError, MetaSource, MetadataStore, Missed},
     metrics::Registrar,
     object::{unix_now, ObjectMeta},
@@ -63,8 +64,10 @@ impl RequestMetrics {
 
 pub struct Front {
     pub upstream: Arc<Upstream>,
+    /// Opens objects for requests: metadata, and the chunks they read.
+    pub cache: Arc<Cache>,
+    /// Forgets what a successful unsafe request changed (see `invalidation`).
     pub metadata: Arc<MetadataStore>,
-    pub fetcher: Arc<ChunkFetcher>,
     pub pass_through: RegexSet,
     pub metrics: RequestMetrics,
     /// Spreads the invalidation of a URI that a successful unsafe request changed to every
@@ -154,18 +157,15 @@ impl Front {
             first_byte: (method == Method::GET).then(|| range::first_wanted_byte(req.headers())),
             headers: req.headers(),
         };
-        let lookup = self
-            .metadata
-            .lookup(&path, Route::Cluster, ask, &demands)
-            .await;
-        let (meta, meta_source) = match lookup {
-            Ok(found) => found,
+        let lookup = self.cache.open(&path, Route::Cluster, ask, &demands).await;
+        let opened = match lookup {
+            Ok(opened) => opened,
             Err(missed) => return self.missed(req, &path, missed).await,
         };
-        if meta_source == MetaSource::ReplacedOnRequest {
-            self.announce_new_version(&path, &meta);
+        if opened.source == MetaSource::ReplacedOnRequest {
+            self.announce_new_version(&path, &opened.meta);
         }
-        if let Some(name) = varied_header(&req, &meta) {
+        if let Some(name) = varied_header(&req, &opened.meta) {
             tracing::debug!(
                 path,
                 header = name,
@@ -173,7 +173,7 @@ impl Front {
             );
             return self.pass(req, &path, CacheStatus::VaryMiss).await;
         }
-        self.serve_stored(req, meta, meta_source).await
+        self.serve_stored(req, opened).await
     }
 
     /// A lookup that made no metadata: the upstream's own answer when the lookup has one for
@@ -214,10 +214,10 @@ impl Front {
     ) -> Answer {
         let stored = match bypassed {
             true => None,
-            false => self.metadata.lookup_stored(path, demands).await,
+            false => self.cache.open_stored(path, demands).await,
         };
-        match stored.filter(|(meta, _)| varied_header(&req, meta).is_none()) {
-            Some((meta, meta_source)) => self.serve_stored(req, meta, meta_source).await,
+        match stored.filter(|opened| varied_header(&req, &opened.meta).is_none()) {
+            Some(opened) => self.serve_stored(req, opened).await,
             None => Err(self.refuse(
                 StatusCode::GATEWAY_TIMEOUT,
                 "not stored here, and the request says only-if-cached",
@@ -226,12 +226,12 @@ impl Front {
     }
 
     /// Answers from the object's metadata alone, or with the ranges it wants of its chunks.
-    async fn serve_stored(
-        &self,
-        req: Request<Incoming>,
-        meta: Arc<ObjectMeta>,
-        meta_source: MetaSource,
-    ) -> Answer {
+    async fn serve_stored(&self, req: Request<Incoming>, opened: Opened) -> Answer {
+        let Opened {
+            meta,
+            source: meta_source,
+            first_chunk,
+        } = opened;
         if let Some(res) = self.answer_from_metadata(&req, &meta, meta_source) {
             return Ok(res);
         }
@@ -251,7 +251,8 @@ impl Front {
             }
         };
         drop(req);
-        self.serve_chunks(meta, meta_source, ranges).await
+        self.serve_chunks(meta, meta_source, ranges, first_chunk)
+            .await
     }
 
     /// `304 Not Modified`, `412 Precondition Failed` and `HEAD` need no body bytes: metadata
@@ -312,25 +313,28 @@ impl Front {
         &self,
         meta: Arc<ObjectMeta>,
         range: RangeInclusive<u64>,
+        first_chunk: Option<LeadingChunk>,
     ) -> crate::fetch::RangeReader {
-        self.fetcher
-            .stream_range(meta, range, Route::Cluster)
+        self.cache
+            .read(meta, range, Route::Cluster, first_chunk)
             .counting(self.metrics.bytes_served.clone())
     }
 
-    /// The whole object (`ranges` is `None`), one range, or several as multipart/byteranges.
+    /// The whole object (`ranges` is `None`), one range, or several as multipart/byteranges;
+    /// `first_chunk` is the chunk this request's own lookup fetched.
     async fn serve_chunks(
         &self,
         meta: Arc<ObjectMeta>,
         meta_source: MetaSource,
         ranges: Option<Vec<RangeInclusive<u64>>>,
+        first_chunk: Option<LeadingChunk>,
     ) -> Answer {
         let partial = ranges.is_some();
         let first_range = ranges
             .as_ref()
             .map_or(0..=meta.length - 1, |r| r[0].clone());
         let started = Instant::now();
-        let mut first = self.reader(meta.clone(), first_range.clone());
+        let mut first = self.reader(meta.clone(), first_range.clone(), first_chunk);
         // Wait for the first bytes so a failure can still be a clean error status.
         let first_piece = match first.next().await {
             Some(Ok(piece)) => piece,
@@ -340,12 +344,7 @@ impl Front {
         self.metrics
             .first_byte_seconds
             .observe(started.elapsed().as_secs_f64());
-        let (mut origin, collapsed) = first.origin().unwrap_or((SourceKind::Upstream, false));
-        if meta_source.is_fresh_from_upstream() {
-            // This request's own lookup went upstream and its probe fetched the first bytes;
-            // they may have reached memory before this reader looked, but they were not a hit.
-            origin = SourceKind::Upstream;
-        }
+        let (origin, collapsed) = first.origin().unwrap_or((SourceKind::Upstream, false));
         let status = CacheStatus::Chunks {
             origin,
             collapsed,
@@ -402,7 +401,7 @@ impl Front {
             let part = match head.take() {
                 Some(first) => first,
                 None => {
-                    let reader = self.reader(meta.clone(), range.clone());
+                    let reader = self.reader(meta.clone(), range.clone(), None);
                     futures::stream::once(async move { reader.into_stream() })
                         .flatten()
                         .boxed()

@@ -11,22 +11,36 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use moka::{future::Cache, Expiry};
 
 use crate::{
     metrics::Registrar,
     object::{unix_now, ObjectMeta},
-    peer::{client::PeerClient, server::LocalMetadata, wire::MetaAnswer},
+    peer::{client::PeerClient, wire::MetaAnswer},
     policy::{evaluate, evaluate_head, FreshnessRules, HeadContext, LookupAnswer, Uncacheable},
     source::Route,
     tier::disk::DiskTier,
     upstream::{Probe, ProbeBody, Relayed, Upstream, UpstreamError},
 };
 
-/// Takes over the body of a probe whose answer made an object cacheable (the fetcher).
-pub trait ProbeSink: Send + Sync {
-    fn adopt(&self, meta: &Arc<ObjectMeta>, body: ProbeBody);
+/// What a lookup found: the object's metadata, where it came from, and the body of the probe
+/// when this lookup is the one that asked the upstream with a `GET` (the chunk holding the
+/// first byte its request wants, or the whole object). Only the lookup that probed gets the
+/// body: lookups collapsed onto it get the metadata alone.
+pub struct Found {
+    pub meta: Arc<ObjectMeta>,
+    pub source: MetaSource,
+    pub first_chunk: Option<ProbeBody>,
+}
+
+impl Found {
+    fn without_body(meta: Arc<ObjectMeta>, source: MetaSource) -> Self {
+        Found {
+            meta,
+            source,
+            first_chunk: None,
+        }
+    }
 }
 
 /// An upstream answer's verdict as it holds for the request that asked: shared only as the answer
@@ -206,12 +220,8 @@ fn weigh(path: &str, meta: &ObjectMeta) -> u32 {
 
 pub struct MetadataStore {
     memory: Cache<String, Arc<ObjectMeta>>,
-    /// Paths being revalidated in the background (stale-while-revalidate).
-    revalidating: Mutex<std::collections::HashSet<String>>,
-    me: std::sync::Weak<MetadataStore>,
     /// Paths recently found uncacheable, and why.
     uncacheable: Cache<String, Uncacheable>,
-    sink: std::sync::OnceLock<std::sync::Weak<dyn ProbeSink>>,
     disk: Option<Arc<DiskTier>>,
     peers: Option<Arc<PeerClient>>,
     upstream: Arc<Upstream>,
@@ -232,15 +242,12 @@ impl MetadataStore {
             .max_capacity(cfg.max_bytes)
             .expire_after(FreshnessExpiry)
             .build();
-        Arc::new_cyclic(|me| MetadataStore {
+        Arc::new(MetadataStore {
             memory,
-            revalidating: Mutex::default(),
-            me: me.clone(),
             uncacheable: Cache::builder()
                 .max_capacity(PASS_VERDICTS)
                 .time_to_live(PASS_VERDICT_TTL)
                 .build(),
-            sink: std::sync::OnceLock::new(),
             disk,
             peers,
             upstream,
@@ -249,19 +256,11 @@ impl MetadataStore {
         })
     }
 
-    /// Where the bodies of probes go (set once, after the fetcher exists).
-    pub fn set_probe_sink(&self, sink: std::sync::Weak<dyn ProbeSink>) {
-        let _ = self.sink.set(sink);
-    }
-
     /// Metadata of `path` if it is cacheable, and where it came from (see `lookup`), whatever
-    /// the request asks of it.
-    async fn find(
-        &self,
-        path: &str,
-        route: Route,
-        ask: Asker<'_>,
-    ) -> Result<(Arc<ObjectMeta>, MetaSource), Missed> {
+    /// the request asks of it. A stale copy served while it is revalidated
+    /// (`MetaSource::StaleWhileRevalidate`) is revalidated by the caller (the cache layer, which
+    /// also takes over the body of that revalidation's probe).
+    async fn find(&self, path: &str, route: Route, ask: Asker<'_>) -> Result<Found, Missed> {
         if let Some(why) = self.uncacheable.get(path).await {
             self.metrics
                 .lookups
@@ -272,12 +271,11 @@ impl MetadataStore {
         let stale = match self.memory.get(path).await {
             Some(meta) if meta.is_fresh(unix_now()) => {
                 self.count(MetaSource::Memory);
-                return Ok((meta, MetaSource::Memory));
+                return Ok(Found::without_body(meta, MetaSource::Memory));
             }
             Some(meta) if meta.may_serve_stale_while_revalidating(unix_now()) => {
-                self.revalidate_in_background(path, route, meta.clone());
                 self.count(MetaSource::StaleWhileRevalidate);
-                return Ok((meta, MetaSource::StaleWhileRevalidate));
+                return Ok(Found::without_body(meta, MetaSource::StaleWhileRevalidate));
             }
             Some(meta) => {
                 self.memory.invalidate(path).await;
@@ -286,16 +284,17 @@ impl MetadataStore {
             None => None,
         };
         // Concurrent lookups collapse into one load; only the loader learns where it looked,
-        // and only its request gets the upstream's answer to relay.
-        let loaded_from = Mutex::new(None);
+        // and only its request gets the upstream's answer (to relay, or the probe's body).
+        let loaded = Mutex::new(None);
         let relay = Mutex::new(None);
         let kept = stale.clone();
         let meta = self
             .memory
             .try_get_with(path.to_string(), async {
                 match self.load(path, route, ask, stale).await {
-                    Ok((meta, source)) => {
-                        *loaded_from.lock().expect("lookup lock") = Some(source);
+                    Ok(found) => {
+                        let meta = found.meta.clone();
+                        *loaded.lock().expect("lookup lock") = Some(found);
                         Ok(meta)
                     }
                     Err(missed) => {
@@ -309,7 +308,28 @@ impl MetadataStore {
         let relay = relay.into_inner().expect("lookup lock");
         let meta = match meta {
             Ok(meta) => meta,
-            Err(LookupError::Uncacheable(why)) => {
+            Err(error) => return Err(self.not_found(path, error, relay, kept).await),
+        };
+        let found = loaded
+            .into_inner()
+            .expect("lookup lock")
+            .unwrap_or_else(|| Found::without_body(meta, MetaSource::Memory));
+        self.count(found.source);
+        Ok(found)
+    }
+
+    /// A lookup that made no metadata: lasting verdicts are remembered; when the upstream
+    /// failed, the stale copy is kept to revalidate (or to serve stale within its grace) next
+    /// time.
+    async fn not_found(
+        &self,
+        path: &str,
+        error: LookupError,
+        relay: Option<Box<Relayed>>,
+        kept: Option<Arc<ObjectMeta>>,
+    ) -> Missed {
+        match &error {
+            LookupError::Uncacheable(why) => {
                 // An upstream error status may be gone soon: only lasting verdicts are kept.
                 // Nor is a verdict on one client's credentials a verdict on the object.
                 let lasting =
@@ -317,24 +337,14 @@ impl MetadataStore {
                 if lasting {
                     self.uncacheable.insert(path.to_string(), why.clone()).await;
                 }
-                let error = LookupError::Uncacheable(why);
-                return Err(Missed { error, relay });
             }
-            Err(error) => {
-                // The upstream failed: keep what was stale, to revalidate (or to serve stale
-                // within its grace) next time.
+            LookupError::Upstream(_) => {
                 if let Some(stale) = kept {
                     self.memory.insert(path.to_string(), stale).await;
                 }
-                return Err(Missed { error, relay });
             }
-        };
-        let source = loaded_from
-            .into_inner()
-            .expect("lookup lock")
-            .unwrap_or(MetaSource::Memory);
-        self.count(source);
-        Ok((meta, source))
+        }
+        Missed { error, relay }
     }
 
     fn count(&self, source: MetaSource) {
@@ -350,14 +360,16 @@ impl MetadataStore {
         route: Route,
         ask: Asker<'_>,
         mut stale: Option<Arc<ObjectMeta>>,
-    ) -> Result<(Arc<ObjectMeta>, MetaSource), Missed> {
+    ) -> Result<Found, Missed> {
         let key = ObjectMeta::meta_key(path);
         if let (Some(peers), Route::Cluster) = (&self.peers, route) {
             for peer in peers.remote_owners(&key) {
                 match peers.fetch_meta(&peer, path).await {
                     Ok(MetaAnswer::Cacheable(meta)) if self.is_consistent(&meta, path) => {
                         match from_peer::accept(&self.cfg.rules, *meta, unix_now()) {
-                            Some(meta) => return Ok((Arc::new(meta), MetaSource::Peer)),
+                            Some(meta) => {
+                                return Ok(Found::without_body(Arc::new(meta), MetaSource::Peer))
+                            }
                             None => peers.mark_suspect(&peer, &"implausible metadata"),
                         }
                     }
@@ -379,18 +391,15 @@ impl MetadataStore {
         }
         if let Some(meta) = self.stored_on_disk(path).await {
             if meta.is_fresh(unix_now()) {
-                return Ok((meta, MetaSource::Disk));
+                return Ok(Found::without_body(meta, MetaSource::Disk));
             }
             stale = stale.or(Some(meta));
         }
         let answer = match &stale {
             Some(old) => self.revalidate(path, old, ask).await,
-            None => self
-                .ask_upstream(path, ask)
-                .await
-                .map(|meta| (Arc::new(meta), MetaSource::Upstream)),
+            None => self.ask_upstream(path, ask).await,
         };
-        let (meta, source) = match (answer, stale) {
+        let found = match (answer, stale) {
             (Ok(found), _) => found,
             (
                 Err(Missed {
@@ -405,12 +414,12 @@ impl MetadataStore {
             ) =>
             {
                 tracing::warn!(path, error = %e, "upstream failed; serving stale within stale-if-error");
-                return Ok((old, MetaSource::StaleIfError));
+                return Ok(Found::without_body(old, MetaSource::StaleIfError));
             }
             (Err(e), _) => return Err(e),
         };
-        self.persist(path, &meta).await;
-        Ok((meta, source))
+        self.persist(path, &found.meta).await;
+        Ok(found)
     }
 
     /// This node's disk record of `path`, fresh or still worth revalidating; records that are
@@ -450,12 +459,13 @@ impl MetadataStore {
     }
 
     /// A fresh lookup: the probe, or a `HEAD` for requests that want no body.
-    async fn ask_upstream(&self, path: &str, ask: Asker<'_>) -> Result<ObjectMeta, Missed> {
+    async fn ask_upstream(&self, path: &str, ask: Asker<'_>) -> Result<Found, Missed> {
         match ask.first_byte {
             Some(byte) => self.probe(path, byte, ask.headers).await,
             None => {
                 let answer = self.upstream.head(path, ask.headers, None).await?;
-                self.take_head(path, answer, ask.headers)
+                let meta = self.take_head(path, answer, ask.headers)?;
+                Ok(Found::without_body(Arc::new(meta), MetaSource::Upstream))
             }
         }
     }
@@ -500,14 +510,14 @@ impl MetadataStore {
         }
     }
 
-    /// Looks `path` up with a `GET` of the chunk holding `byte` and hands the body to the
-    /// fetcher, so the first byte costs one round trip.
+    /// Looks `path` up with a `GET` of the chunk holding `byte`, whose body comes back with the
+    /// metadata, so the first byte costs one round trip.
     async fn probe(
         &self,
         path: &str,
         byte: u64,
         client: &http::HeaderMap,
-    ) -> Result<ObjectMeta, Missed> {
+    ) -> Result<Found, Missed> {
         let chunk_size = self.cfg.chunk_size;
         let start = byte / chunk_size * chunk_size;
         let probe = self
@@ -517,14 +527,14 @@ impl MetadataStore {
         self.take_probe(path, probe, client)
     }
 
-    /// Metadata from a probe's answer; its body goes to the fetcher. An answer that makes no
-    /// metadata is handed back to be relayed.
+    /// Metadata from a probe's answer, with its body when the object has bytes. An answer that
+    /// makes no metadata is handed back to be relayed.
     fn take_probe(
         &self,
         path: &str,
         probe: Probe,
         client: &http::HeaderMap,
-    ) -> Result<ObjectMeta, Missed> {
+    ) -> Result<Found, Missed> {
         let verdict = self.judge_probe(path, &probe);
         let meta = match for_asker(verdict, &probe.headers, client) {
             Ok(meta) => meta,
@@ -533,12 +543,12 @@ impl MetadataStore {
                 return Err(Missed { error, relay });
             }
         };
-        if let Some(sink) = self.sink.get().and_then(|s| s.upgrade()) {
-            if meta.length > 0 {
-                sink.adopt(&Arc::new(meta.clone()), probe.body);
-            }
-        }
-        Ok(meta)
+        let first_chunk = (meta.length > 0).then_some(probe.body);
+        Ok(Found {
+            meta: Arc::new(meta),
+            source: MetaSource::Upstream,
+            first_chunk,
+        })
     }
 
     fn judge_probe(&self, path: &str, probe: &Probe) -> Result<ObjectMeta, LookupError> {
@@ -658,27 +668,14 @@ impl MetadataStore {
     }
 }
 
-impl LocalMetadata for MetadataStore {
-    fn lookup_local<'a>(
-        &'a self,
-        path: &'a str,
-    ) -> BoxFuture<'a, Result<MetaAnswer, UpstreamError>> {
-        Box::pin(async move {
-            let ask = Asker {
-                first_byte: Some(0),
-                headers: &http::HeaderMap::new(),
-            };
-            match self.find(path, Route::LocalOnly, ask).await {
-                Ok((meta, _)) => Ok(MetaAnswer::Cacheable(Box::new((*meta).clone()))),
-                Err(missed) => match missed.error {
-                    LookupError::Uncacheable(why) => Ok(MetaAnswer::Uncacheable(why)),
-                    LookupError::Upstream(e) => Err(e),
-                },
-            }
-        })
-    }
-
-    fn is_own(&self, meta: &ObjectMeta) -> bool {
-        self.is_consistent(meta, &meta.path)
+impl MetadataStore {
+    /// A lookup on behalf of a peer (this node owns the path's metadata): this node's own tiers
+    /// and upstream only, probing from the object's start as a client's `GET` would.
+    pub async fn lookup_local(&self, path: &str) -> Result<Found, Missed> {
+        let ask = Asker {
+            first_byte: Some(0),
+            headers: &http::HeaderMap::new(),
+        };
+        self.find(path, Route::LocalOnly, ask).await
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{unix_now, Asker, LookupError, MetaSource, MetadataStore, Missed};
+use super::{unix_now, Asker, Found, LookupError, MetaSource, MetadataStore, Missed};
 use crate::{object::ObjectMeta, policy::ClientDemands, source::Route};
 
 impl MetadataStore {
@@ -19,15 +19,16 @@ impl MetadataStore {
         route: Route,
         ask: Asker<'_>,
         demands: &ClientDemands,
-    ) -> Result<(Arc<ObjectMeta>, MetaSource), Missed> {
-        if let Some(stale) = self.stale_on_request(path, demands).await {
-            return Ok(stale);
+    ) -> Result<Found, Missed> {
+        if let Some((meta, source)) = self.stale_on_request(path, demands).await {
+            return Ok(Found::without_body(meta, source));
         }
-        let (meta, source) = self.find(path, route, ask).await?;
-        if source.asked_upstream() || demands.accepts(&meta, unix_now()) {
-            return Ok((meta, source));
+        let found = self.find(path, route, ask).await?;
+        if found.source.asked_upstream() || demands.accepts(&found.meta, unix_now()) {
+            return Ok(found);
         }
-        self.revalidate_on_request(path, (meta, source), ask).await
+        self.revalidate_on_request(path, (found.meta, found.source), ask)
+            .await
     }
 
     /// A stale copy in memory that the client's `max-stale` accepts: served as it is, without
@@ -82,8 +83,8 @@ impl MetadataStore {
         path: &str,
         stored: (Arc<ObjectMeta>, MetaSource),
         ask: Asker<'_>,
-    ) -> Result<(Arc<ObjectMeta>, MetaSource), Missed> {
-        let (meta, source) = match self.revalidate(path, &stored.0, ask).await {
+    ) -> Result<Found, Missed> {
+        let found = match self.revalidate(path, &stored.0, ask).await {
             Ok(found) => found,
             Err(Missed {
                 error: LookupError::Upstream(e),
@@ -91,19 +92,19 @@ impl MetadataStore {
             }) => {
                 tracing::warn!(path, error = %e,
                     "the upstream could not confirm the stored copy the client asked to confirm; serving it");
-                return Ok(stored);
+                return Ok(Found::without_body(stored.0, stored.1));
             }
             Err(e) => return Err(e),
         };
-        self.remember(path, &meta).await;
-        let source = match source {
+        self.remember(path, &found.meta).await;
+        let source = match found.source {
             MetaSource::Revalidated => MetaSource::RevalidatedOnRequest,
-            MetaSource::Upstream if meta.version != stored.0.version => {
+            MetaSource::Upstream if found.meta.version != stored.0.version => {
                 MetaSource::ReplacedOnRequest
             }
             other => other,
         };
         self.count(source);
-        Ok((meta, source))
+        Ok(Found { source, ..found })
     }
 }

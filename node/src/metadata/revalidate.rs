@@ -1,9 +1,9 @@
 //! Stale metadata: a conditional request keeps every chunk when the upstream answers `304`, and
-//! `stale-while-revalidate` refreshes in the background.
+//! `stale-while-revalidate` refreshes off the request path (the cache layer runs it).
 
 use std::sync::Arc;
 
-use super::{Asker, LookupError, MetaSource, MetadataStore, Missed};
+use super::{Asker, Found, LookupError, MetaSource, MetadataStore, Missed};
 use crate::{object::ObjectMeta, policy::refresh, source::Route};
 
 impl MetadataStore {
@@ -15,7 +15,7 @@ impl MetadataStore {
         path: &str,
         stale: &Arc<ObjectMeta>,
         ask: Asker<'_>,
-    ) -> Result<(Arc<ObjectMeta>, MetaSource), Missed> {
+    ) -> Result<Found, Missed> {
         let Some(byte) = ask.first_byte else {
             return self.revalidate_by_head(path, stale, ask).await;
         };
@@ -28,8 +28,7 @@ impl MetadataStore {
         if probe.status == http::StatusCode::NOT_MODIFIED {
             return self.refreshed(path, stale, &probe.headers, probe.response_time);
         }
-        let meta = self.take_probe(path, probe, ask.headers)?;
-        Ok((Arc::new(meta), MetaSource::Upstream))
+        self.take_probe(path, probe, ask.headers)
     }
 
     /// A client's `HEAD` wants no body: the stored copy is confirmed with a conditional `HEAD`
@@ -39,13 +38,13 @@ impl MetadataStore {
         path: &str,
         stale: &Arc<ObjectMeta>,
         ask: Asker<'_>,
-    ) -> Result<(Arc<ObjectMeta>, MetaSource), Missed> {
+    ) -> Result<Found, Missed> {
         let answer = self.upstream.head(path, ask.headers, Some(stale)).await?;
         if answer.0 == http::StatusCode::NOT_MODIFIED {
             return self.refreshed(path, stale, &answer.1, answer.2);
         }
         let meta = self.take_head(path, answer, ask.headers)?;
-        Ok((Arc::new(meta), MetaSource::Upstream))
+        Ok(Found::without_body(Arc::new(meta), MetaSource::Upstream))
     }
 
     /// `stale` confirmed by a `304` with `headers`: its lifetime and headers updated.
@@ -55,49 +54,32 @@ impl MetadataStore {
         stale: &ObjectMeta,
         headers: &http::HeaderMap,
         response_time: std::time::SystemTime,
-    ) -> Result<(Arc<ObjectMeta>, MetaSource), Missed> {
+    ) -> Result<Found, Missed> {
         let status = stale.status_code();
         let ctx = self.context(path, status, response_time);
         let meta = refresh(&ctx, stale, headers).map_err(LookupError::Uncacheable)?;
         tracing::debug!(path, "revalidated: not modified");
-        Ok((Arc::new(meta), MetaSource::Revalidated))
+        Ok(Found::without_body(Arc::new(meta), MetaSource::Revalidated))
     }
 
-    /// Revalidates `stale` off the request path (one at a time per path); the request that
-    /// noticed it is served the stale copy at once.
-    pub(super) fn revalidate_in_background(
+    /// Revalidates `stale`, served meanwhile within its `stale-while-revalidate` grace: asked as
+    /// the stored response was selected (the same variant comes back), from the object's
+    /// start. The answer replaces the record; a new version's probe body comes back with it.
+    pub async fn revalidate_stale(
         &self,
         path: &str,
         route: Route,
         stale: Arc<ObjectMeta>,
-    ) {
-        let Some(me) = self.me.upgrade() else { return };
-        if !self
-            .revalidating
-            .lock()
-            .expect("revalidating lock")
-            .insert(path.to_string())
-        {
-            return;
-        }
-        let path = path.to_string();
-        tokio::spawn(async move {
-            // Asked as the stored response was selected: the same variant comes back.
-            let headers = stale.selecting_headers();
-            let ask = Asker {
-                first_byte: Some(0),
-                headers: &headers,
-            };
-            match me.load(&path, route, ask, Some(stale)).await {
-                Ok((meta, _)) => me.memory.insert(path.clone(), meta).await,
-                Err(missed) => {
-                    tracing::warn!(path, error = %missed.error, "background revalidation failed")
-                }
-            }
-            me.revalidating
-                .lock()
-                .expect("revalidating lock")
-                .remove(&path);
-        });
+    ) -> Result<Found, Missed> {
+        let headers = stale.selecting_headers();
+        let ask = Asker {
+            first_byte: Some(0),
+            headers: &headers,
+        };
+        let found = self.load(path, route, ask, Some(stale)).await?;
+        self.memory
+            .insert(path.to_string(), found.meta.clone())
+            .await;
+        Ok(found)
     }
 }

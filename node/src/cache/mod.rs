@@ -1,0 +1,181 @@
+//! The cache as one request sees it: opening an object looks its metadata up and hands the body
+//! of the lookup's probe, when this lookup made one, to the fetcher; the request then reads its
+//! ranges, its first chunk through the fetch that body started.
+//!
+//! This layer sits above `metadata` and `fetch` and below the client front (`http`) and the peer
+//! API, so the probe's body moves down the call path and back up (metadata returns it, this
+//! layer hands it to the fetcher), never sideways through a handle one keeps of the other.
+
+use std::{
+    collections::HashSet,
+    ops::RangeInclusive,
+    sync::{Arc, Mutex},
+};
+
+use futures::future::BoxFuture;
+
+use crate::{
+    fetch::{ChunkFetcher, LeadingChunk, RangeReader},
+    metadata::{Asker, Found, LookupError, MetaSource, MetadataStore, Missed},
+    object::ObjectMeta,
+    peer::{server::LocalMetadata, wire::MetaAnswer},
+    policy::ClientDemands,
+    source::Route,
+    upstream::UpstreamError,
+};
+
+/// An object opened for one request.
+pub struct Opened {
+    pub meta: Arc<ObjectMeta>,
+    pub source: MetaSource,
+    /// The chunk this request's own lookup fetched, read through the fetch it started.
+    pub first_chunk: Option<LeadingChunk>,
+}
+
+pub struct Cache {
+    metadata: Arc<MetadataStore>,
+    fetcher: Arc<ChunkFetcher>,
+    /// Paths being revalidated in the background (stale-while-revalidate), one at a time each.
+    revalidating: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Frees a path for the next background revalidation however the current one ends.
+struct Revalidating {
+    paths: Arc<Mutex<HashSet<String>>>,
+    path: String,
+}
+
+impl Drop for Revalidating {
+    fn drop(&mut self) {
+        self.paths
+            .lock()
+            .expect("revalidating lock")
+            .remove(&self.path);
+    }
+}
+
+impl Cache {
+    pub fn new(metadata: Arc<MetadataStore>, fetcher: Arc<ChunkFetcher>) -> Arc<Self> {
+        Arc::new(Cache {
+            metadata,
+            fetcher,
+            revalidating: Arc::default(),
+        })
+    }
+
+    /// Looks `path` up for a request (see `MetadataStore::lookup`); the first chunk comes back
+    /// when the lookup fetched it.
+    pub async fn open(
+        &self,
+        path: &str,
+        route: Route,
+        ask: Asker<'_>,
+        demands: &ClientDemands,
+    ) -> Result<Opened, Missed> {
+        let found = self.metadata.lookup(path, route, ask, demands).await?;
+        Ok(self.opened(path, route, found))
+    }
+
+    /// `only-if-cached`: what this node holds, without asking anyone (see
+    /// `MetadataStore::lookup_stored`).
+    pub async fn open_stored(&self, path: &str, demands: &ClientDemands) -> Option<Opened> {
+        let (meta, source) = self.metadata.lookup_stored(path, demands).await?;
+        Some(Opened {
+            meta,
+            source,
+            first_chunk: None,
+        })
+    }
+
+    /// The bytes of `range` (inclusive) of `meta`, with read-ahead; `first_chunk` is the
+    /// request's own fetch of the range's first chunk, if its lookup made one.
+    pub fn read(
+        &self,
+        meta: Arc<ObjectMeta>,
+        range: RangeInclusive<u64>,
+        route: Route,
+        first_chunk: Option<LeadingChunk>,
+    ) -> RangeReader {
+        self.fetcher
+            .stream_range(meta, range, route)
+            .led_by(first_chunk)
+    }
+
+    /// A lookup's answer made ready for its request: the probe's body handed to the fetcher, and
+    /// a stale copy served now revalidated behind the request.
+    fn opened(&self, path: &str, route: Route, found: Found) -> Opened {
+        let Found {
+            meta,
+            source,
+            first_chunk,
+        } = found;
+        if source == MetaSource::StaleWhileRevalidate {
+            self.revalidate_in_background(path, route, meta.clone());
+        }
+        let first_chunk = first_chunk.and_then(|body| self.fetcher.adopt_probe(&meta, body));
+        Opened {
+            meta,
+            source,
+            first_chunk,
+        }
+    }
+
+    /// Revalidates `stale` off the request path, one revalidation per path at a time. A new
+    /// version's probe body goes to the fetcher like any lookup's, so the first chunk of the new
+    /// version is not fetched twice.
+    fn revalidate_in_background(&self, path: &str, route: Route, stale: Arc<ObjectMeta>) {
+        if !self
+            .revalidating
+            .lock()
+            .expect("revalidating lock")
+            .insert(path.to_string())
+        {
+            return;
+        }
+        let guard = Revalidating {
+            paths: self.revalidating.clone(),
+            path: path.to_string(),
+        };
+        let (metadata, fetcher) = (self.metadata.clone(), self.fetcher.clone());
+        tokio::spawn(async move {
+            let path = guard.path.as_str();
+            match metadata.revalidate_stale(path, route, stale).await {
+                Ok(Found {
+                    meta,
+                    first_chunk: Some(body),
+                    ..
+                }) => drop(fetcher.adopt_probe(&meta, body)),
+                Ok(_) => {}
+                Err(missed) => {
+                    tracing::warn!(path, error = %missed.error, "background revalidation failed")
+                }
+            }
+        });
+    }
+}
+
+/// The peer API's metadata lookups: an owner's lookup for a peer probes the object's first
+/// chunk, whose body this node keeps like a client's lookup would.
+impl LocalMetadata for Cache {
+    fn lookup_local<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<MetaAnswer, UpstreamError>> {
+        Box::pin(async move {
+            match self.metadata.lookup_local(path).await {
+                Ok(found) => {
+                    let opened = self.opened(path, Route::LocalOnly, found);
+                    Ok(MetaAnswer::Cacheable(Box::new((*opened.meta).clone())))
+                }
+                Err(missed) => match missed.error {
+                    LookupError::Uncacheable(why) => Ok(MetaAnswer::Uncacheable(why)),
+                    LookupError::Upstream(e) => Err(e),
+                },
+            }
+        })
+    }
+
+    fn is_own(&self, meta: &ObjectMeta) -> bool {
+        self.metadata.is_consistent(meta, &meta.path)
+    }
+}
