@@ -110,7 +110,7 @@ pub struct CasseroleCacheSpec {
     pub workload: WorkloadKind,
 
     /// Number of cache pods in StatefulSet mode (the scale subresource writes this field).
-    /// Ignored in DaemonSet mode.
+    /// In DaemonSet mode it has no effect (one pod per eligible node) and cannot change.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
@@ -128,7 +128,9 @@ pub struct CasseroleCacheSpec {
     #[serde(default)]
     pub etcd: EtcdSpec,
 
-    /// Container image of `casserole-node` (default: the release matching the operator).
+    /// Container image of `casserole-node`. Set, it wins over operator upgrades (upgrade the
+    /// cache on your own schedule); unset, it is the release matching the operator, so an
+    /// operator upgrade rolls the cache onto it (announced by a NodeImageChanged Event).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
