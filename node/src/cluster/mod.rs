@@ -3,10 +3,15 @@
 //! `membership` keeps the live member set current (etcd, a static list, or
 //! standalone); `ring` maps a key onto that set by rendezvous hashing. Both
 //! only depend on [`Member`], so the ring can be used with any member source.
+//! `etcd` is the node's one connection to etcd and its plumbing, used by
+//! membership and by purges.
 
+pub mod etcd;
 pub mod member_key;
 pub mod membership;
 pub mod ring;
+#[cfg(test)]
+pub(crate) mod test_etcd;
 
 /// One cache node as its peers see it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -38,8 +38,8 @@ impl Front {
         }
     }
 
-    /// The metadata here at once (the next request looks the object up afresh), then chunks
-    /// and the other members through a purge of the path.
+    /// The metadata here at once (the next request looks the object up afresh), then the other
+    /// members through an invalidation of the path.
     async fn invalidate(&self, path: &str) {
         self.metadata.purge_path(path).await;
         self.purge_cluster_wide(path, "a successful unsafe request (invalidation)");
@@ -57,10 +57,12 @@ impl Front {
         }
     }
 
+    /// Queued, never awaited: invalidations of a path are coalesced per window and written to
+    /// etcd by one task (see `purge::coalesce`), so a request never waits on etcd and a burst of
+    /// requests costs one record per path.
     fn purge_cluster_wide(&self, path: &str, why: &'static str) {
         if let Some(purger) = &self.invalidator {
-            let (purger, target) = (purger.clone(), crate::purge::Target::Path(path.into()));
-            tokio::spawn(async move { purger.purge(target, why).await });
+            purger.invalidate(path, why);
         }
     }
 }

@@ -1,5 +1,9 @@
 //! Removing a purge target from this node's own stores: metadata (memory and disk) and the
 //! chunks of every version it named (memory tier, hot copies included, and disk tier).
+//!
+//! What each costs: a path's metadata is found by key (memory and disk); dropping a version's
+//! chunks scans the memory tier and the disk index once each; only a prefix scans the metadata
+//! (memory and disk). [`Scans`] counts them, for `casserole_purge_scans_total`.
 
 use std::sync::Arc;
 
@@ -8,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::{fetch::ChunkFetcher, metadata::MetadataStore, tier::disk::DiskTier};
 
 /// What a purge removes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
     /// One path (and query), all its versions.
@@ -39,6 +43,17 @@ impl Target {
         Ok(())
     }
 
+    /// The target cut to `max` bytes: a longer path becomes the prefix of its first `max` bytes
+    /// (a superset, so nothing it named survives).
+    pub fn bounded(self, max: usize) -> Target {
+        if self.text().len() <= max {
+            return self;
+        }
+        let text = self.text();
+        let cut = super::record::floor_char_boundary(text, max);
+        Target::Prefix(text[..cut].to_string())
+    }
+
     /// The target as the front end keys objects: a path in its normalised form
     /// (`/a/./%73` purges `/a/s`), so no spelling of a path escapes its purge.
     pub fn canonical(self) -> Result<Target, String> {
@@ -67,6 +82,22 @@ pub struct Removed {
     pub objects: usize,
     /// Versions whose chunks were dropped (this node's own records, plus those given).
     pub versions: Vec<String>,
+    #[serde(skip)]
+    pub scans: Scans,
+}
+
+/// Whole-store scans one application made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scans {
+    pub memory: u64,
+    pub disk: u64,
+}
+
+impl std::ops::AddAssign for Scans {
+    fn add_assign(&mut self, other: Scans) {
+        self.memory += other.memory;
+        self.disk += other.disk;
+    }
 }
 
 impl LocalStores {
@@ -74,33 +105,47 @@ impl LocalStores {
     /// (versions other members found for the target: a chunk owner need not hold the metadata
     /// of the objects whose chunks it stores).
     pub async fn apply(&self, target: &Target, also: &[String]) -> Removed {
-        let found: Vec<String> = match target {
-            Target::Path(path) => self.metadata.purge_path(path).await,
-            Target::Prefix(prefix) => self
-                .metadata
-                .purge_prefix(prefix)
-                .await
-                .into_iter()
-                .map(|(_, v)| v)
-                .collect(),
+        let mut removed = self.forget(target).await;
+        removed.versions.extend(also.iter().cloned());
+        removed.versions.sort();
+        removed.versions.dedup();
+        removed.scans += self.drop_chunks(&removed.versions).await;
+        removed
+    }
+
+    /// Drops the target's metadata only: after an invalidation a new lookup finds the new
+    /// version, whose chunks have other keys, so the old chunks cost nothing but space.
+    pub async fn forget(&self, target: &Target) -> Removed {
+        let (versions, scans) = match target {
+            Target::Path(path) => (self.metadata.purge_path(path).await, Scans::default()),
+            Target::Prefix(prefix) => {
+                let purged = self.metadata.purge_prefix(prefix).await;
+                let scans = Scans {
+                    memory: 1,
+                    disk: u64::from(self.disk.is_some()),
+                };
+                (purged.into_iter().map(|(_, v)| v).collect(), scans)
+            }
         };
-        let objects = found.len();
-        let mut versions = found;
-        versions.extend(also.iter().cloned());
-        versions.sort();
-        versions.dedup();
-        self.drop_chunks(&versions).await;
-        Removed { objects, versions }
+        Removed {
+            objects: versions.len(),
+            versions,
+            scans,
+        }
     }
 
     /// Drops every chunk of `versions`, in memory and on disk.
-    pub async fn drop_chunks(&self, versions: &[String]) {
+    pub async fn drop_chunks(&self, versions: &[String]) -> Scans {
+        let mut scans = Scans::default();
         for v in versions {
             self.fetcher.memory().remove_version(v);
+            scans.memory += 1;
             if let Some(disk) = &self.disk {
                 disk.remove_version(v).await;
+                scans.disk += 1;
             }
         }
+        scans
     }
 }
 

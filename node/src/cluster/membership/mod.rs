@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, Event, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, WatchOptions, WatchStream,
+    Client, Event, EventType, LeaseKeepAliveStream, LeaseKeeper, PutOptions, WatchOptions,
+    WatchStream,
 };
 use rand::Rng;
 use tokio::sync::watch;
@@ -30,12 +30,11 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tracing::{error, info, warn};
 
+use super::etcd::{list_prefix, op, Connection, Etcd, EtcdError, PAGE};
 use super::member_key;
 
 pub use super::Member;
 
-/// Deadline for one unary etcd call; streams have their own liveness checks.
-const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long `leave()` may take in total (lease revoke included).
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -209,6 +208,8 @@ struct Control {
 pub struct Membership {
     shared: Arc<Shared>,
     control: Option<Arc<Control>>,
+    /// The node's etcd connection, shared with the purges.
+    etcd: Option<Arc<Etcd>>,
 }
 
 impl Membership {
@@ -226,6 +227,7 @@ impl Membership {
         Membership {
             shared,
             control: None,
+            etcd: None,
         }
     }
 
@@ -237,14 +239,21 @@ impl Membership {
         let self_member = Member::new(cfg.node_id.clone(), cfg.peering_url.clone());
         let shared = Shared::new(self_member, false, metrics);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(cfg, shared.clone(), stop_rx));
+        let etcd = Etcd::new(cfg.endpoints.clone());
+        let task = tokio::spawn(run(cfg, etcd.clone(), shared.clone(), stop_rx));
         Membership {
             shared,
             control: Some(Arc::new(Control {
                 stop: stop_tx,
                 task: Mutex::new(Some(task)),
             })),
+            etcd: Some(etcd),
         }
+    }
+
+    /// The node's etcd connection (with etcd membership), for the other users of etcd.
+    pub fn etcd_connection(&self) -> Option<Arc<Etcd>> {
+        self.etcd.clone()
     }
 
     pub fn self_member(&self) -> &Member {
@@ -281,35 +290,12 @@ impl Membership {
     }
 }
 
-/// Why an etcd session ended.
-#[derive(Debug, thiserror::Error)]
-enum SessionError {
-    #[error("etcd: {0}")]
-    Etcd(#[from] etcd_client::Error),
-    #[error("etcd call timed out")]
-    Timeout,
-    #[error("{0}")]
-    Stream(&'static str),
-    /// The lease is gone (expired or revoked): re-register at once.
-    #[error("lease lost")]
-    LeaseLost,
-}
-
-/// Wraps one unary call in `OP_TIMEOUT`.
-async fn op<T>(
-    fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, SessionError> {
-    match timeout(OP_TIMEOUT, fut).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(SessionError::Timeout),
-    }
-}
-
 /// What survives across sessions.
 struct State {
     cfg: EtcdConfig,
     shared: Arc<Shared>,
-    client: Option<Client>,
+    etcd: Arc<Etcd>,
+    client: Option<Connection>,
     /// Current lease, kept across reconnects: if etcd was down for less than
     /// the TTL the registration is still valid and peers never saw us leave.
     lease: Option<i64>,
@@ -326,10 +312,16 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-async fn run(cfg: EtcdConfig, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn run(
+    cfg: EtcdConfig,
+    etcd: Arc<Etcd>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut st = State {
         cfg,
         shared,
+        etcd,
         client: None,
         lease: None,
         registered_once: false,
@@ -347,7 +339,7 @@ async fn run(cfg: EtcdConfig, shared: Arc<Shared>, mut stop: watch::Receiver<boo
             backoff = BACKOFF_MIN;
         }
         match res {
-            Err(SessionError::LeaseLost) => {
+            Err(EtcdError::LeaseLost) => {
                 // Not an etcd failure, so not counted; the session was up, so
                 // the backoff is at its minimum and re-registration is quick.
                 warn!(node = %st.cfg.node_id, "etcd lease lost, re-registering");
@@ -359,7 +351,9 @@ async fn run(cfg: EtcdConfig, shared: Arc<Shared>, mut stop: watch::Receiver<boo
                 warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "etcd membership error; keeping last known members");
                 // A fresh channel on retry: don't rely on the old one
                 // reconnecting by itself after the server came back.
-                st.client = None;
+                if let Some(failed) = st.client.take() {
+                    st.etcd.failed(&failed).await;
+                }
             }
             Ok(()) => {}
         }
@@ -379,10 +373,10 @@ async fn run(cfg: EtcdConfig, shared: Arc<Shared>, mut stop: watch::Receiver<boo
     if let Some(lease) = st.lease {
         let revoke = async {
             let mut client = match st.client.take() {
-                Some(c) => c,
-                None => Client::connect(&st.cfg.endpoints, Some(connect_options())).await?,
+                Some(c) => c.client,
+                None => st.etcd.connection().await?.client,
             };
-            client.lease_revoke(lease).await
+            op(client.lease_revoke(lease)).await
         };
         match timeout(LEAVE_TIMEOUT - Duration::from_millis(300), revoke).await {
             Ok(Ok(_)) => info!(node = %st.cfg.node_id, "left cluster (lease revoked)"),
@@ -392,28 +386,12 @@ async fn run(cfg: EtcdConfig, shared: Arc<Shared>, mut stop: watch::Receiver<boo
     }
 }
 
-/// No request timeout on the channel: it would also cut the long-lived watch
-/// and keep-alive streams. Unary calls use `op` instead. HTTP/2 pings find a
-/// dead connection; 10 s stays above etcd's minimum ping interval (5 s).
-fn connect_options() -> ConnectOptions {
-    ConnectOptions::new()
-        .with_connect_timeout(OP_TIMEOUT)
-        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-        // A member cut off from the etcd quorum fails our calls and watches
-        // instead of serving a stale view forever.
-        .with_require_leader(true)
-}
-
 /// Reads the member list and publishes it; returns the revision to watch from.
-async fn list_members(
-    st: &mut State,
-    client: &mut Client,
-    prefix: &str,
-) -> Result<i64, SessionError> {
-    let resp = op(client.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
-    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+async fn list_members(st: &mut State, client: &mut Client, prefix: &str) -> Result<i64, EtcdError> {
+    let listing = list_prefix(client, prefix, PAGE).await?;
+    let revision = listing.revision;
     let mut remote = BTreeMap::new();
-    for kv in resp.kvs() {
+    for kv in &listing.kvs {
         if let Some((id, url)) = parse_kv(prefix, kv.key(), kv.value()) {
             remote.insert(id, url);
         }
@@ -460,12 +438,11 @@ fn apply_events(st: &mut State, prefix: &str, self_key: &str, events: &[Event]) 
 /// One connected session: (re)register, list, then watch and keep the lease
 /// alive until something fails. Only returns with an error; sets
 /// `established` once the list has been read.
-async fn session(st: &mut State, established: &mut bool) -> Result<(), SessionError> {
+async fn session(st: &mut State, established: &mut bool) -> Result<(), EtcdError> {
     if st.client.is_none() {
-        let opts = connect_options();
-        st.client = Some(op(Client::connect(&st.cfg.endpoints, Some(opts))).await?);
+        st.client = Some(st.etcd.connection().await?);
     }
-    let mut client = st.client.clone().expect("client set above");
+    let mut client = st.client.clone().expect("client set above").client;
     let ttl = st.cfg.ttl_secs();
 
     let (mut keeper, mut ka_stream) = register(st, &mut client, ttl).await?;
@@ -496,23 +473,23 @@ async fn session(st: &mut State, established: &mut bool) -> Result<(), SessionEr
                 // No keep-alive answer for a whole TTL: the lease may be gone
                 // and the connection is likely dead; start over.
                 if last_ka.elapsed() > lease_ttl {
-                    return Err(SessionError::Stream("no lease keep-alive answer within the TTL"));
+                    return Err(EtcdError::Stream("no lease keep-alive answer within the TTL"));
                 }
                 keeper.keep_alive().await?;
             }
             msg = ka_stream.message() => match msg? {
                 Some(r) if r.ttl() > 0 => last_ka = Instant::now(),
-                Some(_) => return Err(SessionError::LeaseLost),
-                None => return Err(SessionError::Stream("keep-alive stream closed")),
+                Some(_) => return Err(EtcdError::LeaseLost),
+                None => return Err(EtcdError::Stream("keep-alive stream closed")),
             },
             msg = watch.message() => {
                 let Some(resp) = msg? else {
-                    return Err(SessionError::Stream("watch stream closed"));
+                    return Err(EtcdError::Stream("watch stream closed"));
                 };
                 if resp.canceled() {
                     // E.g. compacted past our revision: re-list and re-watch.
                     warn!(reason = resp.cancel_reason(), compact_revision = resp.compact_revision(), "etcd watch canceled");
-                    return Err(SessionError::Stream("watch canceled"));
+                    return Err(EtcdError::Stream("watch canceled"));
                 }
                 let self_deleted = apply_events(st, &prefix, &self_key, resp.events());
                 st.shared.publish(&st.remote);
@@ -522,7 +499,7 @@ async fn session(st: &mut State, established: &mut bool) -> Result<(), SessionEr
                     // is unambiguous (a keep-alive answer already in flight
                     // could still say the old lease lives); an old lease that
                     // still lives has no key left and simply expires.
-                    return Err(SessionError::LeaseLost);
+                    return Err(EtcdError::LeaseLost);
                 }
             }
         }
@@ -535,7 +512,7 @@ async fn register(
     st: &mut State,
     client: &mut Client,
     ttl: i64,
-) -> Result<(LeaseKeeper, LeaseKeepAliveStream), SessionError> {
+) -> Result<(LeaseKeeper, LeaseKeepAliveStream), EtcdError> {
     // `lease_keep_alive` sends the first keep-alive itself and fails with
     // `LeaseKeepAliveError` when the server answers TTL 0 (lease unknown).
     if let Some(lease) = st.lease {
@@ -544,7 +521,7 @@ async fn register(
                 put_self(st, client, lease).await?;
                 return Ok((keeper, stream));
             }
-            Err(SessionError::Etcd(etcd_client::Error::LeaseKeepAliveError(e))) => {
+            Err(EtcdError::Etcd(etcd_client::Error::LeaseKeepAliveError(e))) => {
                 info!(lease, error = %e, "etcd lease expired while disconnected");
                 st.lease = None;
             }
@@ -563,7 +540,7 @@ async fn register(
     Ok((keeper, stream))
 }
 
-async fn put_self(st: &State, client: &mut Client, lease: i64) -> Result<(), SessionError> {
+async fn put_self(st: &State, client: &mut Client, lease: i64) -> Result<(), EtcdError> {
     let key = st.cfg.self_key();
     let opts = PutOptions::new().with_lease(lease);
     op(client.put(key, st.cfg.peering_url.as_str(), Some(opts))).await?;

@@ -2,9 +2,8 @@
 //! (`/usr/bin/etcd`, or `$ETCD_BIN`) started per test on free loopback ports.
 
 use super::*;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use crate::cluster::test_etcd::TestEtcd as Etcd;
+use etcd_client::GetOptions;
 
 fn m(id: &str, url: &str) -> Member {
     Member::new(id, url)
@@ -74,103 +73,6 @@ fn ttl_rounds_up_to_whole_seconds() {
 }
 
 // ---------------------------------------------------------------- etcd
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A private etcd on loopback; killed on drop.
-struct Etcd {
-    client_port: u16,
-    peer_port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Etcd {
-    async fn start() -> Etcd {
-        let mut e = Etcd {
-            client_port: free_port(),
-            peer_port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        e.spawn().await;
-        e
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-
-    /// Starts (or restarts) etcd on the same ports and data dir and waits
-    /// until it answers, at most 15 s.
-    async fn spawn(&mut self) {
-        let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".into());
-        let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let data: PathBuf = self.dir.path().join("data");
-        let child = Command::new(bin)
-            .args(["--name", "default", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("default={peer}")])
-            .args(["--log-level", "error"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Ok(mut c)) = timeout(
-                Duration::from_secs(1),
-                Client::connect([client.as_str()], None),
-            )
-            .await
-            {
-                if let Ok(Ok(_)) = timeout(Duration::from_secs(1), c.get("probe", None)).await {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "etcd did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    async fn client(&self) -> Client {
-        Client::connect([self.endpoint()], None).await.unwrap()
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn cfg(endpoints: &[String], cluster: &str, id: &str) -> EtcdConfig {
     EtcdConfig {
@@ -415,12 +317,7 @@ async fn lost_lease_re_registers() {
 #[tokio::test]
 async fn unreachable_at_start_stays_self_until_first_list() {
     // Reserve ports, but start etcd only later.
-    let mut etcd = Etcd {
-        client_port: free_port(),
-        peer_port: free_port(),
-        dir: tempfile::tempdir().unwrap(),
-        child: None,
-    };
+    let mut etcd = Etcd::unstarted();
     let ep = vec![etcd.endpoint()];
     let metrics = ClusterMetrics::unregistered();
     let a = Membership::etcd(cfg(&ep, "s", "a"), metrics.clone());
