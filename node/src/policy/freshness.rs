@@ -80,12 +80,9 @@ fn explicit_lifetime(
             Seconds::Absent => {}
         }
     }
-    let mut lines = headers.get_all(header::EXPIRES).iter();
-    let expires = lines.next()?;
-    let expires = match lines.next() {
-        Some(_) => None,
-        None => expires.to_str().ok().and_then(super::headers::parse_date),
-    };
+    // Of several `Expires` lines the first counts (RFC 9111 §4.2.1 allows the first or stale).
+    let expires = headers.get(header::EXPIRES)?;
+    let expires = expires.to_str().ok().and_then(super::date::parse_date);
     let date = super::headers::http_date(headers, header::DATE).unwrap_or(response_time);
     Some(expires.map_or(Duration::ZERO, |e| {
         e.duration_since(date).unwrap_or_default()
@@ -309,7 +306,8 @@ mod tests {
             Some(0),
             "malformed: stale"
         );
-        // Every date format RFC 9110 §5.6.7 allows, and invalid or repeated ones (stale).
+        // Every date format RFC 9110 §5.6.7 allows; an invalid one is stale; of repeated ones
+        // the first counts.
         for expires in [
             "Thursday, 18-Aug-50 02:01:18 GMT",
             "Thu Aug  8 02:01:18 2050",
@@ -320,8 +318,12 @@ mod tests {
         }
         assert_eq!(lifetime(&[("expires", "0")]), Some(0));
         assert_eq!(
-            lifetime(&[("expires", &date(600)), ("expires", &date(600))]),
-            Some(0)
+            lifetime(&[
+                ("date", &date(0)),
+                ("expires", &date(600)),
+                ("expires", &date(0))
+            ]),
+            Some(600)
         );
     }
 

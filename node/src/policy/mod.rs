@@ -7,6 +7,7 @@ use http::{header, HeaderMap, Method};
 use regex::RegexSet;
 
 pub mod cache_control;
+pub mod date;
 pub mod freshness;
 pub mod headers;
 pub mod request;
@@ -192,8 +193,7 @@ pub fn evaluate(
             .map(str::to_string)
     };
     let etag = text(header::ETAG);
-    let last_modified =
-        text(header::LAST_MODIFIED).filter(|lm| httpdate::parse_http_date(lm).is_ok());
+    let last_modified = text(header::LAST_MODIFIED).filter(|lm| date::parse_date(lm).is_some());
     let validator = match (&etag, &last_modified) {
         (Some(e), _) if !e.starts_with("W/") => Validator::StrongEtag(e.clone()),
         (_, Some(lm)) => Validator::LastModified(lm.clone()),
