@@ -169,14 +169,26 @@ mod tests {
     #[test]
     fn max_stale_accepts_a_stale_copy_unless_the_response_forbids_it() {
         let m = meta();
-        assert_eq!(usable(&m, 1200, &demands("max-stale=100")), Usable::StaleOnRequest);
-        assert_eq!(usable(&m, 1200, &demands("max-stale")), Usable::StaleOnRequest);
-        assert_ne!(usable(&m, 1201, &demands("max-stale=100")), Usable::StaleOnRequest);
+        assert_eq!(
+            usable(&m, 1200, &demands("max-stale=100")),
+            Usable::StaleOnRequest
+        );
+        assert_eq!(
+            usable(&m, 1200, &demands("max-stale")),
+            Usable::StaleOnRequest
+        );
+        assert_ne!(
+            usable(&m, 1201, &demands("max-stale=100")),
+            Usable::StaleOnRequest
+        );
         let strict = ObjectMeta {
             must_revalidate: true,
             ..meta()
         };
-        assert_ne!(usable(&strict, 1200, &demands("max-stale")), Usable::StaleOnRequest);
+        assert_ne!(
+            usable(&strict, 1200, &demands("max-stale")),
+            Usable::StaleOnRequest
+        );
         assert_ne!(
             usable(&m, 1200, &demands("max-stale, no-cache")),
             Usable::StaleOnRequest
@@ -187,7 +199,10 @@ mod tests {
     fn a_copy_past_keeping_is_gone() {
         let m = meta();
         assert_eq!(usable(&m, m.keep_until(), &demands("")), Usable::Gone);
-        assert_eq!(usable(&m, m.keep_until(), &demands("max-stale")), Usable::Gone);
+        assert_eq!(
+            usable(&m, m.keep_until(), &demands("max-stale")),
+            Usable::Gone
+        );
     }
 
     #[test]
