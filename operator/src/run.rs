@@ -67,6 +67,11 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub secret_namespaces: Vec<String>,
+    /// Do not watch Secrets at all, so RBAC needs only `get` and `create` on them (no `list`,
+    /// which would let it read every Secret of a granted namespace): a deleted or rotated peer
+    /// token is then noticed at the next resync (at most 5 minutes) instead of at once.
+    #[arg(long, env = "NO_SECRET_WATCH")]
+    pub no_secret_watch: bool,
     /// The ClusterRole of the operator's Secret permissions, named in the remedy a cache in a
     /// namespace without them is told.
     #[arg(
@@ -253,11 +258,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 service_account: format!("{lease_ns}:{}", args.service_account),
             }),
     );
-    let secrets = SecretScope::resolve(
-        args.watch_namespace.as_deref(),
-        &args.secret_namespaces,
-        &lease_ns,
-    );
+    let secrets = if args.no_secret_watch {
+        SecretScope::Unwatched
+    } else {
+        SecretScope::resolve(
+            args.watch_namespace.as_deref(),
+            &args.secret_namespaces,
+            &lease_ns,
+        )
+    };
     let controller = controller(&args, &watch_client, &secrets, ctx);
 
     tokio::select! {

@@ -20,6 +20,8 @@ pub enum SecretScope {
     /// Every namespace: the install granted Secrets cluster-wide (an explicit choice).
     Everywhere,
     Namespaces(Vec<String>),
+    /// Nowhere (`--no-secret-watch`): RBAC then needs no `list`/`watch` on Secrets.
+    Unwatched,
 }
 
 impl SecretScope {
@@ -56,6 +58,7 @@ impl SecretScope {
                 .iter()
                 .map(|n| Api::namespaced(client.clone(), n))
                 .collect(),
+            SecretScope::Unwatched => Vec::new(),
         }
     }
 }
@@ -67,12 +70,14 @@ pub fn triggers(
     scope: &SecretScope,
     selector: watcher::Config,
 ) -> impl futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send {
-    futures::stream::select_all(scope.apis(client).into_iter().map(|api| {
+    let watches = scope.apis(client).into_iter().map(|api| {
         watcher(api, selector.clone())
             .default_backoff()
             .touched_objects()
             .boxed()
-    }))
+    });
+    // A stream that never yields when nothing is watched: the controller's triggers stay open.
+    futures::stream::select_all(watches.chain([futures::stream::pending().boxed()]))
 }
 
 /// Who the operator is, to tell a namespace's admin how to grant it Secrets there.
@@ -133,6 +138,66 @@ mod tests {
         assert_eq!(scope, SecretScope::Namespaces(list(&["cdn", "ml"])));
         let all = SecretScope::resolve(None, &list(&["cdn", "*"]), "ops");
         assert_eq!(all, SecretScope::Everywhere);
+    }
+
+    /// The paths (and whether label-selected) of the first requests the triggers make.
+    async fn first_requests(scope: &SecretScope, n: usize) -> Vec<(String, bool)> {
+        let (client, mut server) = crate::mock::client();
+        let selector =
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=casserole-operator");
+        let mut stream = Box::pin(triggers(&client, scope, selector));
+        let mut seen = Vec::new();
+        for _ in 0..n {
+            let next = async {
+                loop {
+                    tokio::select! {
+                        request = server.0.next_request() => return request,
+                        _ = futures::StreamExt::next(&mut stream) => {}
+                    }
+                }
+            };
+            let (request, _answer) = tokio::time::timeout(std::time::Duration::from_secs(5), next)
+                .await
+                .expect("a request")
+                .expect("client alive");
+            let query = request.uri().query().unwrap_or_default().to_string();
+            seen.push((
+                request.uri().path().to_string(),
+                query.contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dcasserole-operator"),
+            ));
+        }
+        seen.sort();
+        seen
+    }
+
+    #[tokio::test]
+    async fn secrets_are_watched_label_selected_in_each_granted_namespace_only() {
+        let scope = SecretScope::Namespaces(list(&["cdn", "ml"]));
+        assert_eq!(
+            first_requests(&scope, 2).await,
+            [
+                ("/api/v1/namespaces/cdn/secrets".to_string(), true),
+                ("/api/v1/namespaces/ml/secrets".to_string(), true)
+            ]
+        );
+        let everywhere = first_requests(&SecretScope::Everywhere, 1).await;
+        assert_eq!(everywhere, [("/api/v1/secrets".to_string(), true)]);
+    }
+
+    #[tokio::test]
+    async fn unwatched_secrets_make_no_request_and_the_triggers_stay_open() {
+        let (client, server) = crate::mock::client();
+        let mut stream = Box::pin(triggers(
+            &client,
+            &SecretScope::Unwatched,
+            watcher::Config::default(),
+        ));
+        let next = futures::StreamExt::next(&mut stream);
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(200), next).await;
+        assert!(waited.is_err(), "the stream yielded or ended");
+        drop(stream);
+        drop(client);
+        server.done().await;
     }
 
     #[test]

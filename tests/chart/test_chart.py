@@ -137,8 +137,8 @@ def test_image_tags_follow_app_version_and_workspace_version():
 def test_operator_flags_exist_in_the_real_binary():
     """Every flag and env var the chart gives `casserole-operator run` is one it declares."""
     help_text = run_binary(OPERATOR_BIN, "run", "--help")
-    for set_name in ("defaults", "everything"):
-        container = operator_container(render(VALUE_SETS[set_name]))
+    for values in (VALUE_SETS["defaults"], VALUE_SETS["everything"], {"rbac": {"secretWatch": False}}):
+        container = operator_container(render(values))
         assert container["args"][0] == "run"
         for arg in container["args"][1:]:
             flag = arg.split("=", 1)[0]
@@ -349,6 +349,15 @@ def test_secret_namespaces_and_cache_namespaces_bind_secrets_per_namespace_only(
     for binding in find(docs, "RoleBinding"):
         if binding["metadata"]["name"] == f"{OPERATOR}-secrets":
             assert "CKV2_K8S_5" in binding["metadata"]["annotations"]["checkov.io/skip1"]
+
+
+def test_secrets_read_by_name_only_without_the_secret_watch():
+    docs = render({"rbac": {"secretWatch": False}})
+    assert rules_of(one(docs, "ClusterRole", f"{OPERATOR}-secrets")) == [(("",), ("secrets",), ("create", "get"))]
+    args = operator_container(docs)["args"]
+    assert "--no-secret-watch" in args
+    assert not any(a.startswith("--secret-namespace") for a in args)
+    assert secret_bindings(docs) == ([NAMESPACE], False)
 
 
 def test_cluster_wide_secrets_only_when_asked_and_never_with_watch_namespace():
