@@ -14,7 +14,7 @@ use crate::{crd_object, CRD_VERSION_ANNOTATION};
 
 /// A release version as comparable numbers ("0.10.2" > "0.9.7"); pre-release suffixes are
 /// ignored.
-fn version(v: &str) -> Vec<u64> {
+pub(crate) fn version(v: &str) -> Vec<u64> {
     v.split(['-', '+'])
         .next()
         .unwrap_or_default()

@@ -92,28 +92,35 @@ async fn report_failure(ctx: &Context, cache: &CasseroleCache, error: &Error) {
     }
 }
 
-/// What a reconcile applies, and what it announces once that is applied.
-struct Prepared {
-    objects: Vec<Object>,
-    /// A new node image, a scale that cannot apply (see `rollout_news`).
-    news: Vec<kube::runtime::events::Event>,
+/// What a reconcile does with a cache once everything the operator checks was looked at.
+enum Prepared {
+    /// Apply these objects, then announce `news` (a new node image, a scale that cannot
+    /// apply: see `rollout_news`).
+    Apply {
+        objects: Vec<Object>,
+        news: Vec<kube::runtime::events::Event>,
+    },
+    /// Refuse the spec: nothing is touched.
+    Refuse(InvalidSpec),
+    /// The pods run this newer operator release's default node image: leave the cache to it.
+    Hold(String),
 }
 
 /// The desired objects once everything the operator checks passed, after carrying out the
-/// volume changes the spec asks for; `Err(InvalidSpec)` when it must not act.
-async fn prepare(
-    ctx: &Context,
-    cache: &CasseroleCache,
-) -> Result<Result<Prepared, InvalidSpec>, Error> {
+/// volume changes the spec asks for; a refusal when it must not act.
+async fn prepare(ctx: &Context, cache: &CasseroleCache) -> Result<Prepared, Error> {
     if let Err(invalid) = resources::validate::plan(cache) {
-        return Ok(Err(invalid));
+        return Ok(Prepared::Refuse(invalid));
     }
     let tokens = match crate::tokens::ensure(ctx, cache).await? {
         Ok(tokens) => tokens,
-        Err(invalid) => return Ok(Err(invalid)),
+        Err(invalid) => return Ok(Prepared::Refuse(invalid)),
     };
     // What the CRD's transition rules refuse, refused here too (the live CRD may lack them).
     let live = live::fetch(&ctx.client, cache).await?;
+    if let Some(image) = crate::rollout_news::newer_release_image(cache, &live) {
+        return Ok(Prepared::Hold(image));
+    }
     let inputs = resources::Inputs {
         ip_family: ctx.ip_family,
         peer_token_fingerprint: Some(tokens.peer_fingerprint),
@@ -129,31 +136,36 @@ async fn prepare(
     let news = crate::rollout_news::news(cache, &live, &objects);
     let recreates = match live::check(cache, &objects, &live) {
         Ok(recreates) => recreates,
-        Err(invalid) => return Ok(Err(invalid)),
+        Err(invalid) => return Ok(Prepared::Refuse(invalid)),
     };
     if !recreates.is_empty() {
         if let Err(invalid) = live::carry_out(&ctx.client, cache, &recreates).await? {
-            return Ok(Err(invalid));
+            return Ok(Prepared::Refuse(invalid));
         }
-        for r in &recreates {
-            let note = format!(
-                "re-created StatefulSet {} with new volume claim templates (pods kept){}",
-                r.statefulset,
-                if r.grow.is_empty() {
-                    ""
-                } else {
-                    "; its volume claims were grown"
-                }
-            );
-            publish(
-                ctx,
-                cache,
-                event(EventType::Normal, "VolumesChanged", "Resize", note),
-            )
-            .await;
-        }
+        announce_recreates(ctx, cache, &recreates).await;
     }
-    Ok(Ok(Prepared { objects, news }))
+    Ok(Prepared::Apply { objects, news })
+}
+
+/// A Normal `VolumesChanged` Event per StatefulSet re-created with new claim templates.
+async fn announce_recreates(ctx: &Context, cache: &CasseroleCache, recreates: &[live::Recreate]) {
+    for r in recreates {
+        let note = format!(
+            "re-created StatefulSet {} with new volume claim templates (pods kept){}",
+            r.statefulset,
+            if r.grow.is_empty() {
+                ""
+            } else {
+                "; its volume claims were grown"
+            }
+        );
+        publish(
+            ctx,
+            cache,
+            event(EventType::Normal, "VolumesChanged", "Resize", note),
+        )
+        .await;
+    }
 }
 
 async fn reconcile_spec(
@@ -161,15 +173,17 @@ async fn reconcile_spec(
     ctx: &Context,
     timer: &mut crate::metrics::ReconcileTimer,
 ) -> Result<Action, Error> {
-    let Prepared {
-        objects,
-        news: rollout_news,
-    } = match prepare(ctx, cache).await? {
-        Ok(prepared) => prepared,
-        Err(invalid) => {
+    let (objects, announced) = match prepare(ctx, cache).await? {
+        Prepared::Apply { objects, news } => (objects, news),
+        Prepared::Refuse(invalid) => {
             refuse(ctx, cache, &invalid).await?;
             timer.set_result("invalid");
             return Ok(Action::await_change());
+        }
+        Prepared::Hold(image) => {
+            hold(ctx, cache, &image).await;
+            timer.set_result("held");
+            return Ok(Action::requeue(REQUEUE_READY));
         }
     };
     let (rollouts, failures) = apply_all(&ctx.client, cache, &objects).await?;
@@ -187,6 +201,44 @@ async fn reconcile_spec(
     if cache.status.as_ref().and_then(|s| s.observed_generation) != cache.metadata.generation {
         prune(ctx, cache, &objects).await?;
     }
+    let ready = report(ctx, cache, &objects, &rollouts, announced).await?;
+    info!(objects = objects.len(), ready, "reconciled");
+    ctx.clear_failures(&key(cache));
+    timer.set_result("ok");
+    Ok(Action::requeue(if ready {
+        REQUEUE_READY
+    } else {
+        REQUEUE_PENDING
+    }))
+}
+
+/// Leaves a cache whose pods run a newer operator release's default node image alone (an
+/// older replica leading for a moment during an operator upgrade must not roll them back),
+/// and says so: after a deliberate downgrade the user pins `spec.image`.
+async fn hold(ctx: &Context, cache: &CasseroleCache, image: &str) {
+    info!(%image, "the pods run a newer operator release's default node image: leaving the cache to it");
+    let note = format!(
+        "the cache pods run {image}, the default node image of a newer operator release than this one ({}): not reconciled, so as not to roll them back; after a deliberate operator downgrade, set spec.image",
+        env!("CARGO_PKG_VERSION")
+    );
+    publish(
+        ctx,
+        cache,
+        event(EventType::Warning, "NewerRelease", "Reconcile", note),
+    )
+    .await;
+}
+
+/// Writes the status after every object applied, then publishes the announcements and what
+/// changed (a new cache, a scale, a rollout starting or completing); returns whether the cache
+/// is ready.
+async fn report(
+    ctx: &Context,
+    cache: &CasseroleCache,
+    objects: &[Object],
+    rollouts: &Rollouts,
+    announced: Vec<kube::runtime::events::Event>,
+) -> Result<bool, Error> {
     let now = Timestamp::now();
     let mut new = status::compute(cache, rollouts.cache, rollouts.etcd, now);
     let ready_pods = members(&ctx.client, cache).await?;
@@ -212,8 +264,8 @@ async fn reconcile_spec(
     if cache.status.as_ref() != Some(&new) {
         patch_status(&ctx.client, cache, new).await?;
     }
-    for announced in rollout_news {
-        publish(ctx, cache, announced).await;
+    for announcement in announced {
+        publish(ctx, cache, announcement).await;
     }
     for (reason, note) in news {
         publish(
@@ -223,14 +275,7 @@ async fn reconcile_spec(
         )
         .await;
     }
-    info!(objects = objects.len(), ready, "reconciled");
-    ctx.clear_failures(&key(cache));
-    timer.set_result("ok");
-    Ok(Action::requeue(if ready {
-        REQUEUE_READY
-    } else {
-        REQUEUE_PENDING
-    }))
+    Ok(ready)
 }
 
 /// Names (and addresses) of the cache pods that are ready (their `/readyz` needs the etcd

@@ -169,3 +169,36 @@ async fn kubectl_scale_of_a_daemonset_cache_is_a_warning_not_silence() {
     drop(ctx);
     server.done().await;
 }
+
+#[tokio::test]
+async fn an_older_operator_replica_never_rolls_pods_back_during_an_operator_upgrade() {
+    let (ctx, mut server) = context();
+    let cache = Arc::new(running_daemonset_cache(""));
+    let scenario = async {
+        server
+            .expect(Method::GET, SECRET_PATH, |_| existing_secret())
+            .await;
+        let live = live_daemonset(&cache, "ghcr.io/casserole-cache/casserole-node:99.0.0");
+        server
+            .expect(Method::GET, DS_PATH, |_| (StatusCode::OK, live.clone()))
+            .await;
+        server.expect(Method::POST, EVENTS_PATH, echo).await.body
+    };
+    let (result, event) = tokio::join!(run(cache.clone(), &ctx), scenario);
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("NewerRelease"))
+    );
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.contains("casserole-node:99.0.0") && note.contains("set spec.image"),
+        "{note}"
+    );
+    // Nothing applied, no status written: the newer release owns the cache.
+    assert_eq!(
+        result.unwrap(),
+        kube::runtime::controller::Action::requeue(crate::reconcile::REQUEUE_READY)
+    );
+    drop(ctx);
+    server.done().await;
+}

@@ -9,8 +9,9 @@ use kube::runtime::events::{Event, EventType};
 
 use crate::context::event;
 use crate::crd::{CasseroleCache, WorkloadKind};
+use crate::crd_upgrade::version;
 use crate::live::Live;
-use crate::resources::{cache as cache_objects, Object, FIELD_MANAGER};
+use crate::resources::{cache as cache_objects, default_node_image, Object, FIELD_MANAGER};
 
 /// The container of a cache pod that runs `casserole-node`.
 const NODE_CONTAINER: &str = "casserole-node";
@@ -77,6 +78,21 @@ pub fn image_change(cache: &CasseroleCache, live: &Live, desired: &[Object]) -> 
         "Rollout",
         note,
     ))
+}
+
+/// The live cache pods' image when it is a newer operator release's default node image and
+/// the spec sets none: during a rolling upgrade of the operator an older replica may lead for a
+/// moment, and must not roll the pods back onto its own default (and the newer one forth
+/// again). The cache is left to the newer release.
+pub fn newer_release_image(cache: &CasseroleCache, live: &Live) -> Option<String> {
+    if cache.spec.image.is_some() {
+        return None;
+    }
+    let image = node_image(live_template(live)?)?;
+    let ours = default_node_image();
+    let (repository, our_version) = ours.rsplit_once(':')?;
+    let their_version = image.strip_prefix(repository)?.strip_prefix(':')?;
+    (version(their_version) > version(our_version)).then(|| image.to_string())
 }
 
 /// Whether a managed-fields entry wrote `spec.replicas`.

@@ -145,3 +145,35 @@ fn replicas_are_not_a_warning_once_told_nor_for_statefulsets_nor_without_a_scale
     let ours = scaled(DAEMONSET, FIELD_MANAGER, Some("scale"));
     assert!(replicas_ignored(&ours).is_none());
 }
+
+#[test]
+fn an_older_operator_leaves_pods_on_a_newer_releases_default_image() {
+    let newer = "ghcr.io/casserole-cache/casserole-node:99.0.0";
+    for spec in [DAEMONSET, "upstream: http://u\n"] {
+        let cache = cache_from_spec(spec);
+        let live = live_on(&cache, newer);
+        assert_eq!(
+            newer_release_image(&cache, &live).as_deref(),
+            Some(newer),
+            "{spec}"
+        );
+    }
+    let cache = cache_from_spec(DAEMONSET);
+    // Our own release, an older one (the upgrade this operator carries out), another
+    // repository, or no live workload: not held.
+    for image in [
+        default_node_image(),
+        "ghcr.io/casserole-cache/casserole-node:0.0.9".to_string(),
+        "registry.local/casserole-node:99.0.0".to_string(),
+    ] {
+        assert_eq!(
+            newer_release_image(&cache, &live_on(&cache, &image)),
+            None,
+            "{image}"
+        );
+    }
+    assert_eq!(newer_release_image(&cache, &Live::default()), None);
+    // A pinned spec.image is the user's choice, whatever runs.
+    let pinned = cache_from_spec(&format!("{DAEMONSET}image: registry.local/node:1\n"));
+    assert_eq!(newer_release_image(&pinned, &live_on(&pinned, newer)), None);
+}
