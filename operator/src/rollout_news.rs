@@ -1,7 +1,8 @@
 //! What a reconcile announces about the cache pods (issue 22, L3): a change of the node image
 //! they are about to roll to (an operator upgrade changes the default image, which rolls every
-//! node of a DaemonSet cache, so it must not happen unannounced), and a `kubectl scale` of a
-//! DaemonSet cache, which cannot apply (the CRD refuses it; this covers a CRD without the rule).
+//! node of a DaemonSet cache, so it must not happen unannounced), a `kubectl scale` of a
+//! DaemonSet cache, which cannot apply (the CRD refuses it; this covers a CRD without the rule),
+//! and pods a newer operator release already rolled, which an older one must leave alone.
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
