@@ -239,10 +239,6 @@ impl ObjectMeta {
         }
     }
 
-    pub fn is_fresh(&self, now: u64) -> bool {
-        now < self.fresh_until && !self.no_cache
-    }
-
     /// Until when this metadata is worth keeping: past freshness, it may still be revalidated
     /// (a `304` keeps every chunk) or served stale within its grace periods.
     pub fn keep_until(&self) -> u64 {
@@ -250,32 +246,6 @@ impl ObjectMeta {
             .saturating_add(self.stale_if_error.max(self.stale_while_revalidate))
             .saturating_add(STALE_IF_DISCONNECTED_MAX)
             .saturating_add(KEEP_FOR_REVALIDATION)
-    }
-
-    /// Whether a stale copy may stand in for an upstream that failed: within the response's
-    /// `stale-if-error`, or — while the upstream cannot be reached at all — within
-    /// `disconnected_grace` (`--stale-if-error`); never under `must-revalidate`.
-    pub fn may_serve_stale_on_error(
-        &self,
-        now: u64,
-        disconnected: bool,
-        disconnected_grace: u64,
-    ) -> bool {
-        let grace = match disconnected {
-            true => self.stale_if_error.max(disconnected_grace),
-            false => self.stale_if_error,
-        };
-        !self.must_revalidate && now < self.fresh_until.saturating_add(grace)
-    }
-
-    /// RFC 9111 §5.2.1.1: a client's `max-stale` accepts this copy stale by up to `max_stale`
-    /// seconds, unless the response forbids serving it stale (§4.2.4).
-    pub fn may_serve_stale_on_request(&self, now: u64, max_stale: u64) -> bool {
-        !self.no_cache && !self.must_revalidate && now.saturating_sub(self.fresh_until) <= max_stale
-    }
-
-    pub fn may_serve_stale_while_revalidating(&self, now: u64) -> bool {
-        !self.no_cache && now < self.fresh_until.saturating_add(self.stale_while_revalidate)
     }
 
     pub fn time_to_live(&self, now: u64) -> Duration {
@@ -376,8 +346,8 @@ mod tests {
     fn age_and_freshness() {
         let m = meta(10, 4);
         assert_eq!(m.age(110), 15);
-        assert!(m.is_fresh(199));
-        assert!(!m.is_fresh(200));
+        assert!(crate::policy::usable::is_fresh(&m, 199));
+        assert!(!crate::policy::usable::is_fresh(&m, 200));
         assert_eq!(m.time_to_live(150), Duration::from_secs(50));
     }
 }

@@ -17,7 +17,10 @@ use crate::{
     metrics::Registrar,
     object::{unix_now, ObjectMeta},
     peer::{client::PeerClient, wire::MetaAnswer},
-    policy::{evaluate, evaluate_head, FreshnessRules, HeadContext, LookupAnswer, Uncacheable},
+    policy::{
+        evaluate, evaluate_head, usable, usable::serves_on_failure, ClientDemands, FreshnessRules,
+        HeadContext, LookupAnswer, Uncacheable, Usable,
+    },
     source::Route,
     tier::disk::DiskTier,
     upstream::{Probe, ProbeBody, Relayed, Upstream, UpstreamError},
@@ -260,7 +263,13 @@ impl MetadataStore {
     /// the request asks of it. A stale copy served while it is revalidated
     /// (`MetaSource::StaleWhileRevalidate`) is revalidated by the caller (the cache layer, which
     /// also takes over the body of that revalidation's probe).
-    async fn find(&self, path: &str, route: Route, ask: Asker<'_>) -> Result<Found, Missed> {
+    async fn find(
+        &self,
+        path: &str,
+        route: Route,
+        ask: Asker<'_>,
+        demands: &ClientDemands,
+    ) -> Result<Found, Missed> {
         if let Some(why) = self.uncacheable.get(path).await {
             self.metrics
                 .lookups
@@ -269,17 +278,23 @@ impl MetadataStore {
             return Err(LookupError::Uncacheable(why).into());
         }
         let stale = match self.memory.get(path).await {
-            Some(meta) if meta.is_fresh(unix_now()) => {
-                self.count(MetaSource::Memory);
-                return Ok(Found::without_body(meta, MetaSource::Memory));
-            }
-            Some(meta) if meta.may_serve_stale_while_revalidating(unix_now()) => {
-                self.count(MetaSource::StaleWhileRevalidate);
-                return Ok(Found::without_body(meta, MetaSource::StaleWhileRevalidate));
-            }
             Some(meta) => {
+                let verdict = usable(&meta, unix_now(), demands);
+                let served = match verdict {
+                    // Confirmed on the request's behalf by `lookup`; the copy itself is fine.
+                    Usable::Fresh | Usable::Revalidate { requested: true } => {
+                        Some(MetaSource::Memory)
+                    }
+                    Usable::StaleOnRequest => Some(MetaSource::StaleOnRequest),
+                    Usable::StaleWhileRevalidate => Some(MetaSource::StaleWhileRevalidate),
+                    Usable::Revalidate { requested: false } | Usable::Gone => None,
+                };
+                if let Some(source) = served {
+                    self.count(source);
+                    return Ok(Found::without_body(meta, source));
+                }
                 self.memory.invalidate(path).await;
-                Some(meta)
+                (verdict != Usable::Gone).then_some(meta)
             }
             None => None,
         };
@@ -390,7 +405,8 @@ impl MetadataStore {
             }
         }
         if let Some(meta) = self.stored_on_disk(path).await {
-            if meta.is_fresh(unix_now()) {
+            // Whatever this request demands is applied by `lookup`: the load is shared.
+            if usable(&meta, unix_now(), &ClientDemands::default()) == Usable::Fresh {
                 return Ok(Found::without_body(meta, MetaSource::Disk));
             }
             stale = stale.or(Some(meta));
@@ -407,7 +423,8 @@ impl MetadataStore {
                     ..
                 }),
                 Some(old),
-            ) if old.may_serve_stale_on_error(
+            ) if serves_on_failure(
+                &old,
                 unix_now(),
                 e.is_disconnection(),
                 self.cfg.rules.stale_if_error.as_secs(),
@@ -431,7 +448,10 @@ impl MetadataStore {
         match serde_json::from_slice::<ObjectMeta>(&raw) {
             // Another upstream's record (the data directory outlived a change of --upstream)
             // names another object: never served for this one.
-            Ok(meta) if self.is_consistent(&meta, path) && unix_now() < meta.keep_until() => {
+            Ok(meta)
+                if self.is_consistent(&meta, path)
+                    && usable(&meta, unix_now(), &ClientDemands::default()) != Usable::Gone =>
+            {
                 return Some(Arc::new(meta));
             }
             Ok(_) => {}
@@ -676,6 +696,7 @@ impl MetadataStore {
             first_byte: Some(0),
             headers: &http::HeaderMap::new(),
         };
-        self.find(path, Route::LocalOnly, ask).await
+        self.find(path, Route::LocalOnly, ask, &ClientDemands::default())
+            .await
     }
 }

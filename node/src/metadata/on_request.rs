@@ -5,7 +5,11 @@
 use std::sync::Arc;
 
 use super::{unix_now, Asker, Found, LookupError, MetaSource, MetadataStore, Missed};
-use crate::{object::ObjectMeta, policy::ClientDemands, source::Route};
+use crate::{
+    object::ObjectMeta,
+    policy::{usable, ClientDemands, Usable},
+    source::Route,
+};
 
 impl MetadataStore {
     /// Metadata of `path` if it is cacheable, and where it came from. With `Route::Cluster`, a
@@ -20,57 +24,43 @@ impl MetadataStore {
         ask: Asker<'_>,
         demands: &ClientDemands,
     ) -> Result<Found, Missed> {
-        if let Some((meta, source)) = self.stale_on_request(path, demands).await {
-            return Ok(Found::without_body(meta, source));
-        }
-        let found = self.find(path, route, ask).await?;
-        if found.source.asked_upstream() || demands.accepts(&found.meta, unix_now()) {
+        let found = self.find(path, route, ask, demands).await?;
+        if found.source.asked_upstream() {
             return Ok(found);
         }
-        self.revalidate_on_request(path, (found.meta, found.source), ask)
-            .await
-    }
-
-    /// A stale copy in memory that the client's `max-stale` accepts: served as it is, without
-    /// asking the upstream.
-    async fn stale_on_request(
-        &self,
-        path: &str,
-        demands: &ClientDemands,
-    ) -> Option<(Arc<ObjectMeta>, MetaSource)> {
-        let max_stale = demands.max_stale?;
-        let now = unix_now();
-        let meta = self.memory.get(path).await?;
-        let other_demands_hold = !demands.no_cache
-            && demands.min_fresh == 0
-            && demands.max_age.is_none_or(|max| meta.age(now) <= max);
-        if meta.is_fresh(now)
-            || !other_demands_hold
-            || !meta.may_serve_stale_on_request(now, max_stale)
-        {
-            return None;
+        match usable(&found.meta, unix_now(), demands) {
+            Usable::Revalidate { requested: true } => {
+                self.revalidate_on_request(path, (found.meta, found.source), ask)
+                    .await
+            }
+            _ => Ok(found),
         }
-        self.count(MetaSource::StaleOnRequest);
-        Some((meta, MetaSource::StaleOnRequest))
     }
 
-    /// `only-if-cached`: what this node holds (memory, then disk) if it satisfies `demands`.
-    /// Never asks a peer (whose lookup may go upstream) or the upstream.
+    /// `only-if-cached`: what this node holds (memory, then disk) if it satisfies `demands`
+    /// as it is. Never asks a peer (whose lookup may go upstream) or the upstream.
     pub async fn lookup_stored(
         &self,
         path: &str,
         demands: &ClientDemands,
     ) -> Option<(Arc<ObjectMeta>, MetaSource)> {
-        let now = unix_now();
-        let usable = |meta: &ObjectMeta| meta.is_fresh(now) && demands.accepts(meta, now);
-        if let Some(meta) = self.memory.get(path).await.filter(|m| usable(m)) {
-            self.count(MetaSource::Memory);
-            return Some((meta, MetaSource::Memory));
+        let served_as =
+            |meta: &ObjectMeta, stored: MetaSource| match usable(meta, unix_now(), demands) {
+                Usable::Fresh => Some(stored),
+                Usable::StaleOnRequest => Some(MetaSource::StaleOnRequest),
+                _ => None,
+            };
+        if let Some(meta) = self.memory.get(path).await {
+            if let Some(source) = served_as(&meta, MetaSource::Memory) {
+                self.count(source);
+                return Some((meta, source));
+            }
         }
-        let meta = self.stored_on_disk(path).await.filter(|m| usable(m))?;
+        let meta = self.stored_on_disk(path).await?;
+        let source = served_as(&meta, MetaSource::Disk)?;
         self.memory.insert(path.to_string(), meta.clone()).await;
-        self.count(MetaSource::Disk);
-        Some((meta, MetaSource::Disk))
+        self.count(source);
+        Some((meta, source))
     }
 
     /// Confirms `stored` with a conditional request because the client asked to: a `304` keeps

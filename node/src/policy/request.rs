@@ -10,7 +10,6 @@
 use http::{header, HeaderMap};
 
 use super::cache_control::CacheControl;
-use crate::object::ObjectMeta;
 
 /// The request directives that constrain which stored response may answer it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,17 +62,6 @@ impl ClientDemands {
         }
         demands
     }
-
-    /// Whether `meta`, as stored, satisfies the request at `now` without asking the upstream.
-    pub fn accepts(&self, meta: &ObjectMeta, now: u64) -> bool {
-        // An immutable object has nothing to confirm while fresh (RFC 8246 §2.1).
-        if meta.immutable && meta.is_fresh(now) {
-            return true;
-        }
-        !self.no_cache
-            && self.max_age.is_none_or(|max| meta.age(now) <= max)
-            && meta.fresh_until.saturating_sub(now) >= self.min_fresh
-    }
 }
 
 #[cfg(test)]
@@ -89,15 +77,6 @@ mod tests {
             );
         }
         ClientDemands::from_headers(&headers)
-    }
-
-    /// Stored at t=1000 with Age 5, fresh until t=1100.
-    fn meta() -> ObjectMeta {
-        let mut m = crate::test_support::object_meta("/a", 10, 10);
-        m.fetched_at = 1000;
-        m.initial_age = 5;
-        m.fresh_until = 1100;
-        m
     }
 
     #[test]
@@ -140,28 +119,5 @@ mod tests {
             Some(30)
         );
         assert_eq!(demands(&[("cache-control", "max-stale=x")]).max_stale, None);
-    }
-
-    #[test]
-    fn a_stored_copy_satisfies_only_what_it_can() {
-        let m = meta();
-        assert!(ClientDemands::default().accepts(&m, 1050));
-        assert!(!demands(&[("cache-control", "no-cache")]).accepts(&m, 1050));
-        // Age at t=1050 is 55.
-        assert!(demands(&[("cache-control", "max-age=55")]).accepts(&m, 1050));
-        assert!(!demands(&[("cache-control", "max-age=54")]).accepts(&m, 1050));
-        assert!(!demands(&[("cache-control", "max-age=0")]).accepts(&m, 1000));
-        // Fresh for 50 more seconds at t=1050.
-        assert!(demands(&[("cache-control", "min-fresh=50")]).accepts(&m, 1050));
-        assert!(!demands(&[("cache-control", "min-fresh=51")]).accepts(&m, 1050));
-        let immutable = ObjectMeta {
-            immutable: true,
-            ..meta()
-        };
-        assert!(demands(&[("cache-control", "no-cache")]).accepts(&immutable, 1050));
-        assert!(
-            !demands(&[("cache-control", "no-cache")]).accepts(&immutable, 1200),
-            "stale"
-        );
     }
 }
