@@ -3,7 +3,9 @@
 //! set as records. N invalidations of one path in a window cost one record, whatever the request
 //! rate; the set holds at most [`QUEUE_CAPACITY`] targets, and a target that finds it full is
 //! counted and dropped (this node already forgot its metadata; the other members keep their copy
-//! until it expires, as a cache that never saw the write would).
+//! until it expires, as a cache that never saw the write would). A path longer than a record
+//! holds is recorded as a prefix, which every member applies by scanning its metadata: a window
+//! holds at most [`PREFIX_CAPACITY`] of those.
 
 use std::{
     collections::HashMap,
@@ -20,6 +22,8 @@ use super::{publish::Publisher, record::Record, PurgeMetrics, Target};
 pub const WINDOW: Duration = Duration::from_secs(1);
 /// Distinct targets a window holds.
 pub const QUEUE_CAPACITY: usize = 512;
+/// Prefix targets (paths cut to a record's bound) a window holds.
+pub const PREFIX_CAPACITY: usize = 4;
 
 /// What became of one invalidation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +65,9 @@ impl Invalidations {
         if pending.contains_key(&target) {
             return Admission::Coalesced;
         }
-        if pending.len() >= self.capacity {
+        let prefixes = || pending.keys().filter(|t| t.kind() == "prefix").count();
+        let prefix = matches!(target, Target::Prefix(_));
+        if pending.len() >= self.capacity || (prefix && prefixes() >= PREFIX_CAPACITY) {
             return Admission::Dropped;
         }
         pending.insert(target, why);
@@ -178,6 +184,22 @@ mod tests {
             "the window never holds more than its capacity"
         );
         assert_eq!(q.push(path("/99"), "w"), Admission::Queued, "room again");
+    }
+
+    #[test]
+    fn a_window_holds_few_prefixes_as_each_costs_every_member_a_scan() {
+        let q = Invalidations::new(64);
+        let prefix = |i: usize| Target::Prefix(format!("/long?{i}"));
+        for i in 0..PREFIX_CAPACITY {
+            assert_eq!(q.push(prefix(i), "w"), Admission::Queued);
+        }
+        assert_eq!(q.push(prefix(99), "w"), Admission::Dropped);
+        assert_eq!(q.push(prefix(0), "w"), Admission::Coalesced);
+        assert_eq!(
+            q.push(path("/short"), "w"),
+            Admission::Queued,
+            "paths still fit"
+        );
     }
 
     #[test]
