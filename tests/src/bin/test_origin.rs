@@ -4,7 +4,7 @@
 //! ```text
 //! casserole-test-origin --listen 127.0.0.1:9000 \
 //!     --object /big.bin=1Gi,seed=7 --object /small.bin=64Mi,throttle=50M,max-age=60 \
-//!     --throttle 200M --latency 50ms
+//!     --throttle 200M --latency 50ms --total-throttle 200M
 //! ```
 //! Prints its URL on the first stdout line, then one line per object (path, size, ETag);
 //! stops on SIGTERM or SIGINT.
@@ -34,6 +34,11 @@ struct Args {
     /// Default per-response rate limit in bytes/s for objects without their own.
     #[arg(long, value_parser = parse_size)]
     throttle: Option<u64>,
+
+    /// Cap on the bytes/s of all responses together, whatever their own throttle: an origin whose
+    /// total capacity does not grow with more connections (responses take turns, frame by frame).
+    #[arg(long, value_parser = parse_size)]
+    total_throttle: Option<u64>,
 
     /// Wait this long before answering each request (`50ms`, `0.2s`; a bare number is ms), as a
     /// distant origin would; objects may set their own.
@@ -151,6 +156,7 @@ async fn main() -> Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     origin.set_default_throttle(args.throttle);
     origin.set_default_latency(args.latency);
+    origin.set_total_throttle(args.total_throttle);
     println!("{}", origin.url());
     for (path, spec) in args.objects {
         let info = origin.put(&path, spec);

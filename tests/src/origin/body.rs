@@ -28,6 +28,8 @@ pub(crate) struct BodyPlan {
     /// Exclusive end offset.
     pub end: u64,
     pub throttle: Option<u64>,
+    /// The origin's total capacity, shared with every other body.
+    pub capacity: std::sync::Arc<super::capacity::Capacity>,
     pub stall_after: Option<u64>,
     pub truncate_after: Option<u64>,
 }
@@ -114,6 +116,15 @@ impl State {
                 self.started + Duration::from_secs_f64((self.sent + n as u64) as f64 / rate as f64);
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => {}
+                _ = shut_down(&mut self.shutdown) => {
+                    self.done = true;
+                    return Some(Err("test origin: shutting down".into()));
+                }
+            }
+        }
+        if let Some(slot) = self.plan.capacity.reserve(n as u64) {
+            tokio::select! {
+                _ = tokio::time::sleep_until(slot) => {}
                 _ = shut_down(&mut self.shutdown) => {
                     self.done = true;
                     return Some(Err("test origin: shutting down".into()));

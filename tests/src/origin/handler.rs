@@ -385,6 +385,7 @@ pub(crate) async fn handle(
         start,
         end,
         throttle,
+        capacity: shared.capacity.clone(),
         stall_after: applied.stall_after,
         truncate_after: applied.truncate_after,
     };

@@ -12,6 +12,7 @@
 //! ```
 
 mod body;
+mod capacity;
 pub mod content;
 mod faults;
 mod handler;
@@ -61,6 +62,8 @@ pub(crate) struct Shared {
     default_throttle: AtomicU64,
     /// Microseconds every answer waits for objects without their own latency; 0 = none.
     default_latency_us: AtomicU64,
+    /// The cap on all bodies together (`set_total_throttle`).
+    capacity: Arc<capacity::Capacity>,
 }
 
 impl Shared {
@@ -122,6 +125,7 @@ impl Origin {
             shutdown: watch::Sender::new(false),
             default_throttle: AtomicU64::new(0),
             default_latency_us: AtomicU64::new(0),
+            capacity: Arc::default(),
         });
         let task = tokio::spawn(serve(listener, shared.clone()));
         let stop = Arc::new(StopOnDrop {
@@ -244,6 +248,12 @@ impl Origin {
         self.shared
             .default_throttle
             .store(bytes_per_sec.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Caps the bytes/s of all bodies together, whatever their own throttle (`None` = no cap):
+    /// an origin whose total capacity does not grow with more connections.
+    pub fn set_total_throttle(&self, bytes_per_sec: Option<u64>) {
+        self.shared.capacity.set(bytes_per_sec);
     }
 
     /// Wait this long before answering every request (headers included) about objects without

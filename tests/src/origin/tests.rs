@@ -412,3 +412,33 @@ async fn latency_delays_every_answer_and_waiting_requests_count_as_in_flight() {
     assert_eq!(get_bytes(&near, &[]).await.unwrap().0, 200);
     assert!(t.elapsed() >= Duration::from_millis(150));
 }
+
+#[tokio::test]
+async fn the_total_throttle_caps_all_connections_together() {
+    let (origin, info, url) = origin_with("/capped", ObjectSpec::new(MIB)).await;
+    origin.set_total_throttle(Some(2 * MIB));
+    // Four quarters in parallel, each unthrottled on its own: the cap holds all four to
+    // 2 MiB/s together, ~500 ms for the mebibyte (only the lower bound is timed; the in-flight
+    // count proves the four bodies overlapped).
+    let quarter = MIB / 4;
+    let ranges: Vec<String> = (0..4)
+        .map(|i| format!("bytes={}-{}", i * quarter, (i + 1) * quarter - 1))
+        .collect();
+    let t = Instant::now();
+    let got = futures::future::join_all(
+        ranges
+            .iter()
+            .map(|r| get_bytes(&url, &[("range", r.as_str())])),
+    )
+    .await;
+    let elapsed = t.elapsed();
+    let mut body = Vec::new();
+    for g in got {
+        let (status, _, bytes) = g.unwrap();
+        assert_eq!(status, 206);
+        body.extend_from_slice(&bytes);
+    }
+    assert_eq!(crate::client::sha256_hex(&body), info.sha256());
+    assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+    assert_eq!(origin.path_stats("/capped").max_in_flight, 4);
+}
