@@ -200,53 +200,10 @@ async fn a_storm_of_writes_and_reloads_leaves_bounded_records_and_no_scans() {
     }
     wait_disk_chunks(&c.nodes, 4.0).await;
 
-    // 1,000 writes with unique query strings and 1,000 reloads through one member.
-    let entry = c.nodes[0].url();
-    let posts = storm(1000, |i| {
-        let url = format!("{entry}/form?u={i}");
-        async move {
-            let res = client().post(url).body("x").send().await.unwrap();
-            res.status().as_u16()
-        }
-    })
-    .await;
-    assert!(posts.iter().all(|&s| s == 204), "every write answered");
-    let reloads = storm(1000, |_| {
-        let url = format!("{entry}/plain");
-        let want = plain.sha256();
-        async move {
-            let got = get_sha256(&url, &[("cache-control", "no-cache")])
-                .await
-                .unwrap();
-            assert_eq!(got.sha256, want);
-            got.status.as_u16()
-        }
-    })
-    .await;
-    assert!(reloads.iter().all(|&s| s == 200), "every reload answered");
+    storm_of_writes_and_reloads(&c.nodes[0], &plain).await;
 
-    // Every write was queued, coalesced or dropped; reloads of a version that is only a lookup
-    // token queue nothing.
-    let entry = &c.nodes[0];
-    let published = wait_published(entry).await;
-    let (queued, coalesced, dropped) = (
-        invalidations(entry, "queued").await,
-        invalidations(entry, "coalesced").await,
-        invalidations(entry, "dropped").await,
-    );
-    assert_eq!(queued + coalesced + dropped, 1000.0);
-    assert_eq!(published, queued);
-    eprintln!("storm: queued {queued}, coalesced {coalesced}, dropped {dropped}");
-
-    // etcd holds at most one record per bucket, each small, and no ack.
-    let mut kv = etcd_client(&etcd).await;
-    let (records, largest) = keys_under(&mut kv, "/casserole/storm/purges/").await;
-    let (acks, _) = keys_under(&mut kv, "/casserole/storm/purge-acks/").await;
-    eprintln!("storm: {records} records in etcd, largest {largest} bytes, {acks} acks");
-    assert!(records <= INVALIDATION_BUCKETS, "{records} records");
-    assert!(records > PAGE, "the catch-up below reads more than a page");
-    assert!(largest <= 2048, "a record of {largest} bytes");
-    assert_eq!(acks, 0, "invalidations are not acked");
+    let published = writes_accounted_for(&c.nodes[0], 1000.0).await;
+    assert_records_bounded(&etcd, "storm").await;
 
     // The other members applied each record once, by key: no member scanned a store.
     for node in &c.nodes[1..] {
@@ -285,6 +242,61 @@ async fn a_storm_of_writes_and_reloads_leaves_bounded_records_and_no_scans() {
     origin.reset_stats();
     fetch_ok(&c.nodes[2], "/other.bin", &other).await;
     assert_eq!(origin.path_stats("/other.bin").body_bytes_sent, other.len);
+}
+
+/// 1,000 writes with unique query strings and 1,000 reloads of `plain` through `entry`.
+async fn storm_of_writes_and_reloads(entry: &NodeProcess, plain: &ObjectInfo) {
+    let entry = entry.url();
+    let posts = storm(1000, |i| {
+        let url = format!("{entry}/form?u={i}");
+        async move {
+            let res = client().post(url).body("x").send().await.unwrap();
+            res.status().as_u16()
+        }
+    })
+    .await;
+    assert!(posts.iter().all(|&s| s == 204), "every write answered");
+    let reloads = storm(1000, |_| {
+        let url = format!("{entry}/plain");
+        let want = plain.sha256();
+        async move {
+            let got = get_sha256(&url, &[("cache-control", "no-cache")])
+                .await
+                .unwrap();
+            assert_eq!(got.sha256, want);
+            got.status.as_u16()
+        }
+    })
+    .await;
+    assert!(reloads.iter().all(|&s| s == 200), "every reload answered");
+}
+
+/// Every one of `writes` was queued, coalesced or dropped (reloads of a version that is only a
+/// lookup token queue nothing), and every queued one written; returns how many were written.
+async fn writes_accounted_for(entry: &NodeProcess, writes: f64) -> f64 {
+    let published = wait_published(entry).await;
+    let (queued, coalesced, dropped) = (
+        invalidations(entry, "queued").await,
+        invalidations(entry, "coalesced").await,
+        invalidations(entry, "dropped").await,
+    );
+    eprintln!("storm: queued {queued}, coalesced {coalesced}, dropped {dropped}");
+    assert_eq!(queued + coalesced + dropped, writes);
+    assert_eq!(published, queued);
+    published
+}
+
+/// etcd holds at most one invalidation record per bucket, each small, and no ack.
+async fn assert_records_bounded(etcd: &EtcdProcess, cluster: &str) {
+    let mut kv = etcd_client(etcd).await;
+    let records_prefix = format!("/casserole/{cluster}/purges/");
+    let (records, largest) = keys_under(&mut kv, &records_prefix).await;
+    let (acks, _) = keys_under(&mut kv, &format!("/casserole/{cluster}/purge-acks/")).await;
+    eprintln!("storm: {records} records in etcd, largest {largest} bytes, {acks} acks");
+    assert!(records <= INVALIDATION_BUCKETS, "{records} records");
+    assert!(records > PAGE, "a catch-up reads more than a page");
+    assert!(largest <= 2048, "a record of {largest} bytes");
+    assert_eq!(acks, 0, "invalidations are not acked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
