@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod object;
 pub mod peer;
 pub mod policy;
+pub mod preheat;
 pub mod purge;
 pub mod source;
 pub mod target;
@@ -49,6 +50,7 @@ use crate::{
         server::PeerApi,
         PeerMetrics,
     },
+    preheat::{PreheatMetrics, Preheater},
     purge::{LocalStores, PurgeEtcdConfig, PurgeMetrics, Purger},
     source::ChunkSource,
     tier::{
@@ -74,6 +76,7 @@ pub fn metric_names() -> Vec<String> {
     DiskMetrics::new(&r);
     ClusterMetrics::new(&r);
     PurgeMetrics::new(&r);
+    PreheatMetrics::new(&r);
     r.names()
 }
 
@@ -293,6 +296,12 @@ async fn build(cfg: &Config, stopped: &watch::Receiver<bool>) -> anyhow::Result<
             metrics: peer_metrics,
         })
     });
+    let preheater = Preheater::new(
+        cache.clone(),
+        fetcher,
+        cfg.pass_through_set()?,
+        PreheatMetrics::new(&registrar),
+    );
     let front = Arc::new(Front {
         upstream,
         cache,
@@ -309,6 +318,7 @@ async fn build(cfg: &Config, stopped: &watch::Receiver<bool>) -> anyhow::Result<
         ready: Arc::new(AtomicBool::new(false)),
         membership: membership.clone(),
         purger,
+        preheater,
         token: cfg.admin_token()?,
     });
     Ok(Parts {
