@@ -101,11 +101,17 @@ fn ok_status() -> u16 {
     200
 }
 
-/// The value of a selecting header: its field lines combined, each list member trimmed.
+/// Selecting headers whose list members are case-insensitive and whose order selects nothing
+/// (RFC 9110 §12.5.3, §12.5.4: preference is stated by weights): requests that differ only in
+/// case or order choose the same stored response.
+const UNORDERED_SELECTING: [&str; 2] = ["accept-encoding", "accept-language"];
+
+/// The value of a selecting header: its field lines combined, each list member trimmed (and,
+/// for the headers above, lowercased and sorted).
 fn selecting_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
     let mut lines = headers.get_all(name).iter().peekable();
     lines.peek()?;
-    let members: Vec<String> = lines
+    let mut members: Vec<String> = lines
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .flat_map(|v| {
             v.split(',')
@@ -113,6 +119,12 @@ fn selecting_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
                 .collect::<Vec<_>>()
         })
         .collect();
+    if UNORDERED_SELECTING.contains(&name.to_ascii_lowercase().as_str()) {
+        for member in &mut members {
+            *member = member.to_ascii_lowercase().replace(' ', "");
+        }
+        members.sort();
+    }
     Some(members.join(","))
 }
 
@@ -349,5 +361,31 @@ mod tests {
         assert!(crate::policy::usable::is_fresh(&m, 199));
         assert!(!crate::policy::usable::is_fresh(&m, 200));
         assert_eq!(m.time_to_live(150), Duration::from_secs(50));
+    }
+
+    #[test]
+    fn a_variant_is_chosen_by_what_its_selecting_headers_mean() {
+        let request = |pairs: &[(&str, &str)]| crate::test_support::headers(pairs);
+        let mut stored = meta(10, 4);
+        stored.headers = vec![("vary".into(), "Accept-Language, Foo".into())];
+        let stored =
+            stored.selected_by(&request(&[("accept-language", "en, de"), ("foo", "1, 2")]));
+        for same in [
+            request(&[("accept-language", "de, en"), ("foo", "1,2")]),
+            request(&[("accept-language", "eN,  De"), ("foo", "1"), ("foo", " 2 ")]),
+        ] {
+            assert_eq!(stored.mismatched_selecting_header(&same), None, "{same:?}");
+        }
+        for other in [
+            request(&[("accept-language", "en"), ("foo", "1, 2")]),
+            // Unknown headers keep their order and case.
+            request(&[("accept-language", "en, de"), ("foo", "2, 1")]),
+            request(&[("accept-language", "en, de")]),
+        ] {
+            assert!(
+                stored.mismatched_selecting_header(&other).is_some(),
+                "{other:?}"
+            );
+        }
     }
 }
