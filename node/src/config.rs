@@ -107,6 +107,16 @@ pub struct Config {
     )]
     pub routes: Vec<casserole_limits::Route>,
 
+    /// The node follows the redirects of the route with this prefix itself (`/`: `--upstream`;
+    /// repeatable; in CASSEROLE_FOLLOW_REDIRECTS one per line), only into its own origins, and
+    /// caches the target under the client's path: for clients that cannot follow redirects.
+    #[arg(
+        long = "follow-redirects",
+        env = "CASSEROLE_FOLLOW_REDIRECTS",
+        value_delimiter = '\n'
+    )]
+    pub follow_redirects: Vec<String>,
+
     /// The scheme and host clients reach this node by (`https://cache.example`), for the
     /// redirects it rewrites; unset: `http://` and the request's own `Host`.
     #[arg(long, env = "CASSEROLE_PUBLIC_URL", value_parser = parse_upstream)]

@@ -246,6 +246,7 @@ async fn build(cfg: &Config, stopped: &watch::Receiver<bool>) -> anyhow::Result<
         UpstreamConfig {
             base: cfg.upstream().clone(),
             routes: cfg.routes.clone(),
+            follow_redirects: cfg.follow_redirects.clone(),
             connect_timeout: cfg.upstream_connect_timeout,
             read_timeout: cfg.upstream_read_timeout,
             insecure: cfg.upstream_insecure,

@@ -11,17 +11,26 @@ Hub (--hub-port):
 CDN (--cdn-port): GET/HEAD /repos/aa/bb/{sha256}: the bytes, with ETag, Content-Length,
   Accept-Ranges, single `Range`s and `If-None-Match` honoured.
 
+With --sign-secret, every redirect names a new presigned CDN URL, S3-style: X-Amz-Date (now),
+X-Amz-Expires (--sign-ttl), X-Amz-Credential (a fresh nonce) and X-Amz-Signature (HMAC-SHA256 of
+the path and those three under the secret); the CDN answers 403 to a URL whose signature is
+missing or wrong, or whose date plus expiry has passed.
+
 Every request is appended to --log as one JSON line once answered: server, method, path, status,
 range, user_agent, via, if_none_match and the body bytes written (what the test counts).
 """
 
 import argparse
+import calendar
 import hashlib
+import hmac
 import json
 import os
 import sys
 import threading
+import time
 import urllib.parse
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CHUNK = 1 << 20
@@ -61,7 +70,37 @@ class State:
 
     def cdn_url(self, f):
         sha = f["sha256"]
-        return f"http://{self.args.cdn_host}:{self.args.cdn_port}/repos/{sha[:2]}/{sha[2:4]}/{sha}"
+        path = f"/repos/{sha[:2]}/{sha[2:4]}/{sha}"
+        url = f"http://{self.args.cdn_host}:{self.args.cdn_port}{path}"
+        if self.args.sign_secret is None:
+            return url
+        params = {
+            "X-Amz-Credential": uuid.uuid4().hex,
+            "X-Amz-Date": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
+            "X-Amz-Expires": str(self.args.sign_ttl),
+        }
+        params["X-Amz-Signature"] = self.signature(path, params)
+        return url + "?" + urllib.parse.urlencode(params)
+
+    def signature(self, path, params):
+        text = "\n".join([path] + [params.get(k, "") for k in ("X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires")])
+        return hmac.new(self.args.sign_secret.encode(), text.encode(), hashlib.sha256).hexdigest()
+
+    def refuses(self, path, query):
+        """Why a CDN request is refused when URLs are signed, or None."""
+        if self.args.sign_secret is None:
+            return None
+        params = {k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}
+        if not hmac.compare_digest(params.get("X-Amz-Signature", ""), self.signature(path, params)):
+            return "SignatureDoesNotMatch"
+        try:
+            signed = calendar.timegm(time.strptime(params["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
+            expires = signed + int(params["X-Amz-Expires"])
+        except (KeyError, ValueError):
+            return "AuthorizationQueryParametersError"
+        if time.time() > expires:
+            return "AccessDenied: Request has expired"
+        return None
 
     def tree(self):
         entries, folders = [], set()
@@ -94,9 +133,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def handle_any(self, head):
         self.sent, self.status = 0, 0
-        path = urllib.parse.urlsplit(self.path).path
+        url = urllib.parse.urlsplit(self.path)
+        path = url.path
         try:
             if self.role == "cdn":
+                why = self.state.refuses(path, url.query)
+                if why is not None:
+                    return self.answer(403, [("Content-Type", "text/plain")], why.encode() + b"\n", head)
                 self.cdn(path, head)
             else:
                 self.hub(urllib.parse.unquote(path), head)
@@ -218,6 +261,8 @@ def main():
     parser.add_argument("--cdn-host", default="localhost")
     parser.add_argument("--lfs-threshold", type=int, default=64 * 1024)
     parser.add_argument("--log", required=True)
+    parser.add_argument("--sign-secret", default=None)
+    parser.add_argument("--sign-ttl", type=int, default=300)
     args = parser.parse_args()
     state = State(args)
     cdn = serve(state, "cdn", args.cdn_port)

@@ -4,7 +4,9 @@
 //! (`snapshot_download`, separate `HF_HOME`s) plus a third (`hf_hub_download`), each through
 //! another member in a cluster: every snapshot
 //! equals the repository, the CDN sends each LFS file once (1.00×) and sees no request but the
-//! node's own.
+//! node's own. With `--follow-redirects /` the node follows the hub's redirects to presigned CDN
+//! URLs (a new signature each time) itself: the hub client and `curl` without `-L` get the files
+//! straight from the resolve URLs, and the CDN still sends each once.
 
 use std::path::Path;
 
@@ -119,4 +121,83 @@ async fn hub_downloads_through_one_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_downloads_through_a_cluster() {
     through_the_cache(true).await;
+}
+
+/// A hub whose CDN URLs are presigned (a new signature on every redirect, checked by the CDN)
+/// and one node that follows the hub's redirects into its `/_cdn/` route.
+async fn following_node(repo: &Path) -> (Hub, Cache) {
+    let hub = Hub::start_with(repo, REPO, &["--sign-secret", "test-secret"]).await;
+    let route = format!("--route=/_cdn/={}/", hub.cdn_url());
+    let args = |_: &NodePorts| vec![route.clone(), "--follow-redirects=/".to_string()];
+    let cache = Cache::start_with(false, &hub.url(), &args).await;
+    (hub, cache)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_downloads_through_a_node_that_follows_redirects() {
+    hub::require_client().await;
+    let repo = temp_dir("hub-repo");
+    write_repo(repo.path());
+    let (hub, cache) = following_node(repo.path()).await;
+    let expected = tree_digest(repo.path());
+    for _ in 0..2 {
+        let home = temp_dir("hf-home");
+        let snapshot = hub::snapshot_download(&cache.url(0), home.path(), REPO).await;
+        assert!(snapshot.ends_with(hub::COMMIT), "{}", snapshot.display());
+        assert_eq!(tree_digest(&snapshot), expected);
+    }
+    // Not `hf_hub_download(revision="main")` as well: followed, an object is cached under the
+    // resolve URL, and `main` names another URL than the commit the snapshots resolved.
+    let requests = hub.requests().await;
+    assert!(
+        requests.iter().all(|r| r.status != 403),
+        "every presigned URL the node followed was valid:\n{}",
+        Hub::report(&requests)
+    );
+    assert_cdn_once(&requests, repo.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_without_following_redirects_gets_the_weights() {
+    let repo = temp_dir("hub-repo");
+    write_repo(repo.path());
+    let (hub, cache) = following_node(repo.path()).await;
+    let out = temp_dir("curl-out");
+    let url = format!("{}/{REPO}/resolve/main/{WEIGHTS}", cache.url(0));
+    for i in 0..2 {
+        let file = out.path().join(format!("weights-{i}"));
+        let head = out.path().join(format!("headers-{i}"));
+        // No -L: a client that cannot follow redirects.
+        let run = std::process::Command::new("curl")
+            .args(["-sS", "-w", "%{http_code}", "-D"])
+            .arg(&head)
+            .arg("-o")
+            .arg(&file)
+            .arg(&url)
+            .output()
+            .expect("curl runs");
+        assert_eq!(String::from_utf8_lossy(&run.stdout), "200", "{run:?}");
+        assert_eq!(
+            casserole_tests::ecosystem::sha256_file(&file),
+            casserole_tests::ecosystem::sha256_file(&repo.path().join(WEIGHTS))
+        );
+        let headers = std::fs::read_to_string(&head).unwrap().to_ascii_lowercase();
+        // What a hub client reads from the redirect, copied onto the answer.
+        for name in ["x-repo-commit: ", "x-linked-etag: ", "x-linked-size: "] {
+            assert!(headers.contains(name), "{name}missing in:\n{headers}");
+        }
+        assert!(headers.contains(hub::COMMIT), "{headers}");
+    }
+    let requests = hub.requests().await;
+    let cdn_bytes: u64 = requests
+        .iter()
+        .filter(|r| r.server == "cdn")
+        .map(|r| r.bytes)
+        .sum();
+    assert_eq!(
+        cdn_bytes,
+        WEIGHTS_SIZE as u64,
+        "the CDN sent the weights once:\n{}",
+        Hub::report(&requests)
+    );
 }

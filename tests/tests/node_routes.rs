@@ -93,3 +93,87 @@ async fn routes_keep_their_own_path_checks() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("route"));
 }
+
+/// A client that never follows redirects.
+fn no_follow() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redirects_are_followed_only_into_the_nodes_origins_and_a_few_hops() {
+    let hub = Origin::start().await;
+    let elsewhere = Origin::start().await;
+    elsewhere.put("/secret", ObjectSpec::new(1000).seed(4));
+    let away = format!("{}/secret", elsewhere.url());
+    hub.put(
+        "/away",
+        ObjectSpec::new(0)
+            .status(302)
+            .no_cache_control()
+            .header("location", away.clone()),
+    );
+    // A loop on the upstream itself: /loop/a → /loop/b → /loop/a …
+    for (from, to) in [("/loop/a", "/loop/b"), ("/loop/b", "/loop/a")] {
+        hub.put(
+            from,
+            ObjectSpec::new(0)
+                .status(302)
+                .no_cache_control()
+                .header("location", to),
+        );
+    }
+    let node = NodeBuilder::new(hub.url())
+        .arg("--follow-redirects=/")
+        .spawn()
+        .await;
+
+    let res = no_follow()
+        .get(format!("{}/away", node.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        302,
+        "a redirect to another host is answered as it came"
+    );
+    assert_eq!(header(res.headers(), "location"), away);
+    assert_eq!(
+        elsewhere.stats().requests,
+        0,
+        "the node never asked that host"
+    );
+
+    let res = no_follow()
+        .get(format!("{}/loop/a", node.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        302,
+        "the last redirect, once the hops are used up"
+    );
+    let hops = hub.path_stats("/loop/a").requests + hub.path_stats("/loop/b").requests;
+    assert_eq!(hops, 6, "one request and 5 redirects followed");
+
+    // A prefix that names no route is refused at start.
+    let out = std::process::Command::new(casserole_tests::harness::node_binary())
+        .args([
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--follow-redirects",
+            "/nope/",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("names no route"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -133,6 +133,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod probe;
 pub use probe::{Probe, ProbeBody, Relayed};
 
+mod follow;
 mod routes;
 
 /// Makes a request for bytes of one version conditional on that version.
@@ -213,6 +214,9 @@ pub struct UpstreamConfig {
     pub base: reqwest::Url,
     /// `--route PREFIX=URL`s: further origins, by node path prefix.
     pub routes: Vec<casserole_limits::Route>,
+    /// `--follow-redirects`: prefixes of the routes whose redirects the node follows (`/`:
+    /// `--upstream`'s).
+    pub follow_redirects: Vec<String>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub insecure: bool,
@@ -248,7 +252,8 @@ impl Upstream {
             .http2_adaptive_window(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .http2_keep_alive_while_idle(true)
-            // A proxy relays redirects to its client; it must not follow them itself.
+            // A proxy relays redirects to its client; it follows them itself only where
+            // --follow-redirects says so, and then only into its own origins (follow.rs).
             .redirect(reqwest::redirect::Policy::none())
             .tls_danger_accept_invalid_certs(cfg.insecure)
             .tcp_nodelay(true)
@@ -259,7 +264,8 @@ impl Upstream {
             .build()?;
         Ok(Upstream {
             client,
-            routes: routes::Routes::new(cfg.base, &cfg.routes).map_err(anyhow::Error::msg)?,
+            routes: routes::Routes::new(cfg.base, &cfg.routes, &cfg.follow_redirects)
+                .map_err(anyhow::Error::msg)?,
             metrics,
         })
     }
@@ -314,8 +320,8 @@ impl Upstream {
         if let Some(stale) = stale {
             req = if_changed(req, stale);
         }
-        let res = req
-            .send()
+        let res = self
+            .send(path, req)
             .await
             .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
         Ok((res.status(), res.headers().clone(), SystemTime::now()))
@@ -402,8 +408,8 @@ impl Upstream {
             )
             .header(header::ACCEPT_ENCODING, "identity");
         req = conditional(req, &meta.validator);
-        let res = req
-            .send()
+        let res = self
+            .send(&meta.path, req)
             .await
             .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
         let covered = self
@@ -512,6 +518,7 @@ mod tests {
     fn upstream(base: &str) -> Upstream {
         let cfg = UpstreamConfig {
             routes: vec![],
+            follow_redirects: vec![],
             base: reqwest::Url::parse(base).unwrap(),
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),

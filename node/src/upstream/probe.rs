@@ -183,8 +183,8 @@ impl Upstream {
         if let Some(stale) = stale {
             req = super::if_changed(req, stale);
         }
-        let res = req
-            .send()
+        let res = self
+            .send(path, req)
             .await
             .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
         let (status, headers) = (res.status(), res.headers().clone());
@@ -248,8 +248,8 @@ impl Upstream {
         if from > 0 {
             req = req.header(header::RANGE, format!("bytes={from}-"));
         }
-        let res = conditional(req, &meta.validator)
-            .send()
+        let res = self
+            .send(&meta.path, conditional(req, &meta.validator))
             .await
             .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
         let headers = res.headers().clone();

@@ -15,6 +15,8 @@ struct Origin {
     /// Base URL without a trailing slash; the rest of the node path is appended.
     base: String,
     base_url: reqwest::Url,
+    /// `--follow-redirects`: the node follows this origin's redirects itself.
+    follows_redirects: bool,
 }
 
 impl Origin {
@@ -23,6 +25,7 @@ impl Origin {
             prefix: prefix.trim_end_matches('/').to_string(),
             base: base_url.as_str().trim_end_matches('/').to_string(),
             base_url,
+            follows_redirects: false,
         }
     }
 
@@ -57,7 +60,13 @@ pub struct Routes {
 }
 
 impl Routes {
-    pub fn new(upstream: reqwest::Url, routes: &[casserole_limits::Route]) -> Result<Self, String> {
+    /// `follow_redirects`: the prefixes of the routes whose redirects the node follows itself
+    /// (`/` for `--upstream`); each must name a route.
+    pub fn new(
+        upstream: reqwest::Url,
+        routes: &[casserole_limits::Route],
+        follow_redirects: &[String],
+    ) -> Result<Self, String> {
         let mut origins = Vec::with_capacity(routes.len() + 1);
         for route in routes {
             let url = reqwest::Url::parse(&route.url).map_err(|e| format!("{}: {e}", route.url))?;
@@ -65,7 +74,44 @@ impl Routes {
         }
         origins.sort_by_key(|o| std::cmp::Reverse(o.prefix.len()));
         origins.push(Origin::new("", upstream));
+        for prefix in follow_redirects {
+            let wanted = prefix.trim_end_matches('/');
+            let origin = origins
+                .iter_mut()
+                .find(|o| o.prefix == wanted)
+                .ok_or_else(|| {
+                    format!(
+                        "--follow-redirects {prefix:?} names no route (a --route prefix, or / for --upstream)"
+                    )
+                })?;
+            origin.follows_redirects = true;
+        }
         Ok(Routes { origins })
+    }
+
+    /// The origin serving a normalised node target.
+    fn origin_of(&self, path_and_query: &str) -> Option<&Origin> {
+        self.origins
+            .iter()
+            .find(|o| o.rest(path_and_query).is_some())
+    }
+
+    /// Whether the node follows the redirects of the origin serving `path_and_query`.
+    pub fn follows_redirects(&self, path_and_query: &str) -> bool {
+        self.origin_of(path_and_query)
+            .is_some_and(|o| o.follows_redirects)
+    }
+
+    /// Where a redirect from `from` to `location` leads, when the node may follow it: an http(s)
+    /// URL under one of the node's origins, rebuilt from its node path (so it passes the same
+    /// checks as a client's target). Any other host, scheme or path gives `None`: the node never
+    /// becomes a way to reach what it was not configured for.
+    pub fn redirect_target(&self, from: &reqwest::Url, location: &str) -> Option<reqwest::Url> {
+        let url = from.join(location).ok()?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return None;
+        }
+        self.url_for(&self.node_path(&url)?).ok()
     }
 
     /// The default origin's base URL (`--upstream`, no trailing slash).
@@ -121,8 +167,46 @@ mod tests {
                 route("/_cdn/hf/=https://cdn.test/"),
                 route("/_cdn=https://other.test/base"),
             ],
+            &["/".into(), "/_cdn/".into()],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn redirects_are_followed_where_configured_and_only_into_an_origin() {
+        let r = routes();
+        assert!(r.follows_redirects("/models/a"));
+        assert!(r.follows_redirects("/_cdn/x"));
+        assert!(!r.follows_redirects("/_cdn/hf/x"));
+        let from: reqwest::Url = "http://hub.test/api/m/resolve/main/w".parse().unwrap();
+        let to = |l: &str| r.redirect_target(&from, l).map(|u| u.to_string());
+        assert_eq!(
+            to("https://cdn.test/repos/a?X-Amz-Signature=1").as_deref(),
+            Some("https://cdn.test/repos/a?X-Amz-Signature=1")
+        );
+        assert_eq!(
+            to("../other").as_deref(),
+            Some("http://hub.test/api/m/resolve/other"),
+            "relative to the request"
+        );
+        for refused in [
+            "http://169.254.169.254/latest/meta-data/",
+            "https://cdn.test.evil/repos/a",
+            "http://cdn.test/repos/a",
+            "https://cdn.test:8443/repos/a",
+            "http://hub.test/other/a",
+            "file:///etc/passwd",
+            "https://user@cdn.test/a",
+        ] {
+            assert_eq!(to(refused), None, "{refused}");
+        }
+    }
+
+    #[test]
+    fn following_redirects_must_name_a_route() {
+        let err =
+            Routes::new("http://hub.test/".parse().unwrap(), &[], &["/x/".into()]).unwrap_err();
+        assert!(err.contains("names no route"), "{err}");
     }
 
     #[test]

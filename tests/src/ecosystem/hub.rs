@@ -76,6 +76,12 @@ impl Hub {
     /// Serves the files under `root` as the model repository `repo`; files over 64 KiB are LFS
     /// files (resolved by a redirect to the CDN).
     pub async fn start(root: &Path, repo: &str) -> Hub {
+        Self::start_with(root, repo, &[]).await
+    }
+
+    /// [`Hub::start`] with further arguments of `hub_origin.py` (`--sign-secret S`: the CDN
+    /// URLs are presigned, S3-style, and the CDN checks them).
+    pub async fn start_with(root: &Path, repo: &str, args: &[&str]) -> Hub {
         let ports = crate::harness::free_ports(2);
         let (hub_port, cdn_port) = (ports[0], ports[1]);
         let log_dir = super::temp_dir("hub-requests");
@@ -88,7 +94,8 @@ impl Hub {
             .args(["--hub-port", &hub_port.to_string()])
             .args(["--cdn-port", &cdn_port.to_string()])
             .arg("--log")
-            .arg(&log);
+            .arg(&log)
+            .args(args);
         let server = Server::start("hub-origin", cmd, hub_port, "/api/models/").await;
         Hub {
             server,
