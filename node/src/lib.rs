@@ -1,11 +1,11 @@
 //! Casserole cache node: a chunked, tiered, streaming HTTP cache for large objects.
 //!
 //! Module map (dependencies point down; nothing below calls back up):
-//! `lib` (wiring) → `http` (front, admin) → `purge` → `cache` (opens an object for a request:
-//! the lookup, and its probe's body handed to the fetcher) → `fetch` (the walk over chunk
-//! sources) → `metadata` → `peer` (protocol: wire, client, server) / `tier` (memory, disk,
-//! upstream source) → `source` (the `ChunkSource` seam) → `upstream`, `policy` → `cluster`,
-//! `object`, `body`, `target`, `config`, `metrics`.
+//! `lib` (wiring) → `http` (front, admin) → `purge`, `preheat` (the admin's preheats) → `cache`
+//! (opens an object for a request: the lookup, and its probe's body handed to the fetcher) →
+//! `fetch` (the walk over chunk sources) → `metadata` → `peer` (protocol: wire, client, server) /
+//! `tier` (memory, disk, upstream source) → `source` (the `ChunkSource` seam) → `upstream`,
+//! `policy` → `cluster`, `object`, `body`, `target`, `config`, `metrics`.
 
 pub mod bearer;
 pub mod body;
