@@ -199,6 +199,12 @@ async fn a_prefix_purge_removes_only_what_is_under_the_prefix() {
         );
     }
     assert_eq!(on_disk, 5.0, "only /q/z.bin's chunks are left");
+    // However many objects: per round one scan of the chunks in memory and one of the disk
+    // index, and one of the metadata in each store (round 1 only).
+    for node in &c.nodes {
+        let scans = node.metric("casserole_purge_scans_total").await;
+        assert!(scans <= 6.0, "{} made {scans} scans", node.url());
+    }
 
     origin.reset_stats();
     for node in &c.nodes {

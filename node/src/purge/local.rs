@@ -1,9 +1,9 @@
 //! Removing a purge target from this node's own stores: metadata (memory and disk) and the
 //! chunks of every version it named (memory tier, hot copies included, and disk tier).
 //!
-//! What each costs: a path's metadata is found by key (memory and disk); dropping a version's
-//! chunks scans the memory tier and the disk index once each; only a prefix scans the metadata
-//! (memory and disk). [`Scans`] counts them, for `casserole_purge_scans_total`.
+//! What each costs: a path's metadata is found by key (memory and disk); dropping the chunks of
+//! any number of versions scans the memory tier and the disk index once each; only a prefix
+//! scans the metadata (memory and disk). [`Scans`] counts them, for `casserole_purge_scans_total`.
 
 use std::sync::Arc;
 
@@ -134,16 +134,17 @@ impl LocalStores {
         }
     }
 
-    /// Drops every chunk of `versions`, in memory and on disk.
+    /// Drops every chunk of `versions`, in memory and on disk: one scan of each, however many
+    /// versions.
     pub async fn drop_chunks(&self, versions: &[String]) -> Scans {
-        let mut scans = Scans::default();
-        for v in versions {
-            self.fetcher.memory().remove_version(v);
-            scans.memory += 1;
-            if let Some(disk) = &self.disk {
-                disk.remove_version(v).await;
-                scans.disk += 1;
-            }
+        if versions.is_empty() {
+            return Scans::default();
+        }
+        self.fetcher.memory().remove_versions(versions);
+        let mut scans = Scans { memory: 1, disk: 0 };
+        if let Some(disk) = &self.disk {
+            disk.remove_versions(versions).await;
+            scans.disk = 1;
         }
         scans
     }

@@ -2,8 +2,6 @@
 //!
 //! Chunks are `Bytes`, so a hit hands out a reference-counted view, never a copy.
 
-use std::sync::Arc;
-
 use futures::future::BoxFuture;
 use moka::{notification::RemovalCause, sync::Cache};
 
@@ -85,11 +83,18 @@ impl MemoryTier {
     }
 
     pub fn remove_version(&self, version: &str) {
-        let version: Arc<str> = Arc::from(version);
+        self.remove_versions(&[version]);
+    }
+
+    /// Drops every chunk of `versions` in one pass over the keys (a purge of many objects scans
+    /// once, not once per version).
+    pub fn remove_versions<V: AsRef<str>>(&self, versions: &[V]) {
+        let versions: std::collections::HashSet<&str> =
+            versions.iter().map(AsRef::as_ref).collect();
         // invalidate_entries_if needs support_invalidation_closures; versions are rare to drop,
         // so a scan of the keys is acceptable.
         for (key, _) in self.chunks.iter() {
-            if key.version == version {
+            if versions.contains(key.version.as_ref()) {
                 self.chunks.invalidate(key.as_ref());
             }
         }
@@ -152,7 +157,7 @@ mod tests {
 
     fn key(i: u64) -> ChunkKey {
         ChunkKey {
-            version: Arc::from("ab".repeat(32)),
+            version: std::sync::Arc::from("ab".repeat(32)),
             index: i,
         }
     }

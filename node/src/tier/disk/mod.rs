@@ -152,13 +152,19 @@ impl DiskTier {
     /// Drops every chunk of `version`. Chunks of it still being written land afterwards; callers
     /// stop writing a version before removing it.
     pub async fn remove_version(&self, version: &str) {
+        self.remove_versions(&[version]).await;
+    }
+
+    /// [`DiskTier::remove_version`] for each of `versions`, in one pass over the index.
+    pub async fn remove_versions<V: AsRef<str>>(&self, versions: &[V]) {
         let inner = self.inner.clone();
-        let version = version.to_owned();
+        let versions: std::collections::HashSet<String> =
+            versions.iter().map(|v| v.as_ref().to_owned()).collect();
         let _ = blocking(move || {
             let victims = inner.claim_victims(|st| {
                 st.index
                     .keys()
-                    .filter(|k| matches!(k, FileKey::Chunk(c) if *c.version == *version))
+                    .filter(|k| matches!(k, FileKey::Chunk(c) if versions.contains(&*c.version)))
                     .cloned()
                     .collect()
             });
