@@ -14,10 +14,11 @@ use std::{
 
 use bytes::Bytes;
 use futures::{future::BoxFuture, StreamExt};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 
 use super::{
-    flight::{Assembly, Flight},
+    flight::{Assembly, ChunkReader},
+    single_flight::Claim,
     ChunkFetcher,
 };
 use crate::{
@@ -27,9 +28,6 @@ use crate::{
 };
 
 type Subscriber = mpsc::UnboundedSender<Result<Bytes, FetchError>>;
-
-/// A chunk's flight owned by a feed, and the memory it holds.
-type Claim = (Arc<Flight>, OwnedSemaphorePermit);
 
 /// What cutting one chunk works on.
 struct Cut<'a> {
@@ -213,28 +211,29 @@ impl ChunkFetcher {
         }
     }
 
-    /// Cuts `body` (the whole object, from byte 0) into chunks: the probe's whole answer. Returns
-    /// the probing request's reader of the first chunk, when the feed could claim it.
+    /// Cuts `body` (the whole object, from byte 0) into chunks: the probe's whole answer, whose
+    /// first chunk the probing request claimed. Returns that request's reader of the first
+    /// chunk. A version has one whole-object stream at a time: with one running, the body is
+    /// dropped (its readers join the running one).
     pub(super) fn start_feed(
         self: &Arc<Self>,
         meta: Arc<ObjectMeta>,
+        mut first: Claim,
         body: ChunkStream,
-    ) -> Option<super::LeadingChunk> {
+    ) -> Option<ChunkReader> {
         let feed = Arc::new(Feed::default());
-        self.feeds
-            .lock()
-            .expect("feeds lock")
-            .insert(Arc::from(meta.version.as_str()), feed.clone());
-        // The first chunk is claimed now, for the request that probed: it follows that flight
-        // as its own fetch, not as one it collapsed onto.
-        let version: Arc<str> = Arc::from(meta.version.as_str());
-        let first = self.claim(&meta.chunk_key(&version, 0), meta.chunk_len(0) as u32);
-        let leading = first.as_ref().map(|(flight, _)| super::LeadingChunk {
-            index: 0,
-            reader: flight.follow(false),
-        });
+        {
+            let mut feeds = self.feeds.lock().expect("feeds lock");
+            if feeds.contains_key(meta.version.as_str()) {
+                return None;
+            }
+            feeds.insert(Arc::from(meta.version.as_str()), feed.clone());
+        }
+        // Without memory for it now, the first chunk's bytes only reach subscribers.
+        let first = first.try_reserve(meta.chunk_len(0) as u32).then_some(first);
+        let reader = first.as_ref().map(Claim::follow);
         tokio::spawn(self.clone().run_feed(meta, feed, body, 0, first));
-        leading
+        reader
     }
 
     async fn run_feed(
@@ -283,10 +282,10 @@ impl ChunkFetcher {
         let expected = meta.chunk_len(index) as usize;
         let version: Arc<str> = Arc::from(meta.version.as_str());
         let key = meta.chunk_key(&version, index);
-        let own = claimed.or_else(|| self.claim(&key, expected as u32));
+        let own = claimed.or_else(|| self.flights.claim_now(&key, expected as u32));
         let mut assembly = own
             .as_ref()
-            .map(|(flight, _)| Assembly::new(expected, flight));
+            .map(|claim| Assembly::new(expected, claim.flight()));
         let mut received = 0;
         let mut last = Bytes::new();
         while received < expected {
@@ -294,14 +293,14 @@ impl ChunkFetcher {
                 Some(piece) => piece,
                 None => match body.next().await {
                     Some(Ok(piece)) => piece,
-                    Some(Err(e)) => return self.fail_own(&key, own, e),
+                    Some(Err(e)) => return Self::fail_own(own, e),
                     None => {
                         let e = FetchError::Short {
                             from: SourceKind::Upstream,
                             expected: expected as u64,
                             got: received as u64,
                         };
-                        return self.fail_own(&key, own, e);
+                        return Self::fail_own(own, e);
                     }
                 },
             };
@@ -321,64 +320,27 @@ impl ChunkFetcher {
         // The chunk's last bytes reach the stream's readers once the chunk is in memory (or its
         // finished flight answers for it), like a flight's own readers (see `Flight::finish`);
         // the flight leaves the map once the stores have the chunk (see `fly`).
-        let kept = match (assembly.map(Assembly::finish), own) {
-            (Some((chunk, tail)), Some((flight, budget))) => {
-                let pin = Arc::new(budget);
-                let chunk = chunk.pinned(pin.clone());
-                flight.hold(pin);
-                self.sources
-                    .memory
-                    .keep(&key, &chunk, SourceKind::Upstream)
-                    .await;
-                flight.set_origin(SourceKind::Upstream);
-                flight.finish(chunk.clone(), tail);
-                Some((chunk, flight))
+        let completing = match (assembly.map(Assembly::finish), own) {
+            (Some((chunk, tail)), Some(claim)) => {
+                claim.flight().set_origin(SourceKind::Upstream);
+                Some(claim.complete(chunk, tail, SourceKind::Upstream).await)
             }
             _ => None,
         };
         if !last.is_empty() {
             feed.push(index, &last);
         }
-        if let Some((chunk, flight)) = kept {
-            for store in &self.sources.local {
-                store.keep(&key, &chunk, SourceKind::Upstream).await;
-            }
-            self.leave_map(&key, &flight);
+        if let Some(completing) = completing {
+            completing.store(&self.sources.local).await;
         }
         Ok(())
     }
 
-    fn fail_own(
-        &self,
-        key: &ChunkKey,
-        own: Option<Claim>,
-        e: FetchError,
-    ) -> Result<(), FetchError> {
-        if let Some((flight, _)) = own {
-            self.leave_map(key, &flight);
-            flight.fail(e.clone());
+    fn fail_own(own: Option<Claim>, e: FetchError) -> Result<(), FetchError> {
+        if let Some(claim) = own {
+            claim.fail(e.clone());
         }
         Err(e)
-    }
-
-    /// A flight for `key` owned by a feed, unless the chunk is cached, already being fetched, or
-    /// no memory is free for it now (then its bytes only reach subscribers).
-    fn claim(&self, key: &ChunkKey, bytes: u32) -> Option<Claim> {
-        if self.sources.memory.contains(key) {
-            return None;
-        }
-        let permit = self
-            .flight_budget
-            .clone()
-            .try_acquire_many_owned(bytes)
-            .ok()?;
-        let mut flights = self.flights.lock().expect("flights lock");
-        if self.sources.memory.contains(key) || flights.contains_key(key) {
-            return None;
-        }
-        let flight = Arc::new(Flight::new());
-        flights.insert(key.clone(), flight.clone());
-        Some((flight, permit))
     }
 }
 

@@ -98,6 +98,7 @@ impl Flight {
     pub(super) fn follow(self: &Arc<Self>, collapsed: bool) -> ChunkReader {
         ChunkReader {
             collapsed,
+            probed: false,
             state: ReaderState::Following {
                 flight: self.clone(),
                 progress: self.progress.subscribe(),
@@ -111,6 +112,8 @@ impl Flight {
 pub struct ChunkReader {
     /// Joined a fetch another request had started.
     pub collapsed: bool,
+    /// The request's own lookup fetched this chunk with its probe (see `LeadingChunk`).
+    probed: bool,
     state: ReaderState,
 }
 
@@ -139,6 +142,7 @@ impl ChunkReader {
     pub(super) fn ready(chunk: Chunk) -> Self {
         ChunkReader {
             collapsed: false,
+            probed: false,
             state: ReaderState::Ready { chunk, next: 0 },
         }
     }
@@ -152,6 +156,7 @@ impl ChunkReader {
     ) -> Self {
         ChunkReader {
             collapsed: false,
+            probed: false,
             state: ReaderState::Deferred {
                 fetcher,
                 meta,
@@ -162,8 +167,20 @@ impl ChunkReader {
         }
     }
 
+    /// This reader's chunk was fetched by its request's own probe: its bytes count as fetched
+    /// from the upstream for that request, even when another fetch of the chunk (or the memory
+    /// tier) hands them over because the probe's body was not needed.
+    pub(super) fn fetched_by_probe(mut self) -> Self {
+        self.collapsed = false;
+        self.probed = true;
+        self
+    }
+
     /// Where this chunk's bytes come from, as far as known now.
     pub fn origin(&self) -> SourceKind {
+        if self.probed {
+            return SourceKind::Upstream;
+        }
         match &self.state {
             ReaderState::Ready { .. } | ReaderState::Deferred { .. } => SourceKind::Memory,
             ReaderState::Following { flight, .. } => flight.origin(),

@@ -27,6 +27,7 @@ mod feed;
 mod flight;
 mod metered;
 mod range_reader;
+mod single_flight;
 #[cfg(test)]
 mod tests;
 mod walk;
@@ -34,9 +35,9 @@ pub mod window;
 
 pub use feed::FeedSource;
 pub use flight::ChunkReader;
-use flight::Flight;
 use metered::Metered;
 pub use range_reader::RangeReader;
+use single_flight::{Claim, Claimed, Flights};
 use window::{FetchWindow, LinkEstimates};
 
 use crate::{
@@ -174,13 +175,11 @@ pub struct ChunkFetcher {
     /// The whole-object source, when whole objects can be fetched.
     feed_source: Option<Arc<dyn ChunkSource>>,
     metadata: Option<Arc<MetadataStore>>,
-    flights: Mutex<HashMap<ChunkKey, Arc<Flight>>>,
+    /// Chunks being fetched, and the memory they may use.
+    flights: Arc<Flights>,
     /// Whole-object streams being cut into chunks, by version.
     feeds: Mutex<HashMap<Arc<str>, Arc<feed::Feed>>>,
     me: Weak<ChunkFetcher>,
-    /// Bytes of chunks being fetched, not yet in the memory tier: with the tier's own bound this
-    /// keeps all chunk memory within `--max-memory-usage`, however many requests are in flight.
-    flight_budget: Arc<Semaphore>,
     /// Latency and throughput of the upstream and the owner peers, measured by `Metered`.
     links: Arc<LinkEstimates>,
     cfg: FetchConfig,
@@ -214,14 +213,16 @@ impl ChunkFetcher {
             feed_source: sources.whole_objects.clone().map(|upstream| {
                 Arc::new(FeedSource::new(me.clone(), upstream)) as Arc<dyn ChunkSource>
             }),
+            flights: Flights::new(
+                sources.memory.clone(),
+                cfg.flight_bytes.saturating_add(cfg.tier_bytes),
+                metrics.flight_bytes.clone(),
+                cfg.budget_timeout,
+            ),
             sources,
             metadata,
-            flights: Mutex::new(HashMap::new()),
             feeds: Mutex::new(HashMap::new()),
             me: me.clone(),
-            flight_budget: Arc::new(Semaphore::new(
-                cfg.flight_bytes.saturating_add(cfg.tier_bytes) as usize,
-            )),
             links,
             cfg,
             metrics,
@@ -310,49 +311,67 @@ impl ChunkFetcher {
         route: Route,
     ) -> ChunkReader {
         let key = meta.chunk_key(version, index);
-        if let Some(chunk) = self.sources.memory.ready(&key) {
-            self.count_lookup(SourceKind::Memory.label());
-            return ChunkReader::ready(chunk);
-        }
-        let mut flights = self.flights.lock().expect("flights lock");
-        if let Some(flight) = flights.get(&key) {
-            // Finished, its stores still writing (see `fly`): the chunk is in this node's memory.
-            if let Some(chunk) = flight.finished() {
+        match self.flights.claim(&key) {
+            Claimed::Hit(chunk) => {
                 self.count_lookup(SourceKind::Memory.label());
-                return ChunkReader::ready(chunk);
+                ChunkReader::ready(chunk)
             }
-            self.count_lookup("collapsed");
-            return flight.follow(true);
+            Claimed::Joined(reader) => {
+                self.count_lookup("collapsed");
+                reader
+            }
+            Claimed::Led(claim) => {
+                let reader = claim.follow();
+                let seat = self.feed_seat(meta, &key, route);
+                tokio::spawn(self.clone().fly(meta.clone(), claim, route, seat));
+                reader
+            }
         }
-        // A flight finishes by filling memory and then leaving the map, both before we took the
-        // lock or both after: checking memory again here means a chunk is never fetched twice
-        // (and one memory turned away stays in the map until the disk has it).
-        if let Some(chunk) = self.sources.memory.ready(&key) {
-            self.count_lookup(SourceKind::Memory.label());
-            return ChunkReader::ready(chunk);
-        }
-        let flight = Arc::new(Flight::new());
-        flights.insert(key.clone(), flight.clone());
-        drop(flights);
-        let reader = flight.follow(false);
-        let seat = self.feed_seat(meta, &key, route);
-        tokio::spawn(self.clone().fly(meta.clone(), key, flight, route, seat));
-        reader
     }
 
     /// Takes over the body of the probe that looked `meta` up: the chunk it carries becomes
     /// that chunk's flight, a whole body becomes the object's whole-object stream. Returns the
-    /// request's own reader of that chunk (it leads the fetch; readers joining later collapse
-    /// onto it), unless the body cannot be used or the chunk is had already.
+    /// request's own reader of that chunk, which reports it as fetched for this request (its
+    /// lookup did fetch it), even when the chunk was had or being fetched already and the body
+    /// is dropped; `None` when the body cannot be used and nobody has the chunk.
     pub fn adopt_probe(
         self: &Arc<Self>,
         meta: &Arc<ObjectMeta>,
         body: ProbeBody,
     ) -> Option<LeadingChunk> {
+        let start = match &body {
+            ProbeBody::Range { start, .. } => *start,
+            ProbeBody::Whole { .. } => 0,
+            _ => return None,
+        };
+        if start >= meta.length {
+            return None;
+        }
+        let version: Arc<str> = Arc::from(meta.version.as_str());
+        let key = meta.chunk_key(&version, start / meta.chunk_size);
+        let reader = match self.flights.claim(&key) {
+            Claimed::Hit(chunk) => ChunkReader::ready(chunk),
+            Claimed::Joined(reader) => reader,
+            Claimed::Led(claim) => self.fly_probe_body(meta, claim, body)?,
+        };
+        Some(LeadingChunk {
+            index: key.index,
+            reader: reader.fetched_by_probe(),
+        })
+    }
+
+    /// Runs the claimed chunk's fetch with the probe's body as its first source (a range), or
+    /// starts the object's whole-object stream with it (a whole body); the claim is dropped,
+    /// before anyone follows it, when the body cannot be used.
+    fn fly_probe_body(
+        self: &Arc<Self>,
+        meta: &Arc<ObjectMeta>,
+        claim: Claim,
+        body: ProbeBody,
+    ) -> Option<ChunkReader> {
         match body {
             ProbeBody::Range { start, len, stream }
                 if start % meta.chunk_size == 0
-                    && start < meta.length
                     && len <= meta.chunk_len(start / meta.chunk_size)
                     // A probe too short to be continued within the bound is not kept, so the
                     // chunk's own fetch refuses the upstream before a byte is handed out.
@@ -361,19 +380,6 @@ impl ChunkFetcher {
                     // the rest could not be proven to belong with it.
                     && (meta.validator.validates_ranges() || (start == 0 && len == meta.length)) =>
             {
-                let version: Arc<str> = Arc::from(meta.version.as_str());
-                let key = meta.chunk_key(&version, start / meta.chunk_size);
-                let mut flights = self.flights.lock().expect("flights lock");
-                if flights.contains_key(&key) || self.sources.memory.contains(&key) {
-                    return None;
-                }
-                let flight = Arc::new(Flight::new());
-                flights.insert(key.clone(), flight.clone());
-                drop(flights);
-                let leading = LeadingChunk {
-                    index: key.index,
-                    reader: flight.follow(false),
-                };
                 // An upstream that answered less than the chunk (it caps range answers) is
                 // asked for the rest right behind the probe's bytes, within this one source:
                 // the walk would resume there too, but only after handing out what the probe
@@ -392,18 +398,16 @@ impl ChunkFetcher {
                     len,
                     rest,
                 });
-                tokio::spawn(self.clone().fly(
-                    meta.clone(),
-                    key,
-                    flight,
-                    Route::LocalOnly,
-                    Some(first),
-                ));
-                Some(leading)
+                let reader = claim.follow();
+                let flight = self
+                    .clone()
+                    .fly(meta.clone(), claim, Route::LocalOnly, Some(first));
+                tokio::spawn(flight);
+                Some(reader)
             }
             ProbeBody::Whole { len, stream } if len == meta.length && meta.whole_only => {
                 let stream = crate::source::from_upstream(stream);
-                self.start_feed(meta.clone(), stream)
+                self.start_feed(meta.clone(), claim, stream)
             }
             _ => None,
         }
@@ -420,9 +424,9 @@ impl ChunkFetcher {
     }
 }
 
-/// The chunk a request's own lookup fetched with its probe, and the request's reader of it: the
-/// reader that started the fetch, so its bytes count as fetched for this request (never as a
-/// hit, nor as collapsed onto another request's fetch), however early they arrived.
+/// The chunk a request's own lookup fetched with its probe, and the request's reader of it: its
+/// bytes count as fetched for this request (never as a hit, nor as collapsed onto another
+/// request's fetch), however early they arrived.
 pub struct LeadingChunk {
     index: u64,
     reader: ChunkReader,

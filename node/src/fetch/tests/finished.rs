@@ -105,15 +105,12 @@ async fn a_chunk_memory_turns_away_is_found_while_the_disk_writes_it() {
     // Once the disk has it, the flight is gone and the disk serves it.
     gate.notify_one();
     for _ in 0..200 {
-        if f.flights.lock().unwrap().is_empty() {
+        if f.flights.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(
-        f.flights.lock().unwrap().is_empty(),
-        "the flight left the map"
-    );
+    assert!(f.flights.is_empty(), "the flight left the map");
     let later = f.open(&m, &version, 1, Route::LocalOnly);
     assert_eq!(read_chunk(later).await, whole);
     assert_eq!(upstream.opens(), 1, "the chunk came from the upstream once");

@@ -20,6 +20,7 @@ use crate::{
 };
 
 mod finished;
+mod single_flight;
 
 const CHUNK: u64 = 64 * 1024;
 

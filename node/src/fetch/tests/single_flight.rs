@@ -1,0 +1,67 @@
+//! The claim / join / complete / fail protocol, whoever claims: a whole-object stream's claims
+//! hold memory in `casserole_fetch_flight_bytes` like a range fetch's, and a claim dropped
+//! mid-fetch (a panic, a cancelled task) never leaves readers waiting.
+
+use super::*;
+use crate::fetch::single_flight::Claimed;
+
+fn key_of(m: &ObjectMeta, index: u64) -> ChunkKey {
+    m.chunk_key(&Arc::from(m.version.as_str()), index)
+}
+
+#[tokio::test]
+async fn a_chunk_a_stream_claims_counts_in_the_flight_gauge_until_it_is_kept() {
+    let f = fetcher(vec![], 0);
+    let m = meta(2 * CHUNK);
+    let key = key_of(&m, 0);
+    let claim = f
+        .flights
+        .claim_now(&key, CHUNK as u32)
+        .expect("free memory");
+    assert_eq!(f.metrics.flight_bytes.get(), CHUNK as i64);
+    assert!(
+        f.flights.claim_now(&key, CHUNK as u32).is_none(),
+        "one fetch per chunk"
+    );
+    let Claimed::Joined(mut joined) = f.flights.claim(&key) else {
+        panic!("a reader arriving meanwhile joins the stream's fetch");
+    };
+    // Nothing was handed out before: the whole chunk is its held-back last bytes.
+    let whole = Bytes::from(object_bytes(0..CHUNK));
+    let completing = claim
+        .complete(whole.clone().into(), whole.clone(), SourceKind::Upstream)
+        .await;
+    assert_eq!(f.metrics.flight_bytes.get(), 0, "the fetch is over");
+    completing.store(&[]).await;
+    assert!(f.flights.is_empty());
+    let mut got = Vec::new();
+    while let Some(piece) = joined.next().await {
+        got.extend_from_slice(&piece.unwrap());
+    }
+    assert!(got == whole, "the joined reader got the chunk");
+    assert!(matches!(f.flights.claim(&key), Claimed::Hit(_)));
+}
+
+#[tokio::test]
+async fn a_claim_dropped_mid_fetch_fails_its_readers_and_frees_the_chunk() {
+    let f = fetcher(vec![], 0);
+    let m = meta(2 * CHUNK);
+    let key = key_of(&m, 1);
+    let claim = f
+        .flights
+        .claim_now(&key, CHUNK as u32)
+        .expect("free memory");
+    let mut leader = claim.follow();
+    assert!(!leader.collapsed);
+    drop(claim);
+    assert!(matches!(
+        leader.next().await,
+        Some(Err(FetchError::Abandoned))
+    ));
+    assert_eq!(f.metrics.flight_bytes.get(), 0);
+    assert!(f.flights.is_empty());
+    assert!(
+        matches!(f.flights.claim(&key), Claimed::Led(_)),
+        "fetched afresh"
+    );
+}
