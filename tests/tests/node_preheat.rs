@@ -94,6 +94,11 @@ async fn a_preheat_through_one_member_leaves_nothing_for_the_origin_to_send_30_c
 
     let id = start(&nodes[0], &["/model.bin"]).await;
     let r = finished(&nodes[0], &id).await;
+    eprintln!(
+        "preheat of {} bytes through one of 3 members: {} s",
+        obj.len,
+        r["finished"].as_u64().unwrap() - r["started"].as_u64().unwrap()
+    );
     assert_eq!(r["complete"], true, "{r:#}");
     let object = &r["objects"][0];
     assert_eq!(object["state"], "done", "{r:#}");
@@ -279,4 +284,37 @@ async fn an_unknown_preheat_id_is_404() {
     let (status, text) = report(&node, "0123456789abcdef", Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 404, "{text}");
     assert!(text.contains("no preheat"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_preheats_remembered_are_bounded() {
+    let origin = Origin::start().await;
+    // Slow to answer, so the first preheats are still running when the last is asked for.
+    origin.put(
+        "/slow.bin",
+        ObjectSpec::new(MIB)
+            .seed(75)
+            .latency(Duration::from_secs(3)),
+    );
+    let node = one(&origin).await;
+    let mut ids = Vec::new();
+    for _ in 0..64 {
+        ids.push(start(&node, &["/slow.bin"]).await);
+    }
+    let (status, text) = post_preheat(&node, r#"["/slow.bin"]"#, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 429, "{text}");
+    assert!(text.contains("still running"), "{text}");
+    for id in &ids {
+        assert_eq!(finished(&node, id).await["complete"], true);
+    }
+    // Once they are done, a new preheat takes the place of the oldest.
+    let newest = start(&node, &["/slow.bin"]).await;
+    assert_eq!(report(&node, &ids[0], Some(ADMIN_TOKEN)).await.0, 404);
+    assert_eq!(report(&node, &ids[1], Some(ADMIN_TOKEN)).await.0, 200);
+    finished(&node, &newest).await;
+    assert_eq!(
+        origin.path_stats("/slow.bin").body_bytes_sent,
+        MIB,
+        "65 preheats of one object fetched it once"
+    );
 }
