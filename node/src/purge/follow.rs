@@ -4,7 +4,7 @@
 //!
 //! Costs per record: an invalidation drops one path's metadata by key (a prefix only when its
 //! target was longer than a record holds); an admin purge also drops the chunks of the versions
-//! it names (one scan of the memory tier and one of the disk index per version). What was
+//! it names (one scan of the memory tier and one of the disk index per round). What was
 //! applied is one etcd revision ([`Progress`]), saved at most once a second.
 
 use std::{
