@@ -6,14 +6,14 @@ use http::{header, HeaderMap, HeaderName};
 use super::cache_control::CacheControl;
 
 /// Headers the cache itself sets on every cached response (length, ranges, age, its own status);
-/// the upstream's copies would be wrong for a range or a later hit.
-const SET_BY_THE_CACHE: [&str; 6] = [
+/// the upstream's copies would be wrong for a range or a later hit. `Date` is the upstream's:
+/// it says when the response was generated, and `Age` counts from it (RFC 9110 §6.6.1).
+const SET_BY_THE_CACHE: [&str; 5] = [
     "content-length",
     "content-range",
     "accept-ranges",
     "age",
     "cache-status",
-    "date",
 ];
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are never forwarded in either direction.
