@@ -201,22 +201,11 @@ async fn client_with_read_timeout(read_timeout: Duration) -> anyhow::Result<Clie
     Ok(Client::try_from(config)?)
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = client_with_read_timeout(API_READ_TIMEOUT).await?;
-    let watch_client = client_with_read_timeout(WATCH_READ_TIMEOUT).await?;
-    let metrics = Metrics::default();
-    let liveness = Liveness::new(Duration::from_secs(args.stuck_reconcile_seconds));
-    let (addr, serve) = crate::server::bind(
-        args.metrics_bind_address(),
-        metrics.clone(),
-        liveness.clone(),
-    )
-    .await?;
-    tokio::spawn(serve);
-    info!(%addr, "serving /metrics and /healthz");
-
-    let crd_state = crate::crd_upgrade::ensure(client.clone(), args.apply_crd, &metrics).await;
-
+/// This replica's identity, the lease's namespace and the lock on it.
+async fn leader_lock(
+    args: &RunArgs,
+    client: &kube::Client,
+) -> anyhow::Result<(String, String, LeaseLock)> {
     let identity = args
         .identity
         .clone()
@@ -237,6 +226,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         &identity,
         duration,
     );
+    Ok((identity, lease_ns, lock))
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = client_with_read_timeout(API_READ_TIMEOUT).await?;
+    let watch_client = client_with_read_timeout(WATCH_READ_TIMEOUT).await?;
+    let metrics = Metrics::default();
+    let liveness = Liveness::new(Duration::from_secs(args.stuck_reconcile_seconds));
+    let (addr, serve) = crate::server::bind(
+        args.metrics_bind_address(),
+        metrics.clone(),
+        liveness.clone(),
+    )
+    .await?;
+    tokio::spawn(serve);
+    info!(%addr, "serving /metrics and /healthz");
+
+    let crd_state = crate::crd_upgrade::ensure(client.clone(), args.apply_crd, &metrics).await;
+
+    let (identity, lease_ns, lock) = leader_lock(&args, &client).await?;
     info!(%identity, lease = %args.lease_name, namespace = %lease_ns, "waiting for leadership");
     // A standby runs as PID 1 in its container, where SIGTERM without a handler is ignored:
     // without this it would wait out the whole termination grace period.
