@@ -135,3 +135,92 @@ async fn a_slow_client_keeps_only_a_few_chunks_in_flight() {
     let body_at = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     assert_eq!(sha256_hex(&received[body_at..]), obj.sha256());
 }
+
+/// Sends `request` and reads about `bytes` of the answer, then hangs up.
+async fn read_then_hang_up(addr: &str, request: &str, bytes: usize) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut read = 0;
+    while read < bytes {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "answer ended after {read} bytes");
+        read += n;
+    }
+    drop(stream);
+}
+
+/// The origin's body bytes for `path` once nothing is in flight any more (bounded wait).
+async fn settled_origin_bytes(origin: &Origin, path: &str) -> u64 {
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if origin.path_stats(path).in_flight == 0 {
+            break;
+        }
+    }
+    let before = origin.path_stats(path).body_bytes_sent;
+    // Nothing new is started once the client left: the count stays where it is.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = origin.path_stats(path).body_bytes_sent;
+    assert_eq!(
+        before, after,
+        "the origin still sends after the client left"
+    );
+    after
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_hangs_up_leaves_no_read_ahead_running() {
+    let origin = Origin::start().await;
+    // A distant origin, so the window grows wide before the client leaves.
+    origin.set_default_latency(Some(Duration::from_millis(20)));
+    origin.put("/large.bin", ObjectSpec::new(256 * MIB).seed(44));
+    let node = NodeBuilder::new(origin.url())
+        .arg("--max-memory-usage=512Mi")
+        .arg("--max-upstream-fetches=8")
+        .spawn()
+        .await;
+    let addr = node.url().trim_start_matches("http://").to_string();
+    let request = "GET /large.bin HTTP/1.1\r\nHost: cache\r\n\r\n";
+    read_then_hang_up(&addr, request, 8 * MIB as usize).await;
+    let fetched = settled_origin_bytes(&origin, "/large.bin").await;
+    // What the client read, what socket buffers hold (≤ 4 MiB here each side), and the
+    // window: at most the fetch cap of 2 MiB chunks, and the chunk being read.
+    let bound = 8 * MIB + 8 * MIB + (8 + 1) * 2 * MIB;
+    eprintln!(
+        "origin sent {} MiB of 256 after the client left",
+        fetched / MIB
+    );
+    assert!(fetched <= bound, "{fetched} bytes fetched, bound {bound}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_multi_range_client_that_hangs_up_fetches_only_the_parts_it_reached() {
+    let origin = Origin::start().await;
+    origin.set_default_latency(Some(Duration::from_millis(20)));
+    // Slow enough per connection that a part is still coming when the client leaves.
+    origin.set_default_throttle(Some(8 * MIB));
+    origin.put("/parts.bin", ObjectSpec::new(256 * MIB).seed(45));
+    let node = NodeBuilder::new(origin.url())
+        .arg("--max-memory-usage=512Mi")
+        .spawn()
+        .await;
+    // Sixteen ranges of 1 MiB, each in a chunk of its own (16 MiB apart).
+    let ranges: Vec<String> = (0..16)
+        .map(|i| format!("{}-{}", i * 16 * MIB, i * 16 * MIB + MIB - 1))
+        .collect();
+    let request = format!(
+        "GET /parts.bin HTTP/1.1\r\nHost: cache\r\nRange: bytes={}\r\n\r\n",
+        ranges.join(",")
+    );
+    let addr = node.url().trim_start_matches("http://").to_string();
+    read_then_hang_up(&addr, &request, (MIB + MIB / 2) as usize).await;
+    let fetched = settled_origin_bytes(&origin, "/parts.bin").await;
+    // The lookup's first chunk and the parts the client reached, not all sixteen chunks.
+    let bound = 4 * 2 * MIB;
+    eprintln!(
+        "origin sent {} MiB for 16 parts (32 MiB of chunks)",
+        fetched / MIB
+    );
+    assert!(fetched <= bound, "{fetched} bytes fetched, bound {bound}");
+}

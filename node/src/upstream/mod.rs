@@ -133,6 +133,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod probe;
 pub use probe::{Probe, ProbeBody, Relayed};
 
+mod round_trips;
+
 mod follow;
 mod routes;
 
@@ -227,6 +229,8 @@ pub struct Upstream {
     /// `--upstream` and the `--route`s: where each node path goes.
     routes: routes::Routes,
     metrics: UpstreamMetrics,
+    /// Time to response headers, over every request (see `round_trip`).
+    round_trips: round_trips::RoundTrips,
 }
 
 /// Answers one chunk may come in: an upstream that caps range answers below a chunk's
@@ -267,6 +271,7 @@ impl Upstream {
             routes: routes::Routes::new(cfg.base, &cfg.routes, &cfg.follow_redirects)
                 .map_err(anyhow::Error::msg)?,
             metrics,
+            round_trips: Default::default(),
         })
     }
 
@@ -296,6 +301,13 @@ impl Upstream {
     pub fn path_of(&self, path_and_query: &str, reference: &str) -> Option<String> {
         let url = self.url_for(path_and_query).ok()?.join(reference).ok()?;
         self.routes.node_path(&url)
+    }
+
+    /// Seconds from sending a request to the upstream to its response headers (a moving
+    /// average over lookups and range fetches); `None` before the first answer. What is known
+    /// of the upstream's distance before any chunk of it was measured.
+    pub fn round_trip(&self) -> Option<f64> {
+        self.round_trips.seconds()
     }
 
     fn failed(&self, e: UpstreamError) -> UpstreamError {
@@ -408,10 +420,12 @@ impl Upstream {
             )
             .header(header::ACCEPT_ENCODING, "identity");
         req = conditional(req, &meta.validator);
+        let sent = std::time::Instant::now();
         let res = self
             .send(&meta.path, req)
             .await
             .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
+        self.round_trips.observe(sent.elapsed());
         let covered = self
             .check_range_response(meta, &range, res.status(), res.headers())
             .map_err(|e| self.failed(e))?;

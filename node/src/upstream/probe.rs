@@ -183,10 +183,12 @@ impl Upstream {
         if let Some(stale) = stale {
             req = super::if_changed(req, stale);
         }
+        let sent = std::time::Instant::now();
         let res = self
             .send(path, req)
             .await
             .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
+        self.round_trips.observe(sent.elapsed());
         let (status, headers) = (res.status(), res.headers().clone());
         let response_time = SystemTime::now();
         if status.is_server_error() {

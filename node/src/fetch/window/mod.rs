@@ -18,6 +18,9 @@ use std::{
 
 use crate::source::{Route, SourceKind};
 
+mod climb;
+use climb::Climb;
+
 /// Chunks a response may have in flight once its first bytes arrived, before anything is known
 /// about the reader: enough for a few round trips' worth at once, little enough that a slow
 /// client does not pin much memory before its pace is measured.
@@ -34,8 +37,6 @@ const PACE_PERIOD: Duration = Duration::from_millis(250);
 /// Slow start (doubling per chunk waited for) only from an upstream at least this far away:
 /// nearer, waiting means the bytes are slow (bandwidth, CPU), not that round trips are.
 const SLOW_START_LATENCY: f64 = 0.010;
-/// A wider window is kept only if it delivered this much more than the narrower one.
-const PROBE_GAIN: f64 = 1.15;
 /// Weight of a new measurement in the moving averages.
 const EWMA_WEIGHT: f64 = 0.25;
 
@@ -46,16 +47,31 @@ pub struct Link {
     pub latency: Option<f64>,
     /// Bytes per second of one connection once the bytes flow.
     pub throughput: Option<f64>,
+    /// The most one connection delivered lately: what a connection carries when it does not
+    /// share the upstream's capacity with the other fetches of the window. The average above
+    /// falls as the window widens on an upstream whose total is capped (each fetch gets its
+    /// share), and sizing the window from it would widen the window further: every chunk
+    /// seems to take longer, so more seem needed in flight.
+    pub peak_throughput: Option<f64>,
 }
 
 fn ewma(old: Option<f64>, sample: f64) -> f64 {
     old.map_or(sample, |old| old + EWMA_WEIGHT * (sample - old))
 }
 
+/// A lower peak follows the samples this slowly (a decay over some tens of chunks), so one
+/// fetch that shared the upstream with many others does not pass for the link's speed.
+const PEAK_DECAY: f64 = 0.05;
+
 impl Link {
+    /// What one connection carries on its own, as far as known.
+    fn per_connection(&self) -> Option<f64> {
+        self.peak_throughput.or(self.throughput)
+    }
+
     /// Time to fetch `bytes` over one connection: `None` until a latency was measured.
     pub fn fetch_time(&self, bytes: u64) -> Option<f64> {
-        let transfer = self.throughput.map_or(0.0, |r| bytes as f64 / r);
+        let transfer = self.per_connection().map_or(0.0, |r| bytes as f64 / r);
         self.latency.map(|l| l + transfer)
     }
 }
@@ -106,7 +122,12 @@ impl LinkEstimates {
         let mut link = self.slot(kind).lock().expect("link lock");
         let secs = elapsed.as_secs_f64();
         if secs > 0.0 {
-            link.throughput = Some(ewma(link.throughput, bytes as f64 / secs));
+            let sample = bytes as f64 / secs;
+            link.throughput = Some(ewma(link.throughput, sample));
+            link.peak_throughput = Some(match link.peak_throughput {
+                Some(peak) if peak > sample => peak + PEAK_DECAY * (sample - peak),
+                _ => sample,
+            });
         }
         *link
     }
@@ -120,7 +141,7 @@ const LATENCY_BOUND_CHUNKS: f64 = 4.0;
 /// Whether the link is known to be latency-bound: one connection would move several chunks
 /// while waiting out one latency.
 fn latency_bound(chunk_size: u64, link: Link) -> bool {
-    match (link.latency, link.throughput) {
+    match (link.latency, link.per_connection()) {
         (Some(latency), Some(rate)) => latency * rate >= LATENCY_BOUND_CHUNKS * chunk_size as f64,
         _ => false,
     }
@@ -143,10 +164,8 @@ pub struct FetchWindow {
     period: Option<Period>,
     /// When the first bytes arrived: the first pace period is a slow start, growing per chunk.
     first_bytes: Option<Instant>,
-    /// The narrower window last tried while the reader waited, and the rate it delivered.
-    probe: Option<(usize, f64)>,
-    /// Widening did not pay: stay until the reader stops waiting.
-    settled: bool,
+    /// The search for the window that delivers the most while the reader waits.
+    climb: Climb,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -162,8 +181,15 @@ impl FetchWindow {
     pub fn new(fixed: Option<usize>, cap: usize, chunk_size: u64, link: Link) -> Self {
         let cap = cap.max(MIN_WINDOW);
         // Wide enough for the first round trip not to be wasted; from a latency-bound link as
-        // wide as allowed, since a round trip costs more than the chunks it could carry.
-        let size = match latency_bound(chunk_size, link) {
+        // wide as allowed, since a round trip costs more than the chunks it could carry. So too
+        // from a distant link whose throughput is not known yet (a cold upstream's first
+        // object): doubling from a few chunks would cost a round trip per doubling (measured:
+        // four round trips before 32 chunks were in flight, 0.42 s for 128 MiB from 50 ms away
+        // against 0.15 s direct), while too wide a window costs only memory the budget bounds
+        // and is narrowed after one pace period.
+        let distant_unmeasured = link.per_connection().is_none()
+            && link.latency.is_some_and(|l| l >= SLOW_START_LATENCY);
+        let size = match latency_bound(chunk_size, link) || distant_unmeasured {
             true => cap,
             false => INITIAL_WINDOW.min(cap),
         };
@@ -176,9 +202,21 @@ impl FetchWindow {
             taken: 0,
             period: None,
             first_bytes: None,
-            probe: None,
-            settled: false,
+            climb: Climb::Start,
         }
+    }
+
+    /// Before any chunk from the upstream was measured, the round trip its answers took so far
+    /// (the lookup that found this object) stands in for the link's latency.
+    pub fn knowing_round_trip(self, chunk_size: u64, link: Link, round_trip: Option<f64>) -> Self {
+        if self.fixed.is_some() || link.latency.is_some() || round_trip.is_none() {
+            return self;
+        }
+        let link = Link {
+            latency: round_trip,
+            ..link
+        };
+        FetchWindow::new(None, self.cap, chunk_size, link)
     }
 
     /// How long after asking for its first chunk a response may start its read-ahead, when
@@ -188,7 +226,7 @@ impl FetchWindow {
         if self.fixed.is_some() || !latency_bound(chunk_size, link) {
             return None;
         }
-        let rate = link.throughput?;
+        let rate = link.per_connection()?;
         Some(Duration::from_secs_f64(chunk_size as f64 / rate))
     }
 
@@ -247,28 +285,17 @@ impl FetchWindow {
         self.period = None;
         let rate = taken as f64 / length;
         if waited > STARVED_SHARE * length {
-            self.probe_wider(rate);
+            // Never narrower than the connections that carry this rate at what one of them
+            // carries on its own, plus the chunk being read: trying fewer would only cost a
+            // period at a lower rate.
+            let floor = (link.per_connection())
+                .map_or(MIN_WINDOW, |one| (rate / one).ceil() as usize + 1)
+                .clamp(MIN_WINDOW, self.cap);
+            (self.climb, self.size) = self.climb.next(self.size, rate, floor, self.cap);
         } else if let Some(fetch_time) = link.fetch_time(chunk_size) {
-            (self.probe, self.settled) = (None, false);
+            self.climb = Climb::Start;
             let in_flight = 1.5 * rate * fetch_time / chunk_size as f64;
             self.size = (in_flight.ceil() as usize + 1).clamp(MIN_WINDOW, self.cap);
-        }
-    }
-
-    /// The reader waited a period long at `rate`: a wider window is tried, and kept only if it
-    /// delivered more. Where the bytes are limited by bandwidth or CPU rather than round trips
-    /// (a loopback origin on a busy machine), more fetches in parallel only add contention.
-    fn probe_wider(&mut self, rate: f64) {
-        match self.probe {
-            Some((narrower, before)) if self.size > narrower && rate < PROBE_GAIN * before => {
-                self.size = narrower;
-                self.settled = true;
-            }
-            _ if !self.settled && self.size < self.cap => {
-                self.probe = Some((self.size, rate));
-                self.size = (self.size * 2).min(self.cap);
-            }
-            _ => {}
         }
     }
 }
@@ -284,6 +311,7 @@ mod tests {
         let link = Link {
             latency: Some(0.05),
             throughput: Some(100.0 * MI as f64),
+            ..Link::default()
         };
         let t = link.fetch_time(2 * MI).unwrap();
         assert!((t - 0.07).abs() < 1e-9, "{t}");
@@ -314,6 +342,7 @@ mod tests {
         let far = Link {
             latency: Some(0.05),
             throughput: None,
+            ..Link::default()
         };
         let mut w = FetchWindow::new(None, 20, MI, Link::default());
         assert_eq!(w.size(), INITIAL_WINDOW);
@@ -334,20 +363,49 @@ mod tests {
     }
 
     #[test]
-    fn near_a_wider_window_is_kept_only_if_it_delivers_more() {
+    fn near_a_wider_window_is_kept_only_if_it_delivers_more_and_narrower_ones_are_tried() {
         let near = Link {
             latency: Some(0.001),
             throughput: Some(500.0 * MI as f64),
+            ..Link::default()
         };
         let mut w = FetchWindow::new(None, 32, MI, Link::default());
         w.took(1, Duration::ZERO);
         waiting_period(&mut w, 100 * MI as usize, near);
         assert_eq!(w.size(), 16, "no slow start near, but a probe");
-        // Twice the window, no more bytes: back to the narrower one, and it stays.
+        // Twice the window, no more bytes: half the first one is tried next, then half that.
         waiting_period(&mut w, 100 * MI as usize, near);
-        assert_eq!(w.size(), INITIAL_WINDOW);
+        assert_eq!(w.size(), INITIAL_WINDOW / 2);
         waiting_period(&mut w, 100 * MI as usize, near);
-        assert_eq!(w.size(), INITIAL_WINDOW);
+        assert_eq!(w.size(), INITIAL_WINDOW / 4);
+        // Two chunks in flight deliver half as much: back to four, and it stays.
+        waiting_period(&mut w, 50 * MI as usize, near);
+        assert_eq!(w.size(), INITIAL_WINDOW / 2);
+        waiting_period(&mut w, 50 * MI as usize, near);
+        assert_eq!(w.size(), INITIAL_WINDOW / 2);
+    }
+
+    #[test]
+    fn narrowing_stops_at_the_connections_the_rate_needs() {
+        // 50 MiB/s per connection and the reader getting 200 MiB/s: four connections carry it,
+        // five chunks in flight with the one being read; two would deliver half as much.
+        let capped = Link {
+            latency: Some(0.001),
+            throughput: Some(50.0 * MI as f64),
+            peak_throughput: Some(50.0 * MI as f64),
+        };
+        let mut w = FetchWindow::new(None, 32, MI, Link::default());
+        w.took(1, Duration::ZERO);
+        let period = (200.0 * MI as f64 * (PACE_PERIOD.as_secs_f64() + 0.01)) as usize;
+        waiting_period(&mut w, period, capped);
+        assert_eq!(w.size(), 16);
+        // Back from 16, narrower: five (four if this thread slept long and the rate looks
+        // lower), and there it stays; without the floor it would try two next.
+        waiting_period(&mut w, period, capped);
+        let found = w.size();
+        assert!((4..8).contains(&found), "{found}");
+        waiting_period(&mut w, period, capped);
+        assert_eq!(w.size(), found);
     }
 
     #[test]
@@ -355,6 +413,7 @@ mod tests {
         let near = Link {
             latency: Some(0.001),
             throughput: Some(50.0 * MI as f64),
+            ..Link::default()
         };
         let mut w = FetchWindow::new(None, 32, MI, Link::default());
         w.took(1, Duration::ZERO);
@@ -368,6 +427,7 @@ mod tests {
         let link = Link {
             latency: Some(0.01),
             throughput: Some(1000.0 * MI as f64),
+            ..Link::default()
         };
         let mut w = FetchWindow::new(None, 32, MI, Link::default());
         w.took(1, Duration::ZERO);
@@ -396,6 +456,7 @@ mod tests {
         let link = Link {
             latency: Some(0.01),
             throughput: Some(1000.0 * MI as f64),
+            ..Link::default()
         };
         let mut w = FetchWindow::new(None, 32, MI, Link::default());
         w.took(1, Duration::ZERO);
@@ -413,6 +474,7 @@ mod tests {
         let far = Link {
             latency: Some(0.05),
             throughput: Some(200.0 * MI as f64),
+            ..Link::default()
         };
         // 50 ms × 200 MiB/s = 10 MiB: ten chunks would fit in one round trip.
         assert_eq!(FetchWindow::new(None, 32, MI, far).size(), 32);
@@ -437,6 +499,65 @@ mod tests {
         assert_eq!(
             FetchWindow::new(Some(5), 32, MI, far).head_start(MI, far),
             None
+        );
+    }
+
+    #[test]
+    fn a_fetch_sharing_a_capped_upstream_does_not_pass_for_the_link_s_speed() {
+        let links = LinkEstimates::default();
+        // Alone a connection carries 50 MiB/s; then 16 fetches share 200 MiB/s (12.5 each).
+        links.observe_transfer(SourceKind::Upstream, 2 * MI, Duration::from_millis(40));
+        let mut link = Link::default();
+        for _ in 0..8 {
+            link = links.observe_transfer(SourceKind::Upstream, 2 * MI, Duration::from_millis(160));
+        }
+        assert!(link.throughput.unwrap() < 17.0 * MI as f64, "{link:?}");
+        assert!(link.peak_throughput.unwrap() > 30.0 * MI as f64, "{link:?}");
+        // A reader taking 200 MiB/s from it, 5 ms away, not waiting: the window is what the
+        // reader's pace needs over unshared connections (1.5 × 200 × (0.005 + 2 / 37) / 2 + 1
+        // ≈ 10 with the peak decayed to ~37 MiB/s), not the ~21 the average (~16 MiB/s) would
+        // make it (and wider on every period, as each fetch's share shrinks).
+        let link = Link {
+            latency: Some(0.005),
+            ..link
+        };
+        let mut w = FetchWindow::new(None, 32, 2 * MI, link);
+        w.took(1, Duration::ZERO);
+        std::thread::sleep(PACE_PERIOD + Duration::from_millis(10));
+        let taken = (200.0 * MI as f64 * (PACE_PERIOD.as_secs_f64() + 0.01)) as usize;
+        w.took(taken, Duration::ZERO);
+        w.chunk_done(2 * MI, link);
+        assert!(w.size() <= 12, "{}", w.size());
+    }
+
+    #[test]
+    fn a_cold_upstream_far_away_starts_with_the_whole_window() {
+        // Nothing measured yet; the lookup that found the object took 50 ms to answer.
+        let unmeasured = Link::default();
+        let w = FetchWindow::new(None, 32, MI, unmeasured);
+        assert_eq!(w.size(), INITIAL_WINDOW);
+        let w = w.knowing_round_trip(MI, unmeasured, Some(0.05));
+        assert_eq!(w.size(), 32);
+        // Near (2 ms), or with the link measured already, or a fixed window: unchanged.
+        let near = FetchWindow::new(None, 32, MI, unmeasured);
+        assert_eq!(
+            near.knowing_round_trip(MI, unmeasured, Some(0.002)).size(),
+            INITIAL_WINDOW
+        );
+        let measured = Link {
+            latency: Some(0.001),
+            throughput: Some(500.0 * MI as f64),
+            ..Link::default()
+        };
+        let w = FetchWindow::new(None, 32, MI, measured);
+        assert_eq!(
+            w.knowing_round_trip(MI, measured, Some(0.05)).size(),
+            INITIAL_WINDOW
+        );
+        let fixed = FetchWindow::new(Some(3), 32, MI, unmeasured);
+        assert_eq!(
+            fixed.knowing_round_trip(MI, unmeasured, Some(0.05)).size(),
+            3
         );
     }
 
