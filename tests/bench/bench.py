@@ -49,15 +49,16 @@ from report import TARGETS, chart, fmt, human, machine_info, render, update_read
 import latency  # noqa: E402
 import mixed  # noqa: E402
 import upstreams  # noqa: E402
+import window  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
-# Sizes per mode. Full mode fits in < 12 minutes on 2 cores (the latency scenario last); smoke mode
+# Sizes per mode. Full mode fits in < 16 minutes on 2 cores (the window scenario last); smoke mode
 # in seconds; --quick runs only the latency scenario's subset (with --only upstreams: scenario 8's
 # quick sizes; with --only mixed: scenario 9 for 15 s).
 
 FULL = dict(
-    deadline=690,
+    deadline=930,
     small=64 * Ki,
     large=64 * Mi,
     conns=[1, 16, 64],
@@ -429,6 +430,7 @@ class Bench:
         self.section("upstreams", lambda: upstreams.run(self))
         self.section("latency", lambda: latency.run(self))
         self.section("mixed", lambda: mixed.run(self))
+        self.section("window", lambda: window.run(self))
         self.results["elapsed_s"] = time.monotonic() - self.t_start
         self.results["machine"] = machine_info()
         self.results["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -450,13 +452,14 @@ def main():
                          "(e.g. README.md)")
     ap.add_argument("--only", action="append",
                     choices=["hot", "cold_throttled", "cold_unthrottled", "amplification", "memory", "disk",
-                             "upstreams", "latency", "mixed"],
+                             "upstreams", "latency", "mixed", "window"],
                     help="run only these scenarios (repeatable)")
     ap.add_argument("--quick", action="store_true",
                     help="the latency scenario only, on a subset (0 and 50 ms; 32 and 128 MiB; "
                          "well under a minute), unless --only says otherwise; with --only upstreams, "
                          "scenario 8 on its quick sizes (~30 s); with --only mixed, "
-                         "scenario 9 for 15 s instead of 60 s")
+                         "scenario 9 for 15 s instead of 60 s; with --only window, scenario 10 "
+                         "on 256 MiB objects, once each (~1 min)")
     args = ap.parse_args()
     if args.quick and not args.only:
         args.only = ["latency"]

@@ -9,6 +9,7 @@ import platform
 from latency import render as latency_render
 from mixed import render as mixed_render
 from upstreams import render as upstreams_render
+from window import render as window_render
 from procs import Ki, Mi, log
 
 TARGETS = ["direct", "casserole", "nginx", "varnish"]
@@ -179,6 +180,7 @@ def render(results: dict) -> tuple[str, list[dict]]:
     out += latency_render(S.get("latency", {}), target)
     out += upstreams_render(S.get("upstreams", {}), target)
     out += mixed_render(S.get("mixed", {}), target)
+    out += window_render(S.get("window", {}), target)
 
     out += ["#### Targets", "", "| target | goal | measured | met | peers |", "|---|---|---|---|---|"]
     for t in targets_rows:
