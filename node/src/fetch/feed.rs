@@ -14,10 +14,10 @@ use std::{
 
 use bytes::Bytes;
 use futures::{future::BoxFuture, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::{
-    flight::{Assembly, ChunkReader},
+    flight::{Assembly, ChunkReader, Flight},
     single_flight::Claim,
     ChunkFetcher,
 };
@@ -34,8 +34,15 @@ struct Cut<'a> {
     feed: &'a Feed,
     body: &'a mut ChunkStream,
     carry: &'a mut Option<Bytes>,
-    /// The chunk's flight, claimed before the feed started.
-    claimed: Option<Claim>,
+    /// The chunk's flight, when the feed keeps the chunk.
+    own: Option<Claim>,
+}
+
+/// A running whole-object stream's hold on the upstream: its connection, and its permit of
+/// `--max-upstream-fetches`.
+struct Body {
+    stream: ChunkStream,
+    _permit: OwnedSemaphorePermit,
 }
 
 #[derive(Default)]
@@ -52,9 +59,31 @@ struct FeedState {
 #[derive(Default)]
 pub(super) struct Feed {
     state: Mutex<FeedState>,
+    /// Told when the feed ends, for readers waiting to start the next one (see `Joined::Passed`).
+    done: tokio::sync::Notify,
 }
 
 impl Feed {
+    fn is_ended(&self) -> bool {
+        self.state.lock().expect("feed lock").ended
+    }
+
+    fn close(&self) {
+        self.state.lock().expect("feed lock").ended = true;
+        self.done.notify_waiters();
+    }
+
+    async fn ended(&self) {
+        loop {
+            // Created before the check: a close in between still wakes it.
+            let closed = self.done.notified();
+            if self.is_ended() {
+                return;
+            }
+            closed.await;
+        }
+    }
+
     /// The bytes of chunk `index` from its start, as the feed reaches them; `None` once the feed
     /// has passed it (or ended).
     fn subscribe(&self, index: u64) -> Option<ChunkStream> {
@@ -89,12 +118,24 @@ impl Feed {
         }
     }
 
-    fn end_chunk(&self, index: u64) {
-        self.state
+    /// Whether a reader waits for chunk `index` or a later one.
+    fn awaited_from(&self, index: u64) -> bool {
+        let st = self.state.lock().expect("feed lock");
+        st.subscribers
+            .iter()
+            .any(|(i, subs)| *i >= index && subs.iter().any(|tx| !tx.is_closed()))
+    }
+
+    /// Chunk `index` is cut; returns whether a reader was still subscribed to it (one reading
+    /// along, who will want the next chunk too).
+    fn end_chunk(&self, index: u64) -> bool {
+        let subs = self
+            .state
             .lock()
             .expect("feed lock")
             .subscribers
             .remove(&index);
+        subs.is_some_and(|subs| subs.iter().any(|tx| !tx.is_closed()))
     }
 
     fn fail(&self, error: &FetchError) {
@@ -119,6 +160,9 @@ enum Joined {
     Running(ChunkStream),
     /// A new feed waits for its body; the subscription is already in place.
     New(Arc<Feed>, ChunkStream),
+    /// The version's feed has passed the chunk (without keeping it): one feed per version, so
+    /// the next starts once this one ended.
+    Passed(Arc<Feed>),
 }
 
 impl ChunkFetcher {
@@ -127,11 +171,13 @@ impl ChunkFetcher {
     /// object never start two.
     fn join_or_register(&self, meta: &ObjectMeta, index: u64) -> Joined {
         let mut feeds = self.feeds.lock().expect("feeds lock");
-        if let Some(stream) = feeds
-            .get(meta.version.as_str())
-            .and_then(|feed| feed.subscribe(index))
-        {
-            return Joined::Running(stream);
+        if let Some(running) = feeds.get(meta.version.as_str()) {
+            if let Some(stream) = running.subscribe(index) {
+                return Joined::Running(stream);
+            }
+            if !running.is_ended() {
+                return Joined::Passed(running.clone());
+            }
         }
         let feed = Arc::new(Feed::default());
         feed.begin_chunk(index);
@@ -147,18 +193,29 @@ impl ChunkFetcher {
         request: ChunkRequest<'_>,
         seat: Joined,
     ) -> Result<ChunkStream, FetchError> {
-        let (feed, stream) = match seat {
-            Joined::Running(stream) => return Ok(stream),
-            Joined::New(feed, stream) => (feed, stream),
+        let mut seat = seat;
+        let (feed, stream) = loop {
+            match seat {
+                Joined::Running(stream) => return Ok(stream),
+                Joined::New(feed, stream) => break (feed, stream),
+                Joined::Passed(running) => {
+                    running.ended().await;
+                    seat = self.join_or_register(request.meta, request.key.index);
+                }
+            }
         };
         if let Err(e) = self.may_start_feed(request.meta, request.key.index) {
             self.abandon_feed(request.meta, &feed, &e);
             return Err(e);
         }
         let from = *request.meta.chunk_range(request.key.index).start();
+        let permit = self.upstream_permit().await;
         match upstream.fetch_whole(request.meta, from).await {
             Ok((starts_at, body)) => {
-                let body = crate::source::from_upstream(body);
+                let body = Body {
+                    stream: crate::source::from_upstream(body),
+                    _permit: permit,
+                };
                 let meta = Arc::new(request.meta.clone());
                 tokio::spawn(self.run_feed(meta, feed, body, starts_at, None));
                 Ok(stream)
@@ -202,6 +259,7 @@ impl ChunkFetcher {
     }
 
     fn forget_feed(&self, meta: &ObjectMeta, feed: &Arc<Feed>) {
+        feed.close();
         let mut feeds = self.feeds.lock().expect("feeds lock");
         if feeds
             .get(meta.version.as_str())
@@ -232,27 +290,79 @@ impl ChunkFetcher {
         // Without memory for it now, the first chunk's bytes only reach subscribers.
         let first = first.try_reserve(meta.chunk_len(0) as u32).then_some(first);
         let reader = first.as_ref().map(Claim::follow);
-        tokio::spawn(self.clone().run_feed(meta, feed, body, 0, first));
+        let me = self.clone();
+        tokio::spawn(async move {
+            // The probe's connection is open already; reading on counts like any fetch.
+            let body = Body {
+                stream: body,
+                _permit: me.upstream_permit().await,
+            };
+            me.run_feed(meta, feed, body, 0, first).await
+        });
         reader
+    }
+
+    /// Whether this node can keep the whole of `meta` (a disk, or a memory tier that holds it):
+    /// else a stream nobody reads only evicts its own earlier chunks.
+    fn can_keep(&self, meta: &ObjectMeta) -> bool {
+        meta.length <= self.cfg.tier_bytes
+            || self
+                .sources
+                .local
+                .iter()
+                .any(|s| s.kind() == SourceKind::Disk)
+    }
+
+    async fn upstream_permit(&self) -> OwnedSemaphorePermit {
+        self.upstream_cap
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the fetch cap is never closed")
     }
 
     async fn run_feed(
         self: Arc<Self>,
         meta: Arc<ObjectMeta>,
         feed: Arc<Feed>,
-        mut body: ChunkStream,
+        mut body: Body,
         starts_at: u64,
         mut claimed: Option<Claim>,
     ) {
         let first = starts_at / meta.chunk_size;
+        let version: Arc<str> = Arc::from(meta.version.as_str());
         let mut carry: Option<Bytes> = None;
+        // Whether a reader followed the chunk before (its readers will want the next one), and
+        // the feed's own flight of it, whose readers may still be reading it.
+        let mut read_along = false;
+        let mut before: Option<Arc<Flight>> = None;
         for index in first..meta.chunk_count() {
             feed.begin_chunk(index);
+            let key = meta.chunk_key(&version, index);
+            let own = claimed
+                .take()
+                .or_else(|| self.flights.claim_now(&key, meta.chunk_len(index) as u32));
+            let followed = read_along
+                || before.as_ref().is_some_and(|f| f.followers() > 0)
+                || own
+                    .as_ref()
+                    .is_some_and(|c| c.shared_flight().followers() > 0);
+            let keeps = own.is_some() && self.can_keep(&meta);
+            if !keeps && !followed && !feed.awaited_from(index) {
+                // Nobody reads on, and what it would read cannot be kept (no memory free, the
+                // chunk had already, or an object the memory tier cannot hold and no disk):
+                // reading to the end would cost the upstream the whole object for nothing.
+                tracing::debug!(path = %meta.path, chunk = index,
+                    "whole-object stream stopped: no reader, and nothing to keep");
+                feed.fail(&FetchError::Abandoned);
+                break;
+            }
+            before = own.as_ref().map(Claim::shared_flight);
             let cut = Cut {
                 feed: &feed,
-                body: &mut body,
+                body: &mut body.stream,
                 carry: &mut carry,
-                claimed: claimed.take(),
+                own,
             };
             if let Err(e) = self.cut_chunk(&meta, cut, index).await {
                 tracing::warn!(path = %meta.path, chunk = index, error = %e,
@@ -260,7 +370,7 @@ impl ChunkFetcher {
                 feed.fail(&e);
                 break;
             }
-            feed.end_chunk(index);
+            read_along = feed.end_chunk(index);
         }
         self.forget_feed(&meta, &feed);
     }
@@ -277,12 +387,9 @@ impl ChunkFetcher {
             feed,
             body,
             carry,
-            claimed,
+            own,
         } = cut;
         let expected = meta.chunk_len(index) as usize;
-        let version: Arc<str> = Arc::from(meta.version.as_str());
-        let key = meta.chunk_key(&version, index);
-        let own = claimed.or_else(|| self.flights.claim_now(&key, expected as u32));
         let mut assembly = own
             .as_ref()
             .map(|claim| Assembly::new(expected, claim.flight()));

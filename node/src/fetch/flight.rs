@@ -67,6 +67,11 @@ impl Flight {
         self.progress.send_replace(Progress::Running(count));
     }
 
+    /// How many readers follow this flight now.
+    pub(super) fn followers(&self) -> usize {
+        self.progress.receiver_count()
+    }
+
     pub(super) fn is_running(&self) -> bool {
         matches!(*self.progress.borrow(), Progress::Running(_))
     }

@@ -180,6 +180,9 @@ pub struct ChunkFetcher {
     /// Whole-object streams being cut into chunks, by version.
     feeds: Mutex<HashMap<Arc<str>, Arc<feed::Feed>>>,
     me: Weak<ChunkFetcher>,
+    /// `--max-upstream-fetches`: one permit per upstream fetch running, range fetches (see
+    /// `Metered`) and whole-object streams alike.
+    upstream_cap: Arc<Semaphore>,
     /// Latency and throughput of the upstream and the owner peers, measured by `Metered`.
     links: Arc<LinkEstimates>,
     cfg: FetchConfig,
@@ -223,6 +226,7 @@ impl ChunkFetcher {
             metadata,
             feeds: Mutex::new(HashMap::new()),
             me: me.clone(),
+            upstream_cap: cap,
             links,
             cfg,
             metrics,

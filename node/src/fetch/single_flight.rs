@@ -178,6 +178,11 @@ impl Claim {
         &self.flight
     }
 
+    /// The flight itself, to see later whether anyone still follows it.
+    pub(super) fn shared_flight(&self) -> Arc<Flight> {
+        self.flight.clone()
+    }
+
     pub(super) fn key(&self) -> &ChunkKey {
         &self.key
     }

@@ -225,6 +225,9 @@ pub struct MetadataStore {
     memory: Cache<String, Arc<ObjectMeta>>,
     /// Paths recently found uncacheable, and why.
     uncacheable: Cache<String, Uncacheable>,
+    /// Revalidations clients asked for (`no-cache`, `max-age`, `min-fresh`) under way, by path:
+    /// requests arriving meanwhile share the one running (see `on_request`).
+    on_request: Cache<String, (Arc<ObjectMeta>, MetaSource)>,
     disk: Option<Arc<DiskTier>>,
     peers: Option<Arc<PeerClient>>,
     upstream: Arc<Upstream>,
@@ -250,6 +253,12 @@ impl MetadataStore {
             uncacheable: Cache::builder()
                 .max_capacity(PASS_VERDICTS)
                 .time_to_live(PASS_VERDICT_TTL)
+                .build(),
+            // Entries live only while their revalidation runs (the revalidating request
+            // removes its own); the bound is for safety.
+            on_request: Cache::builder()
+                .max_capacity(PASS_VERDICTS)
+                .time_to_live(Duration::from_secs(1))
                 .build(),
             disk,
             peers,

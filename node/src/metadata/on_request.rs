@@ -2,7 +2,7 @@
 //! request does not accept is confirmed with the upstream first, and `only-if-cached` is
 //! answered from what this node holds, or not at all.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::{unix_now, Asker, Found, LookupError, MetaSource, MetadataStore, Missed};
 use crate::{
@@ -63,12 +63,59 @@ impl MetadataStore {
         Some((meta, source))
     }
 
-    /// Confirms `stored` with a conditional request because the client asked to: a `304` keeps
-    /// its version and every chunk; a new version replaces it. When the upstream cannot answer,
-    /// the stored copy (which the cache's own rules allow) is served: the request directives
-    /// state a preference (RFC 9111 §5.2.1), and an outage should not fail clients that merely
-    /// asked for a reload.
+    /// Confirms `stored` with a conditional request because the client asked to. Requests for
+    /// the path that arrive while a confirmation runs share it (their answer comes from the
+    /// upstream after they arrived): a burst of reloads costs the upstream one request, and an
+    /// object without a validator (every lookup a new version) one new version, not one each.
+    /// Only the request whose confirmation ran gets the probe's body.
     async fn revalidate_on_request(
+        &self,
+        path: &str,
+        stored: (Arc<ObjectMeta>, MetaSource),
+        ask: Asker<'_>,
+    ) -> Result<Found, Missed> {
+        let ran = Mutex::new(None);
+        let relay = Mutex::new(None);
+        let shared = self
+            .on_request
+            .try_get_with(path.to_string(), async {
+                match self.confirm(path, stored.clone(), ask).await {
+                    Ok(found) => {
+                        let answer = (found.meta.clone(), found.source);
+                        *ran.lock().expect("lookup lock") = Some(found.first_chunk);
+                        Ok(answer)
+                    }
+                    Err(missed) => {
+                        *ran.lock().expect("lookup lock") = Some(None);
+                        *relay.lock().expect("lookup lock") = missed.relay;
+                        Err(missed.error)
+                    }
+                }
+            })
+            .await;
+        let ran = ran.into_inner().expect("lookup lock");
+        if ran.is_some() {
+            // The next request asks the upstream again.
+            self.on_request.invalidate(path).await;
+        }
+        match shared {
+            Ok((meta, source)) => Ok(Found {
+                meta,
+                source,
+                first_chunk: ran.flatten(),
+            }),
+            Err(error) => Err(Missed {
+                error: (*error).clone(),
+                relay: relay.into_inner().expect("lookup lock"),
+            }),
+        }
+    }
+
+    /// One confirmation: a `304` keeps its version and every chunk; a new version replaces it.
+    /// When the upstream cannot answer, the stored copy (which the cache's own rules allow) is
+    /// served: the request directives state a preference (RFC 9111 §5.2.1), and an outage should
+    /// not fail clients that merely asked for a reload.
+    async fn confirm(
         &self,
         path: &str,
         stored: (Arc<ObjectMeta>, MetaSource),

@@ -1,0 +1,174 @@
+//! Whole-object streams (objects the upstream only sends whole: no validator, or `Range`
+//! ignored) cannot be turned into detached, uncapped downloads (issue 19, item 2): reloads of a
+//! path collapse into one upstream request, a stream nobody reads stops once it cannot keep
+//! what it reads, and streams count against `--max-upstream-fetches`.
+
+use std::time::Duration;
+
+use casserole_tests::{
+    client::{client, get_sha256, head},
+    harness::NodeBuilder,
+    origin::{EtagMode, ObjectSpec, Origin},
+};
+
+const MIB: u64 = 1 << 20;
+
+/// Waits (bounded) until the origin sends nothing any more, so its counters are final.
+async fn origin_settled(origin: &Origin) {
+    for _ in 0..600 {
+        if origin.stats().in_flight == 0 {
+            let sent = origin.stats().body_bytes_sent;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if origin.stats().in_flight == 0 && origin.stats().body_bytes_sent == sent {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the origin is still sending after 60 s: {:?}",
+        origin.stats()
+    );
+}
+
+/// GETs `url` with `headers` and hangs up as soon as the response head is here.
+async fn get_and_hang_up(url: String, headers: &'static [(&'static str, &'static str)]) {
+    let mut req = client().get(&url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let res = req.send().await.expect("the node answers");
+    assert!(res.status().is_success(), "{url}: {}", res.status());
+    drop(res);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_reloads_that_hang_up_cost_the_origin_at_most_the_object_once() {
+    let origin = Origin::start().await;
+    // No validator, and Range ignored: every lookup is a new version, fetched whole. The
+    // origin takes a moment to answer, as a real one does, so the reloads overlap.
+    let size = 64 * MIB;
+    let obj = origin.put(
+        "/whole.iso",
+        ObjectSpec::new(size)
+            .seed(1)
+            .etag(EtagMode::None)
+            .no_last_modified()
+            .accept_ranges_none()
+            .max_age(3600)
+            .latency(Duration::from_millis(300)),
+    );
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    let url = format!("{}/whole.iso", node.url());
+    assert_eq!(get_sha256(&url, &[]).await.unwrap().sha256, obj.sha256());
+    origin_settled(&origin).await;
+    origin.reset_stats();
+
+    let reloads = (0..20).map(|_| get_and_hang_up(url.clone(), &[("cache-control", "no-cache")]));
+    futures::future::join_all(reloads).await;
+    origin_settled(&origin).await;
+
+    let stats = origin.stats();
+    eprintln!(
+        "20 reloads that hung up: {} upstream GETs, {} body bytes (object {size})",
+        stats.get_requests, stats.body_bytes_sent
+    );
+    assert_eq!(
+        stats.get_requests, 1,
+        "the reloads share one upstream request"
+    );
+    assert!(
+        stats.body_bytes_sent <= size,
+        "{} bytes from the origin for a {size}-byte object",
+        stats.body_bytes_sent
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloads_of_a_validated_object_share_one_revalidation() {
+    let origin = Origin::start().await;
+    let obj = origin.put(
+        "/tagged.bin",
+        ObjectSpec::new(MIB)
+            .seed(2)
+            .max_age(3600)
+            .latency(Duration::from_millis(300)),
+    );
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    let url = format!("{}/tagged.bin", node.url());
+    assert_eq!(get_sha256(&url, &[]).await.unwrap().sha256, obj.sha256());
+    origin.reset_stats();
+    let reloads = (0..10).map(|_| get_sha256(&url, &[("cache-control", "no-cache")]));
+    for got in futures::future::join_all(reloads).await {
+        assert_eq!(got.unwrap().sha256, obj.sha256());
+    }
+    let stats = origin.stats();
+    assert_eq!(stats.requests, 1, "one conditional request: {stats:?}");
+    assert_eq!(stats.not_modified, 1);
+    // A reload after that one is answered asks again.
+    get_sha256(&url, &[("cache-control", "no-cache")])
+        .await
+        .unwrap();
+    assert_eq!(origin.stats().requests, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_nobody_reads_stops_once_it_cannot_keep_what_it_reads() {
+    let origin = Origin::start().await;
+    // Larger than the node's memory, no disk: what a stream reads with no reader would only
+    // evict its own earlier chunks.
+    let size = 64 * MIB;
+    origin.put(
+        "/large.iso",
+        ObjectSpec::new(size)
+            .seed(3)
+            .accept_ranges_none()
+            .max_age(3600)
+            .throttle(16 * MIB),
+    );
+    let node = NodeBuilder::new(origin.url())
+        .arg("--max-memory-usage=32Mi")
+        .spawn()
+        .await;
+    get_and_hang_up(format!("{}/large.iso", node.url()), &[]).await;
+    origin_settled(&origin).await;
+    let sent = origin.stats().body_bytes_sent;
+    eprintln!("a stream whose client hung up: {sent} of {size} bytes from the origin");
+    assert!(
+        sent < size / 2,
+        "{sent} bytes read for a client that left at once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_count_against_the_upstream_fetch_cap() {
+    let origin = Origin::start().await;
+    let spec = |seed| {
+        ObjectSpec::new(4 * MIB)
+            .seed(seed)
+            .accept_ranges_none()
+            .max_age(3600)
+            .throttle(8 * MIB)
+    };
+    let a = origin.put("/a.bin", spec(4));
+    let b = origin.put("/b.bin", spec(5));
+    let node = NodeBuilder::new(origin.url())
+        .arg("--max-upstream-fetches=1")
+        .spawn()
+        .await;
+    // Looked up first (a HEAD has no body), so both GETs read through whole-object streams.
+    for path in ["/a.bin", "/b.bin"] {
+        let (status, _) = head(&format!("{}{path}", node.url()), &[]).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    origin.reset_stats();
+    let (got_a, got_b) = tokio::join!(
+        get_sha256(&format!("{}/a.bin", node.url()), &[]),
+        get_sha256(&format!("{}/b.bin", node.url()), &[]),
+    );
+    assert_eq!(got_a.unwrap().sha256, a.sha256());
+    assert_eq!(got_b.unwrap().sha256, b.sha256());
+    let stats = origin.stats();
+    assert_eq!(stats.full_gets, 2, "{stats:?}");
+    assert_eq!(stats.max_in_flight, 1, "one upstream fetch at a time");
+}
