@@ -33,7 +33,7 @@ pub const IMMUTABLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 pub fn parse_ttl_rule(s: &str) -> Result<TtlRule, String> {
     let (pattern, ttl) = s
         .rsplit_once('=')
-        .ok_or_else(|| format!("{s:?} is not REGEX=DURATION"))?;
+        .ok_or_else(|| format!("{s:?} is not REGEX=DURATION or REGEX=immutable"))?;
     ttl_rule(pattern, ttl)
 }
 

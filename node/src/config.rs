@@ -199,8 +199,8 @@ pub struct Config {
     #[arg(long, env = "CASSEROLE_CLEANED_DISK_USAGE", default_value = "800M")]
     pub cleaned_disk_usage: ByteSize,
 
-    /// Address of the admin listener: /metrics, /healthz, /readyz, /purge. Loopback unless set
-    /// (the operator sets the pod's address).
+    /// Address of the admin listener: /metrics, /healthz, /readyz, /purge, /preheat. Loopback
+    /// unless set (the operator sets the pod's address).
     #[arg(
         long,
         env = "CASSEROLE_ADMIN_ADDRESS",
@@ -252,14 +252,14 @@ pub struct Config {
     #[arg(long, env = "CASSEROLE_REQUEST_HEAD_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_head_timeout: Duration,
 
-    /// A keep-alive connection (HTTP/1 or HTTP/2) with no request in flight for this long is
-    /// closed. Longer than the peer client's pool idle time (60 s), so a peer never reuses a
-    /// connection this node is closing.
     /// A response whose client takes no bytes for this long is closed and the chunks it holds
     /// are released (a stalled reader must not pin memory).
     #[arg(long, env = "CASSEROLE_CLIENT_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub client_idle_timeout: Duration,
 
+    /// A keep-alive connection (HTTP/1 or HTTP/2) with no request in flight for this long is
+    /// closed. Longer than the peer client's pool idle time (60 s), so a peer never reuses a
+    /// connection this node is closing.
     #[arg(long, env = "CASSEROLE_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
@@ -329,8 +329,8 @@ pub struct Config {
           num_args = 0..=1, default_missing_value = "true")]
     pub peer_hot_copy: bool,
 
-    /// Bearer token of the admin listener's purge API (POST /purge); without a token (or a
-    /// token file) the purge API is off.
+    /// Bearer token of the admin listener's purge and preheat APIs (POST /purge, POST /preheat,
+    /// GET /preheat/<id>); without a token (or a token file) both are off.
     #[arg(long, env = "CASSEROLE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
