@@ -7,7 +7,7 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -18,12 +18,11 @@ use crate::{
     object::{unix_now, ObjectMeta},
     peer::{client::PeerClient, wire::MetaAnswer},
     policy::{
-        evaluate, evaluate_head, usable, usable::serves_on_failure, ClientDemands, FreshnessRules,
-        HeadContext, LookupAnswer, Uncacheable, Usable,
+        usable, usable::serves_on_failure, ClientDemands, FreshnessRules, Uncacheable, Usable,
     },
     source::Route,
     tier::disk::DiskTier,
-    upstream::{Probe, ProbeBody, Relayed, Upstream, UpstreamError},
+    upstream::{ProbeBody, Relayed, Upstream, UpstreamError},
 };
 
 /// What a lookup found: the object's metadata, where it came from, and the body of the probe
@@ -44,20 +43,6 @@ impl Found {
             first_chunk: None,
         }
     }
-}
-
-/// An upstream answer's verdict as it holds for the request that asked: shared only as the answer
-/// allows when the request carried credentials (RFC 9111 §3.5), and noting the values of the
-/// headers it varies on (its selecting header fields).
-fn for_asker(
-    verdict: Result<ObjectMeta, LookupError>,
-    response: &http::HeaderMap,
-    client: &http::HeaderMap,
-) -> Result<ObjectMeta, LookupError> {
-    let meta = verdict?;
-    crate::policy::shareable_with_credentials(client, response)
-        .map_err(LookupError::Uncacheable)?;
-    Ok(meta.selected_by(client))
 }
 
 /// How many uncacheable verdicts are remembered ("hit-for-pass"), and for how long: later
@@ -102,6 +87,8 @@ pub struct Asker<'a> {
     pub headers: &'a http::HeaderMap,
 }
 
+mod ask;
+mod forget;
 mod from_peer;
 mod on_request;
 mod revalidate;
@@ -487,122 +474,6 @@ impl MetadataStore {
         }
     }
 
-    /// A fresh lookup: the probe, or a `HEAD` for requests that want no body.
-    async fn ask_upstream(&self, path: &str, ask: Asker<'_>) -> Result<Found, Missed> {
-        match ask.first_byte {
-            Some(byte) => self.probe(path, byte, ask.headers).await,
-            None => {
-                let answer = self.upstream.head(path, ask.headers, None).await?;
-                let meta = self.take_head(path, answer, ask.headers)?;
-                Ok(Found::without_body(Arc::new(meta), MetaSource::Upstream))
-            }
-        }
-    }
-
-    /// Metadata from the upstream's answer to a `HEAD`; an answer that makes none is handed
-    /// back to be relayed.
-    fn take_head(
-        &self,
-        path: &str,
-        (status, headers, response_time): (http::StatusCode, http::HeaderMap, SystemTime),
-        client: &http::HeaderMap,
-    ) -> Result<ObjectMeta, Missed> {
-        let verdict = match status.as_u16() {
-            other if crate::policy::is_upstream_failure(other) => {
-                Err(LookupError::Upstream(UpstreamError::Status(other)))
-            }
-            _ => evaluate_head(&self.context(path, status, response_time), &headers)
-                .map_err(LookupError::Uncacheable),
-        };
-        match for_asker(verdict, &headers, client) {
-            Ok(meta) => Ok(meta),
-            Err(error) => Err(Missed {
-                error,
-                relay: Some(Box::new(Relayed::bodiless(status, headers))),
-            }),
-        }
-    }
-
-    fn context<'a>(
-        &'a self,
-        path: &'a str,
-        status: http::StatusCode,
-        response_time: std::time::SystemTime,
-    ) -> HeadContext<'a> {
-        HeadContext {
-            upstream: self.upstream.base(),
-            path,
-            status: status.as_u16(),
-            rules: &self.cfg.rules,
-            chunk_size: self.cfg.chunk_size,
-            response_time,
-        }
-    }
-
-    /// Looks `path` up with a `GET` of the chunk holding `byte`, whose body comes back with the
-    /// metadata, so the first byte costs one round trip.
-    async fn probe(
-        &self,
-        path: &str,
-        byte: u64,
-        client: &http::HeaderMap,
-    ) -> Result<Found, Missed> {
-        let chunk_size = self.cfg.chunk_size;
-        let start = byte / chunk_size * chunk_size;
-        let probe = self
-            .upstream
-            .probe(path, start, chunk_size, None, client)
-            .await?;
-        self.take_probe(path, probe, client)
-    }
-
-    /// Metadata from a probe's answer, with its body when the object has bytes. An answer that
-    /// makes no metadata is handed back to be relayed.
-    fn take_probe(
-        &self,
-        path: &str,
-        probe: Probe,
-        client: &http::HeaderMap,
-    ) -> Result<Found, Missed> {
-        let verdict = self.judge_probe(path, &probe);
-        let meta = match for_asker(verdict, &probe.headers, client) {
-            Ok(meta) => meta,
-            Err(error) => {
-                let relay = probe.into_relay().map(Box::new);
-                return Err(Missed { error, relay });
-            }
-        };
-        let first_chunk = (meta.length > 0).then_some(probe.body);
-        Ok(Found {
-            meta: Arc::new(meta),
-            source: MetaSource::Upstream,
-            first_chunk,
-        })
-    }
-
-    fn judge_probe(&self, path: &str, probe: &Probe) -> Result<ObjectMeta, LookupError> {
-        let answer = match (probe.status.as_u16(), probe.length) {
-            (206, Some(length)) => LookupAnswer::Ranged { length },
-            // An upstream failing now is an error to report (or to serve stale through), not a
-            // verdict on the object.
-            (other, _) if crate::policy::is_upstream_failure(other) => {
-                return Err(LookupError::Upstream(UpstreamError::Status(other)))
-            }
-            (other, Some(length)) if crate::policy::is_storable_status(other) => {
-                LookupAnswer::Whole { length }
-            }
-            (200 | 206, None) => return Err(LookupError::Uncacheable(Uncacheable::UnknownLength)),
-            (other, _) => return Err(LookupError::Uncacheable(Uncacheable::Status(other))),
-        };
-        // A `206` is a part of the `200` the object is.
-        let status = match answer {
-            LookupAnswer::Ranged { .. } => http::StatusCode::OK,
-            _ => probe.status,
-        };
-        let ctx = self.context(path, status, probe.response_time);
-        evaluate(&ctx, answer, &probe.headers).map_err(LookupError::Uncacheable)
-    }
-
     /// Whether metadata from a peer describes `path` on this node's upstream, cut in this node's
     /// chunk size: a misconfigured peer must not make this node cache foreign bytes.
     pub fn is_consistent(&self, meta: &ObjectMeta, path: &str) -> bool {
@@ -616,84 +487,6 @@ impl MetadataStore {
                     meta.length,
                     meta.chunk_size,
                 )
-    }
-
-    /// Forgets every record of `path`, in memory and on disk, whatever its version (a purge);
-    /// returns the versions those records named, so their chunks can be dropped too.
-    pub async fn purge_path(&self, path: &str) -> Vec<String> {
-        let mut versions = Vec::new();
-        if let Some(meta) = self.memory.remove(path).await {
-            versions.push(meta.version.clone());
-        }
-        self.uncacheable.invalidate(path).await;
-        if let Some(disk) = &self.disk {
-            let key = ObjectMeta::meta_key(path);
-            if let Some(raw) = disk.get_meta(&key).await {
-                versions.extend(
-                    serde_json::from_slice::<ObjectMeta>(&raw)
-                        .ok()
-                        .map(|m| m.version),
-                );
-                disk.remove_meta(&key).await;
-            }
-        }
-        versions.sort();
-        versions.dedup();
-        versions
-    }
-
-    /// [`MetadataStore::purge_path`] for every path starting with `prefix`; scans the memory
-    /// records and the disk's metadata files. Returns the purged (path, version) pairs.
-    pub async fn purge_prefix(&self, prefix: &str) -> Vec<(String, String)> {
-        let mut paths: Vec<String> = self
-            .memory
-            .iter()
-            .map(|(path, _)| path.to_string())
-            .filter(|p| p.starts_with(prefix))
-            .collect();
-        if let Some(disk) = &self.disk {
-            for name in disk.meta_names().await {
-                let Some(raw) = disk.get_meta(&name).await else {
-                    continue;
-                };
-                match serde_json::from_slice::<ObjectMeta>(&raw) {
-                    Ok(meta) if meta.path.starts_with(prefix) => paths.push(meta.path),
-                    _ => {}
-                }
-            }
-        }
-        paths.sort();
-        paths.dedup();
-        let mut purged = Vec::new();
-        for path in paths {
-            for version in self.purge_path(&path).await {
-                purged.push((path.clone(), version));
-            }
-        }
-        purged
-    }
-
-    /// Forgets `meta`: memory and disk record, and with `drop_chunks` (the object changed
-    /// upstream) its chunks on disk. A newer version already looked up again is left alone.
-    pub async fn invalidate(&self, meta: &ObjectMeta, drop_chunks: bool) {
-        if let Some(current) = self.memory.get(&meta.path).await {
-            if current.version == meta.version {
-                self.memory.invalidate(&meta.path).await;
-            }
-        }
-        if let Some(disk) = &self.disk {
-            let key = ObjectMeta::meta_key(&meta.path);
-            let on_disk = disk
-                .get_meta(&key)
-                .await
-                .and_then(|raw| serde_json::from_slice::<ObjectMeta>(&raw).ok());
-            if on_disk.is_some_and(|m| m.version == meta.version) {
-                disk.remove_meta(&key).await;
-            }
-            if drop_chunks {
-                disk.remove_version(&meta.version).await;
-            }
-        }
     }
 }
 

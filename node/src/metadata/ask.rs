@@ -1,0 +1,146 @@
+//! Asking the upstream for an object's metadata: the probe (a `GET` of the chunk holding the
+//! first byte the request wants, whose body comes back with the metadata) or a `HEAD`, and the
+//! verdict on the answer. `MetadataStore`'s methods are split by concern over this module's
+//! files (lookups in `mod.rs`, client demands in `on_request`, stale copies in `revalidate`,
+//! forgetting in `forget`), each file under the size the project allows.
+
+use std::{sync::Arc, time::SystemTime};
+
+use super::{Asker, Found, LookupError, MetaSource, MetadataStore, Missed};
+use crate::{
+    object::ObjectMeta,
+    policy::{evaluate, evaluate_head, HeadContext, LookupAnswer, Uncacheable},
+    upstream::{Probe, Relayed, UpstreamError},
+};
+
+/// An upstream answer's verdict as it holds for the request that asked: shared only as the answer
+/// allows when the request carried credentials (RFC 9111 §3.5), and noting the values of the
+/// headers it varies on (its selecting header fields).
+fn for_asker(
+    verdict: Result<ObjectMeta, LookupError>,
+    response: &http::HeaderMap,
+    client: &http::HeaderMap,
+) -> Result<ObjectMeta, LookupError> {
+    let meta = verdict?;
+    crate::policy::shareable_with_credentials(client, response)
+        .map_err(LookupError::Uncacheable)?;
+    Ok(meta.selected_by(client))
+}
+
+impl MetadataStore {
+    /// A fresh lookup: the probe, or a `HEAD` for requests that want no body.
+    pub(super) async fn ask_upstream(&self, path: &str, ask: Asker<'_>) -> Result<Found, Missed> {
+        match ask.first_byte {
+            Some(byte) => self.probe(path, byte, ask.headers).await,
+            None => {
+                let answer = self.upstream.head(path, ask.headers, None).await?;
+                let meta = self.take_head(path, answer, ask.headers)?;
+                Ok(Found::without_body(Arc::new(meta), MetaSource::Upstream))
+            }
+        }
+    }
+
+    /// Metadata from the upstream's answer to a `HEAD`; an answer that makes none is handed
+    /// back to be relayed.
+    pub(super) fn take_head(
+        &self,
+        path: &str,
+        (status, headers, response_time): (http::StatusCode, http::HeaderMap, SystemTime),
+        client: &http::HeaderMap,
+    ) -> Result<ObjectMeta, Missed> {
+        let verdict = match status.as_u16() {
+            other if crate::policy::is_upstream_failure(other) => {
+                Err(LookupError::Upstream(UpstreamError::Status(other)))
+            }
+            _ => evaluate_head(&self.context(path, status, response_time), &headers)
+                .map_err(LookupError::Uncacheable),
+        };
+        match for_asker(verdict, &headers, client) {
+            Ok(meta) => Ok(meta),
+            Err(error) => Err(Missed {
+                error,
+                relay: Some(Box::new(Relayed::bodiless(status, headers))),
+            }),
+        }
+    }
+
+    pub(super) fn context<'a>(
+        &'a self,
+        path: &'a str,
+        status: http::StatusCode,
+        response_time: std::time::SystemTime,
+    ) -> HeadContext<'a> {
+        HeadContext {
+            upstream: self.upstream.base(),
+            path,
+            status: status.as_u16(),
+            rules: &self.cfg.rules,
+            chunk_size: self.cfg.chunk_size,
+            response_time,
+        }
+    }
+
+    /// Looks `path` up with a `GET` of the chunk holding `byte`, whose body comes back with the
+    /// metadata, so the first byte costs one round trip.
+    async fn probe(
+        &self,
+        path: &str,
+        byte: u64,
+        client: &http::HeaderMap,
+    ) -> Result<Found, Missed> {
+        let chunk_size = self.cfg.chunk_size;
+        let start = byte / chunk_size * chunk_size;
+        let probe = self
+            .upstream
+            .probe(path, start, chunk_size, None, client)
+            .await?;
+        self.take_probe(path, probe, client)
+    }
+
+    /// Metadata from a probe's answer, with its body when the object has bytes. An answer that
+    /// makes no metadata is handed back to be relayed.
+    pub(super) fn take_probe(
+        &self,
+        path: &str,
+        probe: Probe,
+        client: &http::HeaderMap,
+    ) -> Result<Found, Missed> {
+        let verdict = self.judge_probe(path, &probe);
+        let meta = match for_asker(verdict, &probe.headers, client) {
+            Ok(meta) => meta,
+            Err(error) => {
+                let relay = probe.into_relay().map(Box::new);
+                return Err(Missed { error, relay });
+            }
+        };
+        let first_chunk = (meta.length > 0).then_some(probe.body);
+        Ok(Found {
+            meta: Arc::new(meta),
+            source: MetaSource::Upstream,
+            first_chunk,
+        })
+    }
+
+    fn judge_probe(&self, path: &str, probe: &Probe) -> Result<ObjectMeta, LookupError> {
+        let answer = match (probe.status.as_u16(), probe.length) {
+            (206, Some(length)) => LookupAnswer::Ranged { length },
+            // An upstream failing now is an error to report (or to serve stale through), not a
+            // verdict on the object.
+            (other, _) if crate::policy::is_upstream_failure(other) => {
+                return Err(LookupError::Upstream(UpstreamError::Status(other)))
+            }
+            (other, Some(length)) if crate::policy::is_storable_status(other) => {
+                LookupAnswer::Whole { length }
+            }
+            (200 | 206, None) => return Err(LookupError::Uncacheable(Uncacheable::UnknownLength)),
+            (other, _) => return Err(LookupError::Uncacheable(Uncacheable::Status(other))),
+        };
+        // A `206` is a part of the `200` the object is.
+        let status = match answer {
+            LookupAnswer::Ranged { .. } => http::StatusCode::OK,
+            _ => probe.status,
+        };
+        let ctx = self.context(path, status, probe.response_time);
+        evaluate(&ctx, answer, &probe.headers).map_err(LookupError::Uncacheable)
+    }
+}
