@@ -92,7 +92,8 @@ pub struct CasseroleCacheSpec {
     #[schemars(length(max = 64))]
     pub pass_through: Vec<String>,
 
-    /// Objects whose freshness lifetime is shorter than this are not cached.
+    /// Objects whose freshness lifetime is shorter than this are not cached. 0 (the default,
+    /// as the node's): every storable response is kept, however short-lived, and revalidated.
     #[serde(default = "default_min_ttl")]
     #[schemars(range(min = 0, max = 31536000))]
     pub min_ttl_seconds: i64,
@@ -183,7 +184,7 @@ pub struct CasseroleCacheSpec {
 }
 
 fn default_min_ttl() -> i64 {
-    60
+    0
 }
 fn default_chunk_size() -> String {
     "2Mi".into()
