@@ -53,6 +53,8 @@ struct FeedState {
     buffered: Vec<Bytes>,
     subscribers: HashMap<u64, Vec<Subscriber>>,
     ended: bool,
+    /// Its version was purged (see `ChunkFetcher::forget_version`).
+    forgotten: bool,
 }
 
 /// One whole-object stream being cut into chunks.
@@ -64,6 +66,15 @@ pub(super) struct Feed {
 }
 
 impl Feed {
+    /// Its version was purged: it keeps nothing more, and stops once nobody reads it.
+    pub(super) fn forget(&self) {
+        self.state.lock().expect("feed lock").forgotten = true;
+    }
+
+    fn is_forgotten(&self) -> bool {
+        self.state.lock().expect("feed lock").forgotten
+    }
+
     fn is_ended(&self) -> bool {
         self.state.lock().expect("feed lock").ended
     }
@@ -347,7 +358,7 @@ impl ChunkFetcher {
                 || own
                     .as_ref()
                     .is_some_and(|c| c.shared_flight().followers() > 0);
-            let keeps = own.is_some() && self.can_keep(&meta);
+            let keeps = own.is_some() && self.can_keep(&meta) && !feed.is_forgotten();
             if !keeps && !followed && !feed.awaited_from(index) {
                 // Nobody reads on, and what it would read cannot be kept (no memory free, the
                 // chunk had already, or an object the memory tier cannot hold and no disk):

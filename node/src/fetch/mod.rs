@@ -417,6 +417,17 @@ impl ChunkFetcher {
         }
     }
 
+    /// A purge removed `version`: fetches of it still running finish for their readers but no
+    /// store keeps their chunks, and its whole-object stream stops once nobody reads it, so no
+    /// chunk of the version lands after the purge. Call before dropping the version's chunks.
+    pub async fn forget_version(&self, version: &str) {
+        self.flights.forget(version).await;
+        let feed = self.feeds.lock().expect("feeds lock").remove(version);
+        if let Some(feed) = feed {
+            feed.forget();
+        }
+    }
+
     /// The bytes of `range` (inclusive) of `meta`, in order, with read-ahead.
     pub fn stream_range(
         self: &Arc<Self>,

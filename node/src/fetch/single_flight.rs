@@ -14,7 +14,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -38,7 +38,17 @@ pub(super) struct Flights {
     gauge: prometheus::IntGauge,
     /// How long a fetch that may wait waits for memory before failing with `Busy` (503).
     wait: Duration,
+    /// Versions purged while fetches of theirs may still run: those fetches finish for their
+    /// readers, but no store keeps their chunks (a purge is not undone by a late chunk).
+    /// When each was purged: fetches claimed later (the version looked up again, unchanged)
+    /// keep theirs.
+    forgotten: moka::future::Cache<Arc<str>, Instant>,
 }
+
+/// Purged versions remembered (a version is never fetched again once its metadata is gone, so
+/// this only has to outlive the fetches already running).
+const FORGOTTEN_VERSIONS: u64 = 100_000;
+const FORGOTTEN_FOR: Duration = Duration::from_secs(3600);
 
 /// What a caller that wants a chunk gets.
 pub(super) enum Claimed {
@@ -63,7 +73,26 @@ impl Flights {
             budget: Arc::new(Semaphore::new(budget_bytes as usize)),
             gauge,
             wait,
+            forgotten: moka::future::Cache::builder()
+                .max_capacity(FORGOTTEN_VERSIONS)
+                .time_to_live(FORGOTTEN_FOR)
+                .build(),
         })
+    }
+
+    /// From now on no chunk of `version` is kept, whatever fetch of it is still running.
+    pub(super) async fn forget(&self, version: &str) {
+        self.forgotten
+            .insert(Arc::from(version), Instant::now())
+            .await;
+    }
+
+    /// Whether `key`'s version was purged after a fetch claimed at `claimed` began.
+    async fn forgotten_since(&self, key: &ChunkKey, claimed: Instant) -> bool {
+        self.forgotten
+            .get(&key.version)
+            .await
+            .is_some_and(|purged| purged >= claimed)
     }
 
     /// A hit, the running fetch to join, or a new fetch for the caller to run (its memory share
@@ -117,6 +146,7 @@ impl Flights {
             key: key.clone(),
             flight,
             budget,
+            claimed: Instant::now(),
         }
     }
 
@@ -171,9 +201,15 @@ pub(super) struct Claim {
     key: ChunkKey,
     flight: Arc<Flight>,
     budget: Option<Budget>,
+    claimed: Instant,
 }
 
 impl Claim {
+    /// Whether a purge removed this fetch's version since it was claimed.
+    async fn purged(&self) -> bool {
+        self.flights.forgotten_since(&self.key, self.claimed).await
+    }
+
     pub(super) fn flight(&self) -> &Flight {
         &self.flight
     }
@@ -245,7 +281,9 @@ impl Claim {
         let pin = budget.into_pin();
         let chunk = chunk.pinned(pin.clone());
         self.flight.hold(pin);
-        self.flights.memory.keep(&self.key, &chunk, served_by).await;
+        if !self.purged().await {
+            self.flights.memory.keep(&self.key, &chunk, served_by).await;
+        }
         self.flight.finish(chunk.clone(), tail);
         Completing {
             claim: self,
@@ -283,7 +321,7 @@ impl Completing {
     /// The other stores keep the chunk; then the flight leaves the map (dropping the claim).
     pub(super) async fn store(self, stores: &[Arc<dyn ChunkSource>]) {
         for store in stores {
-            if store.kind() != SourceKind::Memory {
+            if store.kind() != SourceKind::Memory && !self.claim.purged().await {
                 store
                     .keep(&self.claim.key, &self.chunk, self.served_by)
                     .await;

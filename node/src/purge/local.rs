@@ -140,6 +140,10 @@ impl LocalStores {
         if versions.is_empty() {
             return Scans::default();
         }
+        // Fetches of these versions still running keep nothing from now on.
+        for version in versions {
+            self.fetcher.forget_version(version).await;
+        }
         self.fetcher.memory().remove_versions(versions);
         let mut scans = Scans { memory: 1, disk: 0 };
         if let Some(disk) = &self.disk {

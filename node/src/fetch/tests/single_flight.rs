@@ -65,3 +65,49 @@ async fn a_claim_dropped_mid_fetch_fails_its_readers_and_frees_the_chunk() {
         "fetched afresh"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_of_a_version_purged_mid_fetch_reaches_its_reader_but_no_store() {
+    let gate = Arc::new(Notify::new());
+    let upstream = Fake::gated(SourceKind::Upstream, gate.clone());
+    let f = fetcher(vec![upstream.clone()], 0);
+    let m = meta(CHUNK);
+    let version: Arc<str> = Arc::from(m.version.as_str());
+    let mut reader = f.open(&m, &version, 0, Route::LocalOnly);
+    // The purge comes while the chunk is on its way.
+    f.forget_version(&m.version).await;
+    gate.notify_one();
+    let mut got = Vec::new();
+    while let Some(piece) = reader.next().await {
+        got.extend_from_slice(&piece.unwrap());
+    }
+    assert!(
+        got == object_bytes(0..CHUNK),
+        "the reader still gets its bytes"
+    );
+    for _ in 0..200 {
+        if f.flights.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(f.flights.is_empty());
+    assert!(
+        !f.memory().contains(&key_of(&m, 0)),
+        "no chunk of the purged version landed"
+    );
+    // Looked up again after the purge (unchanged upstream: the same version), it is kept.
+    let mut again = f.open(&m, &version, 0, Route::LocalOnly);
+    gate.notify_one();
+    while let Some(piece) = again.next().await {
+        piece.unwrap();
+    }
+    assert_eq!(upstream.opens(), 2);
+    for _ in 0..200 {
+        if f.memory().contains(&key_of(&m, 0)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(f.memory().contains(&key_of(&m, 0)));
+}
