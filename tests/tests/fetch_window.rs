@@ -224,3 +224,37 @@ async fn a_multi_range_client_that_hangs_up_fetches_only_the_parts_it_reached() 
     );
     assert!(fetched <= bound, "{fetched} bytes fetched, bound {bound}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_an_origin_capped_in_all_the_window_narrows_to_what_fills_it() {
+    let origin = Origin::start().await;
+    // 8 MiB/s per connection, 32 MiB/s for all together: four fetches fill the origin, and
+    // more only share it (the chunk the client waits for then comes later).
+    origin.set_default_throttle(Some(8 * MIB));
+    origin.set_total_throttle(Some(32 * MIB));
+    let obj = origin.put("/capped.bin", ObjectSpec::new(256 * MIB).seed(46));
+    let node = NodeBuilder::new(origin.url())
+        .arg("--chunk-size=1Mi")
+        .arg("--max-memory-usage=512Mi")
+        .spawn()
+        .await;
+    let url = format!("{}/capped.bin", node.url());
+    let download = tokio::spawn(async move { get_sha256(&url, &[]).await.unwrap() });
+    // The window starts at 8, tries 16, finds it delivers no more, narrows; sampled once it
+    // had a few periods to do so (a probe wider every 8 periods shows in a few samples).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut samples = Vec::new();
+    while !download.is_finished() && samples.len() < 30 {
+        samples.push(node.metric("casserole_fetch_window_chunks").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(download.await.unwrap().sha256, obj.sha256());
+    eprintln!("window after 3 s: {samples:?}");
+    let narrow = samples.iter().filter(|w| **w <= 6.0).count();
+    // Four connections carry 32 MiB/s: five chunks with the one being read. Without the
+    // search the window stayed at its starting 8 (or grew to 16 and back).
+    assert!(
+        samples.len() >= 5 && narrow * 2 >= samples.len(),
+        "window samples {samples:?}"
+    );
+}

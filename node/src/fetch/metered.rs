@@ -48,7 +48,6 @@ struct Measuring {
     kind: SourceKind,
     links: Arc<LinkEstimates>,
     metrics: FetchMetrics,
-    opened_at: Instant,
     first_byte_at: Option<Instant>,
     bytes: u64,
     _permit: Option<OwnedSemaphorePermit>,
@@ -70,12 +69,7 @@ impl Measuring {
 
     fn piece(&mut self, piece: &Bytes) {
         if self.first_byte_at.is_none() && !piece.is_empty() {
-            let now = Instant::now();
-            self.first_byte_at = Some(now);
-            let link = self
-                .links
-                .observe_latency(self.kind, now.duration_since(self.opened_at));
-            self.record(link);
+            self.first_byte_at = Some(Instant::now());
         }
         self.bytes += piece.len() as u64;
     }
@@ -136,16 +130,22 @@ impl ChunkSource for Metered {
             let Some(opened) = self.inner.open(request).await? else {
                 return Ok(None);
             };
-            let stream = measured(Measuring {
+            // The latency is the time to the answer's headers, not to its first body bytes:
+            // on an upstream whose capacity is capped, the first bytes of a fetch wait for
+            // their share behind the window's other fetches, which would make a near upstream
+            // look distant (and the window wider, and the wait longer).
+            let link = (self.links).observe_latency(self.inner.kind(), opened_at.elapsed());
+            let measuring = Measuring {
                 stream: opened.stream,
                 kind: self.inner.kind(),
                 links: self.links.clone(),
                 metrics: self.metrics.clone(),
-                opened_at,
                 first_byte_at: None,
                 bytes: 0,
                 _permit: permit,
-            });
+            };
+            measuring.record(link);
+            let stream = measured(measuring);
             Ok(Some(Opened { stream, ..opened }))
         })
     }

@@ -173,6 +173,8 @@ struct Period {
     start: Instant,
     taken: u64,
     waited: f64,
+    /// Chunks finished in it.
+    chunks: usize,
 }
 
 impl FetchWindow {
@@ -274,11 +276,18 @@ impl FetchWindow {
             start: since,
             taken: 0,
             waited: 0.0,
+            chunks: 0,
         });
         period.taken += taken;
         period.waited += waited;
+        period.chunks += 1;
         let length = now.duration_since(period.start).as_secs_f64();
-        if length < PACE_PERIOD.as_secs_f64() {
+        // A period spent waiting lasts at least half a window of chunks: where the window's
+        // chunks share a capped upstream they arrive together, after one long wait, and are
+        // then read at once; the rate is the one over both, not the wait's alone (one chunk a
+        // second) or the burst's (memory speed).
+        let waiting = period.waited > STARVED_SHARE * length;
+        if length < PACE_PERIOD.as_secs_f64() || (waiting && period.chunks < self.size / 2) {
             return;
         }
         let Period { taken, waited, .. } = *period;
@@ -293,9 +302,14 @@ impl FetchWindow {
                 .clamp(MIN_WINDOW, self.cap);
             (self.climb, self.size) = self.climb.next(self.size, rate, floor, self.cap);
         } else if let Some(fetch_time) = link.fetch_time(chunk_size) {
+            // The reader did not wait: the window is wide enough, and its pace says how much
+            // narrower it may be. Never wider: a reader draining chunks that arrived together
+            // (they share a capped upstream, so they complete at about the same moment) reads
+            // at memory speed for a while, which is not a pace the upstream can keep.
             self.climb = Climb::Start;
             let in_flight = 1.5 * rate * fetch_time / chunk_size as f64;
-            self.size = (in_flight.ceil() as usize + 1).clamp(MIN_WINDOW, self.cap);
+            let needed = (in_flight.ceil() as usize + 1).clamp(MIN_WINDOW, self.cap);
+            self.size = needed.min(self.size);
         }
     }
 }
@@ -358,8 +372,12 @@ mod tests {
     /// One pace period in which the reader took `bytes`, waiting most of the time.
     fn waiting_period(w: &mut FetchWindow, bytes: usize, link: Link) {
         std::thread::sleep(PACE_PERIOD + Duration::from_millis(10));
-        w.took(bytes, Duration::from_secs(10));
-        w.chunk_done(MI, link);
+        // Half a window of chunks, the last of which ends the period.
+        let chunks = (w.size() / 2).max(1);
+        for _ in 0..chunks {
+            w.took(bytes / chunks, Duration::from_secs(10));
+            w.chunk_done(MI, link);
+        }
     }
 
     #[test]
@@ -438,11 +456,14 @@ mod tests {
             w.chunk_done(MI, link);
         }
         assert_eq!(w.size(), MIN_WINDOW);
-        // Far away (1 s), the same reader needs many chunks in flight.
+        // Far away (1 s), the same reader needs many chunks in flight: from the whole window
+        // it keeps more than near.
         let far = Link {
             latency: Some(1.0),
             ..link
         };
+        let mut w = FetchWindow::new(None, 32, MI, far);
+        w.took(1, Duration::ZERO);
         for _ in 0..3 {
             std::thread::sleep(Duration::from_millis(100));
             w.took(MI as usize, Duration::ZERO);
