@@ -89,7 +89,11 @@ pub struct RunningNode {
     ready: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     client: JoinHandle<bool>,
-    others: Vec<JoinHandle<bool>>,
+    peer: Option<JoinHandle<bool>>,
+    /// Stopped after the client and peer listeners drained: until then `/readyz` answers 503
+    /// and `/metrics` can still be scraped.
+    admin_stop: watch::Sender<bool>,
+    admin: JoinHandle<bool>,
 }
 
 fn membership(cfg: &Config, registrar: &Registrar) -> Membership {
@@ -370,18 +374,18 @@ impl RunningNode {
             cfg.shutdown_grace,
         ));
         let ready = parts.admin.ready.clone();
-        // The admin listener outlives the drain a little so probes and scrapes keep answering.
-        let mut others = vec![tokio::spawn(http::serve(
+        let (admin_stop, admin_stopped) = watch::channel(false);
+        let admin = tokio::spawn(http::serve(
             "admin",
             admin_listener,
             limits(),
             parts.admin,
             |admin, req| admin.handle(req),
-            stopped.clone(),
+            admin_stopped,
             std::time::Duration::from_secs(1),
-        ))];
-        if let (Some(listener), Some(api)) = (peer_listener, parts.peer_api) {
-            others.push(tokio::spawn(http::serve(
+        ));
+        let peer = match (peer_listener, parts.peer_api) {
+            (Some(listener), Some(api)) => Some(tokio::spawn(http::serve(
                 "peer",
                 listener,
                 limits(),
@@ -389,8 +393,9 @@ impl RunningNode {
                 |api, req| api.handle(req),
                 stopped,
                 cfg.shutdown_grace,
-            )));
-        }
+            ))),
+            _ => None,
+        };
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(%client_addr, %admin_addr, ?peer_addr, node = %parts.membership.self_member().id,
             upstream = %cfg.upstream(), "casserole node serving");
@@ -402,7 +407,9 @@ impl RunningNode {
             ready,
             stop,
             client,
-            others,
+            peer,
+            admin_stop,
+            admin,
         })
     }
 
@@ -414,9 +421,11 @@ impl RunningNode {
         self.membership.leave().await;
         let _ = self.stop.send(true);
         let drained = self.client.await.unwrap_or(false);
-        for task in self.others {
-            let _ = task.await;
+        if let Some(peer) = self.peer {
+            let _ = peer.await;
         }
+        let _ = self.admin_stop.send(true);
+        let _ = self.admin.await;
         drained
     }
 }

@@ -317,6 +317,16 @@ async fn sigterm_lets_in_flight_downloads_finish_then_exits_zero() {
         }
     }
     assert!(refused, "no new requests after SIGTERM");
+    // The admin listener answers through the drain: not ready, still scrapable.
+    let readyz = format!("{}/readyz", node.admin_url());
+    let not_ready = client()
+        .get(&readyz)
+        .send()
+        .await
+        .expect("/readyz answers while draining");
+    assert_eq!(not_ready.status(), 503);
+    let metrics = format!("{}/metrics", node.admin_url());
+    assert_eq!(client().get(&metrics).send().await.unwrap().status(), 200);
     let got = download
         .await
         .unwrap()
