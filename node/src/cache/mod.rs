@@ -6,6 +6,8 @@
 //! API, so the probe's body moves down the call path and back up (metadata returns it, this
 //! layer hands it to the fetcher), never sideways through a handle one keeps of the other.
 
+mod turns;
+
 use std::{
     collections::HashSet,
     ops::RangeInclusive,
@@ -13,6 +15,7 @@ use std::{
 };
 
 use futures::future::BoxFuture;
+use turns::OpenTurns;
 
 use crate::{
     fetch::{ChunkFetcher, LeadingChunk, RangeReader},
@@ -37,6 +40,8 @@ pub struct Cache {
     fetcher: Arc<ChunkFetcher>,
     /// Paths being revalidated in the background (stale-while-revalidate), one at a time each.
     revalidating: Arc<Mutex<HashSet<String>>>,
+    /// One open of a path at a time (see `turns`).
+    turns: OpenTurns,
 }
 
 /// Frees a path for the next background revalidation however the current one ends.
@@ -60,6 +65,7 @@ impl Cache {
             metadata,
             fetcher,
             revalidating: Arc::default(),
+            turns: OpenTurns::default(),
         })
     }
 
@@ -72,6 +78,7 @@ impl Cache {
         ask: Asker<'_>,
         demands: &ClientDemands,
     ) -> Result<Opened, Missed> {
+        let _turn = self.turns.take(path).await;
         let found = self.metadata.lookup(path, route, ask, demands).await?;
         Ok(self.opened(path, route, found))
     }
@@ -162,6 +169,7 @@ impl LocalMetadata for Cache {
         path: &'a str,
     ) -> BoxFuture<'a, Result<MetaAnswer, UpstreamError>> {
         Box::pin(async move {
+            let _turn = self.turns.take(path).await;
             match self.metadata.lookup_local(path).await {
                 Ok(found) => {
                     let opened = self.opened(path, Route::LocalOnly, found);
