@@ -78,7 +78,12 @@ impl Cache {
         ask: Asker<'_>,
         demands: &ClientDemands,
     ) -> Result<Opened, Missed> {
-        let _turn = self.turns.take(path).await;
+        // Requests that ask for confirmation collapse onto one another's revalidation below;
+        // taking turns would make them ask the upstream one after the other.
+        let _turn = match demands.may_ask_for_confirmation() {
+            true => None,
+            false => Some(self.turns.take(path).await),
+        };
         let found = self.metadata.lookup(path, route, ask, demands).await?;
         Ok(self.opened(path, route, found))
     }

@@ -62,6 +62,12 @@ impl ClientDemands {
         }
         demands
     }
+
+    /// Whether the request may want a stored copy confirmed with the upstream first (`no-cache`,
+    /// `max-age`, `min-fresh`).
+    pub fn may_ask_for_confirmation(&self) -> bool {
+        self.no_cache || self.max_age.is_some() || self.min_fresh > 0
+    }
 }
 
 #[cfg(test)]
