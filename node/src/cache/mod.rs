@@ -78,11 +78,14 @@ impl Cache {
         ask: Asker<'_>,
         demands: &ClientDemands,
     ) -> Result<Opened, Missed> {
+        // A hit probes nothing, so it needs no turn (hot objects are opened concurrently).
         // Requests that ask for confirmation collapse onto one another's revalidation below;
         // taking turns would make them ask the upstream one after the other.
-        let _turn = match demands.may_ask_for_confirmation() {
-            true => None,
-            false => Some(self.turns.take(path).await),
+        let needs_turn =
+            !demands.may_ask_for_confirmation() && !self.metadata.holds_fresh(path, demands).await;
+        let _turn = match needs_turn {
+            true => Some(self.turns.take(path).await),
+            false => None,
         };
         let found = self.metadata.lookup(path, route, ask, demands).await?;
         Ok(self.opened(path, route, found))

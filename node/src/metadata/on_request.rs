@@ -37,6 +37,15 @@ impl MetadataStore {
         }
     }
 
+    /// Whether memory holds a copy of `path` that answers `demands` as it is: a lookup now
+    /// would ask nobody.
+    pub async fn holds_fresh(&self, path: &str, demands: &ClientDemands) -> bool {
+        self.memory
+            .get(path)
+            .await
+            .is_some_and(|meta| usable(&meta, unix_now(), demands) == Usable::Fresh)
+    }
+
     /// `only-if-cached`: what this node holds (memory, then disk) if it satisfies `demands`
     /// as it is. Never asks a peer (whose lookup may go upstream) or the upstream.
     pub async fn lookup_stored(
