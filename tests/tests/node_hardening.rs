@@ -11,7 +11,10 @@ use casserole_node::{
 };
 use casserole_tests::{
     client::{get_bytes, get_sha256, header},
-    harness::{cluster::member, EtcdProcess, NodeBuilder, NodePorts},
+    harness::{
+        cluster::{member, static_peers},
+        EtcdProcess, NodeBuilder,
+    },
     origin::{EtagMode, Fault, FaultScope, ObjectSpec, Origin},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,19 +68,8 @@ fn path_owned_by(members: &[Member], owner: &str, prefix: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_owner_relaying_its_upstream_s_5xx_is_not_suspect() {
     let origin = Origin::start().await;
-    let ports = [NodePorts::pick(), NodePorts::pick(), NodePorts::pick()];
-    let urls: Vec<String> = ports.iter().map(NodePorts::peer_url).collect();
+    let (nodes, urls) = static_peers(&origin.url(), 3, &["--peer-token", TOKEN]).await;
     let members: Vec<Member> = urls.iter().map(|u| Member::new(u, u)).collect();
-    let mut nodes = Vec::new();
-    for p in ports {
-        let node = NodeBuilder::new(origin.url())
-            .ports(p)
-            .args(["--peer-token", TOKEN])
-            .arg(format!("--peers={}", urls.join(",")))
-            .spawn()
-            .await;
-        nodes.push(node);
-    }
     // Asked through node 0; the object's metadata owner is node 1.
     let failing = path_owned_by(&members, &urls[1], "failing");
     origin.put(&failing, ObjectSpec::new(3 * MIB).seed(5));
@@ -116,18 +108,12 @@ async fn an_owner_relaying_its_upstream_s_5xx_is_not_suspect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn owners_relaying_their_upstream_s_5xx_for_chunks_are_not_suspect() {
     let origin = Origin::start().await;
-    let ports = [NodePorts::pick(), NodePorts::pick(), NodePorts::pick()];
-    let urls: Vec<String> = ports.iter().map(NodePorts::peer_url).collect();
-    let mut nodes = Vec::new();
-    for p in ports {
-        let node = NodeBuilder::new(origin.url())
-            .ports(p)
-            .args(["--peer-token", TOKEN, "--readahead", "1"])
-            .arg(format!("--peers={}", urls.join(",")))
-            .spawn()
-            .await;
-        nodes.push(node);
-    }
+    let (nodes, _) = static_peers(
+        &origin.url(),
+        3,
+        &["--peer-token", TOKEN, "--readahead", "1"],
+    )
+    .await;
     let asker = &nodes[0];
     let url = format!("{}/chunks.bin", asker.url());
     // Eight chunks: with three members, the chance that this node owns all of chunks 1..7 is

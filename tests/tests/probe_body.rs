@@ -7,7 +7,7 @@ use std::time::Duration;
 use casserole_node::{cluster::Member, object::ObjectMeta};
 use casserole_tests::{
     client::{get_sha256, header},
-    harness::{NodeBuilder, NodePorts},
+    harness::{cluster::static_peers, NodeBuilder},
     origin::{ObjectSpec, Origin},
 };
 
@@ -27,19 +27,8 @@ fn path_owned_by(members: &[Member], owner: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_owner_keeps_the_probe_it_made_for_a_peer() {
     let origin = Origin::start().await;
-    let ports = [NodePorts::pick(), NodePorts::pick()];
-    let urls: Vec<String> = ports.iter().map(NodePorts::peer_url).collect();
+    let (nodes, urls) = static_peers(&origin.url(), 2, &["--peer-token", TOKEN]).await;
     let members: Vec<Member> = urls.iter().map(|u| Member::new(u, u)).collect();
-    let mut nodes = Vec::new();
-    for p in ports {
-        let node = NodeBuilder::new(origin.url())
-            .ports(p)
-            .args(["--peer-token", TOKEN])
-            .arg(format!("--peers={}", urls.join(",")))
-            .spawn()
-            .await;
-        nodes.push(node);
-    }
     // Asked through node 0; node 1 owns the metadata and the first chunk: its lookup for node 0
     // probes that chunk, and the chunk node 0 asks for next is that probe's body.
     let path = path_owned_by(&members, &urls[1]);

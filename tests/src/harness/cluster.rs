@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{EtcdProcess, NodeBuilder, NodeProcess};
+use super::{EtcdProcess, NodeBuilder, NodePorts, NodeProcess};
 
 pub const PEER_TOKEN: &str = "test-peer-token-0123456789";
 
@@ -17,6 +17,28 @@ pub fn member(origin_url: &str, etcd: &EtcdProcess, cluster: &str) -> NodeBuilde
         "--cluster-name",
         cluster,
     ])
+}
+
+/// `n` nodes in front of `origin_url` that know each other from a static `--peers` list (no
+/// etcd), each also given `args`; with their peer URLs, in the nodes' order.
+pub async fn static_peers(
+    origin_url: &str,
+    n: usize,
+    args: &[&str],
+) -> (Vec<NodeProcess>, Vec<String>) {
+    let ports: Vec<NodePorts> = (0..n).map(|_| NodePorts::pick()).collect();
+    let urls: Vec<String> = ports.iter().map(NodePorts::peer_url).collect();
+    let mut nodes = Vec::with_capacity(n);
+    for p in ports {
+        let node = NodeBuilder::new(origin_url)
+            .ports(p)
+            .args(args.iter().copied())
+            .arg(format!("--peers={}", urls.join(",")))
+            .spawn()
+            .await;
+        nodes.push(node);
+    }
+    (nodes, urls)
 }
 
 /// Waits (bounded) until every node reports `n` members, each having found itself in the list.
