@@ -13,8 +13,10 @@ mod url;
 pub use duration::{parse_duration, DURATION_PATTERN};
 pub use pass_through::{compile_pass_through, PassThroughError, PASS_THROUGH_ENV_SEPARATOR};
 pub use rules::{
-    check_dns1035_label, check_routes, parse_route, parse_ttl_rule, route, ttl_rule, Route,
-    TtlRule, DNS1035_PATTERN, IMMUTABLE_TTL, ROUTES_MAX, TTL_RULES_MAX, TTL_RULE_TTL_PATTERN,
+    check_dns1035_label, check_routes, ignored_param, parse_ignored_param, parse_route,
+    parse_ttl_rule, route, ttl_rule, IgnoredParam, Route, TtlRule, DNS1035_PATTERN,
+    IGNORED_PARAMS_MAX, IMMUTABLE_TTL, QUERY_PARAM_NAME_PATTERN, ROUTES_MAX, TTL_RULES_MAX,
+    TTL_RULE_TTL_PATTERN,
 };
 pub use size::{parse_size, QUANTITY_PATTERN};
 pub use url::{

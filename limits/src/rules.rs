@@ -1,4 +1,5 @@
-//! `--ttl-rule REGEX=DURATION` and `--route PREFIX=URL`, and the names of Kubernetes objects.
+//! `--ttl-rule REGEX=DURATION`, `--route PREFIX=URL`, `--ignore-query-param ROUTE=NAME`, and the
+//! names of Kubernetes objects.
 
 use std::time::Duration;
 
@@ -105,6 +106,51 @@ pub fn check_routes<'a>(
     Ok(out)
 }
 
+/// Most `--ignore-query-param` flags (and names in all `spec.routes[].ignoreQueryParams`).
+pub const IGNORED_PARAMS_MAX: usize = 64;
+
+/// The CRD pattern of a query parameter name the cache key may ignore.
+pub const QUERY_PARAM_NAME_PATTERN: &str = "^[A-Za-z0-9._~-]{1,128}$";
+
+/// One `--ignore-query-param`: on the route with `prefix`, the query parameter `name` does not
+/// select the object (a signature, its date or expiry), so it is left out of the cache key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IgnoredParam {
+    pub prefix: String,
+    pub name: String,
+}
+
+/// Parses `PREFIX=NAME` (`/` is `--upstream`); the prefix ends at the first `=`.
+pub fn parse_ignored_param(s: &str) -> Result<IgnoredParam, String> {
+    let (prefix, name) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ROUTE=NAME"))?;
+    ignored_param(prefix, name)
+}
+
+/// Checks an ignored parameter given as its two parts: a route prefix as `--route` takes it,
+/// and a name of unreserved characters (RFC 3986 §2.3), as signed URLs' parameters are.
+pub fn ignored_param(prefix: &str, name: &str) -> Result<IgnoredParam, String> {
+    if !prefix.starts_with('/')
+        || prefix.contains(['=', '?', '#'])
+        || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "route {prefix:?} must start with '/' and hold no '=', '?', '#' or whitespace"
+        ));
+    }
+    let unreserved = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '-');
+    if name.is_empty() || name.len() > 128 || !name.chars().all(unreserved) {
+        return Err(format!(
+            "query parameter name {name:?} must be 1 to 128 letters, digits, '.', '_', '~' or '-'"
+        ));
+    }
+    Ok(IgnoredParam {
+        prefix: prefix.into(),
+        name: name.into(),
+    })
+}
+
 /// An RFC 1035 label (what a Service name must be): lower-case letters, digits and '-',
 /// starting with a letter, ending with a letter or digit, at most `max` characters.
 pub fn check_dns1035_label(name: &str, max: usize) -> Result<(), String> {
@@ -129,6 +175,29 @@ pub const DNS1035_PATTERN: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ignored_params_name_a_route_and_an_unreserved_name() {
+        let p = parse_ignored_param("/_cdn/s3/=X-Amz-Signature").unwrap();
+        assert_eq!(
+            (p.prefix.as_str(), p.name.as_str()),
+            ("/_cdn/s3/", "X-Amz-Signature")
+        );
+        assert_eq!(parse_ignored_param("/=Expires").unwrap().prefix, "/");
+        for bad in [
+            "X-Amz-Signature",
+            "_cdn=Expires",
+            "/a=",
+            "/a=b&c",
+            "/a=b=c",
+            "/a=na me",
+            "/a?=b",
+        ] {
+            assert!(parse_ignored_param(bad).is_err(), "{bad}");
+        }
+        let long = format!("/={}", "a".repeat(129));
+        assert!(parse_ignored_param(&long).is_err());
+    }
 
     #[test]
     fn ttl_rules_split_at_the_last_equals() {

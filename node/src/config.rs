@@ -117,6 +117,21 @@ pub struct Config {
     )]
     pub follow_redirects: Vec<String>,
 
+    /// On the route with this prefix (`/`: `--upstream`), the query parameter NAME does not
+    /// select the object and is left out of the cache key, `ROUTE=NAME` (repeatable; in
+    /// CASSEROLE_IGNORE_QUERY_PARAMS one per line): the signature parameters of presigned URLs
+    /// (`X-Amz-Signature`, `X-Amz-Date`, `X-Amz-Credential`, `Expires`, `Signature`, …), so every
+    /// new signature of an object is a hit. The upstream is still asked with the client's whole
+    /// URL; a hit is served to any signature, valid or not (only the origin can check one), and
+    /// a URL whose `Expires` or `X-Amz-Date` + `X-Amz-Expires` has passed gets 403.
+    #[arg(
+        long = "ignore-query-param",
+        env = "CASSEROLE_IGNORE_QUERY_PARAMS",
+        value_delimiter = '\n',
+        value_parser = casserole_limits::parse_ignored_param
+    )]
+    pub ignore_query_params: Vec<casserole_limits::IgnoredParam>,
+
     /// The scheme and host clients reach this node by (`https://cache.example`), for the
     /// redirects it rewrites; unset: `http://` and the request's own `Host`.
     #[arg(long, env = "CASSEROLE_PUBLIC_URL", value_parser = parse_upstream)]

@@ -251,6 +251,7 @@ async fn build(cfg: &Config, stopped: &watch::Receiver<bool>) -> anyhow::Result<
             base: cfg.upstream().clone(),
             routes: cfg.routes.clone(),
             follow_redirects: cfg.follow_redirects.clone(),
+            ignore_query_params: cfg.ignore_query_params.clone(),
             connect_timeout: cfg.upstream_connect_timeout,
             read_timeout: cfg.upstream_read_timeout,
             insecure: cfg.upstream_insecure,

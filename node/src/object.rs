@@ -95,6 +95,12 @@ pub struct ObjectMeta {
     #[serde(default)]
     pub immutable: bool,
     pub version: String,
+    /// The target the upstream is asked for when it is not `path`: the client's signed URL on a
+    /// route whose signature parameters are not part of the key (`--ignore-query-param`). One
+    /// request's, attached to its own copy of the metadata; never stored, and sent to an owner
+    /// peer only in a header of that request.
+    #[serde(skip)]
+    pub upstream_target: Option<Arc<str>>,
 }
 
 fn ok_status() -> u16 {
@@ -142,6 +148,23 @@ pub fn unix_now() -> u64 {
 }
 
 impl ObjectMeta {
+    /// What the upstream is asked for: the request's signed target, else the key.
+    pub fn upstream_target(&self) -> &str {
+        self.upstream_target.as_deref().unwrap_or(&self.path)
+    }
+
+    /// `meta` for a request whose upstream target is `target` (see `upstream_target`): the same
+    /// `Arc` when that is the key.
+    pub fn for_target(meta: Arc<ObjectMeta>, target: Option<&Arc<str>>) -> Arc<ObjectMeta> {
+        match target {
+            Some(t) if **t != *meta.path => Arc::new(ObjectMeta {
+                upstream_target: Some(t.clone()),
+                ..(*meta).clone()
+            }),
+            _ => meta,
+        }
+    }
+
     /// Derives the version key; call once all other fields are set.
     pub fn compute_version(
         upstream: &str,
@@ -319,6 +342,7 @@ mod tests {
             selecting: vec![],
             status: 200,
             immutable: false,
+            upstream_target: None,
         }
     }
 

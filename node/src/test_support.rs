@@ -54,5 +54,6 @@ pub fn object_meta(path: &str, length: u64, chunk_size: u64) -> ObjectMeta {
         selecting: vec![],
         status: 200,
         immutable: false,
+        upstream_target: None,
     }
 }

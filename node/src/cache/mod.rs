@@ -27,6 +27,20 @@ use crate::{
     upstream::UpstreamError,
 };
 
+/// A client's target as the cache takes it (see `Cache::key_of`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyed {
+    pub key: String,
+    pub upstream_target: Option<Arc<str>>,
+}
+
+impl Keyed {
+    /// What the upstream is asked for: the client's target.
+    pub fn upstream(&self) -> &str {
+        self.upstream_target.as_deref().unwrap_or(&self.key)
+    }
+}
+
 /// An object opened for one request.
 pub struct Opened {
     pub meta: Arc<ObjectMeta>,
@@ -88,7 +102,24 @@ impl Cache {
             false => None,
         };
         let found = self.metadata.lookup(path, route, ask, demands).await?;
-        Ok(self.opened(path, route, found))
+        Ok(self.opened(path, route, found, ask.upstream_target))
+    }
+
+    /// The key a client's target is cached under, and the target itself when the upstream must
+    /// be asked for it rather than for the key (a signed URL whose signature is not part of the
+    /// key); an expired signature is refused (see `Upstream::cache_key`).
+    pub fn key_of(&self, target: &str) -> Result<Keyed, crate::upstream::SignatureError> {
+        let key = self.metadata.cache_key(target)?;
+        Ok(match key {
+            std::borrow::Cow::Borrowed(_) => Keyed {
+                key: target.to_string(),
+                upstream_target: None,
+            },
+            std::borrow::Cow::Owned(key) => Keyed {
+                key,
+                upstream_target: Some(Arc::from(target)),
+            },
+        })
     }
 
     /// `only-if-cached`: what this node holds, without asking anyone (see
@@ -116,17 +147,25 @@ impl Cache {
             .led_by(first_chunk)
     }
 
-    /// A lookup's answer made ready for its request: the probe's body handed to the fetcher, and
-    /// a stale copy served now revalidated behind the request.
-    fn opened(&self, path: &str, route: Route, found: Found) -> Opened {
+    /// A lookup's answer made ready for its request: a stale copy served now revalidated behind
+    /// the request, the request's upstream target attached (its own copy of the metadata), and
+    /// the probe's body handed to the fetcher.
+    fn opened(
+        &self,
+        path: &str,
+        route: Route,
+        found: Found,
+        upstream_target: Option<&Arc<str>>,
+    ) -> Opened {
         let Found {
             meta,
             source,
             first_chunk,
         } = found;
         if source == MetaSource::StaleWhileRevalidate {
-            self.revalidate_in_background(path, route, meta.clone());
+            self.revalidate_in_background(path, route, meta.clone(), upstream_target.cloned());
         }
+        let meta = ObjectMeta::for_target(meta, upstream_target);
         let first_chunk = first_chunk.and_then(|body| self.fetcher.adopt_probe(&meta, body));
         Opened {
             meta,
@@ -138,7 +177,13 @@ impl Cache {
     /// Revalidates `stale` off the request path, one revalidation per path at a time. A new
     /// version's probe body goes to the fetcher like any lookup's, so the first chunk of the new
     /// version is not fetched twice.
-    fn revalidate_in_background(&self, path: &str, route: Route, stale: Arc<ObjectMeta>) {
+    fn revalidate_in_background(
+        &self,
+        path: &str,
+        route: Route,
+        stale: Arc<ObjectMeta>,
+        upstream_target: Option<Arc<str>>,
+    ) {
         if !self
             .revalidating
             .lock()
@@ -154,7 +199,10 @@ impl Cache {
         let (metadata, fetcher) = (self.metadata.clone(), self.fetcher.clone());
         tokio::spawn(async move {
             let path = guard.path.as_str();
-            match metadata.revalidate_stale(path, route, stale).await {
+            let revalidated = metadata
+                .revalidate_stale(path, route, stale, upstream_target.as_ref())
+                .await;
+            match revalidated {
                 Ok(Found {
                     meta,
                     first_chunk: Some(body),
@@ -175,12 +223,14 @@ impl LocalMetadata for Cache {
     fn lookup_local<'a>(
         &'a self,
         path: &'a str,
+        upstream_target: Option<Arc<str>>,
     ) -> BoxFuture<'a, Result<MetaAnswer, UpstreamError>> {
         Box::pin(async move {
             let _turn = self.turns.take(path).await;
-            match self.metadata.lookup_local(path).await {
+            let target = upstream_target.as_ref();
+            match self.metadata.lookup_local(path, target).await {
                 Ok(found) => {
-                    let opened = self.opened(path, Route::LocalOnly, found);
+                    let opened = self.opened(path, Route::LocalOnly, found, target);
                     Ok(MetaAnswer::Cacheable(Box::new((*opened.meta).clone())))
                 }
                 Err(missed) => match missed.error {
@@ -193,5 +243,11 @@ impl LocalMetadata for Cache {
 
     fn is_own(&self, meta: &ObjectMeta) -> bool {
         self.metadata.is_consistent(meta, &meta.path)
+    }
+
+    fn keys_to(&self, target: &str, key: &str) -> bool {
+        self.metadata
+            .cache_key(target)
+            .is_ok_and(|computed| computed == key)
     }
 }

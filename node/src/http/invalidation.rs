@@ -30,7 +30,13 @@ impl Front {
         self.invalidate(path).await;
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             let named = headers.get(name).and_then(|v| v.to_str().ok());
-            if let Some(other) = named.and_then(|r| self.upstream.path_of(path, r)) {
+            let other = named.and_then(|r| self.upstream.path_of(path, r));
+            // Keyed as a client's request for it would be (an expired signature still names it).
+            let other = other.map(|o| match self.upstream.cache_key(&o) {
+                Ok(key) => key.into_owned(),
+                Err(_) => o,
+            });
+            if let Some(other) = other {
                 if other != path {
                     self.invalidate(&other).await;
                 }

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     body::{self, sync_stream, Body},
-    cache::{Cache, Opened},
+    cache::{Cache, Keyed, Opened},
     fetch::LeadingChunk,
     metadata::{Asker, LookupError, MetaSource, MetadataStore, Missed},
     metrics::Registrar,
@@ -142,28 +142,34 @@ impl Front {
         // chooses where the request goes.
         crate::target::check_host(req.version(), req.headers())
             .map_err(|why| self.refuse(StatusCode::BAD_REQUEST, why))?;
-        let path = validated_path(&req).map_err(|why| self.refuse(why.status(), why))?;
+        let target = validated_path(&req).map_err(|why| self.refuse(why.status(), why))?;
+        let keyed = self
+            .cache
+            .key_of(&target)
+            .map_err(|why| self.refuse(StatusCode::FORBIDDEN, why))?;
+        let path = keyed.key.as_str();
         let demands = ClientDemands::from_headers(req.headers());
-        let bypass = classify_request(&method, req.headers(), &demands, &path, &self.pass_through);
+        let bypass = classify_request(&method, req.headers(), &demands, path, &self.pass_through);
         if demands.only_if_cached {
             return self
-                .serve_only_if_cached(req, &path, &demands, bypass.is_some())
+                .serve_only_if_cached(req, path, &demands, bypass.is_some())
                 .await;
         }
         if let Some(bypass) = bypass {
-            return self.pass(req, &path, CacheStatus::Bypassed(bypass)).await;
+            return self.pass(req, &keyed, CacheStatus::Bypassed(bypass)).await;
         }
         let ask = Asker {
             first_byte: (method == Method::GET).then(|| range::first_wanted_byte(req.headers())),
             headers: req.headers(),
+            upstream_target: keyed.upstream_target.as_ref(),
         };
-        let lookup = self.cache.open(&path, Route::Cluster, ask, &demands).await;
+        let lookup = self.cache.open(path, Route::Cluster, ask, &demands).await;
         let opened = match lookup {
             Ok(opened) => opened,
-            Err(missed) => return self.missed(req, &path, missed).await,
+            Err(missed) => return self.missed(req, &keyed, missed).await,
         };
         if opened.source == MetaSource::ReplacedOnRequest {
-            self.announce_new_version(&path, &opened.meta);
+            self.announce_new_version(path, &opened.meta);
         }
         if let Some(name) = varied_header(&req, &opened.meta) {
             tracing::debug!(
@@ -171,7 +177,7 @@ impl Front {
                 header = name,
                 "the request carries a header the stored response varies on; passing through"
             );
-            return self.pass(req, &path, CacheStatus::VaryMiss).await;
+            return self.pass(req, &keyed, CacheStatus::VaryMiss).await;
         }
         self.serve_stored(req, opened).await
     }
@@ -179,7 +185,8 @@ impl Front {
     /// A lookup that made no metadata: the upstream's own answer when the lookup has one for
     /// this request (one upstream request in all), else a request of its own; `502`/`504` only
     /// when the upstream did not answer.
-    async fn missed(&self, req: Request<Incoming>, path: &str, missed: Missed) -> Answer {
+    async fn missed(&self, req: Request<Incoming>, keyed: &Keyed, missed: Missed) -> Answer {
+        let path = keyed.key.as_str();
         let status = match missed.error {
             LookupError::Uncacheable(why) => {
                 tracing::debug!(path, reason = %why, "not cacheable, passing through");
@@ -199,7 +206,7 @@ impl Front {
         };
         match missed.relay {
             Some(relayed) => Ok(self.relay(*relayed, status)),
-            None => self.pass(req, path, status).await,
+            None => self.pass(req, keyed, status).await,
         }
     }
 
@@ -425,14 +432,15 @@ impl Front {
     }
 
     /// Streams a request the cache does not take part in to the upstream and back, as is.
-    async fn pass(&self, req: Request<Incoming>, path: &str, status: CacheStatus) -> Answer {
+    async fn pass(&self, req: Request<Incoming>, keyed: &Keyed, status: CacheStatus) -> Answer {
+        let path = keyed.key.as_str();
         let (parts, incoming) = req.into_parts();
         let unsafe_method = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
         let upstream = match self
             .upstream
             .forward(
                 parts.method,
-                path,
+                keyed.upstream(),
                 &parts.headers,
                 request_body(&parts.headers, incoming),
             )

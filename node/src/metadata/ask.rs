@@ -31,9 +31,12 @@ impl MetadataStore {
     /// A fresh lookup: the probe, or a `HEAD` for requests that want no body.
     pub(super) async fn ask_upstream(&self, path: &str, ask: Asker<'_>) -> Result<Found, Missed> {
         match ask.first_byte {
-            Some(byte) => self.probe(path, byte, ask.headers).await,
+            Some(byte) => self.probe(path, byte, ask).await,
             None => {
-                let answer = self.upstream.head(path, ask.headers, None).await?;
+                let answer = self
+                    .upstream
+                    .head(ask.target(path), ask.headers, None)
+                    .await?;
                 let meta = self.take_head(path, answer, ask.headers)?;
                 Ok(Found::without_body(Arc::new(meta), MetaSource::Upstream))
             }
@@ -82,19 +85,14 @@ impl MetadataStore {
 
     /// Looks `path` up with a `GET` of the chunk holding `byte`, whose body comes back with the
     /// metadata, so the first byte costs one round trip.
-    async fn probe(
-        &self,
-        path: &str,
-        byte: u64,
-        client: &http::HeaderMap,
-    ) -> Result<Found, Missed> {
+    async fn probe(&self, path: &str, byte: u64, ask: Asker<'_>) -> Result<Found, Missed> {
         let chunk_size = self.cfg.chunk_size;
         let start = byte / chunk_size * chunk_size;
         let probe = self
             .upstream
-            .probe(path, start, chunk_size, None, client)
+            .probe(ask.target(path), start, chunk_size, None, ask.headers)
             .await?;
-        self.take_probe(path, probe, client)
+        self.take_probe(path, probe, ask.headers)
     }
 
     /// Metadata from a probe's answer, with its body when the object has bytes. An answer that

@@ -80,11 +80,23 @@ impl From<UpstreamError> for Missed {
 
 /// What the request that looks an object up brings to the lookup: the byte it wants first (a
 /// miss is probed with a `GET` of the chunk holding it; `None`: with a `HEAD`, for requests that
-/// want no body), and its own headers, which that upstream request forwards.
+/// want no body), its own headers, which that upstream request forwards, and the target the
+/// upstream is asked for when it is not the key (see `ObjectMeta::upstream_target`).
 #[derive(Clone, Copy)]
 pub struct Asker<'a> {
     pub first_byte: Option<u64>,
     pub headers: &'a http::HeaderMap,
+    pub upstream_target: Option<&'a Arc<str>>,
+}
+
+impl<'a> Asker<'a> {
+    /// What the upstream is asked for on a lookup of `key`.
+    pub fn target<'k>(&self, key: &'k str) -> &'k str
+    where
+        'a: 'k,
+    {
+        self.upstream_target.map_or(key, |t| t)
+    }
 }
 
 mod ask;
@@ -329,9 +341,10 @@ impl MetadataStore {
         Ok(found)
     }
 
-    /// A lookup that made no metadata: lasting verdicts are remembered; when the upstream
-    /// failed, the stale copy is kept to revalidate (or to serve stale within its grace) next
-    /// time.
+    /// A lookup that made no metadata: verdicts on the object are remembered; when the upstream
+    /// failed or refused only this request (a forged signature, a client over its rate), the
+    /// stale copy is kept to revalidate (or to serve stale within its grace) next time: one
+    /// client's refusal neither evicts the object nor turns it into a pass for everyone.
     async fn not_found(
         &self,
         path: &str,
@@ -339,21 +352,17 @@ impl MetadataStore {
         relay: Option<Box<Relayed>>,
         kept: Option<Arc<ObjectMeta>>,
     ) -> Missed {
-        match &error {
-            LookupError::Uncacheable(why) => {
-                // An upstream error status may be gone soon: only lasting verdicts are kept.
-                // Nor is a verdict on one client's credentials a verdict on the object.
-                let lasting =
-                    !matches!(why, Uncacheable::Status(500..) | Uncacheable::Authenticated);
-                if lasting {
-                    self.uncacheable.insert(path.to_string(), why.clone()).await;
-                }
+        let keep_stale = match &error {
+            LookupError::Uncacheable(why)
+                if why.is_about_the_object(relay.as_ref().map(|r| r.status.as_u16())) =>
+            {
+                self.uncacheable.insert(path.to_string(), why.clone()).await;
+                false
             }
-            LookupError::Upstream(_) => {
-                if let Some(stale) = kept {
-                    self.memory.insert(path.to_string(), stale).await;
-                }
-            }
+            LookupError::Uncacheable(_) | LookupError::Upstream(_) => true,
+        };
+        if let (true, Some(stale)) = (keep_stale, kept) {
+            self.memory.insert(path.to_string(), stale).await;
         }
         Missed { error, relay }
     }
@@ -375,7 +384,7 @@ impl MetadataStore {
         let key = ObjectMeta::meta_key(path);
         if let (Some(peers), Route::Cluster) = (&self.peers, route) {
             for peer in peers.remote_owners(&key) {
-                match peers.fetch_meta(&peer, path).await {
+                match peers.fetch_meta(&peer, path, ask.upstream_target).await {
                     Ok(MetaAnswer::Cacheable(meta)) if self.is_consistent(&meta, path) => {
                         match from_peer::accept(&self.cfg.rules, *meta, unix_now()) {
                             Some(meta) => {
@@ -491,12 +500,25 @@ impl MetadataStore {
 }
 
 impl MetadataStore {
+    /// The key a client's target is stored under (see `Upstream::cache_key`).
+    pub fn cache_key<'a>(
+        &self,
+        target: &'a str,
+    ) -> Result<std::borrow::Cow<'a, str>, crate::upstream::SignatureError> {
+        self.upstream.cache_key(target)
+    }
+
     /// A lookup on behalf of a peer (this node owns the path's metadata): this node's own tiers
     /// and upstream only, probing from the object's start as a client's `GET` would.
-    pub async fn lookup_local(&self, path: &str) -> Result<Found, Missed> {
+    pub async fn lookup_local(
+        &self,
+        path: &str,
+        upstream_target: Option<&Arc<str>>,
+    ) -> Result<Found, Missed> {
         let ask = Asker {
             first_byte: Some(0),
             headers: &http::HeaderMap::new(),
+            upstream_target,
         };
         self.find(path, Route::LocalOnly, ask, &ClientDemands::default())
             .await

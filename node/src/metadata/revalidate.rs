@@ -23,7 +23,13 @@ impl MetadataStore {
         let start = byte / chunk_size * chunk_size;
         let probe = self
             .upstream
-            .probe(path, start, chunk_size, Some(stale), ask.headers)
+            .probe(
+                ask.target(path),
+                start,
+                chunk_size,
+                Some(stale),
+                ask.headers,
+            )
             .await?;
         if probe.status == http::StatusCode::NOT_MODIFIED {
             return self.refreshed(path, stale, &probe.headers, probe.response_time);
@@ -39,7 +45,10 @@ impl MetadataStore {
         stale: &Arc<ObjectMeta>,
         ask: Asker<'_>,
     ) -> Result<Found, Missed> {
-        let answer = self.upstream.head(path, ask.headers, Some(stale)).await?;
+        let answer = self
+            .upstream
+            .head(ask.target(path), ask.headers, Some(stale))
+            .await?;
         if answer.0 == http::StatusCode::NOT_MODIFIED {
             return self.refreshed(path, stale, &answer.1, answer.2);
         }
@@ -70,11 +79,13 @@ impl MetadataStore {
         path: &str,
         route: Route,
         stale: Arc<ObjectMeta>,
+        upstream_target: Option<&Arc<str>>,
     ) -> Result<Found, Missed> {
         let headers = stale.selecting_headers();
         let ask = Asker {
             first_byte: Some(0),
             headers: &headers,
+            upstream_target,
         };
         let found = self.load(path, route, ask, Some(stale)).await?;
         self.memory

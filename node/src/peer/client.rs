@@ -16,7 +16,10 @@ use futures::{future::BoxFuture, StreamExt};
 use http::{header, StatusCode};
 
 use super::{
-    wire::{MetaAnswer, CHUNK_PREFIX, META_PATH, PATH_HEADER, RELAYED_HEADER, SOURCE_HEADER},
+    wire::{
+        MetaAnswer, CHUNK_PREFIX, META_PATH, PATH_HEADER, RELAYED_HEADER, SOURCE_HEADER,
+        UPSTREAM_TARGET_HEADER,
+    },
     PeerMetrics,
 };
 use crate::{
@@ -227,11 +230,14 @@ impl PeerClient {
         index: u64,
     ) -> Result<(ChunkStream, SourceKind), PeerError> {
         let url = format!("{}{CHUNK_PREFIX}{index}", peer.url.trim_end_matches('/'));
-        let request = self
+        let mut request = self
             .client
             .post(url)
             .header(header::CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(meta).expect("metadata serializes"));
+        if let Some(target) = &meta.upstream_target {
+            request = request.header(UPSTREAM_TARGET_HEADER, target.as_ref());
+        }
         let res = self.send("chunk", peer, request).await?;
         let source = match res
             .headers()
@@ -256,10 +262,19 @@ impl PeerClient {
         Ok((Box::pin(stream), source))
     }
 
-    /// Asks `peer`, the owner of `path`'s metadata, for it.
-    pub async fn fetch_meta(&self, peer: &Member, path: &str) -> Result<MetaAnswer, PeerError> {
+    /// Asks `peer`, the owner of `path`'s metadata, for it; `upstream_target`: what the owner
+    /// asks its upstream for when it is not `path` (see `ObjectMeta::upstream_target`).
+    pub async fn fetch_meta(
+        &self,
+        peer: &Member,
+        path: &str,
+        upstream_target: Option<&Arc<str>>,
+    ) -> Result<MetaAnswer, PeerError> {
         let url = format!("{}{META_PATH}", peer.url.trim_end_matches('/'));
-        let request = self.client.get(url).header(PATH_HEADER, path);
+        let mut request = self.client.get(url).header(PATH_HEADER, path);
+        if let Some(target) = upstream_target {
+            request = request.header(UPSTREAM_TARGET_HEADER, target.as_ref());
+        }
         let res = self.send("meta", peer, request).await?;
         let body = res.bytes().await.map_err(|e| PeerError::Unreachable {
             peer: peer.id.clone(),

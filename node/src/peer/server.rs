@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use super::{
     wire::{
         self, MetaAnswer, MAX_META_BODY, META_PATH, PATH_HEADER, RELAYED_HEADER, SOURCE_HEADER,
+        UPSTREAM_TARGET_HEADER,
     },
     PeerMetrics,
 };
@@ -38,14 +39,23 @@ pub trait LocalChunks: Send + Sync {
 
 /// This node's metadata, from its own tiers and upstream only.
 pub trait LocalMetadata: Send + Sync {
+    /// `path`'s metadata; `upstream_target`: what the upstream is asked for when it is not
+    /// `path` (see `ObjectMeta::upstream_target`).
     fn lookup_local<'a>(
         &'a self,
         path: &'a str,
+        upstream_target: Option<Arc<str>>,
     ) -> BoxFuture<'a, Result<MetaAnswer, UpstreamError>>;
 
     /// Whether `meta` describes an object of this node's own upstream, cut in its chunk size.
     fn is_own(&self, meta: &ObjectMeta) -> bool;
+
+    /// Whether the client target `target` is cached under `key` on this node.
+    fn keys_to(&self, target: &str, key: &str) -> bool;
 }
+
+/// A request's `UPSTREAM_TARGET_HEADER` that is not a target of the path it asks for.
+struct BadTarget;
 
 pub struct PeerApi {
     pub token: String,
@@ -101,7 +111,10 @@ impl PeerApi {
                 "x-casserole-path must be a clean absolute path",
             );
         }
-        let answer = match self.metadata.lookup_local(path).await {
+        let Ok(target) = self.upstream_target(req.headers(), path) else {
+            return self.bad_target("meta");
+        };
+        let answer = match self.metadata.lookup_local(path, target).await {
             Ok(answer) => answer,
             Err(e) => {
                 self.count("meta", "upstream_error");
@@ -118,18 +131,50 @@ impl PeerApi {
         res
     }
 
+    /// The target a peer's request asks this node's upstream for, when it carries one
+    /// (`UPSTREAM_TARGET_HEADER`): a clean target that this node caches under `key`, so a peer
+    /// can only ask for bytes of the object the request names.
+    fn upstream_target(
+        &self,
+        headers: &http::HeaderMap,
+        key: &str,
+    ) -> Result<Option<Arc<str>>, BadTarget> {
+        let Some(value) = headers.get(UPSTREAM_TARGET_HEADER) else {
+            return Ok(None);
+        };
+        match value.to_str() {
+            Ok(target) if (self.path_is_valid)(target) && self.metadata.keys_to(target, key) => {
+                Ok(Some(Arc::from(target)))
+            }
+            _ => Err(BadTarget),
+        }
+    }
+
+    fn bad_target(&self, kind: &str) -> Response<Body> {
+        self.count(kind, "bad_request");
+        body::error(
+            StatusCode::BAD_REQUEST,
+            "x-casserole-upstream-target must be a clean target whose cache key is the path asked for",
+        )
+    }
+
     async fn chunk(&self, req: Request<Incoming>, index: u64) -> Response<Body> {
-        let raw: Bytes = match Limited::new(req.into_body(), MAX_META_BODY).collect().await {
+        let (parts, incoming) = req.into_parts();
+        let raw: Bytes = match Limited::new(incoming, MAX_META_BODY).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(_) => return body::error(StatusCode::PAYLOAD_TOO_LARGE, "metadata body too large"),
         };
-        let meta: ObjectMeta = match serde_json::from_slice(&raw) {
+        let mut meta: ObjectMeta = match serde_json::from_slice(&raw) {
             Ok(meta) => meta,
             Err(e) => {
                 self.count("chunk", "bad_request");
                 return body::error(StatusCode::BAD_REQUEST, format_args!("bad metadata: {e}"));
             }
         };
+        let Ok(target) = self.upstream_target(&parts.headers, &meta.path) else {
+            return self.bad_target("chunk");
+        };
+        meta.upstream_target = target;
         // Only what this node could have fetched itself: a clean path on its own upstream, its
         // own chunk size, a version that matches.
         if meta.length == 0 || !(self.path_is_valid)(&meta.path) || !self.metadata.is_own(&meta) {

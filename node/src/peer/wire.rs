@@ -6,6 +6,10 @@ use crate::{object::ObjectMeta, policy::Uncacheable};
 pub const SOURCE_HEADER: &str = "x-casserole-source";
 /// Request header of a metadata lookup: the path (and query) on the upstream.
 pub const PATH_HEADER: &str = "x-casserole-path";
+/// Request header of a metadata lookup or chunk request made for a client's signed URL: the
+/// target the owner asks its upstream for (see `ObjectMeta::upstream_target`), whose key must be
+/// the path the request is for.
+pub const UPSTREAM_TARGET_HEADER: &str = "x-casserole-upstream-target";
 /// Response header of an error answer that relays what the owner's upstream did (an error
 /// status, a timeout, a broken transfer): the owner itself worked and is not suspect.
 pub const RELAYED_HEADER: &str = "x-casserole-relayed";

@@ -89,6 +89,20 @@ pub enum Uncacheable {
 }
 
 impl Uncacheable {
+    /// Whether the verdict on an answer with `status` is one on the object, and so holds for
+    /// every request of it, rather than on the one request that got it: an upstream error may
+    /// be gone soon, and a refusal of the request (its credentials, its signature, its rate or
+    /// form: a `4xx` other than `404` and `410`, which say the resource is gone) says nothing of
+    /// what another client would get, whatever else it says.
+    pub fn is_about_the_object(&self, status: Option<u16>) -> bool {
+        let refusal = |s: u16| s >= 500 || ((400..500).contains(&s) && !matches!(s, 404 | 410));
+        match self {
+            Uncacheable::Authenticated => false,
+            Uncacheable::Status(s) => !refusal(*s),
+            _ => !status.is_some_and(refusal),
+        }
+    }
+
     pub fn detail(&self) -> &'static str {
         match self {
             Uncacheable::Status(_) => "status",
@@ -240,6 +254,7 @@ pub fn evaluate(
         selecting: Vec::new(),
         status: ctx.status,
         immutable: fresh.immutable,
+        upstream_target: None,
     })
 }
 
@@ -306,6 +321,7 @@ pub fn refresh(
         must_revalidate: fresh.must_revalidate,
         stale_while_revalidate: fresh.stale_while_revalidate.as_secs(),
         immutable: fresh.immutable,
+        upstream_target: None,
         ..stale.clone()
     })
 }

@@ -280,3 +280,30 @@ fn a_304_that_sets_a_cookie_or_varies_on_star_is_refused_like_a_first_store() {
         );
     }
 }
+
+#[test]
+fn refusals_of_one_request_are_no_verdict_on_the_object() {
+    for gone in [404, 410, 301, 200] {
+        assert!(
+            Uncacheable::Status(gone).is_about_the_object(None),
+            "{gone}"
+        );
+        assert!(
+            Uncacheable::NotStorable.is_about_the_object(Some(gone)),
+            "{gone}"
+        );
+    }
+    assert!(Uncacheable::NotStorable.is_about_the_object(None));
+    for refused in [400, 401, 403, 407, 429, 451, 500, 503] {
+        assert!(
+            !Uncacheable::Status(refused).is_about_the_object(None),
+            "{refused}"
+        );
+        // A 403 without freshness is "not storable", and still only this request's refusal.
+        assert!(
+            !Uncacheable::NotStorable.is_about_the_object(Some(refused)),
+            "{refused}"
+        );
+    }
+    assert!(!Uncacheable::Authenticated.is_about_the_object(None));
+}

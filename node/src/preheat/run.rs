@@ -56,13 +56,20 @@ impl Preheater {
     /// The object's metadata as a client's `GET` of its first byte finds it: from wherever the
     /// cluster has it, else probed by the metadata's owner (whose probe is the first chunk).
     async fn look_up(&self, path: &str) -> Result<Arc<ObjectMeta>, String> {
+        // Keyed as a client's request would be: a signed URL preheats the object its clients get.
+        let keyed = self.cache.key_of(path).map_err(|e| e.to_string())?;
         let headers = http::HeaderMap::new();
         let ask = Asker {
             first_byte: Some(0),
             headers: &headers,
+            upstream_target: keyed.upstream_target.as_ref(),
         };
         let demands = ClientDemands::default();
-        match self.cache.open(path, Route::Cluster, ask, &demands).await {
+        match self
+            .cache
+            .open(&keyed.key, Route::Cluster, ask, &demands)
+            .await
+        {
             // A first chunk this lookup fetched is already a flight of the fetcher, which the
             // chunk's own open below joins: its reader here is not needed.
             Ok(opened) => Ok(opened.meta),

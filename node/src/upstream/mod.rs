@@ -137,6 +137,8 @@ mod round_trips;
 
 mod follow;
 mod routes;
+mod signed;
+pub use signed::SignatureError;
 
 /// Makes a request for bytes of one version conditional on that version.
 /// The client's headers on the node's own lookup of an object (its probe or `HEAD`): every
@@ -219,6 +221,8 @@ pub struct UpstreamConfig {
     /// `--follow-redirects`: prefixes of the routes whose redirects the node follows (`/`:
     /// `--upstream`'s).
     pub follow_redirects: Vec<String>,
+    /// `--ignore-query-param`: query parameters a route leaves out of its cache keys.
+    pub ignore_query_params: Vec<casserole_limits::IgnoredParam>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub insecure: bool,
@@ -268,8 +272,13 @@ impl Upstream {
             .build()?;
         Ok(Upstream {
             client,
-            routes: routes::Routes::new(cfg.base, &cfg.routes, &cfg.follow_redirects)
-                .map_err(anyhow::Error::msg)?,
+            routes: routes::Routes::new(
+                cfg.base,
+                &cfg.routes,
+                &cfg.follow_redirects,
+                &cfg.ignore_query_params,
+            )
+            .map_err(anyhow::Error::msg)?,
             metrics,
             round_trips: Default::default(),
         })
@@ -288,6 +297,16 @@ impl Upstream {
         self.routes
             .url_for(path_and_query)
             .map_err(|why| self.failed(UpstreamError::BadTarget(why)))
+    }
+
+    /// The key a normalised client target is cached, looked up and purged under: the target
+    /// without the query parameters its route ignores (`--ignore-query-param`). An expired
+    /// signed URL on such a route is refused.
+    pub fn cache_key<'a>(
+        &self,
+        path_and_query: &'a str,
+    ) -> Result<std::borrow::Cow<'a, str>, SignatureError> {
+        self.routes.cache_key(path_and_query, SystemTime::now())
     }
 
     /// The node path that serves an absolute `url` under one of the node's origins.
@@ -413,7 +432,7 @@ impl Upstream {
         self.metrics.requests.with_label_values(&["range"]).inc();
         let mut req = self
             .client
-            .get(self.url_for(&meta.path)?)
+            .get(self.url_for(meta.upstream_target())?)
             .header(
                 header::RANGE,
                 format!("bytes={}-{}", range.start(), range.end()),
@@ -422,7 +441,7 @@ impl Upstream {
         req = conditional(req, &meta.validator);
         let sent = std::time::Instant::now();
         let res = self
-            .send(&meta.path, req)
+            .send(meta.upstream_target(), req)
             .await
             .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
         self.round_trips.observe(sent.elapsed());
@@ -533,6 +552,7 @@ mod tests {
         let cfg = UpstreamConfig {
             routes: vec![],
             follow_redirects: vec![],
+            ignore_query_params: vec![],
             base: reqwest::Url::parse(base).unwrap(),
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),

@@ -245,13 +245,13 @@ impl Upstream {
         self.metrics.requests.with_label_values(&["whole"]).inc();
         let mut req = self
             .client
-            .get(self.url_for(&meta.path)?)
+            .get(self.url_for(meta.upstream_target())?)
             .header(header::ACCEPT_ENCODING, "identity");
         if from > 0 {
             req = req.header(header::RANGE, format!("bytes={from}-"));
         }
         let res = self
-            .send(&meta.path, conditional(req, &meta.validator))
+            .send(meta.upstream_target(), conditional(req, &meta.validator))
             .await
             .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
         let headers = res.headers().clone();

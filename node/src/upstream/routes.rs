@@ -17,6 +17,8 @@ struct Origin {
     base_url: reqwest::Url,
     /// `--follow-redirects`: the node follows this origin's redirects itself.
     follows_redirects: bool,
+    /// `--ignore-query-param`: query parameters left out of this origin's cache keys.
+    ignored_params: Vec<String>,
 }
 
 impl Origin {
@@ -26,6 +28,7 @@ impl Origin {
             base: base_url.as_str().trim_end_matches('/').to_string(),
             base_url,
             follows_redirects: false,
+            ignored_params: Vec::new(),
         }
     }
 
@@ -61,11 +64,13 @@ pub struct Routes {
 
 impl Routes {
     /// `follow_redirects`: the prefixes of the routes whose redirects the node follows itself
-    /// (`/` for `--upstream`); each must name a route.
+    /// (`/` for `--upstream`); `ignored`: query parameters each route leaves out of its keys.
+    /// Both must name a route.
     pub fn new(
         upstream: reqwest::Url,
         routes: &[casserole_limits::Route],
         follow_redirects: &[String],
+        ignored: &[casserole_limits::IgnoredParam],
     ) -> Result<Self, String> {
         let mut origins = Vec::with_capacity(routes.len() + 1);
         for route in routes {
@@ -74,19 +79,41 @@ impl Routes {
         }
         origins.sort_by_key(|o| std::cmp::Reverse(o.prefix.len()));
         origins.push(Origin::new("", upstream));
+        let mut routes = Routes { origins };
         for prefix in follow_redirects {
-            let wanted = prefix.trim_end_matches('/');
-            let origin = origins
-                .iter_mut()
-                .find(|o| o.prefix == wanted)
-                .ok_or_else(|| {
-                    format!(
-                        "--follow-redirects {prefix:?} names no route (a --route prefix, or / for --upstream)"
-                    )
-                })?;
-            origin.follows_redirects = true;
+            routes
+                .named("--follow-redirects", prefix)?
+                .follows_redirects = true;
         }
-        Ok(Routes { origins })
+        for param in ignored {
+            let origin = routes.named("--ignore-query-param", &param.prefix)?;
+            origin.ignored_params.push(param.name.clone());
+        }
+        Ok(routes)
+    }
+
+    /// The origin a flag names by its route prefix (`/`: `--upstream`).
+    fn named(&mut self, flag: &str, prefix: &str) -> Result<&mut Origin, String> {
+        let wanted = prefix.trim_end_matches('/');
+        self.origins
+            .iter_mut()
+            .find(|o| o.prefix == wanted)
+            .ok_or_else(|| {
+                format!("{flag} {prefix:?} names no route (a --route prefix, or / for --upstream)")
+            })
+    }
+
+    /// The key a normalised node target is cached under: without the query parameters its
+    /// route ignores, and refused when it is a signed URL that has expired (see `signed`).
+    pub fn cache_key<'a>(
+        &self,
+        path_and_query: &'a str,
+        now: std::time::SystemTime,
+    ) -> Result<std::borrow::Cow<'a, str>, super::signed::SignatureError> {
+        let ignored = self
+            .origin_of(path_and_query)
+            .map_or(&[][..], |o| &o.ignored_params[..]);
+        super::signed::cache_key(path_and_query, ignored, now)
     }
 
     /// The origin serving a normalised node target.
@@ -168,8 +195,33 @@ mod tests {
                 route("/_cdn=https://other.test/base"),
             ],
             &["/".into(), "/_cdn/".into()],
+            &[casserole_limits::parse_ignored_param("/_cdn/hf/=X-Amz-Signature").unwrap()],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn only_routes_that_name_a_parameter_leave_it_out_of_their_keys() {
+        let r = routes();
+        let now = std::time::SystemTime::now();
+        let key = |t| r.cache_key(t, now).unwrap().into_owned();
+        assert_eq!(key("/_cdn/hf/w?X-Amz-Signature=1&v=2"), "/_cdn/hf/w?v=2");
+        assert_eq!(
+            key("/_cdn/x?X-Amz-Signature=1"),
+            "/_cdn/x?X-Amz-Signature=1"
+        );
+        assert_eq!(key("/w?X-Amz-Signature=1"), "/w?X-Amz-Signature=1");
+        let err = Routes::new(
+            "http://hub.test/".parse().unwrap(),
+            &[],
+            &[],
+            &[casserole_limits::parse_ignored_param("/x/=Signature").unwrap()],
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("--ignore-query-param \"/x/\" names no route"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -204,8 +256,13 @@ mod tests {
 
     #[test]
     fn following_redirects_must_name_a_route() {
-        let err =
-            Routes::new("http://hub.test/".parse().unwrap(), &[], &["/x/".into()]).unwrap_err();
+        let err = Routes::new(
+            "http://hub.test/".parse().unwrap(),
+            &[],
+            &["/x/".into()],
+            &[],
+        )
+        .unwrap_err();
         assert!(err.contains("names no route"), "{err}");
     }
 

@@ -70,6 +70,10 @@ impl Supervised {
             }
         }
         cmd.envs(self.spec.env.iter().map(|(k, v)| (k, v)));
+        // For debugging a test: CASSEROLE_TEST_LOG=debug is every started process's CASSEROLE_LOG.
+        if let Ok(filter) = std::env::var("CASSEROLE_TEST_LOG") {
+            cmd.env("CASSEROLE_LOG", filter);
+        }
         self.child = Some(cmd.spawn()?);
         Ok(())
     }
