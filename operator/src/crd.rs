@@ -75,6 +75,18 @@ pub struct CasseroleCacheSpec {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["prefix"]))]
     pub routes: Vec<RouteSpec>,
 
+    /// The nodes follow the upstream's redirects themselves, into their own origins only
+    /// (node flag `--follow-redirects /`): for clients that cannot follow a redirect.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow_redirects: bool,
+
+    /// Query parameters of the upstream's URLs left out of the cache key: the signature
+    /// parameters of presigned URLs (node flag `--ignore-query-param /=NAME`). A fresh copy is
+    /// then served to any signature, valid or not; an expired one gets 403.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(regex(pattern = casserole_limits::QUERY_PARAM_NAME_PATTERN)))]
+    pub ignore_query_params: Vec<String>,
+
     /// Freshness lifetimes by URL: objects whose path and query match `pattern` (Rust `regex`
     /// syntax) are fresh for `ttl` (node flag `--ttl-rule REGEX=DURATION`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -472,6 +484,15 @@ pub struct RouteSpec {
     /// Origin base URL for those paths (http or https, no query or fragment).
     #[schemars(regex(pattern = casserole_limits::HTTP_URL_PATTERN), length(max = 2048))]
     pub url: String,
+    /// The nodes follow this origin's redirects themselves (node flag `--follow-redirects`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow_redirects: bool,
+    /// Query parameters left out of this route's cache keys, e.g. `X-Amz-Signature`,
+    /// `X-Amz-Date`, `X-Amz-Credential`, `X-Amz-Expires` (node flag `--ignore-query-param`).
+    /// A fresh copy is then served to any signature, valid or not; an expired one gets 403.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(regex(pattern = casserole_limits::QUERY_PARAM_NAME_PATTERN)))]
+    pub ignore_query_params: Vec<String>,
 }
 
 /// One `--ttl-rule`.

@@ -138,6 +138,13 @@ fn every_example_renders_a_node_command_line_the_node_accepts() {
         if let Some(false) = spec["spec"]["disk"]["enabled"].as_bool() {
             assert!(!cfg.disk_cache_enabled, "{example}");
         }
+        let ignored = spec["spec"]["routes"].as_sequence().map_or(0, |routes| {
+            routes
+                .iter()
+                .map(|r| r["ignoreQueryParams"].as_sequence().map_or(0, Vec::len))
+                .sum()
+        });
+        assert_eq!(cfg.ignore_query_params.len(), ignored, "{example}");
     }
 }
 

@@ -191,6 +191,26 @@ pub fn node_args(cache: &CasseroleCache, plan: &Plan) -> Vec<String> {
             .iter()
             .map(|r| format!("--route={}={}", r.prefix, r.url)),
     );
+    // `/` is the upstream's own origin, as the node names it.
+    let origins = std::iter::once(("/", spec.follow_redirects, &spec.ignore_query_params)).chain(
+        spec.routes.iter().map(|r| {
+            (
+                r.prefix.as_str(),
+                r.follow_redirects,
+                &r.ignore_query_params,
+            )
+        }),
+    );
+    for (prefix, follows, ignored) in origins {
+        if follows {
+            args.push(format!("--follow-redirects={prefix}"));
+        }
+        args.extend(
+            ignored
+                .iter()
+                .map(|name| format!("--ignore-query-param={prefix}={name}")),
+        );
+    }
     args.extend(
         spec.ttl_rules
             .iter()

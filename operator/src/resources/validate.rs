@@ -92,6 +92,7 @@ fn check_rules(cache: &CasseroleCache) -> Result<(), InvalidSpec> {
             .map(|r| (r.prefix.as_str(), r.url.as_str())),
     )
     .map_err(|(i, message)| invalid(format!("spec.routes[{i}]"), message))?;
+    check_ignored_params(cache)?;
     if spec.ttl_rules.len() > casserole_limits::TTL_RULES_MAX {
         return Err(invalid(
             "spec.ttlRules",
@@ -101,6 +102,37 @@ fn check_rules(cache: &CasseroleCache) -> Result<(), InvalidSpec> {
     for (i, rule) in spec.ttl_rules.iter().enumerate() {
         casserole_limits::ttl_rule(&rule.pattern, &rule.ttl)
             .map_err(|message| invalid(format!("spec.ttlRules[{i}]"), message))?;
+    }
+    Ok(())
+}
+
+/// `spec.ignoreQueryParams` and `spec.routes[].ignoreQueryParams`, by the parser of the node's
+/// `--ignore-query-param`, at most `IGNORED_PARAMS_MAX` in all.
+fn check_ignored_params(cache: &CasseroleCache) -> Result<(), InvalidSpec> {
+    let spec = &cache.spec;
+    let upstream = (
+        "spec.ignoreQueryParams".to_string(),
+        "/",
+        &spec.ignore_query_params,
+    );
+    let routes = spec.routes.iter().enumerate().map(|(i, r)| {
+        let field = format!("spec.routes[{i}].ignoreQueryParams");
+        (field, r.prefix.as_str(), &r.ignore_query_params)
+    });
+    let mut count = 0;
+    for (field, prefix, names) in std::iter::once(upstream).chain(routes) {
+        for (j, name) in names.iter().enumerate() {
+            count += 1;
+            if count > casserole_limits::IGNORED_PARAMS_MAX {
+                let max = casserole_limits::IGNORED_PARAMS_MAX;
+                return Err(invalid(
+                    field,
+                    format!("at most {max} ignored query parameters in all"),
+                ));
+            }
+            casserole_limits::ignored_param(prefix, name)
+                .map_err(|message| invalid(format!("{field}[{j}]"), message))?;
+        }
     }
     Ok(())
 }

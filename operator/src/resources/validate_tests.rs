@@ -185,6 +185,45 @@ fn routes_and_ttl_rules_become_node_flags() {
 }
 
 #[test]
+fn redirects_and_ignored_query_params_become_node_flags() {
+    let cache = cache_from_spec(
+        "upstream: http://hub\nfollowRedirects: true\nignoreQueryParams: [Expires]\nroutes: [{prefix: /_cdn/, url: 'http://cdn', followRedirects: true, ignoreQueryParams: [X-Amz-Signature, X-Amz-Date]}]\n",
+    );
+    let plan = validate::plan(&cache).unwrap();
+    let args = cache::node_args(&cache, &plan);
+    for flag in [
+        "--follow-redirects=/",
+        "--ignore-query-param=/=Expires",
+        "--follow-redirects=/_cdn/",
+        "--ignore-query-param=/_cdn/=X-Amz-Signature",
+        "--ignore-query-param=/_cdn/=X-Amz-Date",
+    ] {
+        assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
+    }
+    let plain = cache_from_spec("upstream: http://hub\n");
+    let args = cache::node_args(&plain, &validate::plan(&plain).unwrap());
+    assert!(!args
+        .iter()
+        .any(|a| a.starts_with("--follow-redirects") || a.starts_with("--ignore-query-param")));
+}
+
+#[test]
+fn bad_ignored_query_params_are_refused_with_their_field() {
+    let bad = cache_from_spec(
+        "upstream: http://hub\nroutes: [{prefix: /_cdn/, url: 'http://cdn', ignoreQueryParams: [ok, 'a&b']}]\n",
+    );
+    let err = validate::plan(&bad).unwrap_err();
+    assert_eq!(err.field, "spec.routes[0].ignoreQueryParams[1]");
+    let names: Vec<String> = (0..65).map(|i| format!("p{i}")).collect();
+    let many = cache_from_spec(&format!(
+        "upstream: http://hub\nignoreQueryParams: [{}]\n",
+        names.join(", ")
+    ));
+    let err = validate::plan(&many).unwrap_err();
+    assert!(err.message.contains("at most 64"), "{}", err.message);
+}
+
+#[test]
 fn cluster_names_of_different_caches_never_collide() {
     let named = |ns: &str, name: &str| {
         let mut c = default_cache();
