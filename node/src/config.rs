@@ -437,6 +437,7 @@ impl Config {
     pub fn finish(mut self, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         self.apply_legacy_environment(env)?;
         self.check_limits()?;
+        self.check_routes()?;
         self.pass_through_rules = Some(
             casserole_limits::compile_pass_through(&self.pass_through)
                 .map_err(ConfigError::BadPassThrough)?,
@@ -546,6 +547,55 @@ impl Config {
                     message,
                 }
             })?;
+        }
+        Ok(())
+    }
+
+    /// `--route`s: no prefix twice, and every route another flag names exists (`/` is
+    /// `--upstream`'s).
+    fn check_routes(&self) -> Result<(), ConfigError> {
+        casserole_limits::check_routes(
+            self.routes
+                .iter()
+                .map(|r| (r.prefix.as_str(), r.url.as_str())),
+        )
+        .map_err(|(_, message)| ConfigError::Invalid {
+            flag: "--route",
+            message,
+        })?;
+        let names_a_route = |prefix: &str| {
+            let wanted = prefix.trim_end_matches('/');
+            wanted.is_empty()
+                || (self.routes.iter()).any(|r| r.prefix.trim_end_matches('/') == wanted)
+        };
+        let named = (self
+            .follow_redirects
+            .iter()
+            .map(|p| ("--follow-redirects", p)))
+        .chain(
+            self.ignore_query_params
+                .iter()
+                .map(|p| ("--ignore-query-param", &p.prefix)),
+        );
+        for (flag, prefix) in named {
+            if !names_a_route(prefix) {
+                return Err(ConfigError::Invalid {
+                    flag,
+                    message: format!(
+                        "{prefix:?} names no route (a --route prefix, or / for --upstream)"
+                    ),
+                });
+            }
+        }
+        let ignored = self.ignore_query_params.len();
+        if ignored > casserole_limits::IGNORED_PARAMS_MAX {
+            return Err(ConfigError::Invalid {
+                flag: "--ignore-query-param",
+                message: format!(
+                    "at most {} in all, got {ignored}",
+                    casserole_limits::IGNORED_PARAMS_MAX
+                ),
+            });
         }
         Ok(())
     }
@@ -841,6 +891,33 @@ mod tests {
         assert!(err.to_string().contains("--max-upstream-fetches"), "{err}");
         let c = parse(&["--upstream", "http://x"]).unwrap();
         assert_eq!((c.readahead, c.max_upstream_fetches), (None, 64));
+    }
+
+    #[test]
+    fn flags_that_name_a_route_must_name_one() {
+        let base = ["--upstream", "http://x", "--route", "/cdn/=http://cdn"];
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            parse(&args).map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert!(with(&["--follow-redirects", "/"]).is_ok());
+        assert!(with(&["--follow-redirects", "/cdn"]).is_ok());
+        assert!(with(&["--ignore-query-param", "/cdn/=X-Amz-Signature"]).is_ok());
+        let err = with(&["--follow-redirects", "/other/"]).unwrap_err();
+        assert!(
+            err.contains("--follow-redirects") && err.contains("names no route"),
+            "{err}"
+        );
+        let err = with(&["--ignore-query-param", "/other/=Signature"]).unwrap_err();
+        assert!(
+            err.contains("--ignore-query-param") && err.contains("names no route"),
+            "{err}"
+        );
+        let err = with(&["--route", "/cdn/=http://again"]).unwrap_err();
+        assert!(
+            err.contains("--route") && err.contains("routed twice"),
+            "{err}"
+        );
         assert!(matches!(
             parse(&["--upstream", "http://x", "--chunk-size", "1"]),
             Err(ConfigError::BadChunkSize(_))
