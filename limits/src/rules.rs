@@ -71,8 +71,8 @@ pub fn parse_route(s: &str) -> Result<Route, String> {
     route(prefix, url)
 }
 
-/// Checks a route given as its two parts.
-pub fn route(prefix: &str, url: &str) -> Result<Route, String> {
+/// A route's path prefix: starts with `/`, holds no `=`, `?`, `#` or whitespace.
+fn check_prefix(prefix: &str) -> Result<(), String> {
     if !prefix.starts_with('/')
         || prefix.contains(['=', '?', '#'])
         || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -81,6 +81,12 @@ pub fn route(prefix: &str, url: &str) -> Result<Route, String> {
             "prefix {prefix:?} must start with '/' and hold no '=', '?', '#' or whitespace"
         ));
     }
+    Ok(())
+}
+
+/// Checks a route given as its two parts.
+pub fn route(prefix: &str, url: &str) -> Result<Route, String> {
+    check_prefix(prefix)?;
     parse_http_url(url)?;
     Ok(Route {
         prefix: prefix.into(),
@@ -131,14 +137,7 @@ pub fn parse_ignored_param(s: &str) -> Result<IgnoredParam, String> {
 /// Checks an ignored parameter given as its two parts: a route prefix as `--route` takes it,
 /// and a name of unreserved characters (RFC 3986 §2.3), as signed URLs' parameters are.
 pub fn ignored_param(prefix: &str, name: &str) -> Result<IgnoredParam, String> {
-    if !prefix.starts_with('/')
-        || prefix.contains(['=', '?', '#'])
-        || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "route {prefix:?} must start with '/' and hold no '=', '?', '#' or whitespace"
-        ));
-    }
+    check_prefix(prefix)?;
     let unreserved = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '-');
     if name.is_empty() || name.len() > 128 || !name.chars().all(unreserved) {
         return Err(format!(
