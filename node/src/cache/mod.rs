@@ -92,14 +92,15 @@ impl Cache {
         ask: Asker<'_>,
         demands: &ClientDemands,
     ) -> Result<Opened, Missed> {
-        // A hit probes nothing, so it needs no turn (hot objects are opened concurrently).
-        // Requests that ask for confirmation collapse onto one another's revalidation below;
-        // taking turns would make them ask the upstream one after the other.
-        let needs_turn =
-            !demands.may_ask_for_confirmation() && !self.metadata.holds_fresh(path, demands).await;
-        let _turn = match needs_turn {
-            true => Some(self.turns.take(path).await),
-            false => None,
+        // A hit probes nothing, so it needs no turn (hot objects are opened concurrently), and
+        // is the whole lookup. Requests that ask for confirmation collapse onto one another's
+        // revalidation below; taking turns would make them ask the upstream one after the other.
+        if let Some(found) = self.metadata.fresh_in_memory(path, demands).await {
+            return Ok(self.opened(path, route, found, ask.upstream_target));
+        }
+        let _turn = match demands.may_ask_for_confirmation() {
+            false => Some(self.turns.take(path).await),
+            true => None,
         };
         let found = self.metadata.lookup(path, route, ask, demands).await?;
         Ok(self.opened(path, route, found, ask.upstream_target))

@@ -37,13 +37,15 @@ impl MetadataStore {
         }
     }
 
-    /// Whether memory holds a copy of `path` that answers `demands` as it is: a lookup now
-    /// would ask nobody.
-    pub async fn holds_fresh(&self, path: &str, demands: &ClientDemands) -> bool {
-        self.memory
-            .get(path)
-            .await
-            .is_some_and(|meta| usable(&meta, unix_now(), demands) == Usable::Fresh)
+    /// The copy of `path` memory holds when it answers `demands` as it is (a lookup would ask
+    /// nobody and find it): a hit, counted as `lookup` counts it.
+    pub async fn fresh_in_memory(&self, path: &str, demands: &ClientDemands) -> Option<Found> {
+        let meta = self.memory.get(path).await?;
+        if usable(&meta, unix_now(), demands) != Usable::Fresh {
+            return None;
+        }
+        self.count(MetaSource::Memory);
+        Some(Found::without_body(meta, MetaSource::Memory))
     }
 
     /// `only-if-cached`: what this node holds (memory, then disk) if it satisfies `demands`
