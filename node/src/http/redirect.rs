@@ -12,24 +12,37 @@ use super::serve::Front;
 use crate::body::Body;
 
 impl Front {
+    /// The authority a client reached this node by: the request's `Host` (or its HTTP/2
+    /// authority), kept as it came (a cheap clone) until a redirect needs it.
+    pub(super) fn client_authority<B>(req: &Request<B>) -> Option<HeaderValue> {
+        req.headers().get(header::HOST).cloned().or_else(|| {
+            let authority = req.uri().authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        })
+    }
+
     /// The scheme and authority a client reached this node by: `--public-url`, else `http://`
-    /// and the request's `Host` (or its HTTP/2 authority).
-    pub(super) fn public_origin<B>(&self, req: &Request<B>) -> Option<String> {
+    /// and the authority it asked.
+    fn public_origin(&self, authority: Option<&HeaderValue>) -> Option<String> {
         if let Some(url) = &self.public_url {
             return Some(url.as_str().trim_end_matches('/').to_string());
         }
-        let host = req
-            .headers()
-            .get(header::HOST)
+        let host = authority
             .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))
             .filter(|h| !h.is_empty())?;
         Some(format!("http://{host}"))
     }
 
     /// Rewrites the `Location` of a redirect that points under one of the node's origins.
-    pub(super) fn redirect_into_cache(&self, res: &mut Response<Body>, public: Option<&str>) {
-        let (Some(public), true) = (public, res.status().is_redirection()) else {
+    pub(super) fn redirect_into_cache(
+        &self,
+        res: &mut Response<Body>,
+        authority: Option<&HeaderValue>,
+    ) {
+        if !res.status().is_redirection() {
+            return;
+        }
+        let Some(public) = self.public_origin(authority) else {
             return;
         };
         let target = res

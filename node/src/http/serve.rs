@@ -100,9 +100,9 @@ impl Front {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         self.metrics.inflight.inc();
         let _inflight = InFlight(self.metrics.inflight.clone());
-        let public = self.public_origin(&req);
+        let authority = Self::client_authority(&req);
         let mut res = self.route(req).await.unwrap_or_else(|res| res);
-        self.redirect_into_cache(&mut res, public.as_deref());
+        self.redirect_into_cache(&mut res, authority.as_ref());
         res
     }
 
