@@ -57,6 +57,28 @@ async fn a_hubs_redirect_to_its_cdn_goes_through_the_cache() {
     assert_eq!(cdn.path_stats("/lfs/weights.bin").body_bytes_sent, 8 * MIB);
     // A route is its own origin: the same path on the hub is another object.
     assert_eq!(hub.path_stats("/_cdn/lfs/weights.bin").requests, 0);
+    // And its own label on the upstream metrics.
+    let cdn_bytes = node
+        .metric(r#"casserole_upstream_bytes_total{route="/_cdn/"}"#)
+        .await;
+    assert_eq!(cdn_bytes, (8 * MIB) as f64);
+    assert_eq!(
+        node.metric(r#"casserole_upstream_bytes_total{route="/"}"#)
+            .await,
+        0.0,
+        "the hub sent redirects, no body"
+    );
+    assert!(
+        node.metric(r#"casserole_upstream_requests_total{route="/"}"#)
+            .await
+            >= 1.0
+    );
+    assert!(
+        node.metric(r#"casserole_upstream_requests_total{kind="range",route="/_cdn/"}"#)
+            .await
+            >= 3.0,
+        "the CDN's chunks after the probe"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

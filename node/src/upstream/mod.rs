@@ -27,7 +27,7 @@ pub type UpstreamStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>
 pub struct UpstreamMetrics {
     pub requests: prometheus::IntCounterVec,
     pub errors: prometheus::IntCounterVec,
-    pub bytes: prometheus::IntCounter,
+    pub bytes: prometheus::IntCounterVec,
 }
 
 impl UpstreamMetrics {
@@ -35,17 +35,18 @@ impl UpstreamMetrics {
         UpstreamMetrics {
             requests: r.counter_vec(
                 "casserole_upstream_requests_total",
-                "Requests sent to the upstream",
-                &["kind"],
+                "Requests sent to the upstream, by kind and route (`/`: --upstream)",
+                &["kind", "route"],
             ),
             errors: r.counter_vec(
                 "casserole_upstream_errors_total",
-                "Failed upstream requests by reason",
-                &["reason"],
+                "Failed upstream requests by reason and route",
+                &["reason", "route"],
             ),
-            bytes: r.counter(
+            bytes: r.counter_vec(
                 "casserole_upstream_bytes_total",
-                "Body bytes received from the upstream",
+                "Body bytes received from the upstream, by route",
+                &["route"],
             ),
         }
     }
@@ -296,7 +297,7 @@ impl Upstream {
     pub fn url_for(&self, path_and_query: &str) -> Result<reqwest::Url, UpstreamError> {
         self.routes
             .url_for(path_and_query)
-            .map_err(|why| self.failed(UpstreamError::BadTarget(why)))
+            .map_err(|why| self.failed(path_and_query, UpstreamError::BadTarget(why)))
     }
 
     /// The key a normalised client target is cached, looked up and purged under: the target
@@ -329,9 +330,23 @@ impl Upstream {
         self.round_trips.seconds()
     }
 
-    fn failed(&self, e: UpstreamError) -> UpstreamError {
-        self.metrics.errors.with_label_values(&[e.label()]).inc();
+    /// Counts a failed request for `path` (by its route) and hands the error back.
+    fn failed(&self, path: &str, e: UpstreamError) -> UpstreamError {
+        let route = self.routes.label_of(path);
+        self.metrics
+            .errors
+            .with_label_values(&[e.label(), route])
+            .inc();
         e
+    }
+
+    /// Counts a request of `kind` for `path`, by its route.
+    fn count_request(&self, path: &str, kind: &str) {
+        let route = self.routes.label_of(path);
+        self.metrics
+            .requests
+            .with_label_values(&[kind, route])
+            .inc();
     }
 
     /// `HEAD` of an object, for the cacheability verdict, with the client's own headers; with
@@ -342,7 +357,7 @@ impl Upstream {
         client: &HeaderMap,
         stale: Option<&ObjectMeta>,
     ) -> Result<(StatusCode, HeaderMap, SystemTime), UpstreamError> {
-        self.metrics.requests.with_label_values(&["head"]).inc();
+        self.count_request(path, "head");
         let mut req = self
             .client
             .head(self.url_for(path)?)
@@ -354,7 +369,7 @@ impl Upstream {
         let res = self
             .send(path, req)
             .await
-            .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
+            .map_err(|e| self.failed(path, UpstreamError::from_reqwest(e)))?;
         Ok((res.status(), res.headers().clone(), SystemTime::now()))
     }
 
@@ -377,10 +392,13 @@ impl Upstream {
         // Refused before a byte is handed out, so the client gets a clean error status.
         let (answered, asked) = (covered + 1 - start, chunk.end() + 1 - start);
         if answered * (MAX_RANGE_PARTS as u64) < asked {
-            return Err(self.failed(UpstreamError::BadRange(format!(
-                "the upstream answers {answered} of {asked} bytes per range request; \
+            return Err(self.failed(
+                &meta.path,
+                UpstreamError::BadRange(format!(
+                    "the upstream answers {answered} of {asked} bytes per range request; \
                  a chunk would take more than {MAX_RANGE_PARTS} requests"
-            ))));
+                )),
+            ));
         }
         Ok(self.followed_by_rest(first, Arc::new(meta.clone()), covered, *chunk.end(), 1))
     }
@@ -413,9 +431,12 @@ impl Upstream {
     ) -> BoxFuture<'static, Result<UpstreamStream, UpstreamError>> {
         Box::pin(async move {
             if parts >= MAX_RANGE_PARTS {
-                return Err(self.failed(UpstreamError::BadRange(format!(
-                    "the upstream cut one chunk into more than {MAX_RANGE_PARTS} range answers"
-                ))));
+                return Err(self.failed(
+                    &meta.path,
+                    UpstreamError::BadRange(format!(
+                        "the upstream cut one chunk into more than {MAX_RANGE_PARTS} range answers"
+                    )),
+                ));
             }
             let (part, covered) = self.fetch_range(&meta, from..=to).await?;
             Ok(self.followed_by_rest(part, meta, covered, to, parts + 1))
@@ -429,7 +450,7 @@ impl Upstream {
         meta: &ObjectMeta,
         range: std::ops::RangeInclusive<u64>,
     ) -> Result<(UpstreamStream, u64), UpstreamError> {
-        self.metrics.requests.with_label_values(&["range"]).inc();
+        self.count_request(&meta.path, "range");
         let mut req = self
             .client
             .get(self.url_for(meta.upstream_target())?)
@@ -443,13 +464,13 @@ impl Upstream {
         let res = self
             .send(meta.upstream_target(), req)
             .await
-            .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
+            .map_err(|e| self.failed(&meta.path, UpstreamError::from_reqwest(e)))?;
         self.round_trips.observe(sent.elapsed());
         let covered = self
             .check_range_response(meta, &range, res.status(), res.headers())
-            .map_err(|e| self.failed(e))?;
+            .map_err(|e| self.failed(&meta.path, e))?;
         let expected = covered - range.start() + 1;
-        Ok((self.validated_body(res, expected), covered))
+        Ok((self.validated_body(res, expected, &meta.path), covered))
     }
 
     /// Checks the answer to a range request for `range` and returns the last byte it covers: the
@@ -521,7 +542,7 @@ impl Upstream {
         headers: &HeaderMap,
         body: Option<reqwest::Body>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        self.metrics.requests.with_label_values(&["pass"]).inc();
+        self.count_request(path_and_query, "pass");
         let mut out = end_to_end(headers);
         out.append(header::VIA, HeaderValue::from_static(VIA));
         if method == Method::OPTIONS {
@@ -540,7 +561,7 @@ impl Upstream {
         request
             .send()
             .await
-            .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))
+            .map_err(|e| self.failed(path_and_query, UpstreamError::from_reqwest(e)))
     }
 }
 

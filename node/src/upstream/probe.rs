@@ -173,7 +173,7 @@ impl Upstream {
         } else {
             "probe"
         };
-        self.metrics.requests.with_label_values(&[kind]).inc();
+        self.count_request(path, kind);
         let mut req = self
             .client
             .get(self.url_for(path)?)
@@ -187,12 +187,12 @@ impl Upstream {
         let res = self
             .send(path, req)
             .await
-            .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
+            .map_err(|e| self.failed(path, UpstreamError::from_reqwest(e)))?;
         self.round_trips.observe(sent.elapsed());
         let (status, headers) = (res.status(), res.headers().clone());
         let response_time = SystemTime::now();
         if status.is_server_error() {
-            self.failed(UpstreamError::Status(status.as_u16()));
+            self.failed(path, UpstreamError::Status(status.as_u16()));
         }
         let (length, body) = match status {
             StatusCode::PARTIAL_CONTENT => match content_range(&headers) {
@@ -201,7 +201,7 @@ impl Upstream {
                         && content_length(&headers).is_none_or(|l| l == last - first + 1) =>
                 {
                     let len = last - first + 1;
-                    let stream = self.validated_body(res, len);
+                    let stream = self.validated_body(res, len, path);
                     (Some(total), ProbeBody::Range { start, len, stream })
                 }
                 Some((_, _, total)) => (Some(total), ProbeBody::None),
@@ -217,7 +217,7 @@ impl Upstream {
                     .or(no_body.then_some(0))
                 {
                     Some(len) => {
-                        let stream = self.validated_body(res, len);
+                        let stream = self.validated_body(res, len, path);
                         (Some(len), ProbeBody::Whole { len, stream })
                     }
                     None => (None, ProbeBody::Other(res)),
@@ -242,7 +242,7 @@ impl Upstream {
         meta: &ObjectMeta,
         from: u64,
     ) -> Result<(u64, UpstreamStream), UpstreamError> {
-        self.metrics.requests.with_label_values(&["whole"]).inc();
+        self.count_request(&meta.path, "whole");
         let mut req = self
             .client
             .get(self.url_for(meta.upstream_target())?)
@@ -253,7 +253,7 @@ impl Upstream {
         let res = self
             .send(meta.upstream_target(), conditional(req, &meta.validator))
             .await
-            .map_err(|e| self.failed(UpstreamError::from_reqwest(e)))?;
+            .map_err(|e| self.failed(&meta.path, UpstreamError::from_reqwest(e)))?;
         let headers = res.headers().clone();
         let starts_at = match res.status() {
             StatusCode::OK => 0,
@@ -266,32 +266,52 @@ impl Upstream {
                     from
                 }
                 _ => {
-                    return Err(self.failed(UpstreamError::BadRange(
-                        "unexpected Content-Range for the rest of an object".into(),
-                    )))
+                    return Err(self.failed(
+                        &meta.path,
+                        UpstreamError::BadRange(
+                            "unexpected Content-Range for the rest of an object".into(),
+                        ),
+                    ))
                 }
             },
             StatusCode::PRECONDITION_FAILED => {
-                return Err(self.failed(UpstreamError::Changed("412 to a conditional GET".into())))
+                return Err(self.failed(
+                    &meta.path,
+                    UpstreamError::Changed("412 to a conditional GET".into()),
+                ))
             }
-            other => return Err(self.failed(UpstreamError::Status(other.as_u16()))),
+            other => return Err(self.failed(&meta.path, UpstreamError::Status(other.as_u16()))),
         };
-        check_validator(&meta.validator, &headers).map_err(|e| self.failed(e))?;
+        check_validator(&meta.validator, &headers).map_err(|e| self.failed(&meta.path, e))?;
         let expected = meta.length - starts_at;
         if content_length(&headers).is_some_and(|l| l != expected) {
-            return Err(self.failed(UpstreamError::Changed(format!(
-                "Content-Length {:?}, expected {expected}",
-                content_length(&headers)
-            ))));
+            return Err(self.failed(
+                &meta.path,
+                UpstreamError::Changed(format!(
+                    "Content-Length {:?}, expected {expected}",
+                    content_length(&headers)
+                )),
+            ));
         }
-        Ok((starts_at, self.validated_body(res, expected)))
+        Ok((starts_at, self.validated_body(res, expected, &meta.path)))
     }
 
-    /// The body of `res`, validated as it streams: never more than `expected` bytes, never
-    /// silently fewer.
-    pub(super) fn validated_body(&self, res: reqwest::Response, expected: u64) -> UpstreamStream {
+    /// The body of `res` (for `path`), validated as it streams: never more than `expected`
+    /// bytes, never silently fewer.
+    pub(super) fn validated_body(
+        &self,
+        res: reqwest::Response,
+        expected: u64,
+        path: &str,
+    ) -> UpstreamStream {
         let body = Box::pin(res.bytes_stream());
-        let state = (body, 0u64, false, self.metrics.clone());
+        let route = self.routes.label_of(path).to_string();
+        let metrics = (
+            self.metrics.bytes.with_label_values(&[&route]),
+            self.metrics.errors.clone(),
+            route,
+        );
+        let state = (body, 0u64, false, metrics);
         let stream = futures::stream::unfold(
             state,
             move |(mut body, mut received, done, metrics)| async move {
@@ -301,7 +321,7 @@ impl Upstream {
                 let item: Result<Bytes, UpstreamError> = match body.next().await {
                     Some(Ok(piece)) => {
                         received += piece.len() as u64;
-                        metrics.bytes.inc_by(piece.len() as u64);
+                        metrics.0.inc_by(piece.len() as u64);
                         if received > expected {
                             Err(UpstreamError::TooLong { expected })
                         } else {
@@ -316,7 +336,7 @@ impl Upstream {
                     None => return None,
                 };
                 if let Err(e) = &item {
-                    metrics.errors.with_label_values(&[e.label()]).inc();
+                    metrics.1.with_label_values(&[e.label(), &metrics.2]).inc();
                 }
                 let done = item.is_err();
                 Some((item, (body, received, done, metrics)))

@@ -19,6 +19,8 @@ struct Origin {
     follows_redirects: bool,
     /// `--ignore-query-param`: query parameters left out of this origin's cache keys.
     ignored_params: Vec<String>,
+    /// Its `route` label on the upstream metrics: the prefix as configured, `/` for `--upstream`.
+    label: String,
 }
 
 impl Origin {
@@ -29,6 +31,10 @@ impl Origin {
             base_url,
             follows_redirects: false,
             ignored_params: Vec::new(),
+            label: match prefix {
+                "" => "/".to_string(),
+                given => given.to_string(),
+            },
         }
     }
 
@@ -121,6 +127,12 @@ impl Routes {
         self.origins
             .iter()
             .find(|o| o.rest(path_and_query).is_some())
+    }
+
+    /// The `route` label of the origin serving `path_and_query` (`/` for `--upstream`).
+    pub fn label_of(&self, path_and_query: &str) -> &str {
+        self.origin_of(path_and_query)
+            .map_or("/", |o| o.label.as_str())
     }
 
     /// Whether the node follows the redirects of the origin serving `path_and_query`.
