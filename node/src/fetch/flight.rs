@@ -240,13 +240,8 @@ impl ChunkReader {
 const FIRST_PART: usize = 16 * 1024;
 const LAST_PART: usize = 256 * 1024;
 
-/// A piece a source delivers at least this large is handed out as it came, without a copy (the
-/// upstream client's own buffer); smaller ones are gathered into parts of the chunk's allocation.
-const KEEP_AS_IS: usize = 64 * 1024;
-
 /// Builds a chunk in one allocation of its exact size and hands each completed part to the
-/// flight's readers; the finished chunk is those same parts, so nothing is copied twice. Large
-/// pieces are not copied at all: they become parts as they are.
+/// flight's readers; the finished chunk is those same parts, so nothing is copied twice.
 pub(super) struct Assembly<'a> {
     buf: BytesMut,
     pushed: usize,
@@ -272,18 +267,6 @@ impl<'a> Assembly<'a> {
 
     pub(super) fn is_complete(&self) -> bool {
         self.received() == self.expected
-    }
-
-    /// Appends a piece as it came when it is large (see `KEEP_AS_IS`), else as `add` does; the
-    /// chunk's last bytes wait for `finish` either way.
-    pub(super) fn add_piece(&mut self, piece: Bytes) {
-        if piece.len() >= KEEP_AS_IS && self.received() + piece.len() < self.expected {
-            self.flush();
-            self.pushed += piece.len();
-            self.flight.push(piece);
-            return;
-        }
-        self.add(&piece);
     }
 
     /// Appends bytes; a part is handed out once it is large enough, except the chunk's last
@@ -336,7 +319,7 @@ impl<'a> Assembly<'a> {
             let piece = piece?;
             let dropped = skip.min(piece.len());
             skip -= dropped;
-            let fresh = piece.slice(dropped..);
+            let fresh = &piece[dropped..];
             let room = self.expected - self.received();
             if fresh.len() > room {
                 // What this source has not handed out yet is dropped, so the next source sends
@@ -348,7 +331,7 @@ impl<'a> Assembly<'a> {
                 });
             }
             // The chunk's last bytes are held back until the source ends cleanly.
-            self.add_piece(fresh);
+            self.add(fresh);
         }
         if !self.is_complete() {
             self.flush();

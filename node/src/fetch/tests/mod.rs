@@ -19,7 +19,6 @@ use crate::{
     upstream::UpstreamError,
 };
 
-mod assembly;
 mod budget;
 mod finished;
 mod single_flight;
