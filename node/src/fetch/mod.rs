@@ -249,12 +249,15 @@ impl ChunkFetcher {
     }
 
     /// A new response's window: fixed by `--readahead`, else adaptive up to the fetch cap and
-    /// what the fetch memory budget holds.
+    /// what the fetch memory budget holds. Before any chunk was measured, the upstream's answers
+    /// so far (this object's lookup) say how far away it is.
     fn new_window(&self, chunk_size: u64, route: Route) -> FetchWindow {
         let fixed = self.cfg.readahead.map(|r| r + 1);
         let budget_chunks = (self.cfg.flight_bytes / chunk_size.max(1)) as usize;
         let cap = self.cfg.max_upstream_fetches.min(budget_chunks);
-        FetchWindow::new(fixed, cap, chunk_size, self.links.for_route(route))
+        let round_trip = (self.sources.whole_objects.as_ref()).and_then(|u| u.round_trip());
+        let link = self.links.for_route(route).or_round_trip(round_trip);
+        FetchWindow::new(fixed, cap, chunk_size, link)
     }
 
     /// The sources to walk for chunk `key` of `meta`, in order.

@@ -54,12 +54,7 @@ impl RangeReader {
         route: Route,
     ) -> Self {
         let chunks = meta.chunks_for(&range);
-        // Before any chunk was measured, the upstream's answers so far (this object's lookup)
-        // say how far away it is.
-        let link = fetcher.links.for_route(route);
-        let round_trip = (fetcher.sources.whole_objects.as_ref()).and_then(|u| u.round_trip());
-        let window = fetcher.new_window(meta.chunk_size, route);
-        let size = window.knowing_round_trip(meta.chunk_size, link, round_trip);
+        let size = fetcher.new_window(meta.chunk_size, route);
         RangeReader {
             size,
             reported: 0,

@@ -69,6 +69,15 @@ impl Link {
         self.peak_throughput.or(self.throughput)
     }
 
+    /// Before any latency was measured, `round_trip` (the time the source's answers took so far)
+    /// stands in for it.
+    pub fn or_round_trip(self, round_trip: Option<f64>) -> Self {
+        Link {
+            latency: self.latency.or(round_trip),
+            ..self
+        }
+    }
+
     /// Time to fetch `bytes` over one connection: `None` until a latency was measured.
     pub fn fetch_time(&self, bytes: u64) -> Option<f64> {
         let transfer = self.per_connection().map_or(0.0, |r| bytes as f64 / r);
@@ -206,19 +215,6 @@ impl FetchWindow {
             first_bytes: None,
             climb: Climb::Start,
         }
-    }
-
-    /// Before any chunk from the upstream was measured, the round trip its answers took so far
-    /// (the lookup that found this object) stands in for the link's latency.
-    pub fn knowing_round_trip(self, chunk_size: u64, link: Link, round_trip: Option<f64>) -> Self {
-        if self.fixed.is_some() || link.latency.is_some() || round_trip.is_none() {
-            return self;
-        }
-        let link = Link {
-            latency: round_trip,
-            ..link
-        };
-        FetchWindow::new(None, self.cap, chunk_size, link)
     }
 
     /// How long after asking for its first chunk a response may start its read-ahead, when
@@ -369,6 +365,13 @@ mod tests {
         }
     }
 
+    /// A window of up to 32 chunks of a response whose first bytes arrived.
+    fn reading(link: Link) -> FetchWindow {
+        let mut w = FetchWindow::new(None, 32, MI, link);
+        w.took(1, Duration::ZERO);
+        w
+    }
+
     /// One pace period in which the reader took `bytes`, waiting most of the time.
     fn waiting_period(w: &mut FetchWindow, bytes: usize, link: Link) {
         std::thread::sleep(PACE_PERIOD + Duration::from_millis(10));
@@ -387,8 +390,7 @@ mod tests {
             throughput: Some(500.0 * MI as f64),
             ..Link::default()
         };
-        let mut w = FetchWindow::new(None, 32, MI, Link::default());
-        w.took(1, Duration::ZERO);
+        let mut w = reading(Link::default());
         waiting_period(&mut w, 100 * MI as usize, near);
         assert_eq!(w.size(), 16, "no slow start near, but a probe");
         // Twice the window, no more bytes: half the first one is tried next, then half that.
@@ -412,8 +414,7 @@ mod tests {
             throughput: Some(50.0 * MI as f64),
             peak_throughput: Some(50.0 * MI as f64),
         };
-        let mut w = FetchWindow::new(None, 32, MI, Link::default());
-        w.took(1, Duration::ZERO);
+        let mut w = reading(Link::default());
         let period = (200.0 * MI as f64 * (PACE_PERIOD.as_secs_f64() + 0.01)) as usize;
         waiting_period(&mut w, period, capped);
         assert_eq!(w.size(), 16);
@@ -433,8 +434,7 @@ mod tests {
             throughput: Some(50.0 * MI as f64),
             ..Link::default()
         };
-        let mut w = FetchWindow::new(None, 32, MI, Link::default());
-        w.took(1, Duration::ZERO);
+        let mut w = reading(Link::default());
         waiting_period(&mut w, 10 * MI as usize, near);
         waiting_period(&mut w, 20 * MI as usize, near);
         assert_eq!(w.size(), 32);
@@ -447,8 +447,7 @@ mod tests {
             throughput: Some(1000.0 * MI as f64),
             ..Link::default()
         };
-        let mut w = FetchWindow::new(None, 32, MI, Link::default());
-        w.took(1, Duration::ZERO);
+        let mut w = reading(Link::default());
         // A chunk per ~100 ms, never waiting: 10 MiB/s × 11 ms ≈ a tenth of a chunk in flight.
         for _ in 0..3 {
             std::thread::sleep(Duration::from_millis(100));
@@ -462,8 +461,7 @@ mod tests {
             latency: Some(1.0),
             ..link
         };
-        let mut w = FetchWindow::new(None, 32, MI, far);
-        w.took(1, Duration::ZERO);
+        let mut w = reading(far);
         for _ in 0..3 {
             std::thread::sleep(Duration::from_millis(100));
             w.took(MI as usize, Duration::ZERO);
@@ -479,8 +477,7 @@ mod tests {
             throughput: Some(1000.0 * MI as f64),
             ..Link::default()
         };
-        let mut w = FetchWindow::new(None, 32, MI, Link::default());
-        w.took(1, Duration::ZERO);
+        let mut w = reading(Link::default());
         // A socket drained: one chunk after 300 ms, then four at once.
         std::thread::sleep(Duration::from_millis(300));
         for _ in 0..5 {
@@ -555,31 +552,21 @@ mod tests {
     fn a_cold_upstream_far_away_starts_with_the_whole_window() {
         // Nothing measured yet; the lookup that found the object took 50 ms to answer.
         let unmeasured = Link::default();
-        let w = FetchWindow::new(None, 32, MI, unmeasured);
-        assert_eq!(w.size(), INITIAL_WINDOW);
-        let w = w.knowing_round_trip(MI, unmeasured, Some(0.05));
-        assert_eq!(w.size(), 32);
+        let window = |link: Link, round_trip| {
+            FetchWindow::new(None, 32, MI, link.or_round_trip(round_trip)).size()
+        };
+        assert_eq!(window(unmeasured, None), INITIAL_WINDOW);
+        assert_eq!(window(unmeasured, Some(0.05)), 32);
         // Near (2 ms), or with the link measured already, or a fixed window: unchanged.
-        let near = FetchWindow::new(None, 32, MI, unmeasured);
-        assert_eq!(
-            near.knowing_round_trip(MI, unmeasured, Some(0.002)).size(),
-            INITIAL_WINDOW
-        );
+        assert_eq!(window(unmeasured, Some(0.002)), INITIAL_WINDOW);
         let measured = Link {
             latency: Some(0.001),
             throughput: Some(500.0 * MI as f64),
             ..Link::default()
         };
-        let w = FetchWindow::new(None, 32, MI, measured);
-        assert_eq!(
-            w.knowing_round_trip(MI, measured, Some(0.05)).size(),
-            INITIAL_WINDOW
-        );
-        let fixed = FetchWindow::new(Some(3), 32, MI, unmeasured);
-        assert_eq!(
-            fixed.knowing_round_trip(MI, unmeasured, Some(0.05)).size(),
-            3
-        );
+        assert_eq!(window(measured, Some(0.05)), INITIAL_WINDOW);
+        let fixed = FetchWindow::new(Some(3), 32, MI, unmeasured.or_round_trip(Some(0.05)));
+        assert_eq!(fixed.size(), 3);
     }
 
     #[test]
