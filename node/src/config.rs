@@ -552,7 +552,7 @@ impl Config {
     }
 
     /// `--route`s: no prefix twice, and every route another flag names exists (`/` is
-    /// `--upstream`'s).
+    /// `--upstream`'s): the routes as the upstream client will build them.
     fn check_routes(&self) -> Result<(), ConfigError> {
         casserole_limits::check_routes(
             self.routes
@@ -563,30 +563,16 @@ impl Config {
             flag: "--route",
             message,
         })?;
-        let names_a_route = |prefix: &str| {
-            let wanted = prefix.trim_end_matches('/');
-            wanted.is_empty()
-                || (self.routes.iter()).any(|r| r.prefix.trim_end_matches('/') == wanted)
-        };
-        let named = (self
-            .follow_redirects
-            .iter()
-            .map(|p| ("--follow-redirects", p)))
-        .chain(
-            self.ignore_query_params
-                .iter()
-                .map(|p| ("--ignore-query-param", &p.prefix)),
-        );
-        for (flag, prefix) in named {
-            if !names_a_route(prefix) {
-                return Err(ConfigError::Invalid {
-                    flag,
-                    message: format!(
-                        "{prefix:?} names no route (a --route prefix, or / for --upstream)"
-                    ),
-                });
-            }
-        }
+        crate::upstream::Routes::new(
+            self.upstream().clone(),
+            &self.routes,
+            &self.follow_redirects,
+            &self.ignore_query_params,
+        )
+        .map_err(|e| ConfigError::Invalid {
+            flag: e.flag,
+            message: e.message,
+        })?;
         let ignored = self.ignore_query_params.len();
         if ignored > casserole_limits::IGNORED_PARAMS_MAX {
             return Err(ConfigError::Invalid {

@@ -62,6 +62,7 @@ mod round_trips;
 
 mod follow;
 mod routes;
+pub use routes::{Routes, RoutesError};
 mod signed;
 pub use signed::SignatureError;
 
@@ -203,7 +204,7 @@ impl Upstream {
                 &cfg.follow_redirects,
                 &cfg.ignore_query_params,
             )
-            .map_err(anyhow::Error::msg)?,
+            .map_err(anyhow::Error::new)?,
             metrics,
             round_trips: Default::default(),
         })

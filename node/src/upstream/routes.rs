@@ -62,6 +62,14 @@ impl Origin {
     }
 }
 
+/// Why a set of routes cannot run, and the flag to blame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{flag}: {message}")]
+pub struct RoutesError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
 /// The origins of a node, longest prefix first, `--upstream` last.
 #[derive(Debug, Clone)]
 pub struct Routes {
@@ -77,10 +85,13 @@ impl Routes {
         routes: &[casserole_limits::Route],
         follow_redirects: &[String],
         ignored: &[casserole_limits::IgnoredParam],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, RoutesError> {
         let mut origins = Vec::with_capacity(routes.len() + 1);
         for route in routes {
-            let url = reqwest::Url::parse(&route.url).map_err(|e| format!("{}: {e}", route.url))?;
+            let url = reqwest::Url::parse(&route.url).map_err(|e| RoutesError {
+                flag: "--route",
+                message: format!("{}: {e}", route.url),
+            })?;
             origins.push(Origin::new(&route.prefix, url));
         }
         origins.sort_by_key(|o| std::cmp::Reverse(o.prefix.len()));
@@ -99,13 +110,16 @@ impl Routes {
     }
 
     /// The origin a flag names by its route prefix (`/`: `--upstream`).
-    fn named(&mut self, flag: &str, prefix: &str) -> Result<&mut Origin, String> {
+    fn named(&mut self, flag: &'static str, prefix: &str) -> Result<&mut Origin, RoutesError> {
         let wanted = prefix.trim_end_matches('/');
         self.origins
             .iter_mut()
             .find(|o| o.prefix == wanted)
-            .ok_or_else(|| {
-                format!("{flag} {prefix:?} names no route (a --route prefix, or / for --upstream)")
+            .ok_or_else(|| RoutesError {
+                flag,
+                message: format!(
+                    "{prefix:?} names no route (a --route prefix, or / for --upstream)"
+                ),
             })
     }
 
@@ -230,10 +244,8 @@ mod tests {
             &[casserole_limits::parse_ignored_param("/x/=Signature").unwrap()],
         )
         .unwrap_err();
-        assert!(
-            err.contains("--ignore-query-param \"/x/\" names no route"),
-            "{err}"
-        );
+        assert_eq!(err.flag, "--ignore-query-param");
+        assert!(err.message.contains("\"/x/\" names no route"), "{err}");
     }
 
     #[test]
@@ -275,7 +287,8 @@ mod tests {
             &[],
         )
         .unwrap_err();
-        assert!(err.contains("names no route"), "{err}");
+        assert_eq!(err.flag, "--follow-redirects");
+        assert!(err.message.contains("names no route"), "{err}");
     }
 
     #[test]
