@@ -27,15 +27,26 @@ pub struct BodyDigest {
 /// hanging it.
 pub fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| builder().build().expect("building the test HTTP client"))
+}
+
+/// Like [`client`], but a redirect is answered to the test as it came, never followed.
+pub fn not_following() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
-        install_crypto_provider();
-        reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
-            .read_timeout(Duration::from_secs(30))
+        builder()
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("building the test HTTP client")
     })
+}
+
+fn builder() -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(30))
 }
 
 /// reqwest is built with `rustls-no-provider`, so building any client (even for plain HTTP)

@@ -292,11 +292,7 @@ async fn presigned_url(client: &reqwest::Client, node: &str) -> String {
 /// A node of `signed_cache` and a client that does not follow redirects.
 async fn signed_node(repo: &Path, extra: &[&str]) -> (Hub, Cache, reqwest::Client) {
     let (hub, cache) = signed_cache(repo, false, extra).await;
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    (hub, cache, client)
+    (hub, cache, casserole_tests::client::not_following().clone())
 }
 
 /// Requests the CDN answered, and the body bytes of its successful answers.

@@ -246,10 +246,7 @@ async fn only_a_2xx_write_invalidates_and_the_flag_turns_it_off() {
         .arg("--no-write-invalidation")
         .spawn()
         .await;
-    let no_redirects = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let no_redirects = casserole_tests::client::not_following();
     for (node, path, obj) in [(&node, "/login", &obj), (&quiet, "/kept", &kept)] {
         let url = format!("{}{path}", node.url());
         assert_eq!(get_sha256(&url, &[]).await.unwrap().sha256, obj.sha256());

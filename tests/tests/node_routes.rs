@@ -3,7 +3,7 @@
 //! the file leaves the CDN once for every client.
 
 use casserole_tests::{
-    client::{get_sha256, header},
+    client::{get_sha256, header, not_following},
     harness::NodeBuilder,
     origin::{ObjectSpec, Origin},
 };
@@ -31,11 +31,7 @@ async fn a_hubs_redirect_to_its_cdn_goes_through_the_cache() {
         .await;
 
     // The redirect itself: absolute, to the route on this node; its other headers unchanged.
-    let no_follow = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let res = no_follow
+    let res = not_following()
         .get(format!("{}/m/resolve/main/weights.bin", node.url()))
         .send()
         .await
@@ -116,14 +112,6 @@ async fn routes_keep_their_own_path_checks() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("route"));
 }
 
-/// A client that never follows redirects.
-fn no_follow() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redirects_are_followed_only_into_the_nodes_origins_and_a_few_hops() {
     let hub = Origin::start().await;
@@ -152,7 +140,7 @@ async fn redirects_are_followed_only_into_the_nodes_origins_and_a_few_hops() {
         .spawn()
         .await;
 
-    let res = no_follow()
+    let res = not_following()
         .get(format!("{}/away", node.url()))
         .send()
         .await
@@ -169,7 +157,7 @@ async fn redirects_are_followed_only_into_the_nodes_origins_and_a_few_hops() {
         "the node never asked that host"
     );
 
-    let res = no_follow()
+    let res = not_following()
         .get(format!("{}/loop/a", node.url()))
         .send()
         .await
