@@ -296,31 +296,49 @@ impl ChunkFetcher {
         self.metrics.lookups.with_label_values(&[tier]).inc();
     }
 
-    /// Like `open`, but a chunk now in memory is only looked up again when it is read.
+    /// Like `open` for a chunk ahead of the one its reader waits for: a chunk now in memory is
+    /// only looked up again when it is read, and a new fetch starts only if memory for it is
+    /// free now (`None` otherwise: the reader opens the chunk when it gets there).
     pub fn open_ahead(
         self: &Arc<Self>,
         meta: &Arc<ObjectMeta>,
         version: &Arc<str>,
         index: u64,
         route: Route,
-    ) -> ChunkReader {
+    ) -> Option<ChunkReader> {
         if self
             .sources
             .memory
             .contains(&meta.chunk_key(version, index))
         {
-            return ChunkReader::deferred(
+            return Some(ChunkReader::deferred(
                 self.clone(),
                 meta.clone(),
                 version.clone(),
                 index,
                 route,
-            );
+            ));
         }
-        self.open(meta, version, index, route)
+        self.open_now(meta, version, index, route)
     }
 
-    /// Starts (or joins) getting chunk `index` of `meta`; never waits.
+    /// Like `open`, but a new fetch starts only if memory for it is free now (`None`
+    /// otherwise).
+    pub fn open_now(
+        self: &Arc<Self>,
+        meta: &Arc<ObjectMeta>,
+        version: &Arc<str>,
+        index: u64,
+        route: Route,
+    ) -> Option<ChunkReader> {
+        let key = meta.chunk_key(version, index);
+        let bytes = meta.chunk_len(index).min(u32::MAX as u64) as u32;
+        let claimed = self.flights.claim_ahead(&key, bytes)?;
+        Some(self.reader_of(meta, &key, route, claimed))
+    }
+
+    /// Starts (or joins) getting chunk `index` of `meta`; never waits (a new fetch waits for
+    /// its memory in its own task).
     pub fn open(
         self: &Arc<Self>,
         meta: &Arc<ObjectMeta>,
@@ -329,7 +347,18 @@ impl ChunkFetcher {
         route: Route,
     ) -> ChunkReader {
         let key = meta.chunk_key(version, index);
-        match self.flights.claim(&key) {
+        let claimed = self.flights.claim(&key);
+        self.reader_of(meta, &key, route, claimed)
+    }
+
+    fn reader_of(
+        self: &Arc<Self>,
+        meta: &Arc<ObjectMeta>,
+        key: &ChunkKey,
+        route: Route,
+        claimed: Claimed,
+    ) -> ChunkReader {
+        match claimed {
             Claimed::Hit(chunk) => {
                 self.count_lookup(SourceKind::Memory.label());
                 ChunkReader::ready(chunk)
@@ -340,7 +369,7 @@ impl ChunkFetcher {
             }
             Claimed::Led(claim) => {
                 let reader = claim.follow();
-                let seat = self.feed_seat(meta, &key, route);
+                let seat = self.feed_seat(meta, key, route);
                 tokio::spawn(self.clone().fly(meta.clone(), claim, route, seat));
                 reader
             }

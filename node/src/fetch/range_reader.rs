@@ -6,7 +6,10 @@ use std::{collections::VecDeque, ops::RangeInclusive, sync::Arc, time::Instant};
 use bytes::Bytes;
 use futures::Stream;
 
-use super::{flight::ChunkReader, window::FetchWindow, ChunkFetcher, LeadingChunk};
+use super::{
+    flight::ChunkReader, single_flight::SETTLE_EVERY, window::FetchWindow, ChunkFetcher,
+    LeadingChunk,
+};
 use crate::{
     object::ObjectMeta,
     source::{FetchError, Route, SourceKind},
@@ -150,7 +153,12 @@ impl RangeReader {
             let reader = if self.window.is_empty() {
                 fetcher.open(&self.meta, &self.version, index, self.route)
             } else {
-                fetcher.open_ahead(&self.meta, &self.version, index, self.route)
+                // No memory free for it now: read ahead again once the reader moved on.
+                let Some(reader) = fetcher.open_ahead(&self.meta, &self.version, index, self.route)
+                else {
+                    break;
+                };
+                reader
             };
             self.window.push_back(Open {
                 index,
@@ -178,10 +186,14 @@ impl RangeReader {
         loop {
             self.fill_window();
             let chunk_size = self.meta.chunk_size;
+            if self.window.front()?.reader.is_deferred() {
+                self.reopen_front();
+            }
+            let asked = Instant::now();
+            let item = self.front_piece().await;
             let open = self.window.front_mut()?;
             let chunk_start = open.index * chunk_size;
-            let asked = Instant::now();
-            match open.reader.next().await {
+            match item {
                 Some(Ok(piece)) => {
                     self.size.took(piece.len(), asked.elapsed());
                     let piece_start = chunk_start + open.offset;
@@ -215,9 +227,7 @@ impl RangeReader {
                         && !matches!(e, FetchError::Upstream(UpstreamError::Changed(_))) =>
                 {
                     open.retried = true;
-                    open.reader =
-                        self.fetcher
-                            .open(&self.meta, &self.version, open.index, self.route);
+                    self.reopen_front();
                 }
                 Some(Err(e)) => {
                     self.last_origin = Some((open.reader.origin(), open.reader.collapsed));
@@ -240,6 +250,51 @@ impl RangeReader {
                 }
             }
         }
+    }
+
+    /// The next piece of the chunk at the front of the window. Should its fetch wait for
+    /// memory, the chunks read ahead are let go meanwhile (they are opened again later): a
+    /// reader waiting for memory holds none, or readers whose read-ahead fills the budget
+    /// would wait on one another.
+    async fn front_piece(&mut self) -> Option<Result<Bytes, FetchError>> {
+        loop {
+            let ahead = self.window.len() > 1;
+            let open = self.window.front_mut()?;
+            if !ahead {
+                return open.reader.next().await;
+            }
+            // ChunkReader::next is cancel-safe: it moves on only when it returns a piece.
+            match tokio::time::timeout(SETTLE_EVERY, open.reader.next()).await {
+                Ok(item) => return item,
+                Err(_) if open.reader.awaits_memory() => self.let_go_ahead(),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Drops the window's chunks after the front one; they are opened again when reached.
+    fn let_go_ahead(&mut self) {
+        if let Some(front) = self.window.front() {
+            self.next_to_open = front.index + 1;
+            self.window.truncate(1);
+        }
+    }
+
+    /// Opens the chunk at the front of the window (again). When that needs memory that is not
+    /// free now, the chunks read ahead are let go first (they are opened again later): a reader
+    /// waiting for memory then holds none, so readers never wait on each other's read-ahead.
+    fn reopen_front(&mut self) {
+        let index = self.window.front().expect("a front chunk").index;
+        let (fetcher, meta, version) = (&self.fetcher, &self.meta, &self.version);
+        let reader = match fetcher.open_now(meta, version, index, self.route) {
+            Some(reader) => reader,
+            None => {
+                let reader = fetcher.open(meta, version, index, self.route);
+                self.let_go_ahead();
+                reader
+            }
+        };
+        self.window.front_mut().expect("a front chunk").reader = reader;
     }
 
     fn fail(&mut self, error: FetchError) -> FetchError {

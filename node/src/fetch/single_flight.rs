@@ -50,6 +50,9 @@ pub(super) struct Flights {
 const FORGOTTEN_VERSIONS: u64 = 100_000;
 const FORGOTTEN_FOR: Duration = Duration::from_secs(3600);
 
+/// How often a fetch waiting for memory has the memory tier release what it evicted.
+pub(super) const SETTLE_EVERY: Duration = Duration::from_millis(20);
+
 /// What a caller that wants a chunk gets.
 pub(super) enum Claimed {
     /// In memory, or a finished flight whose stores are still writing.
@@ -102,19 +105,40 @@ impl Flights {
             return Claimed::Hit(chunk);
         }
         let mut map = self.map.lock().expect("flights lock");
+        match self.had(&map, key) {
+            Some(had) => had,
+            None => Claimed::Led(self.insert(&mut map, key, None)),
+        }
+    }
+
+    /// Like [`Flights::claim`] for a chunk ahead of the one its reader waits for: a new fetch
+    /// only with its `bytes` of memory free now, else `None`. Read-ahead that waited for memory
+    /// could hold what the chunks readers wait for need.
+    pub(super) fn claim_ahead(self: &Arc<Self>, key: &ChunkKey, bytes: u32) -> Option<Claimed> {
+        if let Some(chunk) = self.memory.ready(key) {
+            return Some(Claimed::Hit(chunk));
+        }
+        let permit = self.budget.clone().try_acquire_many_owned(bytes).ok();
+        let mut map = self.map.lock().expect("flights lock");
+        if let Some(had) = self.had(&map, key) {
+            return Some(had);
+        }
+        let budget = Budget::new(permit?, &self.gauge, bytes);
+        Some(Claimed::Led(self.insert(&mut map, key, Some(budget))))
+    }
+
+    /// A running or finished flight of `key`, or the chunk in memory, under the map's lock.
+    fn had(&self, map: &HashMap<ChunkKey, Arc<Flight>>, key: &ChunkKey) -> Option<Claimed> {
         if let Some(flight) = map.get(key) {
-            return match flight.finished() {
+            return Some(match flight.finished() {
                 Some(chunk) => Claimed::Hit(chunk),
                 None => Claimed::Joined(flight.follow(true)),
-            };
+            });
         }
         // A flight completes by filling memory and then leaving the map, both before we took
         // the lock or both after: checking memory again here means a chunk is never fetched
         // twice.
-        if let Some(chunk) = self.memory.ready(key) {
-            return Claimed::Hit(chunk);
-        }
-        Claimed::Led(self.insert(&mut map, key, None))
+        self.memory.ready(key).map(Claimed::Hit)
     }
 
     /// A new fetch of `key` for a caller that cannot wait for memory (a whole-object stream
@@ -235,8 +259,25 @@ impl Claim {
             return Ok(());
         }
         let wait = self.flights.wait;
-        let acquire = self.flights.budget.clone().acquire_many_owned(bytes);
-        match tokio::time::timeout(wait, acquire).await {
+        let acquire = async {
+            let acquire = self.flights.budget.clone().acquire_many_owned(bytes);
+            tokio::pin!(acquire);
+            loop {
+                // The memory tier lets go of what it evicts (and of its memory) in moka's
+                // deferred maintenance, which storing or reading a chunk runs; while every
+                // reader waits for memory nothing does, and a fetch could wait for memory the
+                // tier was about to free (measured: 16 clients of a disk-tier object on a 16Mi
+                // node stalled for seconds at a time until something touched the tier).
+                self.flights.memory.settle();
+                if let Ok(permit) = tokio::time::timeout(SETTLE_EVERY, &mut acquire).await {
+                    break permit;
+                }
+            }
+        };
+        self.flight.set_awaits_memory(true);
+        let acquired = tokio::time::timeout(wait, acquire).await;
+        self.flight.set_awaits_memory(false);
+        match acquired {
             Ok(permit) => {
                 let permit = permit.expect("the flight budget is never closed");
                 self.budget = Some(Budget::new(permit, &self.flights.gauge, bytes));

@@ -100,6 +100,12 @@ impl MemoryTier {
         }
     }
 
+    /// Runs the cache's deferred maintenance: evictions are carried out, and chunks it evicted
+    /// that moka still held in its records of recent reads are let go (with their memory).
+    pub fn settle(&self) {
+        self.chunks.run_pending_tasks();
+    }
+
     /// Brings the size gauges up to date (called before metrics are rendered).
     pub fn refresh_gauges(&self) {
         self.chunks.run_pending_tasks();

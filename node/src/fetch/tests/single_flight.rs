@@ -111,3 +111,49 @@ async fn a_chunk_of_a_version_purged_mid_fetch_reaches_its_reader_but_no_store()
     }
     assert!(f.memory().contains(&key_of(&m, 0)));
 }
+
+/// Read-ahead never waits for memory: with none free it starts no fetch (and leaves nothing in
+/// the map), and it joins a fetch already running whatever memory is free.
+#[tokio::test]
+async fn read_ahead_starts_a_fetch_only_with_memory_free_now() {
+    let f = without_readahead(
+        Fake::new(SourceKind::Upstream, Behaviour::Serves),
+        1,
+        1,
+        Duration::from_secs(5),
+    );
+    let m = meta(8 * CHUNK);
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            f.flights
+                .claim_now(&key_of(&m, i), CHUNK as u32)
+                .expect("free memory")
+        })
+        .collect();
+    let ahead = key_of(&m, 2);
+    assert!(
+        f.flights.claim_ahead(&ahead, CHUNK as u32).is_none(),
+        "no memory free"
+    );
+    let Claimed::Led(mut waiting) = f.flights.claim(&ahead) else {
+        panic!("nothing had the chunk, so the first claim did not start a fetch");
+    };
+    assert!(
+        matches!(
+            f.flights.claim_ahead(&ahead, CHUNK as u32),
+            Some(Claimed::Joined(_))
+        ),
+        "a running fetch is joined"
+    );
+    drop(held);
+    waiting.reserve(CHUNK as u32).await.expect("memory freed");
+    assert_eq!(f.metrics.flight_bytes.get(), CHUNK as i64);
+    let Some(Claimed::Led(_next)) = f.flights.claim_ahead(&key_of(&m, 3), CHUNK as u32) else {
+        panic!("memory is free for one more");
+    };
+    assert_eq!(
+        f.metrics.flight_bytes.get(),
+        2 * CHUNK as i64,
+        "its memory is held"
+    );
+}
