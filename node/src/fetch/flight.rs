@@ -264,6 +264,9 @@ const LAST_PART: usize = 256 * 1024;
 /// flight's readers; the finished chunk is those same parts, so nothing is copied twice.
 pub(super) struct Assembly<'a> {
     buf: BytesMut,
+    /// The whole chunk, when a source handed it over in one piece (a disk file read at once):
+    /// kept as it is rather than copied (it is the chunk's held-back last bytes).
+    whole: Option<Bytes>,
     pushed: usize,
     expected: usize,
     flush_at: usize,
@@ -273,7 +276,8 @@ pub(super) struct Assembly<'a> {
 impl<'a> Assembly<'a> {
     pub(super) fn new(expected: usize, flight: &'a Flight) -> Self {
         Assembly {
-            buf: BytesMut::with_capacity(expected),
+            buf: BytesMut::new(),
+            whole: None,
             pushed: 0,
             expected,
             flush_at: FIRST_PART,
@@ -282,7 +286,7 @@ impl<'a> Assembly<'a> {
     }
 
     pub(super) fn received(&self) -> usize {
-        self.pushed + self.buf.len()
+        self.pushed + self.buf.len() + self.whole.as_ref().map_or(0, Bytes::len)
     }
 
     pub(super) fn is_complete(&self) -> bool {
@@ -292,6 +296,10 @@ impl<'a> Assembly<'a> {
     /// Appends bytes; a part is handed out once it is large enough, except the chunk's last
     /// bytes, which wait for `finish`.
     pub(super) fn add(&mut self, bytes: &[u8]) {
+        if self.buf.capacity() == 0 {
+            // One allocation for the whole chunk, made when its first bytes arrive in pieces.
+            self.buf.reserve(self.expected - self.received());
+        }
         if self.received() + bytes.len() == self.expected {
             self.flush();
             self.buf.extend_from_slice(bytes);
@@ -345,13 +353,18 @@ impl<'a> Assembly<'a> {
                 // What this source has not handed out yet is dropped, so the next source sends
                 // it again: readers never get a byte from a source that overran.
                 self.buf.clear();
+                self.whole = None;
                 return Err(FetchError::TooLong {
                     from: source,
                     expected: self.expected as u64,
                 });
             }
             // The chunk's last bytes are held back until the source ends cleanly.
-            self.add(fresh);
+            if self.received() == 0 && piece.len() == self.expected {
+                self.whole = Some(piece);
+            } else {
+                self.add(fresh);
+            }
         }
         if !self.is_complete() {
             self.flush();
@@ -367,7 +380,10 @@ impl<'a> Assembly<'a> {
     /// The complete chunk, and its last bytes, which the flight's readers get from
     /// `Flight::finish`.
     pub(super) fn finish(mut self) -> (Chunk, Bytes) {
-        let tail = self.buf.split().freeze();
+        let tail = self
+            .whole
+            .take()
+            .unwrap_or_else(|| self.buf.split().freeze());
         let mut pieces = self.flight.pieces.lock().expect("flight lock").clone();
         if !tail.is_empty() {
             pieces.push(tail.clone());

@@ -19,6 +19,7 @@ use crate::{
     upstream::UpstreamError,
 };
 
+mod assembly;
 mod budget;
 mod finished;
 mod single_flight;
