@@ -1,6 +1,6 @@
 //! One chunk being fetched (a flight), the readers that follow it, and the assembly of its bytes.
 
-use std::sync::{atomic::Ordering, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -32,8 +32,6 @@ pub(super) struct Flight {
     pin: Mutex<Option<Arc<tokio::sync::OwnedSemaphorePermit>>>,
     /// The complete chunk, once finished: a finished flight still in the map answers as a hit.
     done: Mutex<Option<Chunk>>,
-    /// The fetch waits for its share of the memory budget.
-    awaits_memory: std::sync::atomic::AtomicBool,
 }
 
 impl Flight {
@@ -44,17 +42,12 @@ impl Flight {
             progress: watch::Sender::new(Progress::Running(0)),
             pin: Mutex::new(None),
             done: Mutex::new(None),
-            awaits_memory: Default::default(),
         }
     }
 
     /// Keeps the chunk's memory share for as long as readers follow this flight.
     pub(super) fn hold(&self, pin: Arc<tokio::sync::OwnedSemaphorePermit>) {
         *self.pin.lock().expect("flight lock") = Some(pin);
-    }
-
-    pub(super) fn set_awaits_memory(&self, waits: bool) {
-        self.awaits_memory.store(waits, Ordering::Relaxed);
     }
 
     pub(super) fn origin(&self) -> SourceKind {
@@ -191,14 +184,6 @@ impl ChunkReader {
     /// Not opened yet: the chunk was in memory when its reader's window reached it.
     pub fn is_deferred(&self) -> bool {
         matches!(self.state, ReaderState::Deferred { .. })
-    }
-
-    /// The fetch this reader follows waits for memory.
-    pub fn awaits_memory(&self) -> bool {
-        match &self.state {
-            ReaderState::Following { flight, .. } => flight.awaits_memory.load(Ordering::Relaxed),
-            _ => false,
-        }
     }
 
     /// Where this chunk's bytes come from, as far as known now.

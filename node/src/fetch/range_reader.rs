@@ -6,10 +6,7 @@ use std::{collections::VecDeque, ops::RangeInclusive, sync::Arc, time::Instant};
 use bytes::Bytes;
 use futures::Stream;
 
-use super::{
-    flight::ChunkReader, single_flight::SETTLE_EVERY, window::FetchWindow, ChunkFetcher,
-    LeadingChunk,
-};
+use super::{flight::ChunkReader, window::FetchWindow, ChunkFetcher, LeadingChunk};
 use crate::{
     object::ObjectMeta,
     source::{FetchError, Route, SourceKind},
@@ -189,11 +186,10 @@ impl RangeReader {
             if self.window.front()?.reader.is_deferred() {
                 self.reopen_front();
             }
-            let asked = Instant::now();
-            let item = self.front_piece().await;
             let open = self.window.front_mut()?;
             let chunk_start = open.index * chunk_size;
-            match item {
+            let asked = Instant::now();
+            match open.reader.next().await {
                 Some(Ok(piece)) => {
                     self.size.took(piece.len(), asked.elapsed());
                     let piece_start = chunk_start + open.offset;
@@ -252,26 +248,6 @@ impl RangeReader {
         }
     }
 
-    /// The next piece of the chunk at the front of the window. Should its fetch wait for
-    /// memory, the chunks read ahead are let go meanwhile (they are opened again later): a
-    /// reader waiting for memory holds none, or readers whose read-ahead fills the budget
-    /// would wait on one another.
-    async fn front_piece(&mut self) -> Option<Result<Bytes, FetchError>> {
-        loop {
-            let ahead = self.window.len() > 1;
-            let open = self.window.front_mut()?;
-            if !ahead {
-                return open.reader.next().await;
-            }
-            // ChunkReader::next is cancel-safe: it moves on only when it returns a piece.
-            match tokio::time::timeout(SETTLE_EVERY, open.reader.next()).await {
-                Ok(item) => return item,
-                Err(_) if open.reader.awaits_memory() => self.let_go_ahead(),
-                Err(_) => {}
-            }
-        }
-    }
-
     /// Drops the window's chunks after the front one; they are opened again when reached.
     fn let_go_ahead(&mut self) {
         if let Some(front) = self.window.front() {
@@ -280,9 +256,10 @@ impl RangeReader {
         }
     }
 
-    /// Opens the chunk at the front of the window (again). When that needs memory that is not
-    /// free now, the chunks read ahead are let go first (they are opened again later): a reader
-    /// waiting for memory then holds none, so readers never wait on each other's read-ahead.
+    /// Opens the chunk at the front of the window (again: it left memory after the window
+    /// reached it, or the fetch it joined failed). When that needs memory that is not free now,
+    /// the chunks read ahead are let go first (they are opened again when reached), so the
+    /// reader does not hold memory while it waits for memory.
     fn reopen_front(&mut self) {
         let index = self.window.front().expect("a front chunk").index;
         let (fetcher, meta, version) = (&self.fetcher, &self.meta, &self.version);

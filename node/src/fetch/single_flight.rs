@@ -51,7 +51,7 @@ const FORGOTTEN_VERSIONS: u64 = 100_000;
 const FORGOTTEN_FOR: Duration = Duration::from_secs(3600);
 
 /// How often a fetch waiting for memory has the memory tier release what it evicted.
-pub(super) const SETTLE_EVERY: Duration = Duration::from_millis(20);
+const SETTLE_EVERY: Duration = Duration::from_millis(20);
 
 /// What a caller that wants a chunk gets.
 pub(super) enum Claimed {
@@ -274,10 +274,7 @@ impl Claim {
                 }
             }
         };
-        self.flight.set_awaits_memory(true);
-        let acquired = tokio::time::timeout(wait, acquire).await;
-        self.flight.set_awaits_memory(false);
-        match acquired {
+        match tokio::time::timeout(wait, acquire).await {
             Ok(permit) => {
                 let permit = permit.expect("the flight budget is never closed");
                 self.budget = Some(Budget::new(permit, &self.flights.gauge, bytes));
