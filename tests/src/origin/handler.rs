@@ -179,14 +179,105 @@ fn plain(status: u16, text: &str) -> Result<Response<Body>, BoxError> {
         .body(body::text(text.to_string()))?)
 }
 
+/// What the handler needs to know of a request besides its headers.
+struct Asked {
+    method: Method,
+    is_head: bool,
+    has_range: bool,
+}
+
+/// The object a request found, what the fault rules did to it, and its key in the stats.
+struct Found {
+    key: String,
+    obj: ObjectState,
+    applied: faults::Applied,
+}
+
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, BoxError> {
-    let method = req.method().clone();
+    let asked = Asked {
+        method: req.method().clone(),
+        is_head: req.method() == Method::HEAD,
+        has_range: req.headers().contains_key(header::RANGE),
+    };
+    let found = match look_up(&shared, &req, &asked)? {
+        Ok(found) => found,
+        Err(answered) => return Ok(answered),
+    };
+    if found.applied.fired > 0 {
+        let fired = found.applied.fired;
+        shared.stats.update(&found.key, |s| s.faults_fired += fired);
+    }
+    // Counted from arrival, so requests waiting out the latency show as concurrent too.
+    let in_flight = (asked.method == Method::GET).then(|| shared.stats.in_flight(&found.key));
+    if let Some(answered) = before_the_body(&shared, req.headers(), &asked, &found).await? {
+        return Ok(answered);
+    }
+    respond(&shared, req.headers(), &asked, found, in_flight)
+}
+
+/// Under one lock: the request is counted, and the object, the faults that apply and the
+/// version change they trigger are taken together (atomic with respect to other requests).
+/// `Ok(Err(_))` is a request answered here (a write, a method not served, no such object).
+fn look_up(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    asked: &Asked,
+) -> Result<Result<Found, Response<Body>>, BoxError> {
+    let mut state = shared.state.lock().unwrap();
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let key = match state.objects.contains_key(pq) {
+        true => pq,
+        false => req.uri().path(),
+    }
+    .to_string();
+    count(&shared.stats, &key, req, asked);
+    let method = &asked.method;
+    if matches!(
+        *method,
+        Method::PUT | Method::POST | Method::PATCH | Method::DELETE
+    ) && state.objects.contains_key(&key)
+    {
+        // A write the origin accepts (the object itself stays as configured).
+        let spec = &state.objects[&key].spec;
+        let mut res = plain(spec.write_status, "")?;
+        for (name, value) in &spec.write_headers {
+            res.headers_mut().append(
+                header::HeaderName::from_bytes(name.as_bytes())?,
+                header::HeaderValue::from_str(value)?,
+            );
+        }
+        return Ok(Err(res));
+    }
+    if *method != Method::GET && !asked.is_head {
+        return Ok(Err(plain(405, "only GET and HEAD\n")?));
+    }
+    let Some(obj) = state.objects.get(&key).cloned() else {
+        shared.stats.update(&key, |s| s.not_found += 1);
+        return Ok(Err(plain(404, "no such object\n")?));
+    };
+    let kind = match (asked.is_head, asked.has_range) {
+        (true, _) => RequestKind::Head,
+        (false, true) => RequestKind::RangeGet,
+        (false, false) => RequestKind::FullGet,
+    };
+    let applied = state
+        .faults
+        .get_mut(&key)
+        .map(|rules| faults::take(rules, kind))
+        .unwrap_or_default();
+    if applied.bump_version {
+        if let Some(o) = state.objects.get_mut(&key) {
+            o.bump();
+        }
+    }
+    Ok(Ok(Found { key, obj, applied }))
+}
+
+fn count(stats: &super::stats::Registry, key: &str, req: &Request<Incoming>, asked: &Asked) {
     let headers = req.headers();
-    let is_head = method == Method::HEAD;
-    let has_range = headers.contains_key(header::RANGE);
     let conditional = [
         header::IF_MATCH,
         header::IF_NONE_MATCH,
@@ -196,89 +287,37 @@ pub(crate) async fn handle(
     ]
     .iter()
     .any(|h| headers.contains_key(h));
-    let stats = shared.stats.clone();
+    let request_headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let get = asked.method == Method::GET;
+    stats.update(key, |s| {
+        s.last_request_headers = request_headers.clone();
+        s.requests += 1;
+        s.head_requests += u64::from(asked.is_head);
+        s.get_requests += u64::from(get);
+        s.range_requests += u64::from(get && asked.has_range);
+        s.conditional_requests += u64::from(conditional);
+    });
+}
 
-    // One lock for lookup, faults and a version change, so a request's snapshot and the
-    // version bump it triggers are atomic with respect to other requests.
-    let (key, obj, applied) = {
-        let mut state = shared.state.lock().unwrap();
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let key = if state.objects.contains_key(pq) {
-            pq
-        } else {
-            req.uri().path()
-        }
-        .to_string();
-        let request_headers: Vec<(String, String)> = req
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        stats.update(&key, |s| {
-            s.last_request_headers = request_headers.clone();
-            s.requests += 1;
-            s.head_requests += u64::from(is_head);
-            s.get_requests += u64::from(method == Method::GET);
-            s.range_requests += u64::from(method == Method::GET && has_range);
-            s.conditional_requests += u64::from(conditional);
-        });
-        if matches!(
-            method,
-            Method::PUT | Method::POST | Method::PATCH | Method::DELETE
-        ) && state.objects.contains_key(&key)
-        {
-            // A write the origin accepts (the object itself stays as configured).
-            let spec = &state.objects[&key].spec;
-            let mut res = plain(spec.write_status, "")?;
-            for (name, value) in &spec.write_headers {
-                res.headers_mut().append(
-                    header::HeaderName::from_bytes(name.as_bytes())?,
-                    header::HeaderValue::from_str(value)?,
-                );
-            }
-            return Ok(res);
-        }
-        if method != Method::GET && !is_head {
-            return plain(405, "only GET and HEAD\n");
-        }
-        let Some(obj) = state.objects.get(&key).cloned() else {
-            stats.update(&key, |s| s.not_found += 1);
-            return plain(404, "no such object\n");
-        };
-        let kind = match (is_head, has_range) {
-            (true, _) => RequestKind::Head,
-            (false, true) => RequestKind::RangeGet,
-            (false, false) => RequestKind::FullGet,
-        };
-        let applied = state
-            .faults
-            .get_mut(&key)
-            .map(|rules| faults::take(rules, kind))
-            .unwrap_or_default();
-        if applied.bump_version {
-            if let Some(o) = state.objects.get_mut(&key) {
-                o.bump();
-            }
-        }
-        (key, obj, applied)
-    };
-    if applied.fired > 0 {
-        stats.update(&key, |s| s.faults_fired += applied.fired);
-    }
-    // Counted from arrival, so requests waiting out the latency show as concurrent too.
-    let in_flight = (method == Method::GET).then(|| stats.in_flight(&key));
+/// The object's latency and any injected delay, then the answers that need no body: a
+/// refused connection, an injected status, a missing authorization, a precondition.
+async fn before_the_body(
+    shared: &Shared,
+    headers: &HeaderMap,
+    asked: &Asked,
+    found: &Found,
+) -> Result<Option<Response<Body>>, BoxError> {
+    let Found { key, obj, applied } = found;
     let latency = obj.spec.latency.unwrap_or_else(|| shared.default_latency());
     let delay = applied.delay + latency;
-
     if !delay.is_zero() {
         let mut rx = shared.shutdown.subscribe();
         tokio::select! {
@@ -290,37 +329,46 @@ pub(crate) async fn handle(
         // A service error makes hyper drop the connection without writing a response.
         return Err("test origin: refused".into());
     }
-    if let Some(s) = if is_head {
-        applied.head_status
-    } else {
-        applied.status
-    } {
-        return plain(s, "injected fault\n");
+    let injected = match asked.is_head {
+        true => applied.head_status,
+        false => applied.status,
+    };
+    if let Some(s) = injected {
+        return Ok(Some(plain(s, "injected fault\n")?));
     }
     if let Some(expected) = &obj.spec.require_auth {
         if header_str(headers, header::AUTHORIZATION) != Some(expected.as_str()) {
-            stats.update(&key, |s| s.unauthorized += 1);
+            shared.stats.update(key, |s| s.unauthorized += 1);
             let mut r = plain(401, "authorization required\n")?;
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return Ok(r);
+            return Ok(Some(r));
         }
     }
-
-    if let Some(status) = preconditions(headers, &obj, true) {
-        stats.update(&key, |s| {
-            if status == StatusCode::NOT_MODIFIED {
-                s.not_modified += 1
-            } else {
-                s.precondition_failed += 1
-            }
-        });
-        return Ok(base(&obj, status).body(body::empty())?);
+    if let Some(status) = preconditions(headers, obj, true) {
+        shared
+            .stats
+            .update(key, |s| match status == StatusCode::NOT_MODIFIED {
+                true => s.not_modified += 1,
+                false => s.precondition_failed += 1,
+            });
+        return Ok(Some(base(obj, status).body(body::empty())?));
     }
+    Ok(None)
+}
 
+/// The object, whole or the range asked for (with the faults that bend either).
+fn respond(
+    shared: &Shared,
+    headers: &HeaderMap,
+    asked: &Asked,
+    found: Found,
+    in_flight: Option<super::stats::InFlight>,
+) -> Result<Response<Body>, BoxError> {
+    let Found { key, obj, applied } = found;
     let len = obj.spec.size;
-    let range = if is_head
-        || !has_range
+    let range = if asked.is_head
+        || !asked.has_range
         || obj.spec.accept_ranges_none
         || applied.ignore_range
         || obj.spec.status != 200
@@ -330,10 +378,9 @@ pub(crate) async fn handle(
     } else {
         parse_range(header_str(headers, header::RANGE).unwrap_or(""), len)
     };
-
     let (status, start, end) = match range {
         RangeReq::Unsatisfiable => {
-            stats.update(&key, |s| s.range_not_satisfiable += 1);
+            shared.stats.update(&key, |s| s.range_not_satisfiable += 1);
             return Ok(base(&obj, StatusCode::RANGE_NOT_SATISFIABLE)
                 .header(header::CONTENT_RANGE, format!("bytes */{len}"))
                 .body(body::empty())?);
@@ -347,17 +394,7 @@ pub(crate) async fn handle(
     let no_body = matches!(status.as_u16(), 204 | 304);
     let mut builder = base(&obj, status);
     if status == StatusCode::PARTIAL_CONTENT {
-        let (mut s, mut e) = (start, end - 1);
-        if applied.wrong_content_range {
-            if e + WRONG_CONTENT_RANGE_SHIFT < len {
-                (s, e) = (s + WRONG_CONTENT_RANGE_SHIFT, e + WRONG_CONTENT_RANGE_SHIFT);
-            } else {
-                (s, e) = (
-                    s.saturating_sub(WRONG_CONTENT_RANGE_SHIFT),
-                    e.saturating_sub(WRONG_CONTENT_RANGE_SHIFT),
-                );
-            }
-        }
+        let (s, e) = content_range(start, end - 1, len, applied.wrong_content_range);
         builder = builder.header(header::CONTENT_RANGE, format!("bytes {s}-{e}/{len}"));
     }
     let body_len = if no_body { 0 } else { end - start };
@@ -366,30 +403,30 @@ pub(crate) async fn handle(
     } else if !obj.spec.chunked && !no_body {
         builder = builder.header(header::CONTENT_LENGTH, body_len);
     }
-    if is_head || no_body {
+    if asked.is_head || no_body {
         return Ok(builder.body(body::empty())?);
     }
-    stats.update(&key, |s| {
+    shared.stats.update(&key, |s| {
         if status == StatusCode::PARTIAL_CONTENT {
             s.ranges.push((start, end - 1));
         } else if status == StatusCode::OK {
             s.full_gets += 1;
         }
     });
-    let throttle = obj
-        .spec
-        .throttle_bytes_per_sec
-        .or_else(|| shared.default_throttle());
     let plan = BodyPlan {
         content: obj.content(),
         start,
         end,
-        throttle,
+        throttle: obj
+            .spec
+            .throttle_bytes_per_sec
+            .or_else(|| shared.default_throttle()),
         capacity: shared.capacity.clone(),
         stall_after: applied.stall_after,
         truncate_after: applied.truncate_after,
     };
     let in_flight = in_flight.expect("only GETs reach the body");
+    let stats = shared.stats.clone();
     Ok(builder.body(body::generated(
         plan,
         stats,
@@ -397,6 +434,22 @@ pub(crate) async fn handle(
         shared.shutdown.subscribe(),
         in_flight,
     ))?)
+}
+
+/// The `Content-Range` bounds to send for `start..=end`: the true ones, or (the
+/// `wrong_content_range` fault) ones shifted off the bytes really sent.
+fn content_range(start: u64, end: u64, len: u64, wrong: bool) -> (u64, u64) {
+    match wrong {
+        false => (start, end),
+        true if end + WRONG_CONTENT_RANGE_SHIFT < len => (
+            start + WRONG_CONTENT_RANGE_SHIFT,
+            end + WRONG_CONTENT_RANGE_SHIFT,
+        ),
+        true => (
+            start.saturating_sub(WRONG_CONTENT_RANGE_SHIFT),
+            end.saturating_sub(WRONG_CONTENT_RANGE_SHIFT),
+        ),
+    }
 }
 
 #[cfg(test)]
