@@ -58,11 +58,6 @@ pub fn cache_key<'a>(
         return Ok(target.into());
     }
     check_expiry(query, now)?;
-    let named = |pair: &str, name: &str| {
-        pair.split_once('=')
-            .map_or(pair, |(n, _)| n)
-            .eq_ignore_ascii_case(name)
-    };
     let kept: Vec<&str> = query
         .split('&')
         .filter(|pair| !ignored.iter().any(|name| named(pair, name)))
@@ -76,11 +71,19 @@ pub fn cache_key<'a>(
     })
 }
 
+/// A query pair's name (the whole pair when it has no `=`) is `name`, ASCII case-insensitively.
+fn named(pair: &str, name: &str) -> bool {
+    pair.split_once('=')
+        .map_or(pair, |(n, _)| n)
+        .eq_ignore_ascii_case(name)
+}
+
+/// The value of the first pair named `name` that has one.
 fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query.split('&').find_map(|pair| {
-        let (n, v) = pair.split_once('=')?;
-        n.eq_ignore_ascii_case(name).then_some(v)
-    })
+    query
+        .split('&')
+        .filter(|pair| named(pair, name))
+        .find_map(|pair| pair.split_once('=').map(|(_, v)| v))
 }
 
 fn check_expiry(query: &str, now: SystemTime) -> Result<(), SignatureError> {
