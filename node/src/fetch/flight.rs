@@ -6,11 +6,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::ChunkFetcher;
-use crate::{
-    object::ObjectMeta,
-    source::{Chunk, FetchError, Opened, Route, SourceKind},
-};
+use crate::source::{Chunk, FetchError, Opened, SourceKind};
 
 #[derive(Clone, Debug)]
 pub(super) enum Progress {
@@ -123,15 +119,10 @@ pub struct ChunkReader {
 }
 
 enum ReaderState {
-    /// In memory when the window reached it: opened only when read, so read-ahead over cached
-    /// chunks pins nothing (a chunk evicted meanwhile is then fetched like any miss).
-    Deferred {
-        fetcher: Arc<ChunkFetcher>,
-        meta: Arc<ObjectMeta>,
-        version: Arc<str>,
-        index: u64,
-        route: Route,
-    },
+    /// In memory when the window reached it: opened by its range reader only when it reaches
+    /// it (`RangeReader::reopen_front`), so read-ahead over cached chunks pins nothing (a chunk
+    /// evicted meanwhile is then fetched like any miss).
+    Deferred,
     Ready {
         chunk: Chunk,
         next: usize,
@@ -152,23 +143,11 @@ impl ChunkReader {
         }
     }
 
-    pub(super) fn deferred(
-        fetcher: Arc<ChunkFetcher>,
-        meta: Arc<ObjectMeta>,
-        version: Arc<str>,
-        index: u64,
-        route: Route,
-    ) -> Self {
+    pub(super) fn deferred() -> Self {
         ChunkReader {
             collapsed: false,
             probed: false,
-            state: ReaderState::Deferred {
-                fetcher,
-                meta,
-                version,
-                index,
-                route,
-            },
+            state: ReaderState::Deferred,
         }
     }
 
@@ -183,7 +162,7 @@ impl ChunkReader {
 
     /// Not opened yet: the chunk was in memory when its reader's window reached it.
     pub fn is_deferred(&self) -> bool {
-        matches!(self.state, ReaderState::Deferred { .. })
+        matches!(self.state, ReaderState::Deferred)
     }
 
     /// Where this chunk's bytes come from, as far as known now.
@@ -192,24 +171,15 @@ impl ChunkReader {
             return SourceKind::Upstream;
         }
         match &self.state {
-            ReaderState::Ready { .. } | ReaderState::Deferred { .. } => SourceKind::Memory,
+            ReaderState::Ready { .. } | ReaderState::Deferred => SourceKind::Memory,
             ReaderState::Following { flight, .. } => flight.origin(),
         }
     }
 
     pub async fn next(&mut self) -> Option<Result<Bytes, FetchError>> {
-        if let ReaderState::Deferred {
-            fetcher,
-            meta,
-            version,
-            index,
-            route,
-        } = &self.state
-        {
-            *self = fetcher.open(meta, version, *index, *route);
-        }
         match &mut self.state {
-            ReaderState::Deferred { .. } => unreachable!("resolved above"),
+            // Its range reader opens it before reading it; never read as it is.
+            ReaderState::Deferred => Some(Err(FetchError::Abandoned)),
             ReaderState::Ready { chunk, next } => {
                 let part = chunk.parts().get(*next).cloned();
                 *next += 1;

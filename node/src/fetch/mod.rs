@@ -311,13 +311,7 @@ impl ChunkFetcher {
             .memory
             .contains(&meta.chunk_key(version, index))
         {
-            return Some(ChunkReader::deferred(
-                self.clone(),
-                meta.clone(),
-                version.clone(),
-                index,
-                route,
-            ));
+            return Some(ChunkReader::deferred());
         }
         self.open_now(meta, version, index, route)
     }

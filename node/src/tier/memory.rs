@@ -108,13 +108,13 @@ impl MemoryTier {
 
     /// Brings the size gauges up to date (called before metrics are rendered).
     pub fn refresh_gauges(&self) {
-        self.chunks.run_pending_tasks();
+        self.settle();
         self.metrics.bytes.set(self.chunks.weighted_size() as i64);
         self.metrics.chunks.set(self.chunks.entry_count() as i64);
     }
 
     pub fn weighted_size(&self) -> u64 {
-        self.chunks.run_pending_tasks();
+        self.settle();
         self.chunks.weighted_size()
     }
 }
