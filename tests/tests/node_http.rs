@@ -282,6 +282,41 @@ async fn fifty_concurrent_clients_fetch_each_chunk_once() {
     );
 }
 
+/// Clients that arrive while the probe's answer comes back (the metadata just stored, its body
+/// not yet handed to the fetcher) read the first chunk through the probe's fetch too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_arriving_as_the_probe_answers_share_its_first_chunk() {
+    let origin = Origin::start().await;
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    for round in 0..4 {
+        let path = format!("/arriving{round}.bin");
+        // The probe's answer comes 15 ms after it was asked; clients arrive over 30 ms from then.
+        let obj = origin.put(
+            &path,
+            ObjectSpec::new(4 * CHUNK)
+                .seed(50 + round)
+                .latency(Duration::from_millis(15))
+                .throttle(32 * MIB),
+        );
+        let url = format!("{}{path}", node.url());
+        let mut downloads = Vec::new();
+        for _ in 0..60 {
+            downloads.push(tokio::spawn(get_sha256(&url, &[])));
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        for d in downloads {
+            assert_eq!(d.await.unwrap().unwrap().sha256, obj.sha256());
+        }
+        let stats = origin.path_stats(&path);
+        assert_eq!(
+            stats.range_counts().get(&(0, CHUNK - 1)).copied(),
+            Some(1),
+            "round {round}: the first chunk was fetched more than once: {:?}",
+            stats.range_counts()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn read_ahead_fetches_chunks_in_parallel_and_streams_early() {
     let origin = Origin::start().await;

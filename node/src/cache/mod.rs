@@ -96,6 +96,9 @@ impl Cache {
         // is the whole lookup. Requests that ask for confirmation collapse onto one another's
         // revalidation below; taking turns would make them ask the upstream one after the other.
         if let Some(found) = self.metadata.fresh_in_memory(path, demands).await {
+            // The open that stored this copy may not have handed its probe's body to the
+            // fetcher yet: reading the first chunk before it does would fetch that chunk again.
+            self.turns.wait_for_open(path).await;
             return Ok(self.opened(path, route, found, ask.upstream_target));
         }
         let _turn = match demands.may_ask_for_confirmation() {

@@ -42,6 +42,18 @@ impl OpenTurns {
         }
     }
 
+    /// Waits for an open of `path` in progress, if any, to end (without opening anything).
+    pub(super) async fn wait_for_open(&self, path: &str) {
+        let opening = self
+            .locks
+            .lock()
+            .expect("open turns lock")
+            .contains_key(path);
+        if opening {
+            drop(self.take(path).await);
+        }
+    }
+
     #[cfg(test)]
     fn held(&self) -> usize {
         self.locks.lock().expect("open turns lock").len()
@@ -85,6 +97,25 @@ mod tests {
         drop(first);
         waiter.await.unwrap();
         drop(other_path);
+        assert_eq!(turns.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_an_open_waits_only_while_one_is_in_progress() {
+        let turns = Arc::new(OpenTurns::default());
+        tokio::time::timeout(Duration::from_secs(1), turns.wait_for_open("/a"))
+            .await
+            .expect("nobody opens /a: no wait");
+        assert_eq!(turns.held(), 0, "waiting opened nothing");
+        let opening = turns.take("/a").await;
+        let waiter = tokio::spawn({
+            let turns = turns.clone();
+            async move { turns.wait_for_open("/a").await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "waits while /a is being opened");
+        drop(opening);
+        waiter.await.unwrap();
         assert_eq!(turns.held(), 0);
     }
 }
