@@ -3,30 +3,32 @@
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = BoxBody<Bytes, BoxError>;
+/// Not `Sync`: one task polls a response body, and hyper asks only for `Send`; a `Sync` body
+/// would make every streamed body go through a lock.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 pub fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
-        .boxed()
+        .boxed_unsync()
 }
 
 /// A streamed body; an `Err` item aborts the response (the connection is reset rather than the
 /// body ending short yet looking complete).
 pub fn streaming<S, E>(stream: S) -> Body
 where
-    S: Stream<Item = Result<Bytes, E>> + Send + Sync + 'static,
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: Into<BoxError> + 'static,
 {
-    BodyExt::boxed(StreamBody::new(
+    BodyExt::boxed_unsync(StreamBody::new(
         stream.map(|item| item.map(Frame::data).map_err(Into::into)),
     ))
 }
@@ -47,20 +49,4 @@ pub fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response<Bod
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
-}
-
-/// Wraps a `Send` stream so that it is also `Sync`, as the boxed body type requires; only one
-/// task ever polls a response body, so the mutex is never contended.
-pub fn sync_stream<S, T>(stream: S) -> impl Stream<Item = T> + Send + Sync + 'static
-where
-    S: Stream<Item = T> + Send + 'static,
-{
-    let stream = std::sync::Mutex::new(Box::pin(stream));
-    futures::stream::poll_fn(move |cx| {
-        stream
-            .lock()
-            .expect("body stream lock")
-            .as_mut()
-            .poll_next(cx)
-    })
 }

@@ -7,9 +7,11 @@
 use std::{
     fmt,
     ops::RangeInclusive,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -101,6 +103,21 @@ pub struct ObjectMeta {
     /// peer only in a header of that request.
     #[serde(skip)]
     pub upstream_target: Option<Arc<str>>,
+    /// The headers above as responses carry them, rendered once (see `response_headers`).
+    #[serde(skip)]
+    pub rendered: RenderedHeaders,
+}
+
+/// A stored copy's response headers, rendered on first use. A clone starts empty: copies are
+/// made to be changed (a revalidation merges new headers into one) and must not keep the old
+/// rendering.
+#[derive(Default, Debug)]
+pub struct RenderedHeaders(OnceLock<HeaderMap>);
+
+impl Clone for RenderedHeaders {
+    fn clone(&self) -> Self {
+        RenderedHeaders::default()
+    }
 }
 
 fn ok_status() -> u16 {
@@ -148,6 +165,34 @@ pub fn unix_now() -> u64 {
 }
 
 impl ObjectMeta {
+    /// The stored representation headers, `ETag` and `Last-Modified`, as every answer from this
+    /// copy starts: rendered once per stored copy, so a hit clones a ready map instead of
+    /// parsing and checking each stored header again. A header that is not valid HTTP is left
+    /// out.
+    pub fn response_headers(&self) -> &HeaderMap {
+        self.rendered.0.get_or_init(|| {
+            let mut h = HeaderMap::with_capacity(self.headers.len() + 2);
+            for (name, v) in &self.headers {
+                if let (Ok(name), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
+                    h.append(name, v);
+                }
+            }
+            let validators = [
+                (header::ETAG, &self.etag),
+                (header::LAST_MODIFIED, &self.last_modified),
+            ];
+            for (name, v) in validators {
+                if let Some(v) = v.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                    h.insert(name, v);
+                }
+            }
+            h
+        })
+    }
+
     /// What the upstream is asked for: the request's signed target, else the key.
     pub fn upstream_target(&self) -> &str {
         self.upstream_target.as_deref().unwrap_or(&self.path)
@@ -343,6 +388,7 @@ mod tests {
             status: 200,
             immutable: false,
             upstream_target: None,
+            rendered: Default::default(),
         }
     }
 
@@ -411,5 +457,26 @@ mod tests {
                 "{other:?}"
             );
         }
+    }
+
+    #[test]
+    fn response_headers_are_rendered_once_and_a_changed_copy_renders_its_own() {
+        let mut stored = meta(10, 4);
+        stored.headers = vec![
+            ("content-type".into(), "text/plain".into()),
+            ("bad name".into(), "x".into()),
+        ];
+        let rendered = stored.response_headers();
+        assert_eq!(rendered["content-type"], "text/plain");
+        assert_eq!(rendered[http::header::ETAG], "\"v1\"");
+        assert_eq!(
+            rendered.len(),
+            2,
+            "a header that is not valid HTTP is left out"
+        );
+        let mut changed = stored.clone();
+        changed.headers = vec![("content-type".into(), "text/html".into())];
+        assert_eq!(changed.response_headers()["content-type"], "text/html");
+        assert_eq!(stored.response_headers()["content-type"], "text/plain");
     }
 }

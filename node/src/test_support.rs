@@ -55,5 +55,6 @@ pub fn object_meta(path: &str, length: u64, chunk_size: u64) -> ObjectMeta {
         status: 200,
         immutable: false,
         upstream_target: None,
+        rendered: Default::default(),
     }
 }

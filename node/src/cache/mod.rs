@@ -105,21 +105,26 @@ impl Cache {
             false => Some(self.turns.take(path).await),
             true => None,
         };
-        let found = self.metadata.lookup(path, route, ask, demands).await?;
+        // Boxed: a lookup's state is large, and a hit, which does not take this path, would
+        // carry (and copy) it otherwise.
+        let found = Box::pin(self.metadata.lookup(path, route, ask, demands)).await?;
         Ok(self.opened(path, route, found, ask.upstream_target))
     }
 
     /// The key a client's target is cached under, and the target itself when the upstream must
     /// be asked for it rather than for the key (a signed URL whose signature is not part of the
     /// key); an expired signature is refused (see `Upstream::cache_key`).
-    pub fn key_of(&self, target: &str) -> Result<Keyed, crate::upstream::SignatureError> {
-        let key = self.metadata.cache_key(target)?;
+    pub fn key_of(&self, target: String) -> Result<Keyed, crate::upstream::SignatureError> {
+        let key = match self.metadata.cache_key(&target)? {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(key) => Some(key),
+        };
         Ok(match key {
-            std::borrow::Cow::Borrowed(_) => Keyed {
-                key: target.to_string(),
+            None => Keyed {
+                key: target,
                 upstream_target: None,
             },
-            std::borrow::Cow::Owned(key) => Keyed {
+            Some(key) => Keyed {
                 key,
                 upstream_target: Some(Arc::from(target)),
             },

@@ -1,7 +1,12 @@
 //! Streaming a byte range of one object from its chunks, with a read-ahead window sized by
 //! `window::FetchWindow`.
 
-use std::{collections::VecDeque, ops::RangeInclusive, sync::Arc, time::Instant};
+use std::{
+    collections::VecDeque,
+    ops::RangeInclusive,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use futures::Stream;
@@ -42,7 +47,25 @@ pub struct RangeReader {
     /// Origin and collapsing of the chunk the last bytes came from.
     last_origin: Option<(SourceKind, bool)>,
     /// Counts the bytes handed out by their origin (client responses only).
-    served: Option<prometheus::IntCounterVec>,
+    served: Option<Served>,
+}
+
+/// The served-bytes counters by origin, and the one of the origin counted last.
+struct Served {
+    by_origin: prometheus::IntCounterVec,
+    counter: Option<(SourceKind, prometheus::IntCounter)>,
+}
+
+/// What `next` yields and how long it waited for it: nothing when it was ready at once (a
+/// chunk in memory), so a hit reads no clock.
+async fn waited_for<F: std::future::Future>(next: F) -> (F::Output, Duration) {
+    let mut next = std::pin::pin!(next);
+    if let std::task::Poll::Ready(item) = futures::poll!(next.as_mut()) {
+        return (item, Duration::ZERO);
+    }
+    let asked = Instant::now();
+    let item = next.await;
+    (item, asked.elapsed())
 }
 
 impl RangeReader {
@@ -75,7 +98,10 @@ impl RangeReader {
 
     /// Counts every byte this reader hands out in `counter`, labelled by its origin.
     pub fn counting(mut self, counter: prometheus::IntCounterVec) -> Self {
-        self.served = Some(counter);
+        self.served = Some(Served {
+            by_origin: counter,
+            counter: None,
+        });
         self
     }
 
@@ -188,10 +214,9 @@ impl RangeReader {
             }
             let open = self.window.front_mut()?;
             let chunk_start = open.index * chunk_size;
-            let asked = Instant::now();
-            match open.reader.next().await {
-                Some(Ok(piece)) => {
-                    self.size.took(piece.len(), asked.elapsed());
+            match waited_for(open.reader.next()).await {
+                (Some(Ok(piece)), waited) => {
+                    self.size.took(piece.len(), waited);
                     let piece_start = chunk_start + open.offset;
                     open.offset += piece.len() as u64;
                     let piece_end = chunk_start + open.offset; // exclusive
@@ -205,18 +230,13 @@ impl RangeReader {
                     if from < to {
                         let slice =
                             piece.slice((from - piece_start) as usize..(to - piece_start) as usize);
-                        if let (Some(served), Some((origin, _))) = (&self.served, self.last_origin)
-                        {
-                            served
-                                .with_label_values(&[origin.label()])
-                                .inc_by(slice.len() as u64);
-                        }
+                        self.count_served(slice.len());
                         return Some(Ok(slice));
                     }
                 }
                 // Joining a fetch that then failed is bad luck, not this request's failure: try
                 // once with a fetch of its own (the failed flight has left the map by now).
-                Some(Err(e))
+                (Some(Err(e)), _)
                     if open.reader.collapsed
                         && open.offset == 0
                         && !open.retried
@@ -225,11 +245,11 @@ impl RangeReader {
                     open.retried = true;
                     self.reopen_front();
                 }
-                Some(Err(e)) => {
+                (Some(Err(e)), _) => {
                     self.last_origin = Some((open.reader.origin(), open.reader.collapsed));
                     return Some(Err(self.fail(e)));
                 }
-                None => {
+                (None, _) => {
                     let expected = self.meta.chunk_len(open.index);
                     if open.offset != expected {
                         let error = FetchError::Short {
@@ -245,6 +265,21 @@ impl RangeReader {
                     self.size.chunk_done(chunk_size, link);
                 }
             }
+        }
+    }
+
+    /// Counts `bytes` handed out under the origin of the chunk they came from; the counter is
+    /// looked up once per origin, not for every piece.
+    fn count_served(&mut self, bytes: usize) {
+        let (Some(served), Some((origin, _))) = (&mut self.served, self.last_origin) else {
+            return;
+        };
+        if served.counter.as_ref().is_none_or(|(of, _)| *of != origin) {
+            let counter = served.by_origin.with_label_values(&[origin.label()]);
+            served.counter = Some((origin, counter));
+        }
+        if let Some((_, counter)) = &served.counter {
+            counter.inc_by(bytes as u64);
         }
     }
 

@@ -85,7 +85,28 @@ impl CacheStatus {
     }
 
     pub fn header_value(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.to_string()).expect("cache status is ASCII")
+        match self.hit_text() {
+            Some(text) => HeaderValue::from_static(text),
+            None => HeaderValue::from_str(&self.to_string()).expect("cache status is ASCII"),
+        }
+    }
+
+    /// The text of a fresh hit, most responses' status: static rather than formatted for each
+    /// (the same text `Display` writes; a test holds them together).
+    fn hit_text(&self) -> Option<&'static str> {
+        if self.staleness().is_some() {
+            return None;
+        }
+        match self {
+            CacheStatus::Chunks { origin, .. } => match origin {
+                SourceKind::Memory => Some("casserole; hit; detail=memory"),
+                SourceKind::Disk => Some("casserole; hit; detail=disk"),
+                SourceKind::Peer => Some("casserole; hit; detail=peer"),
+                SourceKind::Upstream => None,
+            },
+            CacheStatus::Metadata(MetaSource::Memory) => Some("casserole; hit; detail=metadata"),
+            _ => None,
+        }
     }
 }
 
@@ -158,6 +179,24 @@ mod tests {
                 },
                 "casserole; hit; detail=disk",
                 ("hit", "disk"),
+            ),
+            (
+                CacheStatus::Chunks {
+                    origin: SourceKind::Memory,
+                    collapsed: true,
+                    meta: MetaSource::Disk,
+                },
+                "casserole; hit; detail=memory",
+                ("hit", "memory"),
+            ),
+            (
+                CacheStatus::Chunks {
+                    origin: SourceKind::Peer,
+                    collapsed: false,
+                    meta: MetaSource::Memory,
+                },
+                "casserole; hit; detail=peer",
+                ("hit", "peer"),
             ),
             (
                 CacheStatus::Metadata(MetaSource::Disk),

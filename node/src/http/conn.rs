@@ -127,7 +127,7 @@ impl Activity {
                 waiting: Default::default(),
                 task: Default::default(),
             });
-            http_body_util::BodyExt::boxed(TrackedBody {
+            http_body_util::BodyExt::boxed_unsync(TrackedBody {
                 inner,
                 _guard: guard,
                 node_waker: futures::task::waker(waiting.clone()),

@@ -143,10 +143,12 @@ fn listed_tags(headers: &HeaderMap, name: header::HeaderName) -> Option<Vec<Stri
 /// else `If-Modified-Since`. A date that does not parse, or a representation without a
 /// `Last-Modified`, makes a date condition void.
 pub fn preconditions(headers: &HeaderMap, meta: &ObjectMeta) -> Precondition {
-    let modified = meta
-        .last_modified
-        .as_deref()
-        .and_then(|lm| httpdate::parse_http_date(lm).ok());
+    // Parsed only for a date condition: most requests carry none.
+    let modified = || {
+        meta.last_modified
+            .as_deref()
+            .and_then(|lm| httpdate::parse_http_date(lm).ok())
+    };
     if let Some(tags) = listed_tags(headers, header::IF_MATCH) {
         // Strong comparison: only a strong tag equal to a strong ETag matches.
         let strong = meta.etag.as_deref().filter(|e| !e.starts_with("W/"));
@@ -156,10 +158,8 @@ pub fn preconditions(headers: &HeaderMap, meta: &ObjectMeta) -> Precondition {
         if !holds {
             return Precondition::Failed("If-Match");
         }
-    } else if let (Some(since), Some(modified)) =
-        (http_date(headers, header::IF_UNMODIFIED_SINCE), modified)
-    {
-        if modified > since {
+    } else if let Some(since) = http_date(headers, header::IF_UNMODIFIED_SINCE) {
+        if modified().is_some_and(|modified| modified > since) {
             return Precondition::Failed("If-Unmodified-Since");
         }
     }
@@ -175,9 +175,8 @@ pub fn preconditions(headers: &HeaderMap, meta: &ObjectMeta) -> Precondition {
             false => Precondition::Proceed,
         };
     }
-    if let (Some(since), Some(modified)) = (http_date(headers, header::IF_MODIFIED_SINCE), modified)
-    {
-        if modified <= since {
+    if let Some(since) = http_date(headers, header::IF_MODIFIED_SINCE) {
+        if modified().is_some_and(|modified| modified <= since) {
             return Precondition::NotModified;
         }
     }

@@ -13,7 +13,7 @@ use super::{
     range::{self, Multipart, Precondition, RangeRequest},
 };
 use crate::{
-    body::{self, sync_stream, Body},
+    body::{self, Body},
     cache::{Cache, Keyed, Opened},
     fetch::LeadingChunk,
     metadata::{Asker, LookupError, MetaSource, MetadataStore, Missed},
@@ -123,6 +123,9 @@ impl Front {
         body::error(status, reason)
     }
 
+    /// The paths a hit does not take (pass-through, a miss, `only-if-cached`) are boxed: an
+    /// `async fn`'s state is as large as its largest path, and hyper moves a request's whole
+    /// state into place, so their large states would be copied for every hit too.
     async fn route(&self, req: Request<Incoming>) -> Answer {
         let method = req.method().clone();
         if method == Method::CONNECT || method == Method::TRACE {
@@ -145,18 +148,17 @@ impl Front {
         let target = validated_path(&req).map_err(|why| self.refuse(why.status(), why))?;
         let keyed = self
             .cache
-            .key_of(&target)
+            .key_of(target)
             .map_err(|why| self.refuse(StatusCode::FORBIDDEN, why))?;
         let path = keyed.key.as_str();
         let demands = ClientDemands::from_headers(req.headers());
         let bypass = classify_request(&method, req.headers(), &demands, path, &self.pass_through);
         if demands.only_if_cached {
-            return self
-                .serve_only_if_cached(req, path, &demands, bypass.is_some())
-                .await;
+            let only_if_cached = self.serve_only_if_cached(req, path, &demands, bypass.is_some());
+            return Box::pin(only_if_cached).await;
         }
         if let Some(bypass) = bypass {
-            return self.pass(req, &keyed, CacheStatus::Bypassed(bypass)).await;
+            return Box::pin(self.pass(req, &keyed, CacheStatus::Bypassed(bypass))).await;
         }
         let ask = Asker {
             first_byte: (method == Method::GET).then(|| range::first_wanted_byte(req.headers())),
@@ -166,7 +168,7 @@ impl Front {
         let lookup = self.cache.open(path, Route::Cluster, ask, &demands).await;
         let opened = match lookup {
             Ok(opened) => opened,
-            Err(missed) => return self.missed(req, &keyed, missed).await,
+            Err(missed) => return Box::pin(self.missed(req, &keyed, missed)).await,
         };
         if opened.source == MetaSource::ReplacedOnRequest {
             self.announce_new_version(path, &opened.meta);
@@ -177,7 +179,7 @@ impl Front {
                 header = name,
                 "the request carries a header the stored response varies on; passing through"
             );
-            return self.pass(req, &keyed, CacheStatus::VaryMiss).await;
+            return Box::pin(self.pass(req, &keyed, CacheStatus::VaryMiss)).await;
         }
         self.serve_stored(req, opened).await
     }
@@ -367,7 +369,7 @@ impl Front {
             } else {
                 meta.status_code()
             };
-            let mut res = cached_response(code, &meta, &status, body::streaming(sync_stream(head)));
+            let mut res = cached_response(code, &meta, &status, body::streaming(head));
             set_len(&mut res, first_range.end() - first_range.start() + 1);
             if code == StatusCode::PARTIAL_CONTENT {
                 let content_range = format!(
@@ -422,7 +424,7 @@ impl Front {
             StatusCode::PARTIAL_CONTENT,
             &meta,
             status,
-            body::streaming(sync_stream(body_stream)),
+            body::streaming(body_stream),
         );
         set_len(&mut res, length);
         let content_type = format!("multipart/byteranges; boundary={}", framing.boundary);
@@ -474,7 +476,7 @@ impl Front {
                 served.inc_by(p.len() as u64);
             }
         });
-        *res.body_mut() = body::streaming(sync_stream(stream));
+        *res.body_mut() = body::streaming(stream);
         res
     }
 }
@@ -487,29 +489,8 @@ fn cached_response(
 ) -> Response<Body> {
     let mut res = Response::new(body);
     *res.status_mut() = status;
+    *res.headers_mut() = meta.response_headers().clone();
     let h = res.headers_mut();
-    for (name, v) in &meta.headers {
-        if let (Ok(name), Ok(v)) = (
-            header::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            h.append(name, v);
-        }
-    }
-    if let Some(etag) = meta
-        .etag
-        .as_deref()
-        .and_then(|e| HeaderValue::from_str(e).ok())
-    {
-        h.insert(header::ETAG, etag);
-    }
-    if let Some(lm) = meta
-        .last_modified
-        .as_deref()
-        .and_then(|e| HeaderValue::from_str(e).ok())
-    {
-        h.insert(header::LAST_MODIFIED, lm);
-    }
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::AGE, HeaderValue::from(meta.age(unix_now())));
     h.insert(cache_status::HEADER, cache_status.header_value());

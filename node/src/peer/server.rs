@@ -210,7 +210,7 @@ impl PeerApi {
                 sent.inc_by(p.len() as u64);
             }
         });
-        let mut res = Response::new(body::streaming(body::sync_stream(stream)));
+        let mut res = Response::new(body::streaming(stream));
         res.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         res.headers_mut()

@@ -60,7 +60,8 @@ pub fn classify_request(
     if headers.contains_key(header::COOKIE) {
         return Some(Bypass::Credentials);
     }
-    if rules.is_match(path_and_query) {
+    // An empty set still scans the whole target for no match: skipped on the default.
+    if !rules.is_empty() && rules.is_match(path_and_query) {
         return Some(Bypass::PassThroughRule);
     }
     if demands.no_store {
@@ -255,6 +256,7 @@ pub fn evaluate(
         status: ctx.status,
         immutable: fresh.immutable,
         upstream_target: None,
+        rendered: Default::default(),
     })
 }
 

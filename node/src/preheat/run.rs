@@ -57,7 +57,10 @@ impl Preheater {
     /// cluster has it, else probed by the metadata's owner (whose probe is the first chunk).
     async fn look_up(&self, path: &str) -> Result<Arc<ObjectMeta>, String> {
         // Keyed as a client's request would be: a signed URL preheats the object its clients get.
-        let keyed = self.cache.key_of(path).map_err(|e| e.to_string())?;
+        let keyed = self
+            .cache
+            .key_of(path.to_string())
+            .map_err(|e| e.to_string())?;
         let headers = http::HeaderMap::new();
         let ask = Asker {
             first_byte: Some(0),
