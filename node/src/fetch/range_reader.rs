@@ -48,6 +48,8 @@ pub struct RangeReader {
     last_origin: Option<(SourceKind, bool)>,
     /// Counts the bytes handed out by their origin (client responses only).
     served: Option<Served>,
+    /// Bytes already read, handed out again first (see `put_back`).
+    put_back: Option<Bytes>,
 }
 
 /// The served-bytes counters by origin, and the one of the origin counted last.
@@ -93,6 +95,7 @@ impl RangeReader {
             route,
             last_origin: None,
             served: None,
+            put_back: None,
         }
     }
 
@@ -202,7 +205,17 @@ impl RangeReader {
         self.last_origin
     }
 
+    /// Hands `piece`, the bytes `next` gave last, out again first: a response waits for its
+    /// first bytes before its status is decided, then streams them with the rest.
+    pub fn put_back(mut self, piece: Bytes) -> Self {
+        self.put_back = Some(piece).filter(|p| !p.is_empty());
+        self
+    }
+
     pub async fn next(&mut self) -> Option<Result<Bytes, FetchError>> {
+        if let Some(piece) = self.put_back.take() {
+            return Some(Ok(piece));
+        }
         if self.failed {
             return None;
         }

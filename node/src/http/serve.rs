@@ -360,9 +360,7 @@ impl Front {
             meta: meta_source,
         };
         self.count_status(&status);
-        let head = futures::stream::once(async move { Ok::<_, FetchError>(first_piece) })
-            .chain(first.into_stream())
-            .boxed();
+        let head = first.put_back(first_piece).into_stream().boxed();
         let Some(ranges) = ranges.filter(|r| r.len() > 1) else {
             let code = if partial {
                 StatusCode::PARTIAL_CONTENT

@@ -106,12 +106,31 @@ pub fn validate(path_and_query: &str) -> Result<Cow<'_, str>, TargetError> {
     }
     Ok(Cow::Owned(match query {
         Some(query) => format!("{clean}?{query}"),
-        None => clean,
+        None => clean.into_owned(),
     }))
 }
 
-/// RFC 3986 §5.2.4 on literal dot segments, after every segment passed [`check_segment`].
-fn normalise_path(path: &str) -> Result<String, TargetError> {
+/// RFC 3986 §5.2.4 on literal dot segments, after every segment passed [`check_segment`];
+/// borrowed when nothing changes (most paths: they are checked without building a copy).
+fn normalise_path(path: &str) -> Result<Cow<'_, str>, TargetError> {
+    let mut unchanged = true;
+    for raw in path[1..].split('/') {
+        unchanged = match raw {
+            "." | ".." => false,
+            _ => matches!(check_segment(raw)?, Cow::Borrowed(_)),
+        };
+        if !unchanged {
+            break;
+        }
+    }
+    match unchanged {
+        true => Ok(Cow::Borrowed(path)),
+        false => rebuilt_path(path).map(Cow::Owned),
+    }
+}
+
+/// The path built anew, segment by segment (see `normalise_path`).
+fn rebuilt_path(path: &str) -> Result<String, TargetError> {
     let segments: Vec<&str> = path[1..].split('/').collect();
     let mut out: Vec<Cow<'_, str>> = Vec::with_capacity(segments.len());
     let last = segments.len() - 1;
