@@ -113,20 +113,13 @@ pub fn validate(path_and_query: &str) -> Result<Cow<'_, str>, TargetError> {
 /// RFC 3986 §5.2.4 on literal dot segments, after every segment passed [`check_segment`];
 /// borrowed when nothing changes (most paths: they are checked without building a copy).
 fn normalise_path(path: &str) -> Result<Cow<'_, str>, TargetError> {
-    let mut unchanged = true;
     for raw in path[1..].split('/') {
-        unchanged = match raw {
-            "." | ".." => false,
-            _ => matches!(check_segment(raw)?, Cow::Borrowed(_)),
-        };
-        if !unchanged {
-            break;
+        let kept = !matches!(raw, "." | "..") && matches!(check_segment(raw)?, Cow::Borrowed(_));
+        if !kept {
+            return rebuilt_path(path).map(Cow::Owned);
         }
     }
-    match unchanged {
-        true => Ok(Cow::Borrowed(path)),
-        false => rebuilt_path(path).map(Cow::Owned),
-    }
+    Ok(Cow::Borrowed(path))
 }
 
 /// The path built anew, segment by segment (see `normalise_path`).

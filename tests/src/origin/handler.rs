@@ -182,8 +182,13 @@ fn plain(status: u16, text: &str) -> Result<Response<Body>, BoxError> {
 /// What the handler needs to know of a request besides its headers.
 struct Asked {
     method: Method,
-    is_head: bool,
     has_range: bool,
+}
+
+impl Asked {
+    fn is_head(&self) -> bool {
+        self.method == Method::HEAD
+    }
 }
 
 /// The object a request found, what the fault rules did to it, and its key in the stats.
@@ -199,7 +204,6 @@ pub(crate) async fn handle(
 ) -> Result<Response<Body>, BoxError> {
     let asked = Asked {
         method: req.method().clone(),
-        is_head: req.method() == Method::HEAD,
         has_range: req.headers().contains_key(header::RANGE),
     };
     let found = match look_up(&shared, &req, &asked)? {
@@ -251,14 +255,14 @@ fn look_up(
         }
         return Ok(Err(res));
     }
-    if *method != Method::GET && !asked.is_head {
+    if *method != Method::GET && !asked.is_head() {
         return Ok(Err(plain(405, "only GET and HEAD\n")?));
     }
     let Some(obj) = state.objects.get(&key).cloned() else {
         shared.stats.update(&key, |s| s.not_found += 1);
         return Ok(Err(plain(404, "no such object\n")?));
     };
-    let kind = match (asked.is_head, asked.has_range) {
+    let kind = match (asked.is_head(), asked.has_range) {
         (true, _) => RequestKind::Head,
         (false, true) => RequestKind::RangeGet,
         (false, false) => RequestKind::FullGet,
@@ -300,7 +304,7 @@ fn count(stats: &super::stats::Registry, key: &str, req: &Request<Incoming>, ask
     stats.update(key, |s| {
         s.last_request_headers = request_headers.clone();
         s.requests += 1;
-        s.head_requests += u64::from(asked.is_head);
+        s.head_requests += u64::from(asked.is_head());
         s.get_requests += u64::from(get);
         s.range_requests += u64::from(get && asked.has_range);
         s.conditional_requests += u64::from(conditional);
@@ -329,7 +333,7 @@ async fn before_the_body(
         // A service error makes hyper drop the connection without writing a response.
         return Err("test origin: refused".into());
     }
-    let injected = match asked.is_head {
+    let injected = match asked.is_head() {
         true => applied.head_status,
         false => applied.status,
     };
@@ -367,7 +371,7 @@ fn respond(
 ) -> Result<Response<Body>, BoxError> {
     let Found { key, obj, applied } = found;
     let len = obj.spec.size;
-    let range = if asked.is_head
+    let range = if asked.is_head()
         || !asked.has_range
         || obj.spec.accept_ranges_none
         || applied.ignore_range
@@ -403,7 +407,7 @@ fn respond(
     } else if !obj.spec.chunked && !no_body {
         builder = builder.header(header::CONTENT_LENGTH, body_len);
     }
-    if asked.is_head || no_body {
+    if asked.is_head() || no_body {
         return Ok(builder.body(body::empty())?);
     }
     shared.stats.update(&key, |s| {
