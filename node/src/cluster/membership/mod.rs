@@ -529,12 +529,14 @@ async fn register(
         }
     }
     let lease = op(client.lease_grant(ttl, None)).await?.id();
-    if st.registered_once {
-        st.shared.metrics.lease_registrations.inc();
-    }
     st.lease = Some(lease);
     let (keeper, stream) = op(client.lease_keep_alive(lease)).await?;
     put_self(st, client, lease).await?;
+    // Counted once the member key is written again: a grant whose put then failed registered
+    // nothing (and a watcher of the counter would see a member that is not listed yet).
+    if st.registered_once {
+        st.shared.metrics.lease_registrations.inc();
+    }
     st.registered_once = true;
     info!(node = %st.cfg.node_id, url = %st.cfg.peering_url, lease, ttl, "registered in etcd");
     Ok((keeper, stream))
