@@ -33,6 +33,18 @@ where
     ))
 }
 
+/// `error` for a request whose body was not read to its end (refused as too large): the rest
+/// of that body is still on the connection, so the connection ends with this answer, and says
+/// so (RFC 9112 §9.6). Without `Connection: close` a client puts the connection back in its
+/// pool, and its next request there fails when the server drops it (a test saw
+/// `IncompleteMessage` on the request after a refused 300 KiB preheat body).
+pub fn error_closing(status: StatusCode, reason: impl std::fmt::Display) -> Response<Body> {
+    let mut res = error(status, reason);
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    res
+}
+
 /// A short plain-text error response: the status plus one line saying why.
 pub fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response<Body> {
     let text = format!(

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use casserole_tests::{
-    client::{client, get_sha256},
+    client::{client, get_sha256, header},
     harness::{
         cluster::{member, wait_members},
         EtcdProcess, NodeBuilder, NodeProcess,
@@ -240,6 +240,17 @@ async fn bad_preheat_bodies_are_refused_with_a_reason() {
         assert_eq!(status, 400, "{body:.40}: {text}");
         assert!(text.contains(reason), "{body:.40}: {text}");
     }
+    // A body refused unread ends its connection, and the answer says so: the client must not
+    // send its next request on it.
+    let res = client()
+        .post(format!("{}/preheat", node.admin_url()))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(too_large.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(header(res.headers(), "connection"), "close");
     let res = client()
         .get(format!("{}/preheat", node.admin_url()))
         .bearer_auth(ADMIN_TOKEN)

@@ -9,8 +9,8 @@ use std::{
 
 use casserole_tests::{
     client::{client, get_sha256, header},
-    harness::NodeBuilder,
-    origin::{ObjectSpec, Origin},
+    harness::{NodeBuilder, NodeProcess},
+    origin::{ObjectInfo, ObjectSpec, Origin},
 };
 use futures::StreamExt;
 
@@ -148,23 +148,27 @@ async fn distinct_query_flood_stays_within_bounds() {
     assert!(node.metric("casserole_disk_bytes").await as u64 <= MAX_DISK);
 }
 
-/// The memory tier accounts the bytes of the chunks it holds; those must be all the memory they
-/// take. A chunk made of pieces that each pinned a larger buffer (the upstream client's read
-/// buffer, say) would be accounted at its length and hold more: this caught such a change (RSS
-/// grew 325–352 MiB here against 249–258 MiB with chunks in their own allocations).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cold_objects_leave_no_more_memory_than_the_bound() {
-    const BOUND: u64 = 256 << 20;
+/// A node with `--max-memory-usage=bound` in front of `count` cold 64 MiB objects
+/// (`/m0.bin`, …, seeds from `seed`), and its RSS once it has served a request.
+struct Bounded {
+    _origin: Origin,
+    node: NodeProcess,
+    objects: Vec<ObjectInfo>,
+    pid: u32,
+    rss_before: u64,
+}
+
+async fn bounded_node(bound: u64, count: u64, seed: u64) -> Bounded {
     let origin = Origin::start().await;
-    let objects: Vec<_> = (0..10u64)
+    let objects = (0..count)
         .map(|i| {
-            let spec = ObjectSpec::new(64 << 20).seed(90 + i).max_age(3600);
+            let spec = ObjectSpec::new(64 << 20).seed(seed + i).max_age(3600);
             origin.put(&format!("/m{i}.bin"), spec)
         })
         .collect();
     origin.put("/tiny", ObjectSpec::new(1000).seed(1).max_age(3600));
     let node = NodeBuilder::new(origin.url())
-        .arg(format!("--max-memory-usage={BOUND}"))
+        .arg(format!("--max-memory-usage={bound}"))
         .spawn()
         .await;
     let pid = node.pid().unwrap();
@@ -173,13 +177,31 @@ async fn cold_objects_leave_no_more_memory_than_the_bound() {
         .await
         .unwrap();
     let rss_before = rss_bytes(pid);
+    Bounded {
+        _origin: origin,
+        node,
+        objects,
+        pid,
+        rss_before,
+    }
+}
+
+/// The memory tier accounts the bytes of the chunks it holds; those must be all the memory they
+/// take. A chunk made of pieces that each pinned a larger buffer (the upstream client's read
+/// buffer, say) would be accounted at its length and hold more: this caught such a change (RSS
+/// grew 325–352 MiB here against 249–258 MiB with chunks in their own allocations).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cold_objects_leave_no_more_memory_than_the_bound() {
+    const BOUND: u64 = 256 << 20;
+    let bounded = bounded_node(BOUND, 10, 90).await;
+    let (node, objects) = (&bounded.node, &bounded.objects);
     for (i, object) in objects.iter().enumerate() {
         let got = get_sha256(&format!("{}/m{i}.bin", node.url()), &[])
             .await
             .unwrap();
         assert_eq!(got.sha256, object.sha256(), "/m{i}.bin");
     }
-    let growth = rss_bytes(pid).saturating_sub(rss_before);
+    let growth = rss_bytes(bounded.pid).saturating_sub(bounded.rss_before);
     let held = node.metric("casserole_memory_bytes").await as u64;
     eprintln!(
         "640 MiB through a {} MiB node: memory tier {} MiB, RSS grew {} MiB",
@@ -201,49 +223,36 @@ async fn cold_objects_leave_no_more_memory_than_the_bound() {
 /// Many clients downloading cold objects at once (the benchmark's memory scenario, in the test
 /// build): chunks are then allocated and freed on every worker thread, and memory that one
 /// thread's allocator arena freed must serve the others' new chunks, or RSS grows past the bound
-/// while the tier stays within it. Measured here: peak RSS grew 293–304 MiB with one arena (the
-/// node's setting), 324–340 MiB with glibc's default arenas (`MALLOC_ARENA_MAX` unset).
+/// while the tier stays within it. Measured here (1.5 GiB of cold objects): peak RSS grew
+/// 302–310 MiB with one arena (the node's setting), 342–344 MiB with glibc's default arenas
+/// (`MALLOC_ARENA_MAX=16`); with 200 clients of 1 GiB the two were 293–304 and 321–340.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_clients_of_cold_objects_leave_no_more_memory_than_the_bound() {
     const BOUND: u64 = 256 << 20;
-    const OBJECTS: u64 = 16;
-    const CLIENTS: u64 = 200;
-    let origin = Origin::start().await;
-    let objects: Vec<_> = (0..OBJECTS)
-        .map(|i| {
-            let spec = ObjectSpec::new(64 << 20).seed(120 + i).max_age(3600);
-            origin.put(&format!("/c{i}.bin"), spec)
-        })
-        .collect();
-    origin.put("/tiny", ObjectSpec::new(1000).seed(1).max_age(3600));
-    let node = NodeBuilder::new(origin.url())
-        .arg(format!("--max-memory-usage={BOUND}"))
-        .spawn()
-        .await;
-    let pid = node.pid().unwrap();
-    get_sha256(&format!("{}/tiny", node.url()), &[])
-        .await
-        .unwrap();
-    let rss_before = rss_bytes(pid);
+    const OBJECTS: u64 = 24;
+    const CLIENTS: u64 = 320;
+    let bounded = bounded_node(BOUND, OBJECTS, 120).await;
+    let (node, objects) = (&bounded.node, &bounded.objects);
     let downloads = (0..CLIENTS).map(|c| {
         let i = c % OBJECTS;
-        let got = get_sha256(&format!("{}/c{i}.bin", node.url()), &[]);
+        let got = get_sha256(&format!("{}/m{i}.bin", node.url()), &[]);
         async move { (i, got.await) }
     });
     for (i, got) in futures::future::join_all(downloads).await {
         assert_eq!(
             got.unwrap().sha256,
             objects[i as usize].sha256(),
-            "/c{i}.bin"
+            "/m{i}.bin"
         );
     }
-    let growth = peak_rss_bytes(pid).saturating_sub(rss_before);
+    let growth = peak_rss_bytes(bounded.pid).saturating_sub(bounded.rss_before);
     eprintln!(
         "{CLIENTS} clients of {OBJECTS} cold objects through a {} MiB node: peak RSS grew {} MiB",
         BOUND >> 20,
         growth >> 20
     );
-    let allowed = BOUND + BOUND / 4;
+    // Between the two measured below (72 MiB over the bound).
+    let allowed = BOUND + BOUND * 9 / 32;
     assert!(
         growth <= allowed,
         "peak RSS grew {growth} B for a bound of {BOUND} B (allowed {allowed} B)"

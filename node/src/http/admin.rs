@@ -102,7 +102,9 @@ impl Admin {
             .await
         {
             Ok(b) => b.to_bytes(),
-            Err(e) => return body::error(StatusCode::BAD_REQUEST, format_args!("body: {e}")),
+            Err(e) => {
+                return body::error_closing(StatusCode::BAD_REQUEST, format_args!("body: {e}"))
+            }
         };
         let target: Target = match serde_json::from_slice(&raw) {
             Ok(t) => t,
@@ -144,7 +146,9 @@ impl Admin {
             .await
         {
             Ok(b) => b.to_bytes(),
-            Err(e) => return body::error(StatusCode::BAD_REQUEST, format_args!("body: {e}")),
+            Err(e) => {
+                return body::error_closing(StatusCode::BAD_REQUEST, format_args!("body: {e}"))
+            }
         };
         let paths = match self.preheater.parse(&raw) {
             Ok(paths) => paths,

@@ -162,7 +162,12 @@ impl PeerApi {
         let (parts, incoming) = req.into_parts();
         let raw: Bytes = match Limited::new(incoming, MAX_META_BODY).collect().await {
             Ok(collected) => collected.to_bytes(),
-            Err(_) => return body::error(StatusCode::PAYLOAD_TOO_LARGE, "metadata body too large"),
+            Err(_) => {
+                return body::error_closing(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "metadata body too large",
+                )
+            }
         };
         let mut meta: ObjectMeta = match serde_json::from_slice(&raw) {
             Ok(meta) => meta,
