@@ -39,7 +39,12 @@ where
 /// pool, and its next request there fails when the server drops it (a test saw
 /// `IncompleteMessage` on the request after a refused 300 KiB preheat body).
 pub fn error_closing(status: StatusCode, reason: impl std::fmt::Display) -> Response<Body> {
-    let mut res = error(status, reason);
+    closing(error(status, reason))
+}
+
+/// `res`, ending its connection (see `error_closing`); HTTP/2 drops the header and keeps the
+/// connection, whose streams end on their own.
+pub fn closing(mut res: Response<Body>) -> Response<Body> {
     res.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     res

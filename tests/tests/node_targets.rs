@@ -69,6 +69,21 @@ async fn hostile_targets_are_refused_before_reaching_the_origin() {
             );
         }
     }
+    // Refused with a body it did not read, the node ends the connection and says so: the rest of
+    // the body must not be read as the next request.
+    let request = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{}",
+        HOSTILE[1],
+        "a".repeat(1000)
+    );
+    let reply = raw(&addr, request.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(
+        reply
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{reply}"
+    );
     let long = format!("/{}", "a".repeat(9000));
     let request = format!("GET {long} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let reply = raw(&addr, request.as_bytes()).await;

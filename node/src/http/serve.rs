@@ -101,7 +101,14 @@ impl Front {
         self.metrics.inflight.inc();
         let _inflight = InFlight(self.metrics.inflight.clone());
         let authority = Self::client_authority(&req);
-        let mut res = self.route(req).await.unwrap_or_else(|res| res);
+        let has_body = !http_body::Body::is_end_stream(req.body());
+        let mut res = match self.route(req).await {
+            Ok(res) => res,
+            // Refused (or failed) with the request's body unread or half sent: the connection
+            // cannot carry another request (see `body::error_closing`).
+            Err(res) if has_body => body::closing(res),
+            Err(res) => res,
+        };
         self.redirect_into_cache(&mut res, authority.as_ref());
         res
     }
