@@ -90,3 +90,54 @@ async fn options_honours_max_forwards() {
     let seen = origin.path_stats("/o").last_request_headers;
     assert_eq!(values(&seen, "max-forwards"), ["2"]);
 }
+
+/// Fields a qualified `no-cache="…"` or `private="…"` keeps out of the stored copy still reach
+/// the client whose request fetched the response (RFC 9111 §5.2.2.4 and §5.2.2.7 restrict
+/// reuse and storage, not delivery); later clients, answered from the stored copy, do not get
+/// them. Both a `GET` (the probe) and a `HEAD` (the lookup without a body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fields_kept_out_of_the_stored_copy_reach_only_the_client_that_fetched_it() {
+    let origin = Origin::start().await;
+    for path in ["/g.bin", "/h.bin"] {
+        origin.put(
+            path,
+            ObjectSpec::new(10_000)
+                .seed(3)
+                .cache_control(r#"max-age=3600, no-cache="x-listed", private="x-private""#)
+                .header("x-listed", "1")
+                .header("x-private", "2")
+                .header("x-plain", "3"),
+        );
+    }
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    let http = client();
+    for (path, method) in [
+        ("/g.bin", reqwest::Method::GET),
+        ("/h.bin", reqwest::Method::HEAD),
+    ] {
+        let url = format!("{}{path}", node.url());
+        let first = http.request(method.clone(), &url).send().await.unwrap();
+        assert_eq!(first.status(), 200, "{method} {path}");
+        for (name, value) in [("x-listed", "1"), ("x-private", "2"), ("x-plain", "3")] {
+            assert_eq!(
+                header(first.headers(), name),
+                value,
+                "{method} {path}: first {name}"
+            );
+        }
+        let later = http.request(method.clone(), &url).send().await.unwrap();
+        assert!(
+            header(later.headers(), "cache-status").contains("hit"),
+            "{method} {path}: {:?}",
+            later.headers()
+        );
+        assert_eq!(header(later.headers(), "x-listed"), "", "{method} {path}");
+        assert_eq!(header(later.headers(), "x-private"), "", "{method} {path}");
+        assert_eq!(header(later.headers(), "x-plain"), "3", "{method} {path}");
+    }
+    assert_eq!(
+        origin.stats().requests,
+        2,
+        "one upstream request per object"
+    );
+}

@@ -47,6 +47,9 @@ pub struct Opened {
     pub source: MetaSource,
     /// The chunk this request's own lookup fetched, read through the fetch it started.
     pub first_chunk: Option<LeadingChunk>,
+    /// Fields of the upstream's answer to this request's own lookup that the stored copy
+    /// leaves out (`metadata::Found::withheld`).
+    pub withheld: http::HeaderMap,
 }
 
 pub struct Cache {
@@ -139,6 +142,7 @@ impl Cache {
             meta,
             source,
             first_chunk: None,
+            withheld: http::HeaderMap::new(),
         })
     }
 
@@ -170,6 +174,7 @@ impl Cache {
             meta,
             source,
             first_chunk,
+            withheld,
         } = found;
         if source == MetaSource::StaleWhileRevalidate {
             self.revalidate_in_background(path, route, meta.clone(), upstream_target.cloned());
@@ -180,6 +185,7 @@ impl Cache {
             meta,
             source,
             first_chunk,
+            withheld,
         }
     }
 

@@ -241,13 +241,30 @@ impl Front {
         }
     }
 
-    /// Answers from the object's metadata alone, or with the ranges it wants of its chunks.
+    /// Answers from the stored copy; the request whose lookup fetched it also gets the fields
+    /// the stored copy leaves out (`Opened::withheld`).
     async fn serve_stored(&self, req: Request<Incoming>, opened: Opened) -> Answer {
         let Opened {
             meta,
-            source: meta_source,
+            source,
             first_chunk,
+            withheld,
         } = opened;
+        let mut answer = self.answer_stored(req, meta, source, first_chunk).await;
+        if let (Ok(res), false) = (&mut answer, withheld.is_empty()) {
+            res.headers_mut().extend(withheld);
+        }
+        answer
+    }
+
+    /// Answers from the object's metadata alone, or with the ranges it wants of its chunks.
+    async fn answer_stored(
+        &self,
+        req: Request<Incoming>,
+        meta: Arc<ObjectMeta>,
+        meta_source: MetaSource,
+        first_chunk: Option<LeadingChunk>,
+    ) -> Answer {
         if let Some(res) = self.answer_from_metadata(&req, &meta, meta_source) {
             return Ok(res);
         }

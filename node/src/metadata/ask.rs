@@ -9,7 +9,9 @@ use std::{sync::Arc, time::SystemTime};
 use super::{Asker, Found, LookupError, MetaSource, MetadataStore, Missed};
 use crate::{
     object::ObjectMeta,
-    policy::{evaluate, evaluate_head, HeadContext, LookupAnswer, Uncacheable},
+    policy::{
+        evaluate, evaluate_head, headers::withheld_headers, HeadContext, LookupAnswer, Uncacheable,
+    },
     upstream::{Probe, Relayed, UpstreamError},
 };
 
@@ -37,8 +39,12 @@ impl MetadataStore {
                     .upstream
                     .head(ask.target(path), ask.headers, None)
                     .await?;
+                let withheld = withheld_headers(&answer.1);
                 let meta = self.take_head(path, answer, ask.headers)?;
-                Ok(Found::without_body(Arc::new(meta), MetaSource::Upstream))
+                Ok(Found {
+                    withheld,
+                    ..Found::without_body(Arc::new(meta), MetaSource::Upstream)
+                })
             }
         }
     }
@@ -111,11 +117,13 @@ impl MetadataStore {
                 return Err(Missed { error, relay });
             }
         };
+        let withheld = withheld_headers(&probe.headers);
         let first_chunk = (meta.length > 0).then_some(probe.body);
         Ok(Found {
             meta: Arc::new(meta),
             source: MetaSource::Upstream,
             first_chunk,
+            withheld,
         })
     }
 

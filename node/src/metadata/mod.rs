@@ -33,6 +33,10 @@ pub struct Found {
     pub meta: Arc<ObjectMeta>,
     pub source: MetaSource,
     pub first_chunk: Option<ProbeBody>,
+    /// Fields of the upstream's answer that the stored copy leaves out (qualified `no-cache` and
+    /// `private`, see `policy::headers::withheld_headers`), for the client of the lookup that
+    /// asked, like the probe's body.
+    pub withheld: http::HeaderMap,
 }
 
 impl Found {
@@ -41,6 +45,7 @@ impl Found {
             meta,
             source,
             first_chunk: None,
+            withheld: http::HeaderMap::new(),
         }
     }
 }

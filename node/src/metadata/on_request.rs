@@ -93,11 +93,12 @@ impl MetadataStore {
                 match self.confirm(path, stored.clone(), ask).await {
                     Ok(found) => {
                         let answer = (found.meta.clone(), found.source);
-                        *ran.lock().expect("lookup lock") = Some(found.first_chunk);
+                        *ran.lock().expect("lookup lock") =
+                            Some((found.first_chunk, found.withheld));
                         Ok(answer)
                     }
                     Err(missed) => {
-                        *ran.lock().expect("lookup lock") = Some(None);
+                        *ran.lock().expect("lookup lock") = Some((None, http::HeaderMap::new()));
                         *relay.lock().expect("lookup lock") = missed.relay;
                         Err(missed.error)
                     }
@@ -110,11 +111,15 @@ impl MetadataStore {
             self.on_request.invalidate(path).await;
         }
         match shared {
-            Ok((meta, source)) => Ok(Found {
-                meta,
-                source,
-                first_chunk: ran.flatten(),
-            }),
+            Ok((meta, source)) => {
+                let (first_chunk, withheld) = ran.unwrap_or_default();
+                Ok(Found {
+                    meta,
+                    source,
+                    first_chunk,
+                    withheld,
+                })
+            }
             Err(error) => Err(Missed {
                 error: (*error).clone(),
                 relay: relay.into_inner().expect("lookup lock"),

@@ -123,10 +123,57 @@ pub fn stored_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The end-to-end fields of `headers` that a qualified `no-cache="…"` or `private="…"` keeps out
+/// of the stored copy: they are still the origin's answer to the request that fetched it, and go
+/// to that client alone (RFC 9111 §5.2.2.4, §5.2.2.7 restrict reuse and storage, not delivery).
+/// Never a field the cache sets itself, nor `Set-Cookie` (a response that sets a cookie is not
+/// stored; it is relayed whole).
+pub fn withheld_headers(headers: &HeaderMap) -> HeaderMap {
+    let qualified = CacheControl::parse(headers).qualified_names();
+    let mut out = HeaderMap::new();
+    if qualified.is_empty() {
+        return out;
+    }
+    for (name, value) in &end_to_end(headers) {
+        let named = qualified.iter().any(|q| q == name.as_str());
+        let ours = SET_BY_THE_CACHE.contains(&name.as_str()) || name == header::SET_COOKIE;
+        if named && !ours {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_support::headers;
+
+    #[test]
+    fn fields_kept_out_by_qualified_directives_are_withheld_for_the_fetching_client() {
+        let h = headers(&[
+            (
+                "cache-control",
+                r#"max-age=60, no-cache="x-a, age", private="x-b""#,
+            ),
+            ("x-a", "1"),
+            ("x-a", "2"),
+            ("x-b", "3"),
+            ("x-c", "4"),
+            ("age", "5"),
+        ]);
+        let withheld = withheld_headers(&h);
+        let got: Vec<_> = withheld
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(got, [("x-a", "1"), ("x-a", "2"), ("x-b", "3")]);
+        assert!(stored_headers(&h)
+            .iter()
+            .all(|(n, _)| n != "x-a" && n != "x-b"));
+        let plain = headers(&[("cache-control", "max-age=60, no-cache"), ("x-a", "1")]);
+        assert!(withheld_headers(&plain).is_empty());
+    }
 
     #[test]
     fn every_end_to_end_header_is_kept_in_order_with_all_its_values() {
