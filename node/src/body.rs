@@ -33,16 +33,26 @@ where
     ))
 }
 
-/// `error` for a request whose body was not read to its end (refused as too large): the rest
-/// of that body is still on the connection, so the connection ends with this answer, and says
-/// so (RFC 9112 §9.6). Without `Connection: close` a client puts the connection back in its
-/// pool, and its next request there fails when the server drops it (a test saw
-/// `IncompleteMessage` on the request after a refused 300 KiB preheat body).
-pub fn error_closing(status: StatusCode, reason: impl std::fmt::Display) -> Response<Body> {
-    closing(error(status, reason))
+/// The answer to a request that carried a body: a refusal (an error status) may leave the rest
+/// of that body on the connection, so the connection ends with the answer, and says so (RFC 9112
+/// §9.6). Without `Connection: close` a client puts the connection back in its pool, and its
+/// next request there fails when the server drops it (a test saw `IncompleteMessage` on the
+/// request after a refused 300 KiB preheat body). For the admin and peer APIs, whose answers
+/// are all the node's own.
+pub fn after_body(has_body: bool, res: Response<Body>) -> Response<Body> {
+    let refused = res.status().is_client_error() || res.status().is_server_error();
+    match has_body && refused {
+        true => closing(res),
+        false => res,
+    }
 }
 
-/// `res`, ending its connection (see `error_closing`); HTTP/2 drops the header and keeps the
+/// Whether `req` carries a body (see `after_body`).
+pub fn has_body<B: http_body::Body>(req: &http::Request<B>) -> bool {
+    !req.body().is_end_stream()
+}
+
+/// `res`, ending its connection (see `after_body`); HTTP/2 drops the header and keeps the
 /// connection, whose streams end on their own.
 pub fn closing(mut res: Response<Body>) -> Response<Body> {
     res.headers_mut()

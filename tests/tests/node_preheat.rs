@@ -272,6 +272,15 @@ async fn preheat_needs_the_admin_token() {
         assert_eq!(status, 401, "{token:?}: {text}");
         assert!(text.contains("admin token"), "{text}");
     }
+    // Refused before its body was read: the connection ends with the answer.
+    let res = client()
+        .post(format!("{}/preheat", node.admin_url()))
+        .body(r#"["/a.bin"]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(header(res.headers(), "connection"), "close");
     let id = start(&node, &["/a.bin"]).await;
     let (status, _) = report(&node, &id, None).await;
     assert_eq!(status, 401, "a report needs the token too");

@@ -3,7 +3,7 @@
 //! carries for a signed URL (`--ignore-query-param`) must name the object the request is for.
 
 use casserole_tests::{
-    client::client,
+    client::{client, header},
     harness::{NodeBuilder, NodePorts},
     origin::{ObjectSpec, Origin},
 };
@@ -39,6 +39,17 @@ async fn the_previous_peer_token_is_accepted_during_a_rotation() {
             .unwrap();
         assert_eq!(res.status() != 401, accepted, "{token:?}: {}", res.status());
     }
+    // A chunk posted with a wrong token is refused before its body is read: the connection
+    // ends with the answer.
+    let res = client()
+        .post(format!("{}/v1/chunk/0", node.peer_url()))
+        .header("authorization", "Bearer another-token-0123456789")
+        .body(vec![b'{'; 10_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(header(res.headers(), "connection"), "close");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -38,6 +38,11 @@ pub struct Admin {
 
 impl Admin {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let has_body = body::has_body(&req);
+        body::after_body(has_body, self.route(req).await)
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
         match req.uri().path() {
             "/metrics" => {
                 self.memory.refresh_gauges();
@@ -102,9 +107,7 @@ impl Admin {
             .await
         {
             Ok(b) => b.to_bytes(),
-            Err(e) => {
-                return body::error_closing(StatusCode::BAD_REQUEST, format_args!("body: {e}"))
-            }
+            Err(e) => return body::error(StatusCode::BAD_REQUEST, format_args!("body: {e}")),
         };
         let target: Target = match serde_json::from_slice(&raw) {
             Ok(t) => t,
@@ -146,9 +149,7 @@ impl Admin {
             .await
         {
             Ok(b) => b.to_bytes(),
-            Err(e) => {
-                return body::error_closing(StatusCode::BAD_REQUEST, format_args!("body: {e}"))
-            }
+            Err(e) => return body::error(StatusCode::BAD_REQUEST, format_args!("body: {e}")),
         };
         let paths = match self.preheater.parse(&raw) {
             Ok(paths) => paths,

@@ -101,11 +101,12 @@ impl Front {
         self.metrics.inflight.inc();
         let _inflight = InFlight(self.metrics.inflight.clone());
         let authority = Self::client_authority(&req);
-        let has_body = !http_body::Body::is_end_stream(req.body());
+        let has_body = body::has_body(&req);
         let mut res = match self.route(req).await {
             Ok(res) => res,
             // Refused (or failed) with the request's body unread or half sent: the connection
-            // cannot carry another request (see `body::error_closing`).
+            // cannot carry another request (see `body::after_body`; answers relayed from the
+            // upstream are `Ok`, their bodies forwarded whole).
             Err(res) if has_body => body::closing(res),
             Err(res) => res,
         };

@@ -70,6 +70,11 @@ pub struct PeerApi {
 
 impl PeerApi {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let has_body = body::has_body(&req);
+        body::after_body(has_body, self.route(req).await)
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
         let tokens = std::iter::once(self.token.as_str()).chain(self.previous_token.as_deref());
         if !crate::bearer::accepts(req.headers(), tokens) {
             self.count("any", "unauthorized");
@@ -162,12 +167,7 @@ impl PeerApi {
         let (parts, incoming) = req.into_parts();
         let raw: Bytes = match Limited::new(incoming, MAX_META_BODY).collect().await {
             Ok(collected) => collected.to_bytes(),
-            Err(_) => {
-                return body::error_closing(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "metadata body too large",
-                )
-            }
+            Err(_) => return body::error(StatusCode::PAYLOAD_TOO_LARGE, "metadata body too large"),
         };
         let mut meta: ObjectMeta = match serde_json::from_slice(&raw) {
             Ok(meta) => meta,
