@@ -98,7 +98,7 @@ impl MetadataStore {
                         Ok(answer)
                     }
                     Err(missed) => {
-                        *ran.lock().expect("lookup lock") = Some((None, http::HeaderMap::new()));
+                        *ran.lock().expect("lookup lock") = Some(Default::default());
                         *relay.lock().expect("lookup lock") = missed.relay;
                         Err(missed.error)
                     }
