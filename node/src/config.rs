@@ -169,9 +169,10 @@ pub struct Config {
     #[arg(long, env = "CASSEROLE_MAX_HEURISTIC_TTL", default_value = "24h", value_parser = parse_duration)]
     pub max_heuristic_ttl: Duration,
 
-    /// How long past its freshness a cached object may still be served when the upstream is
-    /// unreachable, times out or answers 5xx, unless the response sets `stale-if-error` or
-    /// forbids stale serving (`must-revalidate`, `proxy-revalidate`, `s-maxage`).
+    /// How long past its freshness a cached object may still be served while the upstream
+    /// cannot be reached or times out (a `5xx` answer allows only the response's own
+    /// `stale-if-error`), unless the response forbids stale serving (`must-revalidate`,
+    /// `proxy-revalidate`, `s-maxage`).
     #[arg(long, env = "CASSEROLE_STALE_IF_ERROR", default_value = "10m", value_parser = parse_duration)]
     pub stale_if_error: Duration,
 

@@ -3,7 +3,7 @@
 //! byte counts as the proof.
 
 use casserole_tests::{
-    client::{client, get_bytes, get_sha256, header},
+    client::{client, get_bytes, get_sha256, head, header},
     harness::NodeBuilder,
     origin::{EtagMode, Fault, ObjectSpec, Origin},
 };
@@ -492,4 +492,83 @@ async fn an_object_without_a_validator_is_never_assembled_from_two_responses() {
     let again = get_sha256(&url, &[]).await.unwrap();
     assert_eq!(again.sha256, second);
     assert!(header(&again.headers, "cache-status").contains("hit"));
+}
+
+/// RFC 9111 §4.3.5: a `200` to the `HEAD` that revalidates a stale copy, showing the same
+/// validators (here none) and length, updates the copy — its lifetime, its fields — and keeps
+/// every chunk, as a `304` would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_head_200_that_shows_the_same_bytes_refreshes_the_stored_copy() {
+    let origin = Origin::start().await;
+    let spec = || {
+        ObjectSpec::new(3 * MIB)
+            .seed(90)
+            .etag(EtagMode::None)
+            .no_last_modified()
+    };
+    let obj = origin.put(
+        "/h.bin",
+        spec().cache_control("max-age=2").header("x-v", "1"),
+    );
+    let node = short_lived_node(&origin).spawn().await;
+    let url = format!("{}/h.bin", node.url());
+    assert_eq!(get_sha256(&url, &[]).await.unwrap().sha256, obj.sha256());
+    wait_stale().await;
+    origin.put(
+        "/h.bin",
+        spec().cache_control("max-age=600").header("x-v", "2"),
+    );
+    origin.reset_stats();
+    let (status, headers) = head(&url, &[]).await.unwrap();
+    assert_eq!((status.as_u16(), header(&headers, "x-v")), (200, "2"));
+    let got = get_sha256(&url, &[]).await.unwrap();
+    assert_eq!(got.sha256, obj.sha256());
+    assert!(
+        header(&got.headers, "cache-status").contains("hit"),
+        "{:?}",
+        got.headers
+    );
+    assert_eq!(header(&got.headers, "x-v"), "2");
+    let stats = origin.path_stats("/h.bin");
+    assert_eq!(
+        (stats.head_requests, stats.get_requests),
+        (1, 0),
+        "the HEAD alone: {stats:?}"
+    );
+}
+
+/// A `Content-Range` on a whole (`200`) answer is the origin's own field: stored and replayed
+/// with the whole object (RFC 9111 §3.1), never on a part, which carries the cache's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_origin_s_content_range_on_a_whole_answer_stays_with_the_whole_answer() {
+    let origin = Origin::start().await;
+    let obj = origin.put(
+        "/cr.bin",
+        ObjectSpec::new(1000)
+            .seed(91)
+            .header("content-range", "origin-value"),
+    );
+    origin.set_fault("/cr.bin", Fault::IgnoreRange, None);
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    let url = format!("{}/cr.bin", node.url());
+    for _ in 0..2 {
+        let got = get_sha256(&url, &[]).await.unwrap();
+        assert_eq!((got.status.as_u16(), got.sha256), (200, obj.sha256()));
+        assert_eq!(header(&got.headers, "content-range"), "origin-value");
+    }
+    let part = get_sha256(&url, &[("range", "bytes=10-19")]).await.unwrap();
+    assert_eq!(part.status.as_u16(), 206);
+    let ranges: Vec<_> = part.headers.get_all("content-range").iter().collect();
+    assert_eq!(ranges, ["bytes 10-19/1000"]);
+    // Several parts: each names its range inside the body, the answer none.
+    let parts = get_sha256(&url, &[("range", "bytes=0-1,10-19")])
+        .await
+        .unwrap();
+    assert_eq!(parts.status.as_u16(), 206);
+    assert!(
+        parts.headers.get("content-range").is_none(),
+        "{:?}",
+        parts.headers
+    );
+    assert_eq!(origin.path_stats("/cr.bin").requests, 1);
 }

@@ -1,7 +1,10 @@
 //! Client-side range handling (RFC 9110 §14): which bytes a GET asks for, and the
 //! `multipart/byteranges` framing for several ranges.
 
-use std::ops::RangeInclusive;
+use std::{
+    ops::RangeInclusive,
+    time::{Duration, UNIX_EPOCH},
+};
 
 use http::{header, HeaderMap};
 use http_range_header::RangeUnsatisfiableError;
@@ -140,14 +143,24 @@ fn listed_tags(headers: &HeaderMap, name: header::HeaderName) -> Option<Vec<Stri
 }
 
 /// RFC 9110 §13.2.2, in its order: `If-Match`, else `If-Unmodified-Since`; then `If-None-Match`,
-/// else `If-Modified-Since`. A date that does not parse, or a representation without a
-/// `Last-Modified`, makes a date condition void.
+/// else `If-Modified-Since`. A date that does not parse makes a date condition void, and so does
+/// a representation without a `Last-Modified` for `If-Unmodified-Since`; `If-Modified-Since`
+/// is then held against the stored response's `Date`, or the time it was received (RFC 9111
+/// §4.3.2).
 pub fn preconditions(headers: &HeaderMap, meta: &ObjectMeta) -> Precondition {
     // Parsed only for a date condition: most requests carry none.
     let modified = || {
         meta.last_modified
             .as_deref()
             .and_then(|lm| httpdate::parse_http_date(lm).ok())
+    };
+    let modified_or_dated = || {
+        modified()
+            .or_else(|| {
+                meta.header("date")
+                    .and_then(|d| httpdate::parse_http_date(d).ok())
+            })
+            .unwrap_or_else(|| UNIX_EPOCH + Duration::from_secs(meta.fetched_at))
     };
     if let Some(tags) = listed_tags(headers, header::IF_MATCH) {
         // Strong comparison: only a strong tag equal to a strong ETag matches.
@@ -176,7 +189,7 @@ pub fn preconditions(headers: &HeaderMap, meta: &ObjectMeta) -> Precondition {
         };
     }
     if let Some(since) = http_date(headers, header::IF_MODIFIED_SINCE) {
-        if modified().is_some_and(|modified| modified <= since) {
+        if modified_or_dated() <= since {
             return Precondition::NotModified;
         }
     }
@@ -430,6 +443,34 @@ mod tests {
         assert_eq!(preconditions(&h, &weak), Failed("If-Match"));
         let h = headers(&[("if-none-match", "\"v1\"")]);
         assert_eq!(preconditions(&h, &weak), NotModified);
+    }
+
+    #[test]
+    fn if_modified_since_without_last_modified_is_held_against_date_or_receipt() {
+        use Precondition::*;
+        let date = "Tue, 15 Nov 1994 12:45:26 GMT";
+        let (before, after) = (
+            "Mon, 14 Nov 1994 12:45:26 GMT",
+            "Wed, 16 Nov 1994 12:45:26 GMT",
+        );
+        let mut dated = object_meta("/a", 1000, 100);
+        dated.last_modified = None;
+        dated.headers = vec![("date".into(), date.into())];
+        let p = |m: &ObjectMeta, since: &str| {
+            preconditions(&headers(&[("if-modified-since", since)]), m)
+        };
+        assert_eq!(p(&dated, date), NotModified);
+        assert_eq!(p(&dated, after), NotModified);
+        assert_eq!(p(&dated, before), Proceed);
+        // Not for If-Unmodified-Since: that is the representation's own date (RFC 9110 §13.1.4).
+        let h = headers(&[("if-unmodified-since", before)]);
+        assert_eq!(preconditions(&h, &dated), Proceed);
+        // No Date either: the time it was received.
+        let mut undated = dated.clone();
+        undated.headers.clear();
+        undated.fetched_at = 784_903_526; // 1994-11-15 12:45:26 UTC
+        assert_eq!(p(&undated, date), NotModified);
+        assert_eq!(p(&undated, before), Proceed);
     }
 
     #[test]

@@ -514,6 +514,11 @@ fn cached_response(
     *res.status_mut() = status;
     *res.headers_mut() = meta.response_headers().clone();
     let h = res.headers_mut();
+    // A stored `Content-Range` is the origin's field of a whole response; a part's is the
+    // cache's own (set by the caller for one range, per part for several).
+    if status == StatusCode::PARTIAL_CONTENT {
+        h.remove(header::CONTENT_RANGE);
+    }
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::AGE, HeaderValue::from(meta.age(unix_now())));
     h.insert(cache_status::HEADER, cache_status.header_value());

@@ -10,9 +10,10 @@ use super::{Asker, Found, LookupError, MetaSource, MetadataStore, Missed};
 use crate::{
     object::ObjectMeta,
     policy::{
-        evaluate, evaluate_head, headers::withheld_headers, HeadContext, LookupAnswer, Uncacheable,
+        evaluate, evaluate_head, headers::withheld_headers, shareable_with_credentials,
+        HeadContext, LookupAnswer, Uncacheable,
     },
-    upstream::{Probe, Relayed, UpstreamError},
+    upstream::{Probe, ProbeBody, Relayed, UpstreamError},
 };
 
 /// An upstream answer's verdict as it holds for the request that asked: shared only as the answer
@@ -98,7 +99,30 @@ impl MetadataStore {
             .upstream
             .probe(ask.target(path), start, chunk_size, None, ask.headers)
             .await?;
+        let probe = self.sized(path, probe, ask.headers).await?;
         self.take_probe(path, probe, ask.headers)
+    }
+
+    /// A probe answered without a length (chunked, or ending with the connection) has it learnt
+    /// by reading up to a chunk of its body, when the answer would be stored; one that would
+    /// not (`no-store`, a stream of events, …) is relayed unread, as it comes.
+    pub(super) async fn sized(
+        &self,
+        path: &str,
+        probe: Probe,
+        client: &http::HeaderMap,
+    ) -> Result<Probe, UpstreamError> {
+        if !matches!(probe.body, ProbeBody::Unsized(_)) {
+            return Ok(probe);
+        }
+        let ctx = self.context(path, probe.status, probe.response_time);
+        let storable = evaluate(&ctx, LookupAnswer::Whole { length: 0 }, &probe.headers)
+            .and_then(|_| shareable_with_credentials(client, &probe.headers))
+            .is_ok();
+        match storable {
+            true => self.upstream.sized(probe, self.cfg.chunk_size, path).await,
+            false => Ok(probe),
+        }
     }
 
     /// Metadata from a probe's answer, with its body when the object has bytes. An answer that

@@ -4,7 +4,11 @@
 use std::sync::Arc;
 
 use super::{Asker, Found, LookupError, MetaSource, MetadataStore, Missed};
-use crate::{object::ObjectMeta, policy::refresh, source::Route};
+use crate::{
+    object::ObjectMeta,
+    policy::{head_confirms, refresh},
+    source::Route,
+};
 
 impl MetadataStore {
     /// Asks the upstream whether `stale` still holds: the probe, made conditional on its
@@ -34,11 +38,14 @@ impl MetadataStore {
         if probe.status == http::StatusCode::NOT_MODIFIED {
             return self.refreshed(path, stale, &probe.headers, probe.response_time);
         }
+        let probe = self.sized(path, probe, ask.headers).await?;
         self.take_probe(path, probe, ask.headers)
     }
 
     /// A client's `HEAD` wants no body: the stored copy is confirmed with a conditional `HEAD`
-    /// (RFC 9110 §9.3.2), and a changed object is looked up from that `HEAD`'s answer.
+    /// (RFC 9110 §9.3.2), and a changed object is looked up from that `HEAD`'s answer. A `200`
+    /// that shows the same bytes (§4.3.5: an upstream that ignores the condition, or a copy
+    /// without a validator) updates the copy as a `304` would.
     async fn revalidate_by_head(
         &self,
         path: &str,
@@ -49,7 +56,12 @@ impl MetadataStore {
             .upstream
             .head(ask.target(path), ask.headers, Some(stale))
             .await?;
-        if answer.0 == http::StatusCode::NOT_MODIFIED {
+        let confirms = match answer.0 {
+            http::StatusCode::NOT_MODIFIED => true,
+            http::StatusCode::OK => head_confirms(stale, &answer.1),
+            _ => false,
+        };
+        if confirms {
             return self.refreshed(path, stale, &answer.1, answer.2);
         }
         let meta = self.take_head(path, answer, ask.headers)?;

@@ -103,8 +103,10 @@ pub fn for_lifetime(headers: &HeaderMap) -> HeaderMap {
 
 /// The end-to-end headers of `headers` to store with an object and replay on hits: all of them,
 /// in order, minus hop-by-hop headers, headers named in `Connection`, names qualified by
-/// `no-cache="…"`/`private="…"`, `Set-Cookie` and the headers the cache sets itself. Values
-/// that are not visible ASCII/UTF-8 are dropped (the metadata record is text).
+/// `no-cache="…"`/`private="…"`, `Set-Cookie` and the headers the cache sets itself — but
+/// `Content-Range`: on a response other than a `206` it is the origin's own field, stored like
+/// any other (RFC 9111 §3.1); a `206`'s describes the part it carries, and `evaluate` leaves it
+/// out. Values that are not visible ASCII/UTF-8 are dropped (the metadata record is text).
 pub fn stored_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     let mut excluded = listed_names(
         headers
@@ -113,7 +115,12 @@ pub fn stored_headers(headers: &HeaderMap) -> Vec<(String, String)> {
             .filter_map(|v| v.to_str().ok()),
     );
     excluded.extend(CacheControl::parse(headers).qualified_names());
-    excluded.extend(SET_BY_THE_CACHE.iter().map(|s| s.to_string()));
+    excluded.extend(
+        SET_BY_THE_CACHE
+            .iter()
+            .filter(|&&s| s != "content-range")
+            .map(|s| s.to_string()),
+    );
     // A cookie is one client's: never stored, whatever let the response get this far.
     excluded.push(header::SET_COOKIE.as_str().to_string());
     headers

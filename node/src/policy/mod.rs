@@ -243,7 +243,14 @@ pub fn evaluate(
         validator,
         etag,
         last_modified,
-        headers: headers::stored_headers(headers),
+        headers: match answer {
+            // The probe's part, not the object's: the cache writes its own for each range.
+            LookupAnswer::Ranged { .. } => headers::stored_headers(headers)
+                .into_iter()
+                .filter(|(name, _)| name != "content-range")
+                .collect(),
+            LookupAnswer::Whole { .. } | LookupAnswer::Head => headers::stored_headers(headers),
+        },
         whole_only,
         fetched_at,
         initial_age,
@@ -264,8 +271,9 @@ pub fn evaluate(
 /// the ones the `304` carries, a new lifetime from them, the same version and chunks.
 /// Header fields the stored bytes depend on (RFC 9111 §3.2): a `304` that names others than
 /// the stored ones cannot change the bytes, so it does not change these either.
-const DESCRIBE_THE_STORED_BYTES: [&str; 5] = [
+const DESCRIBE_THE_STORED_BYTES: [&str; 6] = [
     "content-encoding",
+    "content-range",
     "content-md5",
     "digest",
     "content-digest",
@@ -326,6 +334,24 @@ pub fn refresh(
         upstream_target: None,
         ..stale.clone()
     })
+}
+
+/// RFC 9111 §4.3.5: whether a `200` to a `HEAD` describes the same bytes as `stale`, so that it
+/// updates the stored response (as a `304` does) instead of replacing it: the same status, every
+/// validator it carries equal to the stored one, and its `Content-Length`, when it has one, the
+/// stored length. Otherwise the stored response is stale and the answer a new lookup.
+pub fn head_confirms(stale: &ObjectMeta, head: &HeaderMap) -> bool {
+    let same = |name: header::HeaderName, stored: Option<&str>| {
+        head.get(name)
+            .is_none_or(|v| v.to_str().ok().map(str::trim) == stored)
+    };
+    let length = head
+        .get(header::CONTENT_LENGTH)
+        .is_none_or(|v| v.to_str().ok().and_then(|v| v.trim().parse().ok()) == Some(stale.length));
+    stale.status == 200
+        && same(header::ETAG, stale.etag.as_deref())
+        && same(header::LAST_MODIFIED, stale.last_modified.as_deref())
+        && length
 }
 
 /// Every `Vary` field line counts. `Vary: *` can match no later request, so it is not stored;

@@ -157,6 +157,26 @@ fn the_origin_s_own_headers_are_stored() {
 }
 
 #[test]
+fn a_whole_response_keeps_its_content_range_and_a_probe_s_part_does_not() {
+    let h = headers(&with(&[("content-range", "bytes 0-9/10")]));
+    let stored = |answer| evaluate(&ctx(), answer, &h).unwrap();
+    let whole = stored(LookupAnswer::Whole { length: 10 });
+    assert_eq!(whole.header("content-range"), Some("bytes 0-9/10"));
+    assert_eq!(
+        stored(LookupAnswer::Head).header("content-range"),
+        Some("bytes 0-9/10")
+    );
+    assert_eq!(
+        stored(LookupAnswer::Ranged { length: 10 }).header("content-range"),
+        None
+    );
+    // Nor does a 304 change it: it describes the stored bytes.
+    let not_modified = headers(&[("cache-control", "max-age=60"), ("content-range", "x")]);
+    let refreshed = refresh(&ctx(), &whole, &not_modified).unwrap();
+    assert_eq!(refreshed.header("content-range"), Some("bytes 0-9/10"));
+}
+
+#[test]
 fn vary_accept_encoding_and_weak_etag_with_last_modified_are_fine() {
     assert!(verdict(&with(&[("vary", "Accept-Encoding")])).is_ok());
     let m = verdict(&with(&[
@@ -306,4 +326,34 @@ fn refusals_of_one_request_are_no_verdict_on_the_object() {
         );
     }
     assert!(!Uncacheable::Authenticated.is_about_the_object(None));
+}
+
+#[test]
+fn a_head_200_confirms_a_stored_copy_only_with_the_same_validators_and_length() {
+    let stale = verdict(&with(&[("last-modified", "Tue, 15 Nov 1994 12:45:26 GMT")])).unwrap();
+    let confirms = |pairs: &[(&str, &str)]| head_confirms(&stale, &headers(pairs));
+    assert!(
+        confirms(&[("cache-control", "max-age=60")]),
+        "no validator, no length"
+    );
+    assert!(confirms(&[("etag", "\"abc\""), ("content-length", "10")]));
+    assert!(confirms(&[(
+        "last-modified",
+        "Tue, 15 Nov 1994 12:45:26 GMT"
+    )]));
+    assert!(!confirms(&[("etag", "\"abd\"")]));
+    assert!(!confirms(&[(
+        "last-modified",
+        "Wed, 16 Nov 1994 12:45:26 GMT"
+    )]));
+    assert!(!confirms(&[("content-length", "11")]));
+    let mut no_etag = stale.clone();
+    no_etag.etag = None;
+    assert!(
+        !head_confirms(&no_etag, &headers(&[("etag", "\"abc\"")])),
+        "a validator appears"
+    );
+    let mut gone = stale.clone();
+    gone.status = 404;
+    assert!(!head_confirms(&gone, &headers(&[])), "another status");
 }

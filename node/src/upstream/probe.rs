@@ -23,11 +23,15 @@ pub enum ProbeBody {
         len: u64,
         stream: UpstreamStream,
     },
-    /// `200`: the whole object, `Content-Length` bytes long.
+    /// `200`: the whole object, `Content-Length` bytes long (or as long as its body turned out
+    /// to be: `Upstream::sized`).
     Whole { len: u64, stream: UpstreamStream },
-    /// Not object bytes the cache can use (another status, or no length): the response itself,
-    /// unread, so it can be relayed to the client as it is.
-    Other(reqwest::Response),
+    /// A whole answer the cache may store but whose length it does not say (chunked or ending
+    /// with the connection): unread, until `Upstream::sized` learns its length or relays it.
+    Unsized(reqwest::Response),
+    /// Not object bytes the cache can use (another status, or a body longer than it will learn
+    /// the length of): the body as it comes, so it can be relayed to the client as it is.
+    Other(UpstreamStream),
     /// No usable body (a range other than the one asked).
     None,
 }
@@ -46,8 +50,7 @@ impl Relayed {
     /// `res` as it came, its body streamed.
     pub fn of(res: reqwest::Response) -> Self {
         let (status, headers) = (res.status(), res.headers().clone());
-        let body: UpstreamStream =
-            Box::pin(res.bytes_stream().map_err(UpstreamError::from_reqwest));
+        let body = body_of(res);
         Relayed {
             status,
             headers,
@@ -89,7 +92,8 @@ impl Probe {
                 headers.insert(header::CONTENT_LENGTH, len.into());
                 (StatusCode::OK, stream)
             }
-            ProbeBody::Other(res) => return Some(Relayed::of(res)),
+            ProbeBody::Unsized(res) => return Some(Relayed::of(res)),
+            ProbeBody::Other(stream) => (status, stream),
             ProbeBody::Range { .. } | ProbeBody::None => return None,
         };
         Some(Relayed {
@@ -98,6 +102,11 @@ impl Probe {
             body,
         })
     }
+}
+
+/// The body of `res` as it comes.
+fn body_of(res: reqwest::Response) -> UpstreamStream {
+    Box::pin(res.bytes_stream().map_err(UpstreamError::from_reqwest))
 }
 
 /// The upstream's answer to a probe.
@@ -220,10 +229,10 @@ impl Upstream {
                         let stream = self.validated_body(res, len, path);
                         (Some(len), ProbeBody::Whole { len, stream })
                     }
-                    None => (None, ProbeBody::Other(res)),
+                    None => (None, ProbeBody::Unsized(res)),
                 }
             }
-            _ => (None, ProbeBody::Other(res)),
+            _ => (None, ProbeBody::Other(body_of(res))),
         };
         Ok(Probe {
             status,
@@ -294,6 +303,48 @@ impl Upstream {
             ));
         }
         Ok((starts_at, self.validated_body(res, expected, &meta.path)))
+    }
+
+    /// `probe` with the length of an unsized answer learnt: its body read, when it ends within
+    /// `limit` bytes, and then a whole answer of that length (a dynamic page or index sent
+    /// chunked is stored like any other). A longer body is relayed as it comes, from the bytes
+    /// already read on; a body that fails before its end fails the lookup, as a probe's would.
+    pub async fn sized(
+        &self,
+        mut probe: Probe,
+        limit: u64,
+        path: &str,
+    ) -> Result<Probe, UpstreamError> {
+        let ProbeBody::Unsized(mut res) = probe.body else {
+            return Ok(probe);
+        };
+        let received = self
+            .metrics
+            .bytes
+            .with_label_values(&[self.routes.label_of(path)]);
+        let mut read = bytes::BytesMut::new();
+        loop {
+            let piece = res
+                .chunk()
+                .await
+                .map_err(|e| self.failed(path, UpstreamError::from_reqwest(e)))?;
+            let Some(piece) = piece else { break };
+            received.inc_by(piece.len() as u64);
+            read.extend_from_slice(&piece);
+            if read.len() as u64 > limit {
+                let head = futures::stream::once(futures::future::ready(Ok(read.freeze())));
+                probe.body = ProbeBody::Other(Box::pin(head.chain(body_of(res))));
+                return Ok(probe);
+            }
+        }
+        let len = read.len() as u64;
+        let stream = futures::stream::once(futures::future::ready(Ok(read.freeze())));
+        probe.length = Some(len);
+        probe.body = ProbeBody::Whole {
+            len,
+            stream: Box::pin(stream),
+        };
+        Ok(probe)
     }
 
     /// The body of `res` (for `path`), validated as it streams: never more than `expected`
