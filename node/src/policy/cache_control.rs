@@ -143,10 +143,16 @@ fn split_list(text: &str) -> Vec<String> {
 }
 
 /// `name`, `name=token` or `name="quoted string"`; an item without a valid name is skipped.
+/// The grammar has no whitespace around `=` (RFC 9111 §5.2): a spaced argument is kept as
+/// written, space included, so it is no valid number (`max-age = 60` is an invalid lifetime).
 fn parse_directive(item: &str) -> Option<Directive> {
     let item = item.trim();
     let (name, arg) = match item.split_once('=') {
-        Some((name, arg)) => (name.trim(), Some(unquote(arg.trim()))),
+        Some((name, arg)) if name.ends_with(char::is_whitespace) => {
+            (name.trim_end(), Some(format!(" {arg}")))
+        }
+        Some((name, arg)) if arg.starts_with(char::is_whitespace) => (name, Some(arg.to_string())),
+        Some((name, arg)) => (name, Some(unquote(arg))),
         None => (item, None),
     };
     if name.is_empty() || !is_token(name) {
@@ -217,6 +223,13 @@ mod tests {
         assert_eq!(cc(&["max-age=-1"]).seconds("max-age"), Seconds::Invalid);
         assert_eq!(cc(&["max-age"]).seconds("max-age"), Seconds::Invalid);
         assert_eq!(cc(&["max-age=1.5"]).seconds("max-age"), Seconds::Invalid);
+        // No whitespace around `=` in the grammar.
+        for spaced in ["max-age= 60", "max-age =60", "max-age = 60"] {
+            let c = cc(&[spaced]);
+            assert!(c.has("max-age"), "{spaced}");
+            assert_eq!(c.seconds("max-age"), Seconds::Invalid, "{spaced}");
+        }
+        assert_eq!(cc(&[" max-age=60 "]).seconds("max-age"), Seconds::Valid(60));
         assert_eq!(
             cc(&["max-age=99999999999999999999999"]).seconds("max-age"),
             Seconds::Valid(u64::MAX)
