@@ -58,6 +58,29 @@ async fn a_storable_answer_without_a_length_is_stored_once_its_end_is_read() {
     );
 }
 
+/// A `HEAD` without a length says nothing a `GET` cannot: the `GET` right after it still reads
+/// its answer to the end and stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_head_without_a_length_does_not_keep_the_get_after_it_from_storing() {
+    let origin = Origin::start().await;
+    let obj = put_unsized(&origin, "/dyn", ObjectSpec::new(5000).seed(4).max_age(600));
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    let url = format!("{}/dyn", node.url());
+    let (status, headers) = head(&url, &[]).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        header(&headers, "cache-status").contains("no-length"),
+        "{headers:?}"
+    );
+    for expected in ["casserole; fwd=miss", "casserole; hit; detail=memory"] {
+        let got = get_sha256(&url, &[]).await.unwrap();
+        assert_eq!((got.status.as_u16(), got.sha256), (200, obj.sha256()));
+        assert_eq!(header(&got.headers, "cache-status"), expected);
+    }
+    let stats = origin.path_stats("/dyn");
+    assert_eq!((stats.head_requests, stats.get_requests), (1, 1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_answer_without_a_length_longer_than_a_chunk_is_relayed_whole() {
     let origin = Origin::start().await;

@@ -336,7 +336,12 @@ impl MetadataStore {
         let relay = relay.into_inner().expect("lookup lock");
         let meta = match meta {
             Ok(meta) => meta,
-            Err(error) => return Err(self.not_found(path, error, relay, kept).await),
+            Err(error) => {
+                let looked_up_by_head = ask.first_byte.is_none();
+                return Err(self
+                    .not_found(path, error, relay, kept, looked_up_by_head)
+                    .await);
+            }
         };
         let found = loaded
             .into_inner()
@@ -349,15 +354,18 @@ impl MetadataStore {
     /// A lookup that made no metadata: verdicts on the object are remembered; when the upstream
     /// failed or refused only this request (a forged signature, a client over its rate), the
     /// stale copy is kept to revalidate (or to serve stale within its grace) next time: one
-    /// client's refusal neither evicts the object nor turns it into a pass for everyone.
+    /// client's refusal neither evicts the object nor turns it into a pass for everyone. A
+    /// `HEAD`'s answer without a length is no verdict: a `GET`'s body can still tell it.
     async fn not_found(
         &self,
         path: &str,
         error: LookupError,
         relay: Option<Box<Relayed>>,
         kept: Option<Arc<ObjectMeta>>,
+        looked_up_by_head: bool,
     ) -> Missed {
         let keep_stale = match &error {
+            LookupError::Uncacheable(Uncacheable::UnknownLength) if looked_up_by_head => true,
             LookupError::Uncacheable(why)
                 if why.is_about_the_object(relay.as_ref().map(|r| r.status.as_u16())) =>
             {
