@@ -104,8 +104,9 @@ impl MetadataStore {
     }
 
     /// A probe answered without a length (chunked, or ending with the connection) has it learnt
-    /// by reading up to a chunk of its body, when the answer would be stored; one that would
-    /// not (`no-store`, a stream of events, …) is relayed unread, as it comes.
+    /// by reading up to a chunk of its body, when the answer would be stored (a bounded number
+    /// at once: the bytes are held outside the fetch budget); one that would not (`no-store`, a
+    /// stream of events, …) is relayed unread, as it comes.
     pub(super) async fn sized(
         &self,
         path: &str,
@@ -119,10 +120,11 @@ impl MetadataStore {
         let storable = evaluate(&ctx, LookupAnswer::Whole { length: 0 }, &probe.headers)
             .and_then(|_| shareable_with_credentials(client, &probe.headers))
             .is_ok();
-        match storable {
-            true => self.upstream.sized(probe, self.cfg.chunk_size, path).await,
-            false => Ok(probe),
+        if !storable {
+            return Ok(probe);
         }
+        let _reading = self.learning.acquire().await.expect("never closed");
+        self.upstream.sized(probe, self.cfg.chunk_size, path).await
     }
 
     /// Metadata from a probe's answer, with its body when the object has bytes. An answer that

@@ -50,6 +50,10 @@ impl Found {
     }
 }
 
+/// Answers without a length read at once to learn it: at most this many chunks of memory
+/// (32 MiB at the default chunk size) outside the fetch budget; further lookups wait their turn.
+const LEARNING_AT_ONCE: usize = 16;
+
 /// How many uncacheable verdicts are remembered ("hit-for-pass"), and for how long: later
 /// requests for such a path go straight through, one upstream request each.
 const PASS_VERDICTS: u64 = 10_000;
@@ -235,6 +239,8 @@ pub struct MetadataStore {
     disk: Option<Arc<DiskTier>>,
     peers: Option<Arc<PeerClient>>,
     upstream: Arc<Upstream>,
+    /// Answers without a length being read to learn it (`ask::sized`), each up to a chunk.
+    learning: tokio::sync::Semaphore,
     cfg: MetadataConfig,
     metrics: MetadataMetrics,
 }
@@ -267,6 +273,7 @@ impl MetadataStore {
             disk,
             peers,
             upstream,
+            learning: tokio::sync::Semaphore::new(LEARNING_AT_ONCE),
             cfg,
             metrics,
         })
