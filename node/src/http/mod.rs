@@ -174,6 +174,7 @@ async fn connection<H, F>(
         }
     }
     let _ = stream.set_nodelay(true);
+    conn::limit_unsent(&stream);
     let activity = conn::Activity::new();
     let tracker = activity.clone();
     let service = service_fn(move |mut req: Request<Incoming>| {
