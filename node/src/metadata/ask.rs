@@ -10,8 +10,7 @@ use super::{Asker, Found, LookupError, MetaSource, MetadataStore, Missed};
 use crate::{
     object::ObjectMeta,
     policy::{
-        evaluate, evaluate_head, headers::withheld_headers, shareable_with_credentials,
-        HeadContext, LookupAnswer, Uncacheable,
+        evaluate, evaluate_head, headers::withheld_headers, HeadContext, LookupAnswer, Uncacheable,
     },
     upstream::{Probe, ProbeBody, Relayed, UpstreamError},
 };
@@ -99,15 +98,14 @@ impl MetadataStore {
             .upstream
             .probe(ask.target(path), start, chunk_size, None, ask.headers)
             .await?;
-        let probe = self.sized(path, probe, ask.headers).await?;
-        self.take_probe(path, probe, ask.headers)
+        self.take_probe(path, probe, ask.headers).await
     }
 
     /// A probe answered without a length (chunked, or ending with the connection) has it learnt
     /// by reading up to a chunk of its body, when the answer would be stored (a bounded number
     /// at once: the bytes are held outside the fetch budget); one that would not (`no-store`, a
     /// stream of events, …) is relayed unread, as it comes.
-    pub(super) async fn sized(
+    async fn sized(
         &self,
         path: &str,
         probe: Probe,
@@ -116,25 +114,27 @@ impl MetadataStore {
         if !matches!(probe.body, ProbeBody::Unsized(_)) {
             return Ok(probe);
         }
+        // The verdict `take_probe` will give it once the length is known.
         let ctx = self.context(path, probe.status, probe.response_time);
-        let storable = evaluate(&ctx, LookupAnswer::Whole { length: 0 }, &probe.headers)
-            .and_then(|_| shareable_with_credentials(client, &probe.headers))
-            .is_ok();
-        if !storable {
+        let verdict = evaluate(&ctx, LookupAnswer::Whole { length: 0 }, &probe.headers)
+            .map_err(LookupError::Uncacheable);
+        if for_asker(verdict, &probe.headers, client).is_err() {
             return Ok(probe);
         }
         let _reading = self.learning.acquire().await.expect("never closed");
         self.upstream.sized(probe, self.cfg.chunk_size, path).await
     }
 
-    /// Metadata from a probe's answer, with its body when the object has bytes. An answer that
-    /// makes no metadata is handed back to be relayed.
-    pub(super) fn take_probe(
+    /// Metadata from a probe's answer (its length learnt first when it says none), with its
+    /// body when the object has bytes. An answer that makes no metadata is handed back to be
+    /// relayed.
+    pub(super) async fn take_probe(
         &self,
         path: &str,
         probe: Probe,
         client: &http::HeaderMap,
     ) -> Result<Found, Missed> {
+        let probe = self.sized(path, probe, client).await?;
         let verdict = self.judge_probe(path, &probe);
         let meta = match for_asker(verdict, &probe.headers, client) {
             Ok(meta) => meta,

@@ -38,8 +38,7 @@ impl MetadataStore {
         if probe.status == http::StatusCode::NOT_MODIFIED {
             return self.refreshed(path, stale, &probe.headers, probe.response_time);
         }
-        let probe = self.sized(path, probe, ask.headers).await?;
-        self.take_probe(path, probe, ask.headers)
+        self.take_probe(path, probe, ask.headers).await
     }
 
     /// A client's `HEAD` wants no body: the stored copy is confirmed with a conditional `HEAD`
