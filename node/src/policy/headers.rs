@@ -60,6 +60,17 @@ pub fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<std::t
     super::date::parse_date(headers.get(name)?.to_str().ok()?)
 }
 
+/// The `Content-Length` of a message, when it has one that parses.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The `Max-Forwards` of an `OPTIONS` or `TRACE` request, when it has a valid one.
 pub fn max_forwards(headers: &HeaderMap) -> Option<u32> {
     headers

@@ -194,11 +194,7 @@ pub fn evaluate(
         return Err(Uncacheable::SetCookie);
     }
     let length = match answer {
-        LookupAnswer::Head => headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or(Uncacheable::UnknownLength)?,
+        LookupAnswer::Head => headers::content_length(headers).ok_or(Uncacheable::UnknownLength)?,
         LookupAnswer::Ranged { length } | LookupAnswer::Whole { length } => length,
     };
     let text = |name: header::HeaderName| {
@@ -345,9 +341,9 @@ pub fn head_confirms(stale: &ObjectMeta, head: &HeaderMap) -> bool {
         head.get(name)
             .is_none_or(|v| v.to_str().ok().map(str::trim) == stored)
     };
-    let length = head
-        .get(header::CONTENT_LENGTH)
-        .is_none_or(|v| v.to_str().ok().and_then(|v| v.trim().parse().ok()) == Some(stale.length));
+    // A `Content-Length` that does not parse matches no length.
+    let length = !head.contains_key(header::CONTENT_LENGTH)
+        || headers::content_length(head) == Some(stale.length);
     stale.status == 200
         && same(header::ETAG, stale.etag.as_deref())
         && same(header::LAST_MODIFIED, stale.last_modified.as_deref())

@@ -13,7 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use http::{header, HeaderMap, StatusCode};
 
 use super::{check_validator, conditional, Upstream, UpstreamError, UpstreamStream};
-use crate::object::ObjectMeta;
+use crate::{object::ObjectMeta, policy::headers::content_length};
 
 /// What the body of a probe is.
 pub enum ProbeBody {
@@ -117,16 +117,6 @@ pub struct Probe {
     /// The object's length, from `Content-Range` (`206`) or `Content-Length` (`200`).
     pub length: Option<u64>,
     pub body: ProbeBody,
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// `bytes <first>-<last>/<total>` with a known total.
