@@ -45,7 +45,7 @@ from procs import (  # noqa: E402
     wait_for,
     wrk,
 )
-from report import TARGETS, chart, fmt, human, machine_info, render, update_readme  # noqa: E402
+from report import HOT_OBJECTS, TARGETS, chart, fmt, human, machine_info, render, update_readme  # noqa: E402
 import latency  # noqa: E402
 import mixed  # noqa: E402
 import upstreams  # noqa: E402
@@ -60,6 +60,7 @@ import window  # noqa: E402
 FULL = dict(
     deadline=930,
     small=64 * Ki,
+    medium=1 * Mi,
     large=64 * Mi,
     conns=[1, 16, 64],
     wrk_seconds=3,
@@ -81,6 +82,7 @@ FULL = dict(
 SMOKE = dict(
     deadline=150,
     small=64 * Ki,
+    medium=1 * Mi,
     large=4 * Mi,
     conns=[1, 4],
     wrk_seconds=1,
@@ -156,9 +158,10 @@ class Bench:
         c = self.cfg
         if not self.have["wrk"]:
             return {"failed": "wrk unavailable"}
+        objects = [(obj, c[obj]) for obj in HOT_OBJECTS]
         origin = Origin(self.bins, self.tmp, "origin-hot",
-                        [f"/small.bin={c['small']},seed=1,max-age=3600",
-                         f"/large.bin={c['large']},seed=2,max-age=3600"])
+                        [f"/{obj}.bin={size},seed={seed},max-age=3600"
+                         for (obj, size), seed in zip(objects, (1, 7, 2))])
         res: dict = {}
         bases = {"direct": origin.url.rstrip("/")}
         servers = []
@@ -166,7 +169,7 @@ class Bench:
             try:
                 srv = self.start_target(target, origin, f"{target}-hot", storage=2 * c["large"])
                 servers.append(srv)
-                for obj, size in (("small", c["small"]), ("large", c["large"])):
+                for obj, size in objects:
                     for _ in range(2):  # warm: the second GET must be a hit everywhere
                         d = download(f"{srv.url}/{obj}.bin")
                         if d["status"] != 200 or d["bytes"] != size:
@@ -179,7 +182,7 @@ class Bench:
                 res.setdefault("failed", {})[target] = repr(e)[:300]
         samples: dict = {}
         for rnd in range(c["hot_rounds"]):
-            for obj, size in (("small", c["small"]), ("large", c["large"])):
+            for obj, size in objects:
                 for conns in c["conns"]:
                     for target in TARGETS:
                         if target not in bases:
@@ -435,8 +438,7 @@ class Bench:
         self.results["machine"] = machine_info()
         self.results["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         self.results["binaries"] = self.bins
-        self.results["scenarios"]["hot_sizes"] = {"small": human(self.cfg["small"]),
-                                                  "large": human(self.cfg["large"])}
+        self.results["scenarios"]["hot_sizes"] = {obj: human(self.cfg[obj]) for obj in HOT_OBJECTS}
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
