@@ -6,19 +6,15 @@ use std::time::Duration;
 
 use casserole_tests::{
     client::{client, get_sha256, head, header},
-    harness::NodeBuilder,
-    origin::{Fault, ObjectSpec, Origin},
+    harness::{NodeBuilder, NodeProcess},
+    origin::{Fault, FaultScope, ObjectInfo, ObjectSpec, Origin},
 };
 use futures::StreamExt;
 
 const MIB: u64 = 1 << 20;
 
 /// A `200` without `Content-Length` to the probe's range request: chunked, ranges ignored.
-fn put_unsized(
-    origin: &Origin,
-    path: &str,
-    spec: ObjectSpec,
-) -> casserole_tests::origin::ObjectInfo {
+fn put_unsized(origin: &Origin, path: &str, spec: ObjectSpec) -> ObjectInfo {
     let obj = origin.put(path, spec.chunked());
     origin.set_fault(path, Fault::IgnoreRange, None);
     obj
@@ -79,6 +75,72 @@ async fn a_head_without_a_length_does_not_keep_the_get_after_it_from_storing() {
     }
     let stats = origin.path_stats("/dyn");
     assert_eq!((stats.head_requests, stats.get_requests), (1, 1));
+}
+
+/// A `HEAD` of an answer without a length, held 800 ms by the origin, and a `GET` with
+/// `headers` sent while it is under way: the `GET`'s `Cache-Status`, then the node's URL.
+async fn get_during_a_slow_head(
+    origin: &Origin,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (String, NodeProcess, ObjectInfo) {
+    let obj = put_unsized(origin, path, ObjectSpec::new(5000).seed(5).max_age(600));
+    let slow_head = Duration::from_millis(800);
+    origin.set_fault_scoped(path, Fault::Delay(slow_head), FaultScope::Heads, Some(1));
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    let url = format!("{}{path}", node.url());
+    let head_url = url.clone();
+    let first = tokio::spawn(async move { head(&head_url, &[]).await.unwrap() });
+    tokio::time::sleep(slow_head / 4).await;
+    let during = get_sha256(&url, headers).await.unwrap();
+    assert_eq!(first.await.unwrap().0, 200);
+    assert_eq!((during.status.as_u16(), during.sha256), (200, obj.sha256()));
+    (
+        header(&during.headers, "cache-status").to_string(),
+        node,
+        obj,
+    )
+}
+
+/// A `GET` arriving while a `HEAD`'s lookup is under way waits its turn, then learns the
+/// length itself: the `HEAD`'s answer is no verdict on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_get_arriving_during_a_head_without_a_length_stores_the_answer() {
+    let origin = Origin::start().await;
+    let (status, node, obj) = get_during_a_slow_head(&origin, "/later", &[]).await;
+    assert_eq!(status, "casserole; fwd=miss");
+    let got = get_sha256(&format!("{}/later", node.url()), &[])
+        .await
+        .unwrap();
+    assert_eq!((got.status.as_u16(), got.sha256), (200, obj.sha256()));
+    assert_eq!(
+        header(&got.headers, "cache-status"),
+        "casserole; hit; detail=memory"
+    );
+    let stats = origin.path_stats("/later");
+    assert_eq!((stats.head_requests, stats.get_requests), (1, 1));
+}
+
+/// A `GET` that asks for confirmation (`no-cache`) does not wait its turn: it joins the
+/// `HEAD`'s lookup and is relayed on its answer (which has no length). That answer is still
+/// no verdict on the object: the next `GET` learns it and stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_get_that_joined_a_head_without_a_length_does_not_keep_the_next_from_storing() {
+    let origin = Origin::start().await;
+    let no_cache = [("cache-control", "no-cache")];
+    let (status, node, obj) = get_during_a_slow_head(&origin, "/joined", &no_cache).await;
+    assert_eq!(
+        status, "casserole; fwd=uri-miss; detail=no-length",
+        "the GET joined the HEAD's lookup"
+    );
+    let url = format!("{}/joined", node.url());
+    for expected in ["casserole; fwd=miss", "casserole; hit; detail=memory"] {
+        let got = get_sha256(&url, &[]).await.unwrap();
+        assert_eq!((got.status.as_u16(), got.sha256), (200, obj.sha256()));
+        assert_eq!(header(&got.headers, "cache-status"), expected);
+    }
+    let stats = origin.path_stats("/joined");
+    assert_eq!((stats.head_requests, stats.get_requests), (1, 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -6,7 +6,10 @@
 //! clients costs the upstream one `HEAD`.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -322,10 +325,12 @@ impl MetadataStore {
         // and only its request gets the upstream's answer (to relay, or the probe's body).
         let loaded = Mutex::new(None);
         let relay = Mutex::new(None);
+        let loader = AtomicBool::new(false);
         let kept = stale.clone();
         let meta = self
             .memory
             .try_get_with(path.to_string(), async {
+                loader.store(true, Ordering::Relaxed);
                 match self.load(path, route, ask, stale).await {
                     Ok(found) => {
                         let meta = found.meta.clone();
@@ -343,6 +348,9 @@ impl MetadataStore {
         let relay = relay.into_inner().expect("lookup lock");
         let meta = match meta {
             Ok(meta) => meta,
+            // The loader's own `not_found` keeps what its answer taught; a request that joined
+            // it may have asked otherwise (a `GET` joining a `HEAD`) and must not judge by it.
+            Err(error) if !loader.into_inner() => return Err(Missed { error, relay }),
             Err(error) => {
                 let looked_up_by_head = ask.first_byte.is_none();
                 return Err(self
