@@ -190,8 +190,8 @@ impl Cache {
     }
 
     /// Revalidates `stale` off the request path, one revalidation per path at a time. A new
-    /// version's probe body goes to the fetcher like any lookup's, so the first chunk of the new
-    /// version is not fetched twice.
+    /// version's probe body goes to the fetcher like any lookup's, before the new record is
+    /// kept, so the first chunk of the new version is not fetched twice.
     fn revalidate_in_background(
         &self,
         path: &str,
@@ -219,11 +219,15 @@ impl Cache {
                 .await;
             match revalidated {
                 Ok(Found {
-                    meta,
-                    first_chunk: Some(body),
-                    ..
-                }) => drop(fetcher.adopt_probe(&meta, body)),
-                Ok(_) => {}
+                    meta, first_chunk, ..
+                }) => {
+                    // The first chunk's fetch exists before the new record is seen: a request
+                    // reading the new version joins it instead of fetching the chunk again.
+                    if let Some(body) = first_chunk {
+                        drop(fetcher.adopt_probe(&meta, body));
+                    }
+                    metadata.keep_revalidated(path, meta).await;
+                }
                 Err(missed) => {
                     tracing::warn!(path, error = %missed.error, "background revalidation failed")
                 }

@@ -84,7 +84,10 @@ impl MetadataStore {
 
     /// Revalidates `stale`, served meanwhile within its `stale-while-revalidate` grace: asked as
     /// the stored response was selected (the same variant comes back), from the object's
-    /// start. The answer replaces the record; a new version's probe body comes back with it.
+    /// start. A new version's probe body comes back with the answer, which is not yet kept: the
+    /// caller hands that body to the fetcher first, then keeps the record
+    /// (`keep_revalidated`), so no request reads the new version before its first chunk's fetch
+    /// exists (it would fetch that chunk a second time).
     pub async fn revalidate_stale(
         &self,
         path: &str,
@@ -98,10 +101,11 @@ impl MetadataStore {
             headers: &headers,
             upstream_target,
         };
-        let found = self.load(path, route, ask, Some(stale)).await?;
-        self.memory
-            .insert(path.to_string(), found.meta.clone())
-            .await;
-        Ok(found)
+        self.load(path, route, ask, Some(stale)).await
+    }
+
+    /// Replaces the record of `path` with what `revalidate_stale` found.
+    pub async fn keep_revalidated(&self, path: &str, meta: Arc<ObjectMeta>) {
+        self.memory.insert(path.to_string(), meta).await;
     }
 }
