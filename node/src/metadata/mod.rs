@@ -6,10 +6,7 @@
 //! clients costs the upstream one `HEAD`.
 
 use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -322,15 +319,14 @@ impl MetadataStore {
             None => None,
         };
         // Concurrent lookups collapse into one load; only the loader learns where it looked,
-        // and only its request gets the upstream's answer (to relay, or the probe's body).
+        // and only its request gets the upstream's answer (to relay, or the probe's body):
+        // `failed` is set only in the request whose load failed.
         let loaded = Mutex::new(None);
-        let relay = Mutex::new(None);
-        let loader = AtomicBool::new(false);
+        let failed = Mutex::new(None);
         let kept = stale.clone();
         let meta = self
             .memory
             .try_get_with(path.to_string(), async {
-                loader.store(true, Ordering::Relaxed);
                 match self.load(path, route, ask, stale).await {
                     Ok(found) => {
                         let meta = found.meta.clone();
@@ -338,20 +334,19 @@ impl MetadataStore {
                         Ok(meta)
                     }
                     Err(missed) => {
-                        *relay.lock().expect("lookup lock") = missed.relay;
+                        *failed.lock().expect("lookup lock") = Some(missed.relay);
                         Err(missed.error)
                     }
                 }
             })
             .await
             .map_err(|e: Arc<LookupError>| (*e).clone());
-        let relay = relay.into_inner().expect("lookup lock");
-        let meta = match meta {
-            Ok(meta) => meta,
+        let meta = match (meta, failed.into_inner().expect("lookup lock")) {
+            (Ok(meta), _) => meta,
             // The loader's own `not_found` keeps what its answer taught; a request that joined
             // it may have asked otherwise (a `GET` joining a `HEAD`) and must not judge by it.
-            Err(error) if !loader.into_inner() => return Err(Missed { error, relay }),
-            Err(error) => {
+            (Err(error), None) => return Err(Missed { error, relay: None }),
+            (Err(error), Some(relay)) => {
                 let looked_up_by_head = ask.first_byte.is_none();
                 return Err(self
                     .not_found(path, error, relay, kept, looked_up_by_head)
