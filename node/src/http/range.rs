@@ -9,7 +9,10 @@ use std::{
 use http::{header, HeaderMap};
 use http_range_header::RangeUnsatisfiableError;
 
-use crate::{object::ObjectMeta, policy::headers::http_date};
+use crate::{
+    object::ObjectMeta,
+    policy::{date::parse_date, headers::http_date},
+};
 
 /// More ranges than this in one request are ignored (answered with the whole object): cheap
 /// insurance against requests that fan one GET out into thousands of parts.
@@ -156,10 +159,7 @@ pub fn preconditions(headers: &HeaderMap, meta: &ObjectMeta) -> Precondition {
     };
     let modified_or_dated = || {
         modified()
-            .or_else(|| {
-                meta.header("date")
-                    .and_then(|d| httpdate::parse_http_date(d).ok())
-            })
+            .or_else(|| meta.header("date").and_then(parse_date))
             .unwrap_or_else(|| UNIX_EPOCH + Duration::from_secs(meta.fetched_at))
     };
     if let Some(tags) = listed_tags(headers, header::IF_MATCH) {
