@@ -61,11 +61,13 @@ def hot_target(obj: str, rows: dict, target) -> None:
         target(name, "≥ 1.00", "n/a (no nginx or Varnish in this run)", False)
         return
 
-    def paired(cell: int, against: list[dict]) -> float:
+    def paired(cell: int, against: list[list[dict]]) -> float:
         mine = cas[cell].get("samples") or [cas[cell]]
         theirs = [p[cell].get("samples") or [p[cell]] for p in against]
-        ratios = [a[k] / max(t[i][k] for t in theirs) if max(t[i][k] for t in theirs) else 0
-                  for i, a in enumerate(mine) if all(i < len(t) for t in theirs)]
+        ratios = []
+        for i in range(min(len(mine), *(len(t) for t in theirs))):
+            best = max(t[i][k] for t in theirs)
+            ratios.append(mine[i][k] / best if best else 0)
         return statistics.median(ratios) if ratios else 0.0
 
     cells = range(len(cas))
