@@ -20,6 +20,19 @@ fn put_unsized(origin: &Origin, path: &str, spec: ObjectSpec) -> ObjectInfo {
     obj
 }
 
+/// Two `GET`s of `url`: the first stores `obj` (a miss), the second is a hit; each answer is
+/// `obj` whole. Their headers, for further checks.
+async fn stored_then_hit(url: &str, obj: &ObjectInfo) -> Vec<reqwest::header::HeaderMap> {
+    let mut answers = Vec::new();
+    for expected in ["casserole; fwd=miss", "casserole; hit; detail=memory"] {
+        let got = get_sha256(url, &[]).await.unwrap();
+        assert_eq!((got.status.as_u16(), got.sha256), (200, obj.sha256()));
+        assert_eq!(header(&got.headers, "cache-status"), expected);
+        answers.push(got.headers);
+    }
+    answers
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_storable_answer_without_a_length_is_stored_once_its_end_is_read() {
     let origin = Origin::start().await;
@@ -30,11 +43,8 @@ async fn a_storable_answer_without_a_length_is_stored_once_its_end_is_read() {
     );
     let node = NodeBuilder::new(origin.url()).spawn().await;
     let url = format!("{}/index.json", node.url());
-    for expected in ["casserole; fwd=miss", "casserole; hit; detail=memory"] {
-        let got = get_sha256(&url, &[]).await.unwrap();
-        assert_eq!((got.status.as_u16(), got.sha256), (200, obj.sha256()));
-        assert_eq!(header(&got.headers, "cache-status"), expected);
-        assert_eq!(header(&got.headers, "content-length"), "100000");
+    for headers in stored_then_hit(&url, &obj).await {
+        assert_eq!(header(&headers, "content-length"), "100000");
     }
     let (status, headers) = head(&url, &[]).await.unwrap();
     assert_eq!(status, 200);
@@ -68,11 +78,7 @@ async fn a_head_without_a_length_does_not_keep_the_get_after_it_from_storing() {
         header(&headers, "cache-status").contains("no-length"),
         "{headers:?}"
     );
-    for expected in ["casserole; fwd=miss", "casserole; hit; detail=memory"] {
-        let got = get_sha256(&url, &[]).await.unwrap();
-        assert_eq!((got.status.as_u16(), got.sha256), (200, obj.sha256()));
-        assert_eq!(header(&got.headers, "cache-status"), expected);
-    }
+    stored_then_hit(&url, &obj).await;
     let stats = origin.path_stats("/dyn");
     assert_eq!((stats.head_requests, stats.get_requests), (1, 1));
 }
@@ -134,11 +140,7 @@ async fn a_get_that_joined_a_head_without_a_length_does_not_keep_the_next_from_s
         "the GET joined the HEAD's lookup"
     );
     let url = format!("{}/joined", node.url());
-    for expected in ["casserole; fwd=miss", "casserole; hit; detail=memory"] {
-        let got = get_sha256(&url, &[]).await.unwrap();
-        assert_eq!((got.status.as_u16(), got.sha256), (200, obj.sha256()));
-        assert_eq!(header(&got.headers, "cache-status"), expected);
-    }
+    stored_then_hit(&url, &obj).await;
     let stats = origin.path_stats("/joined");
     assert_eq!((stats.head_requests, stats.get_requests), (1, 2));
 }
