@@ -5,6 +5,9 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v protoc >/dev/null || missing+=(protobuf-compiler)   # etcd-client's build needs protoc
+# ... and protobuf's own .proto files (descriptor.proto), which Debian ships apart from protoc,
+# as a recommendation that --no-install-recommends below does not install
+[ -e /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 command -v etcd >/dev/null || missing+=(etcd-server)            # cluster tests start a real etcd 3.4
 command -v nginx >/dev/null || missing+=(nginx)                 # benchmark peers (smoke mode runs in CI)
 command -v varnishd >/dev/null || missing+=(varnish)
