@@ -17,7 +17,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use http::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::{
@@ -26,7 +25,7 @@ use tokio::{
     time::{sleep_until, Instant},
 };
 
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, Parts};
 
 /// What a client sends first on an HTTP/2 connection (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -35,25 +34,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// A client that started the HTTP/2 preface has this long to finish it (24 bytes, sent in one
 /// packet by every real client), rather than holding its slot for the whole first-byte timeout.
 const PREFACE_REST: Duration = Duration::from_secs(1);
-
-/// Unsent bytes a connection's socket queues before it stops taking more (`TCP_NOTSENT_LOWAT`).
-/// Without it the kernel grows each socket's send buffer up to `tcp_wmem`'s maximum (4 MiB)
-/// and the node fills it: every byte is copied long before it can leave, and the copy is cold by
-/// the time it does. Measured (64 MiB hits over loopback, `wrk`, 4–6 interleaved rounds against
-/// the default): 1.10× the throughput at 1 connection, 1.13× at 16, 1.24× at 64 (4 MiB of
-/// unsent bytes × 64 connections against 128 KiB each); 64 KiB hits unchanged (0.98–1.02×
-/// paired). It limits only bytes not yet sent, not those in flight, so a distant client's
-/// window still opens as wide as its path needs.
-pub const UNSENT_LOW_WATER: u32 = 128 * 1024;
-
-/// Sets [`UNSENT_LOW_WATER`] on `stream` (Linux; elsewhere nothing). Best effort: a kernel
-/// that refuses it leaves the connection as it was.
-pub fn limit_unsent(stream: &TcpStream) {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Err(e) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(UNSENT_LOW_WATER) {
-        tracing::debug!(error = %e, "TCP_NOTSENT_LOWAT not set");
-    }
-}
 
 /// Waits until the client has sent enough to tell HTTP/2 from HTTP/1 (the whole preface, or a
 /// byte that rules it out). Returns false on EOF, or when a started preface does not complete
@@ -235,13 +215,13 @@ impl Drop for TrackedBody {
 }
 
 impl HttpBody for TrackedBody {
-    type Data = Bytes;
+    type Data = Parts;
     type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Parts>, BoxError>>> {
         {
             let mut task = self.waiting.task.lock().expect("waker lock");
             if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
@@ -350,24 +330,6 @@ where
 mod tests {
     use super::*;
     use tokio::{io::AsyncWriteExt, net::TcpListener};
-
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    #[tokio::test]
-    async fn an_accepted_connection_queues_little_unsent() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let sock = socket2::SockRef::from(&server);
-        assert_ne!(
-            sock.tcp_notsent_lowat().unwrap(),
-            UNSENT_LOW_WATER,
-            "the kernel's default"
-        );
-        limit_unsent(&server);
-        assert_eq!(sock.tcp_notsent_lowat().unwrap(), UNSENT_LOW_WATER);
-    }
 
     #[tokio::test]
     async fn a_preface_left_half_sent_is_given_up_on() {

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod cache_status;
 mod conn;
 mod invalidation;
+mod paced;
 mod per_client;
 pub mod range;
 mod redirect;
@@ -174,7 +175,6 @@ async fn connection<H, F>(
         }
     }
     let _ = stream.set_nodelay(true);
-    conn::limit_unsent(&stream);
     let activity = conn::Activity::new();
     let tracker = activity.clone();
     let service = service_fn(move |mut req: Request<Incoming>| {
@@ -183,7 +183,7 @@ async fn connection<H, F>(
         async move { Ok::<_, Infallible>(tracker.track(call(handler, req).await)) }
     });
     let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .serve_connection_with_upgrades(TokioIo::new(paced::Paced::new(stream)), service)
         .into_owned();
     let deadlines = conn::Deadlines {
         request_head: limits.request_head_timeout,

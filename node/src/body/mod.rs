@@ -1,5 +1,7 @@
 //! Response body helpers: one boxed body type for every response the node sends.
 
+mod parts;
+
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use http::{header, HeaderValue, Response, StatusCode};
@@ -9,28 +11,31 @@ use hyper::body::Frame;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Not `Sync`: one task polls a response body, and hyper asks only for `Send`; a `Sync` body
 /// would make every streamed body go through a lock.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+/// Its frames are [`Parts`]: several buffers written with one `writev`.
+pub type Body = UnsyncBoxBody<Parts, BoxError>;
+
+pub use parts::Parts;
 
 pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
+    Full::new(Parts::from(bytes.into()))
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
 /// A streamed body; an `Err` item aborts the response (the connection is reset rather than the
-/// body ending short yet looking complete).
+/// body ending short yet looking complete). The buffers the stream has ready together go out
+/// as one frame ([`parts::ReadyBatches`]).
 pub fn streaming<S, E>(stream: S) -> Body
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
-    E: Into<BoxError> + 'static,
+    E: Into<BoxError> + Send + 'static,
 {
-    BodyExt::boxed_unsync(StreamBody::new(
-        stream.map(|item| item.map(Frame::data).map_err(Into::into)),
-    ))
+    let batches = parts::ReadyBatches::new(Box::pin(stream.map(|item| item.map_err(Into::into))));
+    BodyExt::boxed_unsync(StreamBody::new(batches.map(|item| item.map(Frame::data))))
 }
 
 /// The answer to a request that carried a body: a refusal (an error status) may leave the rest
