@@ -123,6 +123,18 @@ class Bench:
             out.append("varnish")
         return out
 
+    def hot_pinning(self) -> tuple[set[int], set[int]] | None:
+        """`--pin-hot`: the servers on the first CPU this process may use, `wrk` on the others,
+        so the client does not compete with the server it measures (as one on another machine
+        would not); None without the flag, or with one CPU or no `taskset`."""
+        cpus = sorted(os.sched_getaffinity(0))
+        if not self.args.pin_hot:
+            return None
+        if len(cpus) < 2 or not shutil.which("taskset"):
+            log("   --pin-hot: needs two CPUs and taskset; running unpinned")
+            return None
+        return {cpus[0]}, set(cpus[1:])
+
     def start_target(self, target, origin: Origin, name: str, memory=None, storage=0):
         if target == "casserole":
             return Casserole(self.bins, self.tmp, name, origin.url, memory or self.cfg["node_memory"])
@@ -158,28 +170,38 @@ class Bench:
         c = self.cfg
         if not self.have["wrk"]:
             return {"failed": "wrk unavailable"}
-        objects = [(obj, c[obj]) for obj in HOT_OBJECTS]
-        origin = Origin(self.bins, self.tmp, "origin-hot",
-                        [f"/{obj}.bin={size},seed={seed},max-age=3600"
-                         for (obj, size), seed in zip(objects, (1, 7, 2))])
-        res: dict = {}
-        bases = {"direct": origin.url.rstrip("/")}
-        servers = []
-        for target in self.peers():
-            try:
-                srv = self.start_target(target, origin, f"{target}-hot", storage=2 * c["large"])
-                servers.append(srv)
-                for obj, size in objects:
-                    for _ in range(2):  # warm: the second GET must be a hit everywhere
-                        d = download(f"{srv.url}/{obj}.bin")
-                        if d["status"] != 200 or d["bytes"] != size:
-                            raise RuntimeError(f"{target} warm-up of {obj}: {d}")
-                    if "hit" not in d.get("cache_status", "").lower():
-                        raise RuntimeError(f"{target}: second GET of {obj} not a hit: {d}")
-                bases[target] = srv.url
-            except Exception as e:
-                log(f"   {target} hot failed: {e!r}")
-                res.setdefault("failed", {})[target] = repr(e)[:300]
+        pin = self.hot_pinning()
+        everywhere = os.sched_getaffinity(0)
+        if pin:
+            os.sched_setaffinity(0, pin[0])  # the servers (and their threads) inherit it
+        try:
+            objects = [(obj, c[obj]) for obj in HOT_OBJECTS]
+            origin = Origin(self.bins, self.tmp, "origin-hot",
+                            [f"/{obj}.bin={size},seed={seed},max-age=3600"
+                             for (obj, size), seed in zip(objects, (1, 7, 2))])
+            res: dict = {}
+            if pin:
+                res["pinned"] = f"servers on CPU {min(pin[0])}, wrk on CPU {min(pin[1])}"
+            bases = {"direct": origin.url.rstrip("/")}
+            servers = []
+            for target in self.peers():
+                try:
+                    srv = self.start_target(target, origin, f"{target}-hot", storage=2 * c["large"])
+                    servers.append(srv)
+                    for obj, size in objects:
+                        for _ in range(2):  # warm: the second GET must be a hit everywhere
+                            d = download(f"{srv.url}/{obj}.bin")
+                            if d["status"] != 200 or d["bytes"] != size:
+                                raise RuntimeError(f"{target} warm-up of {obj}: {d}")
+                        if "hit" not in d.get("cache_status", "").lower():
+                            raise RuntimeError(f"{target}: second GET of {obj} not a hit: {d}")
+                    bases[target] = srv.url
+                except Exception as e:
+                    log(f"   {target} hot failed: {e!r}")
+                    res.setdefault("failed", {})[target] = repr(e)[:300]
+        finally:
+            os.sched_setaffinity(0, everywhere)
+        wrk_cpus = ",".join(str(cpu) for cpu in sorted(pin[1])) if pin else None
         samples: dict = {}
         for rnd in range(c["hot_rounds"]):
             for obj, size in objects:
@@ -187,7 +209,8 @@ class Bench:
                     for target in TARGETS:
                         if target not in bases:
                             continue
-                        r = wrk(f"{bases[target]}/{obj}.bin", conns, c["wrk_seconds"], size)
+                        r = wrk(f"{bases[target]}/{obj}.bin", conns, c["wrk_seconds"], size,
+                                cpus=wrk_cpus)
                         samples.setdefault((obj, target, conns), []).append(r)
                         log(f"   [{rnd + 1}] {target:9s} {obj:5s} c={conns:<3d} {r['rps']:9.1f} req/s "
                             f"{r['gbps']:6.2f} GB/s p50 {fmt(r['p50_ms'], '.3g')} ms "
@@ -456,6 +479,9 @@ def main():
                     choices=["hot", "cold_throttled", "cold_unthrottled", "amplification", "memory", "disk",
                              "upstreams", "latency", "mixed", "window"],
                     help="run only these scenarios (repeatable)")
+    ap.add_argument("--pin-hot", action="store_true",
+                    help="scenario 1 with the servers on one CPU and wrk on the others "
+                         "(taskset), so the client does not share the servers' core")
     ap.add_argument("--quick", action="store_true",
                     help="the latency scenario only, on a subset (0 and 50 ms; 32 and 128 MiB; "
                          "well under a minute), unless --only says otherwise; with --only upstreams, "

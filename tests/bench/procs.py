@@ -581,10 +581,13 @@ def parallel_downloads(urls: list[str], timeout: float) -> list[dict]:
 UNITS_T = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
 
-def wrk(url: str, conns: int, seconds: int, size: int) -> dict:
+def wrk(url: str, conns: int, seconds: int, size: int, cpus: str | None = None) -> dict:
+    """`cpus`: run wrk on these CPUs only (`taskset -c`)."""
     threads = min(2, conns)
     argv = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "--latency",
             "--timeout", "30s", url]
+    if cpus:
+        argv = ["taskset", "-c", cpus] + argv
     p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     out = p.stdout
     res = {"conns": conns}

@@ -94,7 +94,8 @@ def render(results: dict) -> tuple[str, list[dict]]:
     hot = S.get("hot", {})
     if any(obj in hot for obj in HOT_OBJECTS):
         rounds = next((r.get("rounds", 1) for t in hot.get("small", {}).values() for r in t), 1)
-        out += [f"#### 1. Hot hits (wrk; median of {rounds} interleaved round(s) per cell)", "",
+        pinned = f"; {hot['pinned']}" if hot.get("pinned") else ""
+        out += [f"#### 1. Hot hits (wrk; median of {rounds} interleaved round(s) per cell{pinned})", "",
                 "| object | target | conns | req/s | GB/s | p50 ms | p99 ms | errors |",
                 "|---|---|---:|---:|---:|---:|---:|---:|"]
         for obj in HOT_OBJECTS:
