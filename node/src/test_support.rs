@@ -58,3 +58,13 @@ pub fn object_meta(path: &str, length: u64, chunk_size: u64) -> ObjectMeta {
         rendered: Default::default(),
     }
 }
+
+/// A connected loopback TCP pair: (client, server).
+pub async fn connected_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    (client, server)
+}

@@ -127,9 +127,9 @@ class Bench:
         """`--pin-hot`: the servers on the first CPU this process may use, `wrk` on the others,
         so the client does not compete with the server it measures (as one on another machine
         would not); None without the flag, or with one CPU or no `taskset`."""
-        cpus = sorted(os.sched_getaffinity(0))
         if not self.args.pin_hot:
             return None
+        cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2 or not shutil.which("taskset"):
             log("   --pin-hot: needs two CPUs and taskset; running unpinned")
             return None

@@ -11,6 +11,7 @@ use hyper::body::Frame;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Not `Sync`: one task polls a response body, and hyper asks only for `Send`; a `Sync` body
 /// would make every streamed body go through a lock.
+///
 /// Its frames are [`Parts`]: several buffers written with one `writev`.
 pub type Body = UnsyncBoxBody<Parts, BoxError>;
 

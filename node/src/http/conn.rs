@@ -329,15 +329,12 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::{io::AsyncWriteExt, net::TcpListener};
+    use crate::test_support::connected_pair;
+    use tokio::io::AsyncWriteExt;
 
     #[tokio::test]
     async fn a_preface_left_half_sent_is_given_up_on() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (mut client, server) = connected_pair().await;
         client.write_all(&H2_PREFACE[..10]).await.unwrap();
         let started = std::time::Instant::now();
         let rest = Duration::from_millis(200);

@@ -129,10 +129,8 @@ impl AsyncWrite for Paced {
 #[cfg(all(test, any(target_os = "linux", target_os = "android")))]
 mod tests {
     use super::*;
-    use tokio::{
-        io::{AsyncReadExt, AsyncWriteExt},
-        net::TcpListener,
-    };
+    use crate::test_support::connected_pair;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn unsent_limit(paced: &Paced) -> u32 {
         socket2::SockRef::from(&paced.stream)
@@ -142,11 +140,8 @@ mod tests {
 
     #[tokio::test]
     async fn only_a_long_response_is_limited_and_the_next_request_lifts_it() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let mut paced = Paced::new(listener.accept().await.unwrap().0);
+        let (mut client, server) = connected_pair().await;
+        let mut paced = Paced::new(server);
         let default = unsent_limit(&paced);
         assert_ne!(default, UNSENT_LOW_WATER, "the kernel's default");
         // the client drains whatever arrives, so writes never stall
