@@ -176,6 +176,14 @@ pub struct Config {
     #[arg(long, env = "CASSEROLE_STALE_IF_ERROR", default_value = "10m", value_parser = parse_duration)]
     pub stale_if_error: Duration,
 
+    /// The name this cache answers to in `Surrogate-Control` (an origin's directives for the
+    /// caches acting on its behalf, e.g. `max-age=86400;casserole` beside a short
+    /// `Cache-Control` for its clients), and sends upstream as
+    /// `Surrogate-Capability: <id>="Surrogate/1.0"`. Empty: `Surrogate-Control` is not read
+    /// and nothing is sent.
+    #[arg(long, env = "CASSEROLE_SURROGATE_ID", default_value = "casserole")]
+    pub surrogate_id: String,
+
     /// Size of the ranges an object is fetched and cached in.
     #[arg(long, env = "CASSEROLE_CHUNK_SIZE", default_value = "2Mi")]
     pub chunk_size: ByteSize,
@@ -599,6 +607,14 @@ impl Config {
                 });
             }
         }
+        // A target in `Surrogate-Control` and a key in `Surrogate-Capability`: an HTTP token.
+        let token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if !self.surrogate_id.trim().chars().all(token_char) {
+            return Err(ConfigError::Invalid {
+                flag: "--surrogate-id",
+                message: "must be a token: letters, digits and !#$%&'*+-.^_`|~".into(),
+            });
+        }
         if let Some(token) = self.admin_token()? {
             if token.len() < 16 {
                 return Err(ConfigError::Invalid {
@@ -654,7 +670,13 @@ impl Config {
             max_heuristic_ttl: self.max_heuristic_ttl,
             stale_if_error: self.stale_if_error,
             ttl_rules: self.ttl_rules.clone(),
+            surrogate_id: self.surrogate_id(),
         }
+    }
+
+    /// `--surrogate-id`, unless empty.
+    pub fn surrogate_id(&self) -> Option<String> {
+        Some(self.surrogate_id.trim().to_string()).filter(|id| !id.is_empty())
     }
 
     pub fn upstream(&self) -> &reqwest::Url {
@@ -757,6 +779,26 @@ mod tests {
             err.to_string().contains("--peer-token-previous-file"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_surrogate_id_is_a_token_or_empty() {
+        let with = |id: &str| parse(&["--upstream", "http://x", &format!("--surrogate-id={id}")]);
+        assert_eq!(
+            with("edge-1")
+                .unwrap()
+                .freshness_rules()
+                .surrogate_id
+                .as_deref(),
+            Some("edge-1")
+        );
+        assert_eq!(with("").unwrap().freshness_rules().surrogate_id, None);
+        for bad in ["two words", "a;b", "quo\"te", "x=y"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains("--surrogate-id"), "{bad}: {err}");
+        }
+        let default = parse(&["--upstream", "http://x"]).unwrap();
+        assert_eq!(default.surrogate_id().as_deref(), Some("casserole"));
     }
 
     #[test]

@@ -255,6 +255,7 @@ async fn build(cfg: &Config, stopped: &watch::Receiver<bool>) -> anyhow::Result<
             connect_timeout: cfg.upstream_connect_timeout,
             read_timeout: cfg.upstream_read_timeout,
             insecure: cfg.upstream_insecure,
+            surrogate_id: cfg.surrogate_id(),
         },
         UpstreamMetrics::new(&registrar),
     )?);

@@ -117,7 +117,7 @@ impl CacheControl {
 }
 
 /// Splits a list field value on commas outside quoted strings.
-fn split_list(text: &str) -> Vec<String> {
+pub(super) fn split_list(text: &str) -> Vec<String> {
     let mut items = Vec::new();
     let mut current = String::new();
     let (mut quoted, mut escaped) = (false, false);
@@ -145,7 +145,7 @@ fn split_list(text: &str) -> Vec<String> {
 /// `name`, `name=token` or `name="quoted string"`; an item without a valid name is skipped.
 /// The grammar has no whitespace around `=` (RFC 9111 §5.2): a spaced argument is kept as
 /// written, space included, so it is no valid number (`max-age = 60` is an invalid lifetime).
-fn parse_directive(item: &str) -> Option<Directive> {
+pub(super) fn parse_directive(item: &str) -> Option<Directive> {
     let item = item.trim();
     let (name, arg) = match item.split_once('=') {
         Some((name, arg)) if name.ends_with(char::is_whitespace) => {

@@ -1,7 +1,8 @@
 //! How long a stored response is fresh, and how long it may be served stale (RFC 9111 §4.2,
 //! RFC 5861): explicit lifetimes (`s-maxage`, `max-age`, `Expires` against `Date`, less `Age`)
 //! through `http-cache-semantics`, heuristic freshness capped by a flag, a default lifetime for
-//! upstreams that send none, `no-cache`, `must-revalidate`, and the stale grace periods.
+//! upstreams that send none, `no-cache`, `must-revalidate`, and the stale grace periods — or,
+//! where an origin's `Surrogate-Control` speaks to this node, what it says (`surrogate.rs`).
 
 use std::time::{Duration, SystemTime};
 
@@ -10,6 +11,7 @@ use http_cache_semantics::{CacheOptions, CachePolicy};
 
 use super::{
     cache_control::{CacheControl, Seconds},
+    surrogate::{self, SurrogateControl},
     Uncacheable,
 };
 
@@ -31,6 +33,9 @@ pub struct FreshnessRules {
     /// `--ttl-rule`s: a matching path is fresh for at least the rule's lifetime (the first match
     /// counts), unless the response forbids storing it or asks for revalidation on every use.
     pub ttl_rules: Vec<casserole_limits::TtlRule>,
+    /// `--surrogate-id`: the name `Surrogate-Control` directives aim at this cache by
+    /// (`surrogate.rs`); `None`: the field is not read.
+    pub surrogate_id: Option<String>,
 }
 
 impl Default for FreshnessRules {
@@ -41,6 +46,7 @@ impl Default for FreshnessRules {
             max_heuristic_ttl: Duration::from_secs(24 * 3600),
             stale_if_error: Duration::ZERO,
             ttl_rules: Vec::new(),
+            surrogate_id: None,
         }
     }
 }
@@ -161,8 +167,31 @@ pub fn initial_age(headers: &HeaderMap, response_time: SystemTime) -> u64 {
     age_value.max(apparent)
 }
 
-/// The lifetime of a `200` response to `GET path` with `headers`, from a shared cache's view.
+/// The lifetime of a `200` response to `GET path` with `headers`, from a shared cache's view:
+/// what `Surrogate-Control` says to this node, where it says something, else `Cache-Control`
+/// and `Expires`.
 pub fn freshness(
+    rules: &FreshnessRules,
+    path: &str,
+    status: u16,
+    headers: &HeaderMap,
+    response_time: SystemTime,
+) -> Result<Freshness, Uncacheable> {
+    let surrogate = rules
+        .surrogate_id
+        .as_deref()
+        .and_then(|id| SurrogateControl::parse(headers, id));
+    match surrogate {
+        Some(SurrogateControl::NoStore) => Err(Uncacheable::NotStorable),
+        Some(SurrogateControl::Lifetime { fresh, grace }) => {
+            surrogate::freshness(rules, path, headers, response_time, fresh, grace)
+        }
+        None => cache_control_freshness(rules, path, status, headers, response_time),
+    }
+}
+
+/// The lifetime `Cache-Control` and `Expires` give a shared cache (RFC 9111 §4.2).
+fn cache_control_freshness(
     rules: &FreshnessRules,
     path: &str,
     status: u16,

@@ -11,6 +11,7 @@ pub mod date;
 pub mod freshness;
 pub mod headers;
 pub mod request;
+pub mod surrogate;
 pub mod usable;
 
 pub use freshness::FreshnessRules;

@@ -16,7 +16,10 @@ use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use crate::{
     metrics::Registrar,
     object::{ObjectMeta, Validator},
-    policy::headers::{end_to_end, max_forwards, VIA},
+    policy::{
+        headers::{end_to_end, max_forwards, VIA},
+        surrogate::SURROGATE_CAPABILITY,
+    },
     target,
 };
 
@@ -152,6 +155,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub insecure: bool,
+    /// `--surrogate-id`: sent as `Surrogate-Capability` on every request (`policy::surrogate`).
+    pub surrogate_id: Option<String>,
 }
 
 pub struct Upstream {
@@ -161,6 +166,8 @@ pub struct Upstream {
     metrics: UpstreamMetrics,
     /// Time to response headers, over every request (see `round_trip`).
     round_trips: round_trips::RoundTrips,
+    /// `<id>="Surrogate/1.0"`, where the node names itself a surrogate.
+    capability: Option<HeaderValue>,
 }
 
 /// Answers one chunk may come in: an upstream that caps range answers below a chunk's
@@ -171,6 +178,15 @@ impl Upstream {
     pub fn new(cfg: UpstreamConfig, metrics: UpstreamMetrics) -> anyhow::Result<Self> {
         // reqwest is built without a bundled crypto provider; ring is ours. Installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let capability = cfg
+            .surrogate_id
+            .as_deref()
+            .map(|id| HeaderValue::from_str(&format!("{id}=\"Surrogate/1.0\"")))
+            .transpose()?;
+        let mut own_headers = HeaderMap::from_iter([(header::VIA, HeaderValue::from_static(VIA))]);
+        if let Some(capability) = &capability {
+            own_headers.insert(SURROGATE_CAPABILITY, capability.clone());
+        }
         let client = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
             .read_timeout(cfg.read_timeout)
@@ -191,10 +207,8 @@ impl Upstream {
             .redirect(reqwest::redirect::Policy::none())
             .tls_danger_accept_invalid_certs(cfg.insecure)
             .tcp_nodelay(true)
-            .default_headers(HeaderMap::from_iter([(
-                header::VIA,
-                HeaderValue::from_static(VIA),
-            )]))
+            // On the requests made without a client's headers (the chunks' ranges).
+            .default_headers(own_headers)
             .build()?;
         Ok(Upstream {
             client,
@@ -207,6 +221,7 @@ impl Upstream {
             .map_err(anyhow::Error::new)?,
             metrics,
             round_trips: Default::default(),
+            capability,
         })
     }
 
@@ -274,6 +289,21 @@ impl Upstream {
             .inc();
     }
 
+    /// The client's headers on the node's own lookup (`for_lookup`), naming the node.
+    fn lookup_headers(&self, client: &HeaderMap) -> HeaderMap {
+        let mut out = for_lookup(client);
+        self.introduce(&mut out);
+        out
+    }
+
+    /// Names the node a surrogate, after those the client's request names already (each one on
+    /// the way appends itself).
+    fn introduce(&self, out: &mut HeaderMap) {
+        if let Some(capability) = &self.capability {
+            out.append(SURROGATE_CAPABILITY, capability.clone());
+        }
+    }
+
     /// `HEAD` of an object, for the cacheability verdict, with the client's own headers; with
     /// `stale`, conditional on its validator (a client's `HEAD` revalidates with a `HEAD`).
     pub async fn head(
@@ -286,7 +316,7 @@ impl Upstream {
         let mut req = self
             .client
             .head(self.url_for(path)?)
-            .headers(for_lookup(client))
+            .headers(self.lookup_headers(client))
             .header(header::ACCEPT_ENCODING, "identity");
         if let Some(stale) = stale {
             req = if_changed(req, stale);
@@ -470,6 +500,7 @@ impl Upstream {
         self.count_request(path_and_query, "pass");
         let mut out = end_to_end(headers);
         out.append(header::VIA, HeaderValue::from_static(VIA));
+        self.introduce(&mut out);
         if method == Method::OPTIONS {
             // RFC 9110 §7.6.2; the front answers a Max-Forwards of 0 itself.
             if let Some(hops) = max_forwards(&out) {
@@ -503,6 +534,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             insecure: false,
+            surrogate_id: Some("casserole".into()),
         };
         Upstream::new(cfg, UpstreamMetrics::new(&crate::metrics::Registrar::new())).unwrap()
     }

@@ -176,7 +176,7 @@ impl Upstream {
         let mut req = self
             .client
             .get(self.url_for(path)?)
-            .headers(super::for_lookup(client))
+            .headers(self.lookup_headers(client))
             .header(header::RANGE, probe_range(start, len))
             .header(header::ACCEPT_ENCODING, "identity");
         if let Some(stale) = stale {
