@@ -138,9 +138,9 @@ pub struct Config {
     pub public_url: Option<reqwest::Url>,
 
     /// Freshness by path, `REGEX=DURATION` or `REGEX=immutable` (repeatable; in
-    /// CASSEROLE_TTL_RULES one per line): a response for a matching path and query is fresh for
+    /// CASSEROLE_TTL_RULES one per line): a `200` for a matching path and query is fresh for
     /// at least DURATION, the first match counting, unless it says `no-store`, `private` or
-    /// `no-cache`. `immutable`: never revalidated while stored, not even on a reload. Giving
+    /// `no-cache` (other statuses keep the lifetime they state). `immutable`: never revalidated while stored, not even on a reload. Giving
     /// any rule replaces the defaults, which make the versioned files of package ecosystems
     /// immutable (npm tarballs, .deb, .rpm, wheels, OCI blobs by digest); `--ttl-rule '^$=0s'`
     /// turns them off.
@@ -159,7 +159,7 @@ pub struct Config {
     #[arg(long, env = "CASSEROLE_MIN_TTL", default_value = "0s", value_parser = parse_duration)]
     pub min_ttl: Duration,
 
-    /// Lifetime of responses that carry no freshness information at all (no Cache-Control
+    /// Lifetime of `200` responses that carry no freshness information at all (no Cache-Control
     /// max-age/s-maxage, no Expires, no Last-Modified); unset: such responses are not cached.
     #[arg(long, env = "CASSEROLE_DEFAULT_TTL", value_parser = parse_duration)]
     pub default_ttl: Option<Duration>,

@@ -102,3 +102,26 @@ async fn given_rules_replace_the_defaults() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ttl-rule") && err.contains("pattern"), "{err}");
 }
+
+/// A client that asks for a package file before the mirror has it (a sync in progress, a
+/// publish not yet propagated) gets the `404`; the immutable rule for package files must not
+/// keep that `404`, or the file would stay missing through the cache for a year.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_package_file_missing_at_first_is_served_once_it_appears() {
+    let origin = Origin::start().await;
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    let path = "/pool/main/h/hello_2.10-3_amd64.deb";
+    let url = format!("{}{path}", node.url());
+    for _ in 0..2 {
+        let got = get_sha256(&url, &[]).await.unwrap();
+        assert_eq!(got.status.as_u16(), 404);
+    }
+    assert_eq!(origin.path_stats(path).requests, 2, "the 404 was not kept");
+    let deb = origin.put(path, bare(1_500_000, 9));
+    let got = get_sha256(&url, &[]).await.unwrap();
+    assert_eq!(
+        (got.status.as_u16(), got.sha256.as_str()),
+        (200, deb.sha256().as_str())
+    );
+    // (Cached from the next lookup on: the `404`s' pass verdict lasts up to a minute.)
+}

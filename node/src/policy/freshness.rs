@@ -38,6 +38,28 @@ pub struct FreshnessRules {
     pub surrogate_id: Option<String>,
 }
 
+impl FreshnessRules {
+    /// The first `--ttl-rule` matching `path`, for an answer with `status`.
+    pub(super) fn ttl_rule(&self, path: &str, status: u16) -> Option<&casserole_limits::TtlRule> {
+        self.ttl_rules
+            .iter()
+            .find(|r| r.pattern.is_match(path))
+            .filter(|_| for_the_object(status))
+    }
+
+    /// `--default-ttl`, for an answer with `status`.
+    fn default_ttl(&self, status: u16) -> Option<Duration> {
+        self.default_ttl.filter(|_| for_the_object(status))
+    }
+}
+
+/// The operator's lifetimes (`--ttl-rule`, `--default-ttl`) are for the objects themselves, a
+/// `200` (or a transformed one, `203`): any other answer keeps only the lifetime it states
+/// itself, so a `404` for a package file the mirror does not have yet never becomes immutable.
+fn for_the_object(status: u16) -> bool {
+    matches!(status, 200 | 203)
+}
+
 impl Default for FreshnessRules {
     fn default() -> Self {
         FreshnessRules {
@@ -114,7 +136,7 @@ fn time_to_live(
         .map(|h| h.min(rules.max_heuristic_ttl));
     let lifetime = stated
         .or(heuristic)
-        .or(rules.default_ttl)
+        .or(rules.default_ttl(status))
         .unwrap_or_default();
     let age = Duration::from_secs(initial_age(headers, response_time));
     (lifetime.saturating_sub(age), stated.is_some())
@@ -184,7 +206,7 @@ pub fn freshness(
     match surrogate {
         Some(SurrogateControl::NoStore) => Err(Uncacheable::NotStorable),
         Some(SurrogateControl::Lifetime { fresh, grace }) => {
-            surrogate::freshness(rules, path, headers, response_time, fresh, grace)
+            surrogate::freshness(rules, path, status, headers, response_time, fresh, grace)
         }
         None => cache_control_freshness(rules, path, status, headers, response_time),
     }
@@ -212,11 +234,7 @@ fn cache_control_freshness(
     let (mut ttl, explicit) = time_to_live(rules, status, &cc, headers, response_time);
     // A `--ttl-rule` is the operator's word on how long such paths stay the same (Squid's
     // refresh_pattern, nginx's proxy_cache_valid); a response's `no-cache` still wins.
-    let rule = rules
-        .ttl_rules
-        .iter()
-        .find(|r| r.pattern.is_match(path))
-        .filter(|_| !no_cache);
+    let rule = rules.ttl_rule(path, status).filter(|_| !no_cache);
     if let Some(rule) = rule {
         ttl = ttl.max(rule.ttl);
     }
@@ -228,7 +246,7 @@ fn cache_control_freshness(
     if no_cache {
         ttl = Duration::ZERO;
     } else {
-        let defaulted = rules.default_ttl.is_some() && !explicit;
+        let defaulted = rules.default_ttl(status).is_some() && !explicit;
         // The crate only stores the statuses it knows; RFC 9111 §3 stores any final status
         // whose response states a lifetime or says `public`.
         let stated = explicit || cc.has("public") || rule.is_some();
@@ -418,6 +436,33 @@ mod tests {
         assert!(nc.no_cache && nc.ttl.is_zero() && !nc.immutable);
         let stated = at("/x", &[("cache-control", "max-age=60, immutable")]).unwrap();
         assert!(stated.immutable, "RFC 8246");
+    }
+
+    #[test]
+    fn the_operator_s_lifetimes_are_for_the_object_not_for_errors() {
+        let rules = FreshnessRules {
+            ttl_rules: vec![casserole_limits::parse_ttl_rule(r"\.deb$=immutable").unwrap()],
+            default_ttl: Some(Duration::from_secs(600)),
+            ..Default::default()
+        };
+        let at = |path: &str, status: u16, pairs: &[(&str, &str)]| {
+            freshness(&rules, path, status, &headers(pairs), SystemTime::now())
+        };
+        assert!(at("/pool/a.deb", 200, &[]).unwrap().immutable);
+        assert!(at("/pool/a.deb", 203, &[]).unwrap().immutable);
+        assert_eq!(at("/a.tar", 200, &[]).unwrap().ttl.as_secs(), 600);
+        // A mirror that does not have the file yet: the 404 keeps only what it states.
+        assert_eq!(at("/pool/a.deb", 404, &[]), Err(Uncacheable::NotStorable));
+        let stated = at("/pool/a.deb", 404, &[("cache-control", "max-age=60")]).unwrap();
+        assert_eq!(stated.ttl.as_secs(), 60);
+        assert!(!stated.immutable);
+        for status in [301, 404, 410] {
+            assert_eq!(
+                at("/a.tar", status, &[]),
+                Err(Uncacheable::NotStorable),
+                "{status}: no default lifetime"
+            );
+        }
     }
 
     #[test]

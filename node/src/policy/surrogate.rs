@@ -89,13 +89,14 @@ impl SurrogateControl {
 pub(super) fn freshness(
     rules: &FreshnessRules,
     path: &str,
+    status: u16,
     headers: &HeaderMap,
     response_time: SystemTime,
     fresh: Duration,
     grace: Duration,
 ) -> Result<Freshness, Uncacheable> {
     let age = Duration::from_secs(initial_age(headers, response_time));
-    let rule = rules.ttl_rules.iter().find(|r| r.pattern.is_match(path));
+    let rule = rules.ttl_rule(path, status);
     let ttl = fresh
         .saturating_sub(age)
         .max(rule.map_or(Duration::ZERO, |r| r.ttl));
