@@ -123,5 +123,13 @@ async fn a_package_file_missing_at_first_is_served_once_it_appears() {
         (got.status.as_u16(), got.sha256.as_str()),
         (200, deb.sha256().as_str())
     );
-    // (Cached from the next lookup on: the `404`s' pass verdict lasts up to a minute.)
+    // That answer was relayed on the `404`s' pass verdict, and dropped it: the next request
+    // stores the file, and the one after is a hit.
+    let stored = get_sha256(&url, &[]).await.unwrap();
+    assert_eq!(stored.sha256, deb.sha256());
+    let again = get_sha256(&url, &[]).await.unwrap();
+    assert_eq!(again.sha256, deb.sha256());
+    let status = header(&again.headers, "cache-status");
+    assert!(status.contains("hit"), "{status}");
+    assert_eq!(origin.path_stats(path).body_bytes_sent, 2 * deb.len);
 }

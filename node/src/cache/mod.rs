@@ -134,6 +134,11 @@ impl Cache {
         })
     }
 
+    /// A request for `path` passed on a verdict got `status` (see `MetadataStore::passed`).
+    pub async fn passed(&self, path: &str, status: u16) {
+        self.metadata.passed(path, status).await;
+    }
+
     /// `only-if-cached`: what this node holds, without asking anyone (see
     /// `MetadataStore::lookup_stored`).
     pub async fn open_stored(&self, path: &str, demands: &ClientDemands) -> Option<Opened> {

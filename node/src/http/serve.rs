@@ -481,6 +481,8 @@ impl Front {
         if unsafe_method {
             self.after_write(path, upstream.status(), upstream.headers())
                 .await;
+        } else if matches!(status, CacheStatus::Uncacheable(_)) {
+            self.cache.passed(path, upstream.status().as_u16()).await;
         }
         Ok(self.relay(Relayed::of(upstream), status))
     }

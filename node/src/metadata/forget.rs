@@ -29,6 +29,26 @@ impl MetadataStore {
         versions
     }
 
+    /// A request for `path` relayed on a pass verdict got `status`: where the verdict came from
+    /// an answer without the object (a `404`, a redirect, a refusal) and this one has it, the
+    /// object has appeared (a package published, a mirror synced), and the verdict goes, so the
+    /// next request looks it up and may store it rather than relay it for the rest of the
+    /// verdict's minute. A verdict on an object that is there (`no-store`, `Set-Cookie`) stays.
+    pub async fn passed(&self, path: &str, status: u16) {
+        let has_the_object = |s: u16| matches!(s, 200 | 206);
+        let Some(verdict) = self.uncacheable.get(path).await else {
+            return;
+        };
+        if has_the_object(status) && verdict.status.is_some_and(|s| !has_the_object(s)) {
+            tracing::debug!(
+                path,
+                status,
+                "the object has appeared; its pass verdict is dropped"
+            );
+            self.uncacheable.invalidate(path).await;
+        }
+    }
+
     /// [`MetadataStore::purge_path`] for every path starting with `prefix`; scans the memory
     /// records and the disk's metadata files. Returns the purged (path, version) pairs.
     pub async fn purge_prefix(&self, prefix: &str) -> Vec<(String, String)> {

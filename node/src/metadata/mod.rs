@@ -59,6 +59,13 @@ const LEARNING_AT_ONCE: usize = 16;
 const PASS_VERDICTS: u64 = 10_000;
 const PASS_VERDICT_TTL: Duration = Duration::from_secs(60);
 
+/// A path found uncacheable: why, and the status of the upstream's answer that said so.
+#[derive(Debug, Clone)]
+struct PassVerdict {
+    why: Uncacheable,
+    status: Option<u16>,
+}
+
 /// Why a lookup produced no metadata.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LookupError {
@@ -232,7 +239,7 @@ fn weigh(path: &str, meta: &ObjectMeta) -> u32 {
 pub struct MetadataStore {
     memory: Cache<String, Arc<ObjectMeta>>,
     /// Paths recently found uncacheable, and why.
-    uncacheable: Cache<String, Uncacheable>,
+    uncacheable: Cache<String, PassVerdict>,
     /// Revalidations clients asked for (`no-cache`, `max-age`, `min-fresh`) under way, by path:
     /// requests arriving meanwhile share the one running (see `on_request`).
     on_request: Cache<String, (Arc<ObjectMeta>, MetaSource)>,
@@ -290,12 +297,12 @@ impl MetadataStore {
         ask: Asker<'_>,
         demands: &ClientDemands,
     ) -> Result<Found, Missed> {
-        if let Some(why) = self.uncacheable.get(path).await {
+        if let Some(verdict) = self.uncacheable.get(path).await {
             self.metrics
                 .lookups
                 .with_label_values(&["pass_verdict"])
                 .inc();
-            return Err(LookupError::Uncacheable(why).into());
+            return Err(LookupError::Uncacheable(verdict.why).into());
         }
         let stale = match self.memory.get(path).await {
             Some(meta) => {
@@ -379,7 +386,11 @@ impl MetadataStore {
             LookupError::Uncacheable(why)
                 if why.is_about_the_object(relay.as_ref().map(|r| r.status.as_u16())) =>
             {
-                self.uncacheable.insert(path.to_string(), why.clone()).await;
+                let verdict = PassVerdict {
+                    why: why.clone(),
+                    status: relay.as_ref().map(|r| r.status.as_u16()),
+                };
+                self.uncacheable.insert(path.to_string(), verdict).await;
                 false
             }
             LookupError::Uncacheable(_) | LookupError::Upstream(_) => true,
