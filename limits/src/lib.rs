@@ -69,6 +69,24 @@ pub fn check_readahead(chunks: usize) -> Result<(), String> {
     }
 }
 
+/// `--surrogate-id`: the node's name in `Surrogate-Control` targets and `Surrogate-Capability`
+/// keys, an HTTP token (RFC 9110 §5.6.2); empty turns `Surrogate-Control` off.
+pub const SURROGATE_ID_PATTERN: &str = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{0,64}$";
+/// Longest `--surrogate-id`.
+pub const SURROGATE_ID_MAX_LEN: usize = 64;
+
+/// Checks a surrogate id (see [`SURROGATE_ID_PATTERN`]).
+pub fn check_surrogate_id(id: &str) -> Result<(), String> {
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+.^_`|~-".contains(c);
+    if id.len() > SURROGATE_ID_MAX_LEN {
+        return Err(format!("at most {SURROGATE_ID_MAX_LEN} characters"));
+    }
+    match id.chars().all(token) {
+        true => Ok(()),
+        false => Err("must be a token: letters, digits and !#$%&'*+.^_`|~-".into()),
+    }
+}
+
 /// Checks a peer token's length against the node's minimum.
 pub fn check_peer_token(token: &str) -> Result<(), String> {
     if token.len() >= PEER_TOKEN_MIN_LEN {
@@ -81,6 +99,26 @@ pub fn check_peer_token(token: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn surrogate_ids_are_tokens_as_the_pattern_says() {
+        let pattern = regex::Regex::new(SURROGATE_ID_PATTERN).unwrap();
+        let long = "a".repeat(65);
+        for id in [
+            "casserole",
+            "edge-1",
+            "a.b_c~d",
+            "",
+            "two words",
+            "a;b",
+            "x=y",
+            &long,
+        ] {
+            assert_eq!(check_surrogate_id(id).is_ok(), pattern.is_match(id), "{id}");
+        }
+        assert!(check_surrogate_id("casserole").is_ok());
+        assert!(check_surrogate_id("a;b").is_err());
+    }
 
     #[test]
     fn chunk_bounds_agree_with_their_quantities() {

@@ -607,14 +607,12 @@ impl Config {
                 });
             }
         }
-        // A target in `Surrogate-Control` and a key in `Surrogate-Capability`: an HTTP token.
-        let token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-        if !self.surrogate_id.trim().chars().all(token_char) {
-            return Err(ConfigError::Invalid {
+        casserole_limits::check_surrogate_id(self.surrogate_id.trim()).map_err(|message| {
+            ConfigError::Invalid {
                 flag: "--surrogate-id",
-                message: "must be a token: letters, digits and !#$%&'*+-.^_`|~".into(),
-            });
-        }
+                message,
+            }
+        })?;
         if let Some(token) = self.admin_token()? {
             if token.len() < 16 {
                 return Err(ConfigError::Invalid {

@@ -110,6 +110,14 @@ pub struct CasseroleCacheSpec {
     #[schemars(range(min = 0, max = 31536000))]
     pub min_ttl_seconds: i64,
 
+    /// The name the cache answers to in the origin's `Surrogate-Control` (directives for the
+    /// caches acting on the origin's behalf, e.g. `max-age=86400;casserole`), sent upstream as
+    /// `Surrogate-Capability` (node flag `--surrogate-id`). Unset: the node's `casserole`;
+    /// empty: `Surrogate-Control` is not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = casserole_limits::SURROGATE_ID_PATTERN))]
+    pub surrogate_id: Option<String>,
+
     /// Size of one cached chunk (a quantity, 64Ki to 64Mi, e.g. 2Mi). Changing it invalidates
     /// the cache.
     #[serde(default = "default_chunk_size")]

@@ -217,6 +217,9 @@ pub fn node_args(cache: &CasseroleCache, plan: &Plan) -> Vec<String> {
             .map(|r| format!("--ttl-rule={}={}", r.pattern, r.ttl)),
     );
     args.push(format!("--min-ttl={}s", spec.min_ttl_seconds));
+    if let Some(id) = &spec.surrogate_id {
+        args.push(format!("--surrogate-id={id}"));
+    }
     args.push(format!("--chunk-size={}", spec.chunk_size));
     args.push(format!("--max-memory-usage={}", spec.memory.max_usage));
     match &plan.disk {

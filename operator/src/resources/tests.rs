@@ -128,6 +128,28 @@ fn every_object_is_owned_by_the_cache_and_lives_in_its_namespace() {
 }
 
 #[test]
+fn a_surrogate_id_is_passed_on_and_an_empty_one_turns_surrogate_control_off() {
+    for (spec_value, flag) in [
+        ("edge-1", "--surrogate-id=edge-1"),
+        ("\"\"", "--surrogate-id="),
+    ] {
+        let cache = cache_from_spec(&format!(
+            "upstream: https://mirror.example.org/pub\nsurrogateId: {spec_value}\n"
+        ));
+        let objects = desired(&cache).unwrap();
+        let flags = args(&sts(&objects, "web").spec.template);
+        assert_eq!(
+            flags
+                .iter()
+                .filter(|a| a.starts_with("--surrogate-id"))
+                .collect::<Vec<_>>(),
+            vec![flag],
+            "{spec_value}"
+        );
+    }
+}
+
+#[test]
 fn cache_pods_get_the_flags_derived_from_the_spec() {
     let cache = cache_from_spec(
         r#"
