@@ -176,6 +176,13 @@ pub struct Config {
     #[arg(long, env = "CASSEROLE_STALE_IF_ERROR", default_value = "10m", value_parser = parse_duration)]
     pub stale_if_error: Duration,
 
+    /// The longest an upstream failure (`5xx` but `501`) is kept when it states a lifetime
+    /// itself (`max-age`, `Expires`): the upstream is spared a storm while it fails, and the
+    /// error is asked again soon after. Never in place of a copy held (that one is served stale
+    /// or the error relayed), never without a stated lifetime. `0s`: failures are never stored.
+    #[arg(long, env = "CASSEROLE_MAX_ERROR_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub max_error_ttl: Duration,
+
     /// The name this cache answers to in `Surrogate-Control` (an origin's directives for the
     /// caches acting on its behalf, e.g. `max-age=86400;casserole` beside a short
     /// `Cache-Control` for its clients), and sends upstream as
@@ -668,6 +675,7 @@ impl Config {
             max_heuristic_ttl: self.max_heuristic_ttl,
             stale_if_error: self.stale_if_error,
             ttl_rules: self.ttl_rules.clone(),
+            max_error_ttl: self.max_error_ttl,
             surrogate_id: self.surrogate_id(),
         }
     }

@@ -57,13 +57,8 @@ impl MetadataStore {
         (status, headers, response_time): (http::StatusCode, http::HeaderMap, SystemTime),
         client: &http::HeaderMap,
     ) -> Result<ObjectMeta, Missed> {
-        let verdict = match status.as_u16() {
-            other if crate::policy::is_upstream_failure(other) => {
-                Err(LookupError::Upstream(UpstreamError::Status(other)))
-            }
-            _ => evaluate_head(&self.context(path, status, response_time), &headers)
-                .map_err(LookupError::Uncacheable),
-        };
+        let verdict = evaluate_head(&self.context(path, status, response_time), &headers)
+            .map_err(|why| failed_or(status.as_u16(), why));
         match for_asker(verdict, &headers, client) {
             Ok(meta) => Ok(meta),
             Err(error) => Err(Missed {
@@ -154,18 +149,14 @@ impl MetadataStore {
     }
 
     fn judge_probe(&self, path: &str, probe: &Probe) -> Result<ObjectMeta, LookupError> {
-        let answer = match (probe.status.as_u16(), probe.length) {
+        let code = probe.status.as_u16();
+        let answer = match (code, probe.length) {
             (206, Some(length)) => LookupAnswer::Ranged { length },
-            // An upstream failing now is an error to report (or to serve stale through), not a
-            // verdict on the object.
-            (other, _) if crate::policy::is_upstream_failure(other) => {
-                return Err(LookupError::Upstream(UpstreamError::Status(other)))
-            }
             (other, Some(length)) if crate::policy::is_storable_status(other) => {
                 LookupAnswer::Whole { length }
             }
             (200 | 206, None) => return Err(LookupError::Uncacheable(Uncacheable::UnknownLength)),
-            (other, _) => return Err(LookupError::Uncacheable(Uncacheable::Status(other))),
+            (other, _) => return Err(failed_or(other, Uncacheable::Status(other))),
         };
         // A `206` is a part of the `200` the object is.
         let status = match answer {
@@ -173,6 +164,16 @@ impl MetadataStore {
             _ => probe.status,
         };
         let ctx = self.context(path, status, probe.response_time);
-        evaluate(&ctx, answer, &probe.headers).map_err(LookupError::Uncacheable)
+        evaluate(&ctx, answer, &probe.headers).map_err(|why| failed_or(code, why))
+    }
+}
+
+/// Why an answer with `status` made no metadata: an upstream failing now that did not say its
+/// failure may be kept is an error to report (or to serve stale through), not a verdict on the
+/// object.
+fn failed_or(status: u16, why: Uncacheable) -> LookupError {
+    match crate::policy::is_upstream_failure(status) {
+        true => LookupError::Upstream(UpstreamError::Status(status)),
+        false => LookupError::Uncacheable(why),
     }
 }

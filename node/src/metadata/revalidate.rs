@@ -8,7 +8,16 @@ use crate::{
     object::ObjectMeta,
     policy::{head_confirms, refresh},
     source::Route,
+    upstream::{Relayed, UpstreamError},
 };
+
+/// A failing upstream's answer to a revalidation never replaces the copy held, whatever it
+/// says of its own lifetime: the caller serves that copy stale within its grace, or relays the
+/// answer.
+fn failing(status: http::StatusCode) -> Option<LookupError> {
+    crate::policy::is_upstream_failure(status.as_u16())
+        .then(|| LookupError::Upstream(UpstreamError::Status(status.as_u16())))
+}
 
 impl MetadataStore {
     /// Asks the upstream whether `stale` still holds: the probe, made conditional on its
@@ -38,6 +47,10 @@ impl MetadataStore {
         if probe.status == http::StatusCode::NOT_MODIFIED {
             return self.refreshed(path, stale, &probe.headers, probe.response_time);
         }
+        if let Some(error) = failing(probe.status) {
+            let relay = probe.into_relay().map(Box::new);
+            return Err(Missed { error, relay });
+        }
         self.take_probe(path, probe, ask.headers).await
     }
 
@@ -62,6 +75,10 @@ impl MetadataStore {
         };
         if confirms {
             return self.refreshed(path, stale, &answer.1, answer.2);
+        }
+        if let Some(error) = failing(answer.0) {
+            let relay = Some(Box::new(Relayed::bodiless(answer.0, answer.1)));
+            return Err(Missed { error, relay });
         }
         let meta = self.take_head(path, answer, ask.headers)?;
         Ok(Found::without_body(Arc::new(meta), MetaSource::Upstream))

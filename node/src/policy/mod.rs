@@ -168,11 +168,12 @@ pub fn evaluate_head(
 }
 
 /// Final statuses a response may be stored with (RFC 9111 §3): all but partial and
-/// not-modified answers (a `206` is a part of a `200`, a `304` refreshes one) and upstream
-/// failures. Whether one is stored then depends on its freshness: the statuses that are not
-/// heuristically cacheable need an explicit lifetime (`freshness`).
+/// not-modified answers (a `206` is a part of a `200`, a `304` refreshes one). Whether one is
+/// stored then depends on its freshness: the statuses that are not heuristically cacheable need
+/// an explicit lifetime, and upstream failures are kept for `--max-error-ttl` at most and never
+/// in place of a copy held (`freshness`, `MetadataStore::revalidate`).
 pub fn is_storable_status(status: u16) -> bool {
-    (200..600).contains(&status) && !matches!(status, 206 | 304) && !is_upstream_failure(status)
+    (200..600).contains(&status) && !matches!(status, 206 | 304)
 }
 
 /// An answer that says the upstream is failing now (an error to report, or to serve stale

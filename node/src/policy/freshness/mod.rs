@@ -33,6 +33,10 @@ pub struct FreshnessRules {
     /// `--ttl-rule`s: a matching path is fresh for at least the rule's lifetime (the first match
     /// counts), unless the response forbids storing it or asks for revalidation on every use.
     pub ttl_rules: Vec<casserole_limits::TtlRule>,
+    /// `--max-error-ttl`: the longest an upstream failure (`5xx` but `501`) that states a
+    /// lifetime is kept, a shield for the upstream while it fails rather than a pinned error;
+    /// zero: failures are never stored.
+    pub max_error_ttl: Duration,
     /// `--surrogate-id`: the name `Surrogate-Control` directives aim at this cache by
     /// (`surrogate.rs`); `None`: the field is not read.
     pub surrogate_id: Option<String>,
@@ -68,6 +72,7 @@ impl Default for FreshnessRules {
             max_heuristic_ttl: Duration::from_secs(24 * 3600),
             stale_if_error: Duration::ZERO,
             ttl_rules: Vec::new(),
+            max_error_ttl: Duration::from_secs(10),
             surrogate_id: None,
         }
     }
@@ -203,13 +208,41 @@ pub fn freshness(
         .surrogate_id
         .as_deref()
         .and_then(|id| SurrogateControl::parse(headers, id));
-    match surrogate {
+    let fresh = match surrogate {
         Some(SurrogateControl::NoStore) => Err(Uncacheable::NotStorable),
         Some(SurrogateControl::Lifetime { fresh, grace }) => {
             surrogate::freshness(rules, path, status, headers, response_time, fresh, grace)
         }
         None => cache_control_freshness(rules, path, status, headers, response_time),
+    }?;
+    match super::is_upstream_failure(status) {
+        true => as_failure(rules, fresh),
+        false => Ok(fresh),
     }
+}
+
+/// An upstream failure the response says may be kept: for `--max-error-ttl` at most, never
+/// served stale (a stored error is a short shield for a failing upstream, not a copy to fall
+/// back on), and not at all without a lifetime (nothing to revalidate an error against).
+fn as_failure(rules: &FreshnessRules, fresh: Freshness) -> Result<Freshness, Uncacheable> {
+    let ttl = fresh.ttl.min(rules.max_error_ttl);
+    if ttl.is_zero() || fresh.no_cache {
+        return Err(Uncacheable::NotStorable);
+    }
+    Ok(Freshness {
+        ttl,
+        no_cache: false,
+        must_revalidate: true,
+        stale_if_error: Duration::ZERO,
+        stale_while_revalidate: Duration::ZERO,
+        immutable: false,
+    })
+}
+
+/// The statuses RFC 9110 §15 defines, whose caching rules the node follows (for
+/// `must-understand`); others (`299`, `599`) are only known by their class.
+fn is_understood(status: u16) -> bool {
+    matches!(status, 200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505)
 }
 
 /// The lifetime `Cache-Control` and `Expires` give a shared cache (RFC 9111 §4.2).
@@ -228,7 +261,13 @@ fn cache_control_freshness(
     // A qualified `no-cache="field"` only keeps fields out; the unqualified one means
     // "revalidate every time".
     let no_cache = cc.has_bare("no-cache");
-    if has("no-store") || cc.has_bare("private") {
+    // RFC 9111 §5.2.2.3: `must-understand` limits storing to caches that know the status's
+    // caching rules, and lets those ignore the `no-store` it comes with.
+    let must_understand = has("must-understand");
+    if must_understand && !is_understood(status) {
+        return Err(Uncacheable::NotStorable);
+    }
+    if (has("no-store") && !must_understand) || cc.has_bare("private") {
         return Err(Uncacheable::NotStorable);
     }
     let (mut ttl, explicit) = time_to_live(rules, status, &cc, headers, response_time);
@@ -278,293 +317,4 @@ fn cache_control_freshness(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::test_support::headers;
-
-    fn at(pairs: &[(&str, &str)]) -> Result<Freshness, Uncacheable> {
-        freshness(
-            &FreshnessRules::default(),
-            "/x",
-            200,
-            &headers(pairs),
-            SystemTime::now(),
-        )
-    }
-
-    fn date(offset_secs: i64) -> String {
-        let t = if offset_secs >= 0 {
-            SystemTime::now() + Duration::from_secs(offset_secs as u64)
-        } else {
-            SystemTime::now() - Duration::from_secs((-offset_secs) as u64)
-        };
-        httpdate::fmt_http_date(t)
-    }
-
-    #[test]
-    fn the_initial_age_is_the_longer_of_age_and_the_time_since_date() {
-        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let date =
-            |secs_before: u64| httpdate::fmt_http_date(now - Duration::from_secs(secs_before));
-        assert_eq!(initial_age(&headers(&[]), now), 0);
-        assert_eq!(initial_age(&headers(&[("age", "30")]), now), 30);
-        assert_eq!(initial_age(&headers(&[("date", &date(100))]), now), 100);
-        assert_eq!(
-            initial_age(&headers(&[("date", &date(100)), ("age", "300")]), now),
-            300
-        );
-        let ahead = httpdate::fmt_http_date(now + Duration::from_secs(50));
-        assert_eq!(
-            initial_age(&headers(&[("date", &ahead), ("age", "7")]), now),
-            7
-        );
-        assert_eq!(initial_age(&headers(&[("date", "garbage")]), now), 0);
-        // RFC 9111 §5.1: an Age that is not one non-negative integer: of unknown age, stale.
-        assert_eq!(
-            initial_age(&headers(&[("age", "0,7200")]), now),
-            0,
-            "first member"
-        );
-        assert_eq!(initial_age(&headers(&[("age", "7200, 0")]), now), 7200);
-        for bad in ["x", "7200.0", "-5", "1 ;a=b", "old, 0"] {
-            assert!(
-                initial_age(&headers(&[("age", bad)]), now) >= u64::from(u32::MAX),
-                "{bad}"
-            );
-        }
-        let two_lines = headers(&[("age", "0"), ("age", "0")]);
-        assert!(initial_age(&two_lines, now) >= u64::from(u32::MAX));
-    }
-
-    #[test]
-    fn stated_lifetimes_follow_rfc_9111_parsing() {
-        let now = SystemTime::now();
-        let lifetime = |pairs: &[(&str, &str)]| {
-            let h = headers(pairs);
-            explicit_lifetime(&CacheControl::parse(&h), &h, now).map(|d| d.as_secs())
-        };
-        assert_eq!(lifetime(&[]), None);
-        assert_eq!(
-            lifetime(&[("cache-control", "max-age=60, s-maxage=5")]),
-            Some(5)
-        );
-        assert_eq!(
-            lifetime(&[("cache-control", "max-age=1.5")]),
-            Some(0),
-            "malformed: stale"
-        );
-        // Every date format RFC 9110 §5.6.7 allows; an invalid one is stale; of repeated ones
-        // the first counts.
-        for expires in [
-            "Thursday, 18-Aug-50 02:01:18 GMT",
-            "Thu Aug  8 02:01:18 2050",
-            "Thu, 18 Aug 2050 02:01:18 GMT",
-        ] {
-            let secs = lifetime(&[("date", &date(0)), ("expires", expires)]).unwrap();
-            assert!(secs > 20 * 365 * 86400, "{expires}: {secs}");
-        }
-        assert_eq!(lifetime(&[("expires", "0")]), Some(0));
-        assert_eq!(
-            lifetime(&[
-                ("date", &date(0)),
-                ("expires", &date(600)),
-                ("expires", &date(0))
-            ]),
-            Some(600)
-        );
-    }
-
-    #[test]
-    fn every_storable_response_with_a_validator_is_kept_however_short_lived() {
-        let short = at(&[("cache-control", "max-age=2"), ("etag", "\"a\"")]).unwrap();
-        assert_eq!(short.ttl.as_secs(), 2);
-        let stale = at(&[("cache-control", "max-age=0"), ("etag", "\"a\"")]).unwrap();
-        assert_eq!(stale.ttl, Duration::ZERO);
-        assert_eq!(
-            at(&[("cache-control", "max-age=0")]),
-            Err(Uncacheable::NotStorable),
-            "nothing to revalidate with"
-        );
-        let old = at(&[
-            ("cache-control", "max-age=3600"),
-            ("age", "7200.0"),
-            ("etag", "\"a\""),
-        ]);
-        assert_eq!(old.unwrap().ttl, Duration::ZERO, "an invalid Age is stale");
-    }
-
-    #[test]
-    fn ttl_rules_extend_what_the_response_allows() {
-        let rules = FreshnessRules {
-            ttl_rules: vec![
-                casserole_limits::parse_ttl_rule(r"\.tgz$=immutable").unwrap(),
-                casserole_limits::parse_ttl_rule(r"\.iso$=1h").unwrap(),
-            ],
-            ..Default::default()
-        };
-        let at = |path: &str, pairs: &[(&str, &str)]| {
-            freshness(&rules, path, 200, &headers(pairs), SystemTime::now())
-        };
-        let bare = at("/-/p-1.0.0.tgz", &[]).unwrap();
-        assert!(bare.immutable && bare.ttl == casserole_limits::IMMUTABLE_TTL);
-        let iso = |cc: &str| {
-            at("/a.iso", &[("cache-control", cc)])
-                .unwrap()
-                .ttl
-                .as_secs()
-        };
-        assert_eq!(iso("max-age=60"), 3600, "at least the rule's lifetime");
-        assert_eq!(iso("max-age=7200"), 7200, "a longer stated one stays");
-        assert_eq!(at("/a.iso", &[]).unwrap().ttl.as_secs(), 3600);
-        assert!(
-            at("/a.tar", &[]).is_err(),
-            "no rule, no freshness, no validator"
-        );
-        assert_eq!(
-            at("/p.tgz", &[("cache-control", "no-store")]),
-            Err(Uncacheable::NotStorable)
-        );
-        assert_eq!(
-            at("/p.tgz", &[("cache-control", "private")]),
-            Err(Uncacheable::NotStorable)
-        );
-        let nc = at(
-            "/p.tgz",
-            &[("cache-control", "no-cache"), ("etag", "\"e\"")],
-        )
-        .unwrap();
-        assert!(nc.no_cache && nc.ttl.is_zero() && !nc.immutable);
-        let stated = at("/x", &[("cache-control", "max-age=60, immutable")]).unwrap();
-        assert!(stated.immutable, "RFC 8246");
-    }
-
-    #[test]
-    fn the_operator_s_lifetimes_are_for_the_object_not_for_errors() {
-        let rules = FreshnessRules {
-            ttl_rules: vec![casserole_limits::parse_ttl_rule(r"\.deb$=immutable").unwrap()],
-            default_ttl: Some(Duration::from_secs(600)),
-            ..Default::default()
-        };
-        let at = |path: &str, status: u16, pairs: &[(&str, &str)]| {
-            freshness(&rules, path, status, &headers(pairs), SystemTime::now())
-        };
-        assert!(at("/pool/a.deb", 200, &[]).unwrap().immutable);
-        assert!(at("/pool/a.deb", 203, &[]).unwrap().immutable);
-        assert_eq!(at("/a.tar", 200, &[]).unwrap().ttl.as_secs(), 600);
-        // A mirror that does not have the file yet: the 404 keeps only what it states.
-        assert_eq!(at("/pool/a.deb", 404, &[]), Err(Uncacheable::NotStorable));
-        let stated = at("/pool/a.deb", 404, &[("cache-control", "max-age=60")]).unwrap();
-        assert_eq!(stated.ttl.as_secs(), 60);
-        assert!(!stated.immutable);
-        for status in [301, 404, 410] {
-            assert_eq!(
-                at("/a.tar", status, &[]),
-                Err(Uncacheable::NotStorable),
-                "{status}: no default lifetime"
-            );
-        }
-    }
-
-    #[test]
-    fn explicit_lifetimes() {
-        assert_eq!(
-            at(&[("cache-control", "max-age=600")])
-                .unwrap()
-                .ttl
-                .as_secs(),
-            600
-        );
-        let shared = at(&[("cache-control", "max-age=60, s-maxage=900")]).unwrap();
-        assert_eq!(shared.ttl.as_secs(), 900, "s-maxage wins in a shared cache");
-        let aged = at(&[("cache-control", "max-age=600"), ("age", "100")]).unwrap();
-        assert!((499..=500).contains(&aged.ttl.as_secs()), "{aged:?}");
-        let expires = at(&[("date", &date(0)), ("expires", &date(3600))]).unwrap();
-        assert!(
-            (3598..=3600).contains(&expires.ttl.as_secs()),
-            "{expires:?}"
-        );
-        let min_ttl = FreshnessRules {
-            min_ttl: Duration::from_secs(60),
-            ..Default::default()
-        };
-        let h = headers(&[("date", &date(0)), ("expires", &date(30))]);
-        assert!(matches!(
-            freshness(&min_ttl, "/x", 200, &h, SystemTime::now()),
-            Err(Uncacheable::TooShortLived(_))
-        ));
-    }
-
-    #[test]
-    fn heuristic_and_default_lifetimes() {
-        // 10 % of ten days since Last-Modified: a day, within the default cap.
-        let lm = at(&[("date", &date(0)), ("last-modified", &date(-10 * 86400))]).unwrap();
-        assert!((86000..=86400).contains(&lm.ttl.as_secs()), "{lm:?}");
-        let capped = freshness(
-            &FreshnessRules {
-                max_heuristic_ttl: Duration::from_secs(3600),
-                ..Default::default()
-            },
-            "/x",
-            200,
-            &headers(&[("date", &date(0)), ("last-modified", &date(-10 * 86400))]),
-            SystemTime::now(),
-        )
-        .unwrap();
-        assert_eq!(capped.ttl.as_secs(), 3600);
-        assert!(
-            at(&[("content-type", "text/plain")]).is_err(),
-            "no freshness"
-        );
-        let default = freshness(
-            &FreshnessRules {
-                default_ttl: Some(Duration::from_secs(300)),
-                ..Default::default()
-            },
-            "/x",
-            200,
-            &headers(&[("content-type", "text/plain")]),
-            SystemTime::now(),
-        )
-        .unwrap();
-        assert_eq!(default.ttl.as_secs(), 300);
-    }
-
-    #[test]
-    fn no_cache_revalidation_and_stale_grace() {
-        let nc = at(&[("cache-control", "no-cache, max-age=3600")]).unwrap();
-        assert!(nc.no_cache);
-        assert_eq!(nc.ttl, Duration::ZERO);
-        assert!(
-            !at(&[("cache-control", "no-cache=\"x-a\", max-age=3600")])
-                .unwrap()
-                .no_cache
-        );
-        let grace = at(&[(
-            "cache-control",
-            "max-age=600, stale-if-error=300, stale-while-revalidate=30",
-        )])
-        .unwrap();
-        assert_eq!(grace.stale_if_error.as_secs(), 300);
-        assert_eq!(grace.stale_while_revalidate.as_secs(), 30);
-        for strict in [
-            "max-age=600, must-revalidate, stale-if-error=300",
-            "max-age=600, proxy-revalidate, stale-if-error=300",
-            "s-maxage=600, stale-if-error=300",
-        ] {
-            let f = at(&[("cache-control", strict)]).expect(strict);
-            assert_eq!(f.stale_if_error, Duration::ZERO, "{strict}");
-            assert!(f.must_revalidate, "{strict}");
-        }
-        let plain = at(&[("cache-control", "max-age=600")]).unwrap();
-        assert_eq!(
-            plain.stale_if_error,
-            Duration::ZERO,
-            "only the response grants it"
-        );
-        assert!(!plain.must_revalidate);
-        assert!(matches!(
-            at(&[("cache-control", "private, max-age=600")]),
-            Err(Uncacheable::NotStorable)
-        ));
-    }
-}
+mod tests;
