@@ -14,15 +14,11 @@
 //! Other directives (`content="ESI/1.0"`) are not acted on. The header itself is relayed to
 //! clients unchanged, as every other response field; it means nothing to them.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use http::{header, HeaderMap};
+use http::HeaderMap;
 
-use super::{
-    cache_control::{self, Directive},
-    freshness::{initial_age, Freshness, FreshnessRules},
-    Uncacheable,
-};
+use super::cache_control::{self, Directive};
 
 /// The response field, lowercase (no constant in `http`).
 pub const SURROGATE_CONTROL: &str = "surrogate-control";
@@ -81,43 +77,6 @@ impl SurrogateControl {
     }
 }
 
-/// An origin's lifetime for its surrogates replaces, for the node, what `Cache-Control` and
-/// `Expires` say to clients (`no-store`, `private` and `no-cache` included: they are the
-/// clients' rules, and the origin has stated the cache's); its extension is the grace in which
-/// a stale copy may still be served. The refusals outside freshness (`Set-Cookie`, `Vary: *`,
-/// credentials) still hold, and so do the operator's `--ttl-rule`s and `--min-ttl`.
-pub(super) fn freshness(
-    rules: &FreshnessRules,
-    path: &str,
-    status: u16,
-    headers: &HeaderMap,
-    response_time: SystemTime,
-    fresh: Duration,
-    grace: Duration,
-) -> Result<Freshness, Uncacheable> {
-    let age = Duration::from_secs(initial_age(headers, response_time));
-    let rule = rules.ttl_rule(path, status);
-    let ttl = fresh
-        .saturating_sub(age)
-        .max(rule.map_or(Duration::ZERO, |r| r.ttl));
-    let validated = headers.contains_key(header::ETAG)
-        || super::headers::http_date(headers, header::LAST_MODIFIED).is_some();
-    if ttl.is_zero() && !validated {
-        return Err(Uncacheable::NotStorable);
-    }
-    if ttl < rules.min_ttl {
-        return Err(Uncacheable::TooShortLived(ttl));
-    }
-    Ok(Freshness {
-        ttl,
-        no_cache: false,
-        must_revalidate: false,
-        stale_if_error: grace,
-        stale_while_revalidate: grace,
-        immutable: rule.is_some_and(|r| r.immutable),
-    })
-}
-
 /// `directive[;target]`: the directive, and the surrogate it is aimed at.
 fn targeted(item: &str) -> Option<(Directive, Option<String>)> {
     let (directive, target) = match item.rsplit_once(';') {
@@ -144,7 +103,7 @@ fn lifetime(arg: &str) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{policy::freshness, test_support::headers};
+    use crate::test_support::headers;
 
     fn sc(values: &[&str]) -> Option<SurrogateControl> {
         let pairs: Vec<(&str, &str)> = values.iter().map(|v| ("surrogate-control", *v)).collect();
@@ -210,54 +169,5 @@ mod tests {
             fresh(5, 0),
             "the first counts"
         );
-    }
-
-    #[test]
-    fn surrogate_control_aimed_at_the_node_replaces_cache_control() {
-        let rules = FreshnessRules {
-            surrogate_id: Some("casserole".into()),
-            ..FreshnessRules::default()
-        };
-        let at = |pairs: &[(&str, &str)]| {
-            freshness::freshness(&rules, "/m.bin", 200, &headers(pairs), SystemTime::now())
-        };
-        let fresh = at(&[
-            ("cache-control", "no-store, private, no-cache, max-age=5"),
-            ("surrogate-control", "max-age=3600+60;casserole"),
-        ])
-        .unwrap();
-        assert_eq!(fresh.ttl, Duration::from_secs(3600));
-        assert!(!fresh.no_cache && !fresh.must_revalidate);
-        assert_eq!(fresh.stale_while_revalidate, Duration::from_secs(60));
-        assert_eq!(fresh.stale_if_error, Duration::from_secs(60));
-        // Its age counts against the surrogate lifetime as against any other.
-        let aged = at(&[("surrogate-control", "max-age=3600"), ("age", "600")]).unwrap();
-        assert_eq!(aged.ttl, Duration::from_secs(3000));
-        assert_eq!(
-            at(&[("surrogate-control", "max-age=3600"), ("age", "7200")]),
-            Err(Uncacheable::NotStorable),
-            "stale on arrival, nothing to revalidate with"
-        );
-        assert_eq!(
-            at(&[
-                ("cache-control", "max-age=600"),
-                ("surrogate-control", "no-store")
-            ]),
-            Err(Uncacheable::NotStorable)
-        );
-        // Aimed elsewhere, or read by no node: Cache-Control alone decides.
-        let cc_only = [
-            ("cache-control", "max-age=600"),
-            ("surrogate-control", "no-store;other-cdn"),
-        ];
-        assert_eq!(at(&cc_only).unwrap().ttl, Duration::from_secs(600));
-        let not_read = freshness::freshness(
-            &FreshnessRules::default(),
-            "/m.bin",
-            200,
-            &headers(&[("surrogate-control", "max-age=3600")]),
-            SystemTime::now(),
-        );
-        assert_eq!(not_read, Err(Uncacheable::NotStorable));
     }
 }

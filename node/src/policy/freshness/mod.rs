@@ -11,7 +11,7 @@ use http_cache_semantics::{CacheOptions, CachePolicy};
 
 use super::{
     cache_control::{CacheControl, Seconds},
-    surrogate::{self, SurrogateControl},
+    surrogate::SurrogateControl,
     Uncacheable,
 };
 
@@ -211,7 +211,7 @@ pub fn freshness(
     let fresh = match surrogate {
         Some(SurrogateControl::NoStore) => Err(Uncacheable::NotStorable),
         Some(SurrogateControl::Lifetime { fresh, grace }) => {
-            surrogate::freshness(rules, path, status, headers, response_time, fresh, grace)
+            surrogate_freshness(rules, path, status, headers, response_time, fresh, grace)
         }
         None => cache_control_freshness(rules, path, status, headers, response_time),
     }?;
@@ -219,6 +219,43 @@ pub fn freshness(
         true => as_failure(rules, fresh),
         false => Ok(fresh),
     }
+}
+
+/// An origin's lifetime for its surrogates replaces, for the node, what `Cache-Control` and
+/// `Expires` say to clients (`no-store`, `private` and `no-cache` included: they are the
+/// clients' rules, and the origin has stated the cache's); its extension is the grace in which
+/// a stale copy may still be served. The refusals outside freshness (`Set-Cookie`, `Vary: *`,
+/// credentials) still hold, and so do the operator's `--ttl-rule`s and `--min-ttl`.
+fn surrogate_freshness(
+    rules: &FreshnessRules,
+    path: &str,
+    status: u16,
+    headers: &HeaderMap,
+    response_time: SystemTime,
+    fresh: Duration,
+    grace: Duration,
+) -> Result<Freshness, Uncacheable> {
+    let age = Duration::from_secs(initial_age(headers, response_time));
+    let rule = rules.ttl_rule(path, status);
+    let ttl = fresh
+        .saturating_sub(age)
+        .max(rule.map_or(Duration::ZERO, |r| r.ttl));
+    let validated = headers.contains_key(header::ETAG)
+        || super::headers::http_date(headers, header::LAST_MODIFIED).is_some();
+    if ttl.is_zero() && !validated {
+        return Err(Uncacheable::NotStorable);
+    }
+    if ttl < rules.min_ttl {
+        return Err(Uncacheable::TooShortLived(ttl));
+    }
+    Ok(Freshness {
+        ttl,
+        no_cache: false,
+        must_revalidate: false,
+        stale_if_error: grace,
+        stale_while_revalidate: grace,
+        immutable: rule.is_some_and(|r| r.immutable),
+    })
 }
 
 /// An upstream failure the response says may be kept: for `--max-error-ttl` at most, never

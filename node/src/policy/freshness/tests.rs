@@ -352,3 +352,52 @@ fn upstream_failures_are_kept_briefly_and_only_when_they_say_so() {
         60
     );
 }
+
+#[test]
+fn surrogate_control_aimed_at_the_node_replaces_cache_control() {
+    let rules = FreshnessRules {
+        surrogate_id: Some("casserole".into()),
+        ..FreshnessRules::default()
+    };
+    let at = |pairs: &[(&str, &str)]| {
+        freshness(&rules, "/m.bin", 200, &headers(pairs), SystemTime::now())
+    };
+    let fresh = at(&[
+        ("cache-control", "no-store, private, no-cache, max-age=5"),
+        ("surrogate-control", "max-age=3600+60;casserole"),
+    ])
+    .unwrap();
+    assert_eq!(fresh.ttl, Duration::from_secs(3600));
+    assert!(!fresh.no_cache && !fresh.must_revalidate);
+    assert_eq!(fresh.stale_while_revalidate, Duration::from_secs(60));
+    assert_eq!(fresh.stale_if_error, Duration::from_secs(60));
+    // Its age counts against the surrogate lifetime as against any other.
+    let aged = at(&[("surrogate-control", "max-age=3600"), ("age", "600")]).unwrap();
+    assert_eq!(aged.ttl, Duration::from_secs(3000));
+    assert_eq!(
+        at(&[("surrogate-control", "max-age=3600"), ("age", "7200")]),
+        Err(Uncacheable::NotStorable),
+        "stale on arrival, nothing to revalidate with"
+    );
+    assert_eq!(
+        at(&[
+            ("cache-control", "max-age=600"),
+            ("surrogate-control", "no-store")
+        ]),
+        Err(Uncacheable::NotStorable)
+    );
+    // Aimed elsewhere, or read by no node: Cache-Control alone decides.
+    let cc_only = [
+        ("cache-control", "max-age=600"),
+        ("surrogate-control", "no-store;other-cdn"),
+    ];
+    assert_eq!(at(&cc_only).unwrap().ttl, Duration::from_secs(600));
+    let not_read = freshness(
+        &FreshnessRules::default(),
+        "/m.bin",
+        200,
+        &headers(&[("surrogate-control", "max-age=3600")]),
+        SystemTime::now(),
+    );
+    assert_eq!(not_read, Err(Uncacheable::NotStorable));
+}
