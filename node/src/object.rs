@@ -11,7 +11,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use http::{header, HeaderMap, HeaderName, HeaderValue};
+use http::{header, HeaderMap, HeaderName};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -173,9 +173,9 @@ impl ObjectMeta {
         self.rendered.0.get_or_init(|| {
             let mut h = HeaderMap::with_capacity(self.headers.len() + 2);
             for (name, v) in &self.headers {
-                if let (Ok(name), Ok(v)) = (
+                if let (Ok(name), Some(v)) = (
                     HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(v),
+                    crate::policy::headers::field_value(v),
                 ) {
                     h.append(name, v);
                 }
@@ -185,7 +185,7 @@ impl ObjectMeta {
                 (header::LAST_MODIFIED, &self.last_modified),
             ];
             for (name, v) in validators {
-                if let Some(v) = v.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                if let Some(v) = v.as_deref().and_then(crate::policy::headers::field_value) {
                     h.insert(name, v);
                 }
             }

@@ -144,3 +144,60 @@ async fn fields_kept_out_of_the_stored_copy_reach_only_the_client_that_fetched_i
         "one upstream request per object"
     );
 }
+
+/// Field values with octets past ASCII (RFC 9110 §5.5 obs-text) are stored and replayed byte for
+/// byte: a raw UTF-8 filename in `Content-Disposition`, an entity tag with one — which a client's
+/// `If-None-Match` then matches. (They were left out of the stored copy, and the object kept no
+/// entity tag.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn field_values_past_ascii_are_kept_byte_for_byte() {
+    let disposition = "attachment; filename=\"modèle-ü.bin\"";
+    let etag = "\"v1-é\"";
+    let origin = Origin::start().await;
+    origin.put(
+        "/m.bin",
+        ObjectSpec::new(3 * 1024 * 1024)
+            .seed(9)
+            .max_age(3600)
+            .etag(casserole_tests::origin::EtagMode::None)
+            .header("content-disposition", disposition)
+            .header("etag", etag),
+    );
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    let url = format!("{}/m.bin", node.url());
+    let raw = |headers: &reqwest::header::HeaderMap, name: &str| {
+        headers.get(name).map(|v| v.as_bytes().to_vec())
+    };
+    let http = client();
+    for round in 0..2 {
+        let res = http.get(&url).send().await.unwrap();
+        let headers = res.headers().clone();
+        assert_eq!(res.bytes().await.unwrap().len(), 3 * 1024 * 1024);
+        assert_eq!(
+            raw(&headers, "content-disposition"),
+            Some(disposition.as_bytes().to_vec()),
+            "{round}"
+        );
+        assert_eq!(
+            raw(&headers, "etag"),
+            Some(etag.as_bytes().to_vec()),
+            "{round}"
+        );
+        if round == 1 {
+            assert!(
+                header(&headers, "cache-status").contains("hit"),
+                "{headers:?}"
+            );
+        }
+    }
+    let tag = reqwest::header::HeaderValue::from_bytes(etag.as_bytes()).unwrap();
+    let res = http
+        .get(&url)
+        .header("if-none-match", tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 304);
+    // The chunks after the first were fetched conditional on that entity tag, and validated.
+    assert_eq!(origin.path_stats("/m.bin").body_bytes_sent, 3 * 1024 * 1024);
+}

@@ -46,8 +46,8 @@ pub fn resolve(headers: &HeaderMap, meta: &ObjectMeta) -> RangeRequest {
     let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
         return RangeRequest::Whole;
     };
-    if let Some(if_range) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
-        if !if_range_matches(if_range.trim(), meta) {
+    if let Some(if_range) = headers.get(header::IF_RANGE) {
+        if !if_range_matches(crate::policy::headers::field_text(if_range).trim(), meta) {
             return RangeRequest::Whole;
         }
     }
@@ -137,9 +137,12 @@ fn listed_tags(headers: &HeaderMap, name: header::HeaderName) -> Option<Vec<Stri
     values.peek()?;
     Some(
         values
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_string())
+            .map(crate::policy::headers::field_text)
+            .flat_map(|v| {
+                v.split(',')
+                    .map(|t| t.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
             .filter(|t| !t.is_empty())
             .collect(),
     )

@@ -2,11 +2,15 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName};
 
 use crate::{
     object::ObjectMeta,
-    policy::{freshness::freshness, headers::stored_headers, FreshnessRules},
+    policy::{
+        freshness::freshness,
+        headers::{field_value, stored_headers},
+        FreshnessRules,
+    },
 };
 
 /// How far ahead of this node's clock a peer's "fetched at" may be before it is not believed.
@@ -24,7 +28,7 @@ pub fn accept(rules: &FreshnessRules, mut meta: ObjectMeta, now: u64) -> Option<
     let mut headers = HeaderMap::new();
     for (name, value) in &meta.headers {
         let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
-        headers.append(name, HeaderValue::from_str(value).ok()?);
+        headers.append(name, field_value(value)?);
     }
     meta.headers = stored_headers(&headers);
     let fetched = UNIX_EPOCH + Duration::from_secs(meta.fetched_at);

@@ -199,12 +199,7 @@ pub fn evaluate(
         LookupAnswer::Head => headers::content_length(headers).ok_or(Uncacheable::UnknownLength)?,
         LookupAnswer::Ranged { length } | LookupAnswer::Whole { length } => length,
     };
-    let text = |name: header::HeaderName| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let text = |name: header::HeaderName| headers.get(name).map(headers::field_text);
     let etag = text(header::ETAG);
     let last_modified = text(header::LAST_MODIFIED).filter(|lm| date::parse_date(lm).is_some());
     let validator = match (&etag, &last_modified) {
@@ -278,6 +273,18 @@ const DESCRIBE_THE_STORED_BYTES: [&str; 6] = [
     "repr-digest",
 ];
 
+/// Stored header fields appended to `out` as field values (those that are none are left out).
+fn append_stored(out: &mut HeaderMap, stored: &[(String, String)]) {
+    for (name, value) in stored {
+        if let (Ok(name), Some(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            headers::field_value(value),
+        ) {
+            out.append(name, value);
+        }
+    }
+}
+
 pub fn refresh(
     ctx: &HeadContext<'_>,
     stale: &ObjectMeta,
@@ -290,14 +297,7 @@ pub fn refresh(
         return Err(Uncacheable::SetCookie);
     }
     let mut merged = HeaderMap::new();
-    for (name, value) in &stale.headers {
-        if let (Ok(name), Ok(value)) = (
-            header::HeaderName::from_bytes(name.as_bytes()),
-            header::HeaderValue::from_str(value),
-        ) {
-            merged.append(name, value);
-        }
-    }
+    append_stored(&mut merged, &stale.headers);
     let updates: Vec<(String, String)> = headers::stored_headers(not_modified)
         .into_iter()
         .filter(|(name, _)| !DESCRIBE_THE_STORED_BYTES.contains(&name.as_str()))
@@ -305,14 +305,7 @@ pub fn refresh(
     for (name, _) in &updates {
         merged.remove(name.as_str());
     }
-    for (name, value) in updates {
-        if let (Ok(name), Ok(value)) = (
-            header::HeaderName::from_bytes(name.as_bytes()),
-            header::HeaderValue::from_str(&value),
-        ) {
-            merged.append(name, value);
-        }
-    }
+    append_stored(&mut merged, &updates);
     let fresh = freshness::freshness(ctx.rules, ctx.path, ctx.status, &merged, ctx.response_time)?;
     let fetched_at = ctx
         .response_time

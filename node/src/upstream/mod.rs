@@ -17,7 +17,7 @@ use crate::{
     metrics::Registrar,
     object::{ObjectMeta, Validator},
     policy::{
-        headers::{end_to_end, max_forwards, VIA},
+        headers::{end_to_end, field_text, field_value, max_forwards, VIA},
         surrogate::SURROGATE_CAPABILITY,
     },
     target,
@@ -95,36 +95,47 @@ pub fn for_lookup(client: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// `req` with `name: text`, a stored field value (`field_value`: an entity tag may hold octets
+/// past ASCII).
+fn with_field(
+    req: reqwest::RequestBuilder,
+    name: header::HeaderName,
+    text: &str,
+) -> reqwest::RequestBuilder {
+    match field_value(text) {
+        Some(value) => req.header(name, value),
+        None => req,
+    }
+}
+
 /// A request made conditional on `stale`'s validator: `304` if it still holds.
 fn if_changed(req: reqwest::RequestBuilder, stale: &ObjectMeta) -> reqwest::RequestBuilder {
     if let Some(etag) = &stale.etag {
-        req.header(header::IF_NONE_MATCH, etag.as_str())
+        with_field(req, header::IF_NONE_MATCH, etag)
     } else if let Some(lm) = &stale.last_modified {
-        req.header(header::IF_MODIFIED_SINCE, lm.as_str())
+        with_field(req, header::IF_MODIFIED_SINCE, lm)
     } else {
         req
     }
 }
 
+/// A range request made conditional on its version's validator (the answer is checked against
+/// it too: `check_validator`).
 fn conditional(req: reqwest::RequestBuilder, validator: &Validator) -> reqwest::RequestBuilder {
     match validator {
-        Validator::StrongEtag(etag) => req.header(header::IF_MATCH, etag.as_str()),
-        Validator::LastModified(lm) => req.header(header::IF_UNMODIFIED_SINCE, lm.as_str()),
+        Validator::StrongEtag(etag) => with_field(req, header::IF_MATCH, etag),
+        Validator::LastModified(lm) => with_field(req, header::IF_UNMODIFIED_SINCE, lm),
         Validator::Unvalidated(_) => req,
     }
 }
 
 /// Checks that a response carries the validator of the version it is fetched for.
 fn check_validator(validator: &Validator, headers: &HeaderMap) -> Result<(), UpstreamError> {
-    let text = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-    };
+    let text = |name| headers.get(name).map(field_text);
     match validator {
         Validator::StrongEtag(etag) => {
             let got = text(header::ETAG);
-            if got != Some(etag.as_str()) {
+            if got.as_deref() != Some(etag.as_str()) {
                 return Err(UpstreamError::Changed(format!(
                     "ETag {got:?}, expected {etag:?}"
                 )));
@@ -132,7 +143,7 @@ fn check_validator(validator: &Validator, headers: &HeaderMap) -> Result<(), Ups
         }
         Validator::LastModified(lm) => {
             let got = text(header::LAST_MODIFIED);
-            if got != Some(lm.as_str()) {
+            if got.as_deref() != Some(lm.as_str()) {
                 return Err(UpstreamError::Changed(format!(
                     "Last-Modified {got:?}, expected {lm:?}"
                 )));

@@ -166,7 +166,11 @@ fn base(obj: &ObjectState, status: StatusCode) -> http::response::Builder {
         },
     );
     for (k, v) in &spec.extra_headers {
-        b = b.header(k.as_str(), v.as_str());
+        // As bytes: a test may send octets past ASCII (obs-text, a raw UTF-8 filename).
+        b = b.header(
+            k.as_str(),
+            header::HeaderValue::from_bytes(v.as_bytes()).expect("field value"),
+        );
     }
     b
 }
