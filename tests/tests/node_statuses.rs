@@ -145,3 +145,27 @@ async fn a_failure_does_not_replace_a_copy_held() {
     );
     assert_eq!(origin.path_stats("/pkg.tgz").body_bytes_sent, sent);
 }
+
+/// A failure first looked up by a `HEAD` (no body) answers a later `GET` with its body, as a
+/// stored `404` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failure_kept_from_a_head_answers_a_get_whole() {
+    let origin = Origin::start().await;
+    let obj = origin.put(
+        "/down.json",
+        ObjectSpec::new(120).seed(5).max_age(3600).status(503),
+    );
+    let gone = origin.put(
+        "/gone.json",
+        ObjectSpec::new(120).seed(6).max_age(3600).status(404),
+    );
+    let node = NodeBuilder::new(origin.url()).spawn().await;
+    for (path, obj, code) in [("/down.json", &obj, 503u16), ("/gone.json", &gone, 404)] {
+        let url = format!("{}{path}", node.url());
+        let (status, _) = casserole_tests::client::head(&url, &[]).await.unwrap();
+        assert_eq!(status, code, "{path}");
+        let (status, headers, body) = get_bytes(&url, &[]).await.unwrap();
+        assert_eq!(status.as_u16(), code, "{path} {headers:?}");
+        assert_eq!(sha256_hex(&body), obj.sha256(), "{path}");
+    }
+}
