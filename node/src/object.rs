@@ -129,13 +129,33 @@ fn ok_status() -> u16 {
 /// case or order choose the same stored response.
 const UNORDERED_SELECTING: [&str; 2] = ["accept-encoding", "accept-language"];
 
+/// A field value as stored text: its octets as ISO-8859-1 characters, so a value with octets
+/// past ASCII (RFC 9110 §5.5 obs-text: a raw UTF-8 filename in `Content-Disposition`, an `ETag`
+/// with `ü`) is kept byte for byte instead of dropped, as `http::HeaderValue::to_str` would.
+pub fn field_text(value: &http::HeaderValue) -> String {
+    match value.to_str() {
+        Ok(ascii) => ascii.to_string(),
+        Err(_) => value.as_bytes().iter().map(|&b| char::from(b)).collect(),
+    }
+}
+
+/// The field value a stored text stands for (`field_text`'s inverse); `None` for text no field
+/// value reads as (a character past U+00FF, a control character).
+pub fn field_value(text: &str) -> Option<http::HeaderValue> {
+    if text.is_ascii() {
+        return http::HeaderValue::from_str(text).ok();
+    }
+    let octets: Option<Vec<u8>> = text.chars().map(|c| u8::try_from(c).ok()).collect();
+    http::HeaderValue::from_bytes(&octets?).ok()
+}
+
 /// The value of a selecting header: its field lines combined, each list member trimmed (and,
 /// for the headers above, lowercased and sorted).
 fn selecting_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
     let mut lines = headers.get_all(name).iter().peekable();
     lines.peek()?;
     let mut members: Vec<String> = lines
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .map(field_text)
         .flat_map(|v| {
             v.split(',')
                 .map(|m| m.trim().to_string())
@@ -173,10 +193,9 @@ impl ObjectMeta {
         self.rendered.0.get_or_init(|| {
             let mut h = HeaderMap::with_capacity(self.headers.len() + 2);
             for (name, v) in &self.headers {
-                if let (Ok(name), Some(v)) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    crate::policy::headers::field_value(v),
-                ) {
+                if let (Ok(name), Some(v)) =
+                    (HeaderName::from_bytes(name.as_bytes()), field_value(v))
+                {
                     h.append(name, v);
                 }
             }
@@ -185,7 +204,7 @@ impl ObjectMeta {
                 (header::LAST_MODIFIED, &self.last_modified),
             ];
             for (name, v) in validators {
-                if let Some(v) = v.as_deref().and_then(crate::policy::headers::field_value) {
+                if let Some(v) = v.as_deref().and_then(field_value) {
                     h.insert(name, v);
                 }
             }
@@ -266,7 +285,7 @@ impl ObjectMeta {
             .filter_map(|(name, value)| {
                 Some((
                     http::HeaderName::from_bytes(name.as_bytes()).ok()?,
-                    http::HeaderValue::from_str(value).ok()?,
+                    field_value(value)?,
                 ))
             })
             .collect()
@@ -364,6 +383,25 @@ impl ObjectMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_text_stands_for_the_field_value_octet_for_octet() {
+        for octets in [
+            &b"plain"[..],
+            b"\"abc\xfc\"",
+            "filename=\"mod\u{e8}le\"".as_bytes(),
+        ] {
+            let value = http::HeaderValue::from_bytes(octets).unwrap();
+            let text = field_text(&value);
+            assert_eq!(field_value(&text).unwrap().as_bytes(), octets);
+        }
+        assert_eq!(
+            field_text(&http::HeaderValue::from_static("W/\"x\"")),
+            "W/\"x\""
+        );
+        assert!(field_value("\u{263a}").is_none(), "past U+00FF: no octet");
+        assert!(field_value("a\nb").is_none());
+    }
 
     fn meta(length: u64, chunk_size: u64) -> ObjectMeta {
         let validator = Validator::StrongEtag("\"v1\"".into());

@@ -47,7 +47,7 @@ pub fn resolve(headers: &HeaderMap, meta: &ObjectMeta) -> RangeRequest {
         return RangeRequest::Whole;
     };
     if let Some(if_range) = headers.get(header::IF_RANGE) {
-        if !if_range_matches(crate::policy::headers::field_text(if_range).trim(), meta) {
+        if !if_range_matches(crate::object::field_text(if_range).trim(), meta) {
             return RangeRequest::Whole;
         }
     }
@@ -137,7 +137,7 @@ fn listed_tags(headers: &HeaderMap, name: header::HeaderName) -> Option<Vec<Stri
     values.peek()?;
     Some(
         values
-            .map(crate::policy::headers::field_text)
+            .map(crate::object::field_text)
             .flat_map(|v| {
                 v.split(',')
                     .map(|t| t.trim().to_string())

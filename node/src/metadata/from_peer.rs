@@ -5,12 +5,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use http::{HeaderMap, HeaderName};
 
 use crate::{
-    object::ObjectMeta,
-    policy::{
-        freshness::freshness,
-        headers::{field_value, stored_headers},
-        FreshnessRules,
-    },
+    object::{field_value, ObjectMeta},
+    policy::{freshness::freshness, headers::stored_headers, FreshnessRules},
 };
 
 /// How far ahead of this node's clock a peer's "fetched at" may be before it is not believed.

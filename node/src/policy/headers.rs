@@ -1,9 +1,10 @@
 //! Which of an upstream response's headers a cached response carries: every end-to-end header
 //! (RFC 9111 §3.1), in the upstream's order, several values of one name included.
 
-use http::{header, HeaderMap, HeaderName, HeaderValue};
+use http::{header, HeaderMap, HeaderName};
 
 use super::cache_control::CacheControl;
+use crate::object::field_text;
 
 /// Headers the cache itself sets on every cached response (length, ranges, age, its own status);
 /// the upstream's copies would be wrong for a range or a later hit. `Date` is the upstream's:
@@ -118,26 +119,6 @@ pub fn for_lifetime(headers: &HeaderMap) -> HeaderMap {
 /// `Content-Range`: on a response other than a `206` it is the origin's own field, stored like
 /// any other (RFC 9111 §3.1); a `206`'s describes the part it carries, and `evaluate` leaves it
 /// out. Values that are not visible ASCII/UTF-8 are dropped (the metadata record is text).
-/// A field value as stored text: its octets as ISO-8859-1 characters, so a value with octets
-/// past ASCII (RFC 9110 §5.5 obs-text: a raw UTF-8 filename in `Content-Disposition`, an `ETag`
-/// with `ü`) is kept byte for byte instead of dropped, as `HeaderValue::to_str` would.
-pub fn field_text(value: &HeaderValue) -> String {
-    match value.to_str() {
-        Ok(ascii) => ascii.to_string(),
-        Err(_) => value.as_bytes().iter().map(|&b| char::from(b)).collect(),
-    }
-}
-
-/// The field value a stored text stands for (`field_text`'s inverse); `None` for text no field
-/// value reads as (a character past U+00FF, a control character).
-pub fn field_value(text: &str) -> Option<HeaderValue> {
-    if text.is_ascii() {
-        return HeaderValue::from_str(text).ok();
-    }
-    let octets: Option<Vec<u8>> = text.chars().map(|c| u8::try_from(c).ok()).collect();
-    HeaderValue::from_bytes(&octets?).ok()
-}
-
 pub fn stored_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     let mut excluded = listed_names(
         headers
@@ -186,22 +167,6 @@ pub fn withheld_headers(headers: &HeaderMap) -> HeaderMap {
 mod tests {
     use super::*;
     use crate::test_support::headers;
-
-    #[test]
-    fn stored_text_stands_for_the_field_value_octet_for_octet() {
-        for octets in [
-            &b"plain"[..],
-            b"\"abc\xfc\"",
-            "filename=\"mod\u{e8}le\"".as_bytes(),
-        ] {
-            let value = HeaderValue::from_bytes(octets).unwrap();
-            let text = field_text(&value);
-            assert_eq!(field_value(&text).unwrap().as_bytes(), octets);
-        }
-        assert_eq!(field_text(&HeaderValue::from_static("W/\"x\"")), "W/\"x\"");
-        assert!(field_value("\u{263a}").is_none(), "past U+00FF: no octet");
-        assert!(field_value("a\nb").is_none());
-    }
 
     #[test]
     fn fields_kept_out_by_qualified_directives_are_withheld_for_the_fetching_client() {

@@ -199,7 +199,7 @@ pub fn evaluate(
         LookupAnswer::Head => headers::content_length(headers).ok_or(Uncacheable::UnknownLength)?,
         LookupAnswer::Ranged { length } | LookupAnswer::Whole { length } => length,
     };
-    let text = |name: header::HeaderName| headers.get(name).map(headers::field_text);
+    let text = |name: header::HeaderName| headers.get(name).map(crate::object::field_text);
     let etag = text(header::ETAG);
     let last_modified = text(header::LAST_MODIFIED).filter(|lm| date::parse_date(lm).is_some());
     let validator = match (&etag, &last_modified) {
@@ -278,7 +278,7 @@ fn append_stored(out: &mut HeaderMap, stored: &[(String, String)]) {
     for (name, value) in stored {
         if let (Ok(name), Some(value)) = (
             header::HeaderName::from_bytes(name.as_bytes()),
-            headers::field_value(value),
+            crate::object::field_value(value),
         ) {
             out.append(name, value);
         }

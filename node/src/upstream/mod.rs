@@ -15,9 +15,9 @@ use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::{
     metrics::Registrar,
-    object::{ObjectMeta, Validator},
+    object::{field_text, field_value, ObjectMeta, Validator},
     policy::{
-        headers::{end_to_end, field_text, field_value, max_forwards, VIA},
+        headers::{end_to_end, max_forwards, VIA},
         surrogate::SURROGATE_CAPABILITY,
     },
     target,
