@@ -58,7 +58,15 @@ async fn twenty_reloads_that_hang_up_cost_the_origin_at_most_the_object_once() {
             .max_age(3600)
             .latency(Duration::from_millis(300)),
     );
-    let node = NodeBuilder::new(origin.url()).spawn().await;
+    // Room for the whole object: on the default 100M the memory tier holds 63.6 MiB, less
+    // than this 64 MiB object, and a chunk of an object without a validator that the tier
+    // does not keep is lost to a reader that reaches it after the stream has passed it (the
+    // response is then aborted, seen once under load: the closing note of 8 December 00:40).
+    // That is its own defect; this test is about what reloads cost the origin.
+    let node = NodeBuilder::new(origin.url())
+        .args(["--max-memory-usage=256M"])
+        .spawn()
+        .await;
     let url = format!("{}/whole.iso", node.url());
     assert_eq!(get_sha256(&url, &[]).await.unwrap().sha256, obj.sha256());
     origin_settled(&origin).await;
