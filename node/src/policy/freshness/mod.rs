@@ -163,6 +163,13 @@ fn crate_stores(path: &str, status: u16, headers: &HeaderMap, response_time: Sys
     CachePolicy::new_options(&req, &res, response_time, options).is_storable()
 }
 
+/// Whether a stored copy could be revalidated (an `ETag`, or a `Last-Modified` that is a date):
+/// one stale at once and without either would serve no request.
+fn has_validator(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::ETAG)
+        || super::headers::http_date(headers, header::LAST_MODIFIED).is_some()
+}
+
 /// RFC 9111 §4.2.2: a tenth of the time since `Last-Modified`, as of `Date`.
 fn heuristic_lifetime(headers: &HeaderMap, response_time: SystemTime) -> Option<Duration> {
     let modified = super::headers::http_date(headers, header::LAST_MODIFIED)?;
@@ -240,9 +247,7 @@ fn surrogate_freshness(
     let ttl = fresh
         .saturating_sub(age)
         .max(rule.map_or(Duration::ZERO, |r| r.ttl));
-    let validated = headers.contains_key(header::ETAG)
-        || super::headers::http_date(headers, header::LAST_MODIFIED).is_some();
-    if ttl.is_zero() && !validated {
+    if ttl.is_zero() && !has_validator(headers) {
         return Err(Uncacheable::NotStorable);
     }
     if ttl < rules.min_ttl {
@@ -292,8 +297,6 @@ fn cache_control_freshness(
 ) -> Result<Freshness, Uncacheable> {
     let cc = CacheControl::parse(headers);
     let has = |name: &str| cc.has(name);
-    let validated = headers.contains_key(header::ETAG)
-        || super::headers::http_date(headers, header::LAST_MODIFIED).is_some();
     let arg = |name: &str| cc.valid_seconds(name).map(Duration::from_secs);
     // A qualified `no-cache="field"` only keeps fields out; the unqualified one means
     // "revalidate every time".
@@ -316,7 +319,7 @@ fn cache_control_freshness(
     }
     let immutable = rule.is_some_and(|r| r.immutable) || (cc.has("immutable") && !no_cache);
     // Stale at once and nothing to revalidate it with: storing it would serve no request.
-    if ttl.is_zero() && !validated {
+    if ttl.is_zero() && !has_validator(headers) {
         return Err(Uncacheable::NotStorable);
     }
     if no_cache {
