@@ -316,12 +316,21 @@ impl ChunkFetcher {
     /// Whether this node can keep the whole of `meta` (a disk, or a memory tier that holds it):
     /// else a stream nobody reads only evicts its own earlier chunks.
     fn can_keep(&self, meta: &ObjectMeta) -> bool {
-        meta.length <= self.cfg.tier_bytes
-            || self
-                .sources
-                .local
-                .iter()
-                .any(|s| s.kind() == SourceKind::Disk)
+        meta.length <= self.cfg.tier_bytes || self.has_disk()
+    }
+
+    fn has_disk(&self) -> bool {
+        (self.sources.local.iter()).any(|s| s.kind() == SourceKind::Disk)
+    }
+
+    /// Without a disk, a chunk the stream passed is kept only by the memory tier, which may
+    /// not keep it: the stream waits until its readers have opened the chunk (see `readers`).
+    /// With one, the disk keeps what the stream passed, and the stream runs at the upstream's
+    /// pace whatever its readers'.
+    async fn keep_pace(&self, version: &str, index: u64) {
+        if !self.has_disk() {
+            self.stream_readers.until_opened(version, index).await;
+        }
     }
 
     async fn upstream_permit(&self) -> OwnedSemaphorePermit {
@@ -350,9 +359,13 @@ impl ChunkFetcher {
         for index in first..meta.chunk_count() {
             feed.begin_chunk(index);
             let key = meta.chunk_key(&version, index);
-            let own = claimed
-                .take()
-                .or_else(|| self.flights.claim_now(&key, meta.chunk_len(index) as u32));
+            let own = match claimed.take() {
+                Some(own) => Some(own),
+                None => {
+                    self.keep_pace(&version, index).await;
+                    self.flights.claim_now(&key, meta.chunk_len(index) as u32)
+                }
+            };
             let followed = read_along
                 || before.as_ref().is_some_and(|f| f.followers() > 0)
                 || own

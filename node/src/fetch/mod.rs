@@ -27,6 +27,7 @@ mod feed;
 mod flight;
 mod metered;
 mod range_reader;
+mod readers;
 mod single_flight;
 #[cfg(test)]
 mod tests;
@@ -190,6 +191,8 @@ pub struct ChunkFetcher {
     flights: Arc<Flights>,
     /// Whole-object streams being cut into chunks, by version.
     feeds: Mutex<HashMap<Arc<str>, Arc<feed::Feed>>>,
+    /// How far the readers of whole-only objects have got, for their streams to keep pace.
+    stream_readers: Arc<readers::StreamReaders>,
     me: Weak<ChunkFetcher>,
     /// `--max-upstream-fetches`: one permit per upstream fetch running, range fetches (see
     /// `Metered`) and whole-object streams alike.
@@ -236,6 +239,7 @@ impl ChunkFetcher {
             sources,
             metadata,
             feeds: Mutex::new(HashMap::new()),
+            stream_readers: Arc::new(readers::StreamReaders::new()),
             me: me.clone(),
             upstream_cap: cap,
             links,

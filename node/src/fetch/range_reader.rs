@@ -11,7 +11,9 @@ use std::{
 use bytes::Bytes;
 use futures::Stream;
 
-use super::{flight::ChunkReader, window::FetchWindow, ChunkFetcher, LeadingChunk};
+use super::{
+    flight::ChunkReader, readers::Cursor, window::FetchWindow, ChunkFetcher, LeadingChunk,
+};
 use crate::{
     object::ObjectMeta,
     source::{FetchError, Route, SourceKind},
@@ -50,6 +52,9 @@ pub struct RangeReader {
     served: Option<Served>,
     /// Bytes already read, handed out again first (see `put_back`).
     put_back: Option<Bytes>,
+    /// Its place among the readers of a whole-only object, whose stream keeps pace with them
+    /// (see `readers`).
+    cursor: Option<Cursor>,
 }
 
 /// The served-bytes counters by origin, and the one of the origin counted last.
@@ -80,12 +85,17 @@ impl RangeReader {
     ) -> Self {
         let chunks = meta.chunks_for(&range);
         let size = fetcher.new_window(meta.chunk_size, route);
+        let version: Arc<str> = Arc::from(meta.version.as_str());
+        let cursor = meta
+            .whole_only
+            .then(|| (fetcher.stream_readers).enter(&version, *chunks.start(), *chunks.end()));
         RangeReader {
+            cursor,
             size,
             reported: 0,
             alive: Arc::new(()),
             fetcher,
-            version: Arc::from(meta.version.as_str()),
+            version,
             meta,
             range,
             next_to_open: *chunks.start(),
@@ -197,6 +207,9 @@ impl RangeReader {
                 self.head_start();
             }
         }
+        if let Some(cursor) = &self.cursor {
+            cursor.opened_to(self.next_to_open);
+        }
     }
 
     /// Origin and collapsing of the chunk the last bytes (or the error) came from; `None`
@@ -239,6 +252,9 @@ impl RangeReader {
                     if piece_end > *self.range.end() {
                         // The rest of this chunk is past the range: stop reading it.
                         self.window.pop_front();
+                    }
+                    if let Some(cursor) = &self.cursor {
+                        cursor.moved();
                     }
                     if from < to {
                         let slice =
@@ -301,6 +317,9 @@ impl RangeReader {
         if let Some(front) = self.window.front() {
             self.next_to_open = front.index + 1;
             self.window.truncate(1);
+            if let Some(cursor) = &self.cursor {
+                cursor.opened_to(self.next_to_open);
+            }
         }
     }
 
