@@ -306,3 +306,31 @@ async fn a_stalled_reader_does_not_hold_back_the_others() {
     stalled.abort();
     assert_eq!(origin.stats().get_requests, 1, "{:?}", origin.stats());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_too_late_for_the_stream_gets_the_object_from_a_new_lookup() {
+    let origin = Origin::start().await;
+    let sha256 = unvalidated_whole_object(&origin, "/late.iso", 9);
+    // Memory for a few chunks: the stream's first chunks are gone long before it ends.
+    let node = NodeBuilder::new(origin.url())
+        .arg("--max-memory-usage=16Mi")
+        .spawn()
+        .await;
+    let url = format!("{}/late.iso", node.url());
+    let mut first = client().get(&url).send().await.unwrap();
+    let mut body = Vec::new();
+    while (body.len() as u64) < 32 * MIB {
+        body.extend_from_slice(&first.chunk().await.unwrap().expect("more body"));
+    }
+    // The object's first chunk is gone, and nothing but this version's one stream may supply
+    // it: the late reader is answered from a new lookup (a version of its own), whole.
+    let late = tokio::spawn(get_sha256(&url, &[]));
+    while let Some(piece) = first.chunk().await.unwrap() {
+        body.extend_from_slice(&piece);
+    }
+    assert_eq!(casserole_tests::client::sha256_hex(&body), sha256);
+    let late = late.await.unwrap().expect("the late reader is served");
+    assert_eq!((late.status.as_u16(), late.sha256), (200, sha256));
+    let stats = origin.stats();
+    assert_eq!(stats.get_requests, 2, "its own stream: {stats:?}");
+}

@@ -10,9 +10,10 @@
 //! that will want it has opened it — a reader leads the stream by its read-ahead window, and
 //! a slow client slows the upstream read as it would reading directly.
 //!
-//! A reader that has not moved for [`STALLED_AFTER`] no longer holds the stream back: one
-//! stalled client must not stall every other client of the object (nor a reader waiting for the
-//! stream to end, see `feed::Joined::Passed`).
+//! A reader counts once it has handed out bytes, and no longer once it has not moved for
+//! [`STALLED_AFTER`]: one stalled client must not stall every other client of the object, and a
+//! reader that came too late for this stream (it waits for the stream to end, see
+//! `feed::Joined::Passed`) must not hold it back.
 
 use std::{
     collections::HashMap,
@@ -48,9 +49,12 @@ struct Position {
     next: AtomicU64,
     /// The last chunk it will read.
     last: u64,
-    /// When it last handed out bytes, in milliseconds since the registry's epoch.
+    /// When it last handed out bytes, in milliseconds since the registry's epoch ([`NEVER`]
+    /// before its first).
     moved_at: AtomicU64,
 }
+
+const NEVER: u64 = u64::MAX;
 
 /// One reader's place in a version's readers; leaves them when dropped.
 pub struct Cursor {
@@ -77,7 +81,7 @@ impl StreamReaders {
         let position = Arc::new(Position {
             next: AtomicU64::new(first),
             last,
-            moved_at: AtomicU64::new(self.now_ms()),
+            moved_at: AtomicU64::new(NEVER),
         });
         let readers = {
             let mut map = self.by_version.lock().expect("stream readers lock");
@@ -131,7 +135,9 @@ impl StreamReaders {
             .iter()
             .filter_map(Weak::upgrade)
             .filter(|p| p.last >= index && p.next.load(Ordering::Acquire) <= index)
-            .map(|p| now.saturating_sub(p.moved_at.load(Ordering::Relaxed)))
+            .map(|p| p.moved_at.load(Ordering::Relaxed))
+            .filter(|moved_at| *moved_at != NEVER)
+            .map(|moved_at| now.saturating_sub(moved_at))
             .filter(|still| *still < stalled_after)
             .map(|still| Duration::from_millis(stalled_after - still))
             .max()
@@ -188,6 +194,9 @@ mod tests {
         let version: Arc<str> = Arc::from("v1");
         let reader = registry.enter(&version, 0, 9);
         reader.opened_to(3);
+        // Not counted before its first bytes.
+        registry.until_opened("v1", 3).await;
+        reader.moved();
         // Chunks 0..3 are opened; chunk 3 is not.
         registry.until_opened("v1", 2).await;
         let waiting = tokio::spawn({
@@ -211,6 +220,7 @@ mod tests {
         let registry = Arc::new(StreamReaders::new());
         let version: Arc<str> = Arc::from("v1");
         let reader = registry.enter(&version, 0, 9);
+        reader.moved();
         let waiting = tokio::spawn({
             let registry = registry.clone();
             async move { registry.until_opened("v1", 1).await }
@@ -226,6 +236,7 @@ mod tests {
 
         tokio::time::pause();
         let stalled = registry.enter(&version, 0, 9);
+        stalled.moved();
         let started = Instant::now();
         // The clock is paused and moves on only when every task waits for a timer: the wait
         // ends because the reader came to count as stalled, not because it moved.

@@ -50,8 +50,11 @@ impl ChunkFetcher {
                 completing.store(&walk).await;
             }
             Err(e) => {
-                claim.fail(e.clone());
+                // What the failure contradicts is forgotten before the readers hear of it: a
+                // response that has sent nothing yet looks the object up again (see
+                // `http::serve`), and must not find the same metadata.
                 self.after_failure(&meta, &key, &e).await;
+                claim.fail(e);
             }
         }
     }

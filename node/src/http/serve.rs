@@ -22,7 +22,7 @@ use crate::{
     policy::headers::{end_to_end, max_forwards},
     policy::{classify_request, ClientDemands},
     source::{FetchError, Route, SourceKind},
-    upstream::{Relayed, Upstream},
+    upstream::{Relayed, Upstream, UpstreamError},
 };
 
 /// Client-facing request metrics, registered by this module.
@@ -89,6 +89,15 @@ impl Drop for InFlight {
 }
 
 type Answer = Result<Response<Body>, Response<Body>>;
+
+/// The answer from a stored copy, or the news that its version is gone upstream (it changed
+/// there) before the answer's first byte.
+type Served = Result<Answer, VersionGone>;
+
+struct VersionGone {
+    meta: Arc<ObjectMeta>,
+    error: FetchError,
+}
 
 /// The methods a node answers `OPTIONS` with at the last hop. Every method but `CONNECT` and
 /// `TRACE` is relayed, extension methods included (RFC 9110 §9.1: a proxy forwards methods it
@@ -168,28 +177,43 @@ impl Front {
         if let Some(bypass) = bypass {
             return Box::pin(self.pass(req, &keyed, CacheStatus::Bypassed(bypass))).await;
         }
-        let ask = Asker {
-            first_byte: (method == Method::GET).then(|| range::first_wanted_byte(req.headers())),
-            headers: req.headers(),
-            upstream_target: keyed.upstream_target.as_ref(),
-        };
-        let lookup = self.cache.open(path, Route::Cluster, ask, &demands).await;
-        let opened = match lookup {
-            Ok(opened) => opened,
-            Err(missed) => return Box::pin(self.missed(req, &keyed, missed)).await,
-        };
-        if opened.source == MetaSource::ReplacedOnRequest {
-            self.announce_new_version(path, &opened.meta);
+        let mut looked_up_again = false;
+        loop {
+            let ask = Asker {
+                first_byte: (method == Method::GET)
+                    .then(|| range::first_wanted_byte(req.headers())),
+                headers: req.headers(),
+                upstream_target: keyed.upstream_target.as_ref(),
+            };
+            let lookup = self.cache.open(path, Route::Cluster, ask, &demands).await;
+            let opened = match lookup {
+                Ok(opened) => opened,
+                Err(missed) => return Box::pin(self.missed(req, &keyed, missed)).await,
+            };
+            if opened.source == MetaSource::ReplacedOnRequest {
+                self.announce_new_version(path, &opened.meta);
+            }
+            if let Some(name) = varied_header(&req, &opened.meta) {
+                tracing::debug!(
+                    path,
+                    header = name,
+                    "the request carries a header the stored response varies on; passing through"
+                );
+                return Box::pin(self.pass(req, &keyed, CacheStatus::VaryMiss)).await;
+            }
+            match self.serve_stored(&req, opened).await {
+                Ok(answer) => return answer,
+                // Nothing was sent yet, and the stored version is forgotten (see `fetch::walk`):
+                // a new lookup finds what the upstream has now. Once only: an object that
+                // changes under every lookup is the upstream's problem to report.
+                Err(changed) if !looked_up_again => {
+                    looked_up_again = true;
+                    tracing::info!(path, reason = %changed.error,
+                        "the object changed upstream before this response's first byte; looking it up again");
+                }
+                Err(changed) => return Err(self.fetch_failed(&changed.meta, changed.error)),
+            }
         }
-        if let Some(name) = varied_header(&req, &opened.meta) {
-            tracing::debug!(
-                path,
-                header = name,
-                "the request carries a header the stored response varies on; passing through"
-            );
-            return Box::pin(self.pass(req, &keyed, CacheStatus::VaryMiss)).await;
-        }
-        self.serve_stored(req, opened).await
     }
 
     /// A lookup that made no metadata: the upstream's own answer when the lookup has one for
@@ -234,7 +258,10 @@ impl Front {
             false => self.cache.open_stored(path, demands).await,
         };
         match stored.filter(|opened| varied_header(&req, &opened.meta).is_none()) {
-            Some(opened) => self.serve_stored(req, opened).await,
+            Some(opened) => match self.serve_stored(&req, opened).await {
+                Ok(answer) => answer,
+                Err(changed) => Err(self.fetch_failed(&changed.meta, changed.error)),
+            },
             None => Err(self.refuse(
                 StatusCode::GATEWAY_TIMEOUT,
                 "not stored here, and the request says only-if-cached",
@@ -244,7 +271,7 @@ impl Front {
 
     /// Answers from the stored copy; the request whose lookup fetched it also gets the fields
     /// the stored copy leaves out (`Opened::withheld`).
-    async fn serve_stored(&self, req: Request<Incoming>, opened: Opened) -> Answer {
+    async fn serve_stored(&self, req: &Request<Incoming>, opened: Opened) -> Served {
         let Opened {
             meta,
             source,
@@ -252,7 +279,7 @@ impl Front {
             withheld,
         } = opened;
         let mut answer = self.answer_stored(req, meta, source, first_chunk).await;
-        if let (Ok(res), false) = (&mut answer, withheld.is_empty()) {
+        if let (Ok(Ok(res)), false) = (&mut answer, withheld.is_empty()) {
             res.headers_mut().extend(withheld);
         }
         answer
@@ -261,13 +288,13 @@ impl Front {
     /// Answers from the object's metadata alone, or with the ranges it wants of its chunks.
     async fn answer_stored(
         &self,
-        req: Request<Incoming>,
+        req: &Request<Incoming>,
         meta: Arc<ObjectMeta>,
         meta_source: MetaSource,
         first_chunk: Option<LeadingChunk>,
-    ) -> Answer {
-        if let Some(res) = self.answer_from_metadata(&req, &meta, meta_source) {
-            return Ok(res);
+    ) -> Served {
+        if let Some(res) = self.answer_from_metadata(req, &meta, meta_source) {
+            return Ok(Ok(res));
         }
         // Ranges select from a `200`'s representation; another status is answered whole.
         let wants = match meta.status {
@@ -278,13 +305,13 @@ impl Front {
             RangeRequest::Whole => None,
             RangeRequest::Partial(ranges) => Some(ranges),
             RangeRequest::Unsatisfiable => {
-                return Err(self.unsatisfiable(&meta, "no requested range overlaps the object"))
+                let why = "no requested range overlaps the object";
+                return Ok(Err(self.unsatisfiable(&meta, why)));
             }
             RangeRequest::Scattered => {
-                return Err(self.unsatisfiable(&meta, range::SCATTERED));
+                return Ok(Err(self.unsatisfiable(&meta, range::SCATTERED)));
             }
         };
-        drop(req);
         self.serve_chunks(meta, meta_source, ranges, first_chunk)
             .await
     }
@@ -362,7 +389,7 @@ impl Front {
         meta_source: MetaSource,
         ranges: Option<Vec<RangeInclusive<u64>>>,
         first_chunk: Option<LeadingChunk>,
-    ) -> Answer {
+    ) -> Served {
         let partial = ranges.is_some();
         let first_range = ranges
             .as_ref()
@@ -372,7 +399,11 @@ impl Front {
         // Wait for the first bytes so a failure can still be a clean error status.
         let first_piece = match first.next().await {
             Some(Ok(piece)) => piece,
-            Some(Err(e)) => return Err(self.fetch_failed(&meta, e)),
+            Some(Err(FetchError::Upstream(UpstreamError::Changed(why)))) => {
+                let error = FetchError::Upstream(UpstreamError::Changed(why));
+                return Err(VersionGone { meta, error });
+            }
+            Some(Err(e)) => return Ok(Err(self.fetch_failed(&meta, e))),
             None => Bytes::new(),
         };
         self.metrics
@@ -404,9 +435,9 @@ impl Front {
                 res.headers_mut()
                     .insert(header::CONTENT_RANGE, value(&content_range));
             }
-            return Ok(res);
+            return Ok(Ok(res));
         };
-        Ok(self.multipart(meta, &ranges, head, &status))
+        Ok(Ok(self.multipart(meta, &ranges, head, &status)))
     }
 
     fn fetch_failed(&self, meta: &ObjectMeta, e: FetchError) -> Response<Body> {
