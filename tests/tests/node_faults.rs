@@ -212,6 +212,47 @@ async fn an_object_found_changed_before_the_first_byte_is_looked_up_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_the_upstream_refuses_is_answered_with_the_upstream_s_status() {
+    let (origin, _node, url) = setup(8 * MIB).await;
+    let (status, _, _) = get_bytes(&url, &[("range", "bytes=0-99")]).await.unwrap();
+    assert_eq!(status, 206);
+    // The stored copy is fresh; the chunk this range needs is not held, and the upstream is
+    // overloaded: the client hears so (and backs off), not of a gateway failure.
+    for refusal in [503, 429] {
+        origin.set_fault_scoped(
+            "/f.bin",
+            Fault::Status(refusal),
+            FaultScope::RangeGets,
+            Some(1),
+        );
+        let (status, _, _) = get_bytes(&url, &[("range", "bytes=4194304-4194399")])
+            .await
+            .unwrap();
+        assert_eq!(status.as_u16(), refusal);
+    }
+    origin.clear_faults("/f.bin");
+    recovers(&origin, &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_object_removed_upstream_is_answered_as_the_upstream_answers_now() {
+    let (origin, node, url) = setup(8 * MIB).await;
+    let (status, _, _) = get_bytes(&url, &[("range", "bytes=0-99")]).await.unwrap();
+    assert_eq!(status, 206);
+    origin.remove("/f.bin");
+    // A chunk not held, of an object that is gone: looked up again, and the upstream's 404 is
+    // the answer (before: a 502 for as long as the stored copy stayed fresh).
+    let (status, _, _) = get_bytes(&url, &[("range", "bytes=4194304-4194399")])
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    // The stored copy is forgotten: the held chunk is not served as the object either.
+    let (status, _, _) = get_bytes(&url, &[("range", "bytes=0-99")]).await.unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(node.metric("casserole_objects_changed_total").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lying_content_length_never_completes() {
     let (origin, _node, url) = setup(3 * MIB).await;
     origin.set_fault("/f.bin", Fault::ContentLengthLie, None);

@@ -31,6 +31,12 @@ impl UpstreamError {
         match self {
             UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError::BadTarget(_) => StatusCode::BAD_REQUEST,
+            // The upstream's own failure or refusal to serve now (a chunk's range fetch answered
+            // 503, 429) is passed on as it said it, so clients back off or retry as they would
+            // asking it directly; anything else it answered is the gateway's 502.
+            UpstreamError::Status(code @ (429 | 500..=599)) => {
+                StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -79,4 +85,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_are_told_the_upstream_s_failures_as_it_said_them() {
+        let status = |e: UpstreamError| e.client_status().as_u16();
+        assert_eq!(status(UpstreamError::Status(503)), 503);
+        assert_eq!(status(UpstreamError::Status(500)), 500);
+        assert_eq!(status(UpstreamError::Status(429)), 429);
+        // What the node asked for was not what it got: its own failure as a gateway.
+        assert_eq!(status(UpstreamError::Status(416)), 502);
+        assert_eq!(status(UpstreamError::Status(403)), 502);
+        assert_eq!(status(UpstreamError::Status(302)), 502);
+        assert_eq!(status(UpstreamError::Timeout), 504);
+        assert_eq!(status(UpstreamError::Connect("refused".into())), 502);
+    }
 }

@@ -486,6 +486,13 @@ impl Upstream {
             StatusCode::PRECONDITION_FAILED => {
                 return Err(UpstreamError::Changed("412 to a conditional range".into()))
             }
+            // Removed upstream: like a change, the stored version is no longer there to fetch.
+            StatusCode::NOT_FOUND | StatusCode::GONE => {
+                return Err(UpstreamError::Changed(format!(
+                    "{} to a range of the stored version",
+                    status.as_u16()
+                )))
+            }
             other => return Err(UpstreamError::Status(other.as_u16())),
         };
         check_validator(&meta.validator, headers)?;
