@@ -212,6 +212,13 @@ pub struct Config {
     #[arg(long, env = "CASSEROLE_MAX_MEMORY_USAGE", default_value = "100M")]
     pub max_memory_usage: ByteSize,
 
+    /// Write every page of the --max-memory-usage budget once at start-up, before serving, so
+    /// the first fill of the memory tier does not pay for the kernel handing over fresh memory
+    /// (the process then holds the whole budget from the start).
+    #[arg(long, env = "CASSEROLE_PREFAULT_MEMORY", default_value_t = true, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub prefault_memory: bool,
+
     /// Bytes of object metadata records kept in memory (on top of --max-memory-usage).
     #[arg(long, env = "CASSEROLE_MAX_METADATA_MEMORY", default_value = "32Mi")]
     pub max_metadata_memory: ByteSize,
@@ -981,6 +988,27 @@ mod tests {
             .find(|a| a.get_id() == "pass_through")
             .unwrap();
         assert_eq!(arg.get_value_delimiter(), Some('\n'));
+    }
+
+    #[test]
+    fn the_memory_budget_is_prefaulted_unless_turned_off() {
+        assert!(parse(&["--upstream", "http://x"]).unwrap().prefault_memory);
+        for off in [
+            &["--prefault-memory=false"][..],
+            &["--prefault-memory", "false"],
+        ] {
+            let args: Vec<&str> = ["--upstream", "http://x"]
+                .iter()
+                .chain(off)
+                .copied()
+                .collect();
+            assert!(!parse(&args).unwrap().prefault_memory, "{off:?}");
+        }
+        assert!(
+            parse(&["--upstream", "http://x", "--prefault-memory"])
+                .unwrap()
+                .prefault_memory
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod config;
 pub mod fetch;
 pub mod http;
+pub mod malloc;
 pub mod metadata;
 pub mod metrics;
 pub mod object;

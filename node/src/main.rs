@@ -20,31 +20,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> std::process::ExitCode {
-    limit_malloc_arenas();
-    run()
-}
-
-/// glibc gives threads that allocate at once arenas of their own, up to eight per core, and
-/// memory freed in one arena is reused only by allocations from it. Chunks are allocated on
-/// whichever worker thread their bytes arrive on and freed on whichever one drops them last, so
-/// the memory tier's evictions left free memory in some arenas while others grew: measured,
-/// 200 downloads of 1 GiB of distinct objects through a 256 MiB node peaked at 387–388 MiB of
-/// RSS against 303–319 MiB with one arena, at the same CPU per hit and per cold chunk (an
-/// `M_MMAP_THRESHOLD` below the chunk size bounded it too, 311–315 MiB, but paid a page fault
-/// per 4 KiB of every chunk: 1.3–1.9× the CPU of a cold transfer). `MALLOC_ARENA_MAX` in the
-/// environment still decides, as glibc documents. Not glibc (musl): nothing to do.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt changes allocator parameters only; called before any thread starts.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
-        }
-    }
-}
-
-#[tokio::main]
-async fn run() -> std::process::ExitCode {
+    casserole_node::malloc::limit_arenas();
     // A hidden flag for checking dashboards and alerts: every metric name, one a line.
     if std::env::args().any(|a| a == "--print-metric-names") {
         for name in casserole_node::metric_names() {
@@ -60,6 +36,19 @@ async fn run() -> std::process::ExitCode {
         }
     };
     init_logging(cfg.log_format);
+    if cfg.prefault_memory {
+        // Before the runtime's threads start: the allocator is tuned, and the memory written,
+        // by the one thread there is.
+        let started = std::time::Instant::now();
+        let bytes = casserole_node::malloc::prefault(cfg.max_memory_usage.0, cfg.chunk_size.0);
+        let ms = started.elapsed().as_millis() as u64;
+        tracing::info!(bytes, ms, "memory budget prefaulted");
+    }
+    run(cfg)
+}
+
+#[tokio::main]
+async fn run(cfg: Config) -> std::process::ExitCode {
     let node = match RunningNode::start(cfg).await {
         Ok(node) => node,
         Err(e) => {

@@ -1,6 +1,7 @@
 //! A flood of distinct query strings (each a new metadata record): memory and disk stay within
 //! their bounds, and the disk tier still caches afterwards, across a restart too. Cold objects
-//! that fill the memory tier leave no more memory behind than `--max-memory-usage`.
+//! that fill the memory tier leave no more memory behind than `--max-memory-usage`, which a node
+//! writes once at start-up (`--prefault-memory`).
 
 use std::{
     path::Path,
@@ -311,4 +312,24 @@ async fn many_clients_of_a_disk_object_on_little_memory_all_finish() {
             .await
             > 0.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_budget_is_written_once_at_start_up_unless_turned_off() {
+    let origin = Origin::start().await;
+    let budget: u64 = 64 << 20;
+    let arg = format!("--max-memory-usage={budget}");
+    let prefaulted = NodeBuilder::new(origin.url()).arg(&arg).spawn().await;
+    let small = NodeBuilder::new(origin.url())
+        .args([arg.as_str(), "--prefault-memory=false"])
+        .spawn()
+        .await;
+    let (with, without) = (
+        rss_bytes(prefaulted.pid().unwrap()),
+        rss_bytes(small.pid().unwrap()),
+    );
+    eprintln!("resident after start: {with} bytes prefaulted, {without} not");
+    // The heap keeps the budget it was given (not trimmed back once freed).
+    assert!(with >= budget, "{with} bytes resident for a {budget}-byte budget");
+    assert!(without < budget / 2, "{without} bytes resident without prefaulting");
 }
