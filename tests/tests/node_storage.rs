@@ -330,6 +330,12 @@ async fn the_memory_budget_is_written_once_at_start_up_unless_turned_off() {
     );
     eprintln!("resident after start: {with} bytes prefaulted, {without} not");
     // The heap keeps the budget it was given (not trimmed back once freed).
-    assert!(with >= budget, "{with} bytes resident for a {budget}-byte budget");
-    assert!(without < budget / 2, "{without} bytes resident without prefaulting");
+    assert!(
+        with >= budget,
+        "{with} bytes resident for a {budget}-byte budget"
+    );
+    assert!(
+        without < budget / 2,
+        "{without} bytes resident without prefaulting"
+    );
 }
