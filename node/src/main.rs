@@ -1,5 +1,6 @@
 use casserole_node::{
     config::{Config, LogFormat},
+    fetch::MemoryBudget,
     RunningNode,
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -37,10 +38,13 @@ fn main() -> std::process::ExitCode {
     };
     init_logging(cfg.log_format);
     if cfg.prefault_memory {
-        // Before the runtime's threads start: the allocator is tuned, and the memory written,
-        // by the one thread there is.
+        // Before the runtime's threads start: the memory is written by the one thread there is.
+        // The memory tier's share, which a busy node fills; the rest of the budget (chunks in
+        // flight) is used only at peaks.
         let started = std::time::Instant::now();
-        let bytes = casserole_node::malloc::prefault(cfg.max_memory_usage.0, cfg.chunk_size.0);
+        let chunk_size = cfg.chunk_size.0;
+        let budget = MemoryBudget::split(cfg.max_memory_usage.0, chunk_size, cfg.readahead);
+        let bytes = casserole_node::malloc::prefault(budget.tier_bytes, chunk_size);
         let ms = started.elapsed().as_millis() as u64;
         tracing::info!(bytes, ms, "memory budget prefaulted");
     }

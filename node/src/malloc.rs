@@ -33,30 +33,35 @@ const MMAP_THRESHOLD_MAX: u64 = 32 << 20;
 /// Memory new to a process is zeroed by the kernel on its first write, page by page: on a node
 /// that has just started, a cold transfer spent 30 % of its CPU in `clear_page` and the page
 /// faults around it (`perf`, 128 MiB from an origin 50 ms away): paired against the same build
-/// without this, such transfers took 0.82–0.85× the time on a new node, 0.94× on one whose tier
-/// was full. Paid here once, before the node serves (40 ms for the default 100M, 0.45 s for
-/// 1 GiB), the cost leaves the request path. The heap
-/// then stays as large as `--max-memory-usage` (the resident size the budget allows anyway):
-/// nothing is trimmed back to the kernel, and blocks below glibc's largest mmap threshold come
-/// from the heap (above it, as a chunk size of 32 MiB and more, there is nothing to gain).
-/// Returns how many bytes were touched.
+/// without this, such transfers took 0.84× the time on a new node (1 GiB budget, the tier's
+/// share prefaulted). Paid here once, before the node serves (well under a second for 1 GiB),
+/// the cost leaves the request path. Off by default (`--prefault-memory`): the memory held from
+/// the start raised the peak RSS of the memory benchmark from 310–317 to 319–323 MiB for a
+/// 256 MiB budget, past the 64 MiB above the budget that pods are given.
+///
+/// glibc's own thresholds are left as they adapt (setting any of them by `mallopt` freezes
+/// them all: the heap then also took every buffer up to the threshold, and a node's peak RSS
+/// grew by 10 MiB in the memory benchmark). So the heap is shaped instead: a first chunk-sized
+/// block is mapped and unmapped, which raises glibc's mmap threshold above a chunk (as the
+/// node's first evicted chunk would); the blocks then come from the heap, one after the other,
+/// and the last one is kept (leaked: one chunk of the budget), so the others, freed, are one
+/// free region below it, which glibc does not trim (it gives back only the top of the heap).
+/// A chunk size of 32 MiB and more (glibc's largest mmap threshold) is always mapped: nothing
+/// to gain. Returns how many bytes were touched.
 pub fn prefault(budget: u64, chunk_size: u64) -> u64 {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        if chunk_size == 0 || chunk_size >= MMAP_THRESHOLD_MAX || budget < chunk_size {
+        if chunk_size == 0 || chunk_size >= MMAP_THRESHOLD_MAX || budget < 2 * chunk_size {
             return 0;
         }
-        let trim_above = budget.saturating_add(64 << 20).min(i32::MAX as u64);
-        // SAFETY: mallopt changes allocator parameters only; called before any thread starts.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX as i32);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, trim_above as i32);
-        }
-        let blocks: Vec<Vec<u8>> = (0..budget / chunk_size)
-            .map(|_| touched(chunk_size as usize))
-            .collect();
+        let chunk = chunk_size as usize;
+        drop(std::hint::black_box(vec![1u8; chunk]));
+        let mut blocks: Vec<Vec<u8>> = Vec::with_capacity((budget / chunk_size) as usize);
+        blocks.extend((0..budget / chunk_size).map(|_| touched(chunk)));
         let touched = blocks.iter().map(|b| b.len() as u64).sum();
+        let top = blocks.pop().expect("two blocks at least");
         drop(blocks);
+        std::mem::forget(top);
         touched
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

@@ -1,7 +1,7 @@
 //! A flood of distinct query strings (each a new metadata record): memory and disk stay within
 //! their bounds, and the disk tier still caches afterwards, across a restart too. Cold objects
 //! that fill the memory tier leave no more memory behind than `--max-memory-usage`, which a node
-//! writes once at start-up (`--prefault-memory`).
+//! writes once at start-up when asked (`--prefault-memory`).
 
 use std::{
     path::Path,
@@ -315,27 +315,24 @@ async fn many_clients_of_a_disk_object_on_little_memory_all_finish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_memory_budget_is_written_once_at_start_up_unless_turned_off() {
+async fn the_memory_tier_s_share_is_written_at_start_up_when_asked() {
     let origin = Origin::start().await;
     let budget: u64 = 64 << 20;
     let arg = format!("--max-memory-usage={budget}");
-    let prefaulted = NodeBuilder::new(origin.url()).arg(&arg).spawn().await;
-    let small = NodeBuilder::new(origin.url())
-        .args([arg.as_str(), "--prefault-memory=false"])
+    let prefaulted = NodeBuilder::new(origin.url())
+        .args([arg.as_str(), "--prefault-memory"])
         .spawn()
         .await;
+    let small = NodeBuilder::new(origin.url()).arg(&arg).spawn().await;
     let (with, without) = (
         rss_bytes(prefaulted.pid().unwrap()),
         rss_bytes(small.pid().unwrap()),
     );
     eprintln!("resident after start: {with} bytes prefaulted, {without} not");
-    // The heap keeps the budget it was given (not trimmed back once freed).
+    // The heap keeps the memory tier's share it was given (43 of the 64 MiB; not trimmed back
+    // once freed), on top of what a node needs anyway.
     assert!(
-        with >= budget,
-        "{with} bytes resident for a {budget}-byte budget"
-    );
-    assert!(
-        without < budget / 2,
-        "{without} bytes resident without prefaulting"
+        with >= without + (40 << 20),
+        "{with} bytes resident prefaulted, {without} not, for a {budget}-byte budget"
     );
 }
