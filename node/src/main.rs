@@ -46,7 +46,7 @@ fn main() -> std::process::ExitCode {
         let budget = MemoryBudget::split(cfg.max_memory_usage.0, chunk_size, cfg.readahead);
         let bytes = casserole_node::malloc::prefault(budget.tier_bytes, chunk_size);
         let ms = started.elapsed().as_millis() as u64;
-        tracing::info!(bytes, ms, "memory budget prefaulted");
+        tracing::info!(bytes, ms, "memory tier's share prefaulted");
     }
     run(cfg)
 }

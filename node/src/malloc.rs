@@ -1,7 +1,7 @@
-//! How the process's allocator holds chunk memory: glibc's `mallopt`, set once at start-up
-//! before any thread runs. Written by hand: no crate tunes glibc's allocator, and the node's
-//! chunks (one allocation each, freed when the memory tier evicts them) are what it is tuned for.
-//! Not glibc (musl): nothing to do.
+//! How the process's allocator holds chunk memory (glibc's arenas, and its heap prefaulted on
+//! request), set once at start-up before any thread runs. Written by hand: no crate tunes
+//! glibc's allocator, and the node's chunks (one allocation each, freed when the memory tier
+//! evicts them) are what it is tuned for. Not glibc (musl): nothing to do.
 
 /// One arena for the whole process.
 ///

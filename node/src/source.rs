@@ -108,10 +108,16 @@ impl FetchError {
         }
     }
 
+    /// The object changed (or went) upstream: the version being read is gone there, whichever
+    /// source or request met it.
+    pub fn is_changed(&self) -> bool {
+        matches!(self, FetchError::Upstream(UpstreamError::Changed(_)))
+    }
+
     /// Whether the next source may be tried: an object that changed upstream is not a source's
     /// fault, and trying elsewhere would only fetch the new version under the old metadata.
     pub fn fails_over(&self) -> bool {
-        !matches!(self, FetchError::Upstream(UpstreamError::Changed(_)))
+        !self.is_changed()
     }
 }
 

@@ -32,6 +32,20 @@ async fn recovers(origin: &Origin, url: &str) {
     assert_eq!(again.sha256, origin.info("/f.bin").sha256());
 }
 
+/// A range in the object's first chunk: afterwards its metadata is stored (fresh) and that chunk
+/// held, the others not.
+async fn hold_the_first_chunk(url: &str) {
+    let (status, _, _) = get_bytes(url, &[("range", "bytes=0-99")]).await.unwrap();
+    assert_eq!(status, 206);
+}
+
+/// A range in the object's third chunk (not held after `hold_the_first_chunk`).
+async fn get_in_the_third_chunk(url: &str) -> (http::StatusCode, http::HeaderMap, bytes::Bytes) {
+    get_bytes(url, &[("range", "bytes=4194304-4194399")])
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upstream_5xx_is_relayed_then_retried() {
     let (origin, node, url) = setup(6 * MIB).await;
@@ -195,14 +209,11 @@ async fn an_object_changed_between_chunks_is_never_served_mixed() {
 async fn an_object_found_changed_before_the_first_byte_is_looked_up_again() {
     let (origin, node, url) = setup(8 * MIB).await;
     // Stored metadata, and the first chunk only.
-    let (status, _, _) = get_bytes(&url, &[("range", "bytes=0-99")]).await.unwrap();
-    assert_eq!(status, 206);
+    hold_the_first_chunk(&url).await;
     let old = origin.info("/f.bin");
     let new = origin.bump_version("/f.bin");
     // The stored copy is fresh, but the chunk this range needs comes from a new version upstream.
-    let (status, headers, body) = get_bytes(&url, &[("range", "bytes=4194304-4194399")])
-        .await
-        .unwrap();
+    let (status, headers, body) = get_in_the_third_chunk(&url).await;
     assert_eq!(status, 206, "{}", String::from_utf8_lossy(&body));
     assert_eq!(&body[..], &new.bytes(4194304, 4194399)[..]);
     assert_eq!(header(&headers, "etag"), new.etag.clone().unwrap());
@@ -214,8 +225,7 @@ async fn an_object_found_changed_before_the_first_byte_is_looked_up_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_chunk_the_upstream_refuses_is_answered_with_the_upstream_s_status() {
     let (origin, _node, url) = setup(8 * MIB).await;
-    let (status, _, _) = get_bytes(&url, &[("range", "bytes=0-99")]).await.unwrap();
-    assert_eq!(status, 206);
+    hold_the_first_chunk(&url).await;
     // The stored copy is fresh; the chunk this range needs is not held, and the upstream is
     // overloaded: the client hears so (and backs off), not of a gateway failure.
     for refusal in [503, 429] {
@@ -225,9 +235,7 @@ async fn a_chunk_the_upstream_refuses_is_answered_with_the_upstream_s_status() {
             FaultScope::RangeGets,
             Some(1),
         );
-        let (status, _, _) = get_bytes(&url, &[("range", "bytes=4194304-4194399")])
-            .await
-            .unwrap();
+        let (status, _, _) = get_in_the_third_chunk(&url).await;
         assert_eq!(status.as_u16(), refusal);
     }
     origin.clear_faults("/f.bin");
@@ -237,14 +245,11 @@ async fn a_chunk_the_upstream_refuses_is_answered_with_the_upstream_s_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_object_removed_upstream_is_answered_as_the_upstream_answers_now() {
     let (origin, node, url) = setup(8 * MIB).await;
-    let (status, _, _) = get_bytes(&url, &[("range", "bytes=0-99")]).await.unwrap();
-    assert_eq!(status, 206);
+    hold_the_first_chunk(&url).await;
     origin.remove("/f.bin");
     // A chunk not held, of an object that is gone: looked up again, and the upstream's 404 is
     // the answer (before: a 502 for as long as the stored copy stayed fresh).
-    let (status, _, _) = get_bytes(&url, &[("range", "bytes=4194304-4194399")])
-        .await
-        .unwrap();
+    let (status, _, _) = get_in_the_third_chunk(&url).await;
     assert_eq!(status, 404);
     // The stored copy is forgotten: the held chunk is not served as the object either.
     let (status, _, _) = get_bytes(&url, &[("range", "bytes=0-99")]).await.unwrap();

@@ -17,7 +17,6 @@ use super::{
 use crate::{
     object::ObjectMeta,
     source::{FetchError, Route, SourceKind},
-    upstream::UpstreamError,
 };
 
 struct Open {
@@ -269,7 +268,7 @@ impl RangeReader {
                     if open.reader.collapsed
                         && open.offset == 0
                         && !open.retried
-                        && !matches!(e, FetchError::Upstream(UpstreamError::Changed(_))) =>
+                        && !e.is_changed() =>
                 {
                     open.retried = true;
                     self.reopen_front();

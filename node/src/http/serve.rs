@@ -22,7 +22,7 @@ use crate::{
     policy::headers::{end_to_end, max_forwards},
     policy::{classify_request, ClientDemands},
     source::{FetchError, Route, SourceKind},
-    upstream::{Relayed, Upstream, UpstreamError},
+    upstream::{Relayed, Upstream},
 };
 
 /// Client-facing request metrics, registered by this module.
@@ -399,10 +399,7 @@ impl Front {
         // Wait for the first bytes so a failure can still be a clean error status.
         let first_piece = match first.next().await {
             Some(Ok(piece)) => piece,
-            Some(Err(FetchError::Upstream(UpstreamError::Changed(why)))) => {
-                let error = FetchError::Upstream(UpstreamError::Changed(why));
-                return Err(VersionGone { meta, error });
-            }
+            Some(Err(error)) if error.is_changed() => return Err(VersionGone { meta, error }),
             Some(Err(e)) => return Ok(Err(self.fetch_failed(&meta, e))),
             None => Bytes::new(),
         };
